@@ -1,0 +1,294 @@
+"""Typed, frozen run configuration; presets and `section.field=value` overrides.
+
+Field names are the reference's hyperparameter names (train_gpt.py env vars) in lower case,
+grouped by section, and every default is the reference default, so the bare `Config()` is the
+9L x 512 sp1024 baseline. Presets in configs/ hold only overrides.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A bad preset, override or field value; the message names the culprit."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_path: str = "./data/datasets/fineweb10B_sp1024"
+    tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
+    train_files: str = "fineweb_train_*.bin"  # glob inside data_path
+    val_files: str = "fineweb_val_*.bin"
+    # Where data_path comes from when it is missing: "" (must exist), "sample:<name>" (an embedded
+    # sample corpus, prepared on first use) or a docs_selected.jsonl to tokenize.
+    source: str = ""
+    num_val_docs: int = 50_000  # only used when preparing from `source`
+    tokenizer_train_docs: int = 0  # 0 = all docs
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 1024
+    num_layers: int = 9
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: int = 2
+    tie_embeddings: bool = True
+    tied_embed_init_std: float = 0.005
+    rope_base: float = 10000.0
+    logit_softcap: float = 30.0
+    qk_gain_init: float = 1.5
+    # Registry keys (see model.py / attention.py / layers.py).
+    attention: str = "gqa"
+    activation: str = "relu2"
+    linear: str = "dense"
+    block_schedule: str = "unet"
+    attention_impl: str = "auto"  # auto | xla | cudnn | chunked
+    scan_layers: bool = True  # lax.scan over the stacked blocks (False = Python loop)
+    remat: bool = False
+    # "auto" = bfloat16 on GPU (the reference's autocast) and float32 elsewhere.
+    compute_dtype: str = "auto"
+    # The reference keeps the tied embedding itself in bf16 (and so its Adam moments).
+    embed_dtype: str = "auto"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    embed_lr: float = 0.6
+    head_lr: float = 0.008
+    tied_embed_lr: float = 0.05
+    matrix_lr: float = 0.04
+    scalar_lr: float = 0.04
+    muon_momentum: float = 0.95
+    muon_backend_steps: int = 5
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 500
+    orthogonalizer: str = "newton_schulz5"
+    muon_dtype: str = "auto"  # Newton-Schulz dtype; "auto" = bfloat16 on GPU, float32 elsewhere
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run_id: str = ""  # "" = a fresh timestamped id
+    seed: int = 1337
+    iterations: int = 20000
+    warmdown_iters: int = 1200
+    warmup_steps: int = 20
+    train_batch_tokens: int = 524_288
+    train_seq_len: int = 1024
+    max_wallclock_seconds: float = 600.0
+    train_log_every: int = 200
+    # The reference cuts every step's tokens into world_size * grad_accum_steps = 8 contiguous
+    # spans; devices take spans in parallel and the rest are accumulated, so the data of a step
+    # never depends on the device count.
+    batch_spans: int = 8
+    microbatch_tokens: int = 0  # split each span further for memory (0 = whole span)
+    out_dir: str = "runs"
+    progress: bool = True  # progress bar with ETA on stderr
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    val_batch_size: int = 524_288
+    val_loss_every: int = 1000
+    val_tokens_limit: int = 0  # score only the first N val tokens (0 = the whole split)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    scheme: str = "int8_per_row"
+    clip_percentile: float = 99.99984
+    keep_float_max_numel: int = 65_536
+    compressor: str = "zstd"  # zstd (ours) | zlib (the reference's format)
+    level: int = 22  # zstd level; zlib always uses 9 like the reference
+    max_artifact_bytes: int = 16_000_000
+    allow_oversize: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+
+    def __post_init__(self):
+        validate(self)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that the reference makes at model construction or batch time."""
+    m, t, e = cfg.model, cfg.train, cfg.eval
+    positive = {
+        "model.vocab_size": m.vocab_size, "model.num_layers": m.num_layers, "model.model_dim": m.model_dim,
+        "model.num_heads": m.num_heads, "model.num_kv_heads": m.num_kv_heads, "model.mlp_mult": m.mlp_mult,
+        "train.train_seq_len": t.train_seq_len, "train.train_batch_tokens": t.train_batch_tokens,
+        "train.batch_spans": t.batch_spans, "eval.val_batch_size": e.val_batch_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if m.model_dim % m.num_heads:
+        raise ConfigError(f"model.model_dim={m.model_dim} is not divisible by model.num_heads={m.num_heads}")
+    if m.num_heads % m.num_kv_heads:
+        raise ConfigError(f"model.num_heads={m.num_heads} is not divisible by model.num_kv_heads={m.num_kv_heads}")
+    if (m.model_dim // m.num_heads) % 2:
+        raise ConfigError(f"head_dim={m.model_dim // m.num_heads} must be even for RoPE")
+    if m.logit_softcap <= 0:
+        raise ConfigError(f"model.logit_softcap must be positive, got {m.logit_softcap}")
+    if m.vocab_size > 65_536:
+        raise ConfigError(f"model.vocab_size={m.vocab_size} does not fit the uint16 shard format")
+    span = t.train_batch_tokens // t.batch_spans
+    if t.train_batch_tokens % t.batch_spans or span % t.train_seq_len:
+        raise ConfigError(
+            f"train.train_batch_tokens={t.train_batch_tokens} must split into train.batch_spans={t.batch_spans} "
+            f"spans of whole train.train_seq_len={t.train_seq_len} sequences"
+        )
+    if t.microbatch_tokens and (span % t.microbatch_tokens or t.microbatch_tokens % t.train_seq_len):
+        raise ConfigError(
+            f"train.microbatch_tokens={t.microbatch_tokens} must divide the span of {span} tokens "
+            f"into whole sequences of {t.train_seq_len}"
+        )
+    for key, value in {"model.compute_dtype": m.compute_dtype, "model.embed_dtype": m.embed_dtype,
+                       "optim.muon_dtype": cfg.optim.muon_dtype}.items():
+        if value not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"{key} must be auto, float32 or bfloat16, got {value!r}")
+    if cfg.quant.compressor not in ("zstd", "zlib"):
+        raise ConfigError(f"quant.compressor must be zstd or zlib, got {cfg.quant.compressor!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides
+
+def _field_types(section_cls) -> dict[str, type]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _coerce(key: str, raw, typ):
+    """Parse a CLI string (or check a Python value) against the field's type."""
+    if isinstance(raw, str) and typ is not str:
+        text = raw.strip()
+        if typ is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{key}: expected a boolean (true/false/1/0), got {raw!r}")
+        try:
+            raw = ast.literal_eval(text.replace("_", "") if typ in (int, float) else text)
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"{key}: expected {typ.__name__}, got {raw!r}") from None
+    if typ is float and isinstance(raw, int) and not isinstance(raw, bool):
+        raw = float(raw)
+    if typing.get_origin(typ) is tuple:
+        if isinstance(raw, list):
+            raw = tuple(raw)
+        if not isinstance(raw, tuple):
+            raise ConfigError(f"{key}: expected a tuple, got {raw!r}")
+        return raw
+    if not isinstance(raw, typ) or (typ is int and isinstance(raw, bool)):
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {raw!r} ({type(raw).__name__})")
+    return raw
+
+
+def override(cfg: Config, items: dict | list[str] | tuple[str, ...]) -> Config:
+    """Apply `section.field` overrides (a dict, or CLI strings `section.field=value`)."""
+    if not isinstance(items, dict):
+        parsed = {}
+        for item in items:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form section.field=value")
+            key, value = item.split("=", 1)
+            parsed[key.strip()] = value
+        items = parsed
+    sections = {name: getattr(cfg, name) for name in SECTIONS}
+    for key, value in items.items():
+        section, _, name = key.partition(".")
+        if section not in sections or not name:
+            hint = difflib.get_close_matches(key, all_keys(), n=1)
+            raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        types_ = _field_types(type(sections[section]))
+        if name not in types_:
+            hint = difflib.get_close_matches(key, all_keys(), n=1)
+            raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        sections[section] = dataclasses.replace(sections[section], **{name: _coerce(key, value, types_[name])})
+    return Config(**sections)
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(_section_cls(s))]
+
+
+def _section_cls(section: str):
+    return typing.get_type_hints(Config)[section]
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+
+def load(path: str | Path, overrides: list[str] | dict | None = None) -> Config:
+    """Build a Config from a preset file (its BASE chain, then OVERRIDES) plus CLI overrides."""
+    cfg = _load_preset(Path(path), seen=())
+    return override(cfg, overrides) if overrides else cfg
+
+
+def _load_preset(path: Path, seen: tuple) -> Config:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config BASE cycle through {path}")
+    module = _exec_preset(path)
+    overrides = getattr(module, "OVERRIDES", None)
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{path}: a preset must define OVERRIDES = {{'section.field': value, ...}}")
+    base = getattr(module, "BASE", None)
+    cfg = _load_preset(path.parent / base, seen + (path.resolve(),)) if base else Config()
+    try:
+        return override(cfg, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _exec_preset(path: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(f"pgolf_preset_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a preset is user code: report which file broke
+        raise ConfigError(f"{path}: failed to load preset: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of to_dict (used to reload a run's config.json); unknown keys are errors."""
+    flat = {f"{s}.{k}": v for s, sec in d.items() for k, v in sec.items()} if d else {}
+    return override(Config(), flat)
+
+
+def to_json(cfg: Config) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=False)

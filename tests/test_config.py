@@ -1,0 +1,114 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pgolf_jax import config as C
+from pgolf_jax.cli import main as cli_main
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.py"))
+
+# train_gpt.py's Hyperparameters defaults (reference-spec.md section 3.1), under our section names.
+REFERENCE_DEFAULTS = {
+    "data.data_path": "./data/datasets/fineweb10B_sp1024",
+    "data.tokenizer_path": "./data/tokenizers/fineweb_1024_bpe.model",
+    "train.seed": 1337, "eval.val_batch_size": 524_288, "eval.val_loss_every": 1000,
+    "train.train_log_every": 200, "train.iterations": 20000, "train.warmdown_iters": 1200,
+    "train.warmup_steps": 20, "train.train_batch_tokens": 524_288, "train.train_seq_len": 1024,
+    "train.max_wallclock_seconds": 600.0, "model.qk_gain_init": 1.5, "model.vocab_size": 1024,
+    "model.num_layers": 9, "model.num_kv_heads": 4, "model.model_dim": 512, "model.num_heads": 8,
+    "model.mlp_mult": 2, "model.tie_embeddings": True, "model.rope_base": 10000.0,
+    "model.logit_softcap": 30.0, "optim.embed_lr": 0.6, "optim.head_lr": 0.008,
+    "optim.tied_embed_lr": 0.05, "model.tied_embed_init_std": 0.005, "optim.matrix_lr": 0.04,
+    "optim.scalar_lr": 0.04, "optim.muon_momentum": 0.95, "optim.muon_backend_steps": 5,
+    "optim.muon_momentum_warmup_start": 0.85, "optim.muon_momentum_warmup_steps": 500,
+    "optim.beta1": 0.9, "optim.beta2": 0.95, "optim.adam_eps": 1e-8, "optim.grad_clip_norm": 0.0,
+    "quant.clip_percentile": 99.99984, "quant.keep_float_max_numel": 65_536,
+    "train.batch_spans": 8,  # world_size * grad_accum_steps is always 8 in the reference
+}
+
+
+def get(cfg, key):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_preset_loads(path):
+    cfg = C.load(path)
+    assert isinstance(cfg, C.Config)
+    assert C.from_dict(C.to_dict(cfg)) == cfg
+
+
+def test_baseline_preset_is_the_reference():
+    cfg = C.load(Path(__file__).resolve().parent.parent / "configs" / "baseline_sp1024.py")
+    assert cfg == C.Config()
+    for key, value in REFERENCE_DEFAULTS.items():
+        assert get(cfg, key) == value, key
+
+
+def test_overrides_are_typed():
+    cfg = C.override(C.Config(), ["model.num_layers=11", "optim.matrix_lr=0.02", "model.tie_embeddings=false",
+                                  "train.train_batch_tokens=786_432", "train.max_wallclock_seconds=0",
+                                  "data.source=sample:brown"])
+    assert cfg.model.num_layers == 11 and isinstance(cfg.model.num_layers, int)
+    assert cfg.optim.matrix_lr == 0.02
+    assert cfg.model.tie_embeddings is False
+    assert cfg.train.train_batch_tokens == 786_432
+    assert cfg.train.max_wallclock_seconds == 0.0 and isinstance(cfg.train.max_wallclock_seconds, float)
+    assert cfg.data.source == "sample:brown"
+
+
+@pytest.mark.parametrize("item,match", [
+    ("model.num_layer=3", "unknown config key 'model.num_layer'.*model.num_layers"),
+    ("modle.num_layers=3", "unknown config key"),
+    ("model.num_layers=three", "model.num_layers: expected int"),
+    ("model.num_layers=1.5", "model.num_layers: expected int"),
+    ("model.tie_embeddings=maybe", "expected a boolean"),
+    ("model.num_heads=7", "not divisible by model.num_heads=7"),
+    ("model.num_kv_heads=3", "not divisible by model.num_kv_heads=3"),
+    ("train.train_batch_tokens=1000", "must split into"),
+    ("model.vocab_size=70000", "uint16"),
+    ("model.num_layers", "not of the form"),
+])
+def test_bad_overrides_name_the_culprit(item, match):
+    with pytest.raises(C.ConfigError, match=match):
+        C.override(C.Config(), [item])
+
+
+def test_preset_chain_and_errors(tmp_path):
+    base = tmp_path / "base.py"
+    base.write_text("OVERRIDES = {'model.num_layers': 4}\n")
+    child = tmp_path / "child.py"
+    child.write_text("BASE = 'base.py'\nOVERRIDES = {'model.model_dim': 256}\n")
+    cfg = C.load(child, ["train.seed=7"])
+    assert (cfg.model.num_layers, cfg.model.model_dim, cfg.train.seed) == (4, 256, 7)
+    bad = tmp_path / "bad.py"
+    bad.write_text("OVERRIDES = {'model.nope': 1}\n")
+    with pytest.raises(C.ConfigError, match=r"bad.py: unknown config key 'model.nope'"):
+        C.load(bad)
+    with pytest.raises(C.ConfigError, match="config file not found"):
+        C.load(tmp_path / "missing.py")
+    broken = tmp_path / "broken.py"
+    broken.write_text("OVERRIDES = {\n")
+    with pytest.raises(C.ConfigError, match="broken.py: failed to load preset"):
+        C.load(broken)
+
+
+def test_cli_rejects_unknown_key_with_exit_code(capsys):
+    code = cli_main(["--config", str(CONFIGS[0]), "model.num_layerz=3", "--dry-run"])
+    assert code == 2
+    assert "unknown config key 'model.num_layerz'" in capsys.readouterr().err
+
+
+def test_dry_run_prints_resolved_config_and_params(capsys):
+    base = [p for p in CONFIGS if p.name == "baseline_sp1024.py"][0]
+    assert cli_main(["--config", str(base), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert '"num_layers": 9' in out
+    assert "model_params:17059912" in out
+
+
+def test_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        C.Config().model.num_layers = 3
