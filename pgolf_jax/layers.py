@@ -1,0 +1,82 @@
+"""Building blocks shared by every architecture: norms, rotary, softcap, linears, activations.
+
+Shape legend (used across the package): B batch, T positions, D model width, H query heads,
+G kv heads, K head dim, F MLP hidden, V vocab, L layers, R low rank.
+
+Weights are stored in PyTorch's (out_features, in_features) layout so that parameter names,
+per-row quantization, GPTQ columns and Muon's rows/cols all mean what they mean in the
+reference; the matmul contracts the last axis, which XLA handles without a transpose copy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def rms_norm(x: jax.Array) -> jax.Array:
+    """Weightless RMSNorm; eps = machine epsilon of the input dtype, as F.rms_norm(eps=None)."""
+    x32 = x.astype(jnp.float32)
+    eps = jnp.finfo(x.dtype).eps
+    return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
+def softcap(logits: jax.Array, cap: float) -> jax.Array:
+    return cap * jnp.tanh(logits / cap)
+
+
+def rotary_tables(seq_len: int, rope_dims: int, base: float, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos/sin of shape (T, rope_dims/2), computed in fp32 then cast (as the reference)."""
+    inv_freq = 1.0 / (base ** (jnp.arange(0, rope_dims, 2, dtype=jnp.float32) / rope_dims))
+    freqs_TK = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.cos(freqs_TK).astype(dtype), jnp.sin(freqs_TK).astype(dtype)
+
+
+def apply_rotary(x_BTHK: jax.Array, cos_TK: jax.Array, sin_TK: jax.Array) -> jax.Array:
+    """Rotate-half on the first 2*cos.shape[-1] dims; the rest pass through (partial RoPE)."""
+    half = cos_TK.shape[-1]
+    cos, sin = cos_TK[None, :, None, :], sin_TK[None, :, None, :]
+    x1, x2, rest = x_BTHK[..., :half], x_BTHK[..., half:2 * half], x_BTHK[..., 2 * half:]
+    return jnp.concatenate([x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos, rest], axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear weight parameterizations. Every projection in a block is built through LINEAR so a new
+# parameterization (low-rank, shared basis, generated, random-basis adapters) is one entry.
+
+def _init_weight(kind: str, key, out_f: int, in_f: int) -> jax.Array:
+    if kind == "zeros":
+        return jnp.zeros((out_f, in_f), jnp.float32)
+    if kind == "uniform":  # torch.nn.Linear default: kaiming_uniform(a=sqrt 5) = U(+-1/sqrt(in))
+        bound = 1.0 / math.sqrt(in_f)
+        return jax.random.uniform(key, (out_f, in_f), jnp.float32, -bound, bound)
+    if kind == "orthogonal":
+        return jax.nn.initializers.orthogonal()(key, (out_f, in_f), jnp.float32)
+    raise ValueError(f"unknown linear init {kind!r}")
+
+
+class DenseLinear(nnx.Module):
+    """y = x W^T with an fp32 master weight cast to the compute dtype at matmul time."""
+
+    def __init__(self, in_f: int, out_f: int, *, init: str = "uniform", rngs: nnx.Rngs):
+        key = rngs.params() if init != "zeros" else None
+        self.weight = nnx.Param(_init_weight(init, key, out_f, in_f))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.einsum("...i,oi->...o", x, self.weight[...].astype(x.dtype))
+
+
+LINEAR = {"dense": DenseLinear}
+
+
+# ---------------------------------------------------------------------------------------------
+# MLP activations (applied between the up and down projections).
+
+def relu2(x):
+    return jnp.square(jax.nn.relu(x))
+
+
+ACTIVATIONS = {"relu2": relu2}

@@ -1,0 +1,169 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pgolf_jax import attention, layers, model as M
+from pgolf_jax.config import ModelConfig
+
+TINY = ModelConfig(vocab_size=96, num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2)
+
+
+def perturbed(model, seed=1, scale=0.05):
+    """Init, then nudge every weight so zero-initialized projections carry signal."""
+    params = jax.jit(model.init)(jax.random.key(seed))
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
+    return jax.tree.unflatten(treedef, [a + scale * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)])
+
+
+def test_baseline_parameter_count():
+    model = M.build_model(ModelConfig())
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    assert M.count_params(shapes) == 17_059_912
+    # reference-spec 3.3: embedding + 9 x (q, k, v, o, fc, proj) + 9 x 2,056 scalars + skip weights
+    assert shapes["tok_emb"]["weight"].shape == (1024, 512)
+    assert shapes["blocks"]["mlp"]["fc"]["weight"].shape == (9, 1024, 512)
+    assert shapes["blocks"]["attn"]["c_k"]["weight"].shape == (9, 256, 512)
+    assert shapes["skip_weights"].shape == (4, 512)
+
+
+def test_reference_initialization():
+    cfg = dataclasses.replace(TINY, tied_embed_init_std=0.005, qk_gain_init=1.5)
+    p = M.build_model(cfg).init(jax.random.key(0))
+    b = p["blocks"]
+    assert not np.any(b["attn"]["proj"]["weight"]) and not np.any(b["mlp"]["proj"]["weight"])
+    assert np.std(p["tok_emb"]["weight"]) == pytest.approx(0.005, rel=0.1)
+    bound = 1 / np.sqrt(cfg.model_dim)  # torch.nn.Linear default U(-1/sqrt(in), 1/sqrt(in))
+    assert np.abs(b["attn"]["c_q"]["weight"]).max() <= bound
+    assert np.abs(b["attn"]["c_q"]["weight"]).max() > 0.9 * bound
+    np.testing.assert_array_equal(b["attn"]["q_gain"], 1.5)
+    np.testing.assert_array_equal(b["resid_mix"][:, 0], 1.0)
+    np.testing.assert_array_equal(b["resid_mix"][:, 1], 0.0)
+    np.testing.assert_array_equal(p["skip_weights"], 1.0)
+    # layers draw independent weights
+    assert not np.allclose(b["attn"]["c_q"]["weight"][0], b["attn"]["c_q"]["weight"][1])
+
+
+def test_scan_equals_unrolled():
+    ids = jax.random.randint(jax.random.key(3), (2, 40), 0, TINY.vocab_size)
+    m_scan = M.build_model(TINY)
+    m_loop = M.build_model(dataclasses.replace(TINY, scan_layers=False))
+    params = perturbed(m_scan)
+    l1, g1 = jax.jit(jax.value_and_grad(m_scan.loss))(params, ids, ids)
+    l2, g2 = jax.jit(jax.value_and_grad(m_loop.loss))(params, ids, ids)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_remat_changes_nothing():
+    ids = jax.random.randint(jax.random.key(4), (2, 24), 0, TINY.vocab_size)
+    m0, m1 = M.build_model(TINY), M.build_model(dataclasses.replace(TINY, remat=True))
+    params = perturbed(m0)
+    g0, g1 = jax.jit(jax.grad(m0.loss))(params, ids, ids), jax.jit(jax.grad(m1.loss))(params, ids, ids)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("impl", ["xla", "chunked"])
+def test_causality(impl):
+    cfg = dataclasses.replace(TINY, attention_impl=impl)
+    model = M.build_model(cfg)
+    params = perturbed(model)
+    T = 300 if impl == "chunked" else 40  # past one 256-query chunk
+    ids = jax.random.randint(jax.random.key(5), (1, T), 0, cfg.vocab_size)
+    logits = jax.jit(model.logits)
+    base = logits(params, ids)
+    for t in (0, T // 2, T - 1):
+        changed = ids.at[0, t:].set((ids[0, t:] + 7) % cfg.vocab_size)
+        out = logits(params, changed)
+        np.testing.assert_array_equal(out[:, :t], base[:, :t])
+        assert not np.allclose(out[:, t], base[:, t])
+
+
+def naive_attention(q, k, v):
+    """Per-head loops in numpy with the GQA map h -> h // (H/G)."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    B, T, H, K = q.shape
+    G = k.shape[2]
+    out = np.zeros_like(q)
+    for b in range(B):
+        for h in range(H):
+            g = h // (H // G)
+            s = q[b, :, h] @ k[b, :, g].T / np.sqrt(K)
+            s[np.triu_indices(T, 1)] = -np.inf
+            p = np.exp(s - s.max(-1, keepdims=True))
+            out[b, :, h] = (p / p.sum(-1, keepdims=True)) @ v[b, :, g]
+    return out
+
+
+@pytest.mark.parametrize("impl", ["xla", "chunked"])
+def test_attention_matches_naive(impl):
+    key = jax.random.split(jax.random.key(0), 3)
+    T = 300
+    q = jax.random.normal(key[0], (2, T, 4, 16))
+    k = jax.random.normal(key[1], (2, T, 2, 16))
+    v = jax.random.normal(key[2], (2, T, 2, 16))
+    got = attention.causal_attention(q, k, v, impl)
+    np.testing.assert_allclose(got, naive_attention(q, k, v), rtol=2e-5, atol=2e-5)
+
+
+def test_rotary_matches_reference_formula():
+    T, K = 12, 8
+    cos, sin = layers.rotary_tables(T, K, 10000.0, jnp.float32)
+    x = np.random.default_rng(0).normal(size=(1, T, 2, K)).astype(np.float32)
+    got = np.asarray(layers.apply_rotary(jnp.asarray(x), cos, sin))
+    inv = 1.0 / (10000.0 ** (np.arange(0, K, 2) / K))
+    ang = np.arange(T)[:, None] * inv[None]
+    c, s = np.cos(ang)[None, :, None], np.sin(ang)[None, :, None]
+    x1, x2 = x[..., :K // 2], x[..., K // 2:]
+    want = np.concatenate([x1 * c + x2 * s, -x1 * s + x2 * c], -1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_rms_norm_uses_dtype_epsilon():
+    x = jnp.asarray([[3.0, 4.0]], jnp.float32)
+    want = np.array([[3.0, 4.0]]) / np.sqrt(12.5 + np.finfo(np.float32).eps)
+    np.testing.assert_allclose(layers.rms_norm(x), want, rtol=1e-7)
+
+
+def test_softcap_bounds_logits():
+    model = M.build_model(dataclasses.replace(TINY, logit_softcap=2.0))
+    params = perturbed(model, scale=3.0)
+    logits = model.logits(params, jnp.zeros((1, 8), jnp.int32))
+    assert float(jnp.max(jnp.abs(logits))) <= 2.0
+
+
+def test_untied_head():
+    cfg = dataclasses.replace(TINY, tie_embeddings=False)
+    p = M.build_model(cfg).init(jax.random.key(0))
+    assert p["lm_head"]["weight"].shape == (cfg.vocab_size, cfg.model_dim)
+    assert not np.any(p["lm_head"]["weight"])
+    assert np.std(p["tok_emb"]["weight"]) == pytest.approx(1.0, rel=0.1)  # nn.Embedding default
+
+
+@pytest.mark.parametrize("kind,key", [("attention", k) for k in attention.ATTENTION]
+                         + [("activation", k) for k in layers.ACTIVATIONS]
+                         + [("linear", k) for k in layers.LINEAR]
+                         + [("block_schedule", k) for k in M.BLOCK_SCHEDULES])
+def test_every_registry_entry_trains(kind, key):
+    """Each registered variant builds, gives finite logits and a finite non-zero gradient."""
+    cfg = dataclasses.replace(TINY, **{kind: key})
+    model = M.build_model(cfg)
+    params = perturbed(model)
+    ids = jax.random.randint(jax.random.key(6), (2, 16), 0, cfg.vocab_size)
+    loss, grads = jax.jit(jax.value_and_grad(model.loss))(params, ids, ids)
+    assert np.isfinite(loss)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    assert sum(float(jnp.sum(g * g)) for g in jax.tree.leaves(grads)) > 0
+
+
+def test_initial_loss_is_uniform():
+    """Zero-init output projections + tiny embedding: the first loss is ln V, as the reference's 6.93."""
+    model = M.build_model(TINY)
+    params = jax.jit(model.init)(jax.random.key(0))
+    ids = jax.random.randint(jax.random.key(1), (2, 33), 0, TINY.vocab_size)
+    assert float(model.loss(params, ids[:, :-1], ids[:, 1:])) == pytest.approx(np.log(TINY.vocab_size), abs=0.01)
