@@ -1,0 +1,33 @@
+"""Orthogonalizers for Muon: pure functions G (rows x cols) -> approximately U V^T.
+
+Each maps every singular value s of the normalized input through a fixed odd polynomial
+s -> a s + b s^3 + c s^5 per step, keeping the singular vectors. They work on the wide
+orientation (rows <= cols) so the Gram matrix X X^T is the small side.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Keller Jordan's quintic, used for every step by the reference Muon (modded-nanogpt).
+NS5_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz5(G: jax.Array, steps: int = 5, dtype=jnp.bfloat16, eps: float = 1e-7) -> jax.Array:
+    """The reference's zeropower_via_newtonschulz5: Frobenius-normalize, then `steps` quintic steps."""
+    a, b, c = NS5_COEFFS
+    # The norm is accumulated in fp32 (torch's bf16 norm also accumulates in fp32).
+    X = G.astype(dtype)
+    X = X / (jnp.linalg.norm(G.astype(jnp.float32)).astype(dtype) + eps)
+    transposed = G.shape[0] > G.shape[1]
+    if transposed:
+        X = X.T
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    return X.T if transposed else X
+
+
+ORTHOGONALIZERS = {"newton_schulz5": newton_schulz5}

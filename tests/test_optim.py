@@ -1,0 +1,141 @@
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from pgolf_jax import config as C
+from pgolf_jax.model import build_model
+from pgolf_jax.optim import (clip_by_global_norm, group_of, label_params, make_optimizer, muon_momentum,
+                             scale_by_muon, warmdown_multiplier)
+from pgolf_jax.orthogonalize import ORTHOGONALIZERS, newton_schulz5
+
+
+def ns5_numpy(G, steps=5, eps=1e-7):
+    """zeropower_via_newtonschulz5 of the reference, in float64 numpy."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G / (np.linalg.norm(G) + eps)
+    tr = G.shape[0] > G.shape[1]
+    X = X.T if tr else X
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if tr else X
+
+
+def test_every_parameter_has_exactly_one_reference_group():
+    params = jax.eval_shape(build_model(C.ModelConfig()).init, jax.random.key(0))
+    labels = label_params(params)
+    flat = {jax.tree_util.keystr(p): l for p, l in jax.tree_util.tree_leaves_with_path(labels)}
+    assert len(flat) == len(jax.tree.leaves(params))
+    assert set(flat.values()) <= {"embed", "head", "matrix", "scalar"}
+    matrix = sorted(k for k, v in flat.items() if v == "matrix")
+    assert matrix == sorted(f"['blocks']{s}['weight']" for s in (
+        "['attn']['c_q']", "['attn']['c_k']", "['attn']['c_v']", "['attn']['proj']", "['mlp']['fc']", "['mlp']['proj']"))
+    assert flat["['tok_emb']['weight']"] == "embed"
+    for name in ("['blocks']['attn']['q_gain']", "['blocks']['attn_scale']", "['blocks']['mlp_scale']",
+                 "['blocks']['resid_mix']", "['skip_weights']"):
+        assert flat[name] == "scalar"
+    # Muon gets 6 x 9 = 54 matrices, as in the reference's optimizer_muon param list.
+    n_mats = sum(params["blocks"][a][b]["weight"].shape[0] for a, b in
+                 (("attn", "c_q"), ("attn", "c_k"), ("attn", "c_v"), ("attn", "proj"), ("mlp", "fc"), ("mlp", "proj")))
+    assert n_mats == 54
+
+
+def test_group_rules():
+    assert group_of("lm_head.weight", 2) == "head"
+    assert group_of("blocks.resid_mix", 3) == "scalar"  # 2-D per layer but a control tensor
+    assert group_of("blocks.mlp.fc.weight", 3) == "matrix"
+    with pytest.raises(ValueError, match="no optimizer group"):
+        group_of("mystery.weight", 2)
+
+
+@pytest.mark.parametrize("shape", [(32, 48), (48, 32), (40, 40)])
+def test_newton_schulz_matches_reference_math(shape):
+    G = np.random.default_rng(0).normal(size=shape)
+    got = np.asarray(newton_schulz5(jnp.asarray(G, jnp.float32), steps=5, dtype=jnp.float32))
+    np.testing.assert_allclose(got, ns5_numpy(G), rtol=2e-4, atol=2e-5)
+
+
+def test_newton_schulz_orthogonalizes():
+    G = jax.random.normal(jax.random.key(0), (128, 512))
+    s = np.linalg.svd(np.asarray(newton_schulz5(G, dtype=jnp.float32)), compute_uv=False)
+    assert 0.6 < s.min() and s.max() < 1.25  # the quintic's known band, not exactly 1
+    assert "newton_schulz5" in ORTHOGONALIZERS
+
+
+def test_muon_momentum_warmup():
+    assert float(muon_momentum(jnp.asarray(0), 0.95, 0.85, 500)) == pytest.approx(0.85)
+    assert float(muon_momentum(jnp.asarray(250), 0.95, 0.85, 500)) == pytest.approx(0.90)
+    assert float(muon_momentum(jnp.asarray(900), 0.95, 0.85, 500)) == pytest.approx(0.95)
+
+
+def test_muon_matches_reference_steps():
+    """Two steps of scale_by_muon == the reference's Muon.step math (numpy), stacked and not."""
+    rng = np.random.default_rng(1)
+    grads = [rng.normal(size=(2, 24, 16)) for _ in range(2)]
+    tx = scale_by_muon(newton_schulz5, steps=5, momentum=0.95, warmup_start=0.85, warmup_steps=2)
+    state = tx.init(jnp.zeros((2, 24, 16)))
+    buf = np.zeros((2, 24, 16))
+    for step, g in enumerate(grads):
+        upd, state = tx.update(jnp.asarray(g, jnp.float32), state)
+        mu = (1 - min(step / 2, 1)) * 0.85 + min(step / 2, 1) * 0.95
+        buf = mu * buf + g
+        nest = g + mu * buf
+        want = np.stack([ns5_numpy(nest[i]) for i in range(2)]) * math.sqrt(max(1, 24 / 16))
+        np.testing.assert_allclose(np.asarray(upd), want, rtol=1e-3, atol=1e-4)
+
+
+def test_lr_multiplier_scales_every_group():
+    cfg = C.override(C.Config(), {"model.num_layers": 2, "model.model_dim": 32, "model.num_heads": 2,
+                                  "model.num_kv_heads": 1, "model.vocab_size": 64})
+    params = build_model(cfg.model).init(jax.random.key(0))
+    grads = jax.tree.map(lambda p: jnp.ones_like(p), params)
+    tx = make_optimizer(cfg, jnp.float32)
+    u1, _ = tx.update(grads, tx.init(params), params, lr_mul=1.0)
+    u3, _ = tx.update(grads, tx.init(params), params, lr_mul=0.25)
+    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u3)):
+        np.testing.assert_allclose(np.asarray(b), 0.25 * np.asarray(a), rtol=1e-6)
+    # Adam's first step is lr * sign(g) for every group: check the per-group learning rates.
+    lr = jax.tree.map(lambda u: float(-u.reshape(-1)[0]), u1)
+    assert lr["tok_emb"]["weight"] == pytest.approx(cfg.optim.tied_embed_lr, rel=1e-5)
+    assert lr["skip_weights"] == pytest.approx(cfg.optim.scalar_lr, rel=1e-5)
+
+
+def test_adam_matches_torch_formula():
+    """optax's scale_by_adam with bias correction is torch.optim.Adam's update."""
+    g = np.array([0.3, -1.2, 2.0])
+    tx = optax.scale_by_adam(0.9, 0.95, 1e-8)
+    st = tx.init(jnp.zeros(3))
+    m = v = np.zeros(3)
+    for t in range(1, 4):
+        u, st = tx.update(jnp.asarray(g * t), st)
+        m = 0.9 * m + 0.1 * g * t
+        v = 0.95 * v + 0.05 * (g * t) ** 2
+        want = (m / (1 - 0.9 ** t)) / (np.sqrt(v) / math.sqrt(1 - 0.95 ** t) + 1e-8)
+        np.testing.assert_allclose(np.asarray(u), want, rtol=1e-5)
+
+
+def test_clip_like_torch():
+    g = {"a": jnp.array([3.0, 4.0])}
+    out, _ = clip_by_global_norm(1.0).update(g, None)
+    np.testing.assert_allclose(out["a"], np.array([3.0, 4.0]) / (5.0 + 1e-6), rtol=1e-6)
+    out, _ = clip_by_global_norm(10.0).update(g, None)
+    np.testing.assert_allclose(out["a"], [3.0, 4.0])
+
+
+def test_warmdown_by_wallclock_and_by_steps():
+    t = C.TrainConfig()  # 600 s cap, warmdown 1200 iterations
+    # 43.5 ms/step: warmdown window = 52.2 s; at 560 s elapsed (step 12874) 40 s remain.
+    assert warmdown_multiplier(1000, 43.5 * 1000, t) == 1.0
+    assert warmdown_multiplier(12874, 560_000.0, t) == pytest.approx(40_000 / (1200 * 560_000 / 12874), rel=1e-9)
+    assert warmdown_multiplier(14000, 601_000.0, t) == 0.0
+    s = dataclasses.replace(t, max_wallclock_seconds=0.0, iterations=100, warmdown_iters=20)
+    assert warmdown_multiplier(79, 0, s) == 1.0
+    assert warmdown_multiplier(80, 0, s) == pytest.approx(1.0)
+    assert warmdown_multiplier(90, 0, s) == pytest.approx(0.5)
+    assert warmdown_multiplier(99, 0, s) == pytest.approx(0.05)
+    assert warmdown_multiplier(5, 0, dataclasses.replace(s, warmdown_iters=0)) == 1.0
