@@ -3,6 +3,7 @@ attention-module registry (GQA now; MLA / XSA / gated variants plug in as entrie
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -11,9 +12,8 @@ from flax import nnx
 
 from pgolf_jax.layers import LINEAR, apply_rotary, rms_norm
 
-# Query chunk for the "chunked" CPU path: each chunk attends only to the keys up to its end,
-# so the masked upper triangle is never computed (about (n+1)/2n of the full square's FLOPs).
-CHUNK = 256
+# Query/key block of the "flash" path. 128 measured fastest for T = 1024 on the 2-core CPU.
+BLOCK = 128
 
 
 def _xla_attention(q_BTHK, k_BTGK, v_BTGK, scale):
@@ -29,24 +29,100 @@ def _xla_attention(q_BTHK, k_BTGK, v_BTGK, scale):
     return out_BTGRK.reshape(B, T, H, K)
 
 
-def _chunked_attention(q_BTHK, k_BTGK, v_BTGK, scale):
-    """Exact causal attention by query chunks; each chunk's softmax sees all of its keys at once."""
-    T = q_BTHK.shape[1]
-    if T <= CHUNK:
-        return _xla_attention(q_BTHK, k_BTGK, v_BTGK, scale)
-    B, _, H, K = q_BTHK.shape
-    G = k_BTGK.shape[2]
-    outs = []
-    for start in range(0, T, CHUNK):
-        stop = min(start + CHUNK, T)
-        q_BCGRK = q_BTHK[:, start:stop].reshape(B, stop - start, G, H // G, K)
-        k_BSGK, v_BSGK = k_BTGK[:, :stop], v_BTGK[:, :stop]
-        logits = jnp.einsum("bcgrk,bsgk->bgrcs", q_BCGRK, k_BSGK).astype(jnp.float32) * scale
-        mask_CS = jnp.arange(stop)[None, :] <= jnp.arange(start, stop)[:, None]
-        logits = jnp.where(mask_CS, logits, -jnp.inf)
-        probs = jax.nn.softmax(logits, axis=-1).astype(v_BTGK.dtype)
-        outs.append(jnp.einsum("bgrcs,bsgk->bcgrk", probs, v_BSGK).reshape(B, stop - start, H, K))
-    return jnp.concatenate(outs, axis=1)
+# The "flash" path: exact causal attention by query blocks with a hand-written backward.
+# Query heads of a KV group are folded into the rows (q_BGQK with Q = T*R, position-major) so
+# every product is one wide GEMM per (batch, group). Per query block only the keys up to its end
+# are touched: an unmasked off-diagonal part and a masked diagonal block, so the upper triangle
+# costs nothing. Forward keeps the row logsumexp; backward recomputes probabilities from it
+# (FlashAttention's recipe), which measured 2x faster on CPU than differentiating the forward.
+
+def _fold(x_BTHK, G):
+    B, T, H, K = x_BTHK.shape
+    return x_BTHK.reshape(B, T, G, H // G, K).transpose(0, 2, 1, 3, 4).reshape(B, G, T * (H // G), K)
+
+
+def _unfold(x_BGQK, T):
+    B, G, Q, K = x_BGQK.shape
+    R = Q // T
+    return x_BGQK.reshape(B, G, T, R, K).transpose(0, 2, 1, 3, 4).reshape(B, T, G * R, K)
+
+
+def _block_logits(q_BGQK, k_BGSK, s0, s1, R):
+    """Logits of queries [s0, s1): off-diagonal keys [0, s0) (None when s0 = 0), masked diagonal."""
+    q = q_BGQK[:, :, s0 * R:s1 * R]
+    f32 = dict(preferred_element_type=jnp.float32)
+    diag = jnp.einsum("bgqk,bgsk->bgqs", q, k_BGSK[:, :, s0:s1], **f32)
+    n = s1 - s0
+    diag = jnp.where(jnp.arange(n)[None, :] <= (jnp.arange(n * R) // R)[:, None], diag, -jnp.inf)
+    off = jnp.einsum("bgqk,bgsk->bgqs", q, k_BGSK[:, :, :s0], **f32) if s0 else None
+    return off, diag
+
+
+def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale):
+    T, G = q_BTHK.shape[1], k_BTGK.shape[2]
+    R = q_BTHK.shape[2] // G
+    q = _fold(q_BTHK, G) * jnp.asarray(scale, q_BTHK.dtype)
+    k, v = k_BTGK.transpose(0, 2, 1, 3), v_BTGK.transpose(0, 2, 1, 3)
+    outs, lses = [], []
+    for s0 in range(0, T, BLOCK):
+        s1 = min(s0 + BLOCK, T)
+        off, diag = _block_logits(q, k, s0, s1, R)
+        m = diag.max(-1, keepdims=True) if off is None else jnp.maximum(diag.max(-1, keepdims=True), off.max(-1, keepdims=True))
+        e = jnp.exp(diag - m)
+        z = e.sum(-1, keepdims=True)
+        acc = jnp.einsum("bgqs,bgsk->bgqk", e.astype(v.dtype), v[:, :, s0:s1]).astype(jnp.float32)
+        if off is not None:
+            e = jnp.exp(off - m)
+            z = z + e.sum(-1, keepdims=True)
+            acc = acc + jnp.einsum("bgqs,bgsk->bgqk", e.astype(v.dtype), v[:, :, :s0]).astype(jnp.float32)
+        outs.append((acc / z).astype(v.dtype))
+        lses.append(m + jnp.log(z))
+    o = jnp.concatenate(outs, axis=2)
+    return _unfold(o, T), (q, k, v, o, jnp.concatenate(lses, axis=2))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _flash_attention(q_BTHK, k_BTGK, v_BTGK, scale):
+    return _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale)[0]
+
+
+def _flash_backward(scale, res, do_BTHK):
+    q, k, v, o, lse = res
+    G, T = k.shape[1], k.shape[2]
+    R = q.shape[2] // T
+    do = _fold(do_BTHK, G)
+    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), -1, keepdims=True)
+    n_blocks = -(-T // BLOCK)
+    dq_parts, dk_parts, dv_parts = [], [[] for _ in range(n_blocks)], [[] for _ in range(n_blocks)]
+
+    def grads(p, qc, doc, keys, vals, d):
+        """dV, dK contributions and dQ for one (query block, key range) tile."""
+        dv = jnp.einsum("bgqs,bgqk->bgsk", p.astype(doc.dtype), doc)
+        ds = (p * (jnp.einsum("bgqk,bgsk->bgqs", doc, vals, preferred_element_type=jnp.float32) - d)).astype(qc.dtype)
+        return dv, jnp.einsum("bgqs,bgqk->bgsk", ds, qc), jnp.einsum("bgqs,bgsk->bgqk", ds, keys)
+
+    for i, s0 in enumerate(range(0, T, BLOCK)):
+        s1 = min(s0 + BLOCK, T)
+        rows = slice(s0 * R, s1 * R)
+        qc, doc, lse_c, d = q[:, :, rows], do[:, :, rows], lse[:, :, rows], delta[:, :, rows]
+        off, diag = _block_logits(q, k, s0, s1, R)
+        dv, dk, dq = grads(jnp.exp(diag - lse_c), qc, doc, k[:, :, s0:s1], v[:, :, s0:s1], d)
+        dv_parts[i].append(dv)
+        dk_parts[i].append(dk)
+        if off is not None:
+            dv, dk, dq_off = grads(jnp.exp(off - lse_c), qc, doc, k[:, :, :s0], v[:, :, :s0], d)
+            dq = dq + dq_off
+            for j in range(i):
+                dv_parts[j].append(dv[:, :, j * BLOCK:(j + 1) * BLOCK])
+                dk_parts[j].append(dk[:, :, j * BLOCK:(j + 1) * BLOCK])
+        dq_parts.append(dq)
+    dq = _unfold(jnp.concatenate(dq_parts, axis=2) * jnp.asarray(scale, q.dtype), T)
+    dk = jnp.concatenate([sum(p) for p in dk_parts], axis=2).transpose(0, 2, 1, 3)
+    dv = jnp.concatenate([sum(p) for p in dv_parts], axis=2).transpose(0, 2, 1, 3)
+    return dq, dk, dv
+
+
+_flash_attention.defvjp(_flash_forward, _flash_backward)
 
 
 def _cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale):
@@ -55,16 +131,16 @@ def _cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale):
                                         implementation="cudnn")
 
 
-ATTENTION_IMPLS = {"xla": _xla_attention, "chunked": _chunked_attention, "cudnn": _cudnn_attention}
+ATTENTION_IMPLS = {"xla": _xla_attention, "flash": _flash_attention, "cudnn": _cudnn_attention}
 
 
 def resolve_impl(impl: str, dtype) -> str:
-    """'auto' = cuDNN flash attention on GPU in half precision, chunked XLA elsewhere."""
+    """'auto' = cuDNN flash attention on GPU in half precision, our blocked flash path elsewhere."""
     if impl != "auto":
         return impl
     if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
-    return "chunked"
+    return "flash"
 
 
 def causal_attention(q_BTHK, k_BTGK, v_BTGK, impl: str = "auto", scale: float | None = None):
@@ -74,8 +150,9 @@ def causal_attention(q_BTHK, k_BTGK, v_BTGK, impl: str = "auto", scale: float | 
 
 
 # ---------------------------------------------------------------------------------------------
-# Attention modules. Each takes the normalized block input x_BTD and a context dict holding the
-# rotary tables, and returns the pre-residual output (after the output projection).
+# Attention modules. Each takes the normalized block input x_ND (the flat residual stream,
+# N = B*T) and a context dict holding the rotary tables and (B, T); it returns the pre-residual
+# output (after the output projection), shape (N, D).
 
 class GQA(nnx.Module):
     """Grouped-query attention with QK RMSNorm, RoPE and a learned per-head query gain."""
@@ -91,18 +168,18 @@ class GQA(nnx.Module):
         self.proj = linear(D, D, init="zeros", rngs=rngs)
         self.q_gain = nnx.Param(jnp.full((H,), cfg.qk_gain_init, jnp.float32))
 
-    def __call__(self, x_BTD, ctx):
-        B, T, _ = x_BTD.shape
+    def __call__(self, x_ND, ctx):
+        B, T = ctx["shape_BT"]
         H, G, K = self.num_heads, self.num_kv_heads, self.head_dim
-        q_BTHK = rms_norm(self.c_q(x_BTD).reshape(B, T, H, K))
-        k_BTGK = rms_norm(self.c_k(x_BTD).reshape(B, T, G, K))
-        v_BTGK = self.c_v(x_BTD).reshape(B, T, G, K)
+        q_BTHK = rms_norm(self.c_q(x_ND).reshape(B, T, H, K))
+        k_BTGK = rms_norm(self.c_k(x_ND).reshape(B, T, G, K))
+        v_BTGK = self.c_v(x_ND).reshape(B, T, G, K)
         cos, sin = ctx["rope"]
         q_BTHK = apply_rotary(q_BTHK, cos, sin)
         k_BTGK = apply_rotary(k_BTGK, cos, sin)
         q_BTHK = q_BTHK * self.q_gain[...].astype(q_BTHK.dtype)[:, None]
         y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.impl)
-        return self.proj(y_BTHK.reshape(B, T, H * K))
+        return self.proj(y_BTHK.reshape(B * T, H * K))
 
 
 ATTENTION = {"gqa": GQA}

@@ -53,7 +53,7 @@ class ModelConfig:
     activation: str = "relu2"
     linear: str = "dense"
     block_schedule: str = "unet"
-    attention_impl: str = "auto"  # auto | xla | cudnn | chunked
+    attention_impl: str = "auto"  # auto | xla | flash | cudnn
     scan_layers: bool = True  # lax.scan over the stacked blocks (False = Python loop)
     remat: bool = False
     # "auto" = bfloat16 on GPU (the reference's autocast) and float32 elsewhere.
@@ -74,7 +74,7 @@ class OptimConfig:
     muon_momentum_warmup_start: float = 0.85
     muon_momentum_warmup_steps: int = 500
     orthogonalizer: str = "newton_schulz5"
-    muon_dtype: str = "auto"  # Newton-Schulz dtype; "auto" = bfloat16 on GPU, float32 elsewhere
+    muon_dtype: str = "bfloat16"  # Newton-Schulz dtype: the reference runs it in bf16 everywhere
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8

@@ -1,7 +1,7 @@
 """Building blocks shared by every architecture: norms, rotary, softcap, linears, activations.
 
-Shape legend (used across the package): B batch, T positions, D model width, H query heads,
-G kv heads, K head dim, F MLP hidden, V vocab, L layers, R low rank.
+Shape legend (used across the package): B batch, T positions, N = B*T flattened positions,
+D model width, H query heads, G kv heads, K head dim, F MLP hidden, V vocab, L layers, R low rank.
 
 Weights are stored in PyTorch's (out_features, in_features) layout so that parameter names,
 per-row quantization, GPTQ columns and Muon's rows/cols all mean what they mean in the

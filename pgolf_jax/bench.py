@@ -1,0 +1,185 @@
+"""`run.py bench`: train-step speed on synthetic tokens, FLOPs, MFU against a measured GEMM peak,
+and optionally the reference's own PyTorch GPT timed on the same shapes (loaded from the user's
+train_gpt.py at run time, never vendored)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pgolf_jax import config as config_lib, dist
+from pgolf_jax.config import Config
+
+
+def analytic_flops_per_token(cfg: Config, seq_len: int) -> dict[str, float]:
+    """Training FLOPs per token (3x forward): matmuls 6N, attention scores/values, optimizer aside."""
+    m = cfg.model
+    D, L, V = m.model_dim, m.num_layers, m.vocab_size
+    kv = D // m.num_heads * m.num_kv_heads
+    per_layer = D * D * 2 + 2 * D * kv + 2 * D * m.mlp_mult * D
+    n_matmul = L * per_layer + V * D
+    attn_full = 3 * L * 2 * 2 * seq_len * D  # QK^T and PV, fwd+bwd, over the full T x T square
+    return {"matmul": 6.0 * n_matmul, "attn_causal": attn_full / 2, "attn_full": attn_full,
+            "n_matmul_params": float(n_matmul)}
+
+
+def muon_flops_per_step(cfg: Config) -> float:
+    """Newton-Schulz FLOPs of one optimizer step (every block matrix, wide orientation)."""
+    m, steps = cfg.model, cfg.optim.muon_backend_steps
+    kv = m.model_dim // m.num_heads * m.num_kv_heads
+    shapes = [(m.model_dim, m.model_dim)] * 2 + [(kv, m.model_dim)] * 2 + [(m.mlp_mult * m.model_dim, m.model_dim)] * 2
+    total = 0.0
+    for r, c in shapes:
+        r, c = min(r, c), max(r, c)
+        total += steps * (2 * r * r * c + 2 * r ** 3 + 2 * r * r * c)
+    return total * m.num_layers
+
+
+def gemm_peak(dtype=jnp.float32, n: int = 2048, reps: int = 8) -> float:
+    """Best observed FLOP/s of a square matmul on the default device (the MFU denominator)."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS"
+
+
+def time_jax(cfg: Config, batch: int, seq: int, steps: int, warmup: int) -> dict:
+    from pgolf_jax.train import build, make_train_step
+
+    mesh = dist.make_mesh()
+    model, tx, state = build(cfg, mesh)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (1, batch, seq), dtype=np.int32))
+    y = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (1, batch, seq), dtype=np.int32))
+    step = jax.jit(make_train_step(model, tx), donate_argnums=(0,))
+    t = time.perf_counter()
+    compiled = step.lower(state, x, y, 1.0).compile()
+    compile_s = time.perf_counter() - t
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        state, m = compiled(state, x, y, 1.0)
+        jax.block_until_ready(m)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return {"compile_s": compile_s, "step_s": statistics.median(times), "times": times,
+            "loss": float(m["train_loss"])}
+
+
+def xla_flops_per_step(cfg: Config, batch: int, seq: int) -> float:
+    """XLA's cost analysis of an unrolled-layer step (a scan body would be counted only once)."""
+    from pgolf_jax.train import build, make_train_step
+
+    cfg = config_lib.override(cfg, {"model.scan_layers": False})
+    model, tx, state = build(cfg, dist.make_mesh())
+    x = jax.ShapeDtypeStruct((1, batch, seq), jnp.int32)
+    cost = jax.jit(make_train_step(model, tx)).lower(state, x, x, 1.0).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def time_torch_reference(path: str, cfg: Config, batch: int, seq: int, steps: int, warmup: int) -> dict:
+    """The reference GPT + its Muon/Adam split from the user's train_gpt.py, fp32, eager, on CPU."""
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeError("--vs-torch-reference needs torch: pip install 'pgolf_jax[torch]'") from None
+    spec = importlib.util.spec_from_file_location("pgolf_reference_train_gpt", path)
+    if spec is None:
+        raise FileNotFoundError(f"cannot load {path}")
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    m, o = cfg.model, cfg.optim
+    torch.manual_seed(0)
+    gpt = ref.GPT(vocab_size=m.vocab_size, num_layers=m.num_layers, model_dim=m.model_dim, num_heads=m.num_heads,
+                  num_kv_heads=m.num_kv_heads, mlp_mult=m.mlp_mult, tie_embeddings=m.tie_embeddings,
+                  tied_embed_init_std=m.tied_embed_init_std, logit_softcap=m.logit_softcap,
+                  rope_base=m.rope_base, qk_gain_init=m.qk_gain_init)
+    pats = ref.CONTROL_TENSOR_NAME_PATTERNS
+    named = list(gpt.blocks.named_parameters())
+    mats = [p for n, p in named if p.ndim == 2 and not any(c in n for c in pats)]
+    scal = [p for n, p in named if p.ndim < 2 or any(c in n for c in pats)] + [gpt.skip_weights]
+    adam = dict(betas=(o.beta1, o.beta2), eps=o.adam_eps)
+    opts = [torch.optim.Adam([gpt.tok_emb.weight], lr=o.tied_embed_lr, **adam),
+            ref.Muon(mats, lr=o.matrix_lr, momentum=o.muon_momentum, backend_steps=o.muon_backend_steps),
+            torch.optim.Adam(scal, lr=o.scalar_lr, **adam)]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, m.vocab_size, (batch, seq), generator=gen)
+    y = torch.randint(0, m.vocab_size, (batch, seq), generator=gen)
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        loss = gpt(x, y)
+        loss.backward()
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return {"step_s": statistics.median(times), "times": times, "threads": torch.get_num_threads()}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="run.py bench", description="Time the train step on synthetic tokens.")
+    p.add_argument("--config", required=True)
+    p.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
+    p.add_argument("--seq", type=int, default=0, help="sequence length (default train.train_seq_len)")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-xla-flops", action="store_true", help="skip the unrolled compile for XLA's FLOP count")
+    p.add_argument("--vs-torch-reference", metavar="TRAIN_GPT_PY", help="also time the reference PyTorch GPT")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value")
+    a = p.parse_args(argv)
+    cfg = config_lib.load(a.config, a.overrides)
+    seq = a.seq or cfg.train.train_seq_len
+    tokens = a.batch * seq
+    print(f"bench config:{a.config} backend:{jax.default_backend()} devices:{jax.device_count()} "
+          f"batch:{a.batch}x{seq} tokens/step:{tokens} compute_dtype:{cfg.model.compute_dtype}")
+    r = time_jax(cfg, a.batch, seq, a.steps, a.warmup)
+    fl = analytic_flops_per_token(cfg, seq)
+    ns = muon_flops_per_step(cfg)
+    model_flops = (fl["matmul"] + fl["attn_causal"]) * tokens
+    peak = gemm_peak()
+    mem, mem_kind = peak_memory_bytes()
+    tok_s = tokens / r["step_s"]
+    print(f"compile_time:{r['compile_s']:.2f}s step_time:{1000 * r['step_s']:.1f}ms "
+          f"(min {1000 * min(r['times']):.1f} max {1000 * max(r['times']):.1f}) tokens_per_s:{tok_s:.1f}")
+    print(f"peak_memory:{mem / 2**20:.0f}MiB ({mem_kind})")
+    print(f"flops_per_token_analytic: matmul:{fl['matmul'] / 1e6:.1f}M attn_causal:{fl['attn_causal'] / 1e6:.1f}M "
+          f"attn_full:{fl['attn_full'] / 1e6:.1f}M total_causal:{(fl['matmul'] + fl['attn_causal']) / 1e6:.1f}M")
+    print(f"muon_ns_flops_per_step:{ns / 1e9:.1f}G ({ns / tokens / 1e6:.1f}M per token at this batch)")
+    if not a.no_xla_flops:
+        xf = xla_flops_per_step(cfg, a.batch, seq)
+        print(f"flops_per_token_xla:{xf / tokens / 1e6:.1f}M (unrolled step, includes optimizer and masked attention)")
+    print(f"gemm_peak:{peak / 1e9:.1f}GFLOP/s achieved_model:{model_flops / r['step_s'] / 1e9:.1f}GFLOP/s "
+          f"mfu:{100 * model_flops / r['step_s'] / peak:.1f}% "
+          f"with_optimizer:{100 * (model_flops + ns) / r['step_s'] / peak:.1f}%")
+    if a.vs_torch_reference:
+        t = time_torch_reference(a.vs_torch_reference, cfg, a.batch, seq, a.steps, a.warmup)
+        ref_tok_s = tokens / t["step_s"]
+        print(f"torch_reference step_time:{1000 * t['step_s']:.1f}ms tokens_per_s:{ref_tok_s:.1f} "
+              f"threads:{t['threads']} (fp32 eager)")
+        print(f"speedup_vs_reference:{tok_s / ref_tok_s:.2f}x")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,103 @@
+"""Command line: `run.py --config PRESET [section.field=value ...]` runs the main job; the verbs
+`data`, `eval` and `bench` are subcommands. Only this module reads sys.argv."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+VERBS = ("data", "eval", "bench")
+
+
+def _main_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run.py",
+        description="pgolf_jax main job: train -> quantize -> pack -> round-trip eval. "
+                    f"Other verbs: {', '.join(VERBS)} (run.py <verb> --help).")
+    p.add_argument("--config", required=True, help="preset file, e.g. configs/cpu.py")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and model_params, then exit")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value")
+    return p
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py eval", description="Evaluate weights on the val split (val_loss, val_bpb).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a run directory (uses its config.json and artifact)")
+    src.add_argument("--artifact", help="a pgolf_jax artifact (final_model.int8.zstd / .zlib)")
+    src.add_argument("--torch-state-dict", help="a reference PyTorch state dict (final_model.pt)")
+    src.add_argument("--reference-ptz", help="a reference int8+zlib artifact (final_model.int8.ptz)")
+    p.add_argument("--config", help="preset for --artifact / --torch-state-dict / --reference-ptz "
+                                    "(default: configs/baseline_sp1024.py values)")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value")
+    return p
+
+
+def eval_command(argv: list[str]) -> int:
+    from pgolf_jax import artifact, config as config_lib, dist, interop, pipeline
+    from pgolf_jax.model import build_model
+    from pgolf_jax.quant import dequantize_int8
+
+    args = _eval_parser().parse_args(argv)
+    if args.run:
+        run_dir = Path(args.run)
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} not found: is {run_dir} a run directory?")
+        cfg = config_lib.override(config_lib.from_dict(json.loads(cfg_path.read_text())), args.overrides)
+        found = sorted(run_dir.glob("final_model.int8.*"))
+        if not found:
+            raise FileNotFoundError(f"no final_model.int8.* artifact in {run_dir}")
+        source = found[0]
+    else:
+        cfg = config_lib.load(args.config, args.overrides) if args.config else config_lib.override(
+            config_lib.Config(), args.overrides)
+        source = Path(args.artifact or args.torch_state_dict or args.reference_ptz)
+    data_path, tok_path = pipeline.dataset_paths(cfg)
+    factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, print)
+    model = build_model(cfg.model)
+    import jax
+    template = jax.jit(model.init)(jax.random.key(0))
+    if args.torch_state_dict:
+        named = interop.load_torch_state_dict(source)
+    elif args.reference_ptz:
+        named = interop.load_reference_int8_ptz(source)
+    else:
+        named = dequantize_int8(artifact.read(source))
+    params = interop.unflatten_params(named, template, source=str(source))
+    res = factory(model, dist.make_mesh())(params)
+    print(f"eval source:{source} {res.line()}")
+    print(f"eval_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from pgolf_jax.artifact import ArtifactError, ArtifactTooLarge
+    from pgolf_jax.config import ConfigError
+
+    try:
+        if argv and argv[0] == "data":
+            from pgolf_jax import prepare
+            p = argparse.ArgumentParser(prog="run.py data", description="Prepare or download datasets.")
+            prepare.add_data_args(p)
+            return prepare.data_command(p.parse_args(argv[1:]))
+        if argv and argv[0] == "eval":
+            return eval_command(argv[1:])
+        if argv and argv[0] == "bench":
+            from pgolf_jax import bench
+            return bench.main(argv[1:])
+        args = _main_parser().parse_args(argv)
+        from pgolf_jax import pipeline
+        return pipeline.main_job(args.config, args.overrides, dry=args.dry_run)
+    except ConfigError as exc:
+        print(f"error: config: {exc}", file=sys.stderr)
+        return 2
+    except ArtifactTooLarge as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (FileNotFoundError, FileExistsError, ValueError, ArtifactError, FloatingPointError, RuntimeError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,118 @@
+"""Reference-named flat state dicts, and reading the reference's PyTorch files.
+
+Our parameter tree mirrors the reference module tree, with block parameters stacked on a leading
+layer axis; flattening unstacks them, so `blocks/attn/c_q/weight[i]` is `blocks.{i}.attn.c_q.weight`,
+exactly the name in a train_gpt.py state dict. torch is imported only by the loaders (optional extra).
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from pathlib import Path
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from pgolf_jax.optim import STACKED_PREFIX, path_name
+
+
+def flatten_params(params) -> dict[str, np.ndarray]:
+    """Nested params -> {reference name: numpy array}, block parameters split per layer."""
+    out: dict[str, np.ndarray] = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        name, arr = path_name(path), np.asarray(jax.device_get(leaf))
+        if name.startswith(STACKED_PREFIX):
+            rest = name[len(STACKED_PREFIX):]
+            for i in range(arr.shape[0]):
+                out[f"{STACKED_PREFIX}{i}.{rest}"] = arr[i]
+        else:
+            out[name] = arr
+    return out
+
+
+def unflatten_params(named: dict[str, np.ndarray], template, source: str = "state dict"):
+    """Inverse of flatten_params against a template tree (shapes and dtypes are checked/cast)."""
+    used = set()
+
+    def fill(path, leaf):
+        name = path_name(path)
+        if name.startswith(STACKED_PREFIX):
+            rest = name[len(STACKED_PREFIX):]
+            keys = [f"{STACKED_PREFIX}{i}.{rest}" for i in range(leaf.shape[0])]
+            parts = [_take(named, k, leaf.shape[1:], source) for k in keys]
+            used.update(keys)
+            arr = np.stack(parts)
+        else:
+            arr = _take(named, name, leaf.shape, source)
+            used.add(name)
+        return np.asarray(arr).astype(leaf.dtype)
+
+    tree = jax.tree_util.tree_map_with_path(fill, template)
+    extra = sorted(set(named) - used)
+    if extra:
+        raise ValueError(f"{source}: unexpected keys not in this model: {extra[:8]}{' ...' if len(extra) > 8 else ''}")
+    return tree
+
+
+def _take(named, key, shape, source):
+    if key not in named:
+        raise ValueError(f"{source}: missing key {key!r}")
+    arr = named[key]
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{source}: {key} has shape {tuple(arr.shape)}, the model expects {tuple(shape)}")
+    return arr
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch files (optional extra `torch`)
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeError("reading PyTorch files needs torch: pip install 'pgolf_jax[torch]'") from None
+    return torch
+
+
+def _to_numpy(t) -> np.ndarray:
+    torch = _torch()
+    if t.dtype == torch.bfloat16:
+        return t.detach().float().cpu().numpy().astype(ml_dtypes.bfloat16)
+    return t.detach().cpu().numpy()
+
+
+def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """A reference `final_model.pt` (torch.save of GPT.state_dict()) as numpy arrays."""
+    torch = _torch()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"torch state dict not found: {path}")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable torch state dict ({type(exc).__name__}: {exc})") from None
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
+    return {k: _to_numpy(v) for k, v in sd.items()}
+
+
+def load_reference_int8_ptz(path: str | Path) -> dict[str, np.ndarray]:
+    """The reference's `final_model.int8.ptz` (int8_clean_per_row_v1 + zlib), dequantized."""
+    from pgolf_jax.quant import dequantize_int8
+
+    torch = _torch()
+    path = Path(path)
+    try:
+        raw = zlib.decompress(path.read_bytes())
+        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: not a reference int8+zlib artifact ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict) or obj.get("__quant_format__") != "int8_clean_per_row_v1":
+        raise ValueError(f"{path}: unknown quant format {obj.get('__quant_format__') if isinstance(obj, dict) else obj!r}")
+    conv = {k: ({n: _to_numpy(t) for n, t in v.items()} if isinstance(v, dict) and k in
+                ("quantized", "scales", "passthrough") else v) for k, v in obj.items()}
+    return dequantize_int8(conv)

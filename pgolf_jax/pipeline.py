@@ -1,0 +1,185 @@
+"""The main job, as the reference's main(): train -> quantize -> pack -> round-trip eval.
+
+Writes runs/<run_id>/: log.txt, metrics.jsonl, config.json, final_model.npz (float weights),
+the artifact final_model.int8.<codec>, and submission.json.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from pgolf_jax import artifact, config as config_lib
+from pgolf_jax.config import Config
+from pgolf_jax.evaluate import EvalResult, Evaluator
+from pgolf_jax.interop import flatten_params, unflatten_params
+from pgolf_jax.model import Model, build_model, count_params
+from pgolf_jax.quant import dequantize_int8, quantize_int8
+from pgolf_jax.runlog import RunLog
+from pgolf_jax.shards import load_val_tokens
+from pgolf_jax.tokenizer import build_luts
+
+
+def new_run_id() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def source_hash() -> str:
+    h = hashlib.sha256()
+    for f in artifact.code_files():
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
+    """(data_path, tokenizer_path), preparing data.source on first use when data_path is missing."""
+    d = cfg.data
+    data_path, tok_path = Path(d.data_path), Path(d.tokenizer_path)
+    if data_path.is_dir() and tok_path.is_file():
+        return data_path, tok_path
+    if not d.source:
+        missing = data_path if not data_path.is_dir() else tok_path
+        raise FileNotFoundError(
+            f"{missing} not found: download the challenge data (`python run.py data download --variant sp1024`) "
+            f"or set data.source to a docs_selected.jsonl or sample:<name>")
+    from pgolf_jax import prepare
+
+    variant = "byte260" if tok_path.suffix == ".json" else f"sp{cfg.model.vocab_size}"
+    root = data_path.parent.parent
+    log(f"data:preparing source:{d.source} variant:{variant} root:{root}")
+    kwargs = dict(num_val_docs=d.num_val_docs, tokenizer_train_docs=d.tokenizer_train_docs or None)
+    if d.source.startswith("sample:"):
+        got_data, got_tok = prepare.ensure_sample_dataset(d.source[len("sample:"):], root, variant=variant, **kwargs)
+    else:
+        prepare.prepare_from_docs(Path(d.source), root, variants=(variant,), **kwargs)
+        got_data, got_tok = data_path, tok_path
+    if Path(got_data).resolve() != data_path.resolve() or Path(got_tok).resolve() != tok_path.resolve():
+        raise ValueError(f"data.source {d.source!r} prepares {got_data} and {got_tok}, but the config points at "
+                         f"data.data_path={data_path} and data.tokenizer_path={tok_path}")
+    return data_path, tok_path
+
+
+def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
+    """Load val tokens and byte tables once; returns (factory(model, mesh) -> Evaluator)."""
+    from pgolf_jax import dist
+
+    seq = cfg.train.train_seq_len
+    val_tokens = load_val_tokens(str(data_path / cfg.data.val_files), seq, cfg.eval.val_tokens_limit)
+    luts = build_luts(tok_path, cfg.model.vocab_size)
+    log(f"val_bpb:enabled tokenizer_path:{tok_path}")
+    log(f"val_loader:shards pattern={data_path / cfg.data.val_files} tokens:{len(val_tokens) - 1}")
+
+    def factory(model: Model, mesh):
+        n = dist.num_data_devices(mesh)
+        return Evaluator(model, val_tokens, luts, seq, cfg.eval.val_batch_size // max(1, cfg.train.batch_spans // n),
+                         data_sharding=dist.batch_sharding(mesh), num_devices=n)
+
+    return factory
+
+
+def export_and_roundtrip(cfg: Config, params, run_dir: Path, evaluator, log) -> dict:
+    """Quantize, pack, write, read back, dequantize, evaluate: the number that counts."""
+    q = cfg.quant
+    named = flatten_params(params)
+    fp_path = run_dir / "final_model.npz"
+    np.savez(fp_path, **{k: (v.astype(np.float32) if v.dtype.name == "bfloat16" else v) for k, v in named.items()})
+    code = artifact.code_bytes()
+    log(f"Serialized model: {fp_path.stat().st_size} bytes")
+    log(f"Code size: {code} bytes ({len(artifact.code_files())} files)")
+
+    obj, stats = quantize_int8(named, q.clip_percentile, q.keep_float_max_numel)
+    raw = artifact.serialize(obj)
+    blob = artifact.pack(obj, q.compressor, q.level)
+    art_path = run_dir / f"final_model.int8.{q.compressor}"
+    artifact.write(art_path, blob)
+    model_bytes = art_path.stat().st_size
+    ratio = stats["baseline_tensor_bytes"] / max(stats["int8_payload_bytes"], 1)
+    log(f"Serialized model int8+{q.compressor}: {model_bytes} bytes (payload:{stats['int8_payload_bytes']} "
+        f"raw:{len(raw)} payload_ratio:{ratio:.2f}x)")
+    total = model_bytes + code
+    log(f"Total submission size int8+{q.compressor}: {total} bytes (cap {q.max_artifact_bytes})")
+    log.metric("artifact", model_bytes=model_bytes, code_bytes=code, total_bytes=total, **stats)
+    artifact.check_size(model_bytes, code, q.max_artifact_bytes, q.allow_oversize)
+
+    restored = unflatten_params(dequantize_int8(artifact.read(art_path)), params, source=str(art_path))
+    res: EvalResult = evaluator(restored)
+    log(f"final_roundtrip {res.line()}")
+    log(f"final_roundtrip_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
+    log.metric("final_roundtrip", val_loss=res.val_loss, val_bpb=res.val_bpb, val_tokens=res.val_tokens,
+               val_bytes=res.val_bytes, eval_seconds=res.seconds)
+    return {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "bytes_total": total, "bytes_code": code,
+            "bytes_model": model_bytes, "artifact": art_path.name, "val_tokens": res.val_tokens,
+            "val_bytes": res.val_bytes}
+
+
+def log_header(cfg: Config, log: RunLog, preset: str | None) -> None:
+    log(config_lib.to_json(cfg), console=False)
+    log(f"config:{preset or '<defaults>'} run_id:{cfg.train.run_id}")
+    log(f"pgolf_jax source:{source_hash()} python:{platform.python_version()} jax:{jax.__version__} "
+        f"backend:{jax.default_backend()} devices:{jax.devices()}", console=False)
+
+
+def run_job(cfg: Config, preset: str | None = None) -> dict:
+    from pgolf_jax.train import train
+
+    run_id = cfg.train.run_id or new_run_id()
+    cfg = config_lib.override(cfg, {"train.run_id": run_id})
+    run_dir = Path(cfg.train.out_dir) / run_id
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run directory {run_dir} already exists; pick another train.run_id")
+    log = RunLog(run_dir)
+    try:
+        write_json(run_dir / "config.json", config_lib.to_dict(cfg))
+        log_header(cfg, log, preset)
+        data_path, tok_path = dataset_paths(cfg, log)
+        factory = make_evaluator_factory(cfg, data_path, tok_path, log)
+        shards = sorted(data_path.glob(cfg.data.train_files))
+        log(f"train_loader:dataset:{data_path.name} train_shards:{len(shards)}")
+        t0 = time.perf_counter()
+        result = train(cfg, log, str(data_path / cfg.data.train_files), factory)
+        summary = export_and_roundtrip(cfg, result.params, run_dir, result.evaluator, log)
+        summary.update(
+            name=run_id, date=datetime.datetime.now().isoformat(timespec="seconds"), config=preset,
+            steps=result.steps, train_time_ms=round(result.train_time_ms, 1),
+            pre_quant_val_bpb=result.val.val_bpb if result.val else None,
+            model_params=count_params(result.params), wall_seconds=round(time.perf_counter() - t0, 1),
+            hardware=f"{jax.device_count()}x {jax.devices()[0].device_kind}", jax_version=jax.__version__)
+        write_json(run_dir / "submission.json", summary)
+        log(f"run_dir:{run_dir}")
+        return summary
+    finally:
+        log.close()
+
+
+def dry_run(cfg: Config, preset: str | None = None) -> int:
+    """Resolved config and the parameter count, without data or training."""
+    print(config_lib.to_json(cfg))
+    model = build_model(cfg.model)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    print(f"model_params:{count_params(shapes)}")
+    return 0
+
+
+def main_job(preset: str, overrides: list[str], dry: bool = False) -> int:
+    cfg = config_lib.load(preset, overrides)
+    if dry:
+        return dry_run(cfg, preset)
+    summary = run_job(cfg, preset)
+    print(f"val_bpb:{summary['val_bpb']:.8f} artifact_bytes:{summary['bytes_total']}", file=sys.stderr)
+    return 0

@@ -1,0 +1,185 @@
+"""The training loop: a pure jitted `train_step(state, batch) -> (state, metrics)` driven by the
+reference's schedule (compile warm-up with rollback, wall-clock cap, warmdown, periodic val)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pgolf_jax import dist
+from pgolf_jax.config import Config
+from pgolf_jax.evaluate import Evaluator
+from pgolf_jax.model import Model, build_model, count_params, resolve_dtype
+from pgolf_jax.optim import make_optimizer, warmdown_multiplier
+from pgolf_jax.runlog import Progress, RunLog
+from pgolf_jax.shards import TokenLoader
+
+
+class TrainState(NamedTuple):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def make_train_step(model: Model, tx: optax.GradientTransformationExtraArgs):
+    """(state, x_MBT, y_MBT, lr_mul) -> (state, metrics); M micro-batches are accumulated."""
+
+    def grad_of(params, x, y):
+        return jax.value_and_grad(model.loss)(params, x, y)
+
+    def train_step(state: TrainState, x_MBT, y_MBT, lr_mul):
+        n_micro = x_MBT.shape[0]
+        if n_micro == 1:
+            loss, grads = grad_of(state.params, x_MBT[0], y_MBT[0])
+        else:
+            # Accumulate in fp32 (the reference sums .grad in the parameter dtype).
+            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+
+            def micro(carry, xy):
+                loss_sum, g_sum = carry
+                loss, g = grad_of(state.params, *xy)
+                return (loss_sum + loss, jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)), None
+
+            (loss, grads), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), (x_MBT, y_MBT))
+            loss = loss / n_micro
+            grads = jax.tree.map(lambda g, p: (g / n_micro).astype(p.dtype), grads, state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, lr_mul=lr_mul)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(state.step + 1, params, opt_state), {"train_loss": loss}
+
+    return train_step
+
+
+def micro_batches(x_SNT: np.ndarray, num_devices: int, microbatch_seqs: int) -> np.ndarray:
+    """Loader spans (S, N, T) -> (M, B, T): micro-step a, device d holds span a*D + d (the
+    reference's rank/micro-step layout), each span optionally cut into chunks of sequences."""
+    S, N, T = x_SNT.shape
+    A = S // num_devices
+    k = N // microbatch_seqs if microbatch_seqs else 1
+    x = x_SNT.reshape(A, num_devices, k, N // k, T).transpose(0, 2, 1, 3, 4)
+    return x.reshape(A * k, num_devices * (N // k), T)
+
+
+@dataclass
+class TrainResult:
+    params: Any
+    steps: int
+    train_time_ms: float
+    val: Any  # the last EvalResult
+    model: Model
+    evaluator: Evaluator
+
+
+def build(cfg: Config, mesh):
+    """Model, optimizer and a fresh (replicated) train state for cfg."""
+    model = build_model(cfg.model)
+    tx = make_optimizer(cfg, resolve_dtype(cfg.optim.muon_dtype))
+    repl = dist.replicated(mesh)
+
+    def init(key):
+        params = model.init(key)
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+    state = jax.jit(init, out_shardings=repl)(jax.random.key(cfg.train.seed))
+    return model, tx, state
+
+
+def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> TrainResult:
+    t = cfg.train
+    mesh = dist.make_mesh()
+    n_dev = dist.num_data_devices(mesh)
+    if t.batch_spans % n_dev:
+        raise ValueError(f"train.batch_spans={t.batch_spans} must be a multiple of the {n_dev} data devices")
+    model, tx, state = build(cfg, mesh)
+    evaluator: Evaluator = evaluator_factory(model, mesh)
+    span_seqs = t.train_batch_tokens // t.batch_spans // t.train_seq_len
+    micro_seqs = t.microbatch_tokens // t.train_seq_len if t.microbatch_tokens else 0
+    repl, data = dist.replicated(mesh), dist.batch_sharding(mesh, leading=1)
+    step_fn = jax.jit(make_train_step(model, tx), in_shardings=(repl, data, data, None),
+                      out_shardings=(repl, repl), donate_argnums=(0,))
+
+    log(f"model_params:{count_params(state.params)}")
+    log(f"devices:{n_dev} platform:{jax.default_backend()} batch_spans:{t.batch_spans} "
+        f"micro_steps:{t.batch_spans // n_dev * (span_seqs // micro_seqs if micro_seqs else 1)}")
+    log(f"tie_embeddings:{cfg.model.tie_embeddings} embed_lr:{cfg.optim.tied_embed_lr if cfg.model.tie_embeddings else cfg.optim.embed_lr} "
+        f"head_lr:{0.0 if cfg.model.tie_embeddings else cfg.optim.head_lr} matrix_lr:{cfg.optim.matrix_lr} scalar_lr:{cfg.optim.scalar_lr}")
+    log(f"train_batch_tokens:{t.train_batch_tokens} train_seq_len:{t.train_seq_len} iterations:{t.iterations} "
+        f"warmup_steps:{t.warmup_steps} max_wallclock_seconds:{t.max_wallclock_seconds:.3f}")
+    log(f"seed:{t.seed}")
+
+    def next_batch(loader):
+        x, y = loader.next_batch(t.train_batch_tokens, t.train_seq_len)
+        return micro_batches(x, n_dev, micro_seqs), micro_batches(y, n_dev, micro_seqs)
+
+    loader = TokenLoader(train_pattern, t.batch_spans)
+    if t.warmup_steps > 0:
+        # Compile and prime every path, then roll state and data back (the reference's WARMUP_STEPS).
+        initial = jax.tree.map(jnp.copy, state)
+        tc = time.perf_counter()
+        for i in range(t.warmup_steps):
+            state, m = step_fn(state, *next_batch(loader), 1.0)
+            jax.block_until_ready(m)
+            if t.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == t.warmup_steps:
+                log(f"warmup_step:{i + 1}/{t.warmup_steps}")
+        log(f"warmup_time:{1000 * (time.perf_counter() - tc):.0f}ms")
+        state = initial
+        loader = TokenLoader(train_pattern, t.batch_spans)
+
+    cap_ms = 1000.0 * t.max_wallclock_seconds if t.max_wallclock_seconds > 0 else None
+    progress = Progress("train", t.iterations, enabled=t.progress)
+    training_ms, stop_after, step, pending, val = 0.0, None, 0, None, None
+    t0 = time.perf_counter()
+
+    def flush(item):
+        """Fetch a finished step's loss (blocks only on that step) and log it like the reference."""
+        done_step, metrics, at_ms = item
+        loss = float(metrics["train_loss"])
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"train_loss is {loss} at step {done_step}; stopping")
+        if t.train_log_every > 0 and (done_step <= 10 or done_step % t.train_log_every == 0 or stop_after is not None):
+            log(f"step:{done_step}/{t.iterations} train_loss:{loss:.4f} train_time:{at_ms:.0f}ms "
+                f"step_avg:{at_ms / done_step:.2f}ms")
+        log.metric("train", step=done_step, train_loss=loss, train_time_ms=round(at_ms, 1))
+
+    while True:
+        last = step == t.iterations or (stop_after is not None and step >= stop_after)
+        if last or (cfg.eval.val_loss_every > 0 and step % cfg.eval.val_loss_every == 0):
+            if pending:
+                flush(pending)
+                pending = None
+            jax.block_until_ready(state.params)
+            training_ms += 1000.0 * (time.perf_counter() - t0)
+            val = evaluator(state.params)
+            log(f"step:{step}/{t.iterations} val_loss:{val.val_loss:.4f} val_bpb:{val.val_bpb:.4f} "
+                f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms")
+            log.metric("val", step=step, val_loss=val.val_loss, val_bpb=val.val_bpb, train_time_ms=round(training_ms, 1))
+            t0 = time.perf_counter()
+        if last:
+            if stop_after is not None and step < t.iterations:
+                log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{t.iterations}")
+            break
+        elapsed_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
+        lr_mul = warmdown_multiplier(step, elapsed_ms, t)
+        state, metrics = step_fn(state, *next_batch(loader), lr_mul)
+        step += 1
+        if pending:  # dispatch this step first, then read the previous one: the device never idles
+            flush(pending)
+        approx_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
+        pending = (step, metrics, approx_ms)
+        if cap_ms is not None and stop_after is None and approx_ms >= cap_ms:
+            stop_after = step
+        step_avg = approx_ms / step
+        eta_s = (t.iterations - step) * step_avg / 1000
+        if cap_ms is not None:
+            eta_s = min(eta_s, max(cap_ms - approx_ms, 0.0) / 1000)
+        progress.update(step, eta=eta_s, extra=f"step_avg {step_avg:.0f}ms lr_mul {lr_mul:.3f}")
+    progress.close()
+    return TrainResult(state.params, step, training_ms, val, model, evaluator)
