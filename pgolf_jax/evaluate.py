@@ -43,6 +43,15 @@ def stream_bytes(val_tokens: np.ndarray, seq_len: int, luts: ByteLuts) -> np.nda
     return token_bytes(luts, x, y)
 
 
+def unigram_bpb(train_tokens: np.ndarray, val_tokens: np.ndarray, luts: ByteLuts, vocab_size: int) -> float:
+    """bpb of an add-one unigram model fit on train tokens: the floor a trained model must beat."""
+    counts = np.bincount(np.asarray(train_tokens, np.int64), minlength=vocab_size)[:vocab_size] + 1.0
+    logp = np.log(counts / counts.sum())
+    val = np.asarray(val_tokens, np.int64)
+    nll = -logp[np.minimum(val[1:], vocab_size - 1)].sum()
+    return float(nll / (math.log(2.0) * token_bytes(luts, val[:-1], val[1:]).astype(np.float64).sum()))
+
+
 class Evaluator:
     """Plain eval of the val stream in sequences of seq_len; one compiled function per shape."""
 

@@ -21,13 +21,16 @@ import numpy as np
 
 from pgolf_jax import artifact, config as config_lib
 from pgolf_jax.config import Config
-from pgolf_jax.evaluate import EvalResult, Evaluator
+from pgolf_jax.evaluate import EvalResult, Evaluator, unigram_bpb
 from pgolf_jax.interop import flatten_params, unflatten_params
 from pgolf_jax.model import Model, build_model, count_params
 from pgolf_jax.quant import dequantize_int8, quantize_int8
 from pgolf_jax.runlog import RunLog
-from pgolf_jax.shards import load_val_tokens
+from pgolf_jax.shards import load_shard, load_val_tokens
 from pgolf_jax.tokenizer import build_luts
+
+
+UNIGRAM_TOKENS = 10_000_000
 
 
 def new_run_id() -> str:
@@ -84,6 +87,10 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
     luts = build_luts(tok_path, cfg.model.vocab_size)
     log(f"val_bpb:enabled tokenizer_path:{tok_path}")
     log(f"val_loader:shards pattern={data_path / cfg.data.val_files} tokens:{len(val_tokens) - 1}")
+    train_files = sorted(data_path.glob(cfg.data.train_files))
+    if train_files:  # a reference point for "learns visibly": the unigram floor, from one shard
+        uni = unigram_bpb(load_shard(train_files[0])[:UNIGRAM_TOKENS], val_tokens, luts, cfg.model.vocab_size)
+        log(f"val_unigram_bpb:{uni:.4f} (add-one unigram fit on {train_files[0].name})")
 
     def factory(model: Model, mesh):
         n = dist.num_data_devices(mesh)
