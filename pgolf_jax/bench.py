@@ -43,17 +43,52 @@ def muon_flops_per_step(cfg: Config) -> float:
     return total * m.num_layers
 
 
-def gemm_peak(dtype=jnp.float32, n: int = 2048, reps: int = 8) -> float:
-    """Best observed FLOP/s of a square matmul on the default device (the MFU denominator)."""
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda a: a @ a)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
+def gemm_peak(dtype=jnp.float32, sizes=(1024, 2048), reps: int = 10) -> float:
+    """Best observed FLOP/s of a square matmul on the default device (the MFU denominator).
+    For bf16 the product accumulates in fp32, the form the model and Newton-Schulz use."""
+    best = 0.0
+    for n in sizes:
+        a = jnp.ones((n, n), dtype)
+        f = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
         f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+        for _ in range(reps):
+            t = time.perf_counter()
+            f(a).block_until_ready()
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+    return best
+
+
+def _median_time(fn, *args, steps: int = 5, warmup: int = 1) -> float:
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def time_parts(cfg: Config, batch: int, seq: int, steps: int) -> dict:
+    """Where a step goes: forward+backward, the optimizer update, and attention alone."""
+    from pgolf_jax.attention import causal_attention
+    from pgolf_jax.model import build_model, resolve_dtype
+    from pgolf_jax.optim import make_optimizer
+
+    m = cfg.model
+    model = build_model(m)
+    params = jax.jit(model.init)(jax.random.key(0))
+    ids = jnp.zeros((batch, seq), jnp.int32)
+    fwd_bwd = _median_time(jax.jit(jax.grad(model.loss)), params, ids, ids, steps=steps)
+    tx = make_optimizer(cfg, resolve_dtype(cfg.optim.muon_dtype))
+    grads = jax.tree.map(lambda p: jnp.full(p.shape, 1e-3, p.dtype), params)
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, lr_mul=1.0))
+    opt = _median_time(update, grads, tx.init(params), params, steps=steps)
+    K, dt = m.model_dim // m.num_heads, resolve_dtype(m.compute_dtype)
+    q = jnp.ones((batch, seq, m.num_heads, K), dt)
+    kv = jnp.ones((batch, seq, m.num_kv_heads, K), dt)
+    attn = jax.jit(jax.grad(lambda q, k, v: causal_attention(q, k, v, m.attention_impl).astype(jnp.float32).sum(),
+                            argnums=(0, 1, 2)))
+    return {"fwd_bwd_s": fwd_bwd, "optimizer_s": opt, "attention_s": m.num_layers * _median_time(attn, q, kv, kv, steps=steps)}
 
 
 def peak_memory_bytes() -> tuple[int, str]:
@@ -148,6 +183,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-xla-flops", action="store_true", help="skip the unrolled compile for XLA's FLOP count")
+    p.add_argument("--parts", action="store_true", help="also time forward+backward, optimizer and attention alone")
     p.add_argument("--vs-torch-reference", metavar="TRAIN_GPT_PY", help="also time the reference PyTorch GPT")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
     a = p.parse_args(argv)
@@ -160,7 +196,10 @@ def main(argv: list[str]) -> int:
     fl = analytic_flops_per_token(cfg, seq)
     ns = muon_flops_per_step(cfg)
     model_flops = (fl["matmul"] + fl["attn_causal"]) * tokens
-    peak = gemm_peak()
+    from pgolf_jax.model import resolve_dtype
+    peak32, peak16 = gemm_peak(jnp.float32), gemm_peak(jnp.bfloat16)
+    compute_peak = peak16 if jnp.dtype(resolve_dtype(cfg.model.compute_dtype)) == jnp.bfloat16 else peak32
+    ns_peak = peak16 if jnp.dtype(resolve_dtype(cfg.optim.muon_dtype)) == jnp.bfloat16 else peak32
     mem, mem_kind = peak_memory_bytes()
     tok_s = tokens / r["step_s"]
     print(f"compile_time:{r['compile_s']:.2f}s step_time:{1000 * r['step_s']:.1f}ms "
@@ -172,9 +211,16 @@ def main(argv: list[str]) -> int:
     if not a.no_xla_flops:
         xf = xla_flops_per_step(cfg, a.batch, seq)
         print(f"flops_per_token_xla:{xf / tokens / 1e6:.1f}M (unrolled step, includes optimizer and masked attention)")
-    print(f"gemm_peak:{peak / 1e9:.1f}GFLOP/s achieved_model:{model_flops / r['step_s'] / 1e9:.1f}GFLOP/s "
-          f"mfu:{100 * model_flops / r['step_s'] / peak:.1f}% "
-          f"with_optimizer:{100 * (model_flops + ns) / r['step_s'] / peak:.1f}%")
+    # MFU counts model FLOPs against the compute dtype's GEMM peak; the optimizer's Newton-Schulz
+    # FLOPs (which dominate at small batches) are counted against their own dtype's peak.
+    busy = model_flops / compute_peak + ns / ns_peak
+    print(f"gemm_peak:fp32 {peak32 / 1e9:.1f}GFLOP/s bf16 {peak16 / 1e9:.1f}GFLOP/s "
+          f"achieved_model:{model_flops / r['step_s'] / 1e9:.1f}GFLOP/s mfu:{100 * model_flops / r['step_s'] / compute_peak:.1f}% "
+          f"with_optimizer:{100 * busy / r['step_s']:.1f}%")
+    if a.parts:
+        parts = time_parts(cfg, a.batch, seq, a.steps)
+        print(f"parts: fwd_bwd:{1000 * parts['fwd_bwd_s']:.1f}ms optimizer:{1000 * parts['optimizer_s']:.1f}ms "
+              f"attention_fwd_bwd:{1000 * parts['attention_s']:.1f}ms (all layers, inside fwd_bwd)")
     if a.vs_torch_reference:
         t = time_torch_reference(a.vs_torch_reference, cfg, a.batch, seq, a.steps, a.warmup)
         ref_tok_s = tokens / t["step_s"]

@@ -75,7 +75,10 @@ def eval_command(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from pgolf_jax import dist
     from pgolf_jax.artifact import ArtifactError, ArtifactTooLarge
+
+    dist.keep_freed_host_memory()
     from pgolf_jax.config import ConfigError
 
     try:

@@ -12,6 +12,10 @@ import pytest  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "pgolf_jax" / "jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
+from pgolf_jax import dist  # noqa: E402
+
+dist.keep_freed_host_memory()
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DOCS = 800  # docs of the nlp-corpus sample used by the end-to-end tests
 VAL_DOCS = 100
