@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgolf_jax.layers import LINEAR, apply_rotary, rms_norm
+from pgolf_jax.layers import LINEAR, apply_rotary, linear_init, rms_norm
 
 # Query/key block of the "flash" path. 128 measured fastest for T = 1024 on the 2-core CPU.
 BLOCK = 128
@@ -154,21 +154,35 @@ def causal_attention(q_BTHK, k_BTGK, v_BTGK, impl: str = "auto", scale: float | 
 # N = B*T) and a context dict holding the rotary tables and (B, T); it returns the pre-residual
 # output (after the output projection), shape (N, D).
 
+def exclusive_self_attention(y_BTHK, v_BTGK):
+    """XSA (spec 4.8): remove from each head's output its component along the token's own
+    (normalized) value vector, in the GQA form: query head h uses kv head h // (H/G)."""
+    B, T, H, K = y_BTHK.shape
+    G = v_BTGK.shape[2]
+    y = y_BTHK.reshape(B, T, G, H // G, K)
+    v32 = v_BTGK.astype(jnp.float32)
+    vn = (v32 / jnp.maximum(jnp.linalg.norm(v32, axis=-1, keepdims=True), 1e-12)).astype(y.dtype)[:, :, :, None, :]
+    return (y - jnp.sum(y * vn, axis=-1, keepdims=True) * vn).reshape(B, T, H, K)
+
+
 class GQA(nnx.Module):
-    """Grouped-query attention with QK RMSNorm, RoPE and a learned per-head query gain."""
+    """Grouped-query attention with QK RMSNorm, (partial) RoPE, a learned per-head query gain
+    and optional XSA."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         D, H, G = cfg.model_dim, cfg.num_heads, cfg.num_kv_heads
         self.num_heads, self.num_kv_heads, self.head_dim = H, G, D // H
         self.impl = cfg.attention_impl
         linear = LINEAR[cfg.linear]
-        self.c_q = linear(D, D, rngs=rngs)
-        self.c_k = linear(D, G * self.head_dim, rngs=rngs)
-        self.c_v = linear(D, G * self.head_dim, rngs=rngs)
+        kv = G * self.head_dim
+        self.c_q = linear(D, D, init=linear_init(cfg, D, D), rngs=rngs)
+        self.c_k = linear(D, kv, init=linear_init(cfg, D, kv), rngs=rngs)
+        self.c_v = linear(D, kv, init=linear_init(cfg, D, kv), rngs=rngs)
         self.proj = linear(D, D, init="zeros", rngs=rngs)
         self.q_gain = nnx.Param(jnp.full((H,), cfg.qk_gain_init, jnp.float32))
 
-    def __call__(self, x_ND, ctx):
+    def __call__(self, x_ND, ctx, xsa=0.0):
+        """`xsa` in {0, 1} (a traced per-layer flag under scan) switches XSA on."""
         B, T = ctx["shape_BT"]
         H, G, K = self.num_heads, self.num_kv_heads, self.head_dim
         q_BTHK = rms_norm(self.c_q(x_ND).reshape(B, T, H, K))
@@ -179,6 +193,8 @@ class GQA(nnx.Module):
         k_BTGK = apply_rotary(k_BTGK, cos, sin)
         q_BTHK = q_BTHK * self.q_gain[...].astype(q_BTHK.dtype)[:, None]
         y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.impl)
+        if not (isinstance(xsa, (int, float)) and xsa == 0):
+            y_BTHK = jnp.where(jnp.asarray(xsa) > 0, exclusive_self_attention(y_BTHK, v_BTGK), y_BTHK)
         return self.proj(y_BTHK.reshape(B * T, H * K))
 
 

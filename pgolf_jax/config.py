@@ -42,12 +42,28 @@ class ModelConfig:
     model_dim: int = 512
     num_heads: int = 8
     num_kv_heads: int = 4
-    mlp_mult: int = 2
+    mlp_mult: float = 2.0  # hidden = int(mlp_mult * model_dim)
     tie_embeddings: bool = True
     tied_embed_init_std: float = 0.005
     rope_base: float = 10000.0
     logit_softcap: float = 30.0
     qk_gain_init: float = 1.5
+    # The record stack (reference-spec section 4); every default is off / the baseline.
+    rope_dims: int = 0  # rotate only the first rope_dims of each head (0 = all)
+    rope_train_seq_len: int = 0  # NTK-rescale the RoPE base beyond this length (0 = never)
+    ln_scale: bool = False  # scale norm outputs of physical layer i by 1/sqrt(i+1)
+    xsa_last_n: int = 0  # exclusive self-attention on the last N physical layers
+    skip_gates_enabled: bool = False  # sigmoid-gated U-Net skips (lerp, gate init 0)
+    parallel_residual_start: int = -1  # GPT-J parallel attn+MLP from this physical layer (-1 = off)
+    num_loops: int = 0  # depth recurrence: run layers loop_start..loop_end num_loops extra times
+    loop_start: int = 0
+    loop_end: int = 0
+    enable_looping_at: float = 0.0  # switch to the looped schedule at this training fraction
+    ortho_init: bool = False  # orthogonal init for linears with both dims >= 64 (not zero-inits)
+    smear_gate: str = ""  # "" | "v1" (per-channel gate after the norm) | "v2" (input-dependent)
+    smear_gate_bos_fix: bool = True  # v2: never smear into a BOS position (PR #1851)
+    bigram_vocab_size: int = 0  # BigramHash embedding buckets (0 = off)
+    bigram_dim: int = 128
     # Registry keys (see model.py / attention.py / layers.py).
     attention: str = "gqa"
     activation: str = "relu2"
@@ -73,12 +89,20 @@ class OptimConfig:
     muon_backend_steps: int = 5
     muon_momentum_warmup_start: float = 0.85
     muon_momentum_warmup_steps: int = 500
-    orthogonalizer: str = "newton_schulz5"
+    orthogonalizer: str = "newton_schulz"
+    ns_coefficients: str = "ns5"  # key of orthogonalize.COEFFICIENTS
+    ns_aol: bool = False  # AOL row pre-scaling on the first step (Turbo-Muon, PR #1809)
+    gram_ns_min_aspect: float = 0.0  # Gram Newton-Schulz for aspect >= this (0 = never; #1809: 1.5)
+    muon_row_normalize: bool = False  # MuonEq-R: unit rows before orthogonalizing
     muon_dtype: str = "bfloat16"  # Newton-Schulz dtype: the reference runs it in bf16 everywhere
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.0
+    # Decoupled weight decay with the scheduled lr: p <- p (1 - lr_t wd) (0 = off, the baseline).
+    muon_wd: float = 0.0
+    embed_wd: float = 0.0
+    adam_wd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,13 @@ class TrainConfig:
     seed: int = 1337
     iterations: int = 20000
     warmdown_iters: int = 1200
+    # Record schedule: lr multiplier 1, then linear to min_lr over the last warmdown_frac of the
+    # training fraction (time / effective cap, or step / iterations without a cap). 0 = use
+    # warmdown_iters as the baseline does.
+    warmdown_frac: float = 0.0
+    min_lr: float = 0.0
+    gptq_reserve_seconds: float = 0.0  # taken off the wall-clock cap for post-training calibration
+    ema_decay: float = 0.0  # EMA of all weights (fp32), evaluated and exported instead (0 = off)
     warmup_steps: int = 20
     train_batch_tokens: int = 524_288
     train_seq_len: int = 1024
@@ -151,8 +182,23 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.model_dim={m.model_dim} is not divisible by model.num_heads={m.num_heads}")
     if m.num_heads % m.num_kv_heads:
         raise ConfigError(f"model.num_heads={m.num_heads} is not divisible by model.num_kv_heads={m.num_kv_heads}")
-    if (m.model_dim // m.num_heads) % 2:
-        raise ConfigError(f"head_dim={m.model_dim // m.num_heads} must be even for RoPE")
+    head_dim = m.model_dim // m.num_heads
+    if head_dim % 2:
+        raise ConfigError(f"head_dim={head_dim} must be even for RoPE")
+    if m.rope_dims < 0 or m.rope_dims > head_dim or m.rope_dims % 2:
+        raise ConfigError(f"model.rope_dims={m.rope_dims} must be an even number in [0, head_dim={head_dim}]")
+    if m.num_loops < 0 or (m.num_loops and not 0 <= m.loop_start <= m.loop_end < m.num_layers):
+        raise ConfigError(f"model.loop_start={m.loop_start}..loop_end={m.loop_end} must lie in 0..{m.num_layers - 1}")
+    if not 0.0 <= m.enable_looping_at < 1.0:
+        raise ConfigError(f"model.enable_looping_at={m.enable_looping_at} must be in [0, 1)")
+    if m.smear_gate not in ("", "v1", "v2"):
+        raise ConfigError(f"model.smear_gate must be '', 'v1' or 'v2', got {m.smear_gate!r}")
+    if m.bigram_vocab_size < 0 or m.bigram_vocab_size == 1:
+        raise ConfigError(f"model.bigram_vocab_size={m.bigram_vocab_size} must be 0 (off) or >= 2")
+    if not 0.0 <= t.warmdown_frac <= 1.0 or not 0.0 <= t.min_lr <= 1.0:
+        raise ConfigError(f"train.warmdown_frac={t.warmdown_frac} and train.min_lr={t.min_lr} must be in [0, 1]")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay={t.ema_decay} must be in [0, 1)")
     if m.logit_softcap <= 0:
         raise ConfigError(f"model.logit_softcap must be positive, got {m.logit_softcap}")
     if m.vocab_size > 65_536:

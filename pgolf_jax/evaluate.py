@@ -68,9 +68,11 @@ class Evaluator:
         self.batch_seqs = max(num_devices, per_batch // num_devices * num_devices)
         self.byte_count = int(stream_bytes(self.tokens, seq_len, luts).astype(np.float64).sum())
         self.sharding = data_sharding
-        self._nll = jax.jit(lambda p, x, y: model.token_nll(p, x, y).sum(axis=-1), donate_argnums=())
+        # One compiled function per block schedule (static); eval uses the looped one by default.
+        self._nll = {g: jax.jit(lambda p, x, y, g=g: model.token_nll(p, x, y, looped=g).sum(axis=-1))
+                     for g in (False, True)}
 
-    def __call__(self, params) -> EvalResult:
+    def __call__(self, params, looped: bool = True) -> EvalResult:
         t0 = time.perf_counter()
         T, bs = self.seq_len, self.batch_seqs
         loss_sum = 0.0
@@ -84,7 +86,7 @@ class Evaluator:
             y[:n] = chunk[1:].reshape(n, T)
             if self.sharding is not None:
                 x, y = jax.device_put(x, self.sharding), jax.device_put(y, self.sharding)
-            pending.append((n, self._nll(params, x, y)))
+            pending.append((n, self._nll[looped](params, x, y)))
             if len(pending) > 2:  # keep the device busy while summing earlier batches on the host
                 n0, s0 = pending.pop(0)
                 loss_sum += float(np.asarray(s0, np.float64)[:n0].sum())

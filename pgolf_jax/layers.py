@@ -28,8 +28,12 @@ def softcap(logits: jax.Array, cap: float) -> jax.Array:
     return cap * jnp.tanh(logits / cap)
 
 
-def rotary_tables(seq_len: int, rope_dims: int, base: float, dtype) -> tuple[jax.Array, jax.Array]:
-    """cos/sin of shape (T, rope_dims/2), computed in fp32 then cast (as the reference)."""
+def rotary_tables(seq_len: int, rope_dims: int, base: float, dtype, train_seq_len: int = 0):
+    """cos/sin of shape (T, rope_dims/2), computed in fp32 then cast (as the reference).
+
+    Beyond train_seq_len (when set) the base is NTK-rescaled: base * (T/train)^(rd/(rd-2))."""
+    if train_seq_len and seq_len > train_seq_len:
+        base = base * (seq_len / train_seq_len) ** (rope_dims / (rope_dims - 2))
     inv_freq = 1.0 / (base ** (jnp.arange(0, rope_dims, 2, dtype=jnp.float32) / rope_dims))
     freqs_TK = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
     return jnp.cos(freqs_TK).astype(dtype), jnp.sin(freqs_TK).astype(dtype)
@@ -47,6 +51,19 @@ def apply_rotary(x_BTHK: jax.Array, cos_TK: jax.Array, sin_TK: jax.Array) -> jax
 # Linear weight parameterizations. Every projection in a block is built through LINEAR so a new
 # parameterization (low-rank, shared basis, generated, random-basis adapters) is one entry.
 
+def _orthogonal(key, out_f: int, in_f: int) -> jax.Array:
+    """torch.nn.init.orthogonal_ (gain 1): a Haar-random orthogonal matrix from a Gaussian's QR.
+
+    Under vmap (the layer-stacked init) it runs as a sequential map: several batched QRs in one
+    XLA:CPU computation were measured to deadlock its thread pool (jax 0.10.2), one-at-a-time do not."""
+
+    @jax.custom_batching.sequential_vmap
+    def sample(k):
+        return jax.nn.initializers.orthogonal()(k, (out_f, in_f), jnp.float32)
+
+    return sample(key)
+
+
 def _init_weight(kind: str, key, out_f: int, in_f: int) -> jax.Array:
     if kind == "zeros":
         return jnp.zeros((out_f, in_f), jnp.float32)
@@ -54,8 +71,14 @@ def _init_weight(kind: str, key, out_f: int, in_f: int) -> jax.Array:
         bound = 1.0 / math.sqrt(in_f)
         return jax.random.uniform(key, (out_f, in_f), jnp.float32, -bound, bound)
     if kind == "orthogonal":
-        return jax.nn.initializers.orthogonal()(key, (out_f, in_f), jnp.float32)
+        return _orthogonal(key, out_f, in_f)
     raise ValueError(f"unknown linear init {kind!r}")
+
+
+def linear_init(cfg, in_f: int, out_f: int) -> str:
+    """The init of a non-zero-init projection: torch's default, or orthogonal (gain 1) for
+    matrices with both dims >= 64 when model.ortho_init is on (the records' rule)."""
+    return "orthogonal" if cfg.ortho_init and min(in_f, out_f) >= 64 else "uniform"
 
 
 class DenseLinear(nnx.Module):
@@ -79,4 +102,9 @@ def relu2(x):
     return jnp.square(jax.nn.relu(x))
 
 
-ACTIVATIONS = {"relu2": relu2}
+def leaky_relu2(x):
+    """LeakyReLU(0.5) squared, the records' MLP activation (spec 4.6)."""
+    return jnp.square(jax.nn.leaky_relu(x, negative_slope=0.5))
+
+
+ACTIVATIONS = {"relu2": relu2, "leaky_relu2": leaky_relu2}

@@ -2,8 +2,10 @@
 
 Blocks are created stacked (one leading L axis on every block parameter) and executed along a
 block schedule: a tuple of physical layer indices that `lax.scan` walks, so depth recurrence is a
-different tuple over the same stacked weights. Parameters leave this module as a plain nested
-dict of arrays (`Model.init`), which is what optax, quantization and checkpoints see.
+different tuple over the same stacked weights. Per-layer rules (layerwise norm scale, XSA,
+parallel residual) follow the physical index, which the scan passes to the block. Parameters
+leave this module as a plain nested dict of arrays (`Model.init`), which is what optax,
+quantization and checkpoints see.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from flax import nnx
 
 from pgolf_jax.attention import ATTENTION
 from pgolf_jax.config import ModelConfig
-from pgolf_jax.layers import ACTIVATIONS, LINEAR, rms_norm, rotary_tables, softcap
+from pgolf_jax.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
+from pgolf_jax.layers import ACTIVATIONS, LINEAR, linear_init, rms_norm, rotary_tables, softcap
 
 
 def resolve_dtype(name: str):
@@ -29,13 +32,18 @@ def resolve_dtype(name: str):
 
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        hidden = cfg.mlp_mult * cfg.model_dim
-        self.fc = LINEAR[cfg.linear](cfg.model_dim, hidden, rngs=rngs)
-        self.proj = LINEAR[cfg.linear](hidden, cfg.model_dim, init="zeros", rngs=rngs)
+        D, hidden = cfg.model_dim, int(cfg.mlp_mult * cfg.model_dim)
+        self.fc = LINEAR[cfg.linear](D, hidden, init=linear_init(cfg, D, hidden), rngs=rngs)
+        self.proj = LINEAR[cfg.linear](hidden, D, init="zeros", rngs=rngs)
         self.act = ACTIVATIONS[cfg.activation]
 
     def __call__(self, x_ND):
         return self.proj(self.act(self.fc(x_ND)))
+
+
+def _ge(layer, threshold: int):
+    """layer >= threshold, as a Python bool for a static layer and a traced bool under scan."""
+    return layer >= threshold if isinstance(layer, int) else jnp.asarray(layer) >= threshold
 
 
 class Block(nnx.Module):
@@ -48,35 +56,48 @@ class Block(nnx.Module):
         self.attn_scale = nnx.Param(jnp.ones((D,), jnp.float32))
         self.mlp_scale = nnx.Param(jnp.ones((D,), jnp.float32))
         self.resid_mix = nnx.Param(jnp.stack([jnp.ones((D,)), jnp.zeros((D,))]).astype(jnp.float32))
+        self.num_layers, self.ln_scale = cfg.num_layers, cfg.ln_scale
+        self.xsa_last_n, self.parallel_start = cfg.xsa_last_n, cfg.parallel_residual_start
 
     def __call__(self, x_ND, x0_ND, layer, ctx):
-        """`layer` is the physical layer index (a traced int under scan), for per-layer rules."""
-        del layer  # the baseline treats every layer alike
+        """`layer` is the physical layer index (a traced int under scan) the per-layer rules use."""
         dt = x_ND.dtype
         mix = self.resid_mix[...].astype(dt)
         x_ND = mix[0] * x_ND + mix[1] * x0_ND
-        x_ND = x_ND + self.attn_scale[...].astype(dt) * self.attn(rms_norm(x_ND), ctx)
-        # The MLP reads the post-attention stream (sequential, not parallel, residual).
-        return x_ND + self.mlp_scale[...].astype(dt) * self.mlp(rms_norm(x_ND))
-
-
-class Embedding(nnx.Module):
-    def __init__(self, vocab: int, dim: int, std: float, dtype, *, rngs: nnx.Rngs):
-        self.weight = nnx.Param((std * jax.random.normal(rngs.params(), (vocab, dim))).astype(dtype))
-
-    def __call__(self, ids_BT):
-        return jnp.take(self.weight[...], ids_BT, axis=0)
+        # Layerwise LN scale 1/sqrt(i+1) on both norm outputs, by physical index (spec 4.7).
+        c = jax.lax.rsqrt(jnp.asarray(layer, jnp.float32) + 1.0).astype(dt) if self.ln_scale else None
+        norm = (lambda h: rms_norm(h) * c) if self.ln_scale else rms_norm
+        xsa = _ge(layer, self.num_layers - self.xsa_last_n) if self.xsa_last_n else 0.0
+        attn_out = x_ND + self.attn_scale[...].astype(dt) * self.attn(norm(x_ND), ctx, xsa=xsa)
+        # Sequential blocks feed the MLP the post-attention stream; GPT-J parallel blocks
+        # (physical layer >= parallel_residual_start) feed it the block input (spec 4.3).
+        mlp_in = attn_out
+        if self.parallel_start >= 0:
+            mlp_in = jnp.where(_ge(layer, self.parallel_start), x_ND, attn_out)
+        return attn_out + self.mlp_scale[...].astype(dt) * self.mlp(norm(mlp_in))
 
 
 # ---------------------------------------------------------------------------------------------
-# Block schedules: how the stacked blocks are walked. A schedule returns the virtual layer order
-# (physical indices); the U-Net pairs the first half's outputs with the second half in reverse.
+# Block schedules: the virtual layer order (physical indices) the stacked blocks are walked in.
+# The U-Net pairs the first half's outputs with the second half in reverse.
 
 def unet_layers(cfg: ModelConfig) -> tuple[int, ...]:
-    return tuple(range(cfg.num_layers))
+    """The baseline order; with num_loops, the segment loop_start..loop_end runs num_loops + 1
+    times in a row (records 04-05+: 0,1,2,3,4,5,3,4,5,3,4,5,6,...)."""
+    L, s, e = cfg.num_layers, cfg.loop_start, cfg.loop_end
+    if not cfg.num_loops:
+        return tuple(range(L))
+    return tuple(range(s)) + tuple(range(s, e + 1)) * (cfg.num_loops + 1) + tuple(range(e + 1, L))
 
 
-BLOCK_SCHEDULES: dict[str, Callable[[ModelConfig], tuple[int, ...]]] = {"unet": unet_layers}
+def repeat_in_place_layers(cfg: ModelConfig) -> tuple[int, ...]:
+    """#1589's recurrence: each layer of the segment repeated in place (3,4 x2 -> ...,3,3,4,4,...)."""
+    rep = cfg.num_loops + 1
+    return tuple(i for i in range(cfg.num_layers) for _ in range(rep if cfg.loop_start <= i <= cfg.loop_end else 1))
+
+
+BLOCK_SCHEDULES: dict[str, Callable[[ModelConfig], tuple[int, ...]]] = {
+    "unet": unet_layers, "repeat_in_place": repeat_in_place_layers}
 
 
 def num_skips(layers: tuple[int, ...]) -> int:
@@ -96,8 +117,12 @@ class GPT(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.compute_dtype = resolve_dtype(cfg.compute_dtype)
+        embed_dtype = resolve_dtype(cfg.embed_dtype)
         std = cfg.tied_embed_init_std if cfg.tie_embeddings else 1.0  # untied: nn.Embedding's N(0, 1)
-        self.tok_emb = Embedding(cfg.vocab_size, cfg.model_dim, std, resolve_dtype(cfg.embed_dtype), rngs=rngs)
+        self.tok_emb = Embedding(cfg.vocab_size, cfg.model_dim, std, embed_dtype, rngs=rngs)
+        self.bigram = BigramHash(cfg, embed_dtype, rngs=rngs) if cfg.bigram_vocab_size else None
+        self.smear = (SmearGateV1(cfg.model_dim) if cfg.smear_gate == "v1" else
+                      SmearGateV2(cfg.smear_gate_bos_fix) if cfg.smear_gate == "v2" else None)
 
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -105,28 +130,47 @@ class GPT(nnx.Module):
             return Block(cfg, rngs=rngs)
 
         self.blocks = make_blocks(rngs)
+        # Before model.enable_looping_at the plain order runs; afterwards (and in eval) the
+        # configured schedule. Skip slots are sized for the longer of the two.
+        self.plain_layers = tuple(range(cfg.num_layers))
         self.layers = BLOCK_SCHEDULES[cfg.block_schedule](cfg)
         if any(not 0 <= i < cfg.num_layers for i in self.layers):
             raise ValueError(f"block schedule {cfg.block_schedule!r} uses layers outside 0..{cfg.num_layers - 1}")
-        self.skip_weights = nnx.Param(jnp.ones((num_skips(self.layers), cfg.model_dim), jnp.float32))
+        n_skip = max(num_skips(self.layers), num_skips(self.plain_layers))
+        self.skip_weights = nnx.Param(jnp.ones((n_skip, cfg.model_dim), jnp.float32))
+        self.skip_gates = nnx.Param(jnp.zeros((n_skip, cfg.model_dim), jnp.float32)) if cfg.skip_gates_enabled else None
         self.lm_head = None if cfg.tie_embeddings else LINEAR["dense"](
             cfg.model_dim, cfg.vocab_size, init="zeros", rngs=rngs)
 
-    def hidden(self, ids_BT):
+    def embed(self, ids_BT):
+        """x0: the normalized token (+ bigram) embedding, smeared if configured; (B, T, D)."""
+        dt = self.compute_dtype
+        x_BTD = self.tok_emb(ids_BT).astype(dt)
+        if self.bigram is not None:
+            x_BTD = x_BTD + self.bigram(ids_BT, dt)
+        if isinstance(self.smear, SmearGateV2):
+            x_BTD = self.smear(x_BTD, ids_BT)
+        x_BTD = rms_norm(x_BTD)
+        if isinstance(self.smear, SmearGateV1):
+            x_BTD = self.smear(x_BTD)
+        return x_BTD
+
+    def hidden(self, ids_BT, looped: bool = True):
         """Final-norm hidden states (B, T, D): the head's input."""
         cfg = self.cfg
         B, T = ids_BT.shape
         # The residual stream is kept flat, (B*T, D): the gradient of a (D,) parameter broadcast
         # over (1, T, D) is a middle-axis reduction that XLA:CPU runs ~40x slower than over (N, D).
-        x_ND = rms_norm(self.tok_emb(ids_BT).reshape(B * T, cfg.model_dim).astype(self.compute_dtype))
+        x_ND = self.embed(ids_BT).reshape(B * T, cfg.model_dim)
         head_dim = cfg.model_dim // cfg.num_heads
-        ctx = {"rope": rotary_tables(T, head_dim, cfg.rope_base, self.compute_dtype), "shape_BT": (B, T)}
-        x_ND = self._run_unet(x_ND, x_ND, ctx)
+        rope = rotary_tables(T, cfg.rope_dims or head_dim, cfg.rope_base, self.compute_dtype, cfg.rope_train_seq_len)
+        ctx = {"rope": rope, "shape_BT": (B, T)}
+        x_ND = self._run_unet(x_ND, x_ND, ctx, self.layers if looped else self.plain_layers)
         return rms_norm(x_ND).reshape(B, T, cfg.model_dim)
 
-    def __call__(self, ids_BT):
+    def __call__(self, ids_BT, looped: bool = True):
         """Soft-capped logits (B, T, V) in fp32."""
-        h_BTD = self.hidden(ids_BT)
+        h_BTD = self.hidden(ids_BT, looped)
         if self.lm_head is None:
             logits = jnp.einsum("btd,vd->btv", h_BTD, self.tok_emb.weight[...].astype(h_BTD.dtype))
         else:
@@ -134,12 +178,13 @@ class GPT(nnx.Module):
         # The cap is applied in fp32 (the reference applies it to the bf16 logits before .float()).
         return softcap(logits.astype(jnp.float32), self.cfg.logit_softcap)
 
-    def _run_unet(self, x, x0, ctx):
-        layers = self.layers
+    def _run_unet(self, x, x0, ctx, layers):
         n_enc = len(layers) // 2
         n_skip = num_skips(layers)
         graphdef, stacked = nnx.split(self.blocks)
         skip_w = self.skip_weights[...].astype(x.dtype)
+        # Gated skips (spec 4.2): lerp(w*s, x, sigmoid(g)); plain skips: x + w*s.
+        skip_g = None if self.skip_gates is None else jax.nn.sigmoid(self.skip_gates[...].astype(x.dtype))
 
         def block(x, state, layer):
             return nnx.merge(graphdef, state)(x, x0, layer, ctx)
@@ -147,11 +192,16 @@ class GPT(nnx.Module):
         if self.cfg.remat:
             block = jax.checkpoint(block)
 
+        def add_skip(x, w, g, skip):
+            scaled = w * skip
+            return x + scaled if g is None else scaled + g * (x - scaled)
+
         if not self.cfg.scan_layers:  # plain Python loop: the reference's structure, for tests
             skips = []
             for j, layer in enumerate(layers):
                 if j >= n_enc and skips:
-                    x = x + skip_w[j - n_enc] * skips.pop()
+                    i = j - n_enc
+                    x = add_skip(x, skip_w[i], None if skip_g is None else skip_g[i], skips.pop())
                 x = block(x, jax.tree.map(lambda a: a[layer], stacked), layer)
                 if j < n_enc:
                     skips.append(x)
@@ -168,8 +218,8 @@ class GPT(nnx.Module):
             return x, x
 
         def dec_skip_step(x, xs):
-            state, layer, w, skip = xs
-            return block(x + w * skip, state, layer), None
+            state, layer, w, skip, *g = xs
+            return block(add_skip(x, w, g[0] if g else None, skip), state, layer), None
 
         def dec_step(x, xs):
             return block(x, xs[0], xs[1]), None
@@ -178,13 +228,15 @@ class GPT(nnx.Module):
         dec = layers[n_enc:]
         if n_skip:
             # Decoder step i pops the skip pushed by encoder step n_enc - 1 - i.
-            x, _ = scan(dec_skip_step, x, dec[:n_skip], skip_w, skips[::-1][:n_skip])
+            extra = (skip_w[:n_skip], skips[::-1][:n_skip]) + (() if skip_g is None else (skip_g[:n_skip],))
+            x, _ = scan(dec_skip_step, x, dec[:n_skip], *extra)
         x, _ = scan(dec_step, x, dec[n_skip:])
         return x
 
 
 # ---------------------------------------------------------------------------------------------
 # Functional wrapper: params are a plain nested dict; the module is rebuilt inside each trace.
+# `looped` (static) selects the configured block schedule (True) or the plain order.
 
 @dataclasses.dataclass(frozen=True)
 class Model:
@@ -200,20 +252,26 @@ class Model:
         nnx.replace_by_pure_dict(state, params)
         return nnx.merge(self.graphdef, state)
 
-    def logits(self, params, ids_BT):
-        return self.module(params)(ids_BT)
+    @property
+    def has_two_schedules(self) -> bool:
+        """Training starts on the plain order and switches at model.enable_looping_at."""
+        layers = BLOCK_SCHEDULES[self.cfg.block_schedule](self.cfg)
+        return self.cfg.enable_looping_at > 0 and layers != tuple(range(self.cfg.num_layers))
 
-    def hidden(self, params, ids_BT):
-        return self.module(params).hidden(ids_BT)
+    def logits(self, params, ids_BT, looped: bool = True):
+        return self.module(params)(ids_BT, looped)
 
-    def token_nll(self, params, x_BT, y_BT):
+    def hidden(self, params, ids_BT, looped: bool = True):
+        return self.module(params).hidden(ids_BT, looped)
+
+    def token_nll(self, params, x_BT, y_BT, looped: bool = True):
         """Per-token cross-entropy in nats (fp32), shape (B, T)."""
-        logits = self.logits(params, x_BT)
+        logits = self.logits(params, x_BT, looped)
         logz = jax.nn.logsumexp(logits, axis=-1)
         return logz - jnp.take_along_axis(logits, y_BT[..., None], axis=-1)[..., 0]
 
-    def loss(self, params, x_BT, y_BT):
-        return jnp.mean(self.token_nll(params, x_BT, y_BT))
+    def loss(self, params, x_BT, y_BT, looped: bool = True):
+        return jnp.mean(self.token_nll(params, x_BT, y_BT, looped))
 
 
 def build_model(cfg: ModelConfig) -> Model:

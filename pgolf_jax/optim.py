@@ -9,6 +9,7 @@ every group's step together, as the reference's `group["lr"] = base_lr * scale`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -17,12 +18,13 @@ import jax.numpy as jnp
 import optax
 
 from pgolf_jax.config import Config, TrainConfig
-from pgolf_jax.orthogonalize import ORTHOGONALIZERS
+from pgolf_jax.orthogonalize import ORTHOGONALIZERS, gram_newton_schulz
 
-# Names routed to the scalar group (and kept fp32 in the int8 export) whatever their shape.
+# Names routed to the scalar group (and kept fp32 in the int8 export) whatever their shape:
+# the baseline's list plus the record stacks' skip gates (#1493) and smear gates (03-22).
 CONTROL_TENSOR_NAME_PATTERNS = (
     "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
-    "q_gain", "skip_weight", "skip_weights",
+    "q_gain", "skip_weight", "skip_weights", "skip_gates", "smear",
 )
 STACKED_PREFIX = "blocks."  # parameters under this prefix carry a leading layer axis
 
@@ -33,10 +35,12 @@ def path_name(path) -> str:
 
 def group_of(name: str, ndim: int) -> str:
     """The optimizer group of one parameter, by its dotted name and shape."""
-    if name == "tok_emb.weight":
+    if name in ("tok_emb.weight", "bigram.embed.weight"):  # token tables share the embedding lr
         return "embed"
     if name == "lm_head.weight":
         return "head"
+    if name == "bigram.proj.weight":  # Muon, as in the 03-22 record
+        return "matrix"
     if name.startswith(STACKED_PREFIX):
         per_layer_ndim = ndim - 1
         if per_layer_ndim == 2 and not any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS):
@@ -66,10 +70,12 @@ def muon_momentum(count, target: float, start: float, warmup_steps: int):
     return (1.0 - frac) * start + frac * target
 
 
-def scale_by_muon(orthogonalize, *, steps: int, momentum: float, warmup_start: float,
-                  warmup_steps: int, nesterov: bool = True, dtype=jnp.float32) -> optax.GradientTransformation:
-    """SGD-Nesterov momentum, then orthogonalize each (possibly layer-stacked) matrix, then
-    scale by sqrt(max(1, rows/cols)). Returns the direction; the LR is applied later."""
+def scale_by_muon(orthogonalize, *, steps: int, momentum: float, warmup_start: float, warmup_steps: int,
+                  nesterov: bool = True, dtype=jnp.float32, row_normalize: bool = False,
+                  gram_min_aspect: float = 0.0, **ortho_kwargs) -> optax.GradientTransformation:
+    """SGD-Nesterov momentum, optional row normalization (MuonEq-R), then orthogonalize each
+    (possibly layer-stacked) matrix and scale by sqrt(max(1, rows/cols)). Matrices with aspect
+    >= gram_min_aspect use the Gram form. Returns the direction; the LR is applied later."""
 
     def init(params):
         return MuonState(jnp.zeros((), jnp.int32), jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
@@ -82,7 +88,12 @@ def scale_by_muon(orthogonalize, *, steps: int, momentum: float, warmup_start: f
 
         def orth(u):
             rows, cols = u.shape[-2:]
-            fn = lambda m: orthogonalize(m, steps=steps, dtype=dtype)  # noqa: E731
+            if row_normalize:
+                u = u / jnp.maximum(jnp.linalg.norm(u, axis=-1, keepdims=True), 1e-7)
+            fn = orthogonalize
+            if gram_min_aspect and max(rows, cols) / min(rows, cols) >= gram_min_aspect:
+                fn = gram_newton_schulz
+            fn = functools.partial(fn, steps=steps, dtype=dtype, **ortho_kwargs)
             for _ in range(u.ndim - 2):  # one orthogonalization per stacked layer
                 fn = jax.vmap(fn)
             # The reference gathers updates in a bf16 buffer, so its step is bf16-rounded.
@@ -122,17 +133,24 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(cfg: Config, muon_dtype) -> optax.GradientTransformationExtraArgs:
+    """Adam(W) for the embedding, head and scalars, Muon for block matrices, one lr multiplier.
+    Weight decay is decoupled and uses the scheduled lr: p <- p - lr_t (u + wd p)."""
     o, m = cfg.optim, cfg.model
-    adam = lambda lr: optax.chain(optax.scale_by_adam(o.beta1, o.beta2, o.adam_eps), scale_by_lr(lr))  # noqa: E731
+
+    def group(direction, lr, wd=0.0):
+        return optax.chain(direction, *([optax.add_decayed_weights(wd)] if wd else []), scale_by_lr(lr))
+
+    adam = functools.partial(optax.scale_by_adam, o.beta1, o.beta2, o.adam_eps)
+    muon = scale_by_muon(
+        ORTHOGONALIZERS[o.orthogonalizer], steps=o.muon_backend_steps, momentum=o.muon_momentum,
+        warmup_start=o.muon_momentum_warmup_start, warmup_steps=o.muon_momentum_warmup_steps, dtype=muon_dtype,
+        row_normalize=o.muon_row_normalize, gram_min_aspect=o.gram_ns_min_aspect,
+        coefficients=o.ns_coefficients, aol=o.ns_aol)
     groups = {
-        "embed": adam(o.tied_embed_lr if m.tie_embeddings else o.embed_lr),
-        "head": adam(o.head_lr),
-        "scalar": adam(o.scalar_lr),
-        "matrix": optax.chain(
-            scale_by_muon(ORTHOGONALIZERS[o.orthogonalizer], steps=o.muon_backend_steps,
-                          momentum=o.muon_momentum, warmup_start=o.muon_momentum_warmup_start,
-                          warmup_steps=o.muon_momentum_warmup_steps, dtype=muon_dtype),
-            scale_by_lr(o.matrix_lr)),
+        "embed": group(adam(), o.tied_embed_lr if m.tie_embeddings else o.embed_lr, o.embed_wd),
+        "head": group(adam(), o.head_lr),
+        "scalar": group(adam(), o.scalar_lr, o.adam_wd),
+        "matrix": group(muon, o.matrix_lr, o.muon_wd),
     }
     tx = optax.multi_transform(groups, label_params)
     if o.grad_clip_norm > 0:
@@ -140,9 +158,20 @@ def make_optimizer(cfg: Config, muon_dtype) -> optax.GradientTransformationExtra
     return tx
 
 
+def training_fraction(step: int, elapsed_ms: float, t: TrainConfig) -> float:
+    """Progress through the budget: elapsed / (cap - gptq reserve), or step / iterations uncapped."""
+    if t.max_wallclock_seconds <= 0:
+        return step / max(t.iterations, 1)
+    return elapsed_ms / max(1000.0 * (t.max_wallclock_seconds - t.gptq_reserve_seconds), 1e-9)
+
+
 def warmdown_multiplier(step: int, elapsed_ms: float, t: TrainConfig) -> float:
     """The reference's lr_mul: linear warmdown over the last warmdown_iters steps, converted to
-    wall-clock with the running mean step time when a cap is set, else counted in steps."""
+    wall-clock with the running mean step time when a cap is set, else counted in steps. With
+    warmdown_frac (the record stacks): 1, then (1 - frac) / warmdown_frac floored at min_lr."""
+    if t.warmdown_frac > 0:
+        frac = training_fraction(step, elapsed_ms, t)
+        return max((1.0 - frac) / t.warmdown_frac, t.min_lr) if frac >= 1.0 - t.warmdown_frac else 1.0
     if t.warmdown_iters <= 0:
         return 1.0
     if t.max_wallclock_seconds <= 0:

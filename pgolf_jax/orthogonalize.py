@@ -1,8 +1,9 @@
 """Orthogonalizers for Muon: pure functions G (rows x cols) -> approximately U V^T.
 
-Each maps every singular value s of the normalized input through a fixed odd polynomial
-s -> a s + b s^3 + c s^5 per step, keeping the singular vectors. They work on the wide
-orientation (rows <= cols) so the Gram matrix X X^T is the small side.
+Each Newton-Schulz step maps every singular value s of the normalized input through an odd
+quintic s -> a s + b s^3 + c s^5 and keeps the singular vectors; a coefficient table gives
+(a, b, c) per step. The iteration runs on the wide orientation (the Gram matrix is the small
+side). Products are bf16 x bf16 accumulated in fp32 and rounded back, as a torch bf16 matmul.
 """
 
 from __future__ import annotations
@@ -10,8 +11,52 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Keller Jordan's quintic, used for every step by the reference Muon (modded-nanogpt).
-NS5_COEFFS = (3.4445, -4.7750, 2.0315)
+# Per-step (a, b, c) tables, literal data with their sources.
+_PAPER = (  # Amsel, Persson, Musco, Gower, "The Polar Express" (arXiv:2505.16932), 5 steps,
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),  # as stored unmodified in
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),  # Dao-AILab/gram-newton-
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),  # schulz coefficients.py
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+)
+_SAFETY = 1.05  # Dao-AILab's safety factor: (a / s, b / s^3, c / s^5)
+
+COEFFICIENTS: dict[str, tuple[tuple[float, float, float], ...]] = {
+    # Keller Jordan's quintic, used for every step by the reference Muon (modded-nanogpt).
+    "ns5": ((3.4445, -4.7750, 2.0315),),
+    "polar_express_paper": tuple((a / _SAFETY, b / _SAFETY ** 3, c / _SAFETY ** 5) for a, b, c in _PAPER),
+    # modded-nanogpt's list (safety 2e-2, cushion 2), the one the merged parameter-golf
+    # Polar-Express records use (PR #1344 -> #1787), with plain Frobenius normalization.
+    "polar_express_modded": (
+        (8.156554524902461, -22.48329292557795, 15.878769915207462),
+        (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+        (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+        (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+        (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+    ),
+    # PR #1809's "Polar Express" table: You Jiacheng's 5-step schedule (modded-nanogpt's
+    # train_gpt_medium.py; YOU_COEFFICIENTS in Dao-AILab's coefficients.py). #1809 runs the
+    # last `steps` of it (4 with AOL), hence "you" takes the tail.
+    "you": (
+        (4.0848, -6.8946, 2.927),
+        (3.9505, -6.3029, 2.6377),
+        (3.7418, -5.5913, 2.3037),
+        (2.8769, -3.1427, 1.2046),
+        (2.8366, -3.0525, 1.2012),
+    ),
+}
+
+
+def coefficient_schedule(name: str, steps: int) -> tuple[tuple[float, float, float], ...]:
+    """The (a, b, c) of each of `steps` iterations for a named table."""
+    if name not in COEFFICIENTS:
+        raise ValueError(f"unknown Newton-Schulz coefficients {name!r}; expected one of {sorted(COEFFICIENTS)}")
+    table = COEFFICIENTS[name]
+    if len(table) == 1:
+        return table * steps
+    if steps > len(table):
+        raise ValueError(f"coefficient table {name!r} has {len(table)} steps, {steps} requested")
+    return table[-steps:] if name == "you" else table[:steps]
 
 
 def _mm(spec, x, y):
@@ -21,20 +66,75 @@ def _mm(spec, x, y):
     return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
-def newton_schulz5(G: jax.Array, steps: int = 5, dtype=jnp.bfloat16, eps: float = 1e-7) -> jax.Array:
-    """The reference's zeropower_via_newtonschulz5: Frobenius-normalize, then `steps` quintic steps."""
-    a, b, c = NS5_COEFFS
-    # The norm is accumulated in fp32 (torch's bf16 norm also accumulates in fp32).
+def _normalized_wide(G, dtype, eps):
+    """X = G / (||G||_F + eps) in `dtype`, transposed to rows <= cols."""
     X = G.astype(dtype)
+    # The norm is accumulated in fp32 (torch's bf16 norm also accumulates in fp32).
     X = X / (jnp.linalg.norm(G.astype(jnp.float32)).astype(dtype) + eps)
-    # A tall matrix is iterated from the right (A = X^T X, X <- aX + X B), which is the
-    # reference's transpose-iterate-transpose without moving any data.
+    return X.T if G.shape[0] > G.shape[1] else X
+
+
+def _aol(X, A, eps):
+    """AOL pre-scaling (Turbo-Muon): s_i = (sum_j |A_ij|)^-1/2, X <- diag(s) X, A <- diag(s) A diag(s),
+    which bounds the spectral norm by 1 more tightly than the Frobenius normalization."""
+    s = jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.abs(A.astype(jnp.float32)), axis=-1), eps)).astype(X.dtype)
+    return X * s[:, None], A * s[:, None] * s[None, :]
+
+
+def newton_schulz(G, steps: int = 5, dtype=jnp.bfloat16, coefficients: str = "ns5", aol: bool = False,
+                  eps: float = 1e-7):
+    """X <- a X + (b A + c A^2) X with A = X X^T, one (a, b, c) per step. With the default
+    table this is the reference's zeropower_via_newtonschulz5."""
     tall = G.shape[0] > G.shape[1]
-    for _ in range(steps):
-        A = _mm("ki,kj->ij", X, X) if tall else _mm("ik,jk->ij", X, X)
+    X = _normalized_wide(G, dtype, eps)
+    for i, (a, b, c) in enumerate(coefficient_schedule(coefficients, steps)):
+        A = _mm("ik,jk->ij", X, X)
+        if aol and i == 0:
+            X, A = _aol(X, A, eps)
         B = b * A + c * _mm("ij,jk->ik", A, A)
-        X = a * X + (_mm("ij,jk->ik", X, B) if tall else _mm("ij,jk->ik", B, X))
-    return X
+        X = a * X + _mm("ij,jk->ik", B, X)
+    return X.T if tall else X
 
 
-ORTHOGONALIZERS = {"newton_schulz5": newton_schulz5}
+def gram_newton_schulz(G, steps: int = 5, dtype=jnp.bfloat16, coefficients: str = "ns5", aol: bool = False,
+                       eps: float = 1e-7, restart: int = 2):
+    """The same iteration on the n x n Gram matrix of a wide n x m X (n < m).
+
+    Each step is X <- P X with P = aI + Z, Z = bR + cR^2, R = X X^T, a polynomial in R; so
+    accumulate Q = P_k ... P_0 and update R <- P R P (P and R commute) with n x n products, and
+    touch X only at a restart (X <- QX, R = X X^T, which bounds rounding growth in bf16) and at
+    the end. Equal to newton_schulz up to rounding; cheaper when m >> n (#1809, spec 2.4 d)."""
+    tall = G.shape[0] > G.shape[1]
+    X = _normalized_wide(G, dtype, eps)
+    eye = jnp.eye(X.shape[0], dtype=X.dtype)
+    R, Q = _mm("ik,jk->ij", X, X), eye
+    schedule = coefficient_schedule(coefficients, steps)
+    for i, (a, b, c) in enumerate(schedule):
+        if i == restart:
+            X = _mm("ij,jk->ik", Q, X)
+            R, Q = _mm("ik,jk->ij", X, X), eye
+        if aol and i == 0:
+            X, R = _aol(X, R, eps)
+        Z = b * R + c * _mm("ij,jk->ik", R, R)
+        Q = a * eye + Z if i in (0, restart) else a * Q + _mm("ij,jk->ik", Z, Q)
+        if i + 1 < len(schedule) and i + 1 != restart:
+            RZ = _mm("ij,jk->ik", Z, R) + a * R
+            R = _mm("ij,jk->ik", Z, RZ) + a * RZ
+    X = _mm("ij,jk->ik", Q, X)
+    return X.T if tall else X
+
+
+def newton_schulz_flops(rows: int, cols: int, steps: int) -> float:
+    n, m = min(rows, cols), max(rows, cols)
+    return steps * (4.0 * n * n * m + 2.0 * n ** 3)
+
+
+def gram_newton_schulz_flops(rows: int, cols: int, steps: int, restart: int = 2) -> float:
+    n, m = min(rows, cols), max(rows, cols)
+    flops = 2.0 * n * n * m * (2 + (2 if 0 < restart < steps else 0))  # first R, final QX, restart
+    for i in range(steps):
+        flops += 2.0 * n ** 3 * (1 + (i not in (0, restart)) + 2 * (i + 1 < steps and i + 1 != restart))
+    return flops
+
+
+ORTHOGONALIZERS = {"newton_schulz": newton_schulz, "gram_newton_schulz": gram_newton_schulz}

@@ -17,8 +17,8 @@ import optax
 from pgolf_jax import dist
 from pgolf_jax.config import Config
 from pgolf_jax.evaluate import Evaluator
-from pgolf_jax.model import Model, build_model, count_params, resolve_dtype
-from pgolf_jax.optim import make_optimizer, warmdown_multiplier
+from pgolf_jax.model import BLOCK_SCHEDULES, Model, build_model, count_params, resolve_dtype
+from pgolf_jax.optim import make_optimizer, training_fraction, warmdown_multiplier
 from pgolf_jax.runlog import Progress, RunLog
 from pgolf_jax.shards import TokenLoader
 
@@ -27,13 +27,16 @@ class TrainState(NamedTuple):
     step: jax.Array
     params: Any
     opt_state: Any
+    ema: Any = None  # fp32 exponential moving average of params (train.ema_decay > 0)
 
 
-def make_train_step(model: Model, tx: optax.GradientTransformationExtraArgs):
-    """(state, x_MBT, y_MBT, lr_mul) -> (state, metrics); M micro-batches are accumulated."""
+def make_train_step(model: Model, tx: optax.GradientTransformationExtraArgs, looped: bool = True,
+                    ema_decay: float = 0.0):
+    """(state, x_MBT, y_MBT, lr_mul) -> (state, metrics); M micro-batches are accumulated.
+    `looped` picks the block schedule (static: the plain and looped steps are two compiles)."""
 
     def grad_of(params, x, y):
-        return jax.value_and_grad(model.loss)(params, x, y)
+        return jax.value_and_grad(lambda p: model.loss(p, x, y, looped))(params)
 
     def train_step(state: TrainState, x_MBT, y_MBT, lr_mul):
         n_micro = x_MBT.shape[0]
@@ -53,7 +56,10 @@ def make_train_step(model: Model, tx: optax.GradientTransformationExtraArgs):
             grads = jax.tree.map(lambda g, p: (g / n_micro).astype(p.dtype), grads, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params, lr_mul=lr_mul)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(state.step + 1, params, opt_state), {"train_loss": loss}
+        ema = state.ema
+        if ema_decay:  # e <- d e + (1 - d) w after every optimizer step, in fp32 (spec 4.13)
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p.astype(jnp.float32), ema, params)
+        return TrainState(state.step + 1, params, opt_state, ema), {"train_loss": loss}
 
     return train_step
 
@@ -86,7 +92,8 @@ def build(cfg: Config, mesh):
 
     def init(key):
         params = model.init(key)
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+        ema = jax.tree.map(lambda p: p.astype(jnp.float32), params) if cfg.train.ema_decay else None
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema)
 
     state = jax.jit(init, out_shardings=repl)(jax.random.key(cfg.train.seed))
     return model, tx, state
@@ -103,8 +110,11 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
     span_seqs = t.train_batch_tokens // t.batch_spans // t.train_seq_len
     micro_seqs = t.microbatch_tokens // t.train_seq_len if t.microbatch_tokens else 0
     repl, data = dist.replicated(mesh), dist.batch_sharding(mesh, leading=1)
-    step_fn = jax.jit(make_train_step(model, tx), in_shardings=(repl, data, data, None),
-                      out_shardings=(repl, repl), donate_argnums=(0,))
+    # One compiled step per block schedule: plain, and looped once model.enable_looping_at is hit.
+    graphs = (False, True) if model.has_two_schedules else (True,)
+    step_fns = {g: jax.jit(make_train_step(model, tx, looped=g, ema_decay=t.ema_decay),
+                           in_shardings=(repl, data, data, None), out_shardings=(repl, repl), donate_argnums=(0,))
+                for g in graphs}
 
     log(f"model_params:{count_params(state.params)}")
     log(f"val_tokens:{evaluator.n_seq * evaluator.seq_len} val_bytes:{evaluator.byte_count}")
@@ -115,6 +125,9 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
     log(f"train_batch_tokens:{t.train_batch_tokens} train_seq_len:{t.train_seq_len} iterations:{t.iterations} "
         f"warmup_steps:{t.warmup_steps} max_wallclock_seconds:{t.max_wallclock_seconds:.3f}")
     log(f"seed:{t.seed}")
+    layers = list(BLOCK_SCHEDULES[cfg.model.block_schedule](cfg.model))
+    log(f"block_schedule:{cfg.model.block_schedule} layers:{layers}"
+        + (f" enable_looping_at:{cfg.model.enable_looping_at}" if model.has_two_schedules else ""))
 
     def next_batch(loader):
         x, y = loader.next_batch(t.train_batch_tokens, t.train_seq_len)
@@ -122,21 +135,26 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
 
     loader = TokenLoader(train_pattern, t.batch_spans)
     if t.warmup_steps > 0:
-        # Compile and prime every path, then roll state and data back (the reference's WARMUP_STEPS).
+        # Compile and prime every graph, then roll state and data back (the reference's
+        # WARMUP_STEPS, run once per schedule like the looped records).
         initial = jax.tree.map(jnp.copy, state)
         tc = time.perf_counter()
-        for i in range(t.warmup_steps):
-            state, m = step_fn(state, *next_batch(loader), 1.0)
-            jax.block_until_ready(m)
-            if t.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == t.warmup_steps:
-                log(f"warmup_step:{i + 1}/{t.warmup_steps}")
+        for g in graphs:
+            label = "loop_warmup_step" if g and len(graphs) > 1 else "warmup_step"
+            for i in range(t.warmup_steps):
+                state, m = step_fns[g](state, *next_batch(loader), 1.0)
+                jax.block_until_ready(m)
+                if t.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == t.warmup_steps:
+                    log(f"{label}:{i + 1}/{t.warmup_steps}")
         log(f"warmup_time:{1000 * (time.perf_counter() - tc):.0f}ms")
         state = initial
         loader = TokenLoader(train_pattern, t.batch_spans)
 
-    cap_ms = 1000.0 * t.max_wallclock_seconds if t.max_wallclock_seconds > 0 else None
+    # The effective cap leaves gptq_reserve_seconds of the budget for post-training calibration.
+    cap_ms = 1000.0 * (t.max_wallclock_seconds - t.gptq_reserve_seconds) if t.max_wallclock_seconds > 0 else None
     progress = Progress("train", t.iterations, enabled=t.progress)
     training_ms, stop_after, step, pending, val = 0.0, None, 0, None, None
+    looped = graphs[0]
     t0 = time.perf_counter()
 
     def flush(item):
@@ -158,7 +176,7 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
                 pending = None
             jax.block_until_ready(state.params)
             training_ms += 1000.0 * (time.perf_counter() - t0)
-            val = evaluator(state.params)
+            val = evaluator(state.params, looped=looped)
             log(f"step:{step}/{t.iterations} val_loss:{val.val_loss:.4f} val_bpb:{val.val_bpb:.4f} "
                 f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms")
             log.metric("val", step=step, val_loss=val.val_loss, val_bpb=val.val_bpb, train_time_ms=round(training_ms, 1))
@@ -169,7 +187,11 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
             break
         elapsed_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
         lr_mul = warmdown_multiplier(step, elapsed_ms, t)
-        state, metrics = step_fn(state, *next_batch(loader), lr_mul)
+        frac = training_fraction(step, elapsed_ms, t)
+        if not looped and frac >= cfg.model.enable_looping_at:
+            looped = True
+            log(f"layer_loop:enabled step:{step} frac:{frac:.3f} layers:{layers}")
+        state, metrics = step_fns[looped](state, *next_batch(loader), lr_mul)
         step += 1
         if pending:  # dispatch this step first, then read the previous one: the device never idles
             flush(pending)
@@ -183,4 +205,8 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
             eta_s = min(eta_s, max(cap_ms - approx_ms, 0.0) / 1000)
         progress.update(step, eta=eta_s, extra=f"step_avg {step_avg:.0f}ms lr_mul {lr_mul:.3f}")
     progress.close()
-    return TrainResult(state.params, step, training_ms, val, model, evaluator)
+    params = state.params
+    if t.ema_decay:  # the EMA weights are what get evaluated and exported (spec 4.13)
+        log("ema:applying EMA weights")
+        params = jax.tree.map(lambda e, p: e.astype(p.dtype), state.ema, state.params)
+    return TrainResult(params, step, training_ms, val, model, evaluator)

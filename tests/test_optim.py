@@ -11,7 +11,7 @@ from pgolf_jax import config as C
 from pgolf_jax.model import build_model
 from pgolf_jax.optim import (clip_by_global_norm, group_of, label_params, make_optimizer, muon_momentum,
                              scale_by_muon, warmdown_multiplier)
-from pgolf_jax.orthogonalize import ORTHOGONALIZERS, newton_schulz5
+from pgolf_jax.orthogonalize import ORTHOGONALIZERS, newton_schulz
 
 
 def ns5_numpy(G, steps=5, eps=1e-7):
@@ -56,15 +56,15 @@ def test_group_rules():
 @pytest.mark.parametrize("shape", [(32, 48), (48, 32), (40, 40)])
 def test_newton_schulz_matches_reference_math(shape):
     G = np.random.default_rng(0).normal(size=shape)
-    got = np.asarray(newton_schulz5(jnp.asarray(G, jnp.float32), steps=5, dtype=jnp.float32))
+    got = np.asarray(newton_schulz(jnp.asarray(G, jnp.float32), steps=5, dtype=jnp.float32))
     np.testing.assert_allclose(got, ns5_numpy(G), rtol=2e-4, atol=2e-5)
 
 
 def test_newton_schulz_orthogonalizes():
     G = jax.random.normal(jax.random.key(0), (128, 512))
-    s = np.linalg.svd(np.asarray(newton_schulz5(G, dtype=jnp.float32)), compute_uv=False)
+    s = np.linalg.svd(np.asarray(newton_schulz(G, dtype=jnp.float32)), compute_uv=False)
     assert 0.6 < s.min() and s.max() < 1.25  # the quintic's known band, not exactly 1
-    assert "newton_schulz5" in ORTHOGONALIZERS
+    assert "newton_schulz" in ORTHOGONALIZERS
 
 
 def test_muon_momentum_warmup():
@@ -77,7 +77,7 @@ def test_muon_matches_reference_steps():
     """Two steps of scale_by_muon == the reference's Muon.step math (numpy), stacked and not."""
     rng = np.random.default_rng(1)
     grads = [rng.normal(size=(2, 24, 16)) for _ in range(2)]
-    tx = scale_by_muon(newton_schulz5, steps=5, momentum=0.95, warmup_start=0.85, warmup_steps=2)
+    tx = scale_by_muon(newton_schulz, steps=5, momentum=0.95, warmup_start=0.85, warmup_steps=2)
     state = tx.init(jnp.zeros((2, 24, 16)))
     buf = np.zeros((2, 24, 16))
     for step, g in enumerate(grads):
@@ -139,3 +139,94 @@ def test_warmdown_by_wallclock_and_by_steps():
     assert warmdown_multiplier(90, 0, s) == pytest.approx(0.5)
     assert warmdown_multiplier(99, 0, s) == pytest.approx(0.05)
     assert warmdown_multiplier(5, 0, dataclasses.replace(s, warmdown_iters=0)) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Record-stack optimizer pieces (#1809 / #1493)
+
+from pgolf_jax.orthogonalize import (COEFFICIENTS, coefficient_schedule, gram_newton_schulz,  # noqa: E402
+                                     gram_newton_schulz_flops, newton_schulz_flops)
+from pgolf_jax.optim import training_fraction  # noqa: E402
+
+
+def test_coefficient_tables():
+    assert coefficient_schedule("ns5", 3) == ((3.4445, -4.7750, 2.0315),) * 3
+    assert coefficient_schedule("you", 4) == COEFFICIENTS["you"][1:]  # #1809: the last 4 of 5
+    assert coefficient_schedule("polar_express_modded", 5)[0] == (8.156554524902461, -22.48329292557795,
+                                                                  15.878769915207462)
+    a, b, c = coefficient_schedule("polar_express_paper", 1)[0]
+    assert (a, b, c) == pytest.approx((8.28721201814563 / 1.05, -23.595886519098837 / 1.05 ** 3,
+                                       17.300387312530933 / 1.05 ** 5))
+    with pytest.raises(ValueError, match="has 5 steps, 6 requested"):
+        coefficient_schedule("you", 6)
+    with pytest.raises(ValueError, match="unknown Newton-Schulz coefficients"):
+        coefficient_schedule("nope", 5)
+
+
+@pytest.mark.parametrize("name,steps,aol", [("ns5", 5, False), ("polar_express_paper", 5, False),
+                                            ("polar_express_modded", 5, False), ("you", 4, True)])
+@pytest.mark.parametrize("shape", [(64, 160), (160, 64), (96, 96)])
+def test_gram_newton_schulz_equals_standard(name, steps, aol, shape):
+    G = jax.random.normal(jax.random.key(sum(shape)), shape)
+    kw = dict(steps=steps, dtype=jnp.float32, coefficients=name, aol=aol)
+    std = np.asarray(newton_schulz(G, **kw))
+    gram = np.asarray(gram_newton_schulz(G, **kw))
+    assert np.linalg.norm(gram - std) / np.linalg.norm(std) < 1e-4  # fp32 rounding only
+    s = np.linalg.svd(std, compute_uv=False)
+    # (A square Gaussian has singular values near 0 that five steps cannot lift.)
+    assert s.max() < 1.3 and (shape[0] == shape[1] or s.min() > 0.5)
+
+
+def test_polar_express_tightens_the_band():
+    G = jax.random.normal(jax.random.key(3), (128, 384))
+    band = {}
+    for name, steps, aol in [("ns5", 5, False), ("polar_express_modded", 5, False), ("you", 4, True)]:
+        s = np.linalg.svd(np.asarray(newton_schulz(G, steps=steps, dtype=jnp.float32, coefficients=name, aol=aol)),
+                          compute_uv=False)
+        band[name] = s.max() - s.min()
+    assert band["you"] < band["polar_express_modded"] < band["ns5"]
+
+
+def test_gram_saves_flops_on_wide_matrices():
+    assert gram_newton_schulz_flops(512, 2048, 4) < 0.8 * newton_schulz_flops(512, 2048, 4)
+    assert gram_newton_schulz_flops(512, 512, 4) > newton_schulz_flops(512, 512, 4)  # no gain when square
+
+
+def test_muon_row_normalize_ignores_row_scale():
+    g = np.random.default_rng(4).normal(size=(24, 16)).astype(np.float32)
+    scaled = g * np.linspace(0.1, 10, 24, dtype=np.float32)[:, None]
+    kw = dict(steps=5, momentum=0.95, warmup_start=0.95, warmup_steps=0, dtype=jnp.float32)
+    outs = []
+    for row_normalize in (True, False):
+        tx = scale_by_muon(newton_schulz, row_normalize=row_normalize, **kw)
+        a = tx.update(jnp.asarray(g), tx.init(jnp.zeros((24, 16))))[0]
+        b = tx.update(jnp.asarray(scaled), tx.init(jnp.zeros((24, 16))))[0]
+        outs.append(np.abs(np.asarray(a) - np.asarray(b)).max())
+    assert outs[0] < 1e-5 < outs[1]
+
+
+def test_decoupled_weight_decay_uses_the_scheduled_lr():
+    cfg = C.override(C.Config(), {"model.num_layers": 2, "model.model_dim": 32, "model.num_heads": 2,
+                                  "model.num_kv_heads": 1, "model.vocab_size": 64, "optim.muon_wd": 0.1,
+                                  "optim.embed_wd": 0.2, "optim.adam_wd": 0.3})
+    params = jax.jit(build_model(cfg.model).init)(jax.random.key(0))
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    tx = make_optimizer(cfg, jnp.float32)
+    upd, _ = tx.update(zeros, tx.init(params), params, lr_mul=0.5)  # zero grads: only the decay moves
+    o = cfg.optim
+    pairs = [(upd["blocks"]["mlp"]["fc"]["weight"], params["blocks"]["mlp"]["fc"]["weight"], o.matrix_lr * o.muon_wd),
+             (upd["tok_emb"]["weight"], params["tok_emb"]["weight"], o.tied_embed_lr * o.embed_wd),
+             (upd["blocks"]["resid_mix"], params["blocks"]["resid_mix"], o.scalar_lr * o.adam_wd)]
+    for u, p, lr_wd in pairs:
+        np.testing.assert_allclose(np.asarray(u), -0.5 * lr_wd * np.asarray(p), rtol=1e-5, atol=1e-9)
+
+
+def test_warmdown_fraction_with_floor_and_reserve():
+    t = C.TrainConfig(max_wallclock_seconds=600.0, gptq_reserve_seconds=12.0, warmdown_frac=0.72, min_lr=0.1)
+    assert training_fraction(0, 294_000.0, t) == pytest.approx(0.5)  # 294 s of an effective 588 s
+    assert warmdown_multiplier(0, 0.27 * 588_000, t) == 1.0
+    assert warmdown_multiplier(0, 0.64 * 588_000, t) == pytest.approx(0.5)
+    assert warmdown_multiplier(0, 0.95 * 588_000, t) == pytest.approx(0.1)  # floored at min_lr
+    steps = dataclasses.replace(t, max_wallclock_seconds=0.0, iterations=100, min_lr=0.0)
+    assert warmdown_multiplier(64, 0.0, steps) == pytest.approx(0.5)
+    assert warmdown_multiplier(100, 0.0, steps) == 0.0

@@ -87,3 +87,32 @@ def test_non_finite_loss_stops_with_the_step(sample_data):
     cfg = tiny_cfg(sample_data, **{"optim.tied_embed_lr": 1e30, "optim.scalar_lr": 1e30})
     with pytest.raises(FloatingPointError, match=r"train_loss is (nan|inf) at step \d+"):
         run_train(cfg)
+
+
+def test_ema_follows_every_step(sample_data):
+    import optax
+    from pgolf_jax.train import TrainState
+    cfg = tiny_cfg(sample_data, **{"train.ema_decay": 0.9})
+    model, _, state = build(cfg, dist.make_mesh())
+    assert state.ema is not None
+    tx = optax.with_extra_args_support(optax.sgd(0.1))
+    state = TrainState(state.step, state.params, tx.init(state.params), state.ema)
+    step = jax.jit(make_train_step(model, tx, ema_decay=0.9))
+    x = np.random.default_rng(0).integers(0, 1024, (1, 4, 64), dtype=np.int32)
+    s1, _ = step(state, x, x, 1.0)
+    s2, _ = step(s1, x, x, 1.0)
+    for e0, p1, p2, e2 in zip(*(jax.tree.leaves(t) for t in (state.ema, s1.params, s2.params, s2.ema))):
+        want = 0.9 * (0.9 * np.asarray(e0) + 0.1 * np.asarray(p1)) + 0.1 * np.asarray(p2)
+        np.testing.assert_allclose(e2, want, rtol=1e-5, atol=1e-7)
+
+
+def test_loop_switch_warms_both_graphs(sample_data, tmp_path):
+    cfg = tiny_cfg(sample_data, **{"model.num_loops": 1, "model.loop_start": 0, "model.loop_end": 0,
+                                   "model.enable_looping_at": 0.5, "train.iterations": 4, "train.warmup_steps": 1,
+                                   "train.ema_decay": 0.5})
+    r = run_train(cfg, tmp_path)
+    log = (tmp_path / "log.txt").read_text()
+    assert "warmup_step:1/1" in log and "loop_warmup_step:1/1" in log
+    assert "layer_loop:enabled step:2 frac:0.500 layers:[0, 0, 1]" in log
+    assert "ema:applying EMA weights" in log
+    assert r.steps == 4
