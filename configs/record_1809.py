@@ -3,7 +3,9 @@ partial RoPE 16/64, QK-gain 5.25, layerwise LN scale, XSA on all layers, gated U
 layers 3-5 looped 3 times (17 virtual) from 35% of the budget, GPT-J parallel residuals from
 layer 7, orthogonal init; Muon with MuonEq-R, You's Polar-Express table at 4 steps with AOL and
 Gram-NS for aspect >= 1.5, WD 0.095; AdamW embedding/scalars; clip 0.3; warmdown over the last
-72% to a 0.1 floor; EMA 0.9965. (seed-techniques.md section 2; reference-spec.md 5.5.)
+72% to a 0.1 floor; EMA 0.9965. Export: GPTQ int6 (SDClip k 12.85) matrices, int8 (k 20)
+embedding, 64 calibration batches, brotli-11, code counted compressed as the later records do.
+(seed-techniques.md section 2; reference-spec.md 5.5.)
 Data: `python run.py data download --variant sp8192 --train-shards 128`."""
 
 OVERRIDES = {
@@ -48,4 +50,14 @@ OVERRIDES = {
     "train.ema_decay": 0.9965,
     "train.train_log_every": 500,
     "eval.val_loss_every": 4000,
+    "quant.scheme": "gptq",
+    "quant.attn_bits": 6,
+    "quant.mlp_bits": 6,
+    "quant.embed_bits": 8,
+    "quant.attn_clip_sigmas": 12.85,
+    "quant.mlp_clip_sigmas": 12.85,
+    "quant.embed_clip_sigmas": 20.0,
+    "quant.gptq_calibration_batches": 64,
+    "quant.compressor": "brotli",
+    "quant.code_bytes": "compressed",
 }

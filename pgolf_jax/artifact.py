@@ -3,7 +3,7 @@
 File layout (all integers little-endian):
 
     magic     8 bytes  b"PGJXART1"
-    codec     1 byte   1 = zlib (level 9, the reference's codec), 2 = zstd
+    codec     1 byte   1 = zlib (level 9, the reference's codec), 2 = zstd, 3 = brotli (quality 11)
     reserved  3 bytes  zero
     raw_len   8 bytes  length of the decompressed payload
     crc32     4 bytes  of the decompressed payload
@@ -11,9 +11,12 @@ File layout (all integers little-endian):
 
     payload = u32 manifest_len | manifest (UTF-8 JSON) | tensor bytes, back to back
 
-The manifest holds the quant object's metadata and, per tensor, its slot ("quantized/<name>",
-"scales/<name>", "passthrough/<name>"), dtype, shape, offset and size. Reading never trusts the
-file: every field is checked and any mismatch raises ArtifactError naming the file.
+The manifest holds the quant object's metadata and, per tensor, its slot (quantized, scales,
+passthrough, lqer), name, dtype, shape, offset and size. With "byte_shuffle" in the manifest,
+each multi-byte tensor is stored byte-plane by byte-plane (all first bytes, then all second
+bytes, ...: the records' byte shuffle, per tensor), which lets the compressor see the slowly
+varying high bytes of fp16 scales together. Reading never trusts the file: every field is
+checked and any mismatch raises ArtifactError naming the file.
 Artifact bytes (what the 16,000,000-byte cap counts) = this file + the counted code bytes.
 """
 
@@ -30,9 +33,9 @@ import numpy as np
 import zstandard
 
 MAGIC = b"PGJXART1"
-CODECS = {"zlib": 1, "zstd": 2}
+CODECS = {"zlib": 1, "zstd": 2, "brotli": 3}
 _HEADER = struct.Struct("<8sB3xQI")
-_SLOTS = ("quantized", "scales", "passthrough")
+_SLOTS = ("quantized", "scales", "passthrough", "lqer")
 _DTYPES = {"int8", "uint8", "int16", "int32", "int64", "uint16", "float16", "float32", "float64", "bfloat16", "bool"}
 
 
@@ -48,21 +51,43 @@ def _dtype(name: str):
     return ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
 
 
-def serialize(obj: dict) -> bytes:
+def _shuffle(data: bytes, itemsize: int) -> bytes:
+    if itemsize <= 1:
+        return data
+    return np.frombuffer(data, np.uint8).reshape(-1, itemsize).T.tobytes()
+
+
+def _unshuffle(data: bytes, itemsize: int) -> bytes:
+    if itemsize <= 1:
+        return data
+    return np.frombuffer(data, np.uint8).reshape(itemsize, -1).T.tobytes()
+
+
+def serialize(obj: dict, byte_shuffle: bool = True) -> bytes:
     """Quant object -> uncompressed payload."""
     tensors, blobs, offset = [], [], 0
     for slot in _SLOTS:
-        for name, arr in obj[slot].items():
+        for name, arr in obj.get(slot, {}).items():
             arr = np.asarray(arr)
             data = arr.tobytes(order="C")  # (ascontiguousarray would turn a 0-d scale into 1-d)
+            if byte_shuffle:
+                data = _shuffle(data, arr.dtype.itemsize)
             tensors.append({"slot": slot, "name": name, "dtype": np.dtype(arr.dtype).name,
                             "shape": list(arr.shape), "offset": offset, "nbytes": len(data)})
             blobs.append(data)
             offset += len(data)
     meta = {k: v for k, v in obj.items() if k not in _SLOTS}
-    manifest = json.dumps({"format": "pgolf_jax.artifact.v1", "meta": meta, "tensors": tensors},
-                          separators=(",", ":")).encode()
+    manifest = json.dumps({"format": "pgolf_jax.artifact.v1", "byte_shuffle": byte_shuffle, "meta": meta,
+                           "tensors": tensors}, separators=(",", ":")).encode()
     return struct.pack("<I", len(manifest)) + manifest + b"".join(blobs)
+
+
+def _brotli():
+    try:
+        import brotli
+    except ImportError:
+        raise ArtifactError("quant.compressor=brotli needs the brotli package: pip install 'pgolf_jax[brotli]'") from None
+    return brotli
 
 
 def compress(raw: bytes, codec: str, level: int = 22) -> bytes:
@@ -70,11 +95,13 @@ def compress(raw: bytes, codec: str, level: int = 22) -> bytes:
         return zlib.compress(raw, 9)
     if codec == "zstd":
         return zstandard.ZstdCompressor(level=level).compress(raw)
+    if codec == "brotli":
+        return _brotli().compress(raw, quality=11)
     raise ArtifactError(f"unknown codec {codec!r} (expected one of {sorted(CODECS)})")
 
 
-def pack(obj: dict, codec: str = "zstd", level: int = 22) -> bytes:
-    raw = serialize(obj)
+def pack(obj: dict, codec: str = "zstd", level: int = 22, byte_shuffle: bool = True) -> bytes:
+    raw = serialize(obj, byte_shuffle)
     return _HEADER.pack(MAGIC, CODECS[codec], len(raw), zlib.crc32(raw)) + compress(raw, codec, level)
 
 
@@ -105,16 +132,20 @@ def unpack(data: bytes, source: str = "artifact") -> dict:
             raw = zlib.decompress(body)
         elif codec_id == CODECS["zstd"]:
             raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=raw_len)
+        elif codec_id == CODECS["brotli"]:
+            raw = _brotli().decompress(body)
         else:
             raise ArtifactError(f"{source}: unknown codec id {codec_id}")
-    except (zlib.error, zstandard.ZstdError) as exc:
+    except ArtifactError:
+        raise
+    except Exception as exc:  # zlib.error, zstandard.ZstdError, brotli.error: all mean a bad body
         raise ArtifactError(f"{source}: corrupt or truncated compressed body ({exc})") from None
     if len(raw) != raw_len or zlib.crc32(raw) != crc:
         raise ArtifactError(f"{source}: payload check failed (length {len(raw)} vs {raw_len}, crc mismatch)")
     (mlen,) = struct.unpack_from("<I", raw)
     try:
         manifest = json.loads(raw[4:4 + mlen].decode())
-        tensors, meta = manifest["tensors"], manifest["meta"]
+        tensors, meta, shuffled = manifest["tensors"], manifest["meta"], bool(manifest.get("byte_shuffle"))
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{source}: unreadable manifest ({exc})") from None
     base = 4 + mlen
@@ -132,8 +163,10 @@ def unpack(data: bytes, source: str = "artifact") -> dict:
         if nb != expected or off < 0 or base + off + nb > len(raw):
             raise ArtifactError(f"{source}: tensor {name!r} ({dt}{shape}) does not fit the payload "
                                 f"(offset {off}, {nb} bytes)")
-        obj[slot][name] = np.frombuffer(raw, dtype=_dtype(dt), count=int(np.prod(shape, dtype=np.int64)),
-                                        offset=base + off).reshape(shape)
+        data = raw[base + off: base + off + nb]
+        if shuffled:
+            data = _unshuffle(data, _dtype(dt).itemsize)
+        obj[slot][name] = np.frombuffer(data, dtype=_dtype(dt)).reshape(shape)
     return obj
 
 
@@ -142,6 +175,20 @@ def read(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"artifact not found: {path}")
     return unpack(path.read_bytes(), source=str(path))
+
+
+def size_report(obj: dict, group_of, codec: str, level: int = 22, byte_shuffle: bool = True) -> dict:
+    """{group: {"raw": tensor bytes, "compressed": bytes of that group packed on its own}}: where
+    the artifact's bytes go (compressing groups apart slightly overstates the whole)."""
+    parts: dict[str, dict] = {}
+    for slot in _SLOTS:
+        for name, arr in obj.get(slot, {}).items():
+            parts.setdefault(group_of(name, slot), {}).setdefault(slot, {})[name] = arr
+    report = {}
+    for group, slots in sorted(parts.items()):
+        raw = sum(np.asarray(a).nbytes for tensors in slots.values() for a in tensors.values())
+        report[group] = {"raw": int(raw), "compressed": len(compress(serialize(slots, byte_shuffle), codec, level))}
+    return report
 
 
 def code_files(root: Path | None = None) -> list[Path]:
@@ -153,9 +200,14 @@ def code_files(root: Path | None = None) -> list[Path]:
     return files
 
 
-def code_bytes(root: Path | None = None) -> int:
-    """Raw UTF-8 bytes of the shipped source, counted as the reference counts train_gpt.py."""
-    return sum(len(f.read_bytes()) for f in code_files(root))
+def code_bytes(root: Path | None = None, mode: str = "raw") -> int:
+    """Bytes of the shipped source. "raw" counts the files as they are, as the early records count
+    train_gpt.py; "compressed" counts them zstd-22 compressed as one stream, like the later
+    records' minified+lzma self-extracting wrapper (a loader stub of a few hundred bytes aside)."""
+    files = [f.read_bytes() for f in code_files(root)]
+    if mode == "raw":
+        return sum(len(b) for b in files)
+    return len(zstandard.ZstdCompressor(level=22).compress(b"".join(files)))
 
 
 def check_size(model_bytes: int, code: int, cap: int, allow_oversize: bool) -> int:

@@ -109,12 +109,12 @@ def time_jax(cfg: Config, batch: int, seq: int, steps: int, warmup: int) -> dict
     y = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (1, batch, seq), dtype=np.int32))
     step = jax.jit(make_train_step(model, tx), donate_argnums=(0,))
     t = time.perf_counter()
-    compiled = step.lower(state, x, y, 1.0).compile()
+    compiled = step.lower(state, x, y, 1.0, 0.0).compile()
     compile_s = time.perf_counter() - t
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
-        state, m = compiled(state, x, y, 1.0)
+        state, m = compiled(state, x, y, 1.0, 0.0)
         jax.block_until_ready(m)
         if i >= warmup:
             times.append(time.perf_counter() - t)

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-VERBS = ("data", "eval", "bench")
+VERBS = ("data", "eval", "quantize", "bench")
 
 
 def _main_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def _eval_parser() -> argparse.ArgumentParser:
 def eval_command(argv: list[str]) -> int:
     from pgolf_jax import artifact, config as config_lib, dist, interop, pipeline
     from pgolf_jax.model import build_model
-    from pgolf_jax.quant import dequantize_int8
+    from pgolf_jax.quant import dequantize
 
     args = _eval_parser().parse_args(argv)
     if args.run:
@@ -65,11 +65,62 @@ def eval_command(argv: list[str]) -> int:
     elif args.reference_ptz:
         named = interop.load_reference_int8_ptz(source)
     else:
-        named = dequantize_int8(artifact.read(source))
+        named = dequantize(artifact.read(source))
     params = interop.unflatten_params(named, template, source=str(source))
     res = factory(model, dist.make_mesh())(params)
     print(f"eval source:{source} {res.line()}")
     print(f"eval_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
+    return 0
+
+
+def _quantize_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py quantize",
+                                description="Re-quantize a trained run's float weights (no retraining) and "
+                                            "score the round trip; writes <run>/quantize-<id>/.")
+    p.add_argument("--run", required=True, help="a run directory with config.json and final_model.npz")
+    p.add_argument("overrides", nargs="*", metavar="quant.field=value",
+                   help="quant.* (and eval.*/data.* paths) overrides; model/optim/train are fixed by the run")
+    return p
+
+
+def quantize_command(argv: list[str]) -> int:
+    import numpy as np
+
+    from pgolf_jax import config as config_lib, dist, pipeline
+    from pgolf_jax.config import ConfigError
+    from pgolf_jax.interop import unflatten_params
+    from pgolf_jax.model import build_model
+    from pgolf_jax.runlog import RunLog
+
+    args = _quantize_parser().parse_args(argv)
+    run_dir = Path(args.run)
+    for need in ("config.json", "final_model.npz"):
+        if not (run_dir / need).is_file():
+            raise FileNotFoundError(f"{run_dir / need} not found: is {run_dir} a finished run directory?")
+    for item in args.overrides:
+        if item.split("=", 1)[0].split(".", 1)[0] not in ("quant", "eval", "data"):
+            raise ConfigError(f"{item!r}: quantize only changes quant.*, eval.* or data.* (the weights are fixed)")
+    cfg = config_lib.override(config_lib.from_dict(json.loads((run_dir / "config.json").read_text())), args.overrides)
+    out = run_dir / f"quantize-{pipeline.new_run_id()}"
+    log = RunLog(out)
+    try:
+        pipeline.write_json(out / "config.json", config_lib.to_dict(cfg))
+        log(config_lib.to_json(cfg), console=False)
+        log(f"quantize run:{run_dir} overrides:{' '.join(args.overrides) or '-'}")
+        data_path, tok_path = pipeline.dataset_paths(cfg, log)
+        model = build_model(cfg.model)
+        mesh = dist.make_mesh()
+        evaluator = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log)(model, mesh)
+        import jax
+        template = jax.eval_shape(model.init, jax.random.key(0))
+        with np.load(run_dir / "final_model.npz") as z:
+            params = unflatten_params({k: z[k] for k in z.files}, template, source=str(run_dir / "final_model.npz"))
+        summary = pipeline.export_and_roundtrip(cfg, params, model, out, evaluator,
+                                                str(data_path / cfg.data.train_files), log)
+        pipeline.write_json(out / "summary.json", summary)
+        log(f"quantize_dir:{out}")
+    finally:
+        log.close()
     return 0
 
 
@@ -89,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             return prepare.data_command(p.parse_args(argv[1:]))
         if argv and argv[0] == "eval":
             return eval_command(argv[1:])
+        if argv and argv[0] == "quantize":
+            return quantize_command(argv[1:])
         if argv and argv[0] == "bench":
             from pgolf_jax import bench
             return bench.main(argv[1:])

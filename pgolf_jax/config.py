@@ -18,6 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+# Names routed to the scalar optimizer group (and kept fp32 by the reference int8 export) whatever
+# their shape: the baseline's list plus the record stacks' skip gates (#1493) and smear gates (03-22).
+CONTROL_TENSOR_NAME_PATTERNS = (
+    "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
+    "q_gain", "skip_weight", "skip_weights", "skip_gates", "smear",
+)
+
+
 class ConfigError(ValueError):
     """A bad preset, override or field value; the message names the culprit."""
 
@@ -141,11 +149,34 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class QuantConfig:
+    # "int8_per_row": the reference baseline's export; "gptq": Hessian-aware GPTQ with per-group
+    # widths and clips (the records); "rtn": the same scales, rounded to nearest (no Hessian).
     scheme: str = "int8_per_row"
-    clip_percentile: float = 99.99984
-    keep_float_max_numel: int = 65_536
-    compressor: str = "zstd"  # zstd (ours) | zlib (the reference's format)
-    level: int = 22  # zstd level; zlib always uses 9 like the reference
+    clip_percentile: float = 99.99984  # int8_per_row, and scale_method="percentile"
+    keep_float_max_numel: int = 65_536  # smaller float tensors pass through (fp16)
+    # Per tensor group (attention / MLP / token embedding / other 2-D) width and SDClip k.
+    attn_bits: int = 6
+    mlp_bits: int = 6
+    embed_bits: int = 8
+    other_bits: int = 8
+    attn_clip_sigmas: float = 12.85
+    mlp_clip_sigmas: float = 12.85
+    embed_clip_sigmas: float = 20.0
+    other_clip_sigmas: float = 20.0
+    scale_method: str = "sdclip"  # sdclip (k std(row) / qmax) | percentile | search (GPTQ-lite)
+    gptq_calibration_batches: int = 64  # batches of train_batch_tokens (GPTQ_CALIBRATION_BATCHES)
+    gptq_block_size: int = 128
+    gptq_damp: float = 0.01  # times mean(diag H)
+    gptq_act_order: bool = True
+    lqer_rank: int = 0  # low-rank correction of the quantization error (0 = off)
+    lqer_top_k: int = 3  # on the tensors with the largest error
+    lqer_asym: bool = True  # factors as int2 (one scale) x int4 (per-64 scales), else int4 per row
+    qat: bool = False  # straight-through fake quantization in training, with the export's rule
+    qat_lr_threshold: float = 1.0  # QAT is on while the lr multiplier <= this (1 = from the start)
+    byte_shuffle: bool = True  # group bytes by significance in multi-byte tensors before compressing
+    compressor: str = "zstd"  # zstd (ours) | zlib (the reference's format) | brotli (the records')
+    level: int = 22  # zstd level (zlib always uses 9, brotli 11 like the references)
+    code_bytes: str = "raw"  # raw | compressed: which code size counts toward the cap
     max_artifact_bytes: int = 16_000_000
     allow_oversize: bool = False
 
@@ -218,8 +249,20 @@ def validate(cfg: Config) -> None:
                        "optim.muon_dtype": cfg.optim.muon_dtype}.items():
         if value not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"{key} must be auto, float32 or bfloat16, got {value!r}")
-    if cfg.quant.compressor not in ("zstd", "zlib"):
-        raise ConfigError(f"quant.compressor must be zstd or zlib, got {cfg.quant.compressor!r}")
+    q = cfg.quant
+    choices = {"quant.scheme": (q.scheme, ("int8_per_row", "gptq", "rtn")),
+               "quant.scale_method": (q.scale_method, ("sdclip", "percentile", "search")),
+               "quant.compressor": (q.compressor, ("zstd", "zlib", "brotli")),
+               "quant.code_bytes": (q.code_bytes, ("raw", "compressed"))}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    for key, bits in {"quant.attn_bits": q.attn_bits, "quant.mlp_bits": q.mlp_bits, "quant.embed_bits": q.embed_bits,
+                      "quant.other_bits": q.other_bits}.items():
+        if not 2 <= bits <= 8:
+            raise ConfigError(f"{key}={bits} must be in 2..8 (values are stored as int8)")
+    if q.qat and q.scheme != "int8_per_row" and q.scale_method == "search":
+        raise ConfigError("quant.qat follows the export scales: use quant.scale_method sdclip or percentile")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ reference; the matmul contracts the last axis, which XLA handles without a trans
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
@@ -81,14 +82,39 @@ def linear_init(cfg, in_f: int, out_f: int) -> str:
     return "orthogonal" if cfg.ortho_init and min(in_f, out_f) >= 64 else "uniform"
 
 
+# Input taps for GPTQ calibration: inside `with capture_linear_inputs() as taps:` every linear that
+# has a tap name records the input it is called with (at trace time) into `taps`.
+_TAPS: list[dict] = []
+
+
+@contextlib.contextmanager
+def capture_linear_inputs():
+    taps: dict = {}
+    _TAPS.append(taps)
+    try:
+        yield taps
+    finally:
+        _TAPS.pop()
+
+
+def name_taps(module: nnx.Module, prefix: str = "") -> None:
+    """Give every linear under `module` its dotted path as tap name (e.g. 'attn.c_q')."""
+    for path, sub in nnx.iter_modules(module):
+        if isinstance(sub, DenseLinear):
+            sub.tap = ".".join([prefix] * bool(prefix) + [str(p) for p in path])
+
+
 class DenseLinear(nnx.Module):
     """y = x W^T with an fp32 master weight cast to the compute dtype at matmul time."""
 
     def __init__(self, in_f: int, out_f: int, *, init: str = "uniform", rngs: nnx.Rngs):
         key = rngs.params() if init != "zeros" else None
         self.weight = nnx.Param(_init_weight(init, key, out_f, in_f))
+        self.tap = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if _TAPS and self.tap is not None:
+            _TAPS[-1][self.tap] = x
         return jnp.einsum("...i,oi->...o", x, self.weight[...].astype(x.dtype))
 
 

@@ -20,7 +20,8 @@ from flax import nnx
 from pgolf_jax.attention import ATTENTION
 from pgolf_jax.config import ModelConfig
 from pgolf_jax.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
-from pgolf_jax.layers import ACTIVATIONS, LINEAR, linear_init, rms_norm, rotary_tables, softcap
+from pgolf_jax.layers import (ACTIVATIONS, LINEAR, capture_linear_inputs, linear_init, name_taps, rms_norm,
+                              rotary_tables, softcap)
 
 
 def resolve_dtype(name: str):
@@ -58,6 +59,7 @@ class Block(nnx.Module):
         self.resid_mix = nnx.Param(jnp.stack([jnp.ones((D,)), jnp.zeros((D,))]).astype(jnp.float32))
         self.num_layers, self.ln_scale = cfg.num_layers, cfg.ln_scale
         self.xsa_last_n, self.parallel_start = cfg.xsa_last_n, cfg.parallel_residual_start
+        name_taps(self)
 
     def __call__(self, x_ND, x0_ND, layer, ctx):
         """`layer` is the physical layer index (a traced int under scan) the per-layer rules use."""
@@ -121,6 +123,8 @@ class GPT(nnx.Module):
         std = cfg.tied_embed_init_std if cfg.tie_embeddings else 1.0  # untied: nn.Embedding's N(0, 1)
         self.tok_emb = Embedding(cfg.vocab_size, cfg.model_dim, std, embed_dtype, rngs=rngs)
         self.bigram = BigramHash(cfg, embed_dtype, rngs=rngs) if cfg.bigram_vocab_size else None
+        if self.bigram is not None:
+            name_taps(self.bigram, "bigram")
         self.smear = (SmearGateV1(cfg.model_dim) if cfg.smear_gate == "v1" else
                       SmearGateV2(cfg.smear_gate_bos_fix) if cfg.smear_gate == "v2" else None)
 
@@ -178,7 +182,41 @@ class GPT(nnx.Module):
         # The cap is applied in fp32 (the reference applies it to the bf16 logits before .float()).
         return softcap(logits.astype(jnp.float32), self.cfg.logit_softcap)
 
-    def _run_unet(self, x, x0, ctx, layers):
+    def input_hessians(self, ids_BT, looped: bool = True) -> dict:
+        """Sum of X^T X (fp32) of the input of every linear over this batch, stacked per physical
+        layer for block linears (looped layers accumulate every pass), and of the head input (the
+        final-norm output) under the head's name: GPTQ's calibration statistics."""
+        cfg = self.cfg
+        B, T = ids_BT.shape
+        acc: dict = {}
+
+        def add(key, x_in, layer=None, n_layers=None):
+            x2 = x_in.reshape(-1, x_in.shape[-1]).astype(jnp.float32)
+            xtx = x2.T @ x2
+            if layer is None:
+                acc[key] = acc.get(key, 0.0) + xtx
+            else:
+                if key not in acc:
+                    acc[key] = jnp.zeros((n_layers,) + xtx.shape, jnp.float32)
+                acc[key] = acc[key].at[layer].add(xtx)
+
+        def tap_fn(layer, taps):
+            for name, x_in in taps.items():
+                add(f"blocks.{name}.weight", x_in, layer, cfg.num_layers)
+
+        with capture_linear_inputs() as taps:
+            x_BTD = self.embed(ids_BT)
+        for name, x_in in taps.items():
+            add(f"{name}.weight", x_in)
+        x_ND = x_BTD.reshape(B * T, cfg.model_dim)
+        head_dim = cfg.model_dim // cfg.num_heads
+        ctx = {"rope": rotary_tables(T, cfg.rope_dims or head_dim, cfg.rope_base, self.compute_dtype,
+                                     cfg.rope_train_seq_len), "shape_BT": (B, T)}
+        x_ND = self._run_unet(x_ND, x_ND, ctx, self.layers if looped else self.plain_layers, tap_fn=tap_fn)
+        add("tok_emb.weight" if self.lm_head is None else "lm_head.weight", rms_norm(x_ND))
+        return acc
+
+    def _run_unet(self, x, x0, ctx, layers, tap_fn=None):
         n_enc = len(layers) // 2
         n_skip = num_skips(layers)
         graphdef, stacked = nnx.split(self.blocks)
@@ -186,23 +224,30 @@ class GPT(nnx.Module):
         # Gated skips (spec 4.2): lerp(w*s, x, sigmoid(g)); plain skips: x + w*s.
         skip_g = None if self.skip_gates is None else jax.nn.sigmoid(self.skip_gates[...].astype(x.dtype))
 
-        def block(x, state, layer):
+        def raw_block(x, state, layer):
             return nnx.merge(graphdef, state)(x, x0, layer, ctx)
 
-        if self.cfg.remat:
-            block = jax.checkpoint(block)
+        block = jax.checkpoint(raw_block) if self.cfg.remat else raw_block
 
         def add_skip(x, w, g, skip):
             scaled = w * skip
             return x + scaled if g is None else scaled + g * (x - scaled)
 
-        if not self.cfg.scan_layers:  # plain Python loop: the reference's structure, for tests
+        if tap_fn is not None or not self.cfg.scan_layers:
+            # Plain Python loop: the reference's structure; also the calibration path, which
+            # records each block's linear inputs under the block's physical index.
             skips = []
             for j, layer in enumerate(layers):
                 if j >= n_enc and skips:
                     i = j - n_enc
                     x = add_skip(x, skip_w[i], None if skip_g is None else skip_g[i], skips.pop())
-                x = block(x, jax.tree.map(lambda a: a[layer], stacked), layer)
+                state = jax.tree.map(lambda a: a[layer], stacked)
+                if tap_fn is None:
+                    x = block(x, state, layer)
+                else:
+                    with capture_linear_inputs() as taps:
+                        x = raw_block(x, state, layer)
+                    tap_fn(layer, taps)
                 if j < n_enc:
                     skips.append(x)
             return x
@@ -263,6 +308,9 @@ class Model:
 
     def hidden(self, params, ids_BT, looped: bool = True):
         return self.module(params).hidden(ids_BT, looped)
+
+    def input_hessians(self, params, ids_BT, looped: bool = True) -> dict:
+        return self.module(params).input_hessians(ids_BT, looped)
 
     def token_nll(self, params, x_BT, y_BT, looped: bool = True):
         """Per-token cross-entropy in nats (fp32), shape (B, T)."""

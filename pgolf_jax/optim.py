@@ -17,15 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pgolf_jax.config import Config, TrainConfig
+from pgolf_jax.config import CONTROL_TENSOR_NAME_PATTERNS, Config, TrainConfig
 from pgolf_jax.orthogonalize import ORTHOGONALIZERS, gram_newton_schulz
 
-# Names routed to the scalar group (and kept fp32 in the int8 export) whatever their shape:
-# the baseline's list plus the record stacks' skip gates (#1493) and smear gates (03-22).
-CONTROL_TENSOR_NAME_PATTERNS = (
-    "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
-    "q_gain", "skip_weight", "skip_weights", "skip_gates", "smear",
-)
 STACKED_PREFIX = "blocks."  # parameters under this prefix carry a leading layer axis
 
 

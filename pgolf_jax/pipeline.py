@@ -20,11 +20,12 @@ import jax
 import numpy as np
 
 from pgolf_jax import artifact, config as config_lib
+from pgolf_jax.calibrate import collect_hessians
 from pgolf_jax.config import Config
 from pgolf_jax.evaluate import EvalResult, Evaluator, unigram_bpb
 from pgolf_jax.interop import flatten_params, unflatten_params
 from pgolf_jax.model import Model, build_model, count_params
-from pgolf_jax.quant import dequantize_int8, quantize_int8
+from pgolf_jax.quant import dequantize, quantize_int8, quantize_mixed, tensor_group
 from pgolf_jax.runlog import RunLog
 from pgolf_jax.shards import load_shard, load_val_tokens
 from pgolf_jax.tokenizer import build_luts
@@ -100,39 +101,86 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
     return factory
 
 
-def export_and_roundtrip(cfg: Config, params, run_dir: Path, evaluator, log) -> dict:
-    """Quantize, pack, write, read back, dequantize, evaluate: the number that counts."""
-    q = cfg.quant
+def save_float_weights(params, run_dir: Path, log) -> Path:
+    """final_model.npz: the trained (EMA) float weights under reference names, for re-quantizing."""
     named = flatten_params(params)
-    fp_path = run_dir / "final_model.npz"
-    np.savez(fp_path, **{k: (v.astype(np.float32) if v.dtype.name == "bfloat16" else v) for k, v in named.items()})
-    code = artifact.code_bytes()
-    log(f"Serialized model: {fp_path.stat().st_size} bytes")
-    log(f"Code size: {code} bytes ({len(artifact.code_files())} files)")
+    path = run_dir / "final_model.npz"
+    np.savez(path, **{k: (v.astype(np.float32) if v.dtype.name == "bfloat16" else v) for k, v in named.items()})
+    log(f"Serialized model: {path.stat().st_size} bytes")
+    return path
 
-    obj, stats = quantize_int8(named, q.clip_percentile, q.keep_float_max_numel)
-    raw = artifact.serialize(obj)
-    blob = artifact.pack(obj, q.compressor, q.level)
-    art_path = run_dir / f"final_model.int8.{q.compressor}"
-    artifact.write(art_path, blob)
+
+def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evaluator, log) -> tuple[dict, dict]:
+    """(quant object, info) under cfg.quant; GPTQ calibrates on training data first."""
+    q, info = cfg.quant, {}
+    named = flatten_params(params)
+    if q.scheme == "int8_per_row":
+        obj, stats = quantize_int8(named, q.clip_percentile, q.keep_float_max_numel)
+        info["payload_bytes"] = stats["int8_payload_bytes"]
+        return obj, info
+    hessians = None
+    if q.scheme == "gptq":
+        t = cfg.train
+        hessians, seconds = collect_hessians(model, params, train_pattern, q.gptq_calibration_batches,
+                                             t.train_batch_tokens, t.train_seq_len, evaluator.sharding, log=log)
+        info["calibration_seconds"] = round(seconds, 2)
+        # The records count calibration on training data against the 600 s training budget.
+        within = seconds <= t.gptq_reserve_seconds
+        log(f"gptq:calibration_time:{seconds:.1f}s reserve:{t.gptq_reserve_seconds:.1f}s "
+            f"{'within' if within else 'OVER'} the training-budget reserve")
+        info["calibration_within_reserve"] = within
+    t0 = time.perf_counter()
+    obj, report = quantize_mixed(named, q, hessians, log=log)
+    info["quantize_seconds"] = round(time.perf_counter() - t0, 2)
+    groups = {}
+    for r in report["tensors"].values():
+        groups.setdefault((r["group"], r["bits"]), []).append(r["error_fro"])
+    for (g, bits), errs in sorted(groups.items()):
+        log(f"quant:{g} {len(errs)} tensors int{bits} {q.scheme} scale:{q.scale_method} "
+            f"mean_error_fro:{np.mean(errs):.4f}")
+    return obj, info
+
+
+def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evaluator, train_pattern: str, log) -> dict:
+    """Evaluate the float weights, quantize, pack, write, read back, dequantize, evaluate: the
+    round-trip number is the one that counts."""
+    q = cfg.quant
+    pre = evaluator(params)
+    log(f"pre_quant {pre.line()}")
+    obj, info = quantize_params(cfg, params, model, train_pattern, evaluator, log)
+    tag = "int8" if q.scheme == "int8_per_row" else q.scheme
+    art_path = out_dir / f"final_model.{tag}.{q.compressor}"
+    artifact.write(art_path, artifact.pack(obj, q.compressor, q.level, q.byte_shuffle))
     model_bytes = art_path.stat().st_size
-    ratio = stats["baseline_tensor_bytes"] / max(stats["int8_payload_bytes"], 1)
-    log(f"Serialized model int8+{q.compressor}: {model_bytes} bytes (payload:{stats['int8_payload_bytes']} "
-        f"raw:{len(raw)} payload_ratio:{ratio:.2f}x)")
+    code_raw, code_zst = artifact.code_bytes(mode="raw"), artifact.code_bytes(mode="compressed")
+    code = code_raw if q.code_bytes == "raw" else code_zst
+    log(f"Code size: {code_raw} bytes raw, {code_zst} bytes zstd-22 ({len(artifact.code_files())} files; "
+        f"counting {q.code_bytes})")
+    breakdown = artifact.size_report(obj, quant_group, q.compressor, q.level, q.byte_shuffle)
+    for g, b in breakdown.items():
+        log(f"bytes:{g} raw:{b['raw']} compressed:{b['compressed']}")
+    log(f"Serialized model {tag}+{q.compressor}: {model_bytes} bytes")
     total = model_bytes + code
-    log(f"Total submission size int8+{q.compressor}: {total} bytes (cap {q.max_artifact_bytes})")
-    log.metric("artifact", model_bytes=model_bytes, code_bytes=code, total_bytes=total, **stats)
+    log(f"Total submission size {tag}+{q.compressor}: {total} bytes (cap {q.max_artifact_bytes})")
+    log.metric("artifact", model_bytes=model_bytes, code_bytes=code, code_bytes_raw=code_raw,
+               code_bytes_compressed=code_zst, total_bytes=total, breakdown=breakdown, **info)
     artifact.check_size(model_bytes, code, q.max_artifact_bytes, q.allow_oversize)
 
-    restored = unflatten_params(dequantize_int8(artifact.read(art_path)), params, source=str(art_path))
+    restored = unflatten_params(dequantize(artifact.read(art_path)), params, source=str(art_path))
     res: EvalResult = evaluator(restored)
     log(f"final_roundtrip {res.line()}")
     log(f"final_roundtrip_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
     log.metric("final_roundtrip", val_loss=res.val_loss, val_bpb=res.val_bpb, val_tokens=res.val_tokens,
-               val_bytes=res.val_bytes, eval_seconds=res.seconds)
-    return {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "bytes_total": total, "bytes_code": code,
-            "bytes_model": model_bytes, "artifact": art_path.name, "val_tokens": res.val_tokens,
-            "val_bytes": res.val_bytes}
+               val_bytes=res.val_bytes, eval_seconds=res.seconds, pre_quant_val_bpb=pre.val_bpb)
+    return {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "pre_quant_val_loss": pre.val_loss,
+            "pre_quant_val_bpb": pre.val_bpb, "bytes_total": total, "bytes_code": code, "bytes_model": model_bytes,
+            "bytes_code_raw": code_raw, "bytes_code_compressed": code_zst, "bytes_by_group": breakdown,
+            "artifact": art_path.name, "val_tokens": res.val_tokens, "val_bytes": res.val_bytes, **info}
+
+
+def quant_group(name: str, slot: str) -> str:
+    """Byte-breakdown group of an artifact tensor: its quantization group, or passthrough/lqer."""
+    return slot if slot in ("passthrough", "lqer") else tensor_group(name)
 
 
 def log_header(cfg: Config, log: RunLog, preset: str | None) -> None:
@@ -159,12 +207,14 @@ def run_job(cfg: Config, preset: str | None = None) -> dict:
         shards = sorted(data_path.glob(cfg.data.train_files))
         log(f"train_loader:dataset:{data_path.name} train_shards:{len(shards)}")
         t0 = time.perf_counter()
-        result = train(cfg, log, str(data_path / cfg.data.train_files), factory)
-        summary = export_and_roundtrip(cfg, result.params, run_dir, result.evaluator, log)
+        train_pattern = str(data_path / cfg.data.train_files)
+        result = train(cfg, log, train_pattern, factory)
+        save_float_weights(result.params, run_dir, log)
+        summary = export_and_roundtrip(cfg, result.params, result.model, run_dir, result.evaluator, train_pattern, log)
         summary.update(
             name=run_id, date=datetime.datetime.now().isoformat(timespec="seconds"), config=preset,
             steps=result.steps, train_time_ms=round(result.train_time_ms, 1),
-            pre_quant_val_bpb=result.val.val_bpb if result.val else None,
+            last_val_bpb=result.val.val_bpb if result.val else None,
             model_params=count_params(result.params), wall_seconds=round(time.perf_counter() - t0, 1),
             hardware=f"{jax.device_count()}x {jax.devices()[0].device_kind}", jax_version=jax.__version__)
         write_json(run_dir / "submission.json", summary)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from pgolf_jax.optim import CONTROL_TENSOR_NAME_PATTERNS
+from pgolf_jax.config import CONTROL_TENSOR_NAME_PATTERNS
 
 FORMAT = "int8_clean_per_row_v1"
 _FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -107,3 +107,129 @@ def dequantize_int8(obj: dict) -> dict[str, np.ndarray]:
     for name, t in obj["passthrough"].items():
         out[name] = np.asarray(t).astype(_np_dtype(orig[name])) if name in orig else np.asarray(t)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Low-bit per-row export (the record stacks): per tensor-group widths int2..int8 stored in int8
+# containers (the entropy coder does the packing), fp16 row scales, GPTQ or round-to-nearest.
+
+MIXED_FORMAT = "pgolf_mixed_v1"
+SEARCH_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)  # GPTQ-lite's candidates (03-22)
+
+
+def tensor_group(name: str) -> str:
+    """The quantization group of a reference-named tensor."""
+    if name in ("tok_emb.weight", "lm_head.weight"):
+        return "embed"
+    if ".attn." in name:
+        return "attn"
+    if ".mlp." in name:
+        return "mlp"
+    return "other"
+
+
+def qmax(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def round_to_nearest(w32: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
+    """q = clamp(round(w / s), -qmax, qmax) with the fp16-rounded row scales, as int8 (a row whose
+    scale underflowed to 0 codes as 0, which is what torch's nan -> int8 cast gives)."""
+    s = scales.astype(np.float32)[:, None]
+    ratio = np.divide(w32, s, out=np.zeros_like(w32), where=s != 0)
+    return np.clip(np.round(ratio), -qmax(bits), qmax(bits)).astype(np.int8)
+
+
+def row_scales(w32: np.ndarray, bits: int, method: str, clip_sigmas: float, percentile: float) -> np.ndarray:
+    """fp16 per-row scales of a float32 matrix.
+
+    sdclip (PR #1394): k * std(row) / qmax, unbiased std, floor 1e-10; clipping is implicit in
+    the clamp. percentile: the baseline's rule at this width, max(quantile(|row|) / qmax, 1/qmax).
+    search (GPTQ-lite): the percentile in SEARCH_QUANTILES with the least whole-matrix RTN error."""
+    qm = np.float32(qmax(bits))
+    if method == "sdclip":
+        std = w32.std(axis=1, ddof=1) if w32.shape[1] > 1 else np.zeros(w32.shape[0], np.float32)
+        return np.maximum(np.float32(clip_sigmas) * std.astype(np.float32) / qm, np.float32(1e-10)).astype(np.float16)
+    candidates = [percentile / 100.0] if method == "percentile" else SEARCH_QUANTILES
+    best, best_err = None, np.inf
+    for q in candidates:
+        clip = quantile_rows(np.abs(w32), q)
+        s = np.maximum(clip / qm, np.float32(1.0) / qm).astype(np.float16)
+        err = float(np.mean((round_to_nearest(w32, s, bits) * s.astype(np.float32)[:, None] - w32) ** 2))
+        if err < best_err:
+            best, best_err = s, err
+    return best
+
+
+def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None, log=None) -> tuple[dict, dict]:
+    """Reference-named float state dict -> (quant object, report) under QuantConfig q.
+
+    2-D float tensors above keep_float_max_numel get per-row scales of their group's width and
+    clip, then GPTQ (scheme "gptq", needs hessians[name]) or round-to-nearest; smaller float
+    tensors pass through in fp16 (every record stores them so). Then optional LQER."""
+    from pgolf_jax.gptq import gptq_quantize, lqer_correct
+
+    groups = {g: (getattr(q, f"{g}_bits"), getattr(q, f"{g}_clip_sigmas")) for g in ("attn", "mlp", "embed", "other")}
+    obj = {"__quant_format__": MIXED_FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {},
+           "qmeta": {}, "passthrough_orig_dtypes": {}, "lqer": {}}
+    report = {"tensors": {}}
+    for name, t in named.items():
+        t = np.asarray(t)
+        if dtype_name(t) not in _FLOAT_DTYPES:
+            obj["passthrough"][name] = t
+            continue
+        if t.size <= q.keep_float_max_numel or t.ndim != 2:
+            if dtype_name(t) != "float16":
+                obj["passthrough_orig_dtypes"][name] = dtype_name(t)
+            obj["passthrough"][name] = t.astype(np.float16)
+            continue
+        group = tensor_group(name)
+        bits, k = groups[group]
+        w32 = t.astype(np.float32)
+        s = row_scales(w32, bits, q.scale_method, k, q.clip_percentile)
+        if q.scheme == "gptq":
+            if hessians is None or name not in hessians:
+                raise ValueError(f"GPTQ needs a calibration Hessian for {name}")
+            qt = gptq_quantize(w32, hessians[name], s, bits, block_size=q.gptq_block_size, damp=q.gptq_damp,
+                               act_order=q.gptq_act_order)
+        else:
+            qt = round_to_nearest(w32, s, bits)
+        obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = qt, s, dtype_name(t)
+        obj["qmeta"][name] = {"scheme": "per_row", "bits": bits, "group": group, "method": q.scheme}
+        err = float(np.linalg.norm(qt.astype(np.float32) * s.astype(np.float32)[:, None] - w32))
+        report["tensors"][name] = {"group": group, "bits": bits, "error_fro": err}
+    if q.lqer_rank > 0:
+        worst = sorted(report["tensors"], key=lambda n: -report["tensors"][n]["error_fro"])[: q.lqer_top_k]
+        for name in worst:
+            w32 = np.asarray(named[name], np.float32)
+            deq = obj["quantized"][name].astype(np.float32) * obj["scales"][name].astype(np.float32)[:, None]
+            obj["lqer"].update(lqer_correct(name, w32 - deq, q.lqer_rank, q.lqer_asym))
+            obj["qmeta"][name]["lqer_rank"] = q.lqer_rank
+        if log:
+            log(f"lqer:rank {q.lqer_rank} on {', '.join(worst)}")
+    return obj, report
+
+
+def dequantize_mixed(obj: dict) -> dict[str, np.ndarray]:
+    from pgolf_jax.gptq import lqer_delta
+
+    out: dict[str, np.ndarray] = {}
+    orig = obj.get("passthrough_orig_dtypes", {}) or {}
+    for name, qt in obj["quantized"].items():
+        w = qt.astype(np.float32) * np.asarray(obj["scales"][name]).astype(np.float32)[:, None]
+        if obj["qmeta"].get(name, {}).get("lqer_rank"):
+            w = w + lqer_delta(name, obj["lqer"])
+        out[name] = w.astype(_np_dtype(obj["dtypes"][name]))
+    for name, t in obj["passthrough"].items():
+        out[name] = np.asarray(t).astype(_np_dtype(orig[name])) if name in orig else np.asarray(t)
+    return out
+
+
+def dequantize(obj: dict) -> dict[str, np.ndarray]:
+    """Any quant object this package writes (or the reference's int8 format) -> float state dict."""
+    fmt = obj.get("__quant_format__")
+    if fmt == FORMAT:
+        return dequantize_int8(obj)
+    if fmt == MIXED_FORMAT:
+        return dequantize_mixed(obj)
+    raise ValueError(f"unknown quant format {fmt!r}")

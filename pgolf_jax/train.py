@@ -15,10 +15,11 @@ import numpy as np
 import optax
 
 from pgolf_jax import dist
-from pgolf_jax.config import Config
+from pgolf_jax.config import Config, QuantConfig
 from pgolf_jax.evaluate import Evaluator
 from pgolf_jax.model import BLOCK_SCHEDULES, Model, build_model, count_params, resolve_dtype
 from pgolf_jax.optim import make_optimizer, training_fraction, warmdown_multiplier
+from pgolf_jax.qat import fake_quantize
 from pgolf_jax.runlog import Progress, RunLog
 from pgolf_jax.shards import TokenLoader
 
@@ -31,24 +32,27 @@ class TrainState(NamedTuple):
 
 
 def make_train_step(model: Model, tx: optax.GradientTransformationExtraArgs, looped: bool = True,
-                    ema_decay: float = 0.0):
-    """(state, x_MBT, y_MBT, lr_mul) -> (state, metrics); M micro-batches are accumulated.
-    `looped` picks the block schedule (static: the plain and looped steps are two compiles)."""
+                    ema_decay: float = 0.0, qat: QuantConfig | None = None):
+    """(state, x_MBT, y_MBT, lr_mul, qat_on) -> (state, metrics); M micro-batches are accumulated.
+    `looped` picks the block schedule (static: the plain and looped steps are two compiles); with
+    a QuantConfig, the loss sees fake-quantized weights while the traced qat_on is 1."""
 
-    def grad_of(params, x, y):
-        return jax.value_and_grad(lambda p: model.loss(p, x, y, looped))(params)
+    def grad_of(params, x, y, qat_on):
+        def loss(p):
+            return model.loss(fake_quantize(p, qat, qat_on) if qat is not None else p, x, y, looped)
+        return jax.value_and_grad(loss)(params)
 
-    def train_step(state: TrainState, x_MBT, y_MBT, lr_mul):
+    def train_step(state: TrainState, x_MBT, y_MBT, lr_mul, qat_on=0.0):
         n_micro = x_MBT.shape[0]
         if n_micro == 1:
-            loss, grads = grad_of(state.params, x_MBT[0], y_MBT[0])
+            loss, grads = grad_of(state.params, x_MBT[0], y_MBT[0], qat_on)
         else:
             # Accumulate in fp32 (the reference sums .grad in the parameter dtype).
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
 
             def micro(carry, xy):
                 loss_sum, g_sum = carry
-                loss, g = grad_of(state.params, *xy)
+                loss, g = grad_of(state.params, *xy, qat_on)
                 return (loss_sum + loss, jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)), None
 
             (loss, grads), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), (x_MBT, y_MBT))
@@ -112,8 +116,10 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
     repl, data = dist.replicated(mesh), dist.batch_sharding(mesh, leading=1)
     # One compiled step per block schedule: plain, and looped once model.enable_looping_at is hit.
     graphs = (False, True) if model.has_two_schedules else (True,)
-    step_fns = {g: jax.jit(make_train_step(model, tx, looped=g, ema_decay=t.ema_decay),
-                           in_shardings=(repl, data, data, None), out_shardings=(repl, repl), donate_argnums=(0,))
+    qat = cfg.quant if cfg.quant.qat else None
+    step_fns = {g: jax.jit(make_train_step(model, tx, looped=g, ema_decay=t.ema_decay, qat=qat),
+                           in_shardings=(repl, data, data, None, None), out_shardings=(repl, repl),
+                           donate_argnums=(0,))
                 for g in graphs}
 
     log(f"model_params:{count_params(state.params)}")
@@ -142,7 +148,7 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
         for g in graphs:
             label = "loop_warmup_step" if g and len(graphs) > 1 else "warmup_step"
             for i in range(t.warmup_steps):
-                state, m = step_fns[g](state, *next_batch(loader), 1.0)
+                state, m = step_fns[g](state, *next_batch(loader), 1.0, 1.0 if qat else 0.0)
                 jax.block_until_ready(m)
                 if t.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == t.warmup_steps:
                     log(f"{label}:{i + 1}/{t.warmup_steps}")
@@ -154,7 +160,7 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
     cap_ms = 1000.0 * (t.max_wallclock_seconds - t.gptq_reserve_seconds) if t.max_wallclock_seconds > 0 else None
     progress = Progress("train", t.iterations, enabled=t.progress)
     training_ms, stop_after, step, pending, val = 0.0, None, 0, None, None
-    looped = graphs[0]
+    looped, qat_was_on = graphs[0], 0.0
     t0 = time.perf_counter()
 
     def flush(item):
@@ -191,7 +197,11 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
         if not looped and frac >= cfg.model.enable_looping_at:
             looped = True
             log(f"layer_loop:enabled step:{step} frac:{frac:.3f} layers:{layers}")
-        state, metrics = step_fns[looped](state, *next_batch(loader), lr_mul)
+        qat_on = 1.0 if qat is not None and lr_mul <= cfg.quant.qat_lr_threshold else 0.0
+        if qat_on and not qat_was_on:
+            log(f"qat:enabled step:{step} lr_mul:{lr_mul:.3f}")
+        qat_was_on = qat_on
+        state, metrics = step_fns[looped](state, *next_batch(loader), lr_mul, qat_on)
         step += 1
         if pending:  # dispatch this step first, then read the previous one: the device never idles
             flush(pending)

@@ -1,0 +1,42 @@
+"""GPTQ calibration: H = mean over batches of sum X^T X for the input of every quantized linear,
+through the (EMA) model with its looped schedule, on training data. The records collect these
+inside the 600 s training budget (GPTQ_RESERVE_SECONDS), so the time is measured and reported."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from pgolf_jax.optim import STACKED_PREFIX
+from pgolf_jax.shards import TokenLoader
+
+
+def collect_hessians(model, params, train_pattern: str, batches: int, batch_tokens: int, seq_len: int,
+                     data_sharding=None, looped: bool = True, log=print) -> tuple[dict[str, np.ndarray], float]:
+    """({reference name: H (in x in) float64}, seconds). Data: a fresh sequential loader over the
+    training shards (the records use a fresh shuffled loader: also training data, never val)."""
+    t0 = time.perf_counter()
+    fn = jax.jit(lambda p, x: model.input_hessians(p, x, looped))
+    loader = TokenLoader(train_pattern, 1)
+    acc = None
+    for _ in range(batches):
+        x, _ = loader.next_batch(batch_tokens, seq_len)
+        x = x.reshape(-1, seq_len)
+        if data_sharding is not None:
+            x = jax.device_put(x, data_sharding)
+        h = fn(params, x)
+        acc = h if acc is None else jax.tree.map(lambda a, b: a + b, acc, h)
+    out: dict[str, np.ndarray] = {}
+    for name, H in jax.device_get(acc).items():
+        H = np.asarray(H, np.float64) / batches
+        if name.startswith(STACKED_PREFIX):
+            rest = name[len(STACKED_PREFIX):]
+            for i in range(H.shape[0]):
+                out[f"{STACKED_PREFIX}{i}.{rest}"] = H[i]
+        else:
+            out[name] = H
+    seconds = time.perf_counter() - t0
+    log(f"gptq:collected {len(out)} Hessians from {batches} batches of {batch_tokens} tokens in {seconds:.1f}s")
+    return out, seconds

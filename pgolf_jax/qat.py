@@ -1,0 +1,76 @@
+"""Quantization-aware training: straight-through fake quantization of the tensors the export
+quantizes, with the export's own rule (group width, SDClip or percentile scales rounded to fp16,
+round half to even, clamp), so the weights trained against are the weights that ship.
+
+Forward uses w + stop_gradient(q(w) - w): the loss sees q(w), the gradient flows to w unchanged.
+A traced `on` in {0, 1} switches it without recompiling (late QAT once the lr multiplier falls
+below quant.qat_lr_threshold, as the 03-22 record did at 0.15)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pgolf_jax.config import QuantConfig
+from pgolf_jax.optim import STACKED_PREFIX, path_name
+from pgolf_jax.quant import qmax, tensor_group
+
+
+def export_rule(name: str, per_layer_shape: tuple, q: QuantConfig):
+    """(bits, method, clip) the export applies to this tensor, or None when it passes through."""
+    if len(per_layer_shape) != 2 or math.prod(per_layer_shape) <= q.keep_float_max_numel:
+        return None
+    if q.scheme == "int8_per_row":
+        return 8, "int8_per_row", q.clip_percentile
+    group = tensor_group(name)
+    if q.scale_method == "search":
+        raise ValueError("QAT follows the export scales: use quant.scale_method sdclip or percentile with QAT")
+    return getattr(q, f"{group}_bits"), q.scale_method, getattr(q, f"{group}_clip_sigmas")
+
+
+def _rows_quantile(a, q: float):
+    """torch.quantile(a, q, dim=-1) for float32 rows: float32 rank, then torch.lerp's two forms
+    (as quant.quantile_rows, so fake and export quantization agree to the bit)."""
+    n = a.shape[-1]
+    rank = np.float32(q) * np.float32(n - 1)
+    lo = int(np.floor(rank))
+    hi = min(int(np.ceil(rank)), n - 1)
+    w = np.float32(rank - np.float32(lo))
+    s = jnp.sort(a, axis=-1)
+    x, y = s[..., lo], s[..., hi]
+    return x + w * (y - x) if abs(w) < 0.5 else y - (y - x) * (np.float32(1.0) - w)
+
+
+def fake_quant_tensor(w, bits: int, method: str, clip: float):
+    """Per-row quantize-dequantize over the last axis (leading axes are independent rows)."""
+    w32 = w.astype(jnp.float32)
+    qm = jnp.float32(qmax(bits))
+    if method == "sdclip":
+        scale = jnp.maximum(jnp.float32(clip) * jnp.std(w32, axis=-1, ddof=1) / qm, jnp.float32(1e-10))
+    else:  # percentile: the baseline's rule at this width
+        row_clip = _rows_quantile(jnp.abs(w32), clip / 100.0)
+        scale = jnp.maximum(row_clip / qm, jnp.float32(1.0) / qm)
+        if method == "int8_per_row":  # the reference int8 export codes clipped w with the fp32 scale
+            clipped = jnp.clip(w32, -row_clip[..., None], row_clip[..., None])
+            codes = jnp.clip(jnp.round(clipped / scale[..., None]), -qm, qm)
+            return (codes * scale.astype(jnp.float16).astype(jnp.float32)[..., None]).astype(w.dtype)
+    s = scale.astype(jnp.float16).astype(jnp.float32)[..., None]
+    ratio = jnp.where(s != 0, w32 / jnp.where(s != 0, s, 1.0), 0.0)
+    return (jnp.clip(jnp.round(ratio), -qm, qm) * s).astype(w.dtype)
+
+
+def fake_quantize(params, q: QuantConfig, on=1.0):
+    """params with every exported matrix replaced by w + on * stop_gradient(fq(w) - w)."""
+
+    def one(path, w):
+        name = path_name(path)
+        rule = export_rule(name, w.shape[1:] if name.startswith(STACKED_PREFIX) else w.shape, q)
+        if rule is None:
+            return w
+        delta = jax.lax.stop_gradient(fake_quant_tensor(w, *rule) - w)
+        return w + jnp.asarray(on, w.dtype) * delta
+
+    return jax.tree_util.tree_map_with_path(one, params)
