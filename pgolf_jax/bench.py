@@ -17,29 +17,20 @@ import numpy as np
 
 from pgolf_jax import config as config_lib, dist
 from pgolf_jax.config import Config
-
-
-def analytic_flops_per_token(cfg: Config, seq_len: int) -> dict[str, float]:
-    """Training FLOPs per token (3x forward): matmuls 6N, attention scores/values, optimizer aside."""
-    m = cfg.model
-    D, L, V = m.model_dim, m.num_layers, m.vocab_size
-    kv = D // m.num_heads * m.num_kv_heads
-    per_layer = D * D * 2 + 2 * D * kv + 2 * D * m.mlp_mult * D
-    n_matmul = L * per_layer + V * D
-    attn_full = 3 * L * 2 * 2 * seq_len * D  # QK^T and PV, fwd+bwd, over the full T x T square
-    return {"matmul": 6.0 * n_matmul, "attn_causal": attn_full / 2, "attn_full": attn_full,
-            "n_matmul_params": float(n_matmul)}
+from pgolf_jax.model import analytic_flops_per_token
 
 
 def muon_flops_per_step(cfg: Config) -> float:
     """Newton-Schulz FLOPs of one optimizer step (every block matrix, wide orientation)."""
-    m, steps = cfg.model, cfg.optim.muon_backend_steps
+    from pgolf_jax.orthogonalize import gram_newton_schulz_flops, newton_schulz_flops
+    m, o = cfg.model, cfg.optim
     kv = m.model_dim // m.num_heads * m.num_kv_heads
-    shapes = [(m.model_dim, m.model_dim)] * 2 + [(kv, m.model_dim)] * 2 + [(m.mlp_mult * m.model_dim, m.model_dim)] * 2
+    hidden = int(m.mlp_mult * m.model_dim)
+    shapes = [(m.model_dim, m.model_dim)] * 2 + [(kv, m.model_dim)] * 2 + [(hidden, m.model_dim)] * 2
     total = 0.0
     for r, c in shapes:
-        r, c = min(r, c), max(r, c)
-        total += steps * (2 * r * r * c + 2 * r ** 3 + 2 * r * r * c)
+        gram = o.gram_ns_min_aspect and max(r, c) / min(r, c) >= o.gram_ns_min_aspect
+        total += (gram_newton_schulz_flops if gram else newton_schulz_flops)(r, c, o.muon_backend_steps)
     return total * m.num_layers
 
 
@@ -193,7 +184,7 @@ def main(argv: list[str]) -> int:
     print(f"bench config:{a.config} backend:{jax.default_backend()} devices:{jax.device_count()} "
           f"batch:{a.batch}x{seq} tokens/step:{tokens} compute_dtype:{cfg.model.compute_dtype}")
     r = time_jax(cfg, a.batch, seq, a.steps, a.warmup)
-    fl = analytic_flops_per_token(cfg, seq)
+    fl = analytic_flops_per_token(cfg.model, seq)
     ns = muon_flops_per_step(cfg)
     model_flops = (fl["matmul"] + fl["attn_causal"]) * tokens
     from pgolf_jax.model import resolve_dtype

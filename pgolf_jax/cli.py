@@ -39,6 +39,7 @@ def eval_command(argv: list[str]) -> int:
     from pgolf_jax import artifact, config as config_lib, dist, interop, pipeline
     from pgolf_jax.model import build_model
     from pgolf_jax.quant import dequantize
+    from pgolf_jax.runlog import RunLog
 
     args = _eval_parser().parse_args(argv)
     if args.run:
@@ -56,7 +57,8 @@ def eval_command(argv: list[str]) -> int:
             config_lib.Config(), args.overrides)
         source = Path(args.artifact or args.torch_state_dict or args.reference_ptz)
     data_path, tok_path = pipeline.dataset_paths(cfg)
-    factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, print)
+    log = RunLog(None)
+    factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log)
     model = build_model(cfg.model)
     import jax
     template = jax.jit(model.init)(jax.random.key(0))
@@ -67,9 +69,12 @@ def eval_command(argv: list[str]) -> int:
     else:
         named = dequantize(artifact.read(source))
     params = interop.unflatten_params(named, template, source=str(source))
-    res = factory(model, dist.make_mesh())(params)
+    mesh = dist.make_mesh()
+    res = factory(model, mesh)(params)
     print(f"eval source:{source} {res.line()}")
     print(f"eval_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
+    if cfg.eval.final_modes != "plain" or cfg.eval.ngram_order:
+        pipeline.final_evals(cfg, model, params, factory, mesh, log)
     return 0
 
 
@@ -110,13 +115,14 @@ def quantize_command(argv: list[str]) -> int:
         data_path, tok_path = pipeline.dataset_paths(cfg, log)
         model = build_model(cfg.model)
         mesh = dist.make_mesh()
-        evaluator = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log)(model, mesh)
+        factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log)
+        evaluator = factory(model, mesh)
         import jax
         template = jax.eval_shape(model.init, jax.random.key(0))
         with np.load(run_dir / "final_model.npz") as z:
             params = unflatten_params({k: z[k] for k in z.files}, template, source=str(run_dir / "final_model.npz"))
         summary = pipeline.export_and_roundtrip(cfg, params, model, out, evaluator,
-                                                str(data_path / cfg.data.train_files), log)
+                                                str(data_path / cfg.data.train_files), log, factory, mesh)
         pipeline.write_json(out / "summary.json", summary)
         log(f"quantize_dir:{out}")
     finally:

@@ -145,6 +145,33 @@ class EvalConfig:
     val_batch_size: int = 524_288
     val_loss_every: int = 1000
     val_tokens_limit: int = 0  # score only the first N val tokens (0 = the whole split)
+    # Evaluations of the round-tripped artifact, in order; the last one is the reported score:
+    # plain (non-overlapping sequences), sliding, ttt (score-first full-weight SGD), lora_ttt.
+    final_modes: str = "plain"
+    eval_seq_len: int = 0  # window length of the final evals (0 = train.train_seq_len)
+    eval_stride: int = 64  # sliding-window stride (records: 2048 / 64)
+    eval_batch_seqs: int = 32  # windows per forward in sliding / TTT scoring
+    ttt_lr: float = 0.005
+    ttt_epochs: int = 3
+    ttt_momentum: float = 0.9
+    ttt_chunk_tokens: int = 32_768
+    ttt_batch_seqs: int = 32
+    ttt_grad_clip: float = 1.0
+    lora_rank: int = 8
+    lora_alpha: float = 8.0  # adapter output scale alpha / rank
+    lora_targets: str = "q,k,v,o,mlp,head"  # of q,k,v,o (attn.proj),mlp (fc),mlp_out (mlp.proj),head
+    lora_lr: float = 0.01
+    lora_optimizer: str = "sgd"  # sgd (#1227, momentum ttt_momentum) | adam
+    lora_steps: int = 1  # optimizer steps per scored chunk (cosine within the chunk)
+    lora_chunk_tokens: int = 48
+    lora_batch_docs: int = 16  # documents scored in lockstep, each with its own adapter
+    lora_phases: int = 0  # phased variant: global SGD passes over already-scored documents
+    lora_phase_prefix_docs: int = 2000  # ... at these many documents, split evenly over the phases
+    lora_phase_lr: float = 0.001
+    ngram_order: int = 0  # eval-time n-gram mixing of order 2..6 on top of each final mode (0 = off)
+    ngram_mix: str = "entropy"  # entropy (adaptive weight) | fixed
+    ngram_lambda: float = 0.1  # the fixed mixing weight
+    h100_mfu: float = 0.4  # assumed utilization for the 8xH100 time projection of each eval
 
 
 @dataclass(frozen=True)
@@ -249,8 +276,18 @@ def validate(cfg: Config) -> None:
                        "optim.muon_dtype": cfg.optim.muon_dtype}.items():
         if value not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"{key} must be auto, float32 or bfloat16, got {value!r}")
+    ev = cfg.eval
+    modes = [m for m in ev.final_modes.split(",") if m]
+    bad = [m for m in modes if m not in ("plain", "sliding", "ttt", "lora_ttt")]
+    if not modes or bad:
+        raise ConfigError(f"eval.final_modes={ev.final_modes!r}: choose from plain, sliding, ttt, lora_ttt")
+    if ev.eval_stride <= 0 or (ev.eval_seq_len and ev.eval_stride > ev.eval_seq_len):
+        raise ConfigError(f"eval.eval_stride={ev.eval_stride} must be in 1..eval_seq_len")
+    if ev.ngram_order and not 2 <= ev.ngram_order <= 8:
+        raise ConfigError(f"eval.ngram_order={ev.ngram_order} must be 0 (off) or 2..8")
     q = cfg.quant
-    choices = {"quant.scheme": (q.scheme, ("int8_per_row", "gptq", "rtn")),
+    choices = {"eval.ngram_mix": (ev.ngram_mix, ("entropy", "fixed")),
+               "eval.lora_optimizer": (ev.lora_optimizer, ("sgd", "adam")),"quant.scheme": (q.scheme, ("int8_per_row", "gptq", "rtn")),
                "quant.scale_method": (q.scale_method, ("sdclip", "percentile", "search")),
                "quant.compressor": (q.compressor, ("zstd", "zlib", "brotli")),
                "quant.code_bytes": (q.code_bytes, ("raw", "compressed"))}

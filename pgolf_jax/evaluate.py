@@ -35,14 +35,6 @@ def bpb(loss_sum: float, byte_count: float) -> float:
     return loss_sum / (math.log(2.0) * byte_count)
 
 
-def stream_bytes(val_tokens: np.ndarray, seq_len: int, luts: ByteLuts) -> np.ndarray:
-    """Bytes of every target of the non-overlapping-sequence split, shape (N_seq, T)."""
-    n_seq = (len(val_tokens) - 1) // seq_len
-    x = val_tokens[: n_seq * seq_len].reshape(n_seq, seq_len)
-    y = val_tokens[1: n_seq * seq_len + 1].reshape(n_seq, seq_len)
-    return token_bytes(luts, x, y)
-
-
 def unigram_bpb(train_tokens: np.ndarray, val_tokens: np.ndarray, luts: ByteLuts, vocab_size: int) -> float:
     """bpb of an add-one unigram model fit on train tokens: the floor a trained model must beat."""
     counts = np.bincount(np.asarray(train_tokens, np.int64), minlength=vocab_size)[:vocab_size] + 1.0
@@ -52,46 +44,121 @@ def unigram_bpb(train_tokens: np.ndarray, val_tokens: np.ndarray, luts: ByteLuts
     return float(nll / (math.log(2.0) * token_bytes(luts, val[:-1], val[1:]).astype(np.float64).sum()))
 
 
+@dataclass(frozen=True)
+class Windows:
+    """Evaluation windows over the target positions 0..total-1 (target j is token j+1 given
+    tokens 0..j): inputs start at `starts`, `lengths` are valid, positions [score_from, length)
+    of each window are scored. Every target is scored by exactly one window."""
+    starts: np.ndarray
+    score_from: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def plan_windows(total: int, seq_len: int, stride: int) -> Windows:
+    """stride >= seq_len: consecutive non-overlapping windows (plain eval). Otherwise sliding
+    (spec 4.16): a window starts every `stride`, the first scores all of its targets, later ones
+    only their last `stride` (context >= seq_len - stride); windows whose scored part would start
+    past the end are dropped (the 04-01 fix of the early double-count)."""
+    T = seq_len
+    if stride >= T:
+        starts = np.arange(0, total, T)
+        score_from = np.zeros(len(starts), np.int64)
+    else:
+        starts = np.asarray([ws for ws in range(0, total, stride) if ws + T - stride < total])
+        score_from = np.where(starts == 0, 0, T - stride)
+    lengths = np.minimum(T, total - starts)
+    w = Windows(starts.astype(np.int64), score_from.astype(np.int64), lengths.astype(np.int64))
+    assert int((w.lengths - w.score_from).sum()) == total, "every target is scored exactly once"
+    return w
+
+
 class Evaluator:
-    """Plain eval of the val stream in sequences of seq_len; one compiled function per shape."""
+    """val_loss/val_bpb of the val stream in windows of seq_len (stride = seq_len: plain
+    non-overlapping sequences; smaller: sliding windows). One compiled function per schedule."""
 
     def __init__(self, model, val_tokens: np.ndarray, luts: ByteLuts, seq_len: int, batch_tokens: int,
-                 data_sharding=None, num_devices: int = 1):
-        self.model, self.seq_len = model, seq_len
+                 data_sharding=None, num_devices: int = 1, stride: int = 0):
+        self.model, self.seq_len, self.stride = model, seq_len, stride or seq_len
         self.tokens = np.asarray(val_tokens, dtype=np.int32)
-        self.n_seq = (len(self.tokens) - 1) // seq_len
-        if self.n_seq <= 0:
+        self.total = len(self.tokens) - 1
+        if self.total < seq_len:
             raise ValueError(f"validation split has {len(self.tokens)} tokens: shorter than one sequence of {seq_len}")
-        # Whole batches of sequences, a multiple of the device count; the tail batch is padded.
-        per_batch = max(batch_tokens // seq_len, 1)
-        per_batch = min(per_batch, -(-self.n_seq // num_devices) * num_devices)
+        self.windows = plan_windows(self.total, seq_len, self.stride)
+        # Whole batches of windows, a multiple of the device count; the tail batch is padded.
+        per_batch = min(max(batch_tokens // seq_len, 1), -(-len(self.windows) // num_devices) * num_devices)
         self.batch_seqs = max(num_devices, per_batch // num_devices * num_devices)
-        self.byte_count = int(stream_bytes(self.tokens, seq_len, luts).astype(np.float64).sum())
+        self.target_bytes = token_bytes(luts, self.tokens[:-1], self.tokens[1:]).astype(np.int64)
+        self.byte_count = int(self.target_bytes.sum())
         self.sharding = data_sharding
-        # One compiled function per block schedule (static); eval uses the looped one by default.
-        self._nll = {g: jax.jit(lambda p, x, y, g=g: model.token_nll(p, x, y, looped=g).sum(axis=-1))
-                     for g in (False, True)}
+        self._fns: dict = {}
+
+    def _fn(self, looped: bool, per_token: bool):
+        """(params, x, y, lo, hi) -> masked NLL sums per window (and per-token NLL, entropy)."""
+        key = (looped, per_token)
+        if key not in self._fns:
+            model = self.model
+
+            def score(params, x_BT, y_BT, lo_B, hi_B):
+                logits = model.logits(params, x_BT, looped)
+                logz = jax.nn.logsumexp(logits, axis=-1)
+                nll = logz - jnp.take_along_axis(logits, y_BT[..., None], axis=-1)[..., 0]
+                pos = jnp.arange(x_BT.shape[1])[None, :]
+                sums = jnp.sum(jnp.where((pos >= lo_B[:, None]) & (pos < hi_B[:, None]), nll, 0.0), axis=-1)
+                if not per_token:
+                    return sums
+                logp = logits - logz[..., None]
+                entropy_bits = -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
+                return sums, nll, entropy_bits
+
+            self._fns[key] = jax.jit(score)
+        return self._fns[key]
+
+    def score(self, params, window_ids=None, looped: bool = True, per_token: bool = False):
+        """Sum of scored NLL (float64) over the given windows (default all); with per_token also
+        (nll, entropy_bits) arrays over target positions (zeros where not scored)."""
+        ids = np.arange(len(self.windows)) if window_ids is None else np.asarray(window_ids)
+        T, bs, w = self.seq_len, self.batch_seqs, self.windows
+        fn = self._fn(looped, per_token)
+        nll_all = np.zeros(self.total, np.float32) if per_token else None
+        ent_all = np.zeros(self.total, np.float32) if per_token else None
+        loss_sum, pending = 0.0, []
+
+        def collect(item):
+            nonlocal loss_sum
+            batch, out = item
+            sums = out[0] if per_token else out
+            loss_sum += float(np.asarray(sums, np.float64)[:len(batch)].sum())
+            if per_token:
+                nll, ent = np.asarray(out[1]), np.asarray(out[2])
+                for r, k in enumerate(batch):
+                    a, b = w.starts[k] + w.score_from[k], w.starts[k] + w.lengths[k]
+                    nll_all[a:b] = nll[r, w.score_from[k]:w.lengths[k]]
+                    ent_all[a:b] = ent[r, w.score_from[k]:w.lengths[k]]
+
+        for i in range(0, len(ids), bs):
+            batch = ids[i:i + bs]
+            x = np.zeros((bs, T), np.int32)
+            y = np.zeros((bs, T), np.int32)
+            lo = np.zeros(bs, np.int32)
+            hi = np.zeros(bs, np.int32)
+            for r, k in enumerate(batch):
+                ws, n = w.starts[k], w.lengths[k]
+                x[r, :n], y[r, :n] = self.tokens[ws:ws + n], self.tokens[ws + 1:ws + n + 1]
+                lo[r], hi[r] = w.score_from[k], n
+            if self.sharding is not None:
+                x, y, lo, hi = (jax.device_put(a, self.sharding) for a in (x, y, lo, hi))
+            pending.append((batch, fn(params, x, y, lo, hi)))
+            if len(pending) > 2:  # keep the device busy while summing earlier batches on the host
+                collect(pending.pop(0))
+        for item in pending:
+            collect(item)
+        return (loss_sum, nll_all, ent_all) if per_token else loss_sum
 
     def __call__(self, params, looped: bool = True) -> EvalResult:
         t0 = time.perf_counter()
-        T, bs = self.seq_len, self.batch_seqs
-        loss_sum = 0.0
-        pending = []
-        for start in range(0, self.n_seq, bs):
-            n = min(bs, self.n_seq - start)
-            chunk = self.tokens[start * T: (start + n) * T + 1]
-            x = np.zeros((bs, T), np.int32)
-            y = np.zeros((bs, T), np.int32)
-            x[:n] = chunk[:-1].reshape(n, T)
-            y[:n] = chunk[1:].reshape(n, T)
-            if self.sharding is not None:
-                x, y = jax.device_put(x, self.sharding), jax.device_put(y, self.sharding)
-            pending.append((n, self._nll[looped](params, x, y)))
-            if len(pending) > 2:  # keep the device busy while summing earlier batches on the host
-                n0, s0 = pending.pop(0)
-                loss_sum += float(np.asarray(s0, np.float64)[:n0].sum())
-        for n0, s0 in pending:
-            loss_sum += float(np.asarray(s0, np.float64)[:n0].sum())
-        tokens = self.n_seq * T
-        return EvalResult(loss_sum / tokens, bpb(loss_sum, self.byte_count), tokens, self.byte_count,
+        loss_sum = self.score(params, looped=looped)
+        return EvalResult(loss_sum / self.total, bpb(loss_sum, self.byte_count), self.total, self.byte_count,
                           time.perf_counter() - t0)

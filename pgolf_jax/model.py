@@ -172,13 +172,18 @@ class GPT(nnx.Module):
         x_ND = self._run_unet(x_ND, x_ND, ctx, self.layers if looped else self.plain_layers)
         return rms_norm(x_ND).reshape(B, T, cfg.model_dim)
 
-    def __call__(self, ids_BT, looped: bool = True):
-        """Soft-capped logits (B, T, V) in fp32."""
+    def __call__(self, ids_BT, looped: bool = True, head_lora=None):
+        """Soft-capped logits (B, T, V) in fp32. head_lora = (A (R, D), B (V, R), scale) adds a
+        low-rank term to the head's output (test-time training adapters)."""
         h_BTD = self.hidden(ids_BT, looped)
         if self.lm_head is None:
             logits = jnp.einsum("btd,vd->btv", h_BTD, self.tok_emb.weight[...].astype(h_BTD.dtype))
         else:
             logits = self.lm_head(h_BTD)
+        if head_lora is not None:
+            A, B, scale = head_lora
+            logits = logits + scale * jnp.einsum("btr,vr->btv", jnp.einsum("btd,rd->btr", h_BTD, A.astype(h_BTD.dtype)),
+                                                 B.astype(h_BTD.dtype))
         # The cap is applied in fp32 (the reference applies it to the bf16 logits before .float()).
         return softcap(logits.astype(jnp.float32), self.cfg.logit_softcap)
 
@@ -303,8 +308,8 @@ class Model:
         layers = BLOCK_SCHEDULES[self.cfg.block_schedule](self.cfg)
         return self.cfg.enable_looping_at > 0 and layers != tuple(range(self.cfg.num_layers))
 
-    def logits(self, params, ids_BT, looped: bool = True):
-        return self.module(params)(ids_BT, looped)
+    def logits(self, params, ids_BT, looped: bool = True, head_lora=None):
+        return self.module(params)(ids_BT, looped, head_lora)
 
     def hidden(self, params, ids_BT, looped: bool = True):
         return self.module(params).hidden(ids_BT, looped)
@@ -326,6 +331,19 @@ def build_model(cfg: ModelConfig) -> Model:
     abstract = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(params=0)))
     graphdef, state = nnx.split(abstract)
     return Model(cfg, graphdef, state)
+
+
+def analytic_flops_per_token(cfg: ModelConfig, seq_len: int, looped: bool = True) -> dict[str, float]:
+    """Training FLOPs per token (3x forward; the optimizer aside) along the block schedule:
+    matmuls 6N (N = block matrices per virtual layer + the head), attention QK^T and PV."""
+    D, V = cfg.model_dim, cfg.vocab_size
+    n_layers = len(BLOCK_SCHEDULES[cfg.block_schedule](cfg)) if looped else cfg.num_layers
+    kv = D // cfg.num_heads * cfg.num_kv_heads
+    per_layer = 2 * D * D + 2 * D * kv + 2 * D * int(cfg.mlp_mult * D)
+    n_matmul = n_layers * per_layer + V * D
+    attn_full = 3 * n_layers * 2 * 2 * seq_len * D  # over the full T x T square, fwd + bwd
+    return {"matmul": 6.0 * n_matmul, "attn_causal": attn_full / 2, "attn_full": attn_full,
+            "n_matmul_params": float(n_matmul)}
 
 
 def count_params(params) -> int:

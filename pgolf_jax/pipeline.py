@@ -6,6 +6,7 @@ the artifact final_model.int8.<codec>, and submission.json.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -19,10 +20,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pgolf_jax import artifact, config as config_lib
+from pgolf_jax import artifact, config as config_lib, dist
 from pgolf_jax.calibrate import collect_hessians
 from pgolf_jax.config import Config
-from pgolf_jax.evaluate import EvalResult, Evaluator, unigram_bpb
+from pgolf_jax.evaluate import EvalResult, Evaluator, bpb, unigram_bpb
 from pgolf_jax.interop import flatten_params, unflatten_params
 from pgolf_jax.model import Model, build_model, count_params
 from pgolf_jax.quant import dequantize, quantize_int8, quantize_mixed, tensor_group
@@ -80,25 +81,75 @@ def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
 
 
 def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
-    """Load val tokens and byte tables once; returns (factory(model, mesh) -> Evaluator)."""
-    from pgolf_jax import dist
-
-    seq = cfg.train.train_seq_len
-    val_tokens = load_val_tokens(str(data_path / cfg.data.val_files), seq, cfg.eval.val_tokens_limit)
+    """Load val tokens and byte tables once; returns factory(model, mesh, seq_len=None, stride=None)
+    -> Evaluator (plain windows of train_seq_len by default; val tokens reloaded per length)."""
+    pattern = str(data_path / cfg.data.val_files)
+    tokens = {cfg.train.train_seq_len: load_val_tokens(pattern, cfg.train.train_seq_len, cfg.eval.val_tokens_limit)}
     luts = build_luts(tok_path, cfg.model.vocab_size)
+    val_tokens = tokens[cfg.train.train_seq_len]
     log(f"val_bpb:enabled tokenizer_path:{tok_path}")
-    log(f"val_loader:shards pattern={data_path / cfg.data.val_files} tokens:{len(val_tokens) - 1}")
+    log(f"val_loader:shards pattern={pattern} tokens:{len(val_tokens) - 1}")
     train_files = sorted(data_path.glob(cfg.data.train_files))
     if train_files:  # a reference point for "learns visibly": the unigram floor, from one shard
         uni = unigram_bpb(load_shard(train_files[0])[:UNIGRAM_TOKENS], val_tokens, luts, cfg.model.vocab_size)
         log(f"val_unigram_bpb:{uni:.4f} (add-one unigram fit on {train_files[0].name})")
 
-    def factory(model: Model, mesh):
+    def factory(model: Model, mesh, seq_len: int | None = None, stride: int | None = None, batch_seqs: int = 0):
         n = dist.num_data_devices(mesh)
-        return Evaluator(model, val_tokens, luts, seq, cfg.eval.val_batch_size // max(1, cfg.train.batch_spans // n),
-                         data_sharding=dist.batch_sharding(mesh), num_devices=n)
+        seq = seq_len or cfg.train.train_seq_len
+        if seq not in tokens:
+            tokens[seq] = load_val_tokens(pattern, seq, cfg.eval.val_tokens_limit)
+        batch_tokens = batch_seqs * seq or cfg.eval.val_batch_size // max(1, cfg.train.batch_spans // n)
+        return Evaluator(model, tokens[seq], luts, seq, batch_tokens, data_sharding=dist.batch_sharding(mesh),
+                         num_devices=n, stride=stride or seq)
 
     return factory
+
+
+def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
+    """Every eval.final_modes on the round-tripped weights (and n-gram mixing on top), each with
+    its wall time and a projection to 8xH100 from its analytic FLOPs; the last one is the score."""
+    from pgolf_jax import ngram
+    from pgolf_jax.model import analytic_flops_per_token
+    from pgolf_jax.ttt import full_ttt, lora_ttt
+
+    e = cfg.eval
+    T = e.eval_seq_len or cfg.train.train_seq_len
+    fl = analytic_flops_per_token(cfg.model, T)
+    fwd_per_token = (fl["matmul"] + fl["attn_causal"]) / 3
+    results = {}
+    for mode in [m for m in e.final_modes.split(",") if m]:
+        stride = T if mode in ("plain", "lora_ttt") else e.eval_stride
+        ev = factory(model, mesh, T, stride, e.eval_batch_seqs)
+        t0 = time.perf_counter()
+        extra = {}
+        if mode in ("plain", "sliding"):
+            loss_sum, nll, ent = ev.score(params, per_token=True) if e.ngram_order else (ev.score(params), None, None)
+            res = EvalResult(loss_sum / ev.total, bpb(loss_sum, ev.byte_count), ev.total, ev.byte_count,
+                             time.perf_counter() - t0)
+        elif mode == "ttt":
+            res, nll, ent, extra = full_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order))
+        else:
+            res, nll, ent, extra = lora_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order))
+        flops = fwd_per_token * len(ev.windows) * T + 3 * fwd_per_token * extra.get("train_tokens", 0)
+        proj = flops / (8 * H100_BF16_FLOPS * e.h100_mfu)
+        log(f"final_{mode} {res.line()} projected_8xH100:{proj:.1f}s")
+        log(f"final_{mode}_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
+        results[mode] = {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "eval_seconds": round(res.seconds, 2),
+                         "projected_8xH100_seconds": round(proj, 2)}
+        log.metric(f"final_{mode}", **results[mode])
+        if e.ngram_order:
+            loss, b, tok_s = ngram.mix_report(nll, ent, ev.tokens, cfg.model.vocab_size, e.ngram_order,
+                                              e.ngram_mix, e.ngram_lambda, ev.byte_count)
+            name = f"{mode}+ngram{e.ngram_order}"
+            log(f"final_{name} val_loss:{loss:.4f} val_bpb:{b:.4f} ngram_tokens_per_s:{tok_s:.0f} (host)")
+            results[name] = {"val_loss": loss, "val_bpb": b, "ngram_tokens_per_s": round(tok_s)}
+            log.metric(f"final_{name}", **results[name])
+    return results
+
+
+# bf16 dense tensor-core peak of one H100 SXM (the projection's denominator, times eval.h100_mfu).
+H100_BF16_FLOPS = 989e12
 
 
 def save_float_weights(params, run_dir: Path, log) -> Path:
@@ -141,7 +192,8 @@ def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evalu
     return obj, info
 
 
-def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evaluator, train_pattern: str, log) -> dict:
+def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evaluator, train_pattern: str, log,
+                         factory=None, mesh=None) -> dict:
     """Evaluate the float weights, quantize, pack, write, read back, dequantize, evaluate: the
     round-trip number is the one that counts."""
     q = cfg.quant
@@ -172,7 +224,13 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     log(f"final_roundtrip_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
     log.metric("final_roundtrip", val_loss=res.val_loss, val_bpb=res.val_bpb, val_tokens=res.val_tokens,
                val_bytes=res.val_bytes, eval_seconds=res.seconds, pre_quant_val_bpb=pre.val_bpb)
-    return {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "pre_quant_val_loss": pre.val_loss,
+    finals = {}
+    if cfg.eval.final_modes != "plain" or cfg.eval.ngram_order or cfg.eval.eval_seq_len:
+        finals = final_evals(cfg, model, restored, factory, mesh, log)
+        last = list(finals.values())[-1]
+        res = dataclasses.replace(res, val_loss=last["val_loss"], val_bpb=last["val_bpb"])
+        log(f"final_score mode:{list(finals)[-1]} val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
+    return {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "final_modes": finals, "pre_quant_val_loss": pre.val_loss,
             "pre_quant_val_bpb": pre.val_bpb, "bytes_total": total, "bytes_code": code, "bytes_model": model_bytes,
             "bytes_code_raw": code_raw, "bytes_code_compressed": code_zst, "bytes_by_group": breakdown,
             "artifact": art_path.name, "val_tokens": res.val_tokens, "val_bytes": res.val_bytes, **info}
@@ -210,7 +268,8 @@ def run_job(cfg: Config, preset: str | None = None) -> dict:
         train_pattern = str(data_path / cfg.data.train_files)
         result = train(cfg, log, train_pattern, factory)
         save_float_weights(result.params, run_dir, log)
-        summary = export_and_roundtrip(cfg, result.params, result.model, run_dir, result.evaluator, train_pattern, log)
+        summary = export_and_roundtrip(cfg, result.params, result.model, run_dir, result.evaluator, train_pattern, log,
+                                       factory, dist.make_mesh())
         summary.update(
             name=run_id, date=datetime.datetime.now().isoformat(timespec="seconds"), config=preset,
             steps=result.steps, train_time_ms=round(result.train_time_ms, 1),

@@ -123,7 +123,7 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
                 for g in graphs}
 
     log(f"model_params:{count_params(state.params)}")
-    log(f"val_tokens:{evaluator.n_seq * evaluator.seq_len} val_bytes:{evaluator.byte_count}")
+    log(f"val_tokens:{evaluator.total} val_bytes:{evaluator.byte_count}")
     log(f"devices:{n_dev} platform:{jax.default_backend()} batch_spans:{t.batch_spans} "
         f"micro_steps:{t.batch_spans // n_dev * (span_seqs // micro_seqs if micro_seqs else 1)}")
     log(f"tie_embeddings:{cfg.model.tie_embeddings} embed_lr:{cfg.optim.tied_embed_lr if cfg.model.tie_embeddings else cfg.optim.embed_lr} "

@@ -1,0 +1,281 @@
+"""Score-first test-time training on the val stream (legal per issue #1017: every token is scored
+by the weights as they were before any training on it, exactly once, causally).
+
+full_ttt (PR #461/#549 -> #1809, spec 4.17): the stream is cut into chunks of ttt_chunk_tokens
+target positions; each evaluation window belongs to the chunk of its first scored target. For
+each chunk: score its windows with the current weights, then (except for the last chunk) train
+all weights on the chunk's own sequences: SGD with momentum (kept across chunks), global
+gradient clip, lr cosine across chunks. A frontier of scored positions is kept and every
+training batch asserts that its targets lie behind it.
+
+lora_ttt (#1227, and the records' phased variant, spec 4.18): per document, a fresh low-rank
+adapter on the attention/MLP projections (and the head) is trained chunk by chunk after each
+chunk is scored; documents run in batches, each with its own adapter. With phases, after each
+phase boundary of scored documents the base weights take one global SGD pass over the
+already-scored documents.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pgolf_jax.config import EvalConfig
+from pgolf_jax.embeddings import BOS_ID
+from pgolf_jax.evaluate import EvalResult, Evaluator, bpb
+from pgolf_jax.optim import STACKED_PREFIX, path_name
+
+
+def _clip(grads, max_norm: float):
+    """torch.nn.utils.clip_grad_norm_ semantics."""
+    if max_norm <= 0:
+        return grads
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)))
+    coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
+    return jax.tree.map(lambda g: (g * coef).astype(g.dtype), grads)
+
+
+def make_sgd_step(model, momentum: float, clip: float):
+    """(params, buf, x, y, lr) -> (params, buf, loss): torch SGD with momentum, after clipping."""
+
+    def step(params, buf, x, y, lr):
+        loss, grads = jax.value_and_grad(model.loss)(params, x, y)
+        grads = _clip(grads, clip)
+        buf = jax.tree.map(lambda b, g: momentum * b + g.astype(jnp.float32), buf, grads)
+        params = jax.tree.map(lambda p, b: (p.astype(jnp.float32) - lr * b).astype(p.dtype), params, buf)
+        return params, buf, loss
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def cosine_lr(base: float, i: int, n: int) -> float:
+    return base * 0.5 * (1.0 + math.cos(math.pi * i / max(n - 1, 1)))
+
+
+class _Frontier:
+    """Target positions scored so far (always a prefix 0..value-1 of the stream)."""
+
+    def __init__(self):
+        self.value = 0
+
+    def scored_through(self, end: int):
+        self.value = max(self.value, end)
+
+    def check(self, first: int, end: int):
+        if first < 0 or end > self.value:
+            raise AssertionError(f"score-first violated: training on targets [{first}, {end}) but only "
+                                 f"[0, {self.value}) are scored")
+
+
+def train_sequences(tokens, first: int, end: int, seq_len: int, batch: int):
+    """Batches (x, y) of the non-overlapping sequences whose targets lie in [first, end)."""
+    n = (end - first) // seq_len
+    for b in range(0, n, batch):
+        k = min(batch, n - b)
+        a = first + b * seq_len
+        if a + k * seq_len + 1 > len(tokens):
+            continue
+        chunk = tokens[a: a + k * seq_len + 1]
+        yield a, a + k * seq_len, chunk[:-1].reshape(k, seq_len), chunk[1:].reshape(k, seq_len)
+
+
+def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False):
+    """Chunked score-first TTT over all weights; returns (EvalResult, per-target nll, entropy)."""
+    t0 = time.perf_counter()
+    w, total, T = ev.windows, ev.total, ev.seq_len
+    n_chunks = -(-total // cfg.ttt_chunk_tokens)
+    chunk_of = np.minimum((w.starts + w.score_from) // cfg.ttt_chunk_tokens, n_chunks - 1)
+    params = jax.tree.map(jnp.copy, params)  # the SGD step donates its params: never the caller's
+    buf = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    step = make_sgd_step(model, cfg.ttt_momentum, cfg.ttt_grad_clip)
+    frontier = _Frontier()
+    loss_sum, nll_all, ent_all, steps = 0.0, None, None, 0
+    if per_token:
+        nll_all, ent_all = np.zeros(total, np.float32), np.zeros(total, np.float32)
+    log(f"ttt:start chunks:{n_chunks} windows:{len(w)} lr:{cfg.ttt_lr} epochs:{cfg.ttt_epochs}")
+    for c in range(n_chunks):
+        ids = np.flatnonzero(chunk_of == c)
+        if len(ids):
+            out = ev.score(params, ids, per_token=per_token)
+            if per_token:
+                s, nll, ent = out
+                for k in ids:
+                    a, b = w.starts[k] + w.score_from[k], w.starts[k] + w.lengths[k]
+                    nll_all[a:b], ent_all[a:b] = nll[a:b], ent[a:b]
+                loss_sum += s
+            else:
+                loss_sum += out
+            frontier.scored_through(int((w.starts[ids] + w.lengths[ids]).max()))
+        if c == n_chunks - 1 or cfg.ttt_epochs <= 0:
+            continue
+        lr = cosine_lr(cfg.ttt_lr, c, n_chunks)
+        first, end = c * cfg.ttt_chunk_tokens, min((c + 1) * cfg.ttt_chunk_tokens, total)
+        for _ in range(cfg.ttt_epochs):
+            for a, b, x, y in train_sequences(ev.tokens, first, end, T, cfg.ttt_batch_seqs):
+                frontier.check(a, b)
+                params, buf, _ = step(params, buf, jnp.asarray(x), jnp.asarray(y), lr)
+                steps += 1
+    seconds = time.perf_counter() - t0
+    log(f"ttt:done chunks:{n_chunks} sgd_steps:{steps} time:{seconds:.1f}s")
+    res = EvalResult(loss_sum / total, bpb(loss_sum, ev.byte_count), total, ev.byte_count, seconds)
+    return res, nll_all, ent_all, {"train_steps": steps, "train_tokens": steps * cfg.ttt_batch_seqs * T}
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA TTT
+
+LORA_TARGETS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.proj", "mlp": "mlp.fc",
+                "mlp_out": "mlp.proj"}
+
+
+def lora_init(key, params, targets: tuple[str, ...], rank: int, n_docs: int, head: bool):
+    """Per-document adapters: A ~ U(+-1/sqrt(in)), B = 0 (the adapted model starts as the base)."""
+    lora = {}
+    for t in targets:
+        W = params["blocks"]
+        for part in LORA_TARGETS[t].split("."):
+            W = W[part]
+        L, out_f, in_f = W["weight"].shape
+        key, sub = jax.random.split(key)
+        bound = 1.0 / math.sqrt(in_f)
+        lora[t] = {"A": jax.random.uniform(sub, (n_docs, L, rank, in_f), jnp.float32, -bound, bound),
+                   "B": jnp.zeros((n_docs, L, out_f, rank), jnp.float32)}
+    if head:
+        V, D = params["tok_emb"]["weight"].shape
+        key, sub = jax.random.split(key)
+        lora["head"] = {"A": jax.random.uniform(sub, (n_docs, rank, D), jnp.float32, -1 / math.sqrt(D), 1 / math.sqrt(D)),
+                        "B": jnp.zeros((n_docs, V, rank), jnp.float32)}
+    return lora
+
+
+def merge_lora(params, lora_doc, scale: float):
+    """Base params with W + scale * B A for one document's adapters (per physical layer)."""
+    deltas = {f"{STACKED_PREFIX}{LORA_TARGETS[t]}.weight": jnp.einsum("lor,lri->loi", ab["B"], ab["A"])
+              for t, ab in lora_doc.items() if t != "head"}
+
+    def add(path, p):
+        d = deltas.get(path_name(path))
+        return p if d is None else (p.astype(jnp.float32) + scale * d).astype(p.dtype)
+
+    return jax.tree_util.tree_map_with_path(add, params)
+
+
+def documents(tokens: np.ndarray) -> list[tuple[int, int]]:
+    """Target-position ranges [first, end) of each document: a document runs from its BOS up to
+    and including the next BOS (so its last target is that BOS), the last one to the stream end."""
+    total = len(tokens) - 1
+    bos = np.flatnonzero(tokens[:total] == BOS_ID).tolist()
+    starts = ([0] if not bos or bos[0] != 0 else []) + bos
+    ends = starts[1:] + [total]
+    return [(a, b) for a, b in zip(starts, ends) if b > a]
+
+
+def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False):
+    """Per-document score-first LoRA TTT (optionally phased); returns like full_ttt."""
+    t0 = time.perf_counter()
+    T, total, C = ev.seq_len, ev.total, cfg.lora_chunk_tokens
+    targets = tuple(t for t in cfg.lora_targets.split(",") if t and t != "head")
+    head = "head" in cfg.lora_targets.split(",")
+    scale = cfg.lora_alpha / cfg.lora_rank
+    docs = documents(ev.tokens)
+    nd = cfg.lora_batch_docs
+    frontier_docs = 0
+    boundaries = [round(cfg.lora_phase_prefix_docs * (i + 1) / cfg.lora_phases) for i in range(cfg.lora_phases)]
+
+    def doc_logits(p, lora_doc, x_T):
+        merged = merge_lora(p, lora_doc, scale)
+        hl = None if not head else (lora_doc["head"]["A"], lora_doc["head"]["B"], scale)
+        return model.logits(merged, x_T[None], True, head_lora=hl)[0]
+
+    def nll_of(p, lora, x_BT, y_BT):
+        logits = jax.vmap(doc_logits, in_axes=(None, 0, 0))(p, lora, x_BT)
+        logz = jax.nn.logsumexp(logits, axis=-1)
+        nll = logz - jnp.take_along_axis(logits, y_BT[..., None], axis=-1)[..., 0]
+        logp = logits - logz[..., None]
+        return nll, -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
+
+    @jax.jit
+    def score(p, lora, x, y):
+        return nll_of(p, lora, x, y)
+
+    def chunk_loss(lora, p, x, y, lo, hi):
+        nll, _ = nll_of(p, lora, x, y)
+        pos = jnp.arange(T)[None]
+        mask = (pos >= lo[:, None]) & (pos < hi[:, None])
+        # Each document's adapter sees only its own mean chunk loss (the sum decouples them).
+        return jnp.sum(jnp.sum(jnp.where(mask, nll, 0.0), -1) / jnp.maximum(jnp.sum(mask, -1), 1))
+
+    @jax.jit
+    def train(lora, opt, p, x, y, lo, hi, lr):
+        g = jax.grad(chunk_loss)(lora, p, x, y, lo, hi)
+        if cfg.lora_optimizer == "sgd":
+            opt = jax.tree.map(lambda m, gi: cfg.ttt_momentum * m + gi, opt, g)
+            return jax.tree.map(lambda a, m: a - lr * m, lora, opt), opt
+        m, v, n = opt  # Adam with bias correction, (beta1, beta2) = (0.9, 0.999)
+        n = n + 1
+        m = jax.tree.map(lambda a, gi: 0.9 * a + 0.1 * gi, m, g)
+        v = jax.tree.map(lambda a, gi: 0.999 * a + 0.001 * gi * gi, v, g)
+        upd = jax.tree.map(lambda a, b: (a / (1 - 0.9 ** n)) / (jnp.sqrt(b / (1 - 0.999 ** n)) + 1e-8), m, v)
+        return jax.tree.map(lambda a, u: a - lr * u, lora, upd), (m, v, n)
+
+    loss_sum, key = 0.0, jax.random.key(0)
+    nll_all = np.zeros(total, np.float32) if per_token else None
+    ent_all = np.zeros(total, np.float32) if per_token else None
+    frontier = _Frontier()
+    base, buf = jax.tree.map(jnp.copy, params), None  # phases update it in place (donated)
+    sgd = make_sgd_step(model, cfg.ttt_momentum, cfg.ttt_grad_clip) if cfg.lora_phases else None
+    log(f"lora_ttt:start docs:{len(docs)} rank:{cfg.lora_rank} targets:{cfg.lora_targets} chunk:{C} "
+        f"phases:{cfg.lora_phases}")
+    for d0 in range(0, len(docs), nd):
+        batch = docs[d0:d0 + nd]
+        key, sub = jax.random.split(key)
+        lora = lora_init(sub, base, targets, cfg.lora_rank, nd, head)
+        opt = (jax.tree.map(jnp.zeros_like, lora) if cfg.lora_optimizer == "sgd" else
+               (jax.tree.map(jnp.zeros_like, lora), jax.tree.map(jnp.zeros_like, lora), 0))
+        n_chunks = max(-(-(b - a) // C) for a, b in batch)
+        for ci in range(n_chunks):
+            x, y = np.zeros((nd, T), np.int32), np.zeros((nd, T), np.int32)
+            lo, hi = np.zeros(nd, np.int32), np.zeros(nd, np.int32)
+            spans = []
+            for r, (a, b) in enumerate(batch):
+                ca, cb = a + ci * C, min(a + (ci + 1) * C, b)
+                if ca >= cb:
+                    continue
+                ws = max(a, cb - T)  # in-document context only, at most T tokens
+                x[r, :cb - ws], y[r, :cb - ws] = ev.tokens[ws:cb], ev.tokens[ws + 1:cb + 1]
+                lo[r], hi[r] = ca - ws, cb - ws
+                spans.append((r, ca, cb, ws))
+            nll, ent = (np.asarray(v) for v in score(base, lora, x, y))
+            scored_end = {}
+            for r, ca, cb, ws in spans:
+                loss_sum += float(nll[r, ca - ws:cb - ws].astype(np.float64).sum())
+                scored_end[r] = cb
+                if per_token:
+                    nll_all[ca:cb], ent_all[ca:cb] = nll[r, ca - ws:cb - ws], ent[r, ca - ws:cb - ws]
+            for r, ca, cb, ws in spans:  # an adapter trains only on its document's scored chunk
+                assert cb <= scored_end[r], "score-first violated"
+            if ci < n_chunks - 1:
+                for s in range(cfg.lora_steps):
+                    lora, opt = train(lora, opt, base, x, y, lo, hi, cosine_lr(cfg.lora_lr, s, cfg.lora_steps + 1))
+        frontier.scored_through(batch[-1][1])
+        done = d0 + len(batch)
+        while boundaries and done >= boundaries[0]:  # phased: global SGD on already-scored docs
+            upto = docs[boundaries.pop(0) - 1][1]
+            buf = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), base) if buf is None else buf
+            n_ch = -(-upto // cfg.ttt_chunk_tokens)
+            for c in range(n_ch):
+                first, end = c * cfg.ttt_chunk_tokens, min((c + 1) * cfg.ttt_chunk_tokens, upto)
+                for a, b, xs, ys in train_sequences(ev.tokens, first, end, T, cfg.ttt_batch_seqs):
+                    frontier.check(a, b)
+                    base, buf, _ = sgd(base, buf, jnp.asarray(xs), jnp.asarray(ys),
+                                       cosine_lr(cfg.lora_phase_lr, c, n_ch))
+            log(f"lora_ttt:phase global SGD over targets [0, {upto}) after {done} docs")
+        frontier_docs = done
+    seconds = time.perf_counter() - t0
+    log(f"lora_ttt:done docs:{frontier_docs} time:{seconds:.1f}s")
+    res = EvalResult(loss_sum / total, bpb(loss_sum, ev.byte_count), total, ev.byte_count, seconds)
+    return res, nll_all, ent_all, {}

@@ -1,0 +1,193 @@
+"""Sliding-window eval, score-first TTT (full and LoRA) and n-gram mixing."""
+
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pgolf_jax import config as C, ngram
+from pgolf_jax.evaluate import Evaluator, plan_windows
+from pgolf_jax.model import build_model
+from pgolf_jax.tokenizer import ByteLuts
+from pgolf_jax.ttt import _Frontier, documents, full_ttt, lora_ttt
+
+TINY = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
+MODEL = C.ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, attention_impl="xla")
+LUTS = ByteLuts(np.r_[np.zeros(4, np.int16), np.ones(60, np.int16)], np.zeros(64, bool), np.r_[np.ones(4, bool), np.zeros(60, bool)])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = build_model(MODEL)
+    params = jax.jit(model.init)(jax.random.key(0))
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+    return model, params
+
+
+def stream(n=1201, seed=0):
+    tokens = np.random.default_rng(seed).integers(4, 64, n).astype(np.int32)
+    tokens[::150] = 1  # BOS every 150 tokens: documents
+    return tokens
+
+
+@pytest.mark.parametrize("total,T,S", [(1200, 64, 64), (1200, 64, 16), (1000, 64, 48), (65, 64, 8)])
+def test_windows_score_every_target_once(total, T, S):
+    w = plan_windows(total, T, S)
+    covered = np.zeros(total, int)
+    for ws, s0, n in zip(w.starts, w.score_from, w.lengths):
+        covered[ws + s0: ws + n] += 1
+        assert s0 == 0 or s0 >= T - S  # later windows keep at least T - S tokens of context
+        assert n <= T
+    np.testing.assert_array_equal(covered, 1)
+    assert w.score_from[0] == 0
+
+
+def test_stride_equal_to_seq_len_is_plain_eval(tiny):
+    model, params = tiny
+    tokens = stream(64 * 9 + 1)
+    ev = Evaluator(model, tokens, LUTS, 64, 64 * 4, stride=64)
+    nll = jax.jit(model.token_nll)(params, tokens[:-1].reshape(9, 64), tokens[1:].reshape(9, 64))
+    want = float(np.asarray(nll, np.float64).sum())
+    got = ev.score(params)
+    assert got == pytest.approx(want, rel=1e-6)
+    assert ev.byte_count == int((tokens[1:] >= 4).sum())
+
+
+def test_sliding_scores_each_target_with_its_window_context(tiny):
+    model, params = tiny
+    tokens = stream(301)
+    ev = Evaluator(model, tokens, LUTS, 64, 64 * 4, stride=16)
+    loss, nll, _ = ev.score(params, per_token=True)
+    assert loss == pytest.approx(float(nll.astype(np.float64).sum()), rel=1e-6)
+    fn = jax.jit(model.token_nll)
+    for j in (0, 63, 64, 200, 299):
+        k = int(np.flatnonzero((ev.windows.starts + ev.windows.score_from <= j) &
+                               (ev.windows.starts + ev.windows.lengths > j))[0])
+        ws, n = ev.windows.starts[k], ev.windows.lengths[k]
+        ref = fn(params, tokens[None, ws:ws + n], tokens[None, ws + 1:ws + n + 1])[0, j - ws]
+        assert nll[j] == pytest.approx(float(ref), rel=1e-5, abs=1e-6)
+
+
+EVAL = C.EvalConfig(ttt_chunk_tokens=256, ttt_batch_seqs=4, ttt_epochs=2, ttt_lr=0.05, eval_batch_seqs=8,
+                    lora_chunk_tokens=32, lora_batch_docs=4, lora_lr=0.05, lora_rank=4, lora_alpha=4.0)
+
+
+def _ttt_nll(model, params, tokens, mode, cfg=EVAL):
+    ev = Evaluator(model, tokens, LUTS, 64, 64 * 8, stride=32 if mode == "ttt" else 64)
+    fn = full_ttt if mode == "ttt" else lora_ttt
+    res, nll, _, _ = fn(model, params, ev, cfg, log=lambda *a: None, per_token=True)
+    return res, nll
+
+
+@pytest.mark.parametrize("mode", ["ttt", "lora_ttt"])
+def test_score_first_no_future_token_moves_a_past_score(tiny, mode):
+    """The leak test: change tokens after position p; every score before p must stay bit-identical
+    (training on a token before scoring it would let the change leak backwards)."""
+    model, params = tiny
+    tokens = stream(1201)
+    res, nll = _ttt_nll(model, params, tokens, mode)
+    changed = tokens.copy()
+    cut = 700  # inside chunk 2 (ttt) / document 4 (lora)
+    changed[cut + 1:] = (changed[cut + 1:] * 7 + 3) % 60 + 4
+    _, nll2 = _ttt_nll(model, params, changed, mode)
+    np.testing.assert_array_equal(nll[:cut], nll2[:cut])
+    assert not np.array_equal(nll[cut + 1:], nll2[cut + 1:])
+    assert np.isfinite(res.val_bpb)
+
+
+def test_ttt_learns_a_repeating_stream(tiny):
+    model, params = tiny
+    seg = np.random.default_rng(3).integers(4, 64, 128)
+    tokens = np.r_[np.tile(seg, 10), seg[:1]].astype(np.int32)
+    ev = Evaluator(model, tokens, LUTS, 64, 64 * 8, stride=32)
+    base = ev.score(params) / ev.total
+    cfg = dataclasses.replace(EVAL, ttt_lr=0.2, ttt_epochs=4)
+    res, _, _, info = full_ttt(model, params, ev, cfg, log=lambda *a: None)
+    assert info["train_steps"] == 16 and res.val_loss < base - 0.5  # 4 trained chunks x 4 epochs
+
+
+def test_frontier_catches_training_ahead_of_scoring():
+    f = _Frontier()
+    f.scored_through(512)
+    f.check(0, 512)
+    with pytest.raises(AssertionError, match="score-first violated"):
+        f.check(448, 576)
+
+
+def test_lora_documents_are_independent_and_start_from_the_base(tiny):
+    model, params = tiny
+    tokens = stream(1201)
+    assert documents(tokens)[:2] == [(0, 150), (150, 300)]
+    res, nll = _ttt_nll(model, params, tokens, "lora_ttt")
+    other = tokens.copy()
+    other[1:150] = (other[1:150] * 5 + 1) % 60 + 4  # rewrite document 0
+    _, nll2 = _ttt_nll(model, params, other, "lora_ttt")
+    np.testing.assert_array_equal(nll[150:], nll2[150:])  # fresh adapters per document
+    # The first chunk of every document is scored by the untouched base model.
+    ref = jax.jit(model.token_nll)(params, tokens[None, 150:182], tokens[None, 151:183])[0]
+    np.testing.assert_allclose(nll[150:182], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_phased_lora_ttt_trains_the_base_on_scored_documents(tiny):
+    model, params = tiny
+    tokens = stream(1201)
+    cfg = dataclasses.replace(EVAL, lora_phases=2, lora_phase_prefix_docs=4, lora_phase_lr=0.05)
+    res, nll = _ttt_nll(model, params, tokens, "lora_ttt", cfg)
+    _, plain_nll = _ttt_nll(model, params, tokens, "lora_ttt")
+    np.testing.assert_array_equal(nll[:600], plain_nll[:600])  # before the first phase: identical
+    assert not np.array_equal(nll[600:], plain_nll[600:])
+
+
+def test_ngram_vectorized_equals_direct_and_is_causal():
+    tokens = np.random.default_rng(4).integers(0, 6, 160)
+    p = ngram.ngram_target_probs(tokens, 6, order=4)
+    for j in (0, 3, 40, 158):
+        d = ngram.ngram_distribution(tokens, j, 6, order=4)
+        assert d.sum() == pytest.approx(1.0)
+        assert p[j] == pytest.approx(d[tokens[j + 1]])
+    later = tokens.copy()
+    later[100:] = (later[100:] + 1) % 6
+    np.testing.assert_array_equal(ngram.ngram_target_probs(later, 6, 4)[:99], p[:99])
+
+
+def test_ngram_mixture_is_normalized():
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(0, 8, 80)
+    logits = rng.normal(size=8)
+    p_nn = np.exp(logits) / np.exp(logits).sum()
+    H = -(p_nn * np.log2(p_nn)).sum()
+    for mode in ("entropy", "fixed"):
+        lam = ngram.mix_weight(np.asarray([H]), mode, 0.2)[0]
+        mix = (1 - lam) * p_nn + lam * ngram.ngram_distribution(tokens, 50, 8, 6)
+        assert mix.sum() == pytest.approx(1.0)
+        nll = ngram.mixed_nll(np.asarray([-np.log(p_nn[tokens[51]])]), np.asarray([H]),
+                              ngram.ngram_target_probs(tokens, 8, 6)[50:51], mode, 0.2)
+        assert nll[0] == pytest.approx(-np.log(mix[tokens[51]]))
+    assert ngram.mix_weight(np.asarray([4.0]), "entropy", 0)[0] == pytest.approx(0.05 + 0.55 / 2)
+
+
+def test_final_modes_through_the_main_job(sample_data, tmp_path, capsys):
+    from pgolf_jax.cli import main
+    over = [f"{k}={v}" for k, v in sample_data["overrides"].items()]
+    assert main(["--config", TINY, *over, f"train.out_dir={tmp_path}", "train.run_id=e", "train.iterations=4",
+                 "eval.final_modes=plain,sliding,ttt,lora_ttt", "eval.eval_stride=32", "eval.ttt_chunk_tokens=2048",
+                 "eval.ttt_batch_seqs=8", "eval.ttt_epochs=1", "eval.lora_chunk_tokens=32", "eval.lora_batch_docs=8",
+                 "eval.ngram_order=4", "eval.val_tokens_limit=4096"]) == 0
+    log = (tmp_path / "e" / "log.txt").read_text()
+    for mode in ("plain", "sliding", "ttt", "lora_ttt"):
+        assert re.search(rf"final_{mode} val_loss:[\d.]+ val_bpb:[\d.]+ .*projected_8xH100:[\d.]+s", log), mode
+        assert re.search(rf"final_{mode}\+ngram4 val_loss:[\d.]+ val_bpb:[\d.]+ ngram_tokens_per_s:\d+", log), mode
+    sub = json.loads((tmp_path / "e" / "submission.json").read_text())
+    assert sub["val_bpb"] == pytest.approx(sub["final_modes"]["lora_ttt+ngram4"]["val_bpb"])
+    plain = float(re.search(r"final_plain_exact val_loss:[\d.]+ val_bpb:([\d.]+)", log).group(1))
+    rt = float(re.search(r"final_roundtrip_exact val_loss:[\d.]+ val_bpb:([\d.]+)", log).group(1))
+    assert plain == pytest.approx(rt, abs=1e-7)  # plain at the same length is the round-trip eval
+    assert math.isfinite(sub["val_bpb"])
