@@ -9,6 +9,7 @@ import time
 import jax
 import numpy as np
 
+from pgolf_jax import dist
 from pgolf_jax.optim import STACKED_PREFIX
 from pgolf_jax.shards import TokenLoader
 
@@ -18,14 +19,16 @@ def collect_hessians(model, params, train_pattern: str, batches: int, batch_toke
     """({reference name: H (in x in) float64}, seconds). Data: a fresh sequential loader over the
     training shards (the records use a fresh shuffled loader: also training data, never val)."""
     t0 = time.perf_counter()
-    fn = jax.jit(lambda p, x: model.input_hessians(p, x, looped))
+    # Replicated Hessians: jit sums them over the data devices and every process reads them.
+    rep = None if data_sharding is None else dist.replicated(data_sharding.mesh)
+    fn = jax.jit(lambda p, x: model.input_hessians(p, x, looped), out_shardings=rep)
     loader = TokenLoader(train_pattern, 1)
     acc = None
     for _ in range(batches):
         x, _ = loader.next_batch(batch_tokens, seq_len)
         x = x.reshape(-1, seq_len)
         if data_sharding is not None:
-            x = jax.device_put(x, data_sharding)
+            x = dist.global_array(x, data_sharding)
         h = fn(params, x)
         acc = h if acc is None else jax.tree.map(lambda a, b: a + b, acc, h)
     out: dict[str, np.ndarray] = {}

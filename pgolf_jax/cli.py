@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
 VERBS = ("data", "eval", "quantize", "bench")
@@ -18,6 +20,7 @@ def _main_parser() -> argparse.ArgumentParser:
                     f"Other verbs: {', '.join(VERBS)} (run.py <verb> --help).")
     p.add_argument("--config", required=True, help="preset file, e.g. configs/cpu.py")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and model_params, then exit")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
     return p
 
@@ -134,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from pgolf_jax import dist
     from pgolf_jax.artifact import ArtifactError, ArtifactTooLarge
+    from pgolf_jax.config import ConfigError
+    from pgolf_jax.train import Interrupted
 
     dist.keep_freed_host_memory()
-    from pgolf_jax.config import ConfigError
 
     try:
         if argv and argv[0] == "data":
@@ -153,13 +157,19 @@ def main(argv: list[str] | None = None) -> int:
             return bench.main(argv[1:])
         args = _main_parser().parse_args(argv)
         from pgolf_jax import pipeline
-        return pipeline.main_job(args.config, args.overrides, dry=args.dry_run)
+        return pipeline.main_job(args.config, args.overrides, dry=args.dry_run, resume=args.resume)
     except ConfigError as exc:
         print(f"error: config: {exc}", file=sys.stderr)
         return 2
     except ArtifactTooLarge as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except (FileNotFoundError, FileExistsError, ValueError, ArtifactError, FloatingPointError, RuntimeError) as exc:
+    except Interrupted as exc:
+        print(f"error: {exc}; continue with: run.py --config ... --resume <run_dir>", file=sys.stderr)
+        return 128 + exc.signum
+    except (FileNotFoundError, FileExistsError, ValueError, ArtifactError, FloatingPointError, RuntimeError,
+            OSError) as exc:
+        if os.environ.get("PGOLF_TRACEBACK"):  # the one-line error hides where it came from
+            traceback.print_exc()
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

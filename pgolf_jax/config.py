@@ -138,6 +138,16 @@ class TrainConfig:
     microbatch_tokens: int = 0  # split each span further for memory (0 = whole span)
     out_dir: str = "runs"
     progress: bool = True  # progress bar with ETA on stderr
+    # Checkpoints under <run>/checkpoints (also written on SIGTERM/SIGINT); `--resume <run>`.
+    checkpoint_every: int = 0  # steps (0 = off)
+    checkpoint_every_seconds: float = 0.0  # of training time (0 = off)
+    checkpoint_keep: int = 3
+    param_sharding: str = "replicated"  # replicated | fsdp (params and optimizer state split over devices)
+    # Multi-process (multi-host) runs: jax.distributed; unset values are auto-detected.
+    distributed: bool = False
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
 
 
 @dataclass(frozen=True)
@@ -286,7 +296,8 @@ def validate(cfg: Config) -> None:
     if ev.ngram_order and not 2 <= ev.ngram_order <= 8:
         raise ConfigError(f"eval.ngram_order={ev.ngram_order} must be 0 (off) or 2..8")
     q = cfg.quant
-    choices = {"eval.ngram_mix": (ev.ngram_mix, ("entropy", "fixed")),
+    choices = {"train.param_sharding": (t.param_sharding, ("replicated", "fsdp")),
+               "eval.ngram_mix": (ev.ngram_mix, ("entropy", "fixed")),
                "eval.lora_optimizer": (ev.lora_optimizer, ("sgd", "adam")),"quant.scheme": (q.scheme, ("int8_per_row", "gptq", "rtn")),
                "quant.scale_method": (q.scale_method, ("sdclip", "percentile", "search")),
                "quant.compressor": (q.compressor, ("zstd", "zlib", "brotli")),

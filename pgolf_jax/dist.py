@@ -47,3 +47,66 @@ def keep_freed_host_memory() -> bool:
     ok = [libc.mallopt(M_ARENA_MAX, 1), libc.mallopt(M_MMAP_THRESHOLD, 1 << 30),
           libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1), libc.mallopt(M_TOP_PAD, 1 << 28)]
     return all(ok)
+
+
+def initialize(t) -> bool:
+    """Join a multi-process run (train.distributed) before any JAX computation. Unset fields are
+    auto-detected by jax.distributed (SLURM, Open MPI, TPU, or JAX_COORDINATOR_ADDRESS & co.).
+    On CPU the processes exchange collectives over gloo (loopback in the tests)."""
+    if not t.distributed:
+        return False
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {"coordinator_address": t.coordinator_address or None,
+              "num_processes": t.num_processes or None,
+              "process_id": t.process_id if t.process_id >= 0 else None}
+    jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
+    return True
+
+
+def is_main() -> bool:
+    """Process 0 logs and writes files; every process runs the same computation."""
+    return jax.process_index() == 0
+
+
+def global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A host array (identical on every process) as a global array: each process materializes
+    only the shards its own devices hold."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def global_tree(tree, sharding: NamedSharding):
+    return jax.tree.map(lambda a: global_array(a, sharding), tree)
+
+
+def replicate(tree, mesh: Mesh):
+    """Every leaf fully replicated over the mesh (after FSDP training, say): then every process
+    can read it on the host and pass it to any jitted function on the mesh."""
+    return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+
+
+def leaf_sharding(shape: tuple, mesh: Mesh, mode: str) -> NamedSharding:
+    """'replicated', or 'fsdp': split the largest axis the data-device count divides (the
+    model is small, so this only pays when optimizer state crowds device memory)."""
+    n = num_data_devices(mesh)
+    if mode == "fsdp" and n > 1:
+        axes = [i for i, d in enumerate(shape) if d % n == 0 and d >= n]
+        if axes:
+            axis = max(axes, key=lambda i: shape[i])
+            return NamedSharding(mesh, P(*([None] * axis), "data"))
+    return replicated(mesh)
+
+
+def state_shardings(abstract_state, mesh: Mesh, mode: str):
+    return jax.tree.map(lambda a: leaf_sharding(a.shape, mesh, mode), abstract_state)
+
+
+def any_process(*flags: bool) -> tuple[bool, ...]:
+    """Host-side OR of boolean flags over all processes (stop signals, the wall-clock cap), so
+    every process takes the same branch; free with a single process."""
+    if jax.process_count() == 1:
+        return tuple(bool(f) for f in flags)
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
+    return tuple(bool(v) for v in np.asarray(gathered).reshape(-1, len(flags)).max(axis=0))

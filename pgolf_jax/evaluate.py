@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pgolf_jax import dist
 from pgolf_jax.tokenizer import ByteLuts, token_bytes
 
 
@@ -113,7 +115,9 @@ class Evaluator:
                 entropy_bits = -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
                 return sums, nll, entropy_bits
 
-            self._fns[key] = jax.jit(score)
+            # Replicated outputs: every process of a multi-host run reads the sums on the host.
+            out = None if self.sharding is None else NamedSharding(self.sharding.mesh, P())
+            self._fns[key] = jax.jit(score, out_shardings=out)
         return self._fns[key]
 
     def score(self, params, window_ids=None, looped: bool = True, per_token: bool = False):
@@ -149,7 +153,7 @@ class Evaluator:
                 x[r, :n], y[r, :n] = self.tokens[ws:ws + n], self.tokens[ws + 1:ws + n + 1]
                 lo[r], hi[r] = w.score_from[k], n
             if self.sharding is not None:
-                x, y, lo, hi = (jax.device_put(a, self.sharding) for a in (x, y, lo, hi))
+                x, y, lo, hi = (dist.global_array(a, self.sharding) for a in (x, y, lo, hi))
             pending.append((batch, fn(params, x, y, lo, hi)))
             if len(pending) > 2:  # keep the device busy while summing earlier batches on the host
                 collect(pending.pop(0))

@@ -202,8 +202,12 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     obj, info = quantize_params(cfg, params, model, train_pattern, evaluator, log)
     tag = "int8" if q.scheme == "int8_per_row" else q.scheme
     art_path = out_dir / f"final_model.{tag}.{q.compressor}"
-    artifact.write(art_path, artifact.pack(obj, q.compressor, q.level, q.byte_shuffle))
-    model_bytes = art_path.stat().st_size
+    blob = artifact.pack(obj, q.compressor, q.level, q.byte_shuffle)
+    if dist.is_main():
+        artifact.write(art_path, blob)
+        if art_path.read_bytes() != blob:
+            raise artifact.ArtifactError(f"{art_path}: bytes on disk differ from the packed artifact")
+    model_bytes = len(blob)
     code_raw, code_zst = artifact.code_bytes(mode="raw"), artifact.code_bytes(mode="compressed")
     code = code_raw if q.code_bytes == "raw" else code_zst
     log(f"Code size: {code_raw} bytes raw, {code_zst} bytes zstd-22 ({len(artifact.code_files())} files; "
@@ -218,7 +222,10 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
                code_bytes_compressed=code_zst, total_bytes=total, breakdown=breakdown, **info)
     artifact.check_size(model_bytes, code, q.max_artifact_bytes, q.allow_oversize)
 
-    restored = unflatten_params(dequantize(artifact.read(art_path)), params, source=str(art_path))
+    # Every process round-trips the packed bytes (identical to the file process 0 wrote).
+    restored = unflatten_params(dequantize(artifact.unpack(blob, str(art_path))), params, source=str(art_path))
+    if mesh is not None:
+        restored = dist.global_tree(restored, dist.replicated(mesh))
     res: EvalResult = evaluator(restored)
     log(f"final_roundtrip {res.line()}")
     log(f"final_roundtrip_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
@@ -248,17 +255,40 @@ def log_header(cfg: Config, log: RunLog, preset: str | None) -> None:
         f"backend:{jax.default_backend()} devices:{jax.devices()}", console=False)
 
 
-def run_job(cfg: Config, preset: str | None = None) -> dict:
+def _resume_config(cfg: Config, run_dir: Path) -> Config:
+    """The run's saved config; the command line must not change it (a resume continues exactly)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --resume needs a run directory")
+    saved = config_lib.from_dict(json.loads(path.read_text()))
+    ignore = {"train.run_id", "train.out_dir", "train.process_id"}
+    diff = [f"{s}.{k}: run has {v!r}, command line gives {config_lib.to_dict(cfg)[s][k]!r}"
+            for s, sec in config_lib.to_dict(saved).items() for k, v in sec.items()
+            if f"{s}.{k}" not in ignore and config_lib.to_dict(cfg)[s][k] != v]
+    if diff:
+        raise config_lib.ConfigError(f"--resume {run_dir}: the config differs from the run's: " + "; ".join(diff))
+    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, process_id=cfg.train.process_id))
+
+
+def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = None) -> dict:
     from pgolf_jax.train import train
 
-    run_id = cfg.train.run_id or new_run_id()
-    cfg = config_lib.override(cfg, {"train.run_id": run_id})
-    run_dir = Path(cfg.train.out_dir) / run_id
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run directory {run_dir} already exists; pick another train.run_id")
-    log = RunLog(run_dir)
+    dist.initialize(cfg.train)  # before any JAX computation
+    main = dist.is_main()
+    if resume:
+        run_dir = Path(resume)
+        cfg = _resume_config(cfg, run_dir)
+        run_id = cfg.train.run_id
+    else:
+        run_id = cfg.train.run_id or new_run_id()
+        cfg = config_lib.override(cfg, {"train.run_id": run_id})
+        run_dir = Path(cfg.train.out_dir) / run_id
+        if main and run_dir.exists() and any(run_dir.iterdir()):
+            raise FileExistsError(f"run directory {run_dir} already exists; pick another train.run_id")
+    log = RunLog(run_dir if main else None, echo=main)  # process 0 logs and writes; all compute
     try:
-        write_json(run_dir / "config.json", config_lib.to_dict(cfg))
+        if main and not resume:
+            write_json(run_dir / "config.json", config_lib.to_dict(cfg))
         log_header(cfg, log, preset)
         data_path, tok_path = dataset_paths(cfg, log)
         factory = make_evaluator_factory(cfg, data_path, tok_path, log)
@@ -266,17 +296,22 @@ def run_job(cfg: Config, preset: str | None = None) -> dict:
         log(f"train_loader:dataset:{data_path.name} train_shards:{len(shards)}")
         t0 = time.perf_counter()
         train_pattern = str(data_path / cfg.data.train_files)
-        result = train(cfg, log, train_pattern, factory)
-        save_float_weights(result.params, run_dir, log)
-        summary = export_and_roundtrip(cfg, result.params, result.model, run_dir, result.evaluator, train_pattern, log,
-                                       factory, dist.make_mesh())
+        result = train(cfg, log, train_pattern, factory, run_dir=run_dir, resume=bool(resume))
+        mesh = dist.make_mesh()
+        params = dist.replicate(result.params, mesh)
+        if main:
+            save_float_weights(params, run_dir, log)
+        summary = export_and_roundtrip(cfg, params, result.model, run_dir, result.evaluator, train_pattern, log,
+                                       factory, mesh)
         summary.update(
             name=run_id, date=datetime.datetime.now().isoformat(timespec="seconds"), config=preset,
             steps=result.steps, train_time_ms=round(result.train_time_ms, 1),
             last_val_bpb=result.val.val_bpb if result.val else None,
             model_params=count_params(result.params), wall_seconds=round(time.perf_counter() - t0, 1),
-            hardware=f"{jax.device_count()}x {jax.devices()[0].device_kind}", jax_version=jax.__version__)
-        write_json(run_dir / "submission.json", summary)
+            hardware=f"{jax.device_count()}x {jax.devices()[0].device_kind}", processes=jax.process_count(),
+            jax_version=jax.__version__)
+        if main:
+            write_json(run_dir / "submission.json", summary)
         log(f"run_dir:{run_dir}")
         return summary
     finally:
@@ -292,10 +327,10 @@ def dry_run(cfg: Config, preset: str | None = None) -> int:
     return 0
 
 
-def main_job(preset: str, overrides: list[str], dry: bool = False) -> int:
+def main_job(preset: str, overrides: list[str], dry: bool = False, resume: str | None = None) -> int:
     cfg = config_lib.load(preset, overrides)
     if dry:
         return dry_run(cfg, preset)
-    summary = run_job(cfg, preset)
+    summary = run_job(cfg, preset, resume)
     print(f"val_bpb:{summary['val_bpb']:.8f} artifact_bytes:{summary['bytes_total']}", file=sys.stderr)
     return 0

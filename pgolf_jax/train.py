@@ -3,7 +3,9 @@ reference's schedule (compile warm-up with rollback, wall-clock cap, warmdown, p
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import numpy as np
 import optax
 
 from pgolf_jax import dist
+from pgolf_jax.checkpoint import Checkpointer
 from pgolf_jax.config import Config, QuantConfig
 from pgolf_jax.evaluate import Evaluator
 from pgolf_jax.model import BLOCK_SCHEDULES, Model, build_model, count_params, resolve_dtype
@@ -89,21 +92,59 @@ class TrainResult:
 
 
 def build(cfg: Config, mesh):
-    """Model, optimizer and a fresh (replicated) train state for cfg."""
+    """Model, optimizer and a fresh train state for cfg, sharded per train.param_sharding."""
     model = build_model(cfg.model)
     tx = make_optimizer(cfg, resolve_dtype(cfg.optim.muon_dtype))
-    repl = dist.replicated(mesh)
 
     def init(key):
         params = model.init(key)
         ema = jax.tree.map(lambda p: p.astype(jnp.float32), params) if cfg.train.ema_decay else None
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema)
 
-    state = jax.jit(init, out_shardings=repl)(jax.random.key(cfg.train.seed))
+    key = jax.random.key(cfg.train.seed)
+    shardings = dist.state_shardings(jax.eval_shape(init, key), mesh, cfg.train.param_sharding)
+    state = jax.jit(init, out_shardings=shardings)(key)
     return model, tx, state
 
 
-def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> TrainResult:
+class Interrupted(Exception):
+    """SIGTERM/SIGINT during training: a checkpoint was written at `step`."""
+
+    def __init__(self, step: int, signum: int, directory):
+        super().__init__(f"interrupted by signal {signum} at step {step}; checkpoint saved in {directory}")
+        self.step, self.signum = step, signum
+
+
+class _Signals:
+    """Record SIGTERM/SIGINT instead of dying mid-step; the loop checkpoints and stops."""
+
+    def __init__(self):
+        self.received = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave default handling
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+@jax.jit
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
+
+
+def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_dir: Path | None = None,
+          resume: bool = False) -> TrainResult:
     t = cfg.train
     mesh = dist.make_mesh()
     n_dev = dist.num_data_devices(mesh)
@@ -114,13 +155,15 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
     span_seqs = t.train_batch_tokens // t.batch_spans // t.train_seq_len
     micro_seqs = t.microbatch_tokens // t.train_seq_len if t.microbatch_tokens else 0
     repl, data = dist.replicated(mesh), dist.batch_sharding(mesh, leading=1)
+    state_sh = jax.tree.map(lambda a: a.sharding, state)
     # One compiled step per block schedule: plain, and looped once model.enable_looping_at is hit.
     graphs = (False, True) if model.has_two_schedules else (True,)
     qat = cfg.quant if cfg.quant.qat else None
     step_fns = {g: jax.jit(make_train_step(model, tx, looped=g, ema_decay=t.ema_decay, qat=qat),
-                           in_shardings=(repl, data, data, None, None), out_shardings=(repl, repl),
+                           in_shardings=(state_sh, data, data, None, None), out_shardings=(state_sh, repl),
                            donate_argnums=(0,))
                 for g in graphs}
+    ckpt = Checkpointer(run_dir / "checkpoints", t.checkpoint_keep) if run_dir is not None else None
 
     log(f"model_params:{count_params(state.params)}")
     log(f"val_tokens:{evaluator.total} val_bytes:{evaluator.byte_count}")
@@ -137,7 +180,8 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
 
     def next_batch(loader):
         x, y = loader.next_batch(t.train_batch_tokens, t.train_seq_len)
-        return micro_batches(x, n_dev, micro_seqs), micro_batches(y, n_dev, micro_seqs)
+        return (dist.global_array(micro_batches(x, n_dev, micro_seqs), data),
+                dist.global_array(micro_batches(y, n_dev, micro_seqs), data))
 
     loader = TokenLoader(train_pattern, t.batch_spans)
     if t.warmup_steps > 0:
@@ -161,6 +205,31 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
     progress = Progress("train", t.iterations, enabled=t.progress)
     training_ms, stop_after, step, pending, val = 0.0, None, 0, None, None
     looped, qat_was_on = graphs[0], 0.0
+    if resume:
+        state, meta = ckpt.restore(state)
+        loader.restore(meta["loader"])
+        step, training_ms, looped, qat_was_on = meta["step"], meta["training_ms"], meta["looped"], meta["qat_on"]
+        log(f"resume:step {step} train_time:{training_ms:.0f}ms from {ckpt.directory}")
+    last_ckpt_ms, last_ckpt_step = training_ms, (step if resume else None)
+
+    def checkpoint(reason: str):
+        """Check this step's loss and the updated weights (never save a non-finite state), then
+        save, off the clock."""
+        nonlocal pending, training_ms, t0, last_ckpt_ms, last_ckpt_step
+        if pending:
+            flush(pending)
+            pending = None
+        training_ms += 1000.0 * (time.perf_counter() - t0)
+        if not bool(_all_finite(state.params)):
+            kept = f"; the last good checkpoint is step {last_ckpt_step}" if last_ckpt_step is not None else ""
+            raise FloatingPointError(f"weights are not finite after step {step}; stopping{kept}")
+        ckpt.save(step, state, {"step": step, "training_ms": training_ms, "looped": looped, "qat_on": qat_was_on,
+                                "loader": loader.state(), "seed": t.seed})
+        log(f"checkpoint:step {step} ({reason})")
+        last_ckpt_ms, last_ckpt_step = training_ms, step
+        t0 = time.perf_counter()
+
+    signals = _Signals() if ckpt is not None else contextlib.nullcontext()
     t0 = time.perf_counter()
 
     def flush(item):
@@ -168,52 +237,66 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory) -> Tr
         done_step, metrics, at_ms = item
         loss = float(metrics["train_loss"])
         if not math.isfinite(loss):
-            raise FloatingPointError(f"train_loss is {loss} at step {done_step}; stopping")
+            kept = f"; the last good checkpoint is step {last_ckpt_step}" if last_ckpt_step is not None else ""
+            raise FloatingPointError(f"train_loss is {loss} at step {done_step}; stopping{kept}")
         if t.train_log_every > 0 and (done_step <= 10 or done_step % t.train_log_every == 0 or stop_after is not None):
             log(f"step:{done_step}/{t.iterations} train_loss:{loss:.4f} train_time:{at_ms:.0f}ms "
                 f"step_avg:{at_ms / done_step:.2f}ms")
         log.metric("train", step=done_step, train_loss=loss, train_time_ms=round(at_ms, 1))
 
-    while True:
-        last = step == t.iterations or (stop_after is not None and step >= stop_after)
-        if last or (cfg.eval.val_loss_every > 0 and step % cfg.eval.val_loss_every == 0):
-            if pending:
+    with signals:
+        while True:
+            last = step == t.iterations or (stop_after is not None and step >= stop_after)
+            if last or (cfg.eval.val_loss_every > 0 and step % cfg.eval.val_loss_every == 0):
+                if pending:
+                    flush(pending)
+                    pending = None
+                jax.block_until_ready(state.params)
+                training_ms += 1000.0 * (time.perf_counter() - t0)
+                val = evaluator(state.params, looped=looped)
+                log(f"step:{step}/{t.iterations} val_loss:{val.val_loss:.4f} val_bpb:{val.val_bpb:.4f} "
+                    f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms")
+                log.metric("val", step=step, val_loss=val.val_loss, val_bpb=val.val_bpb, train_time_ms=round(training_ms, 1))
+                t0 = time.perf_counter()
+            if last:
+                if stop_after is not None and step < t.iterations:
+                    log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{t.iterations}")
+                break
+            elapsed_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
+            lr_mul = warmdown_multiplier(step, elapsed_ms, t)
+            frac = training_fraction(step, elapsed_ms, t)
+            if not looped and frac >= cfg.model.enable_looping_at:
+                looped = True
+                log(f"layer_loop:enabled step:{step} frac:{frac:.3f} layers:{layers}")
+            qat_on = 1.0 if qat is not None and lr_mul <= cfg.quant.qat_lr_threshold else 0.0
+            if qat_on and not qat_was_on:
+                log(f"qat:enabled step:{step} lr_mul:{lr_mul:.3f}")
+            qat_was_on = qat_on
+            state, metrics = step_fns[looped](state, *next_batch(loader), lr_mul, qat_on)
+            step += 1
+            if pending:  # dispatch this step first, then read the previous one: the device never idles
                 flush(pending)
-                pending = None
-            jax.block_until_ready(state.params)
-            training_ms += 1000.0 * (time.perf_counter() - t0)
-            val = evaluator(state.params, looped=looped)
-            log(f"step:{step}/{t.iterations} val_loss:{val.val_loss:.4f} val_bpb:{val.val_bpb:.4f} "
-                f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms")
-            log.metric("val", step=step, val_loss=val.val_loss, val_bpb=val.val_bpb, train_time_ms=round(training_ms, 1))
-            t0 = time.perf_counter()
-        if last:
-            if stop_after is not None and step < t.iterations:
-                log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{t.iterations}")
-            break
-        elapsed_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
-        lr_mul = warmdown_multiplier(step, elapsed_ms, t)
-        frac = training_fraction(step, elapsed_ms, t)
-        if not looped and frac >= cfg.model.enable_looping_at:
-            looped = True
-            log(f"layer_loop:enabled step:{step} frac:{frac:.3f} layers:{layers}")
-        qat_on = 1.0 if qat is not None and lr_mul <= cfg.quant.qat_lr_threshold else 0.0
-        if qat_on and not qat_was_on:
-            log(f"qat:enabled step:{step} lr_mul:{lr_mul:.3f}")
-        qat_was_on = qat_on
-        state, metrics = step_fns[looped](state, *next_batch(loader), lr_mul, qat_on)
-        step += 1
-        if pending:  # dispatch this step first, then read the previous one: the device never idles
-            flush(pending)
-        approx_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
-        pending = (step, metrics, approx_ms)
-        if cap_ms is not None and stop_after is None and approx_ms >= cap_ms:
-            stop_after = step
-        step_avg = approx_ms / step
-        eta_s = (t.iterations - step) * step_avg / 1000
-        if cap_ms is not None:
-            eta_s = min(eta_s, max(cap_ms - approx_ms, 0.0) / 1000)
-        progress.update(step, eta=eta_s, extra=f"step_avg {step_avg:.0f}ms lr_mul {lr_mul:.3f}")
+            approx_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
+            pending = (step, metrics, approx_ms)
+            # Every process must agree on stopping and on signals (the reference all-reduces MAX).
+            reached_cap, got_signal = dist.any_process(cap_ms is not None and approx_ms >= cap_ms,
+                                                       ckpt is not None and signals.received is not None)
+            if reached_cap and stop_after is None:
+                stop_after = step
+            step_avg = approx_ms / step
+            eta_s = (t.iterations - step) * step_avg / 1000
+            if cap_ms is not None:
+                eta_s = min(eta_s, max(cap_ms - approx_ms, 0.0) / 1000)
+            progress.update(step, eta=eta_s, extra=f"step_avg {step_avg:.0f}ms lr_mul {lr_mul:.3f}")
+            if ckpt is not None:
+                if got_signal:
+                    signum = signals.received or signal.SIGTERM
+                    checkpoint(f"signal {signum}")
+                    raise Interrupted(step, signum, ckpt.directory)
+                due = (t.checkpoint_every and step % t.checkpoint_every == 0) or (
+                    t.checkpoint_every_seconds and approx_ms - last_ckpt_ms >= 1000.0 * t.checkpoint_every_seconds)
+                if due and step < t.iterations:
+                    checkpoint("periodic")
     progress.close()
     params = state.params
     if t.ema_decay:  # the EMA weights are what get evaluated and exported (spec 4.13)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pgolf_jax import dist
 from pgolf_jax.config import EvalConfig
 from pgolf_jax.embeddings import BOS_ID
 from pgolf_jax.evaluate import EvalResult, Evaluator, bpb
@@ -39,7 +40,7 @@ def _clip(grads, max_norm: float):
     return jax.tree.map(lambda g: (g * coef).astype(g.dtype), grads)
 
 
-def make_sgd_step(model, momentum: float, clip: float):
+def make_sgd_step(model, momentum: float, clip: float, place: _Placer | None = None):
     """(params, buf, x, y, lr) -> (params, buf, loss): torch SGD with momentum, after clipping."""
 
     def step(params, buf, x, y, lr):
@@ -49,7 +50,34 @@ def make_sgd_step(model, momentum: float, clip: float):
         params = jax.tree.map(lambda p, b: (p.astype(jnp.float32) - lr * b).astype(p.dtype), params, buf)
         return params, buf, loss
 
+    if place is not None:
+        return place.jit(step, donate_argnums=(0, 1))
     return jax.jit(step, donate_argnums=(0, 1))
+
+
+class _Placer:
+    """Puts host arrays on the evaluator's mesh: batches split over the data devices when their
+    leading axis divides (jit then all-reduces the TTT gradients), everything else replicated,
+    so TTT runs data parallel on one or many processes and every process reads the results."""
+
+    def __init__(self, ev: Evaluator):
+        self.batch = ev.sharding
+        self.rep = None if ev.sharding is None else dist.replicated(ev.sharding.mesh)
+        self.n = 1 if ev.sharding is None else dist.num_data_devices(ev.sharding.mesh)
+
+    def batched(self, a):
+        a = np.asarray(a)
+        if self.batch is None:
+            return jnp.asarray(a)
+        return dist.global_array(a, self.batch if a.shape[0] % self.n == 0 else self.rep)
+
+    def replicated(self, tree):
+        if self.rep is None:
+            return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
+        return dist.global_tree(jax.device_get(tree), self.rep)
+
+    def jit(self, fn, **kw):
+        return jax.jit(fn, out_shardings=self.rep, **kw)
 
 
 def cosine_lr(base: float, i: int, n: int) -> float:
@@ -89,9 +117,10 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     w, total, T = ev.windows, ev.total, ev.seq_len
     n_chunks = -(-total // cfg.ttt_chunk_tokens)
     chunk_of = np.minimum((w.starts + w.score_from) // cfg.ttt_chunk_tokens, n_chunks - 1)
-    params = jax.tree.map(jnp.copy, params)  # the SGD step donates its params: never the caller's
-    buf = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    step = make_sgd_step(model, cfg.ttt_momentum, cfg.ttt_grad_clip)
+    place = _Placer(ev)
+    params = place.replicated(params)  # a copy: the SGD step donates its params, never the caller's
+    buf = place.replicated(jax.tree.map(lambda p: np.zeros(p.shape, np.float32), params))
+    step = make_sgd_step(model, cfg.ttt_momentum, cfg.ttt_grad_clip, place)
     frontier = _Frontier()
     loss_sum, nll_all, ent_all, steps = 0.0, None, None, 0
     if per_token:
@@ -117,7 +146,7 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
         for _ in range(cfg.ttt_epochs):
             for a, b, x, y in train_sequences(ev.tokens, first, end, T, cfg.ttt_batch_seqs):
                 frontier.check(a, b)
-                params, buf, _ = step(params, buf, jnp.asarray(x), jnp.asarray(y), lr)
+                params, buf, _ = step(params, buf, place.batched(x), place.batched(y), lr)
                 steps += 1
     seconds = time.perf_counter() - t0
     log(f"ttt:done chunks:{n_chunks} sgd_steps:{steps} time:{seconds:.1f}s")
@@ -198,9 +227,8 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
         logp = logits - logz[..., None]
         return nll, -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
 
-    @jax.jit
-    def score(p, lora, x, y):
-        return nll_of(p, lora, x, y)
+    place = _Placer(ev)
+    score = place.jit(nll_of)
 
     def chunk_loss(lora, p, x, y, lo, hi):
         nll, _ = nll_of(p, lora, x, y)
@@ -209,7 +237,6 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
         # Each document's adapter sees only its own mean chunk loss (the sum decouples them).
         return jnp.sum(jnp.sum(jnp.where(mask, nll, 0.0), -1) / jnp.maximum(jnp.sum(mask, -1), 1))
 
-    @jax.jit
     def train(lora, opt, p, x, y, lo, hi, lr):
         g = jax.grad(chunk_loss)(lora, p, x, y, lo, hi)
         if cfg.lora_optimizer == "sgd":
@@ -222,20 +249,23 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
         upd = jax.tree.map(lambda a, b: (a / (1 - 0.9 ** n)) / (jnp.sqrt(b / (1 - 0.999 ** n)) + 1e-8), m, v)
         return jax.tree.map(lambda a, u: a - lr * u, lora, upd), (m, v, n)
 
+    # Documents (and their adapters) split over the data devices; the result replicated.
+    train = jax.jit(train)
+
     loss_sum, key = 0.0, jax.random.key(0)
     nll_all = np.zeros(total, np.float32) if per_token else None
     ent_all = np.zeros(total, np.float32) if per_token else None
     frontier = _Frontier()
-    base, buf = jax.tree.map(jnp.copy, params), None  # phases update it in place (donated)
-    sgd = make_sgd_step(model, cfg.ttt_momentum, cfg.ttt_grad_clip) if cfg.lora_phases else None
+    base, buf = place.replicated(params), None  # a copy: phases update it in place (donated)
+    sgd = make_sgd_step(model, cfg.ttt_momentum, cfg.ttt_grad_clip, place) if cfg.lora_phases else None
     log(f"lora_ttt:start docs:{len(docs)} rank:{cfg.lora_rank} targets:{cfg.lora_targets} chunk:{C} "
         f"phases:{cfg.lora_phases}")
     for d0 in range(0, len(docs), nd):
         batch = docs[d0:d0 + nd]
         key, sub = jax.random.split(key)
-        lora = lora_init(sub, base, targets, cfg.lora_rank, nd, head)
-        opt = (jax.tree.map(jnp.zeros_like, lora) if cfg.lora_optimizer == "sgd" else
-               (jax.tree.map(jnp.zeros_like, lora), jax.tree.map(jnp.zeros_like, lora), 0))
+        lora = jax.tree.map(place.batched, jax.device_get(lora_init(sub, base, targets, cfg.lora_rank, nd, head)))
+        zeros = lambda: jax.tree.map(lambda a: place.batched(np.zeros(a.shape, np.float32)), lora)  # noqa: E731
+        opt = zeros() if cfg.lora_optimizer == "sgd" else (zeros(), zeros(), 0)
         n_chunks = max(-(-(b - a) // C) for a, b in batch)
         for ci in range(n_chunks):
             x, y = np.zeros((nd, T), np.int32), np.zeros((nd, T), np.int32)
@@ -249,6 +279,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                 x[r, :cb - ws], y[r, :cb - ws] = ev.tokens[ws:cb], ev.tokens[ws + 1:cb + 1]
                 lo[r], hi[r] = ca - ws, cb - ws
                 spans.append((r, ca, cb, ws))
+            x, y = place.batched(x), place.batched(y)
             nll, ent = (np.asarray(v) for v in score(base, lora, x, y))
             scored_end = {}
             for r, ca, cb, ws in spans:
@@ -260,18 +291,20 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                 assert cb <= scored_end[r], "score-first violated"
             if ci < n_chunks - 1:
                 for s in range(cfg.lora_steps):
-                    lora, opt = train(lora, opt, base, x, y, lo, hi, cosine_lr(cfg.lora_lr, s, cfg.lora_steps + 1))
+                    lora, opt = train(lora, opt, base, x, y, place.batched(lo), place.batched(hi),
+                                      cosine_lr(cfg.lora_lr, s, cfg.lora_steps + 1))
         frontier.scored_through(batch[-1][1])
         done = d0 + len(batch)
         while boundaries and done >= boundaries[0]:  # phased: global SGD on already-scored docs
             upto = docs[boundaries.pop(0) - 1][1]
-            buf = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), base) if buf is None else buf
+            if buf is None:
+                buf = place.replicated(jax.tree.map(lambda p: np.zeros(p.shape, np.float32), base))
             n_ch = -(-upto // cfg.ttt_chunk_tokens)
             for c in range(n_ch):
                 first, end = c * cfg.ttt_chunk_tokens, min((c + 1) * cfg.ttt_chunk_tokens, upto)
                 for a, b, xs, ys in train_sequences(ev.tokens, first, end, T, cfg.ttt_batch_seqs):
                     frontier.check(a, b)
-                    base, buf, _ = sgd(base, buf, jnp.asarray(xs), jnp.asarray(ys),
+                    base, buf, _ = sgd(base, buf, place.batched(xs), place.batched(ys),
                                        cosine_lr(cfg.lora_phase_lr, c, n_ch))
             log(f"lora_ttt:phase global SGD over targets [0, {upto}) after {done} docs")
         frontier_docs = done

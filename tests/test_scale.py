@@ -1,0 +1,241 @@
+"""Scale-out and reliability: 8 devices, 2 processes, kill/resume, signals and bad input."""
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pgolf_jax.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "configs" / "tiny.py")
+
+
+def run_py(*args, env_extra=None, **kw):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), PGOLF_TRACEBACK="1", **(env_extra or {}))
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def overrides(sample_data, out, *extra):
+    return ["--config", TINY, *[f"{k}={v}" for k, v in sample_data["overrides"].items()], f"train.out_dir={out}",
+            "train.progress=false", *extra]
+
+
+def weights(run_dir):
+    with np.load(run_dir / "final_model.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_sharded_step_equals_single_device():
+    """8 fake CPU devices, data parallel (replicated and FSDP) vs one device: same step."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "multidevice_check.py")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("max_rel_diff") == 2
+    print(f"multidevice_check {time.perf_counter() - t:.1f}s\n{proc.stdout}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_agree_with_one(sample_data, tmp_path):
+    """jax.distributed on loopback: 2 processes x 2 CPU devices (FSDP) train, quantize (GPTQ) and
+    evaluate (sliding, TTT, LoRA TTT) like 1 process x 4 (replicated)."""
+    common = ["train.iterations=4", "train.warmup_steps=0", "optim.muon_dtype=float32", "quant.scheme=gptq",
+              "quant.gptq_calibration_batches=2", "eval.final_modes=plain,sliding,ttt,lora_ttt", "eval.eval_stride=32",
+              "eval.lora_batch_docs=4"]
+    four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    t = time.perf_counter()
+    single = run_py(*overrides(sample_data, tmp_path / "single", "train.run_id=r", *common), env_extra=four)
+    port = free_port()
+    procs = [run_py(*overrides(sample_data, tmp_path / "multi", "train.run_id=r", *common, "train.distributed=true",
+                                f"train.coordinator_address=127.0.0.1:{port}", "train.num_processes=2",
+                                f"train.process_id={i}", "train.param_sharding=fsdp"), env_extra=two) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in [single, *procs]]
+    elapsed = time.perf_counter() - t
+    for p, out in zip([single, *procs], outs):
+        assert p.returncode == 0, out[-3000:]
+    a, b = tmp_path / "single" / "r", tmp_path / "multi" / "r"
+    assert "devices:4" in (a / "log.txt").read_text() and "devices:4" in (b / "log.txt").read_text()
+    wa, wb = weights(a), weights(b)
+    for k in wa:
+        np.testing.assert_allclose(wb[k], wa[k], rtol=1e-3, atol=3e-5)  # FSDP reduction order
+    sa, sb = (json.loads((d / "submission.json").read_text()) for d in (a, b))
+    assert sb["processes"] == 2 and sa["processes"] == 1
+    assert sb["val_bpb"] == pytest.approx(sa["val_bpb"], rel=1e-4)
+    for mode in ("plain", "sliding", "ttt", "lora_ttt"):
+        assert sb["final_modes"][mode]["val_bpb"] == pytest.approx(sa["final_modes"][mode]["val_bpb"], rel=1e-4)
+    print(f"two-process vs one-process runs: {elapsed:.1f}s wall")
+
+
+def test_gpu_eval_step_lowers_for_cuda(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    import jax._src.cudnn.fused_attention_stablehlo as fa
+    from pgolf_jax import config as C
+    from pgolf_jax.model import build_model
+    monkeypatch.setattr(fa, "check_cudnn_version", lambda: 91000)
+    cfg = C.ModelConfig(vocab_size=256, num_layers=2, model_dim=128, num_heads=2, num_kv_heads=1,
+                        attention_impl="cudnn", compute_dtype="bfloat16", embed_dtype="bfloat16")
+    model = build_model(cfg)
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    x = jax.ShapeDtypeStruct((4, 256), jnp.int32)
+    exp = export.export(jax.jit(lambda p, a, b: model.token_nll(p, a, b).sum(-1)), platforms=["cuda"],
+                        disabled_checks=[export.DisabledSafetyCheck.custom_call("__cudnn$fmhaSoftmax")])(params, x, x)
+    assert "__cudnn$fmhaSoftmax" in exp.mlir_module() and "Backward" not in exp.mlir_module()
+
+
+def test_kill_and_resume_is_bit_identical(sample_data, tmp_path):
+    """SIGKILL a run at a random step; --resume from its last checkpoint ends bit-identical."""
+    common = ["train.iterations=30", "train.checkpoint_every=5", "train.train_log_every=1"]
+    full = run_py(*overrides(sample_data, tmp_path, "train.run_id=full", *common))
+    out = full.communicate(timeout=600)[0]
+    assert full.returncode == 0, out[-2000:]
+    kill_at = random.Random().randint(8, 27)
+    victim = run_py(*overrides(sample_data, tmp_path, "train.run_id=killed", *common))
+    seen = ""
+    for line in victim.stdout:
+        seen += line
+        m = re.match(r"step:(\d+)/30 train_loss", line)
+        if m and int(m.group(1)) >= kill_at:
+            victim.send_signal(signal.SIGKILL)
+            break
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL, seen[-2000:]
+    assert not (tmp_path / "killed" / "final_model.npz").exists()
+    resumed = run_py(*overrides(sample_data, tmp_path, "train.run_id=ignored", *common), "--resume",
+                     str(tmp_path / "killed"))
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out[-2000:]
+    step = int(re.search(r"resume:step (\d+)", out).group(1))
+    assert step % 5 == 0 and step <= kill_at
+    wa, wb = weights(tmp_path / "full"), weights(tmp_path / "killed")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert np.array_equal(wa[k], wb[k]), k  # bit-identical
+    sa, sb = (json.loads((tmp_path / r / "submission.json").read_text()) for r in ("full", "killed"))
+    assert sa["val_bpb"] == sb["val_bpb"]
+    print(f"killed at step >= {kill_at}, resumed from checkpoint {step}: final weights bit-identical")
+
+
+def test_sigterm_checkpoints_and_exits(sample_data, tmp_path):
+    proc = run_py(*overrides(sample_data, tmp_path, "train.run_id=t", "train.iterations=100000",
+                             "train.train_log_every=1"))
+    for line in proc.stdout:
+        if line.startswith("step:3/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, rest[-2000:]
+    assert re.search(r"interrupted by signal 15 at step \d+; checkpoint saved", rest)
+    assert any((tmp_path / "t" / "checkpoints").iterdir())
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert config["train"]["iterations"] == 100000
+
+
+def test_resume_rejects_a_different_config(sample_data, tmp_path, capsys):
+    assert main(overrides(sample_data, tmp_path, "train.run_id=a", "train.iterations=2",
+                          "train.checkpoint_every=1")) == 0
+    capsys.readouterr()
+    code = main(overrides(sample_data, tmp_path, "train.iterations=3") + ["--resume", str(tmp_path / "a")])
+    assert code == 2
+    assert "train.iterations: run has 2, command line gives 3" in capsys.readouterr().err
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(sample_data, tmp_path, capsys):
+    code = main(overrides(sample_data, tmp_path, "train.run_id=n", "train.iterations=50", "train.checkpoint_every=2",
+                          "optim.tied_embed_lr=1e18"))  # embeddings overflow float32 after a few steps
+    err = capsys.readouterr().err
+    assert code == 1
+    m = re.search(r"(train_loss is (?:nan|inf) at|weights are not finite after) step (\d+); stopping; "
+                  r"the last good checkpoint is step (\d+)", err)
+    assert m, err
+    bad, good = int(m.group(2)), int(m.group(3))
+    assert good < bad and (tmp_path / "n" / "checkpoints" / str(good)).is_dir()
+
+
+@pytest.mark.parametrize("case", ["wrong_magic", "empty_glob", "no_tokenizer", "vocab_mismatch", "short_val"])
+def test_bad_input_names_the_culprit(case, sample_data, tmp_path, capsys):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(sample_data["overrides"]["data.data_path"], data)
+    over = dict(sample_data["overrides"], **{"data.data_path": str(data)})
+    extra, expect = [], ""
+    if case == "wrong_magic":
+        shard = sorted(data.glob("fineweb_train_*.bin"))[0]
+        raw = bytearray(shard.read_bytes())
+        raw[0:4] = (12345).to_bytes(4, "little")
+        shard.write_bytes(bytes(raw))
+        expect = f"{shard.name}: bad magic 12345"
+    elif case == "empty_glob":
+        extra, expect = ["data.train_files=nothing_*.bin"], "no shard files match"
+    elif case == "no_tokenizer":
+        over["data.tokenizer_path"] = str(tmp_path / "missing.model")
+        expect = "missing.model not found"
+    elif case == "vocab_mismatch":
+        extra, expect = ["model.vocab_size=512"], "does not match model vocab_size=512"
+    else:
+        extra, expect = ["train.train_seq_len=512", "train.train_batch_tokens=4096", "eval.val_tokens_limit=300"], \
+            "shorter than one sequence"
+    code = main(["--config", TINY, *[f"{k}={v}" for k, v in over.items()], f"train.out_dir={tmp_path}/runs",
+                 *extra])
+    err = capsys.readouterr().err
+    assert code == 1 and expect in err, err
+
+
+def test_corrupt_artifact_via_eval_verb(sample_data, tmp_path, capsys):
+    assert main(overrides(sample_data, tmp_path, "train.run_id=c", "train.iterations=1")) == 0
+    art = tmp_path / "c" / "final_model.int8.zstd"
+    art.write_bytes(art.read_bytes()[:-100])
+    capsys.readouterr()
+    assert main(["eval", "--run", str(tmp_path / "c")]) == 1
+    assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def test_out_of_disk_leaves_nothing_half_written(sample_data, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from pgolf_jax import artifact
+
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    monkeypatch.setattr(artifact, "open", lambda p, mode="r", *a, **k: Full(real_open(p, mode, *a, **k)), raising=False)
+    code = main(overrides(sample_data, tmp_path, "train.run_id=d", "train.iterations=1"))
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err
+    assert not (tmp_path / "d" / "final_model.int8.zstd").exists()
+    assert not list((tmp_path / "d").glob(".*tmp*"))
