@@ -120,7 +120,7 @@ class Evaluator:
             self._fns[key] = jax.jit(score, out_shardings=out)
         return self._fns[key]
 
-    def score(self, params, window_ids=None, looped: bool = True, per_token: bool = False):
+    def score(self, params, window_ids=None, looped: bool = True, per_token: bool = False, progress=None):
         """Sum of scored NLL (float64) over the given windows (default all); with per_token also
         (nll, entropy_bits) arrays over target positions (zeros where not scored)."""
         ids = np.arange(len(self.windows)) if window_ids is None else np.asarray(window_ids)
@@ -128,11 +128,14 @@ class Evaluator:
         fn = self._fn(looped, per_token)
         nll_all = np.zeros(self.total, np.float32) if per_token else None
         ent_all = np.zeros(self.total, np.float32) if per_token else None
-        loss_sum, pending = 0.0, []
+        loss_sum, pending, done = 0.0, [], 0
 
         def collect(item):
-            nonlocal loss_sum
+            nonlocal loss_sum, done
             batch, out = item
+            done += len(batch)
+            if progress is not None:
+                progress.update(done)
             sums = out[0] if per_token else out
             loss_sum += float(np.asarray(sums, np.float64)[:len(batch)].sum())
             if per_token:

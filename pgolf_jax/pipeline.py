@@ -27,7 +27,7 @@ from pgolf_jax.evaluate import EvalResult, Evaluator, bpb, unigram_bpb
 from pgolf_jax.interop import flatten_params, unflatten_params
 from pgolf_jax.model import Model, build_model, count_params
 from pgolf_jax.quant import dequantize, quantize_int8, quantize_mixed, tensor_group
-from pgolf_jax.runlog import RunLog
+from pgolf_jax.runlog import Progress, RunLog
 from pgolf_jax.shards import load_shard, load_val_tokens
 from pgolf_jax.tokenizer import build_luts
 
@@ -111,7 +111,7 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
     its wall time and a projection to 8xH100 from its analytic FLOPs; the last one is the score."""
     from pgolf_jax import ngram
     from pgolf_jax.model import analytic_flops_per_token
-    from pgolf_jax.ttt import full_ttt, lora_ttt
+    from pgolf_jax.ttt import documents, full_ttt, lora_ttt
 
     e = cfg.eval
     T = e.eval_seq_len or cfg.train.train_seq_len
@@ -123,14 +123,22 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
         ev = factory(model, mesh, T, stride, e.eval_batch_seqs)
         t0 = time.perf_counter()
         extra = {}
+        on = cfg.train.progress and dist.is_main()
         if mode in ("plain", "sliding"):
-            loss_sum, nll, ent = ev.score(params, per_token=True) if e.ngram_order else (ev.score(params), None, None)
+            prog = Progress(f"eval:{mode}", len(ev.windows), enabled=on, unit="windows")
+            if e.ngram_order:
+                loss_sum, nll, ent = ev.score(params, per_token=True, progress=prog)
+            else:
+                loss_sum, nll, ent = ev.score(params, progress=prog), None, None
             res = EvalResult(loss_sum / ev.total, bpb(loss_sum, ev.byte_count), ev.total, ev.byte_count,
                              time.perf_counter() - t0)
         elif mode == "ttt":
-            res, nll, ent, extra = full_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order))
+            prog = Progress("eval:ttt", -(-ev.total // e.ttt_chunk_tokens), enabled=on, unit="chunks")
+            res, nll, ent, extra = full_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order), progress=prog)
         else:
-            res, nll, ent, extra = lora_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order))
+            prog = Progress("eval:lora_ttt", len(documents(ev.tokens)), enabled=on, unit="docs")
+            res, nll, ent, extra = lora_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order), progress=prog)
+        prog.close()
         flops = fwd_per_token * len(ev.windows) * T + 3 * fwd_per_token * extra.get("train_tokens", 0)
         proj = flops / (8 * H100_BF16_FLOPS * e.h100_mfu)
         log(f"final_{mode} {res.line()} projected_8xH100:{proj:.1f}s")

@@ -111,7 +111,7 @@ def train_sequences(tokens, first: int, end: int, seq_len: int, batch: int):
         yield a, a + k * seq_len, chunk[:-1].reshape(k, seq_len), chunk[1:].reshape(k, seq_len)
 
 
-def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False):
+def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False, progress=None):
     """Chunked score-first TTT over all weights; returns (EvalResult, per-target nll, entropy)."""
     t0 = time.perf_counter()
     w, total, T = ev.windows, ev.total, ev.seq_len
@@ -148,6 +148,8 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                 frontier.check(a, b)
                 params, buf, _ = step(params, buf, place.batched(x), place.batched(y), lr)
                 steps += 1
+        if progress is not None:
+            progress.update(c + 1)
     seconds = time.perf_counter() - t0
     log(f"ttt:done chunks:{n_chunks} sgd_steps:{steps} time:{seconds:.1f}s")
     res = EvalResult(loss_sum / total, bpb(loss_sum, ev.byte_count), total, ev.byte_count, seconds)
@@ -203,7 +205,7 @@ def documents(tokens: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(starts, ends) if b > a]
 
 
-def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False):
+def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False, progress=None):
     """Per-document score-first LoRA TTT (optionally phased); returns like full_ttt."""
     t0 = time.perf_counter()
     T, total, C = ev.seq_len, ev.total, cfg.lora_chunk_tokens
@@ -308,6 +310,8 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                                        cosine_lr(cfg.lora_phase_lr, c, n_ch))
             log(f"lora_ttt:phase global SGD over targets [0, {upto}) after {done} docs")
         frontier_docs = done
+        if progress is not None:
+            progress.update(done)
     seconds = time.perf_counter() - t0
     log(f"lora_ttt:done docs:{frontier_docs} time:{seconds:.1f}s")
     res = EvalResult(loss_sum / total, bpb(loss_sum, ev.byte_count), total, ev.byte_count, seconds)

@@ -180,7 +180,10 @@ def test_final_modes_through_the_main_job(sample_data, tmp_path, capsys):
     assert main(["--config", TINY, *over, f"train.out_dir={tmp_path}", "train.run_id=e", "train.iterations=4",
                  "eval.final_modes=plain,sliding,ttt,lora_ttt", "eval.eval_stride=32", "eval.ttt_chunk_tokens=2048",
                  "eval.ttt_batch_seqs=8", "eval.ttt_epochs=1", "eval.lora_chunk_tokens=32", "eval.lora_batch_docs=8",
-                 "eval.ngram_order=4", "eval.val_tokens_limit=4096"]) == 0
+                 "eval.ngram_order=4", "eval.val_tokens_limit=4096", "train.progress=true"]) == 0
+    err = capsys.readouterr().err
+    for label in ("eval:plain [", "eval:sliding [", "eval:ttt [", "eval:lora_ttt ["):  # progress with an ETA
+        assert label in err, label
     log = (tmp_path / "e" / "log.txt").read_text()
     for mode in ("plain", "sliding", "ttt", "lora_ttt"):
         assert re.search(rf"final_{mode} val_loss:[\d.]+ val_bpb:[\d.]+ .*projected_8xH100:[\d.]+s", log), mode
