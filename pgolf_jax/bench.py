@@ -70,16 +70,24 @@ def time_parts(cfg: Config, batch: int, seq: int, steps: int) -> dict:
     params = jax.jit(model.init)(jax.random.key(0))
     ids = jnp.zeros((batch, seq), jnp.int32)
     fwd_bwd = _median_time(jax.jit(jax.grad(model.loss)), params, ids, ids, steps=steps)
-    tx = make_optimizer(cfg, resolve_dtype(cfg.optim.muon_dtype))
     grads = jax.tree.map(lambda p: jnp.full(p.shape, 1e-3, p.dtype), params)
-    update = jax.jit(lambda g, s, p: tx.update(g, s, p, lr_mul=1.0))
-    opt = _median_time(update, grads, tx.init(params), params, steps=steps)
+
+    def optimizer_time(c: Config) -> float:
+        tx = make_optimizer(c, resolve_dtype(c.optim.muon_dtype))
+        update = jax.jit(lambda g, s, p: tx.update(g, s, p, lr_mul=1.0))
+        return _median_time(update, grads, tx.init(params), params, steps=steps)
+
+    opt = optimizer_time(cfg)
+    # Gram Newton-Schulz on: the same update with it off, for its FLOP and time saving.
+    opt_plain_ns = optimizer_time(config_lib.override(cfg, {"optim.gram_ns_min_aspect": 0.0})) \
+        if cfg.optim.gram_ns_min_aspect else None
     K, dt = m.model_dim // m.num_heads, resolve_dtype(m.compute_dtype)
     q = jnp.ones((batch, seq, m.num_heads, K), dt)
     kv = jnp.ones((batch, seq, m.num_kv_heads, K), dt)
     attn = jax.jit(jax.grad(lambda q, k, v: causal_attention(q, k, v, m.attention_impl).astype(jnp.float32).sum(),
                             argnums=(0, 1, 2)))
-    return {"fwd_bwd_s": fwd_bwd, "optimizer_s": opt, "attention_s": m.num_layers * _median_time(attn, q, kv, kv, steps=steps)}
+    return {"fwd_bwd_s": fwd_bwd, "optimizer_s": opt, "optimizer_plain_ns_s": opt_plain_ns,
+            "attention_s": m.num_layers * _median_time(attn, q, kv, kv, steps=steps)}
 
 
 def peak_memory_bytes() -> tuple[int, str]:
@@ -212,6 +220,11 @@ def main(argv: list[str]) -> int:
         parts = time_parts(cfg, a.batch, seq, a.steps)
         print(f"parts: fwd_bwd:{1000 * parts['fwd_bwd_s']:.1f}ms optimizer:{1000 * parts['optimizer_s']:.1f}ms "
               f"attention_fwd_bwd:{1000 * parts['attention_s']:.1f}ms (all layers, inside fwd_bwd)")
+        if parts["optimizer_plain_ns_s"] is not None:
+            plain = muon_flops_per_step(config_lib.override(cfg, {"optim.gram_ns_min_aspect": 0.0}))
+            print(f"gram_ns: muon_flops {ns / 1e9:.2f}G vs plain NS {plain / 1e9:.2f}G "
+                  f"({100 * (1 - ns / plain):.0f}% fewer); optimizer {1000 * parts['optimizer_s']:.1f}ms vs "
+                  f"{1000 * parts['optimizer_plain_ns_s']:.1f}ms plain NS")
     if a.vs_torch_reference:
         t = time_torch_reference(a.vs_torch_reference, cfg, a.batch, seq, a.steps, a.warmup)
         ref_tok_s = tokens / t["step_s"]

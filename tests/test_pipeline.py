@@ -108,3 +108,12 @@ def test_bench_prints_the_numbers(capsys):
     for key in ("compile_time:", "step_time:", "tokens_per_s:", "peak_memory:", "flops_per_token_analytic:",
                 "flops_per_token_xla:", "gemm_peak:", "mfu:"):
         assert key in out, key
+
+
+def test_bench_parts_report_gram_ns_saving(capsys):
+    """--parts with Gram-NS on also times plain NS and prints the FLOP saving (issue 3 evidence)."""
+    assert main(["bench", "--config", TINY, "--batch", "2", "--seq", "64", "--steps", "1", "--warmup", "1",
+                 "--parts", "--no-xla-flops", "optim.gram_ns_min_aspect=1.5"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("gram_ns:"))
+    gram, plain = (float(v.rstrip("G")) for v in re.findall(r"([\d.]+G)", line)[:2])
+    assert gram < plain, line
