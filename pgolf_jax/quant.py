@@ -9,6 +9,8 @@ runs in float32 step by step as torch does, so quantized values match the refere
 
 from __future__ import annotations
 
+import re
+
 import ml_dtypes
 import numpy as np
 
@@ -128,6 +130,16 @@ def tensor_group(name: str) -> str:
     return "other"
 
 
+# Row lookups (the token table when the head is untied, BigramHash's table) see no activations:
+# GPTQ's objective ||(W - Q) X|| has no X, so they take round-to-nearest on the same scale grid.
+_LOOKUP_TABLE = re.compile(r"(^|\.)(tok_emb|embed)\.weight$")
+
+
+def is_lookup_table(name: str, named: dict) -> bool:
+    """Tied tok_emb is also the head (it has a Hessian), so it is a lookup only beside lm_head."""
+    return bool(_LOOKUP_TABLE.search(name)) and (name != "tok_emb.weight" or "lm_head.weight" in named)
+
+
 def qmax(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
@@ -187,15 +199,18 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
         bits, k = groups[group]
         w32 = t.astype(np.float32)
         s = row_scales(w32, bits, q.scale_method, k, q.clip_percentile)
-        if q.scheme == "gptq":
-            if hessians is None or name not in hessians:
+        method = q.scheme
+        if q.scheme == "gptq" and (hessians is None or name not in hessians):
+            if not is_lookup_table(name, named):
                 raise ValueError(f"GPTQ needs a calibration Hessian for {name}")
+            method = "rtn"
+        if method == "gptq":
             qt = gptq_quantize(w32, hessians[name], s, bits, block_size=q.gptq_block_size, damp=q.gptq_damp,
                                act_order=q.gptq_act_order)
         else:
             qt = round_to_nearest(w32, s, bits)
         obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = qt, s, dtype_name(t)
-        obj["qmeta"][name] = {"scheme": "per_row", "bits": bits, "group": group, "method": q.scheme}
+        obj["qmeta"][name] = {"scheme": "per_row", "bits": bits, "group": group, "method": method}
         err = float(np.linalg.norm(qt.astype(np.float32) * s.astype(np.float32)[:, None] - w32))
         report["tensors"][name] = {"group": group, "bits": bits, "error_fro": err}
     if q.lqer_rank > 0:

@@ -86,6 +86,32 @@ def named_model(seed=0):
             "blocks.0.attn_scale": np.ones(160, np.float32)}
 
 
+def test_gptq_takes_lookup_tables_round_to_nearest():
+    """Gathered tables (untied tok_emb, BigramHash) have no Hessian: RTN; a linear without one is an error."""
+    rng = np.random.default_rng(1)
+    named = named_model() | {"bigram.embed.weight": rng.normal(size=(64, 32)).astype(np.float32),
+                             "lm_head.weight": rng.normal(size=(512, 160)).astype(np.float32)}
+    H = {k: np.eye(v.shape[1]) for k, v in named.items() if ".attn." in k or ".mlp." in k or "head" in k}
+    q = C.QuantConfig(scheme="gptq", keep_float_max_numel=1000)
+    obj, _ = quantize_mixed(named, q, H)
+    assert {k: obj["qmeta"][k]["method"] for k in obj["qmeta"]} == {
+        "tok_emb.weight": "rtn", "bigram.embed.weight": "rtn", "blocks.0.attn.c_q.weight": "gptq",
+        "blocks.0.mlp.fc.weight": "gptq", "lm_head.weight": "gptq"}
+    with pytest.raises(ValueError, match="blocks.0.mlp.fc.weight"):
+        quantize_mixed(named, q, {k: v for k, v in H.items() if "mlp" not in k})
+    with pytest.raises(ValueError, match="tok_emb.weight"):  # tied: the head's Hessian is required
+        quantize_mixed(named_model(), q, H)
+
+
+def test_gptq_run_with_bigram_and_untied_head(sample_data, tmp_path):
+    from pgolf_jax.cli import main
+    over = [f"{k}={v}" for k, v in sample_data["overrides"].items()]
+    assert main(["--config", TINY, *over, f"train.out_dir={tmp_path}", "train.run_id=b", "train.iterations=2",
+                 "model.bigram_vocab_size=128", "model.tie_embeddings=false", "quant.scheme=gptq",
+                 "quant.keep_float_max_numel=1000", "quant.gptq_calibration_batches=1"]) == 0
+    assert "final_roundtrip val_loss:" in (tmp_path / "b" / "log.txt").read_text()
+
+
 @pytest.mark.parametrize("lqer", [0, 4])
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_mixed_export_round_trip(lqer, shuffle, tmp_path):
