@@ -184,10 +184,13 @@ def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evalu
                                              t.train_batch_tokens, t.train_seq_len, evaluator.sharding, log=log)
         info["calibration_seconds"] = round(seconds, 2)
         # The records count calibration on training data against the 600 s training budget.
-        within = seconds <= t.gptq_reserve_seconds
-        log(f"gptq:calibration_time:{seconds:.1f}s reserve:{t.gptq_reserve_seconds:.1f}s "
-            f"{'within' if within else 'OVER'} the training-budget reserve")
-        info["calibration_within_reserve"] = within
+        if t.max_wallclock_seconds > 0:
+            within = seconds <= t.gptq_reserve_seconds
+            log(f"gptq:calibration_time:{seconds:.1f}s reserve:{t.gptq_reserve_seconds:.1f}s "
+                f"{'within' if within else 'OVER'} the training-budget reserve")
+            info["calibration_within_reserve"] = within
+        else:
+            log(f"gptq:calibration_time:{seconds:.1f}s (no wall-clock cap: no budget to count it against)")
     t0 = time.perf_counter()
     obj, report = quantize_mixed(named, q, hessians, log=log)
     info["quantize_seconds"] = round(time.perf_counter() - t0, 2)
