@@ -17,6 +17,7 @@ import numpy as np
 
 from pgolf_jax import config as config_lib, dist
 from pgolf_jax.config import Config
+from pgolf_jax.interop import reference_gpt_kwargs
 from pgolf_jax.model import analytic_flops_per_token
 
 
@@ -146,10 +147,7 @@ def time_torch_reference(path: str, cfg: Config, batch: int, seq: int, steps: in
     spec.loader.exec_module(ref)
     m, o = cfg.model, cfg.optim
     torch.manual_seed(0)
-    gpt = ref.GPT(vocab_size=m.vocab_size, num_layers=m.num_layers, model_dim=m.model_dim, num_heads=m.num_heads,
-                  num_kv_heads=m.num_kv_heads, mlp_mult=m.mlp_mult, tie_embeddings=m.tie_embeddings,
-                  tied_embed_init_std=m.tied_embed_init_std, logit_softcap=m.logit_softcap,
-                  rope_base=m.rope_base, qk_gain_init=m.qk_gain_init)
+    gpt = ref.GPT(**reference_gpt_kwargs(m))
     pats = ref.CONTROL_TENSOR_NAME_PATTERNS
     named = list(gpt.blocks.named_parameters())
     mats = [p for n, p in named if p.ndim == 2 and not any(c in n for c in pats)]

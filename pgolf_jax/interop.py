@@ -116,3 +116,14 @@ def load_reference_int8_ptz(path: str | Path) -> dict[str, np.ndarray]:
     conv = {k: ({n: _to_numpy(t) for n, t in v.items()} if isinstance(v, dict) and k in
                 ("quantized", "scales", "passthrough") else v) for k, v in obj.items()}
     return dequantize_int8(conv)
+
+
+def reference_gpt_kwargs(m) -> dict:
+    """Constructor arguments of the reference train_gpt.py GPT for a ModelConfig (the reference
+    takes an integer MLP multiplier: hidden = mlp_mult * dim)."""
+    if float(m.mlp_mult) != int(m.mlp_mult):
+        raise ValueError(f"model.mlp_mult={m.mlp_mult}: the reference GPT takes an integer MLP multiplier")
+    return dict(vocab_size=m.vocab_size, num_layers=m.num_layers, model_dim=m.model_dim, num_heads=m.num_heads,
+                num_kv_heads=m.num_kv_heads, mlp_mult=int(m.mlp_mult), tie_embeddings=m.tie_embeddings,
+                tied_embed_init_std=m.tied_embed_init_std, logit_softcap=m.logit_softcap,
+                rope_base=m.rope_base, qk_gain_init=m.qk_gain_init)

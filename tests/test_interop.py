@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from pgolf_jax import config as C
-from pgolf_jax.interop import flatten_params, load_reference_int8_ptz, load_torch_state_dict, unflatten_params
+from pgolf_jax.interop import (flatten_params, load_reference_int8_ptz, load_torch_state_dict, reference_gpt_kwargs,
+                               unflatten_params)
 from pgolf_jax.model import build_model
 from pgolf_jax.quant import dequantize_int8, quantize_int8
 
@@ -103,10 +104,7 @@ def ref():
 
 def ref_model(ref, cfg):
     torch.manual_seed(0)
-    return ref.GPT(vocab_size=cfg.vocab_size, num_layers=cfg.num_layers, model_dim=cfg.model_dim,
-                   num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, mlp_mult=cfg.mlp_mult,
-                   tie_embeddings=cfg.tie_embeddings, tied_embed_init_std=cfg.tied_embed_init_std,
-                   logit_softcap=cfg.logit_softcap, rope_base=cfg.rope_base, qk_gain_init=cfg.qk_gain_init)
+    return ref.GPT(**reference_gpt_kwargs(cfg))
 
 
 @needs_ref
