@@ -11,6 +11,7 @@ Data: `python run.py data download --variant sp8192 --train-shards 128`."""
 OVERRIDES = {
     "data.data_path": "./data/datasets/fineweb10B_sp8192",
     "data.tokenizer_path": "./data/tokenizers/fineweb_8192_bpe.model",
+    "data.loader": "shuffled",  # the SP8192 records' ShuffledSequenceLoader (also for GPTQ calibration)
     "model.vocab_size": 8192,
     "model.num_layers": 11,
     "model.mlp_mult": 4.0,

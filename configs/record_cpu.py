@@ -10,6 +10,8 @@ OVERRIDES = {
     "data.tokenizer_path": "./data/samples/nlp-corpus/tokenizers/fineweb_1024_bpe.model",
     "data.source": "sample:nlp-corpus",
     "data.num_val_docs": 500,
+    # RESULTS.md's ablation and quantization tables were measured on the sequential stream.
+    "data.loader": "sequential",
     "model.vocab_size": 1024,
     "model.num_layers": 4,
     "model.model_dim": 256,

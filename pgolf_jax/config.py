@@ -41,6 +41,11 @@ class DataConfig:
     source: str = ""
     num_val_docs: int = 50_000  # only used when preparing from `source`
     tokenizer_train_docs: int = 0  # 0 = all docs
+    # sequential: the baseline's one contiguous stream; shuffled: the SP8192 records' shuffled
+    # windows (also what GPTQ calibration reads). loader_seed, like the records' rank seed, is
+    # independent of train.seed.
+    loader: str = "sequential"
+    loader_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -298,9 +303,11 @@ def validate(cfg: Config) -> None:
     q = cfg.quant
     choices = {"train.param_sharding": (t.param_sharding, ("replicated", "fsdp")),
                "eval.ngram_mix": (ev.ngram_mix, ("entropy", "fixed")),
-               "eval.lora_optimizer": (ev.lora_optimizer, ("sgd", "adam")),"quant.scheme": (q.scheme, ("int8_per_row", "gptq", "rtn")),
+               "eval.lora_optimizer": (ev.lora_optimizer, ("sgd", "adam")),
+               "quant.scheme": (q.scheme, ("int8_per_row", "gptq", "rtn")),
                "quant.scale_method": (q.scale_method, ("sdclip", "percentile", "search")),
                "quant.compressor": (q.compressor, ("zstd", "zlib", "brotli")),
+               "data.loader": (cfg.data.loader, ("sequential", "shuffled")),
                "quant.code_bytes": (q.code_bytes, ("raw", "compressed"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:

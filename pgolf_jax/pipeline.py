@@ -181,7 +181,8 @@ def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evalu
     if q.scheme == "gptq":
         t = cfg.train
         hessians, seconds = collect_hessians(model, params, train_pattern, q.gptq_calibration_batches,
-                                             t.train_batch_tokens, t.train_seq_len, evaluator.sharding, log=log)
+                                             t.train_batch_tokens, t.train_seq_len, evaluator.sharding, log=log,
+                                             loader=cfg.data.loader, loader_seed=cfg.data.loader_seed)
         info["calibration_seconds"] = round(seconds, 2)
         # The records count calibration on training data against the 600 s training budget.
         if t.max_wallclock_seconds > 0:

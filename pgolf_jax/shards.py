@@ -1,4 +1,4 @@
-"""The challenge's token shard format (.bin) and the sequential token stream the trainer reads.
+"""The challenge's token shard format (.bin) and the loaders the trainer reads it with.
 
 A shard is a 1024-byte header of 256 little-endian int32 (magic, version, token count, zeros)
 followed by that many little-endian uint16 token ids. Readers check all three against the file
@@ -215,7 +215,123 @@ class TokenLoader:
         return self.stream.state()
 
     def restore(self, state: dict) -> None:
+        if state.get("loader") == "shuffled":
+            raise ValueError("the checkpoint's data position is from data.loader=shuffled, not the sequential loader")
         self.stream.restore(state)
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    """A PCG64 state as JSON-safe strings (its 128-bit integers overflow JSON number readers)."""
+    st = rng.bit_generator.state
+    return {"state": hex(st["state"]["state"]), "inc": hex(st["state"]["inc"]),
+            "has_uint32": int(st["has_uint32"]), "uinteger": int(st["uinteger"])}
+
+
+def _rng_from(state: dict) -> np.random.Generator:
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = {"bit_generator": "PCG64", "state": {"state": int(state["state"], 16),
+                               "inc": int(state["inc"], 16)}, "has_uint32": int(state["has_uint32"]),
+                               "uinteger": int(state["uinteger"])}
+    return rng
+
+
+def _shard_windows(rng: np.random.Generator, n_tokens: int, seq_len: int) -> np.ndarray:
+    """Start offsets of one shard's (seq_len + 1)-token windows after a random phase, shuffled."""
+    max_phase = min(seq_len - 1, max(0, n_tokens - seq_len - 1))
+    phase = int(rng.integers(max_phase + 1)) if max_phase > 0 else 0
+    count = max(0, (n_tokens - 1 - phase) // seq_len)
+    return phase + rng.permutation(count).astype(np.int64) * seq_len
+
+
+class ShuffledSequenceLoader:
+    """The records' ShuffledSequenceLoader (#1493 / #1809): every shard is cut into
+    non-overlapping windows of seq_len + 1 tokens after a random phase in [0, seq_len), in a
+    random order; each sequence comes from a shard drawn with probability proportional to its
+    remaining windows, and all shards reshuffle once every window has been used.
+
+    The reference gives rank r the shards r, r + world, ... and its own PCG64(r), so its data depend
+    on the GPU count. Here one PCG64(seed) draws the whole global batch (seed 0 = the reference's
+    single-GPU order) and the spans are cut from it like TokenLoader's, so the tokens of a step do
+    not depend on how many devices share it. The state is the generator plus, per shard, the
+    generator state its current order was drawn from and how many windows remain: resuming
+    rebuilds the orders exactly without replaying the run.
+    """
+
+    def __init__(self, pattern: str, num_spans: int, seq_len: int, seed: int = 0):
+        if int(num_spans) < 1 or int(seq_len) < 1:
+            raise ValueError(f"ShuffledSequenceLoader: num_spans={num_spans} and seq_len={seq_len} must be >= 1")
+        self.pattern, self.num_spans, self.seq_len = str(pattern), int(num_spans), int(seq_len)
+        self.files = list_shards(self.pattern)
+        self.sizes = [read_num_tokens(f) for f in self.files]
+        if all(n < seq_len + 1 for n in self.sizes):
+            raise ShardError(f"no shard matching {self.pattern} holds one window of seq_len + 1 = {seq_len + 1} tokens")
+        self.rng = np.random.Generator(np.random.PCG64(int(seed)))
+        self._tokens: dict[int, np.ndarray] = {}
+        self.orders: list[np.ndarray] = [np.zeros(0, np.int64)] * len(self.files)
+        self.order_rng: list[dict] = [{}] * len(self.files)
+        self.remaining = np.zeros(len(self.files), np.int64)
+        self._reset_all()
+
+    def _reset_all(self) -> None:
+        for i, n in enumerate(self.sizes):
+            self.order_rng[i] = _rng_state(self.rng)
+            self.orders[i] = _shard_windows(self.rng, n, self.seq_len)
+            self.remaining[i] = len(self.orders[i])
+
+    def _window(self, i: int, start: int) -> np.ndarray:
+        if i not in self._tokens:
+            self._tokens[i] = load_shard(self.files[i])
+        return self._tokens[i][start:start + self.seq_len + 1]
+
+    def next_batch(self, global_tokens: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) int32 of shape (num_spans, local // seq_len, seq_len), like TokenLoader's."""
+        local = global_tokens // self.num_spans
+        if seq_len != self.seq_len:
+            raise ValueError(f"ShuffledSequenceLoader was built for seq_len={self.seq_len}, asked for {seq_len}")
+        if local <= 0 or local % seq_len:
+            raise ValueError(
+                f"train_batch_tokens={global_tokens} over {self.num_spans} spans gives {local} tokens per span, "
+                f"which must be a positive multiple of seq_len={seq_len}")
+        n_seq = self.num_spans * (local // seq_len)
+        windows = np.empty((n_seq, seq_len + 1), np.int32)
+        for b in range(n_seq):
+            total = self.remaining.sum()
+            if total <= 0:
+                self._reset_all()
+                total = self.remaining.sum()
+            i = int(self.rng.choice(len(self.files), p=self.remaining / total))
+            self.remaining[i] -= 1
+            windows[b] = self._window(i, int(self.orders[i][self.remaining[i]]))
+        shape = (self.num_spans, local // seq_len, seq_len)
+        return (np.ascontiguousarray(windows[:, :-1]).reshape(shape),
+                np.ascontiguousarray(windows[:, 1:]).reshape(shape))
+
+    def state(self) -> dict:
+        return {"loader": "shuffled", "seq_len": self.seq_len, "rng": _rng_state(self.rng),
+                "shards": [{"file": f.name, "order_rng": r, "remaining": int(k)}
+                           for f, r, k in zip(self.files, self.order_rng, self.remaining)]}
+
+    def restore(self, state: dict) -> None:
+        if state.get("loader") != "shuffled":
+            raise ValueError("the checkpoint's data position is from the sequential loader, not data.loader=shuffled")
+        shards = state["shards"]
+        if int(state["seq_len"]) != self.seq_len or [s["file"] for s in shards] != [f.name for f in self.files]:
+            raise ValueError(f"the checkpoint's shuffled-loader state is for other shards or seq_len "
+                             f"({len(shards)} shards, seq_len {state['seq_len']}) than {self.pattern}")
+        for i, s in enumerate(shards):
+            self.order_rng[i] = s["order_rng"]
+            self.orders[i] = _shard_windows(_rng_from(s["order_rng"]), self.sizes[i], self.seq_len)
+            self.remaining[i] = int(s["remaining"])
+        self.rng = _rng_from(state["rng"])
+
+
+def make_loader(kind: str, pattern: str, num_spans: int, seq_len: int, seed: int = 0):
+    """data.loader: "sequential" (the baseline's stream) or "shuffled" (the SP8192 records')."""
+    if kind == "sequential":
+        return TokenLoader(pattern, num_spans)
+    if kind == "shuffled":
+        return ShuffledSequenceLoader(pattern, num_spans, seq_len, seed)
+    raise ValueError(f"unknown data.loader {kind!r}; expected sequential or shuffled")
 
 
 def load_val_tokens(pattern: str, seq_len: int, limit_tokens: int = 0) -> np.ndarray:

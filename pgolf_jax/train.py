@@ -24,7 +24,7 @@ from pgolf_jax.model import BLOCK_SCHEDULES, Model, build_model, count_params, r
 from pgolf_jax.optim import make_optimizer, training_fraction, warmdown_multiplier
 from pgolf_jax.qat import fake_quantize
 from pgolf_jax.runlog import Progress, RunLog
-from pgolf_jax.shards import TokenLoader
+from pgolf_jax.shards import make_loader
 
 
 class TrainState(NamedTuple):
@@ -183,7 +183,7 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
         return (dist.global_array(micro_batches(x, n_dev, micro_seqs), data),
                 dist.global_array(micro_batches(y, n_dev, micro_seqs), data))
 
-    loader = TokenLoader(train_pattern, t.batch_spans)
+    loader = make_loader(cfg.data.loader, train_pattern, t.batch_spans, t.train_seq_len, cfg.data.loader_seed)
     if t.warmup_steps > 0:
         # Compile and prime every graph, then roll state and data back (the reference's
         # WARMUP_STEPS, run once per schedule like the looped records).
@@ -198,7 +198,7 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
                     log(f"{label}:{i + 1}/{t.warmup_steps}")
         log(f"warmup_time:{1000 * (time.perf_counter() - tc):.0f}ms")
         state = initial
-        loader = TokenLoader(train_pattern, t.batch_spans)
+        loader = make_loader(cfg.data.loader, train_pattern, t.batch_spans, t.train_seq_len, cfg.data.loader_seed)
 
     # The effective cap leaves gptq_reserve_seconds of the budget for post-training calibration.
     cap_ms = 1000.0 * (t.max_wallclock_seconds - t.gptq_reserve_seconds) if t.max_wallclock_seconds > 0 else None

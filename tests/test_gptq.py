@@ -103,11 +103,12 @@ def test_gptq_takes_lookup_tables_round_to_nearest():
         quantize_mixed(named_model(), q, H)
 
 
-def test_gptq_run_with_bigram_and_untied_head(sample_data, tmp_path):
+def test_gptq_run_with_bigram_untied_head_and_shuffled_loader(sample_data, tmp_path):
+    """Lookup tables take RTN; calibration reads the training run's (shuffled) loader."""
     from pgolf_jax.cli import main
     over = [f"{k}={v}" for k, v in sample_data["overrides"].items()]
     assert main(["--config", TINY, *over, f"train.out_dir={tmp_path}", "train.run_id=b", "train.iterations=2",
-                 "model.bigram_vocab_size=128", "model.tie_embeddings=false", "quant.scheme=gptq",
+                 "model.bigram_vocab_size=128", "model.tie_embeddings=false", "quant.scheme=gptq", "data.loader=shuffled",
                  "quant.keep_float_max_numel=1000", "quant.gptq_calibration_batches=1"]) == 0
     log = (tmp_path / "b" / "log.txt").read_text()
     assert "final_roundtrip val_loss:" in log and "(no wall-clock cap: no budget to count it against)" in log

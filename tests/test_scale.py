@@ -103,9 +103,10 @@ def test_gpu_eval_step_lowers_for_cuda(monkeypatch):
     assert "__cudnn$fmhaSoftmax" in exp.mlir_module() and "Backward" not in exp.mlir_module()
 
 
-def test_kill_and_resume_is_bit_identical(sample_data, tmp_path):
+@pytest.mark.parametrize("loader", ["sequential", "shuffled"])
+def test_kill_and_resume_is_bit_identical(loader, sample_data, tmp_path):
     """SIGKILL a run at a random step; --resume from its last checkpoint ends bit-identical."""
-    common = ["train.iterations=30", "train.checkpoint_every=5", "train.train_log_every=1"]
+    common = ["train.iterations=30", "train.checkpoint_every=5", "train.train_log_every=1", f"data.loader={loader}"]
     full = run_py(*overrides(sample_data, tmp_path, "train.run_id=full", *common))
     out = full.communicate(timeout=600)[0]
     assert full.returncode == 0, out[-2000:]
@@ -133,7 +134,7 @@ def test_kill_and_resume_is_bit_identical(sample_data, tmp_path):
         assert np.array_equal(wa[k], wb[k]), k  # bit-identical
     sa, sb = (json.loads((tmp_path / r / "submission.json").read_text()) for r in ("full", "killed"))
     assert sa["val_bpb"] == sb["val_bpb"]
-    print(f"killed at step >= {kill_at}, resumed from checkpoint {step}: final weights bit-identical")
+    print(f"{loader} loader: killed at step >= {kill_at}, resumed from checkpoint {step}: final weights bit-identical")
 
 
 def test_sigterm_checkpoints_and_exits(sample_data, tmp_path):

@@ -1,6 +1,7 @@
 """Shard format, token stream and loader: round trips, error messages, reference slicing."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -212,3 +213,93 @@ def test_val_tokens_truncation(tmp_path):
         load_val_tokens(pattern, 75)
     with pytest.raises(FileNotFoundError):
         load_val_tokens(str(tmp_path / "nothing_*.bin"), 16)
+
+
+# --- the records' shuffled loader ---
+
+def _windows_of(x, y):
+    return np.concatenate([x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])[:, -1:]], axis=1)
+
+
+def test_shuffled_loader_draws_every_window_once_per_epoch(tmp_path):
+    """Each shard is cut into non-overlapping seq_len + 1 windows after a phase < seq_len; one epoch
+    uses each window exactly once (in a shuffled order), then every shard reshuffles."""
+    sizes, T = [203, 150, 97], 8
+    _make_shards(tmp_path, sizes)
+    offsets = np.cumsum([0] + sizes[:-1])
+    loader = shards.ShuffledSequenceLoader(str(tmp_path / "fineweb_train_*.bin"), 1, T, seed=3)
+    per_epoch = int(loader.remaining.sum())
+    starts = {i: sorted(int(s) for s in loader.orders[i]) for i in range(3)}
+    for i, n in enumerate(sizes):  # phase in [0, T), stride T, every window inside the shard
+        s = starts[i]
+        assert 0 <= s[0] < T and np.all(np.diff(s) == T) and s[-1] + T + 1 <= n and s[-1] + 2 * T + 1 > n
+    seen = []
+    for _ in range(per_epoch // 4):  # half an epoch in batches of two windows
+        x, y = loader.next_batch(2 * T, T)
+        for w in _windows_of(x, y):
+            assert np.array_equal(np.diff(w.astype(np.int64)), np.ones(T)), "a window is one contiguous run"
+            seen.append(int(w[0]))
+    expected = {int(offsets[i] + s) for i in range(3) for s in starts[i]}
+    while loader.remaining.sum() > 0:  # finish the epoch
+        seen.extend(int(w[0]) for w in _windows_of(*loader.next_batch(T, T)))
+    assert len(seen) == per_epoch and set(seen) == expected and seen != sorted(seen)
+    loader.next_batch(T, T)  # the next draw reshuffles every shard
+    assert loader.remaining.sum() == sum(len(o) for o in loader.orders) - 1
+
+
+def test_shuffled_loader_deterministic_resumable_and_span_independent(tmp_path):
+    _make_shards(tmp_path, [120, 90, 61])
+    pattern = str(tmp_path / "fineweb_train_*.bin")
+    G, T = 32, 4
+    a, b = shards.ShuffledSequenceLoader(pattern, 2, T), shards.ShuffledSequenceLoader(pattern, 2, T)
+    for _ in range(5):
+        assert all(np.array_equal(p, q) for p, q in zip(a.next_batch(G, T), b.next_batch(G, T)))
+    state = json.loads(json.dumps(a.state()))  # goes through a checkpoint's JSON
+    want = [a.next_batch(G, T) for _ in range(40)]  # crosses a reshuffle (about 67 windows per epoch)
+    c = shards.ShuffledSequenceLoader(pattern, 2, T)
+    c.restore(state)
+    for x, y in want:
+        xc, yc = c.next_batch(G, T)
+        assert np.array_equal(xc, x) and np.array_equal(yc, y)
+    # The step's tokens do not depend on how many spans (devices) share it.
+    one, four = shards.ShuffledSequenceLoader(pattern, 1, T), shards.ShuffledSequenceLoader(pattern, 4, T)
+    for _ in range(6):
+        assert np.array_equal(one.next_batch(G, T)[0].reshape(-1), four.next_batch(G, T)[0].reshape(-1))
+    other = shards.ShuffledSequenceLoader(pattern, 1, T, seed=1)
+    assert not np.array_equal(other.next_batch(G, T)[0], shards.ShuffledSequenceLoader(pattern, 1, T).next_batch(G, T)[0])
+    with pytest.raises(ValueError, match="sequential loader"):
+        c.restore(TokenLoader(pattern, 2).state())
+    with pytest.raises(ValueError, match="shuffled"):
+        TokenLoader(pattern, 2).restore(state)
+    with pytest.raises(ShardError, match="seq_len \\+ 1 = 1000"):
+        shards.ShuffledSequenceLoader(pattern, 1, 999)
+
+
+REF_RECORD = os.environ.get("PGOLF_REFERENCE_RECORD_TRAIN_GPT")
+
+
+@pytest.mark.skipif(not REF_RECORD, reason="set PGOLF_REFERENCE_RECORD_TRAIN_GPT=path/to/a record's train_gpt.py "
+                                           "with ShuffledSequenceLoader (e.g. #1493's)")
+def test_shuffled_loader_matches_the_records(tmp_path):
+    """Seed 0 on one span is the reference's ShuffledSequenceLoader on rank 0 of 1, through a reshuffle."""
+    import glob as glob_mod
+    import re
+    import types
+    from pathlib import Path
+    torch = pytest.importorskip("torch")
+    src = Path(REF_RECORD).read_text()
+    start = src.index("_SHARD_HEADER_BYTES=")
+    end = re.search(r"^class (?!ShuffledSequenceLoader)", src[src.index("class ShuffledSequenceLoader"):], re.M)
+    code = src[start:src.index("class ShuffledSequenceLoader") + end.start()]
+    ns = {"np": np, "torch": torch, "glob": glob_mod, "Path": Path}
+    exec(code, ns)  # only the loader and its shard helpers (the user's file, never vendored)
+    _make_shards(tmp_path, [3000, 2100, 777])
+    pattern = str(tmp_path / "fineweb_train_*.bin")
+    T, G = 16, 64
+    ref = ns["ShuffledSequenceLoader"](types.SimpleNamespace(world_size=1, rank=0, train_seq_len=T, train_files=pattern),
+                                      torch.device("cpu"))
+    ours = shards.ShuffledSequenceLoader(pattern, 1, T, seed=0)
+    for step in range(400 * T // G + 10):
+        rx, ry = ref.next_batch(G, 1)
+        x, y = ours.next_batch(G, T)
+        assert np.array_equal(rx.numpy(), x.reshape(-1, T)) and np.array_equal(ry.numpy(), y.reshape(-1, T)), step
