@@ -159,8 +159,10 @@ class GPT(nnx.Module):
             x_BTD = self.smear(x_BTD)
         return x_BTD
 
-    def hidden(self, ids_BT, looped: bool = True):
-        """Final-norm hidden states (B, T, D): the head's input."""
+    def hidden(self, ids_BT, looped: bool = True, slot_deltas=None):
+        """Final-norm hidden states (B, T, D): the head's input. slot_deltas {block weight name
+        ("attn.c_q.weight"): (virtual layers, out, in)} adds a delta per virtual layer slot, so each
+        pass of a looped layer can carry its own test-time adapter."""
         cfg = self.cfg
         B, T = ids_BT.shape
         # The residual stream is kept flat, (B*T, D): the gradient of a (D,) parameter broadcast
@@ -169,13 +171,13 @@ class GPT(nnx.Module):
         head_dim = cfg.model_dim // cfg.num_heads
         rope = rotary_tables(T, cfg.rope_dims or head_dim, cfg.rope_base, self.compute_dtype, cfg.rope_train_seq_len)
         ctx = {"rope": rope, "shape_BT": (B, T)}
-        x_ND = self._run_unet(x_ND, x_ND, ctx, self.layers if looped else self.plain_layers)
+        x_ND = self._run_unet(x_ND, x_ND, ctx, self.layers if looped else self.plain_layers, slot_deltas=slot_deltas)
         return rms_norm(x_ND).reshape(B, T, cfg.model_dim)
 
-    def __call__(self, ids_BT, looped: bool = True, head_lora=None):
+    def __call__(self, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None):
         """Soft-capped logits (B, T, V) in fp32. head_lora = (A (R, D), B (V, R), scale) adds a
-        low-rank term to the head's output (test-time training adapters)."""
-        h_BTD = self.hidden(ids_BT, looped)
+        low-rank term to the head's output (test-time training adapters); slot_deltas: see hidden."""
+        h_BTD = self.hidden(ids_BT, looped, slot_deltas)
         if self.lm_head is None:
             logits = jnp.einsum("btd,vd->btv", h_BTD, self.tok_emb.weight[...].astype(h_BTD.dtype))
         else:
@@ -221,7 +223,7 @@ class GPT(nnx.Module):
         add("tok_emb.weight" if self.lm_head is None else "lm_head.weight", rms_norm(x_ND))
         return acc
 
-    def _run_unet(self, x, x0, ctx, layers, tap_fn=None):
+    def _run_unet(self, x, x0, ctx, layers, tap_fn=None, slot_deltas=None):
         n_enc = len(layers) // 2
         n_skip = num_skips(layers)
         graphdef, stacked = nnx.split(self.blocks)
@@ -233,6 +235,18 @@ class GPT(nnx.Module):
             return nnx.merge(graphdef, state)(x, x0, layer, ctx)
 
         block = jax.checkpoint(raw_block) if self.cfg.remat else raw_block
+
+        def with_deltas(state, slots):
+            """Block weights of virtual slots `slots` (an index or a slice) plus their deltas."""
+            if not slot_deltas:
+                return state
+
+            def add(path, a):
+                name = ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+                d = slot_deltas.get(name.removesuffix(".value"))
+                return a if d is None else a + d[slots].astype(a.dtype)
+
+            return jax.tree_util.tree_map_with_path(add, state)
 
         def add_skip(x, w, g, skip):
             scaled = w * skip
@@ -246,7 +260,7 @@ class GPT(nnx.Module):
                 if j >= n_enc and skips:
                     i = j - n_enc
                     x = add_skip(x, skip_w[i], None if skip_g is None else skip_g[i], skips.pop())
-                state = jax.tree.map(lambda a: a[layer], stacked)
+                state = with_deltas(jax.tree.map(lambda a: a[layer], stacked), j)
                 if tap_fn is None:
                     x = block(x, state, layer)
                 else:
@@ -257,11 +271,11 @@ class GPT(nnx.Module):
                     skips.append(x)
             return x
 
-        def scan(fn, x, idx, *extra):
+        def scan(fn, x, first_slot, idx, *extra):
             if not idx:
                 return x, None
-            xs = (_gather(stacked, idx), jnp.asarray(idx, jnp.int32)) + extra
-            return jax.lax.scan(fn, x, xs)
+            state = with_deltas(_gather(stacked, idx), slice(first_slot, first_slot + len(idx)))
+            return jax.lax.scan(fn, x, (state, jnp.asarray(idx, jnp.int32)) + extra)
 
         def enc_step(x, xs):
             x = block(x, xs[0], xs[1])
@@ -274,13 +288,13 @@ class GPT(nnx.Module):
         def dec_step(x, xs):
             return block(x, xs[0], xs[1]), None
 
-        x, skips = scan(enc_step, x, layers[:n_enc])
+        x, skips = scan(enc_step, x, 0, layers[:n_enc])
         dec = layers[n_enc:]
         if n_skip:
             # Decoder step i pops the skip pushed by encoder step n_enc - 1 - i.
             extra = (skip_w[:n_skip], skips[::-1][:n_skip]) + (() if skip_g is None else (skip_g[:n_skip],))
-            x, _ = scan(dec_skip_step, x, dec[:n_skip], *extra)
-        x, _ = scan(dec_step, x, dec[n_skip:])
+            x, _ = scan(dec_skip_step, x, n_enc, dec[:n_skip], *extra)
+        x, _ = scan(dec_step, x, n_enc + n_skip, dec[n_skip:])
         return x
 
 
@@ -308,8 +322,12 @@ class Model:
         layers = BLOCK_SCHEDULES[self.cfg.block_schedule](self.cfg)
         return self.cfg.enable_looping_at > 0 and layers != tuple(range(self.cfg.num_layers))
 
-    def logits(self, params, ids_BT, looped: bool = True, head_lora=None):
-        return self.module(params)(ids_BT, looped, head_lora)
+    def logits(self, params, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None):
+        return self.module(params)(ids_BT, looped, head_lora, slot_deltas)
+
+    def num_slots(self, looped: bool = True) -> int:
+        """Virtual layer slots of a schedule (the length of slot_deltas' leading axis)."""
+        return len(BLOCK_SCHEDULES[self.cfg.block_schedule](self.cfg)) if looped else self.cfg.num_layers
 
     def hidden(self, params, ids_BT, looped: bool = True):
         return self.module(params).hidden(ids_BT, looped)

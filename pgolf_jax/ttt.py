@@ -28,7 +28,6 @@ from pgolf_jax import dist
 from pgolf_jax.config import EvalConfig
 from pgolf_jax.embeddings import BOS_ID
 from pgolf_jax.evaluate import EvalResult, Evaluator, bpb
-from pgolf_jax.optim import STACKED_PREFIX, path_name
 
 
 def _clip(grads, max_norm: float):
@@ -163,18 +162,19 @@ LORA_TARGETS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.pr
                 "mlp_out": "mlp.proj"}
 
 
-def lora_init(key, params, targets: tuple[str, ...], rank: int, n_docs: int, head: bool):
-    """Per-document adapters: A ~ U(+-1/sqrt(in)), B = 0 (the adapted model starts as the base)."""
+def lora_init(key, params, targets: tuple[str, ...], rank: int, n_docs: int, head: bool, n_slots: int):
+    """Per-document adapters, one per virtual layer slot (as the records: each pass of a looped
+    layer gets its own): A ~ U(+-1/sqrt(in)), B = 0 (the adapted model starts as the base)."""
     lora = {}
     for t in targets:
         W = params["blocks"]
         for part in LORA_TARGETS[t].split("."):
             W = W[part]
-        L, out_f, in_f = W["weight"].shape
+        _, out_f, in_f = W["weight"].shape
         key, sub = jax.random.split(key)
         bound = 1.0 / math.sqrt(in_f)
-        lora[t] = {"A": jax.random.uniform(sub, (n_docs, L, rank, in_f), jnp.float32, -bound, bound),
-                   "B": jnp.zeros((n_docs, L, out_f, rank), jnp.float32)}
+        lora[t] = {"A": jax.random.uniform(sub, (n_docs, n_slots, rank, in_f), jnp.float32, -bound, bound),
+                   "B": jnp.zeros((n_docs, n_slots, out_f, rank), jnp.float32)}
     if head:
         V, D = params["tok_emb"]["weight"].shape
         key, sub = jax.random.split(key)
@@ -183,16 +183,10 @@ def lora_init(key, params, targets: tuple[str, ...], rank: int, n_docs: int, hea
     return lora
 
 
-def merge_lora(params, lora_doc, scale: float):
-    """Base params with W + scale * B A for one document's adapters (per physical layer)."""
-    deltas = {f"{STACKED_PREFIX}{LORA_TARGETS[t]}.weight": jnp.einsum("lor,lri->loi", ab["B"], ab["A"])
-              for t, ab in lora_doc.items() if t != "head"}
-
-    def add(path, p):
-        d = deltas.get(path_name(path))
-        return p if d is None else (p.astype(jnp.float32) + scale * d).astype(p.dtype)
-
-    return jax.tree_util.tree_map_with_path(add, params)
+def lora_slot_deltas(lora_doc, scale: float) -> dict:
+    """One document's adapters as per-slot weight deltas scale * B A (the model's slot_deltas)."""
+    return {f"{LORA_TARGETS[t]}.weight": scale * jnp.einsum("sor,sri->soi", ab["B"], ab["A"])
+            for t, ab in lora_doc.items() if t != "head"}
 
 
 def documents(tokens: np.ndarray) -> list[tuple[int, int]]:
@@ -218,9 +212,8 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     boundaries = [round(cfg.lora_phase_prefix_docs * (i + 1) / cfg.lora_phases) for i in range(cfg.lora_phases)]
 
     def doc_logits(p, lora_doc, x_T):
-        merged = merge_lora(p, lora_doc, scale)
         hl = None if not head else (lora_doc["head"]["A"], lora_doc["head"]["B"], scale)
-        return model.logits(merged, x_T[None], True, head_lora=hl)[0]
+        return model.logits(p, x_T[None], True, head_lora=hl, slot_deltas=lora_slot_deltas(lora_doc, scale))[0]
 
     def nll_of(p, lora, x_BT, y_BT):
         logits = jax.vmap(doc_logits, in_axes=(None, 0, 0))(p, lora, x_BT)
@@ -265,7 +258,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     for d0 in range(0, len(docs), nd):
         batch = docs[d0:d0 + nd]
         key, sub = jax.random.split(key)
-        lora = jax.tree.map(place.batched, jax.device_get(lora_init(sub, base, targets, cfg.lora_rank, nd, head)))
+        lora = jax.tree.map(place.batched, jax.device_get(lora_init(sub, base, targets, cfg.lora_rank, nd, head, model.num_slots())))
         zeros = lambda: jax.tree.map(lambda a: place.batched(np.zeros(a.shape, np.float32)), lora)  # noqa: E731
         opt = zeros() if cfg.lora_optimizer == "sgd" else (zeros(), zeros(), 0)
         n_chunks = max(-(-(b - a) // C) for a, b in batch)

@@ -136,6 +136,23 @@ def test_lora_documents_are_independent_and_start_from_the_base(tiny):
     np.testing.assert_allclose(nll[150:182], ref, rtol=1e-5, atol=1e-6)
 
 
+def test_lora_ttt_on_a_looped_model_has_an_adapter_per_pass():
+    """Looped schedule [0, 1, 1, 1]: 4 slots of adapters; still scores every token once."""
+    cfg = dataclasses.replace(MODEL, num_loops=2, loop_start=1, loop_end=1)
+    model = build_model(cfg)
+    assert model.num_slots() == 4
+    params = jax.jit(model.init)(jax.random.key(0))
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+    tokens = stream(601)
+    res, nll = _ttt_nll(model, params, tokens, "lora_ttt")
+    _, frozen = _ttt_nll(model, params, tokens, "lora_ttt", dataclasses.replace(EVAL, lora_lr=0.0))
+    assert res.val_tokens == len(tokens) - 1 and np.all(np.isfinite(nll)) and np.all(nll > 0)
+    np.testing.assert_array_equal(nll[:32], frozen[:32])  # first chunk: adapters still zero
+    assert np.abs(nll - frozen).max() > 1e-4  # later chunks see trained adapters
+
+
 def test_phased_lora_ttt_trains_the_base_on_scored_documents(tiny):
     model, params = tiny
     tokens = stream(1201)

@@ -178,3 +178,28 @@ def test_initial_loss_is_uniform():
     params = jax.jit(model.init)(jax.random.key(0))
     ids = jax.random.randint(jax.random.key(1), (2, 33), 0, TINY.vocab_size)
     assert float(model.loss(params, ids[:, :-1], ids[:, 1:])) == pytest.approx(np.log(TINY.vocab_size), abs=0.01)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_slot_deltas_are_per_virtual_layer(scan_layers):
+    """Test-time adapters ride on virtual slots: one delta shared by every pass of a looped layer
+    equals editing that layer's weight; a delta on one pass changes only what that pass sees."""
+    cfg = dataclasses.replace(TINY, num_loops=2, loop_start=1, loop_end=2, attention_impl="xla",
+                              scan_layers=scan_layers)
+    model = M.build_model(cfg)
+    params = jax.jit(model.init)(jax.random.key(0))
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+    ids = jax.random.randint(jax.random.key(2), (2, 12), 0, 96)
+    slots = model.module(params).layers
+    assert model.num_slots() == len(slots) == 9 and slots.count(1) == 3
+    d_L = 0.1 * jax.random.normal(jax.random.key(3), (cfg.num_layers, 128, 64))  # mlp.fc: (hidden, dim)
+    shared = {"mlp.fc.weight": d_L[jnp.asarray(slots)]}
+    edited = jax.tree.map(lambda a: a, params)
+    edited["blocks"]["mlp"]["fc"]["weight"] = params["blocks"]["mlp"]["fc"]["weight"] + d_L
+    logits = jax.jit(lambda p, i, d: model.logits(p, i, True, slot_deltas=d))
+    np.testing.assert_allclose(logits(params, ids, shared), model.logits(edited, ids), rtol=1e-5, atol=1e-5)
+    second_pass = slots.index(1) + 1  # layer 1's second visit
+    one = {"mlp.fc.weight": shared["mlp.fc.weight"].at[second_pass].add(0.2)}
+    assert float(jnp.abs(logits(params, ids, one) - logits(params, ids, shared)).max()) > 1e-3
