@@ -177,6 +177,13 @@ class EvalConfig:
     lora_targets: str = "q,k,v,o,mlp,head"  # of q,k,v,o (attn.proj),mlp (fc),mlp_out (mlp.proj),head
     lora_lr: float = 0.01
     lora_optimizer: str = "sgd"  # sgd (#1227, momentum ttt_momentum) | adam
+    # Adam's betas/eps and decoupled weight decay (AdamW when > 0). The records' phased LoRA TTT
+    # (spec 4.18): adam, lr 1e-4, betas (0, 0.999), eps 1e-10, wd 1.0, rank 96, alpha 144, warm A.
+    lora_beta1: float = 0.9
+    lora_beta2: float = 0.999
+    lora_eps: float = 1e-8
+    lora_wd: float = 0.0
+    lora_warm_start_a: bool = False  # keep the trained A across document batches (reset per phase)
     lora_steps: int = 1  # optimizer steps per scored chunk (cosine within the chunk)
     lora_chunk_tokens: int = 48
     lora_batch_docs: int = 16  # documents scored in lockstep, each with its own adapter
@@ -298,6 +305,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"eval.final_modes={ev.final_modes!r}: choose from plain, sliding, ttt, lora_ttt")
     if ev.eval_stride <= 0 or (ev.eval_seq_len and ev.eval_stride > ev.eval_seq_len):
         raise ConfigError(f"eval.eval_stride={ev.eval_stride} must be in 1..eval_seq_len")
+    if not (0 <= ev.lora_beta1 < 1 and 0 <= ev.lora_beta2 < 1 and ev.lora_eps > 0 and ev.lora_wd >= 0):
+        raise ConfigError(f"eval.lora_beta1={ev.lora_beta1}, lora_beta2={ev.lora_beta2} must be in [0, 1), "
+                          f"lora_eps={ev.lora_eps} > 0 and lora_wd={ev.lora_wd} >= 0")
     if ev.ngram_order and not 2 <= ev.ngram_order <= 8:
         raise ConfigError(f"eval.ngram_order={ev.ngram_order} must be 0 (off) or 2..8")
     q = cfg.quant

@@ -189,6 +189,21 @@ def lora_slot_deltas(lora_doc, scale: float) -> dict:
             for t, ab in lora_doc.items() if t != "head"}
 
 
+def lora_update(lora, opt, g, lr, cfg: EvalConfig):
+    """One adapter step: SGD with momentum (#1227), or Adam with bias correction and, when
+    lora_wd > 0, torch AdamW's decoupled decay (a <- a (1 - lr wd) - lr * adam_step)."""
+    if cfg.lora_optimizer == "sgd":
+        opt = jax.tree.map(lambda m, gi: cfg.ttt_momentum * m + gi, opt, g)
+        return jax.tree.map(lambda a, m: a - lr * m, lora, opt), opt
+    b1, b2 = cfg.lora_beta1, cfg.lora_beta2
+    m, v, n = opt
+    n = n + 1
+    m = jax.tree.map(lambda a, gi: b1 * a + (1 - b1) * gi, m, g)
+    v = jax.tree.map(lambda a, gi: b2 * a + (1 - b2) * gi * gi, v, g)
+    upd = jax.tree.map(lambda a, b: (a / (1 - b1 ** n)) / (jnp.sqrt(b / (1 - b2 ** n)) + cfg.lora_eps), m, v)
+    return jax.tree.map(lambda a, u: a * (1 - lr * cfg.lora_wd) - lr * u, lora, upd), (m, v, n)
+
+
 def documents(tokens: np.ndarray) -> list[tuple[int, int]]:
     """Target-position ranges [first, end) of each document: a document runs from its BOS up to
     and including the next BOS (so its last target is that BOS), the last one to the stream end."""
@@ -233,16 +248,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
         return jnp.sum(jnp.sum(jnp.where(mask, nll, 0.0), -1) / jnp.maximum(jnp.sum(mask, -1), 1))
 
     def train(lora, opt, p, x, y, lo, hi, lr):
-        g = jax.grad(chunk_loss)(lora, p, x, y, lo, hi)
-        if cfg.lora_optimizer == "sgd":
-            opt = jax.tree.map(lambda m, gi: cfg.ttt_momentum * m + gi, opt, g)
-            return jax.tree.map(lambda a, m: a - lr * m, lora, opt), opt
-        m, v, n = opt  # Adam with bias correction, (beta1, beta2) = (0.9, 0.999)
-        n = n + 1
-        m = jax.tree.map(lambda a, gi: 0.9 * a + 0.1 * gi, m, g)
-        v = jax.tree.map(lambda a, gi: 0.999 * a + 0.001 * gi * gi, v, g)
-        upd = jax.tree.map(lambda a, b: (a / (1 - 0.9 ** n)) / (jnp.sqrt(b / (1 - 0.999 ** n)) + 1e-8), m, v)
-        return jax.tree.map(lambda a, u: a - lr * u, lora, upd), (m, v, n)
+        return lora_update(lora, opt, jax.grad(chunk_loss)(lora, p, x, y, lo, hi), lr, cfg)
 
     # Documents (and their adapters) split over the data devices; the result replicated.
     train = jax.jit(train)
@@ -250,7 +256,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     loss_sum, key = 0.0, jax.random.key(0)
     nll_all = np.zeros(total, np.float32) if per_token else None
     ent_all = np.zeros(total, np.float32) if per_token else None
-    frontier = _Frontier()
+    frontier, warm_a = _Frontier(), None
     base, buf = place.replicated(params), None  # a copy: phases update it in place (donated)
     sgd = make_sgd_step(model, cfg.ttt_momentum, cfg.ttt_grad_clip, place) if cfg.lora_phases else None
     log(f"lora_ttt:start docs:{len(docs)} rank:{cfg.lora_rank} targets:{cfg.lora_targets} chunk:{C} "
@@ -258,7 +264,10 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     for d0 in range(0, len(docs), nd):
         batch = docs[d0:d0 + nd]
         key, sub = jax.random.split(key)
-        lora = jax.tree.map(place.batched, jax.device_get(lora_init(sub, base, targets, cfg.lora_rank, nd, head, model.num_slots())))
+        lora = jax.device_get(lora_init(sub, base, targets, cfg.lora_rank, nd, head, model.num_slots()))
+        if warm_a is not None:  # warm start: the previous batch's trained A, a fresh B = 0
+            lora = {t: {"A": warm_a[t], "B": ab["B"]} for t, ab in lora.items()}
+        lora = jax.tree.map(place.batched, lora)
         zeros = lambda: jax.tree.map(lambda a: place.batched(np.zeros(a.shape, np.float32)), lora)  # noqa: E731
         opt = zeros() if cfg.lora_optimizer == "sgd" else (zeros(), zeros(), 0)
         n_chunks = max(-(-(b - a) // C) for a, b in batch)
@@ -289,6 +298,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                     lora, opt = train(lora, opt, base, x, y, place.batched(lo), place.batched(hi),
                                       cosine_lr(cfg.lora_lr, s, cfg.lora_steps + 1))
         frontier.scored_through(batch[-1][1])
+        warm_a = {t: jax.device_get(ab["A"]) for t, ab in lora.items()} if cfg.lora_warm_start_a else None
         done = d0 + len(batch)
         while boundaries and done >= boundaries[0]:  # phased: global SGD on already-scored docs
             upto = docs[boundaries.pop(0) - 1][1]
@@ -302,6 +312,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                     base, buf, _ = sgd(base, buf, place.batched(xs), place.batched(ys),
                                        cosine_lr(cfg.lora_phase_lr, c, n_ch))
             log(f"lora_ttt:phase global SGD over targets [0, {upto}) after {done} docs")
+            warm_a = None  # a new phase starts from fresh adapters
         frontier_docs = done
         if progress is not None:
             progress.update(done)

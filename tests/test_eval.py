@@ -153,6 +153,35 @@ def test_lora_ttt_on_a_looped_model_has_an_adapter_per_pass():
     assert np.abs(nll - frozen).max() > 1e-4  # later chunks see trained adapters
 
 
+def test_lora_adamw_step():
+    """beta1 = 0 makes the first moment the gradient; decoupled decay scales a zero-gradient
+    adapter by exactly (1 - lr wd); wd = 0 with a zero gradient leaves it unchanged."""
+    from pgolf_jax.ttt import lora_update
+    cfg = dataclasses.replace(EVAL, lora_optimizer="adam", lora_beta1=0.0, lora_beta2=0.999, lora_eps=1e-10,
+                              lora_wd=1.0)
+    a = {"A": jnp.full((3, 4), 2.0)}
+    zeros = jax.tree.map(jnp.zeros_like, a)
+    new, _ = lora_update(a, (zeros, zeros, 0), zeros, 0.1, cfg)
+    np.testing.assert_allclose(new["A"], 2.0 * (1 - 0.1 * 1.0), rtol=1e-6)
+    g = {"A": jnp.arange(12.0).reshape(3, 4) - 5.0}
+    _, (m, v, n) = lora_update(a, (zeros, zeros, 0), g, 0.1, cfg)
+    np.testing.assert_array_equal(m["A"], g["A"])
+    same, _ = lora_update(a, (zeros, zeros, 0), zeros, 0.1, dataclasses.replace(cfg, lora_wd=0.0))
+    np.testing.assert_array_equal(same["A"], a["A"])
+
+
+def test_lora_warm_start_keeps_a_across_document_batches(tiny):
+    model, params = tiny
+    tokens = stream()
+    cfg = dataclasses.replace(EVAL, lora_optimizer="adam", lora_lr=0.01, lora_batch_docs=2)
+    _, cold = _ttt_nll(model, params, tokens, "lora_ttt", cfg)
+    res, warm = _ttt_nll(model, params, tokens, "lora_ttt", dataclasses.replace(cfg, lora_warm_start_a=True))
+    first_batch_end = 2 * 150  # documents of 150 tokens, two per batch
+    np.testing.assert_array_equal(warm[:first_batch_end], cold[:first_batch_end])
+    assert np.abs(warm[first_batch_end:] - cold[first_batch_end:]).max() > 1e-5
+    assert res.val_tokens == len(tokens) - 1
+
+
 def test_phased_lora_ttt_trains_the_base_on_scored_documents(tiny):
     model, params = tiny
     tokens = stream(1201)
