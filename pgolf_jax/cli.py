@@ -29,13 +29,26 @@ def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py eval", description="Evaluate weights on the val split (val_loss, val_bpb).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="a run directory (uses its config.json and artifact)")
-    src.add_argument("--artifact", help="a pgolf_jax artifact (final_model.int8.zstd / .zlib)")
+    src.add_argument("--artifact", help="a pgolf_jax artifact (final_model.<int8|gptq|rtn>.<zstd|zlib|brotli>)")
     src.add_argument("--torch-state-dict", help="a reference PyTorch state dict (final_model.pt)")
     src.add_argument("--reference-ptz", help="a reference int8+zlib artifact (final_model.int8.ptz)")
     p.add_argument("--config", help="preset for --artifact / --torch-state-dict / --reference-ptz "
                                     "(default: configs/baseline_sp1024.py values)")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
     return p
+
+
+def run_artifact(run_dir: Path) -> Path:
+    """The artifact a run wrote (named in its submission.json; any scheme and codec)."""
+    sub = run_dir / "submission.json"
+    if sub.is_file():
+        name = json.loads(sub.read_text()).get("artifact")
+        if name and (run_dir / name).is_file():
+            return run_dir / name
+    found = sorted(p for p in run_dir.glob("final_model.*.*") if p.suffix not in (".npz", ".pt"))
+    if not found:
+        raise FileNotFoundError(f"no final_model.<scheme>.<codec> artifact in {run_dir}")
+    return found[0]
 
 
 def eval_command(argv: list[str]) -> int:
@@ -51,10 +64,7 @@ def eval_command(argv: list[str]) -> int:
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} not found: is {run_dir} a run directory?")
         cfg = config_lib.override(config_lib.from_dict(json.loads(cfg_path.read_text())), args.overrides)
-        found = sorted(run_dir.glob("final_model.int8.*"))
-        if not found:
-            raise FileNotFoundError(f"no final_model.int8.* artifact in {run_dir}")
-        source = found[0]
+        source = run_artifact(run_dir)
     else:
         cfg = config_lib.load(args.config, args.overrides) if args.config else config_lib.override(
             config_lib.Config(), args.overrides)

@@ -1,7 +1,8 @@
 """The main job, as the reference's main(): train -> quantize -> pack -> round-trip eval.
 
 Writes runs/<run_id>/: log.txt, metrics.jsonl, config.json, final_model.npz (float weights),
-the artifact final_model.int8.<codec>, and submission.json.
+the artifact final_model.<scheme>.<codec> (int8 / gptq / rtn; zstd / zlib / brotli), and
+submission.json (which names it).
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def test_gptq_takes_lookup_tables_round_to_nearest():
         quantize_mixed(named_model(), q, H)
 
 
-def test_gptq_run_with_bigram_untied_head_and_shuffled_loader(sample_data, tmp_path):
+def test_gptq_run_with_bigram_untied_head_and_shuffled_loader(sample_data, tmp_path, capsys):
     """Lookup tables take RTN; calibration reads the training run's (shuffled) loader."""
     from pgolf_jax.cli import main
     over = [f"{k}={v}" for k, v in sample_data["overrides"].items()]
@@ -112,6 +112,11 @@ def test_gptq_run_with_bigram_untied_head_and_shuffled_loader(sample_data, tmp_p
                  "quant.keep_float_max_numel=1000", "quant.gptq_calibration_batches=1"]) == 0
     log = (tmp_path / "b" / "log.txt").read_text()
     assert "final_roundtrip val_loss:" in log and "(no wall-clock cap: no budget to count it against)" in log
+    # `eval --run` finds the GPTQ artifact the run wrote and reproduces its score.
+    score = json.loads((tmp_path / "b" / "submission.json").read_text())["val_bpb"]
+    assert main(["eval", "--run", str(tmp_path / "b")]) == 0
+    got = float(re.search(r"eval_exact val_loss:\S+ val_bpb:(\S+)", capsys.readouterr().out).group(1))
+    assert got == pytest.approx(score, abs=1e-8)
 
 
 @pytest.mark.parametrize("lqer", [0, 4])
