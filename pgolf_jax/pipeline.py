@@ -140,12 +140,13 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
             prog = Progress("eval:lora_ttt", len(documents(ev.tokens)), enabled=on, unit="docs")
             res, nll, ent, extra = lora_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order), progress=prog)
         prog.close()
-        flops = fwd_per_token * len(ev.windows) * T + 3 * fwd_per_token * extra.get("train_tokens", 0)
+        flops = fwd_per_token * (extra.get("forward_tokens") or len(ev.windows) * T) \
+            + 3 * fwd_per_token * extra.get("train_tokens", 0)
         proj = flops / (8 * H100_BF16_FLOPS * e.h100_mfu)
         log(f"final_{mode} {res.line()} projected_8xH100:{proj:.4f}s")
         log(f"final_{mode}_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
         results[mode] = {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "eval_seconds": round(res.seconds, 2),
-                         "projected_8xH100_seconds": round(proj, 6)}
+                         "projected_8xH100_seconds": proj}
         log.metric(f"final_{mode}", **results[mode])
         if e.ngram_order:
             loss, b, tok_s = ngram.mix_report(nll, ent, ev.tokens, cfg.model.vocab_size, e.ngram_order,

@@ -257,6 +257,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     nll_all = np.zeros(total, np.float32) if per_token else None
     ent_all = np.zeros(total, np.float32) if per_token else None
     frontier, warm_a = _Frontier(), None
+    forward_tokens = train_tokens = 0  # for the eval's FLOP count (each chunk re-reads its window)
     base, buf = place.replicated(params), None  # a copy: phases update it in place (donated)
     sgd = make_sgd_step(model, cfg.ttt_momentum, cfg.ttt_grad_clip, place) if cfg.lora_phases else None
     log(f"lora_ttt:start docs:{len(docs)} rank:{cfg.lora_rank} targets:{cfg.lora_targets} chunk:{C} "
@@ -285,6 +286,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                 spans.append((r, ca, cb, ws))
             x, y = place.batched(x), place.batched(y)
             nll, ent = (np.asarray(v) for v in score(base, lora, x, y))
+            forward_tokens += nd * T
             scored_end = {}
             for r, ca, cb, ws in spans:
                 loss_sum += float(nll[r, ca - ws:cb - ws].astype(np.float64).sum())
@@ -297,6 +299,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                 for s in range(cfg.lora_steps):
                     lora, opt = train(lora, opt, base, x, y, place.batched(lo), place.batched(hi),
                                       cosine_lr(cfg.lora_lr, s, cfg.lora_steps + 1))
+                    train_tokens += nd * T
         frontier.scored_through(batch[-1][1])
         warm_a = {t: jax.device_get(ab["A"]) for t, ab in lora.items()} if cfg.lora_warm_start_a else None
         done = d0 + len(batch)
@@ -311,6 +314,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                     frontier.check(a, b)
                     base, buf, _ = sgd(base, buf, place.batched(xs), place.batched(ys),
                                        cosine_lr(cfg.lora_phase_lr, c, n_ch))
+                    train_tokens += xs.size
             log(f"lora_ttt:phase global SGD over targets [0, {upto}) after {done} docs")
             warm_a = None  # a new phase starts from fresh adapters
         frontier_docs = done
@@ -319,4 +323,4 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     seconds = time.perf_counter() - t0
     log(f"lora_ttt:done docs:{frontier_docs} time:{seconds:.1f}s")
     res = EvalResult(loss_sum / total, bpb(loss_sum, ev.byte_count), total, ev.byte_count, seconds)
-    return res, nll_all, ent_all, {}
+    return res, nll_all, ent_all, {"forward_tokens": forward_tokens, "train_tokens": train_tokens}

@@ -240,3 +240,6 @@ def test_final_modes_through_the_main_job(sample_data, tmp_path, capsys):
     rt = float(re.search(r"final_roundtrip_exact val_loss:[\d.]+ val_bpb:([\d.]+)", log).group(1))
     assert plain == pytest.approx(rt, abs=1e-7)  # plain at the same length is the round-trip eval
     assert math.isfinite(sub["val_bpb"])
+    # The 8xH100 projections count each mode's forward and training tokens.
+    proj = {m: sub["final_modes"][m]["projected_8xH100_seconds"] for m in ("plain", "sliding", "ttt", "lora_ttt")}
+    assert proj["plain"] < proj["sliding"] < proj["ttt"] and proj["plain"] < proj["lora_ttt"], proj
