@@ -48,6 +48,9 @@ class DataConfig:
     loader_seed: int = 0
 
 
+LORA_TARGET_NAMES = ("q", "k", "v", "o", "mlp", "mlp_out", "head", "o_par", "mlp_par")  # ttt.py's adapter sites
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 1024
@@ -174,7 +177,9 @@ class EvalConfig:
     ttt_grad_clip: float = 1.0
     lora_rank: int = 8
     lora_alpha: float = 8.0  # adapter output scale alpha / rank
-    lora_targets: str = "q,k,v,o,mlp,head"  # of q,k,v,o (attn.proj),mlp (fc),mlp_out (mlp.proj),head
+    # of q, k, v, o (attn.proj), mlp (fc), mlp_out (mlp.proj), head, and the records' parallel
+    # o_par / mlp_par (D -> D from the sublayer's normalized input; the records: q,k,v,o_par,mlp_par,head)
+    lora_targets: str = "q,k,v,o,mlp,head"
     lora_lr: float = 0.01
     lora_optimizer: str = "sgd"  # sgd (#1227, momentum ttt_momentum) | adam
     # Adam's betas/eps and decoupled weight decay (AdamW when > 0). The records' phased LoRA TTT
@@ -308,6 +313,10 @@ def validate(cfg: Config) -> None:
     if not (0 <= ev.lora_beta1 < 1 and 0 <= ev.lora_beta2 < 1 and ev.lora_eps > 0 and ev.lora_wd >= 0):
         raise ConfigError(f"eval.lora_beta1={ev.lora_beta1}, lora_beta2={ev.lora_beta2} must be in [0, 1), "
                           f"lora_eps={ev.lora_eps} > 0 and lora_wd={ev.lora_wd} >= 0")
+    bad = [t for t in ev.lora_targets.split(",") if t not in LORA_TARGET_NAMES]
+    if bad:
+        raise ConfigError(f"eval.lora_targets={ev.lora_targets!r}: unknown {', '.join(bad)}; "
+                          f"choose from {', '.join(LORA_TARGET_NAMES)}")
     if ev.ngram_order and not 2 <= ev.ngram_order <= 8:
         raise ConfigError(f"eval.ngram_order={ev.ngram_order} must be 0 (off) or 2..8")
     q = cfg.quant

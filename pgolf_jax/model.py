@@ -61,8 +61,11 @@ class Block(nnx.Module):
         self.xsa_last_n, self.parallel_start = cfg.xsa_last_n, cfg.parallel_residual_start
         name_taps(self)
 
-    def __call__(self, x_ND, x0_ND, layer, ctx):
-        """`layer` is the physical layer index (a traced int under scan) the per-layer rules use."""
+    def __call__(self, x_ND, x0_ND, layer, ctx, adapters=None):
+        """`layer` is the physical layer index (a traced int under scan) the per-layer rules use.
+        adapters {"attn_par" / "mlp_par": (D, D)} are test-time parallel paths from each sublayer's
+        normalized input, added to its output before the attn/mlp scale (the records' O and MLP
+        LoRA placement)."""
         dt = x_ND.dtype
         mix = self.resid_mix[...].astype(dt)
         x_ND = mix[0] * x_ND + mix[1] * x0_ND
@@ -70,13 +73,21 @@ class Block(nnx.Module):
         c = jax.lax.rsqrt(jnp.asarray(layer, jnp.float32) + 1.0).astype(dt) if self.ln_scale else None
         norm = (lambda h: rms_norm(h) * c) if self.ln_scale else rms_norm
         xsa = _ge(layer, self.num_layers - self.xsa_last_n) if self.xsa_last_n else 0.0
-        attn_out = x_ND + self.attn_scale[...].astype(dt) * self.attn(norm(x_ND), ctx, xsa=xsa)
+        adapters = adapters or {}
+
+        def parallel(name, n_ND, y_ND):
+            d = adapters.get(name)
+            return y_ND if d is None else y_ND + n_ND @ d.astype(dt).T
+
+        n_ND = norm(x_ND)
+        attn_out = x_ND + self.attn_scale[...].astype(dt) * parallel("attn_par", n_ND, self.attn(n_ND, ctx, xsa=xsa))
         # Sequential blocks feed the MLP the post-attention stream; GPT-J parallel blocks
         # (physical layer >= parallel_residual_start) feed it the block input (spec 4.3).
         mlp_in = attn_out
         if self.parallel_start >= 0:
             mlp_in = jnp.where(_ge(layer, self.parallel_start), x_ND, attn_out)
-        return attn_out + self.mlp_scale[...].astype(dt) * self.mlp(norm(mlp_in))
+        n_ND = norm(mlp_in)
+        return attn_out + self.mlp_scale[...].astype(dt) * parallel("mlp_par", n_ND, self.mlp(n_ND))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +116,10 @@ BLOCK_SCHEDULES: dict[str, Callable[[ModelConfig], tuple[int, ...]]] = {
 def num_skips(layers: tuple[int, ...]) -> int:
     n_enc = len(layers) // 2
     return min(n_enc, len(layers) - n_enc)
+
+
+# slot_deltas keys that are parallel adapter matrices (D, D) rather than weight deltas.
+PARALLEL_ADAPTERS = ("attn_par", "mlp_par")
 
 
 def _gather(tree, idx: tuple[int, ...]):
@@ -162,7 +177,8 @@ class GPT(nnx.Module):
     def hidden(self, ids_BT, looped: bool = True, slot_deltas=None):
         """Final-norm hidden states (B, T, D): the head's input. slot_deltas {block weight name
         ("attn.c_q.weight"): (virtual layers, out, in)} adds a delta per virtual layer slot, so each
-        pass of a looped layer can carry its own test-time adapter."""
+        pass of a looped layer can carry its own test-time adapter; the keys in PARALLEL_ADAPTERS
+        hold (virtual layers, D, D) parallel paths instead (see Block)."""
         cfg = self.cfg
         B, T = ids_BT.shape
         # The residual stream is kept flat, (B*T, D): the gradient of a (D,) parameter broadcast
@@ -231,22 +247,26 @@ class GPT(nnx.Module):
         # Gated skips (spec 4.2): lerp(w*s, x, sigmoid(g)); plain skips: x + w*s.
         skip_g = None if self.skip_gates is None else jax.nn.sigmoid(self.skip_gates[...].astype(x.dtype))
 
-        def raw_block(x, state, layer):
-            return nnx.merge(graphdef, state)(x, x0, layer, ctx)
+        def raw_block(x, state_adapters, layer):
+            state, adapters = state_adapters
+            return nnx.merge(graphdef, state)(x, x0, layer, ctx, adapters)
 
         block = jax.checkpoint(raw_block) if self.cfg.remat else raw_block
 
-        def with_deltas(state, slots):
-            """Block weights of virtual slots `slots` (an index or a slice) plus their deltas."""
-            if not slot_deltas:
-                return state
+        deltas = slot_deltas or {}
+        parallel = {k: v for k, v in deltas.items() if k in PARALLEL_ADAPTERS}
 
+        def with_deltas(state, slots):
+            """(block weights of virtual slots `slots` (an index or a slice) plus their weight
+            deltas, those slots' parallel adapters)."""
             def add(path, a):
                 name = ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-                d = slot_deltas.get(name.removesuffix(".value"))
+                d = deltas.get(name.removesuffix(".value"))
                 return a if d is None else a + d[slots].astype(a.dtype)
 
-            return jax.tree_util.tree_map_with_path(add, state)
+            if deltas:
+                state = jax.tree_util.tree_map_with_path(add, state)
+            return state, {k: v[slots] for k, v in parallel.items()}
 
         def add_skip(x, w, g, skip):
             scaled = w * skip

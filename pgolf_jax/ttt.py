@@ -160,6 +160,8 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
 
 LORA_TARGETS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.proj", "mlp": "mlp.fc",
                 "mlp_out": "mlp.proj"}
+# Parallel D -> D adapters (the records' O and MLP placement), by the model's slot_deltas key.
+PARALLEL_LORA = {"o_par": "attn_par", "mlp_par": "mlp_par"}
 
 
 def lora_init(key, params, targets: tuple[str, ...], rank: int, n_docs: int, head: bool, n_slots: int):
@@ -167,10 +169,13 @@ def lora_init(key, params, targets: tuple[str, ...], rank: int, n_docs: int, hea
     layer gets its own): A ~ U(+-1/sqrt(in)), B = 0 (the adapted model starts as the base)."""
     lora = {}
     for t in targets:
-        W = params["blocks"]
-        for part in LORA_TARGETS[t].split("."):
-            W = W[part]
-        _, out_f, in_f = W["weight"].shape
+        if t in PARALLEL_LORA:
+            out_f = in_f = params["blocks"]["attn"]["c_q"]["weight"].shape[-1]  # model_dim
+        else:
+            W = params["blocks"]
+            for part in LORA_TARGETS[t].split("."):
+                W = W[part]
+            _, out_f, in_f = W["weight"].shape
         key, sub = jax.random.split(key)
         bound = 1.0 / math.sqrt(in_f)
         lora[t] = {"A": jax.random.uniform(sub, (n_docs, n_slots, rank, in_f), jnp.float32, -bound, bound),
@@ -185,7 +190,7 @@ def lora_init(key, params, targets: tuple[str, ...], rank: int, n_docs: int, hea
 
 def lora_slot_deltas(lora_doc, scale: float) -> dict:
     """One document's adapters as per-slot weight deltas scale * B A (the model's slot_deltas)."""
-    return {f"{LORA_TARGETS[t]}.weight": scale * jnp.einsum("sor,sri->soi", ab["B"], ab["A"])
+    return {PARALLEL_LORA.get(t) or f"{LORA_TARGETS[t]}.weight": scale * jnp.einsum("sor,sri->soi", ab["B"], ab["A"])
             for t, ab in lora_doc.items() if t != "head"}
 
 

@@ -146,11 +146,13 @@ def test_lora_ttt_on_a_looped_model_has_an_adapter_per_pass():
     keys = jax.random.split(jax.random.key(1), len(leaves))
     params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
     tokens = stream(601)
-    res, nll = _ttt_nll(model, params, tokens, "lora_ttt")
-    _, frozen = _ttt_nll(model, params, tokens, "lora_ttt", dataclasses.replace(EVAL, lora_lr=0.0))
-    assert res.val_tokens == len(tokens) - 1 and np.all(np.isfinite(nll)) and np.all(nll > 0)
-    np.testing.assert_array_equal(nll[:32], frozen[:32])  # first chunk: adapters still zero
-    assert np.abs(nll - frozen).max() > 1e-4  # later chunks see trained adapters
+    for targets in ("q,k,v,o,mlp,head", "q,k,v,o_par,mlp_par,head"):  # ours, the records' placement
+        cfg = dataclasses.replace(EVAL, lora_targets=targets)
+        res, nll = _ttt_nll(model, params, tokens, "lora_ttt", cfg)
+        _, frozen = _ttt_nll(model, params, tokens, "lora_ttt", dataclasses.replace(cfg, lora_lr=0.0))
+        assert res.val_tokens == len(tokens) - 1 and np.all(np.isfinite(nll)) and np.all(nll > 0)
+        np.testing.assert_array_equal(nll[:32], frozen[:32])  # first chunk: adapters still zero
+        assert np.abs(nll - frozen).max() > 1e-4, targets  # later chunks see trained adapters
 
 
 def test_lora_adamw_step():

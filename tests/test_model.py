@@ -203,3 +203,25 @@ def test_slot_deltas_are_per_virtual_layer(scan_layers):
     second_pass = slots.index(1) + 1  # layer 1's second visit
     one = {"mlp.fc.weight": shared["mlp.fc.weight"].at[second_pass].add(0.2)}
     assert float(jnp.abs(logits(params, ids, one) - logits(params, ids, shared)).max()) > 1e-3
+
+
+def test_parallel_adapters_read_the_sublayer_input():
+    """attn_par / mlp_par add norm(input) @ D^T to a sublayer's output before its scale: with the
+    attention branch silenced, an attn_par adapter changes the block output by exactly that."""
+    from flax import nnx
+    cfg = dataclasses.replace(TINY, attention_impl="xla")
+    block = M.Block(cfg, rngs=nnx.Rngs(params=0))
+    block.mlp_scale[...] = jnp.zeros_like(block.mlp_scale[...])  # isolate the attention branch
+    block.attn_scale[...] = jnp.full_like(block.attn_scale[...], 0.5)
+    B, T, D = 2, 8, cfg.model_dim
+    x = jax.random.normal(jax.random.key(1), (B * T, D))
+    ctx = {"rope": layers.rotary_tables(T, D // cfg.num_heads, cfg.rope_base, jnp.float32), "shape_BT": (B, T)}
+    d = 0.1 * jax.random.normal(jax.random.key(2), (D, D))
+    base = block(x, x, 0, ctx)
+    with_attn = block(x, x, 0, ctx, {"attn_par": d})
+    mixed = block.resid_mix[...][0] * x + block.resid_mix[...][1] * x
+    np.testing.assert_allclose(with_attn - base, 0.5 * layers.rms_norm(mixed) @ d.T, rtol=1e-5, atol=1e-5)
+    attn_out = base  # with mlp_scale = 0 the block output is the post-attention stream: the MLP input
+    block.mlp_scale[...] = jnp.ones_like(block.mlp_scale[...])
+    np.testing.assert_allclose(block(x, x, 0, ctx, {"mlp_par": d}) - block(x, x, 0, ctx),
+                               layers.rms_norm(attn_out) @ d.T, rtol=1e-4, atol=1e-4)
