@@ -51,6 +51,9 @@ OVERRIDES = {
     "train.ema_decay": 0.9965,
     "train.train_log_every": 500,
     "eval.val_loss_every": 4000,
+    # The record's final eval: sliding window 2048 / 64, then score-first TTT (SGD lr 0.005 cosine
+    # over 32,768-token chunks, momentum 0.9, 3 epochs: the eval.ttt_* defaults). It reports the last.
+    "eval.final_modes": "sliding,ttt",
     "quant.scheme": "gptq",
     "quant.attn_bits": 6,
     "quant.mlp_bits": 6,

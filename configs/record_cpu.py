@@ -12,6 +12,9 @@ OVERRIDES = {
     "data.num_val_docs": 500,
     # RESULTS.md's ablation and quantization tables were measured on the sequential stream.
     "data.loader": "sequential",
+    # Plain final eval keeps a run to a few minutes; `run.py eval --run DIR
+    # eval.final_modes=sliding,ttt` adds the record's eval (about 100 s more here).
+    "eval.final_modes": "plain",
     "model.vocab_size": 1024,
     "model.num_layers": 4,
     "model.model_dim": 256,
