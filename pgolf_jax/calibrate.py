@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from pgolf_jax import dist
-from pgolf_jax.optim import STACKED_PREFIX
+from pgolf_jax.interop import split_layers
 from pgolf_jax.shards import make_loader
 
 
@@ -34,13 +34,7 @@ def collect_hessians(model, params, train_pattern: str, batches: int, batch_toke
         acc = h if acc is None else jax.tree.map(lambda a, b: a + b, acc, h)
     out: dict[str, np.ndarray] = {}
     for name, H in jax.device_get(acc).items():
-        H = np.asarray(H, np.float64) / batches
-        if name.startswith(STACKED_PREFIX):
-            rest = name[len(STACKED_PREFIX):]
-            for i in range(H.shape[0]):
-                out[f"{STACKED_PREFIX}{i}.{rest}"] = H[i]
-        else:
-            out[name] = H
+        out.update(split_layers(name, np.asarray(H, np.float64) / batches))
     seconds = time.perf_counter() - t0
     log(f"gptq:collected {len(out)} Hessians from {batches} batches of {batch_tokens} tokens in {seconds:.1f}s")
     return out, seconds

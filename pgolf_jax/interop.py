@@ -18,17 +18,19 @@ import numpy as np
 from pgolf_jax.optim import STACKED_PREFIX, path_name
 
 
+def split_layers(name: str, arr) -> dict:
+    """{name: arr}, or for a stacked block tensor {"blocks.<i>.<rest>": arr[i]} per layer."""
+    if not name.startswith(STACKED_PREFIX):
+        return {name: arr}
+    rest = name[len(STACKED_PREFIX):]
+    return {f"{STACKED_PREFIX}{i}.{rest}": arr[i] for i in range(arr.shape[0])}
+
+
 def flatten_params(params) -> dict[str, np.ndarray]:
     """Nested params -> {reference name: numpy array}, block parameters split per layer."""
     out: dict[str, np.ndarray] = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        name, arr = path_name(path), np.asarray(jax.device_get(leaf))
-        if name.startswith(STACKED_PREFIX):
-            rest = name[len(STACKED_PREFIX):]
-            for i in range(arr.shape[0]):
-                out[f"{STACKED_PREFIX}{i}.{rest}"] = arr[i]
-        else:
-            out[name] = arr
+        out.update(split_layers(path_name(path), np.asarray(jax.device_get(leaf))))
     return out
 
 

@@ -22,6 +22,7 @@ from pgolf_jax.config import ModelConfig
 from pgolf_jax.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
 from pgolf_jax.layers import (ACTIVATIONS, LINEAR, capture_linear_inputs, linear_init, name_taps, rms_norm,
                               rotary_tables, softcap)
+from pgolf_jax.optim import path_name
 
 
 def resolve_dtype(name: str):
@@ -260,8 +261,7 @@ class GPT(nnx.Module):
             """(block weights of virtual slots `slots` (an index or a slice) plus their weight
             deltas, those slots' parallel adapters)."""
             def add(path, a):
-                name = ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-                d = deltas.get(name.removesuffix(".value"))
+                d = deltas.get(path_name(path).removesuffix(".value"))
                 return a if d is None else a + d[slots].astype(a.dtype)
 
             if deltas:

@@ -180,6 +180,18 @@ class TokenStream:
         self.file_idx, self.pos, self._tokens = idx, off, None
 
 
+def span_tokens(global_tokens: int, num_spans: int, seq_len: int) -> int:
+    """Tokens per span of a step (global_tokens // num_spans), checked to be whole sequences."""
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    local = global_tokens // num_spans
+    if local <= 0 or local % seq_len:
+        raise ValueError(
+            f"train_batch_tokens={global_tokens} over {num_spans} spans gives {local} tokens per span, "
+            f"which must be a positive multiple of seq_len={seq_len}")
+    return local
+
+
 class TokenLoader:
     """The reference DistributedTokenLoader with its span count made explicit.
 
@@ -198,13 +210,7 @@ class TokenLoader:
 
     def next_batch(self, global_tokens: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) int32 of shape (num_spans, local // seq_len, seq_len); y is x shifted by one."""
-        if seq_len <= 0:
-            raise ValueError(f"seq_len must be positive, got {seq_len}")
-        local = global_tokens // self.num_spans
-        if local <= 0 or local % seq_len:
-            raise ValueError(
-                f"train_batch_tokens={global_tokens} over {self.num_spans} spans gives {local} tokens per span, "
-                f"which must be a positive multiple of seq_len={seq_len}")
+        local = span_tokens(global_tokens, self.num_spans, seq_len)
         span = local + 1
         chunk = self.stream.take(self.num_spans * span).astype(np.int32).reshape(self.num_spans, span)
         x = np.ascontiguousarray(chunk[:, :-1]).reshape(self.num_spans, local // seq_len, seq_len)
@@ -285,13 +291,9 @@ class ShuffledSequenceLoader:
 
     def next_batch(self, global_tokens: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) int32 of shape (num_spans, local // seq_len, seq_len), like TokenLoader's."""
-        local = global_tokens // self.num_spans
         if seq_len != self.seq_len:
             raise ValueError(f"ShuffledSequenceLoader was built for seq_len={self.seq_len}, asked for {seq_len}")
-        if local <= 0 or local % seq_len:
-            raise ValueError(
-                f"train_batch_tokens={global_tokens} over {self.num_spans} spans gives {local} tokens per span, "
-                f"which must be a positive multiple of seq_len={seq_len}")
+        local = span_tokens(global_tokens, self.num_spans, seq_len)
         n_seq = self.num_spans * (local // seq_len)
         windows = np.empty((n_seq, seq_len + 1), np.int32)
         for b in range(n_seq):

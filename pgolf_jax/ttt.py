@@ -28,15 +28,7 @@ from pgolf_jax import dist
 from pgolf_jax.config import EvalConfig
 from pgolf_jax.embeddings import BOS_ID
 from pgolf_jax.evaluate import EvalResult, Evaluator, bpb
-
-
-def _clip(grads, max_norm: float):
-    """torch.nn.utils.clip_grad_norm_ semantics."""
-    if max_norm <= 0:
-        return grads
-    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)))
-    coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
-    return jax.tree.map(lambda g: (g * coef).astype(g.dtype), grads)
+from pgolf_jax.optim import clip_by_global_norm
 
 
 def make_sgd_step(model, momentum: float, clip: float, place: _Placer | None = None):
@@ -44,7 +36,8 @@ def make_sgd_step(model, momentum: float, clip: float, place: _Placer | None = N
 
     def step(params, buf, x, y, lr):
         loss, grads = jax.value_and_grad(model.loss)(params, x, y)
-        grads = _clip(grads, clip)
+        if clip > 0:
+            grads, _ = clip_by_global_norm(clip).update(grads, None)
         buf = jax.tree.map(lambda b, g: momentum * b + g.astype(jnp.float32), buf, grads)
         params = jax.tree.map(lambda p, b: (p.astype(jnp.float32) - lr * b).astype(p.dtype), params, buf)
         return params, buf, loss
