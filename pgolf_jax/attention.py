@@ -8,7 +8,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
+from pgolf_jax import kernels
 
 from pgolf_jax.layers import LINEAR, apply_rotary, linear_init, rms_norm
 
@@ -131,15 +134,51 @@ def _cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale):
                                         implementation="cudnn")
 
 
-ATTENTION_IMPLS = {"xla": _xla_attention, "flash": _flash_attention, "cudnn": _cudnn_attention}
+# The "fused_cpu" path: the same FlashAttention recipe as one native kernel per direction
+# (kernels/causal_attention_cpu.cc, an XLA FFI call), fp32 inside; CPU only.
+
+def _fused_call(name, outs, *args, scale):
+    kernels.require()
+    f32 = [a.astype(jnp.float32) for a in args]
+    return jax.ffi.ffi_call(name, outs, vmap_method="sequential")(*f32, scale=np.float32(scale))
+
+
+def _fused_forward(q_BTHK, k_BTGK, v_BTGK, scale):
+    B, T, H, _ = q_BTHK.shape
+    outs = (jax.ShapeDtypeStruct(q_BTHK.shape, jnp.float32), jax.ShapeDtypeStruct((B, H, T), jnp.float32))
+    o_BTHK, lse_BHT = _fused_call("pgolf_causal_attention_fwd", outs, q_BTHK, k_BTGK, v_BTGK, scale=scale)
+    return o_BTHK.astype(q_BTHK.dtype), (q_BTHK, k_BTGK, v_BTGK, o_BTHK, lse_BHT)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _fused_cpu_attention(q_BTHK, k_BTGK, v_BTGK, scale):
+    return _fused_forward(q_BTHK, k_BTGK, v_BTGK, scale)[0]
+
+
+def _fused_backward(scale, res, do_BTHK):
+    q, k, v, o, lse = res
+    outs = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
+    dq, dk, dv = _fused_call("pgolf_causal_attention_bwd", outs, q, k, v, o, lse, do_BTHK, scale=scale)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+_fused_cpu_attention.defvjp(_fused_forward, _fused_backward)
+
+
+ATTENTION_IMPLS = {"xla": _xla_attention, "flash": _flash_attention, "cudnn": _cudnn_attention,
+                   "fused_cpu": _fused_cpu_attention}
 
 
 def resolve_impl(impl: str, dtype) -> str:
-    """'auto' = cuDNN flash attention on GPU in half precision, our blocked flash path elsewhere."""
+    """'auto' = cuDNN flash attention on GPU in half precision; on CPU the native fused kernel
+    when it builds here, else our blocked flash path."""
     if impl != "auto":
         return impl
-    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    backend = jax.default_backend()
+    if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
+    if backend == "cpu" and kernels.available():
+        return "fused_cpu"
     return "flash"
 
 

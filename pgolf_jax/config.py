@@ -85,7 +85,7 @@ class ModelConfig:
     activation: str = "relu2"
     linear: str = "dense"
     block_schedule: str = "unet"
-    attention_impl: str = "auto"  # auto | xla | flash | cudnn
+    attention_impl: str = "auto"  # auto | xla | flash | cudnn | fused_cpu
     scan_layers: bool = True  # lax.scan over the stacked blocks (False = Python loop)
     remat: bool = False
     # "auto" = bfloat16 on GPU (the reference's autocast) and float32 elsewhere.

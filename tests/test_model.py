@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgolf_jax import attention, layers, model as M
+from pgolf_jax import attention, kernels, layers, model as M
 from pgolf_jax.config import ModelConfig
 
 TINY = ModelConfig(vocab_size=96, num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2)
@@ -68,12 +68,17 @@ def test_remat_changes_nothing():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("impl", ["xla", "flash"])
+# The native kernel is tested wherever a C++ compiler exists (a failed build then fails the test).
+NATIVE = pytest.param("fused_cpu", marks=pytest.mark.skipif(
+    kernels._compiler() is None, reason="no C++ compiler for the native CPU kernel"))
+
+
+@pytest.mark.parametrize("impl", ["xla", "flash", NATIVE])
 def test_causality(impl):
     cfg = dataclasses.replace(TINY, attention_impl=impl)
     model = M.build_model(cfg)
     params = perturbed(model)
-    T = 300 if impl == "flash" else 40  # several query blocks
+    T = 40 if impl == "xla" else 300  # several query blocks
     ids = jax.random.randint(jax.random.key(5), (1, T), 0, cfg.vocab_size)
     logits = jax.jit(model.logits)
     base = logits(params, ids)
@@ -100,7 +105,7 @@ def naive_attention(q, k, v):
     return out
 
 
-@pytest.mark.parametrize("impl", ["xla", "flash"])
+@pytest.mark.parametrize("impl", ["xla", "flash", NATIVE])
 def test_attention_matches_naive(impl):
     key = jax.random.split(jax.random.key(0), 3)
     T = 300
@@ -111,14 +116,18 @@ def test_attention_matches_naive(impl):
     np.testing.assert_allclose(got, naive_attention(q, k, v), rtol=2e-5, atol=2e-5)
 
 
-def test_flash_gradients_match_xla():
+@pytest.mark.parametrize("impl", ["flash", NATIVE])
+@pytest.mark.parametrize("shape", [(2, 300, 4, 2, 16), (1, 64, 2, 2, 40), (1, 7, 3, 1, 8)])
+def test_gradients_match_xla(impl, shape):
+    """(B, T, H, G, K): several blocks with a partial last one; MHA with head_dim not a multiple
+    of the kernel's vector width; fewer tokens than one tile."""
+    B, T, H, G, K = shape
     key = jax.random.split(jax.random.key(1), 4)
-    T = 300  # three blocks, the last one partial
-    q, k, v = (jax.random.normal(kk, s) for kk, s in zip(key, [(2, T, 4, 16), (2, T, 2, 16), (2, T, 2, 16)]))
-    w = jax.random.normal(key[3], (2, T, 4, 16))
-    grads = {impl: jax.jit(jax.grad(lambda q, k, v: jnp.sum(attention.causal_attention(q, k, v, impl) * w),
-                                    argnums=(0, 1, 2)))(q, k, v) for impl in ("xla", "flash")}
-    for a, b in zip(grads["xla"], grads["flash"]):
+    q, k, v = (jax.random.normal(kk, s) for kk, s in zip(key, [(B, T, H, K), (B, T, G, K), (B, T, G, K)]))
+    w = jax.random.normal(key[3], (B, T, H, K))
+    grads = {i: jax.jit(jax.grad(lambda q, k, v: jnp.sum(attention.causal_attention(q, k, v, i) * w),
+                                 argnums=(0, 1, 2)))(q, k, v) for i in ("xla", impl)}
+    for a, b in zip(grads["xla"], grads[impl]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
