@@ -192,9 +192,11 @@ def size_report(obj: dict, group_of, codec: str, level: int = 22, byte_shuffle: 
 
 
 def code_files(root: Path | None = None) -> list[Path]:
-    """The source that ships with an artifact: the package and run.py (what the eval needs)."""
+    """The source that ships with an artifact: the package (with the native kernels' C++) and
+    run.py (what the eval needs)."""
     root = Path(root) if root else Path(__file__).resolve().parent.parent
-    files = sorted((root / "pgolf_jax").glob("*.py"))
+    files = sorted(f for f in (root / "pgolf_jax").rglob("*")
+                   if f.suffix in (".py", ".cc") and "__pycache__" not in f.parts)
     if (root / "run.py").is_file():
         files.append(root / "run.py")
     return files

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgolf_jax import config as config_lib, dist
+from pgolf_jax import attention as attention_lib, config as config_lib, dist
 from pgolf_jax.config import Config
 from pgolf_jax.interop import reference_gpt_kwargs
 from pgolf_jax.model import analytic_flops_per_token
@@ -126,7 +126,10 @@ def xla_flops_per_step(cfg: Config, batch: int, seq: int) -> float:
     """XLA's cost analysis of an unrolled-layer step (a scan body would be counted only once)."""
     from pgolf_jax.train import build, make_train_step
 
-    cfg = config_lib.override(cfg, {"model.scan_layers": False})
+    # XLA cannot see inside the native attention kernel's FFI call; count the XLA path instead.
+    impl = "xla" if attention_lib.resolve_impl(cfg.model.attention_impl, jnp.float32) == "fused_cpu" \
+        else cfg.model.attention_impl
+    cfg = config_lib.override(cfg, {"model.scan_layers": False, "model.attention_impl": impl})
     model, tx, state = build(cfg, dist.make_mesh())
     x = jax.ShapeDtypeStruct((1, batch, seq), jnp.int32)
     cost = jax.jit(make_train_step(model, tx)).lower(state, x, x, 1.0).compile().cost_analysis()

@@ -124,4 +124,5 @@ def test_size_cap():
 def test_code_bytes_counts_the_package():
     files = artifact.code_files()
     assert any(f.name == "model.py" for f in files) and any(f.name == "run.py" for f in files)
+    assert any(f.name == "causal_attention_cpu.cc" for f in files)  # the native kernel ships too
     assert artifact.code_bytes() == sum(len(f.read_bytes()) for f in files)
