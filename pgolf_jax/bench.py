@@ -60,6 +60,32 @@ def _median_time(fn, *args, steps: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def time_attention_impls(cfg: Config, batch: int, seq: int, impls: list[str], reps: int = 30) -> dict:
+    """One layer's attention at the config's shape per implementation: (forward, forward+backward)
+    seconds, min over `reps` (the minimum is the stable statistic on a noisy VM)."""
+    m = cfg.model
+    K = m.model_dim // m.num_heads
+    keys = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(keys[0], (batch, seq, m.num_heads, K))
+    k, v = (jax.random.normal(kk, (batch, seq, m.num_kv_heads, K)) for kk in keys[1:])
+    out = {}
+    for impl in impls:
+        fwd = jax.jit(lambda q, k, v, impl=impl: attention_lib.causal_attention(q, k, v, impl))
+        fwd_bwd = jax.jit(jax.grad(lambda q, k, v, impl=impl: attention_lib.causal_attention(q, k, v, impl).sum(),
+                                   argnums=(0, 1, 2)))
+        times = {}
+        for name, f in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+            jax.block_until_ready(f(q, k, v))
+            ts = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                jax.block_until_ready(f(q, k, v))
+                ts.append(time.perf_counter() - t)
+            times[name] = min(ts)
+        out[impl] = times
+    return out
+
+
 def time_parts(cfg: Config, batch: int, seq: int, steps: int) -> dict:
     """Where a step goes: forward+backward, the optimizer update, and attention alone."""
     from pgolf_jax.attention import causal_attention
@@ -190,6 +216,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-xla-flops", action="store_true", help="skip the unrolled compile for XLA's FLOP count")
     p.add_argument("--parts", action="store_true", help="also time forward+backward, optimizer and attention alone")
     p.add_argument("--vs-torch-reference", metavar="TRAIN_GPT_PY", help="also time the reference PyTorch GPT")
+    p.add_argument("--attention", metavar="IMPL[,IMPL]", help="also time one layer's attention per "
+                   "implementation (xla, flash, fused_cpu, ...), min of 30")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
     a = p.parse_args(argv)
     cfg = config_lib.load(a.config, a.overrides)
@@ -231,6 +259,15 @@ def main(argv: list[str]) -> int:
             print(f"gram_ns: muon_flops {ns / 1e9:.2f}G vs plain NS {plain / 1e9:.2f}G "
                   f"({100 * (1 - ns / plain):.0f}% fewer); optimizer {1000 * parts['optimizer_s']:.1f}ms vs "
                   f"{1000 * parts['optimizer_plain_ns_s']:.1f}ms plain NS")
+    if a.attention:
+        impls = a.attention.split(",")
+        unknown = [i for i in impls if i not in attention_lib.ATTENTION_IMPLS]
+        if unknown:
+            raise SystemExit(f"--attention: unknown implementation(s) {unknown}; "
+                             f"expected from {sorted(attention_lib.ATTENTION_IMPLS)}")
+        for impl, t in time_attention_impls(cfg, a.batch, seq, impls).items():
+            print(f"attention impl:{impl} fwd:{1000 * t['fwd']:.1f}ms fwd_bwd:{1000 * t['fwd_bwd']:.1f}ms "
+                  f"(one layer, min of 30)")
     if a.vs_torch_reference:
         t = time_torch_reference(a.vs_torch_reference, cfg, a.batch, seq, a.steps, a.warmup)
         ref_tok_s = tokens / t["step_s"]

@@ -110,6 +110,16 @@ def test_bench_prints_the_numbers(capsys):
         assert key in out, key
 
 
+def test_bench_times_attention_per_implementation(capsys):
+    assert main(["bench", "--config", TINY, "--batch", "1", "--seq", "64", "--steps", "1", "--warmup", "1",
+                 "--no-xla-flops", "--attention", "xla,flash"]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("attention impl:")]
+    assert [l.split()[1] for l in lines] == ["impl:xla", "impl:flash"]
+    assert all(float(re.search(r"fwd_bwd:([\d.]+)ms", l).group(1)) > 0 for l in lines)
+    with pytest.raises(SystemExit, match="unknown implementation"):
+        main(["bench", "--config", TINY, "--steps", "1", "--no-xla-flops", "--attention", "nope"])
+
+
 def test_bench_parts_report_gram_ns_saving(capsys):
     """--parts with Gram-NS on also times plain NS and prints the FLOP saving (issue 3 evidence)."""
     assert main(["bench", "--config", TINY, "--batch", "2", "--seq", "64", "--steps", "1", "--warmup", "1",
