@@ -139,13 +139,14 @@ def _cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale):
 # The "fused_cpu" path: the same FlashAttention recipe as one native kernel per direction
 # (kernels/causal_attention_cpu.cc, an XLA FFI call), fp32 inside; CPU only.
 
-def _batch_partitioned(name, rule):
-    """The FFI call, split over dim 0 (batch) under a mesh: each device runs the kernel on its own
-    batch shard. (XLA has no partitioning rule for a foreign call and would gather every input
-    onto every device.) Other dimensions are replicated into the call."""
+def _batch_partitioned(name, rule, out_shapes):
+    """The FFI call `name`, split over dim 0 (batch) under a mesh: each device runs the kernel on
+    its own batch shard. (XLA has no partitioning rule for a foreign call and would gather every
+    input onto every device.) Other dimensions are replicated into the call. `out_shapes` maps the
+    operand shapes to each result's shape."""
     def call(scale, *args):
-        outs = tuple(jax.ShapeDtypeStruct(shape(*(a.shape for a in args)), jnp.float32)
-                     for shape in OUT_SHAPES[name])
+        shapes = [a.shape for a in args]
+        outs = tuple(jax.ShapeDtypeStruct(f(*shapes), jnp.float32) for f in out_shapes)
         return jax.ffi.ffi_call(name, outs, vmap_method="sequential")(*args, scale=np.float32(scale))
 
     def batch_only(sharding, rank):
@@ -166,18 +167,14 @@ def _batch_partitioned(name, rule):
     return wrapped
 
 
-# Result shapes of each kernel from its operand shapes: fwd (q, k, v) -> (o, lse);
-# bwd (q, k, v, o, lse, do) -> (dq, dk, dv).
-OUT_SHAPES = {
-    "pgolf_causal_attention_fwd": (lambda q, k, v: q, lambda q, k, v: (q[0], q[2], q[1])),
-    "pgolf_causal_attention_bwd": (lambda q, *_: q, lambda q, k, *_: k, lambda q, k, v, *_: v),
-}
-_FUSED = {
+_FUSED = {  # fwd (q, k, v) -> (o, lse); bwd (q, k, v, o, lse, do) -> (dq, dk, dv)
     "pgolf_causal_attention_fwd": _batch_partitioned(
-        "pgolf_causal_attention_fwd", "b t h k, b s g k, b s g k -> b t h k, b h t"),
+        "pgolf_causal_attention_fwd", "b t h k, b s g k, b s g k -> b t h k, b h t",
+        (lambda q, k, v: q, lambda q, k, v: (q[0], q[2], q[1]))),
     "pgolf_causal_attention_bwd": _batch_partitioned(
         "pgolf_causal_attention_bwd",
-        "b t h k, b s g k, b s g k, b t h k, b h t, b t h k -> b t h k, b s g k, b s g k"),
+        "b t h k, b s g k, b s g k, b t h k, b h t, b t h k -> b t h k, b s g k, b s g k",
+        (lambda q, *_: q, lambda q, k, *_: k, lambda q, k, v, *_: v)),
 }
 
 

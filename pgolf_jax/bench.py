@@ -50,14 +50,18 @@ def gemm_peak(dtype=jnp.float32, sizes=(1024, 2048), reps: int = 10) -> float:
     return best
 
 
-def _median_time(fn, *args, steps: int = 5, warmup: int = 1) -> float:
+def _times(fn, *args, steps: int = 5, warmup: int = 1) -> list[float]:
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
         jax.block_until_ready(fn(*args))
         if i >= warmup:
             times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
+
+
+def _median_time(fn, *args, steps: int = 5, warmup: int = 1) -> float:
+    return statistics.median(_times(fn, *args, steps=steps, warmup=warmup))
 
 
 def time_attention_impls(cfg: Config, batch: int, seq: int, impls: list[str], reps: int = 30) -> dict:
@@ -73,16 +77,7 @@ def time_attention_impls(cfg: Config, batch: int, seq: int, impls: list[str], re
         fwd = jax.jit(lambda q, k, v, impl=impl: attention_lib.causal_attention(q, k, v, impl))
         fwd_bwd = jax.jit(jax.grad(lambda q, k, v, impl=impl: attention_lib.causal_attention(q, k, v, impl).sum(),
                                    argnums=(0, 1, 2)))
-        times = {}
-        for name, f in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
-            jax.block_until_ready(f(q, k, v))
-            ts = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                jax.block_until_ready(f(q, k, v))
-                ts.append(time.perf_counter() - t)
-            times[name] = min(ts)
-        out[impl] = times
+        out[impl] = {name: min(_times(f, q, k, v, steps=reps)) for name, f in (("fwd", fwd), ("fwd_bwd", fwd_bwd))}
     return out
 
 

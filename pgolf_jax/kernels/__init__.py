@@ -44,7 +44,7 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
 
 
-def build(verbose: bool = False) -> Path:
+def build() -> Path:
     """Compile the kernel library (or find it in the cache); raises RuntimeError with the reason."""
     cxx = _compiler()
     if cxx is None:
@@ -60,8 +60,6 @@ def build(verbose: bool = False) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     cmd = [cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", tmp]
-    if verbose:
-        print("kernel_build:", " ".join(cmd), flush=True)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
