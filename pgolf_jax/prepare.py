@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -26,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from pgolf_jax.runlog import Progress
-from pgolf_jax.shards import atomic_output, load_shard, read_num_tokens, write_shard
+from pgolf_jax.fsio import read_json, write_json
+from pgolf_jax.shards import CHECKSUM_KEY, file_checksum, open_shard, read_num_tokens, write_shard
 from pgolf_jax.tokenizer import PureByteTokenizer, load_tokenizer, train_sentencepiece
 
 NUM_VAL_DOCS = 50_000
@@ -231,29 +233,137 @@ def _relativize(value, root: Path):
     return value
 
 
-def _write_json(path: Path, payload) -> None:
-    with atomic_output(path, "w") as f:
-        f.write(json.dumps(payload, indent=2) + "\n")
+SMALL_DOCS_BYTES = 1 << 30  # docs files up to this size are identified by their sha256
 
 
-def _install_shards(tmp_dir: Path, final_dir: Path) -> None:
-    """Replace final_dir's shards by tmp_dir's (other files in final_dir are left alone)."""
-    final_dir.mkdir(parents=True, exist_ok=True)
-    for pattern in ("fineweb_train_*.bin", "fineweb_val_*.bin"):
-        for stale in final_dir.glob(pattern):
-            stale.unlink()
-    for f in sorted(tmp_dir.iterdir()):
-        os.replace(f, final_dir / f.name)
-    tmp_dir.rmdir()
+def docs_fingerprint(docs_jsonl: Path, sidecar: dict | None) -> dict:
+    """What identifies the docs a dataset was built from: the sidecar's sha256 (the challenge's
+    export has one), else the sha256 of a small file, else (path, size, mtime) of a big one."""
+    st = docs_jsonl.stat()
+    sha = sidecar.get("docs_sha256") if sidecar else None
+    if not sha and st.st_size <= SMALL_DOCS_BYTES:
+        h = hashlib.sha256()
+        with open(docs_jsonl, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+        sha = h.hexdigest()
+    return {"docs_jsonl": str(docs_jsonl), "docs_bytes": st.st_size, "docs_mtime_ns": st.st_mtime_ns,
+            "docs_sha256": sha}
+
+
+def source_differences(old: dict | None, new: dict) -> list[str]:
+    """How the recorded build settings of a dataset differ from a new prepare's ([] = the same)."""
+    if not old:
+        return ["it has no build record (downloaded, or prepared by an older version)"]
+    diffs = []
+    if old.get("docs_sha256") and new.get("docs_sha256"):
+        if old["docs_sha256"] != new["docs_sha256"]:
+            diffs.append(f"docs sha256 {old['docs_sha256'][:12]}... vs {new['docs_sha256'][:12]}...")
+    elif any(old.get(k) != new.get(k) for k in ("docs_jsonl", "docs_bytes", "docs_mtime_ns")):
+        diffs.append(f"docs {old.get('docs_jsonl')} ({old.get('docs_bytes')} bytes) vs {new['docs_jsonl']} "
+                     f"({new['docs_bytes']} bytes, or a newer mtime)")
+    for k in ("num_docs", "num_val_docs", "shard_size", "tokenizer_train_docs", "trainer_overrides", "append_eos"):
+        if old.get(k) != new.get(k):
+            diffs.append(f"{k} {old.get(k)!r} vs {new.get(k)!r}")
+    return diffs
+
+
+def read_manifest(root: Path) -> dict | None:
+    """root/manifest.json, or None when there is none; an unreadable one is an error naming it."""
+    path = root / "manifest.json"
+    if not path.exists():
+        return None
+    manifest = read_json(path, "the dataset root's manifest")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("datasets", []), list):
+        raise ValueError(f"{path}: not a dataset manifest (expected an object with a 'datasets' list)")
+    return manifest
+
+
+def dataset_problem(root: Path, manifest: dict | None, variant: str) -> tuple[dict | None, dict | None, str | None]:
+    """(tokenizer entry, dataset entry, what is wrong) for a variant in root; the entries are None
+    when the manifest does not list it, and the problem None when every listed file is intact."""
+    ds_name = dataset_dir_for_variant(variant)
+    ds = next((d for d in (manifest or {}).get("datasets", []) if isinstance(d, dict) and d.get("name") == ds_name), None)
+    on_disk = [p for p in (root / "datasets" / ds_name, tokenizer_file(root, variant)) if p.exists()]
+    if ds is None:
+        return None, None, (f"{on_disk[0]} exists but {root / 'manifest.json'} does not list {ds_name}"
+                            if on_disk else None)
+    tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == ds.get("tokenizer_name")), None)
+    try:
+        if tok is None:
+            raise ValueError(f"tokenizer {ds.get('tokenizer_name')!r} is not listed")
+        for k in ("model_path", "vocab_path", "path"):
+            if tok.get(k) and not (root / tok[k]).is_file():
+                raise ValueError(f"{root / tok[k]} is missing")
+        st = ds["stats"]
+        for split in ("val", "train"):
+            got = sum(read_num_tokens(root / ds["path"] / f"fineweb_{split}_{i:06d}.bin")
+                      for i in range(st[f"files_{split}"]))
+            if got != st[f"tokens_{split}"]:
+                raise ValueError(f"its {split} shards hold {got} tokens, the manifest says {st[f'tokens_{split}']}")
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        return tok, ds, f"{ds_name} in {root} is damaged: {exc}"
+    return tok, ds, None
+
+
+@contextlib.contextmanager
+def root_lock(root: Path):
+    """An exclusive lock on the root directory itself (POSIX flock), so concurrent prepares of
+    one root run one after another; no lock file is left in the root."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here; a race only wastes work, the swap stays atomic
+        yield
+        return
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _swap_in(moves: list[tuple[Path, Path]], trash: Path, manifest_path: Path, manifest: dict) -> None:
+    """Rename each built (new, final) into place, moving what was there into trash, then write the
+    manifest; on any failure every rename is undone, so the root is as it was."""
+    done, made = [], []  # (final, what was there moved to trash or None, new); parents created
+    try:
+        for new, final in moves:
+            if not final.parent.exists():
+                final.parent.mkdir(parents=True)
+                made.append(final.parent)
+            old = None
+            if final.exists():
+                old = trash / f"{len(done)}_{final.name}"
+                os.replace(final, old)
+            done.append((final, old, new))
+            os.replace(new, final)
+        write_json(manifest_path, manifest)
+    except BaseException:
+        for final, old, new in reversed(done):
+            with contextlib.suppress(OSError):
+                if final.exists():
+                    os.replace(final, new)
+                if old is not None:
+                    os.replace(old, final)
+        for parent in reversed(made):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
 
 
 def prepare_from_docs(docs_jsonl, output_root, variants=("sp1024",), num_val_docs: int | None = None,
                       shard_size: int = SHARD_SIZE, tokenizer_train_docs: int | None = None,
-                      name: str = DEFAULT_NAME, trainer_overrides: dict | None = None) -> dict:
+                      name: str = DEFAULT_NAME, trainer_overrides: dict | None = None, force: bool = False,
+                      verbose: bool = True) -> dict:
     """Tokenizers, shards and manifest.json for each variant from a docs jsonl; returns the manifest.
 
-    num_val_docs=None takes the sidecar's docs_val, else 50,000. Datasets of other variants already
-    in output_root's manifest are kept when they were built from the same docs and split."""
+    Everything is built in a staging directory inside output_root and renamed into place only when
+    all variants are complete, with the manifest written last: a failure leaves the root as it was.
+    The manifest keeps every other variant it lists. A variant already built from the same docs
+    and settings is left as it is; one built from other docs or settings (or files the manifest
+    does not describe) is replaced only with force=True. num_val_docs=None takes the sidecar's
+    docs_val, else 50,000."""
     docs_jsonl = Path(docs_jsonl).expanduser().resolve()
     if not docs_jsonl.is_file():
         raise FileNotFoundError(f"docs jsonl not found: {docs_jsonl}")
@@ -269,6 +379,8 @@ def prepare_from_docs(docs_jsonl, output_root, variants=("sp1024",), num_val_doc
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     if tokenizer_train_docs is not None and int(tokenizer_train_docs) <= 0:
         raise ValueError(f"tokenizer_train_docs must be positive or None, got {tokenizer_train_docs}")
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"output root {root} exists and is not a directory")
 
     sidecar = load_sidecar(docs_jsonl)
     docs_total = sidecar["num_docs"] if sidecar and sidecar.get("num_docs") is not None else count_docs(docs_jsonl)
@@ -277,116 +389,116 @@ def prepare_from_docs(docs_jsonl, output_root, variants=("sp1024",), num_val_doc
     num_val_docs = int(num_val_docs)
     if not 0 <= num_val_docs <= docs_total:
         raise ValueError(f"num_val_docs={num_val_docs} but {docs_jsonl} has {docs_total} docs")
+    source = {**docs_fingerprint(docs_jsonl, sidecar), "num_docs": docs_total, "num_val_docs": num_val_docs,
+              "shard_size": int(shard_size), "tokenizer_train_docs": tokenizer_train_docs,
+              "trainer_overrides": dict(trainer_overrides) if trainer_overrides else None, "append_eos": APPEND_EOS}
 
-    tokenizers_dir, datasets_dir = root / "tokenizers", root / "datasets"
-    tokenizers_dir.mkdir(parents=True, exist_ok=True)
-    datasets_dir.mkdir(parents=True, exist_ok=True)
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        with root_lock(root):
+            return _prepare_locked(docs_jsonl, root, variants, sidecar, source, name, force, verbose)
+    except BaseException:
+        if created:  # a failed first prepare leaves no empty root behind
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        raise
+
+
+def _prepare_locked(docs_jsonl: Path, root: Path, variants: list[str], sidecar: dict | None, source: dict,
+                    name: str, force: bool, verbose: bool) -> dict:
+    for stale in root.glob(".prepare-*"):  # staging left by a killed prepare (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     manifest_path = root / "manifest.json"
-    kept = _compatible_entries(manifest_path, root, docs_jsonl, docs_total, num_val_docs, int(shard_size), name,
-                               variants)
-    # From here on the tree is being rewritten: without a manifest nobody mistakes it for complete.
-    manifest_path.unlink(missing_ok=True)
+    old = read_manifest(root)
+    old_tokens = {t.get("name"): t for t in (old or {}).get("tokenizers", []) if isinstance(t, dict)}
+    build = []
+    for variant in variants:  # decide everything before building anything
+        tok, ds, problem = dataset_problem(root, old, variant)
+        diffs = source_differences(ds.get("source"), _relativize(source, root)) if ds else []
+        if ds is not None and problem is None and not diffs:
+            if verbose:
+                print(f"prepare: {ds['name']} in {root} is up to date (same docs and settings)", file=sys.stderr)
+            continue
+        if (problem or diffs) and not force:
+            why = problem or f"{ds['name']} in {root} was built differently: {'; '.join(diffs)}"
+            raise FileExistsError(f"{why}; to replace it run `run.py data prepare ... --force` (nothing was changed)")
+        build.append(variant)
+    if not build:
+        return old
 
-    docs_meta = {"remote_repo_id": None, "remote_root": None, "num_docs": docs_total,
+    n_docs, n_val, shard = source["num_docs"], source["num_val_docs"], source["shard_size"]
+    docs_meta = {"remote_repo_id": None, "remote_root": None, "num_docs": n_docs,
                  "docs_sha256": sidecar.get("docs_sha256") if sidecar else None,
                  "source_manifest": str(sidecar_path(docs_jsonl)) if sidecar else None}
     if sidecar:
         docs_meta["source_sidecar"] = sidecar
     manifest = {"version": name[len("fineweb"):] if name.startswith("fineweb") and len(name) > 7 else name,
-                "num_docs": docs_total, "num_val_docs": num_val_docs,
+                "num_docs": n_docs, "num_val_docs": n_val,
                 "shuffle_seed": sidecar.get("shuffle_seed") if sidecar else None,
-                "shard_size": int(shard_size), "append_eos": APPEND_EOS, "docs_jsonl": str(docs_jsonl),
+                "shard_size": shard, "append_eos": APPEND_EOS, "docs_jsonl": str(docs_jsonl),
                 "docs_meta": docs_meta, "tokenizer_specs": [], "tokenizers": [], "datasets": []}
-    for tok_entry, ds_entry in kept:
-        manifest["tokenizer_specs"].append(tok_entry["source_spec"])
-        manifest["tokenizers"].append(tok_entry)
-        manifest["datasets"].append(ds_entry)
+    rebuilt = {f"{name}_{v}" for v in build}
+    for ds in (old or {}).get("datasets", []):  # every other variant the manifest had stays listed
+        if isinstance(ds, dict) and ds.get("name") not in rebuilt:
+            tok = old_tokens.get(ds.get("tokenizer_name"))
+            if tok is not None and tok not in manifest["tokenizers"]:
+                manifest["tokenizers"].append(tok)
+                manifest["tokenizer_specs"].append(tok.get("source_spec"))
+            manifest["datasets"].append(ds)
 
-    for variant in variants:
-        tok, tok_entry, spec = _build_tokenizer(variant, docs_jsonl, docs_total, tokenizers_dir,
-                                                tokenizer_train_docs, trainer_overrides)
-        ds_name = f"{name}_{variant}"
-        final_dir = datasets_dir / ds_name
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{ds_name}.", dir=datasets_dir))
-        try:
-            stats = export_shards(docs_jsonl, tok, tmp_dir, num_val_docs=num_val_docs, shard_size=int(shard_size),
-                                  docs_total=docs_total, label=f"prepare: {ds_name}")
-            if stats["docs_total"] != docs_total:
-                src = sidecar_path(docs_jsonl) if sidecar and sidecar.get("num_docs") is not None else docs_jsonl
-                raise ValueError(f"{src} says {docs_total} docs but {docs_jsonl} has {stats['docs_total']}")
-            _install_shards(tmp_dir, final_dir)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-        manifest["tokenizer_specs"].append(spec)
-        manifest["tokenizers"].append(tok_entry)
-        manifest["datasets"].append({
-            "name": ds_name, "tokenizer_name": tok_entry["name"], "tokenizer_kind": tok_entry["kind"],
-            "path": str(final_dir), "train_glob": str(final_dir / "fineweb_train_*.bin"),
-            "val_glob": str(final_dir / "fineweb_val_*.bin"), "vocab_size": tok_entry["vocab_size"],
-            "bos_id": tok_entry["bos_id"], "eos_id": tok_entry["eos_id"],
-            "recommended_bigram_vocab_size": tok_entry["recommended_bigram_vocab_size"], "stats": stats})
-        print(f"prepare: {ds_name}: {stats['files_val']} val + {stats['files_train']} train shards, "
-              f"{stats['tokens_val']} val + {stats['tokens_train']} train tokens", file=sys.stderr, flush=True)
-
-    manifest = _relativize(manifest, root)
-    _write_json(manifest_path, manifest)
-    return manifest
-
-
-def _compatible_entries(manifest_path: Path, root: Path, docs_jsonl: Path, docs_total: int, num_val_docs: int,
-                        shard_size: int, name: str, variants: list[str]) -> list[tuple[dict, dict]]:
-    """(tokenizer, dataset) entries of an existing manifest worth keeping next to the new variants."""
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=root))
     try:
-        old = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return []
-    same = (old.get("num_docs") == docs_total and old.get("num_val_docs") == num_val_docs
-            and old.get("shard_size") == shard_size and old.get("docs_jsonl") == _relativize(str(docs_jsonl), root))
-    if not same:
-        return []
-    rebuilt = {f"{name}_{v}" for v in variants}
-    toks = {t.get("name"): t for t in old.get("tokenizers", [])}
-    kept = []
-    for ds in old.get("datasets", []):
-        tok = toks.get(ds.get("tokenizer_name"))
-        if ds.get("name") in rebuilt or tok is None or not (root / str(ds.get("path", ""))).is_dir():
-            continue
-        kept.append((tok, ds))
-    return kept
+        moves = []
+        for variant in build:
+            ds_name = f"{name}_{variant}"
+            tok, tok_entry, spec = _build_tokenizer(variant, docs_jsonl, n_docs, staging / "tokenizers",
+                                                    source["tokenizer_train_docs"], source["trainer_overrides"])
+            for key in ("model_path", "vocab_path", "path"):  # staged now; the manifest names the final place
+                if key in tok_entry:
+                    built = Path(tok_entry[key])
+                    moves.append((built, root / "tokenizers" / built.name))
+                    tok_entry[key] = str(root / "tokenizers" / built.name)
+            staged_ds = staging / "datasets" / ds_name
+            stats = export_shards(docs_jsonl, tok, staged_ds, num_val_docs=n_val, shard_size=shard,
+                                  docs_total=n_docs, label=f"prepare: {ds_name}")
+            if stats["docs_total"] != n_docs:
+                src = sidecar_path(docs_jsonl) if sidecar and sidecar.get("num_docs") is not None else docs_jsonl
+                raise ValueError(f"{src} says {n_docs} docs but {docs_jsonl} has {stats['docs_total']}")
+            final_dir = root / "datasets" / ds_name
+            moves.append((staged_ds, final_dir))
+            manifest["tokenizer_specs"].append(spec)
+            manifest["tokenizers"].append(tok_entry)
+            manifest["datasets"].append({
+                "name": ds_name, "tokenizer_name": tok_entry["name"], "tokenizer_kind": tok_entry["kind"],
+                "path": str(final_dir), "train_glob": str(final_dir / "fineweb_train_*.bin"),
+                "val_glob": str(final_dir / "fineweb_val_*.bin"), "vocab_size": tok_entry["vocab_size"],
+                "bos_id": tok_entry["bos_id"], "eos_id": tok_entry["eos_id"],
+                "recommended_bigram_vocab_size": tok_entry["recommended_bigram_vocab_size"], "stats": stats,
+                "source": source, CHECKSUM_KEY: {f.name: file_checksum(f) for f in sorted(staged_ds.glob("*.bin"))}})
+            print(f"prepare: {ds_name}: {stats['files_val']} val + {stats['files_train']} train shards, "
+                  f"{stats['tokens_val']} val + {stats['tokens_train']} train tokens", file=sys.stderr, flush=True)
+        # Tokenizers of replaced variants that no kept dataset uses are dropped from the listing.
+        used = {d["tokenizer_name"] for d in manifest["datasets"]}
+        keep = [i for i, t in enumerate(manifest["tokenizers"]) if t.get("name") in used]
+        manifest["tokenizers"] = [manifest["tokenizers"][i] for i in keep]
+        manifest["tokenizer_specs"] = [manifest["tokenizer_specs"][i] for i in keep]
+        manifest = _relativize(manifest, root)
+        trash = staging / "replaced"
+        trash.mkdir()
+        _swap_in(moves, trash, manifest_path, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
 
 
 # ----------------------------------------------------------------------------------------------
 # checks and the `data` command
 
 
-def dataset_is_complete(root: Path, variant: str, num_val_docs: int | None = None,
-                        tokenizer_train_docs: int | None = None, num_docs: int | None = None) -> bool:
-    """True if root's manifest lists the variant's dataset (with this split) and all its files are intact."""
-    root = Path(root)
-    try:
-        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-        ds = next(d for d in manifest["datasets"] if d["name"] == dataset_dir_for_variant(variant))
-        tok = next(t for t in manifest["tokenizers"] if t["name"] == ds["tokenizer_name"])
-        if num_val_docs is not None and manifest["num_val_docs"] != num_val_docs:
-            return False
-        if num_docs is not None and manifest["num_docs"] != num_docs:
-            return False
-        # byte260 has nothing to train, so only SentencePiece entries record tokenizer_train_docs.
-        if parse_variant(variant)[0] == "sp" and tok["source_spec"].get("tokenizer_train_docs") != tokenizer_train_docs:
-            return False
-        st = ds["stats"]
-        for split in ("val", "train"):
-            got = sum(read_num_tokens(root / ds["path"] / f"fineweb_{split}_{i:06d}.bin")
-                      for i in range(st[f"files_{split}"]))
-            if got != st[f"tokens_{split}"]:
-                return False
-        return all((root / tok[k]).is_file() for k in ("model_path", "vocab_path", "path") if tok.get(k))
-    except (OSError, KeyError, TypeError, StopIteration, ValueError):
-        return False
-
-
 def verify_dataset(dataset_dir, vocab_size: int = 0) -> dict:
-    """Validate every shard of a dataset dir (and token ids < vocab_size if given); returns counts."""
+    """Validate every shard of a dataset dir (header, recorded checksum, and token ids < vocab_size
+    if given); returns counts."""
     d = Path(dataset_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"dataset directory not found: {d}")
@@ -398,12 +510,8 @@ def verify_dataset(dataset_dir, vocab_size: int = 0) -> dict:
             missing = sorted(set(expected) - {f.name for f in files})
             raise ValueError(f"{d}: {split} shards are not numbered 0..{len(files) - 1} (missing {missing[:3]})")
         tokens = 0
-        for f in files:
-            tokens += read_num_tokens(f)
-            if vocab_size:
-                arr = load_shard(f)
-                if arr.size and int(arr.max()) >= vocab_size:
-                    raise ValueError(f"{f}: token id {int(arr.max())} >= vocab_size={vocab_size}")
+        for f in files:  # header, the manifest's checksum when it records one, ids < vocab_size
+            tokens += len(open_shard(f, vocab_size))
         counts[f"files_{split}"], counts[f"tokens_{split}"] = len(files), tokens
     if counts["files_val"] + counts["files_train"] == 0:
         raise FileNotFoundError(f"no fineweb_{{val,train}}_*.bin shards in {d}")
@@ -449,6 +557,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                                                                 f"samples {SAMPLE_SHARD_SIZE})")
     p.add_argument("--tokenizer-train-docs", type=int, default=None, help="train tokenizers on the first N docs")
     p.add_argument("--name", default=DEFAULT_NAME, help="dataset name prefix")
+    p.add_argument("--force", action="store_true",
+                   help="replace datasets of these variants built from other docs or settings (or not in the manifest)")
     p.add_argument("--sp-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra SentencePiece trainer option (repeatable), e.g. max_sentence_length=32768")
     d = sub.add_parser("download", help="download published challenge shards (manifest-driven)")
@@ -457,7 +567,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--out", default="./data", help="output root")
     d.add_argument("--repo-id", default=None, help="Hugging Face dataset repo (default depends on the variant)")
     d.add_argument("--remote-root", default=REMOTE_ROOT)
-    d.add_argument("--source", default=None, help="http(s) base URL or local directory mirroring the repo")
+    d.add_argument("--source", default=None, help="a local directory laid out like the repo (default: the "
+                                                  "Hugging Face hub; HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE apply)")
+    d.add_argument("--revision", default=None, help="hub revision (branch, tag or commit; default main)")
+    d.add_argument("--force", action="store_true", help="replace a locally prepared dataset of this variant")
     v = sub.add_parser("verify", help="validate every shard of a dataset directory")
     v.add_argument("dir", help="dataset directory, e.g. data/datasets/fineweb10B_sp1024")
     v.add_argument("--vocab-size", type=int, default=0, help="also check every token id is below this")
@@ -481,13 +594,14 @@ def data_command(args: argparse.Namespace) -> int:
             manifest = prepare_from_docs(docs, args.out, variants=variants, num_val_docs=n_val,
                                          shard_size=SHARD_SIZE if shard is None else shard,
                                          tokenizer_train_docs=args.tokenizer_train_docs, name=args.name,
-                                         trainer_overrides=overrides or None)
+                                         trainer_overrides=overrides or None, force=args.force)
             print(f"prepared {', '.join(d['name'] for d in manifest['datasets'])} in {Path(args.out).resolve()}")
         elif args.action == "download":
             from pgolf_jax import hub
 
             path = hub.download(args.variant, args.train_shards, args.out, repo_id=args.repo_id,
-                            remote_root=args.remote_root, source=args.source)
+                                remote_root=args.remote_root, source=args.source, revision=args.revision,
+                                force=args.force)
             print(f"downloaded {path}")
         elif args.action == "verify":
             c = verify_dataset(args.dir, args.vocab_size)
@@ -496,7 +610,14 @@ def data_command(args: argparse.Namespace) -> int:
                   f"train {c['files_train']} files {c['tokens_train']} tokens{extra}")
         else:
             raise ValueError(f"unknown data action {args.action!r}")
+    except KeyboardInterrupt:
+        print(f"error: data {args.action}: interrupted (^C); a prepare changes nothing until it is complete",
+              file=sys.stderr)
+        return 130
     except (ValueError, OSError, RuntimeError) as exc:
-        print(f"error: data {args.action}: {exc}", file=sys.stderr)
+        if os.environ.get("PGOLF_TRACEBACK"):
+            import traceback
+            traceback.print_exc()
+        print(f"error: data {args.action}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     return 0

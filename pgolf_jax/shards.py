@@ -7,13 +7,15 @@ size, so a truncated download or a foreign file fails loudly instead of feeding 
 
 from __future__ import annotations
 
-import contextlib
 import glob
+import json
 import os
-import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from pgolf_jax.fsio import atomic_output
 
 MAGIC = 20240520
 VERSION = 1
@@ -21,32 +23,11 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
 MAX_TOKENS = 2**31 - 1  # header[2] is an int32
-
-# mkstemp creates 0600 files; written files should get the usual umask-based permissions instead.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+CHECKSUM_KEY = "checksums"  # a manifest dataset entry's {shard file name: "crc32:<8 hex>"}
 
 
 class ShardError(ValueError):
     """A file that is not a valid challenge shard; the message names the file and the defect."""
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temp file beside `path` for writing; on success it replaces `path` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is a rename on one filesystem and readers never see half a file.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def read_num_tokens(path: str | os.PathLike) -> int:
@@ -82,6 +63,57 @@ def load_shard(path: str | os.PathLike) -> np.ndarray:
         # np.memmap refuses zero-length maps.
         return np.zeros(0, dtype=np.uint16)
     return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(n,))
+
+
+def file_checksum(path: str | os.PathLike) -> str:
+    """"crc32:<8 hex>" of a whole file (header included), as manifests record it."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return f"crc32:{crc:08x}"
+
+
+_MANIFESTS: dict[tuple, dict] = {}  # (manifest path, mtime_ns) -> {dataset name: checksums}
+_CHECKED: dict[tuple, int] = {}  # (shard path, size, mtime_ns, inode) -> max token id, once per process
+
+
+def recorded_checksum(path: Path) -> tuple[str | None, Path]:
+    """The checksum the dataset's manifest (<root>/manifest.json for <root>/datasets/<name>/<shard>,
+    as prepare and download lay it out) records for a shard, or None when it lists none."""
+    manifest = path.parent.parent.parent / "manifest.json"
+    try:
+        key = (manifest, manifest.stat().st_mtime_ns)
+    except OSError:
+        return None, manifest
+    if key not in _MANIFESTS:
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            _MANIFESTS[key] = {d.get("name"): d.get(CHECKSUM_KEY) or {} for d in data.get("datasets", [])}
+        except (OSError, ValueError, AttributeError, TypeError):
+            raise ShardError(f"{manifest}: unreadable manifest (needed to check {path})") from None
+    return (_MANIFESTS[key].get(path.parent.name) or {}).get(path.name), manifest
+
+
+def open_shard(path: str | os.PathLike, vocab_size: int = 0) -> np.ndarray:
+    """load_shard, plus the checks made once per process the first time a shard is opened: its
+    checksum against the manifest's record and its largest token id against vocab_size."""
+    path = Path(path)
+    tokens = load_shard(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _CHECKED:
+        want, manifest = recorded_checksum(path)
+        if want is not None:
+            got = file_checksum(path)
+            if got != want:
+                raise ShardError(f"{path}: checksum {got} differs from {want} recorded in {manifest}: the file is "
+                                 "corrupt or changed since it was written; prepare or download it again")
+        _CHECKED[key] = int(tokens.max()) if tokens.size else -1
+    if vocab_size and _CHECKED[key] >= vocab_size:
+        raise ShardError(f"{path}: token id {_CHECKED[key]} >= model.vocab_size={vocab_size}: the shard is from "
+                         "another tokenizer, or the config's vocab_size is wrong")
+    return tokens
 
 
 def write_shard(path: str | os.PathLike, tokens) -> None:
@@ -120,8 +152,8 @@ class TokenStream:
     state()/restore() save and reload it so a resumed run continues on the exact next token.
     """
 
-    def __init__(self, pattern: str):
-        self.pattern = str(pattern)
+    def __init__(self, pattern: str, vocab_size: int = 0):
+        self.pattern, self.vocab_size = str(pattern), int(vocab_size)
         self.files = list_shards(self.pattern)
         # Validate every header up front: a bad shard 60 files in should fail now, not hours later.
         self.sizes = [read_num_tokens(f) for f in self.files]
@@ -133,7 +165,7 @@ class TokenStream:
 
     def _current(self) -> np.ndarray:
         if self._tokens is None:
-            self._tokens = load_shard(self.files[self.file_idx])
+            self._tokens = open_shard(self.files[self.file_idx], self.vocab_size)
         return self._tokens
 
     def _advance_file(self) -> None:
@@ -202,11 +234,11 @@ class TokenLoader:
     order does not depend on the device count; callers split the span axis over devices.
     """
 
-    def __init__(self, pattern: str, num_spans: int):
+    def __init__(self, pattern: str, num_spans: int, vocab_size: int = 0):
         if int(num_spans) < 1:
             raise ValueError(f"TokenLoader: num_spans must be >= 1, got {num_spans}")
         self.num_spans = int(num_spans)
-        self.stream = TokenStream(pattern)
+        self.stream = TokenStream(pattern, vocab_size)
 
     def next_batch(self, global_tokens: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) int32 of shape (num_spans, local // seq_len, seq_len); y is x shifted by one."""
@@ -263,10 +295,11 @@ class ShuffledSequenceLoader:
     rebuilds the orders exactly without replaying the run.
     """
 
-    def __init__(self, pattern: str, num_spans: int, seq_len: int, seed: int = 0):
+    def __init__(self, pattern: str, num_spans: int, seq_len: int, seed: int = 0, vocab_size: int = 0):
         if int(num_spans) < 1 or int(seq_len) < 1:
             raise ValueError(f"ShuffledSequenceLoader: num_spans={num_spans} and seq_len={seq_len} must be >= 1")
         self.pattern, self.num_spans, self.seq_len = str(pattern), int(num_spans), int(seq_len)
+        self.vocab_size = int(vocab_size)
         self.files = list_shards(self.pattern)
         self.sizes = [read_num_tokens(f) for f in self.files]
         if all(n < seq_len + 1 for n in self.sizes):
@@ -286,7 +319,7 @@ class ShuffledSequenceLoader:
 
     def _window(self, i: int, start: int) -> np.ndarray:
         if i not in self._tokens:
-            self._tokens[i] = load_shard(self.files[i])
+            self._tokens[i] = open_shard(self.files[i], self.vocab_size)
         return self._tokens[i][start:start + self.seq_len + 1]
 
     def next_batch(self, global_tokens: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -327,16 +360,17 @@ class ShuffledSequenceLoader:
         self.rng = _rng_from(state["rng"])
 
 
-def make_loader(kind: str, pattern: str, num_spans: int, seq_len: int, seed: int = 0):
-    """data.loader: "sequential" (the baseline's stream) or "shuffled" (the SP8192 records')."""
+def make_loader(kind: str, pattern: str, num_spans: int, seq_len: int, seed: int = 0, vocab_size: int = 0):
+    """data.loader: "sequential" (the baseline's stream) or "shuffled" (the SP8192 records').
+    vocab_size > 0: every shard is checked to hold only ids below it when first opened."""
     if kind == "sequential":
-        return TokenLoader(pattern, num_spans)
+        return TokenLoader(pattern, num_spans, vocab_size)
     if kind == "shuffled":
-        return ShuffledSequenceLoader(pattern, num_spans, seq_len, seed)
+        return ShuffledSequenceLoader(pattern, num_spans, seq_len, seed, vocab_size)
     raise ValueError(f"unknown data.loader {kind!r}; expected sequential or shuffled")
 
 
-def load_val_tokens(pattern: str, seq_len: int, limit_tokens: int = 0) -> np.ndarray:
+def load_val_tokens(pattern: str, seq_len: int, limit_tokens: int = 0, vocab_size: int = 0) -> np.ndarray:
     """All val shards concatenated (uint16), cut to a whole number of seq_len sequences plus one.
 
     limit_tokens > 0 first keeps at most limit_tokens + 1 tokens (a quick-eval subset)."""
@@ -360,6 +394,6 @@ def load_val_tokens(pattern: str, seq_len: int, limit_tokens: int = 0) -> np.nda
             break
         k = min(size, want - filled)
         if k:
-            out[filled:filled + k] = load_shard(f)[:k]
+            out[filled:filled + k] = open_shard(f, vocab_size)[:k]
             filled += k
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from pgolf_jax.shards import atomic_output
+from pgolf_jax.fsio import atomic_output
 
 # The SentencePiece trainer arguments of the challenge's data/download_hf_docs_and_tokenize.py.
 SP_TRAINER_SETTINGS: dict = {
@@ -54,16 +55,21 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_prefix: str
     kwargs.update(overrides or {})
     max_len = int(kwargs.get("max_sentence_length", SP_DEFAULT_MAX_SENTENCE_LENGTH))
     counts = {"used": 0, "too_long": 0}
+    failed = []  # an error of the docs reader, raised as itself (SentencePiece wraps it as INTERNAL)
 
     def sentences():
-        for text in texts:
-            text = clean_training_text(text)
-            if not text:
-                continue
-            counts["used"] += 1
-            if len(text.encode("utf-8")) > max_len:
-                counts["too_long"] += 1
-            yield text
+        try:
+            for text in texts:
+                text = clean_training_text(text)
+                if not text:
+                    continue
+                counts["used"] += 1
+                if len(text.encode("utf-8")) > max_len:
+                    counts["too_long"] += 1
+                yield text
+        except Exception as exc:
+            failed.append(exc)
+            raise
 
     # Train under a temporary prefix and rename, so a crash never leaves a half-written model behind.
     tmp = prefix.with_name(f".{prefix.name}.tmp{os.getpid()}")
@@ -72,6 +78,14 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_prefix: str
         try:
             spm.SentencePieceTrainer.train(sentence_iterator=sentences(), model_prefix=str(tmp), **kwargs)
         except RuntimeError as exc:
+            if failed:
+                raise failed[0] from None
+            short = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", str(exc))
+            if short:
+                raise ValueError(
+                    f"vocab_size={vocab_size} is too small for {prefix}.model: the training text needs "
+                    f"{short.group(2)} pieces for its characters alone (character_coverage="
+                    f"{kwargs['character_coverage']}); use a larger vocab or a lower character_coverage") from None
             if counts["used"] and counts["too_long"] == counts["used"]:
                 raise ValueError(
                     f"all {counts['used']} training docs for {prefix}.model are longer than SentencePiece's "
@@ -79,8 +93,10 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_prefix: str
                     f"{{'max_sentence_length': N}} with N above the longest doc") from exc
             if not counts["used"]:
                 raise ValueError(f"no non-empty training text for {prefix}.model") from exc
+            # SentencePiece's text: "INTERNAL: src/file.cc(line) [check] message"; keep the message.
+            msg = re.sub(r"^\w+: (\S+\(\d+\) )?(\[.*?\] )?", "", str(exc).strip()).splitlines()[0]
             raise ValueError(f"SentencePiece training of {prefix}.model (vocab_size={vocab_size}) "
-                             f"failed: {exc}") from exc
+                             f"failed: {msg}") from None
         if counts["too_long"]:
             print(f"train_sentencepiece: {counts['too_long']}/{counts['used']} docs longer than "
                   f"max_sentence_length={max_len} bytes were skipped by SentencePiece", file=sys.stderr)

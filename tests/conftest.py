@@ -74,3 +74,65 @@ def write_jsonl():
         return path
 
     return write
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """fake_hub(repo_dir) -> endpoint URL: a local Hugging Face endpoint serving repo_dir as every
+    dataset repo (the HEAD and GET of /datasets/<owner>/<name>/resolve/<rev>/<path> that
+    huggingface_hub makes, with the commit and ETag headers it needs); huggingface_hub's cache is a
+    fresh one (in this process). Pass the URL as endpoint= (or HF_ENDPOINT to a subprocess)."""
+    import hashlib
+    import http.server
+    import threading
+
+    from huggingface_hub import constants
+
+    servers = []
+
+    def start(repo_dir: Path) -> str:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _file(self):
+                parts = self.path.split("?")[0].split("/")
+                if len(parts) < 7 or parts[1] != "datasets" or parts[4] != "resolve":
+                    return None
+                f = Path(repo_dir).joinpath(*parts[6:])
+                return f if f.is_file() else None
+
+            def _reply(self, body: bool):
+                f = self._file()
+                if f is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = f.read_bytes()
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", "c" * 40)
+                self.send_header("ETag", '"' + hashlib.sha1(data).hexdigest() + '"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def do_HEAD(self):
+                self._reply(False)
+
+            def do_GET(self):
+                self._reply(True)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+        return url
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -1,12 +1,9 @@
 """Dataset preparation, download from a hub-like mirror of a prepared tree, and the `data` command."""
 
 import argparse
-import functools
-import http.server
 import itertools
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -125,8 +122,68 @@ def test_other_variants_are_kept_in_manifest(tmp_path, write_jsonl):
     prepare.prepare_from_docs(docs, root, variants=("byte260",), num_val_docs=2, shard_size=40)
     m = prepare.prepare_from_docs(docs, root, variants=("sp300",), num_val_docs=2, shard_size=40)
     assert [d["name"] for d in m["datasets"]] == ["fineweb10B_byte260", "fineweb10B_sp300"]
-    m = prepare.prepare_from_docs(docs, root, variants=("byte260",), num_val_docs=3, shard_size=40)
-    assert [d["name"] for d in m["datasets"]] == ["fineweb10B_byte260"]  # a different split drops the rest
+    before = _tree(root)
+    # The same docs and settings: left as they are.
+    assert prepare.prepare_from_docs(docs, root, variants=("byte260",), num_val_docs=2, shard_size=40) == m
+    assert _tree(root) == before
+    # Another split of a variant that exists is refused, and changes nothing ...
+    with pytest.raises(FileExistsError, match=r"fineweb10B_byte260 .* built differently: num_val_docs 2 vs 3.*--force"):
+        prepare.prepare_from_docs(docs, root, variants=("byte260",), num_val_docs=3, shard_size=40)
+    assert _tree(root) == before
+    # ... unless forced: it is replaced, and the other variant stays listed.
+    m = prepare.prepare_from_docs(docs, root, variants=("byte260",), num_val_docs=3, shard_size=40, force=True)
+    assert [(d["name"], d["source"]["num_val_docs"]) for d in m["datasets"]] == [("fineweb10B_sp300", 2),
+                                                                              ("fineweb10B_byte260", 3)]
+    assert {t["name"] for t in m["tokenizers"]} == {"sp_bpe_300", "pure_byte_260"}
+    assert _tree(root)["tokenizers/fineweb_300_bpe.model"] == before["tokenizers/fineweb_300_bpe.model"]
+    assert not list(root.glob(".prepare-*"))
+
+
+def _tree(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_failed_prepare_leaves_the_root_byte_identical(tmp_path, write_jsonl):
+    """A malformed line, a vocab too small for the text's characters, or a split larger than the
+    docs: the error names the culprit and the existing tokenizer, shards and manifest stay."""
+    docs = write_jsonl(tmp_path / "docs.jsonl", [f"text number {i}" for i in range(12)])
+    root = tmp_path / "out"
+    prepare.prepare_from_docs(docs, root, variants=("sp300", "byte260"), num_val_docs=2, shard_size=40)
+    before = _tree(root)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": oops}\n')
+    with pytest.raises(ValueError, match=r"^.*bad\.jsonl:2: not a JSON object"):
+        prepare.prepare_from_docs(bad, root, variants=("sp300",), num_val_docs=1, force=True)
+    cjk = write_jsonl(tmp_path / "cjk.jsonl", ["".join(chr(0x4E00 + i) for i in range(k, k + 400)) for k in range(3)])
+    with pytest.raises(ValueError, match=r"vocab_size=300 is too small .* needs \d+ pieces for its characters"):
+        prepare.prepare_from_docs(cjk, root, variants=("sp300",), num_val_docs=1, force=True)
+    with pytest.raises(ValueError, match=r"num_val_docs=50 but .*docs\.jsonl has 12 docs"):
+        prepare.prepare_from_docs(docs, root, variants=("sp300",), num_val_docs=50, force=True)
+    assert _tree(root) == before and not list(root.glob(".prepare-*"))
+    # A failed first prepare leaves no root at all.
+    with pytest.raises(ValueError):
+        prepare.prepare_from_docs(bad, tmp_path / "fresh", variants=("byte260",), num_val_docs=1)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_shard_checksums_are_recorded_and_checked(tmp_path, write_jsonl):
+    from pgolf_jax.shards import open_shard
+
+    docs = write_jsonl(tmp_path / "docs.jsonl", [f"text number {i}" for i in range(12)])
+    m = prepare.prepare_from_docs(docs, tmp_path / "out", variants=("byte260",), num_val_docs=2, shard_size=40)
+    ds = tmp_path / "out" / "datasets" / "fineweb10B_byte260"
+    sums = m["datasets"][0]["checksums"]
+    assert sorted(sums) == sorted(p.name for p in ds.glob("*.bin")) and all(v.startswith("crc32:") for v in sums.values())
+    shard = ds / "fineweb_train_000000.bin"
+    assert len(open_shard(shard, 260)) > 0
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0x01  # one flipped bit in the last token: a valid header, a plausible id
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ShardError, match=r"fineweb_train_000000\.bin: checksum crc32:\w+ differs from crc32:\w+ "
+                                         r"recorded in .*manifest\.json"):
+        open_shard(shard, 260)
+    with pytest.raises(ShardError, match="checksum"):
+        prepare.verify_dataset(ds)
 
 
 def _hub_from(prepared, tmp_path) -> Path:
@@ -135,6 +192,11 @@ def _hub_from(prepared, tmp_path) -> Path:
     mirror = tmp_path / "hub"
     shutil.copytree(root, mirror / "datasets")
     return mirror
+
+
+def _without_provenance(manifest: dict) -> dict:
+    return {**manifest, "datasets": [{k: v for k, v in d.items() if k not in ("source", "checksums")}
+                                     for d in manifest["datasets"]]}
 
 
 def test_download_from_local_mirror(prepared, tmp_path):
@@ -150,7 +212,10 @@ def test_download_from_local_mirror(prepared, tmp_path):
     for name in names:
         assert (ds_dir / name).read_bytes() == (root / "datasets" / "fineweb10B_byte260" / name).read_bytes()
     assert (out / "tokenizers" / "fineweb_pure_byte_260.json").is_file()
-    assert json.loads((out / "manifest.json").read_text()) == manifest
+    local = json.loads((out / "manifest.json").read_text())
+    assert _without_provenance(local) == _without_provenance(manifest)
+    got = next(d for d in local["datasets"] if d["name"] == "fineweb10B_byte260")
+    assert sorted(got["checksums"]) == names and got["source"] == {"local_mirror": str(mirror)}
     # A damaged local shard is fetched again; intact ones are left alone.
     (ds_dir / "fineweb_train_000001.bin").write_bytes(b"junk")
     hub.download("byte260", 2, out, source=str(mirror))
@@ -161,6 +226,22 @@ def test_download_from_local_mirror(prepared, tmp_path):
         hub.download("sp1024", 1, out, source=str(mirror))
 
 
+def test_download_keeps_local_datasets_and_refuses_to_overwrite_prepared_ones(prepared, tmp_path, write_jsonl):
+    mirror = _hub_from(prepared, tmp_path)
+    out = tmp_path / "data"
+    docs = write_jsonl(tmp_path / "docs.jsonl", [f"text number {i}" for i in range(12)])
+    prepare.prepare_from_docs(docs, out, variants=("sp300", "byte260"), num_val_docs=2, shard_size=40)
+    before = _tree(out)
+    with pytest.raises(FileExistsError, match=r"fineweb10B_byte260 .* prepared locally from .*docs\.jsonl.*--force"):
+        hub.download("byte260", 1, out, source=str(mirror))
+    assert _tree(out) == before
+    hub.download(SP_VARIANT, 1, out, source=str(mirror))  # another variant: added beside them
+    names = [d["name"] for d in json.loads((out / "manifest.json").read_text())["datasets"]]
+    assert {"fineweb10B_sp300", "fineweb10B_byte260", "fineweb10B_sp400"} <= set(names)
+    local = next(d for d in json.loads((out / "manifest.json").read_text())["datasets"] if d["name"] == "fineweb10B_sp300")
+    assert local["source"]["num_val_docs"] == 2  # the prepared entry is kept as it was
+
+
 def test_download_rejects_corrupt_remote_shard(prepared, tmp_path):
     mirror = _hub_from(prepared, tmp_path)
     (mirror / "datasets" / "datasets" / "fineweb10B_sp400" / "fineweb_val_000000.bin").write_bytes(b"\0" * 2000)
@@ -169,43 +250,47 @@ def test_download_rejects_corrupt_remote_shard(prepared, tmp_path):
     assert not (tmp_path / "data" / "datasets" / "fineweb10B_sp400" / "fineweb_val_000000.bin").exists()
 
 
-@pytest.fixture
-def http_base(tmp_path):
-    """Serve tmp_path/www over HTTP on localhost."""
-    www = tmp_path / "www"
-    www.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield www, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def test_download_through_huggingface_hub(prepared, tmp_path, fake_hub, monkeypatch):
+    """The hub source is huggingface_hub itself, against a local endpoint: files land in its cache
+    and are linked into the layout; a missing file is one line; offline mode serves the cache."""
+    from huggingface_hub import constants
 
-
-def test_download_over_http(prepared, tmp_path, http_base):
-    www, url = http_base
-    with pytest.raises(RuntimeError, match=rf"HTTP 404 .* for {url}/datasets/manifest\.json"):
-        hub.download("byte260", 1, tmp_path / "data", source=url)
-    shutil.copytree(prepared[0], www / "datasets")
-    ds_dir = hub.download(SP_VARIANT, 1, tmp_path / "data", source=url + "/")
-    assert read_num_tokens(ds_dir / "fineweb_train_000000.bin") > 0
+    repo = tmp_path / "repo"
+    url = fake_hub(repo)
+    with pytest.raises(RuntimeError, match=r"cannot download datasets/manifest\.json from willdepueoai/parameter-golf: "
+                                           r"\w+: 404"):
+        hub.download("byte260", 1, tmp_path / "data", endpoint=url)
+    shutil.copytree(prepared[0], repo / "datasets")
+    ds_dir = hub.download(SP_VARIANT, 1, tmp_path / "data", endpoint=url)
+    shard = ds_dir / "fineweb_train_000000.bin"
+    assert shard.read_bytes() == (prepared[0] / "datasets" / "fineweb10B_sp400" / shard.name).read_bytes()
     assert (tmp_path / "data" / "tokenizers" / "fineweb_400_bpe.vocab").is_file()
+    blobs = list((tmp_path / "hf_cache").rglob("blobs/*"))
+    assert blobs and shard.stat().st_ino in {b.stat().st_ino for b in blobs}  # linked, not a second copy
+    entry = next(d for d in json.loads((tmp_path / "data" / "manifest.json").read_text())["datasets"]
+                 if d["name"] == "fineweb10B_sp400")
+    assert entry["source"] == {"hub_repo_id": "willdepueoai/parameter-golf", "remote_root": "datasets"}
+    shard.unlink()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no network: the cache answers
+    hub.download(SP_VARIANT, 1, tmp_path / "data", endpoint=url)
+    assert shard.is_file()
 
 
 def test_download_picks_repo_per_variant(tmp_path, monkeypatch):
     seen = []
 
     def fake_fetch(self, remote, dest):
-        seen.append(self.base + remote)
+        seen.append((self.repo_id, remote))
         raise RuntimeError("offline")
 
     monkeypatch.setattr(hub._Source, "fetch", fake_fetch)
     for variant in ("sp8192", "sp1024"):
         with pytest.raises(RuntimeError):
             hub.download(variant, 1, tmp_path)
-    assert seen == ["https://huggingface.co/datasets/kevclark/parameter-golf/resolve/main/datasets/manifest.json",
-                    "https://huggingface.co/datasets/willdepueoai/parameter-golf/resolve/main/datasets/manifest.json"]
+    assert seen == [("kevclark/parameter-golf", "datasets/manifest.json"),
+                    ("willdepueoai/parameter-golf", "datasets/manifest.json")]
+    with pytest.raises(ValueError, match="set HF_ENDPOINT=http://mirror instead"):
+        hub.download("sp1024", 1, tmp_path, source="http://mirror")
 
 
 def _run_cli(argv) -> int:

