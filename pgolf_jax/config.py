@@ -10,8 +10,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import importlib
 import importlib.util
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -251,18 +254,100 @@ class Config:
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
+# The allowed range of every numeric field with one (the rest take any value of their type).
+# "> 0" / ">= 0" / ">= 1" / "[a, b]" / "[a, b)": checked before any work, so a bad count is an
+# error at --dry-run instead of a run that never ends (iterations < 0) or never trains (= 0).
+RANGES = {
+    "data.num_val_docs": ">= 1", "data.tokenizer_train_docs": ">= 0", "data.loader_seed": ">= 0",
+    "model.vocab_size": "[1, 65536]", "model.num_layers": ">= 1", "model.model_dim": ">= 1",
+    "model.num_heads": ">= 1", "model.num_kv_heads": ">= 1", "model.mlp_mult": "> 0",
+    "model.tied_embed_init_std": ">= 0", "model.rope_base": "> 0", "model.rope_train_seq_len": ">= 0",
+    "model.logit_softcap": "> 0", "model.xsa_last_n": ">= 0", "model.parallel_residual_start": ">= -1",
+    "model.num_loops": ">= 0", "model.loop_start": ">= 0", "model.loop_end": ">= 0", "model.bigram_dim": ">= 1",
+    "optim.embed_lr": ">= 0", "optim.head_lr": ">= 0", "optim.tied_embed_lr": ">= 0", "optim.matrix_lr": ">= 0",
+    "optim.scalar_lr": ">= 0", "optim.muon_momentum": "[0, 1)", "optim.muon_backend_steps": ">= 1",
+    "optim.muon_momentum_warmup_start": "[0, 1)", "optim.muon_momentum_warmup_steps": ">= 0",
+    "optim.gram_ns_min_aspect": ">= 0", "optim.beta1": "[0, 1)", "optim.beta2": "[0, 1)", "optim.adam_eps": "> 0",
+    "optim.grad_clip_norm": ">= 0", "optim.muon_wd": ">= 0", "optim.embed_wd": ">= 0", "optim.adam_wd": ">= 0",
+    "train.iterations": ">= 1", "train.warmdown_iters": ">= 0", "train.gptq_reserve_seconds": ">= 0",
+    "train.warmup_steps": ">= 0", "train.train_batch_tokens": ">= 1", "train.train_seq_len": ">= 1",
+    "train.max_wallclock_seconds": ">= 0", "train.train_log_every": ">= 0", "train.batch_spans": ">= 1",
+    "train.microbatch_tokens": ">= 0", "train.checkpoint_every": ">= 0", "train.checkpoint_every_seconds": ">= 0",
+    "train.checkpoint_keep": ">= 1", "train.num_processes": ">= 0", "train.process_id": ">= -1",
+    "eval.val_batch_size": ">= 1", "eval.val_loss_every": ">= 0", "eval.val_tokens_limit": ">= 0",
+    "eval.eval_seq_len": ">= 0", "eval.eval_batch_seqs": ">= 1", "eval.ttt_lr": ">= 0", "eval.ttt_epochs": ">= 0",
+    "eval.ttt_momentum": "[0, 1)", "eval.ttt_chunk_tokens": ">= 1", "eval.ttt_batch_seqs": ">= 1",
+    "eval.ttt_grad_clip": ">= 0", "eval.lora_rank": ">= 1", "eval.lora_alpha": "> 0", "eval.lora_lr": ">= 0",
+    "eval.lora_steps": ">= 0", "eval.lora_chunk_tokens": ">= 1", "eval.lora_batch_docs": ">= 1",
+    "eval.lora_phases": ">= 0", "eval.lora_phase_prefix_docs": ">= 1", "eval.lora_phase_lr": ">= 0",
+    "eval.ngram_lambda": "[0, 1]", "eval.h100_mfu": "(0, 1]",
+    "quant.clip_percentile": "(0, 100]", "quant.keep_float_max_numel": ">= 0", "quant.attn_clip_sigmas": "> 0",
+    "quant.mlp_clip_sigmas": "> 0", "quant.embed_clip_sigmas": "> 0", "quant.other_clip_sigmas": "> 0",
+    "quant.gptq_calibration_batches": ">= 1", "quant.gptq_block_size": ">= 1", "quant.gptq_damp": ">= 0",
+    "quant.lqer_rank": ">= 0", "quant.lqer_top_k": ">= 1", "quant.qat_lr_threshold": "[0, 1]",
+    "quant.level": "[1, 22]", "quant.max_artifact_bytes": ">= 1",
+}
+
+# Fields whose value is a key of a registry that lives with its implementations (imported only
+# when validating, so this module stays importable from everywhere). Extra choices beside the keys.
+REGISTRIES = {
+    "model.attention": ("pgolf_jax.attention", "ATTENTION", ()),
+    "model.attention_impl": ("pgolf_jax.attention", "ATTENTION_IMPLS", ("auto",)),
+    "model.activation": ("pgolf_jax.layers", "ACTIVATIONS", ()),
+    "model.linear": ("pgolf_jax.layers", "LINEAR", ()),
+    "model.block_schedule": ("pgolf_jax.model", "BLOCK_SCHEDULES", ()),
+    "optim.orthogonalizer": ("pgolf_jax.orthogonalize", "ORTHOGONALIZERS", ()),
+    "optim.ns_coefficients": ("pgolf_jax.orthogonalize", "COEFFICIENTS", ()),
+}
+
+RUN_ID_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _in_range(value, rule: str) -> bool:
+    if rule.startswith(">="):
+        return value >= float(rule[2:])
+    if rule.startswith(">"):
+        return value > float(rule[1:])
+    lo, hi = (float(x) for x in rule[1:-1].split(","))
+    return (lo <= value if rule[0] == "[" else lo < value) and (value <= hi if rule[-1] == "]" else value < hi)
+
+
+def registry_choices(key: str) -> list[str]:
+    module, attr, extra = REGISTRIES[key]
+    return [*extra, *getattr(importlib.import_module(module), attr)]
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that the reference makes at model construction or batch time."""
+    """Field ranges, registry keys and the cross-field checks the reference makes at model
+    construction or batch time: all before any data is read or any file written."""
     m, t, e = cfg.model, cfg.train, cfg.eval
-    positive = {
-        "model.vocab_size": m.vocab_size, "model.num_layers": m.num_layers, "model.model_dim": m.model_dim,
-        "model.num_heads": m.num_heads, "model.num_kv_heads": m.num_kv_heads, "model.mlp_mult": m.mlp_mult,
-        "train.train_seq_len": t.train_seq_len, "train.train_batch_tokens": t.train_batch_tokens,
-        "train.batch_spans": t.batch_spans, "eval.val_batch_size": e.val_batch_size,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
+    for key, rule in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not _in_range(value, rule):
+            hint = " (to score existing weights without training use `run.py eval`)" if key == "train.iterations" else ""
+            raise ConfigError(f"{key}={value} must be {'in ' if rule[0] in '[(' else ''}{rule}{hint}")
+    for key in REGISTRIES:
+        section, name = key.split(".")
+        value, choices = getattr(getattr(cfg, section), name), registry_choices(key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not registered; choose from {', '.join(choices)}")
+    if cfg.data.source.startswith("sample:"):
+        names = sorted(importlib.import_module("pgolf_jax.samples").SAMPLES)
+        if cfg.data.source[len("sample:"):] not in names:
+            raise ConfigError(f"data.source={cfg.data.source!r}: unknown sample corpus; choose from "
+                              + ", ".join(f"sample:{n}" for n in names))
+    if t.run_id and not RUN_ID_CHARS.fullmatch(t.run_id):
+        raise ConfigError(f"train.run_id={t.run_id!r}: use letters, digits, '.', '_' and '-' (it names a directory)")
+    for key in ("data.data_path", "data.tokenizer_path", "data.train_files", "data.val_files", "train.out_dir"):
+        section, name = key.split(".")
+        if not getattr(getattr(cfg, section), name).strip():
+            raise ConfigError(f"{key} must not be empty")
+    if t.max_wallclock_seconds > 0 and t.gptq_reserve_seconds >= t.max_wallclock_seconds:
+        raise ConfigError(f"train.gptq_reserve_seconds={t.gptq_reserve_seconds} leaves no training time of "
+                          f"train.max_wallclock_seconds={t.max_wallclock_seconds}")
+    if m.xsa_last_n > m.num_layers:
+        raise ConfigError(f"model.xsa_last_n={m.xsa_last_n} exceeds model.num_layers={m.num_layers}")
     if m.model_dim % m.num_heads:
         raise ConfigError(f"model.model_dim={m.model_dim} is not divisible by model.num_heads={m.num_heads}")
     if m.num_heads % m.num_kv_heads:
@@ -284,10 +369,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.warmdown_frac={t.warmdown_frac} and train.min_lr={t.min_lr} must be in [0, 1]")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay={t.ema_decay} must be in [0, 1)")
-    if m.logit_softcap <= 0:
-        raise ConfigError(f"model.logit_softcap must be positive, got {m.logit_softcap}")
-    if m.vocab_size > 65_536:
-        raise ConfigError(f"model.vocab_size={m.vocab_size} does not fit the uint16 shard format")
     span = t.train_batch_tokens // t.batch_spans
     if t.train_batch_tokens % t.batch_spans or span % t.train_seq_len:
         raise ConfigError(
@@ -364,6 +445,8 @@ def _coerce(key: str, raw, typ):
             raise ConfigError(f"{key}: expected {typ.__name__}, got {raw!r}") from None
     if typ is float and isinstance(raw, int) and not isinstance(raw, bool):
         raw = float(raw)
+    if typ is float and isinstance(raw, float) and not math.isfinite(raw):
+        raise ConfigError(f"{key}: expected a finite number, got {raw!r}")
     if typing.get_origin(typ) is tuple:
         if isinstance(raw, list):
             raw = tuple(raw)
