@@ -23,7 +23,6 @@ Artifact bytes (what the 16,000,000-byte cap counts) = this file + the counted c
 from __future__ import annotations
 
 import json
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -32,9 +31,11 @@ import ml_dtypes
 import numpy as np
 import zstandard
 
+from pgolf_jax.fsio import write_bytes
+
 MAGIC = b"PGJXART1"
 CODECS = {"zlib": 1, "zstd": 2, "brotli": 3}
-_HEADER = struct.Struct("<8sB3xQI")
+_HEADER = struct.Struct("<8sB3sQI")  # magic, codec, reserved (zero), raw_len, crc32
 _SLOTS = ("quantized", "scales", "passthrough", "lqer")
 _DTYPES = {"int8", "uint8", "int16", "int32", "int64", "uint16", "float16", "float32", "float64", "bfloat16", "bool"}
 
@@ -102,30 +103,23 @@ def compress(raw: bytes, codec: str, level: int = 22) -> bytes:
 
 def pack(obj: dict, codec: str = "zstd", level: int = 22, byte_shuffle: bool = True) -> bytes:
     raw = serialize(obj, byte_shuffle)
-    return _HEADER.pack(MAGIC, CODECS[codec], len(raw), zlib.crc32(raw)) + compress(raw, codec, level)
+    return _HEADER.pack(MAGIC, CODECS[codec], bytes(3), len(raw), zlib.crc32(raw)) + compress(raw, codec, level)
 
 
 def write(path: Path, data: bytes) -> None:
     """Atomic write: a reader never sees a half-written artifact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(path, data)
 
 
 def unpack(data: bytes, source: str = "artifact") -> dict:
     """Compressed artifact bytes -> quant object, validating every field."""
     if len(data) < _HEADER.size:
         raise ArtifactError(f"{source}: truncated ({len(data)} bytes, header needs {_HEADER.size})")
-    magic, codec_id, raw_len, crc = _HEADER.unpack_from(data)
+    magic, codec_id, reserved, raw_len, crc = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise ArtifactError(f"{source}: bad magic {magic!r} (expected {MAGIC!r}); not a pgolf_jax artifact")
+    if reserved != bytes(3):
+        raise ArtifactError(f"{source}: corrupt header (reserved bytes {reserved!r} are not zero)")
     body = data[_HEADER.size:]
     try:
         if codec_id == CODECS["zlib"]:

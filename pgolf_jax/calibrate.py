@@ -16,14 +16,14 @@ from pgolf_jax.shards import make_loader
 
 def collect_hessians(model, params, train_pattern: str, batches: int, batch_tokens: int, seq_len: int,
                      data_sharding=None, looped: bool = True, log=print, loader: str = "sequential",
-                     loader_seed: int = 0) -> tuple[dict[str, np.ndarray], float]:
+                     loader_seed: int = 0, vocab_size: int = 0) -> tuple[dict[str, np.ndarray], float]:
     """({reference name: H (in x in) float64}, seconds). Data: a fresh loader of the training
     run's kind over the training shards (the records: a fresh shuffled loader; never val)."""
     t0 = time.perf_counter()
     # Replicated Hessians: jit sums them over the data devices and every process reads them.
     rep = None if data_sharding is None else dist.replicated(data_sharding.mesh)
     fn = jax.jit(lambda p, x: model.input_hessians(p, x, looped), out_shardings=rep)
-    loader = make_loader(loader, train_pattern, 1, seq_len, loader_seed)
+    loader = make_loader(loader, train_pattern, 1, seq_len, loader_seed, vocab_size)
     acc = None
     for _ in range(batches):
         x, _ = loader.next_batch(batch_tokens, seq_len)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
@@ -40,9 +39,12 @@ def _eval_parser() -> argparse.ArgumentParser:
 
 def run_artifact(run_dir: Path) -> Path:
     """The artifact a run wrote (named in its submission.json; any scheme and codec)."""
+    from pgolf_jax.fsio import read_json
+
     sub = run_dir / "submission.json"
     if sub.is_file():
-        name = json.loads(sub.read_text()).get("artifact")
+        payload = read_json(sub, "the run's submission")
+        name = payload.get("artifact") if isinstance(payload, dict) else None
         if name and (run_dir / name).is_file():
             return run_dir / name
     found = sorted(p for p in run_dir.glob("final_model.*.*") if p.suffix not in (".npz", ".pt"))
@@ -60,30 +62,28 @@ def eval_command(argv: list[str]) -> int:
     args = _eval_parser().parse_args(argv)
     if args.run:
         run_dir = Path(args.run)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path} not found: is {run_dir} a run directory?")
-        cfg = config_lib.override(config_lib.from_dict(json.loads(cfg_path.read_text())), args.overrides)
+        cfg = config_lib.override(pipeline.load_run_config(run_dir), args.overrides)
         source = run_artifact(run_dir)
     else:
         cfg = config_lib.load(args.config, args.overrides) if args.config else config_lib.override(
             config_lib.Config(), args.overrides)
         source = Path(args.artifact or args.torch_state_dict or args.reference_ptz)
-    data_path, tok_path = pipeline.dataset_paths(cfg)
-    log = RunLog(None)
-    factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log)
-    model = build_model(cfg.model)
-    import jax
-    template = jax.jit(model.init)(jax.random.key(0))
+    # The weights first (a bad file fails before any data is read), then the data.
     if args.torch_state_dict:
         named = interop.load_torch_state_dict(source)
     elif args.reference_ptz:
         named = interop.load_reference_int8_ptz(source)
     else:
         named = dequantize(artifact.read(source))
+    model = build_model(cfg.model)
+    import jax
+    template = jax.eval_shape(model.init, jax.random.key(0))
     params = interop.unflatten_params(named, template, source=str(source))
+    data_path, tok_path = pipeline.dataset_paths(cfg)
+    log = RunLog(None)
+    factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log)
     mesh = dist.make_mesh()
-    res = factory(model, mesh)(params)
+    res = pipeline.finite_result(factory(model, mesh)(params), f"eval of {source}")
     print(f"eval source:{source} {res.line()}")
     print(f"eval_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
     if cfg.eval.final_modes != "plain" or cfg.eval.ngram_order:
@@ -102,42 +102,53 @@ def _quantize_parser() -> argparse.ArgumentParser:
 
 
 def quantize_command(argv: list[str]) -> int:
+    import shutil
+    import zipfile
+
     import numpy as np
 
     from pgolf_jax import config as config_lib, dist, pipeline
     from pgolf_jax.config import ConfigError
+    from pgolf_jax.fsio import write_json
     from pgolf_jax.interop import unflatten_params
     from pgolf_jax.model import build_model
     from pgolf_jax.runlog import RunLog
 
     args = _quantize_parser().parse_args(argv)
     run_dir = Path(args.run)
-    for need in ("config.json", "final_model.npz"):
-        if not (run_dir / need).is_file():
-            raise FileNotFoundError(f"{run_dir / need} not found: is {run_dir} a finished run directory?")
     for item in args.overrides:
         if item.split("=", 1)[0].split(".", 1)[0] not in ("quant", "eval", "data"):
             raise ConfigError(f"{item!r}: quantize only changes quant.*, eval.* or data.* (the weights are fixed)")
-    cfg = config_lib.override(config_lib.from_dict(json.loads((run_dir / "config.json").read_text())), args.overrides)
+    cfg = config_lib.override(pipeline.load_run_config(run_dir), args.overrides)
+    npz = run_dir / "final_model.npz"
+    if not npz.is_file():
+        raise FileNotFoundError(f"{npz} not found: is {run_dir} a finished run directory?")
+    import jax
+    model = build_model(cfg.model)
+    template = jax.eval_shape(model.init, jax.random.key(0))
+    try:
+        with np.load(npz) as z:
+            params = unflatten_params({k: z[k] for k in z.files}, template, source=str(npz))
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{npz}: not a readable weights file ({exc})") from None
     out = run_dir / f"quantize-{pipeline.new_run_id()}"
     log = RunLog(out)
     try:
-        pipeline.write_json(out / "config.json", config_lib.to_dict(cfg))
+        write_json(out / "config.json", config_lib.to_dict(cfg))
         log(config_lib.to_json(cfg), console=False)
         log(f"quantize run:{run_dir} overrides:{' '.join(args.overrides) or '-'}")
         data_path, tok_path = pipeline.dataset_paths(cfg, log)
-        model = build_model(cfg.model)
         mesh = dist.make_mesh()
         factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log)
         evaluator = factory(model, mesh)
-        import jax
-        template = jax.eval_shape(model.init, jax.random.key(0))
-        with np.load(run_dir / "final_model.npz") as z:
-            params = unflatten_params({k: z[k] for k in z.files}, template, source=str(run_dir / "final_model.npz"))
         summary = pipeline.export_and_roundtrip(cfg, params, model, out, evaluator,
                                                 str(data_path / cfg.data.train_files), log, factory, mesh)
-        pipeline.write_json(out / "summary.json", summary)
+        write_json(out / "summary.json", summary)
         log(f"quantize_dir:{out}")
+    except BaseException:
+        log.close()
+        shutil.rmtree(out, ignore_errors=True)  # a failed re-quantization leaves nothing behind
+        raise
     finally:
         log.close()
     return 0
@@ -145,19 +156,20 @@ def quantize_command(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "data":  # NumPy and SentencePiece only: no JAX to import (seconds)
+        from pgolf_jax import prepare
+        p = argparse.ArgumentParser(prog="run.py data", description="Prepare or download datasets.")
+        prepare.add_data_args(p)
+        return prepare.data_command(p.parse_args(argv[1:]))
     from pgolf_jax import dist
     from pgolf_jax.artifact import ArtifactError, ArtifactTooLarge
     from pgolf_jax.config import ConfigError
     from pgolf_jax.train import Interrupted
 
     dist.keep_freed_host_memory()
+    _persistent_compile_cache()
 
     try:
-        if argv and argv[0] == "data":
-            from pgolf_jax import prepare
-            p = argparse.ArgumentParser(prog="run.py data", description="Prepare or download datasets.")
-            prepare.add_data_args(p)
-            return prepare.data_command(p.parse_args(argv[1:]))
         if argv and argv[0] == "eval":
             return eval_command(argv[1:])
         if argv and argv[0] == "quantize":
@@ -169,17 +181,45 @@ def main(argv: list[str] | None = None) -> int:
         from pgolf_jax import pipeline
         return pipeline.main_job(args.config, args.overrides, dry=args.dry_run, resume=args.resume)
     except ConfigError as exc:
-        print(f"error: config: {exc}", file=sys.stderr)
+        print(f"error: config: {_one_line(exc)}", file=sys.stderr)
         return 2
     except ArtifactTooLarge as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 3
     except Interrupted as exc:
         print(f"error: {exc}; continue with: run.py --config ... --resume <run_dir>", file=sys.stderr)
         return 128 + exc.signum
+    except KeyboardInterrupt:
+        print("error: interrupted (^C)", file=sys.stderr)
+        return 130
     except (FileNotFoundError, FileExistsError, ValueError, ArtifactError, FloatingPointError, RuntimeError,
             OSError) as exc:
         if os.environ.get("PGOLF_TRACEBACK"):  # the one-line error hides where it came from
             traceback.print_exc()
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a bug, not bad input: still one line, the traceback on request
+        if os.environ.get("PGOLF_TRACEBACK"):
+            traceback.print_exc()
+        print(f"error: internal error {type(exc).__name__}: {_one_line(exc)} (a bug; PGOLF_TRACEBACK=1 shows where)",
+              file=sys.stderr)
+        return 1
+
+
+def _persistent_compile_cache() -> None:
+    """JAX's persistent compilation cache, so a shape compiled by an earlier run (the same preset
+    again, a resume, a sweep) loads in well under a second: ~/.cache/pgolf_jax/jax_cache unless
+    JAX_COMPILATION_CACHE_DIR says otherwise; PGOLF_NO_COMPILE_CACHE=1 turns it off."""
+    if os.environ.get("PGOLF_NO_COMPILE_CACHE"):
+        return
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "pgolf_jax" / "jax_cache"))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (library messages sometimes span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import json
+import math
 import os
 import platform
+import shutil
 import secrets
 import sys
 import time
@@ -22,14 +23,15 @@ import jax
 import numpy as np
 
 from pgolf_jax import artifact, config as config_lib, dist
+from pgolf_jax.fsio import atomic_output, read_json, write_json
 from pgolf_jax.calibrate import collect_hessians
 from pgolf_jax.config import Config
 from pgolf_jax.evaluate import EvalResult, Evaluator, bpb, unigram_bpb
 from pgolf_jax.interop import flatten_params, unflatten_params
 from pgolf_jax.model import Model, build_model, count_params
-from pgolf_jax.quant import dequantize, quantize_int8, quantize_mixed, tensor_group
+from pgolf_jax.quant import check_finite, dequantize, quantize_int8, quantize_mixed, tensor_group
 from pgolf_jax.runlog import Progress, RunLog
-from pgolf_jax.shards import load_shard, load_val_tokens
+from pgolf_jax.shards import load_val_tokens, open_shard
 from pgolf_jax.tokenizer import build_luts
 
 
@@ -40,12 +42,6 @@ def new_run_id() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def source_hash() -> str:
     h = hashlib.sha256()
     for f in artifact.code_files():
@@ -54,52 +50,62 @@ def source_hash() -> str:
 
 
 def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
-    """(data_path, tokenizer_path), preparing data.source on first use when data_path is missing."""
+    """(data_path, tokenizer_path). With data.source set, the dataset is prepared from it on first
+    use (and checked to have been built from it with these settings after); the paths must be
+    where that source puts them, which is checked before anything is read or written."""
+    from pgolf_jax import prepare
+
     d = cfg.data
     data_path, tok_path = Path(d.data_path), Path(d.tokenizer_path)
-    if data_path.is_dir() and tok_path.is_file():
-        return data_path, tok_path
     if not d.source:
+        if data_path.is_dir() and tok_path.is_file():
+            return data_path, tok_path
         missing = data_path if not data_path.is_dir() else tok_path
         raise FileNotFoundError(
             f"{missing} not found: download the challenge data (`python run.py data download --variant sp1024`) "
             f"or set data.source to a docs_selected.jsonl or sample:<name>")
-    from pgolf_jax import prepare, samples
-
     variant = "byte260" if tok_path.suffix == ".json" else f"sp{cfg.model.vocab_size}"
     root = data_path.parent.parent
-    log(f"data:preparing source:{d.source} variant:{variant} root:{root}")
+    want_data = root / "datasets" / prepare.dataset_dir_for_variant(variant)
+    want_tok = prepare.tokenizer_file(root, variant)
+    if want_data.resolve() != data_path.resolve() or want_tok.resolve() != tok_path.resolve():
+        raise config_lib.ConfigError(
+            f"data.source={d.source!r} prepares {variant} under {root} (two levels above data.data_path) as "
+            f"{want_data} and {want_tok}, but data.data_path={data_path} and data.tokenizer_path={tok_path}: "
+            "fix the paths (nothing was written)")
     kwargs = dict(num_val_docs=d.num_val_docs, tokenizer_train_docs=d.tokenizer_train_docs or None)
+    if not d.source.startswith("sample:") and not Path(d.source).is_file() and data_path.is_dir() and tok_path.is_file():
+        log(f"data:source {d.source} not found; using {data_path} as it is (its build is not re-checked)")
+        return data_path, tok_path
     if d.source.startswith("sample:"):
-        got_data, got_tok = samples.ensure_sample_dataset(d.source[len("sample:"):], root, variant=variant, **kwargs)
+        from pgolf_jax import samples
+
+        samples.ensure_sample_dataset(d.source[len("sample:"):], root, variant=variant, **kwargs)
     else:
-        prepare.prepare_from_docs(Path(d.source), root, variants=(variant,), **kwargs)
-        got_data, got_tok = data_path, tok_path
-    if Path(got_data).resolve() != data_path.resolve() or Path(got_tok).resolve() != tok_path.resolve():
-        raise ValueError(f"data.source {d.source!r} prepares {got_data} and {got_tok}, but the config points at "
-                         f"data.data_path={data_path} and data.tokenizer_path={tok_path}")
+        prepare.prepare_from_docs(Path(d.source), root, variants=(variant,), verbose=False, **kwargs)
+    log(f"data:source:{d.source} variant:{variant} root:{root}")
     return data_path, tok_path
 
 
 def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
     """Load val tokens and byte tables once; returns factory(model, mesh, seq_len=None, stride=None)
     -> Evaluator (plain windows of train_seq_len by default; val tokens reloaded per length)."""
-    pattern = str(data_path / cfg.data.val_files)
-    tokens = {cfg.train.train_seq_len: load_val_tokens(pattern, cfg.train.train_seq_len, cfg.eval.val_tokens_limit)}
-    luts = build_luts(tok_path, cfg.model.vocab_size)
+    pattern, V = str(data_path / cfg.data.val_files), cfg.model.vocab_size
+    luts = build_luts(tok_path, cfg.model.vocab_size)  # first: a tokenizer/vocab mismatch is the clearer error
+    tokens = {cfg.train.train_seq_len: load_val_tokens(pattern, cfg.train.train_seq_len, cfg.eval.val_tokens_limit, V)}
     val_tokens = tokens[cfg.train.train_seq_len]
     log(f"val_bpb:enabled tokenizer_path:{tok_path}")
     log(f"val_loader:shards pattern={pattern} tokens:{len(val_tokens) - 1}")
     train_files = sorted(data_path.glob(cfg.data.train_files))
     if train_files:  # a reference point for "learns visibly": the unigram floor, from one shard
-        uni = unigram_bpb(load_shard(train_files[0])[:UNIGRAM_TOKENS], val_tokens, luts, cfg.model.vocab_size)
+        uni = unigram_bpb(open_shard(train_files[0], V)[:UNIGRAM_TOKENS], val_tokens, luts, cfg.model.vocab_size)
         log(f"val_unigram_bpb:{uni:.4f} (add-one unigram fit on {train_files[0].name})")
 
     def factory(model: Model, mesh, seq_len: int | None = None, stride: int | None = None, batch_seqs: int = 0):
         n = dist.num_data_devices(mesh)
         seq = seq_len or cfg.train.train_seq_len
         if seq not in tokens:
-            tokens[seq] = load_val_tokens(pattern, seq, cfg.eval.val_tokens_limit)
+            tokens[seq] = load_val_tokens(pattern, seq, cfg.eval.val_tokens_limit, V)
         batch_tokens = batch_seqs * seq or cfg.eval.val_batch_size // max(1, cfg.train.batch_spans // n)
         return Evaluator(model, tokens[seq], luts, seq, batch_tokens, data_sharding=dist.batch_sharding(mesh),
                          num_devices=n, stride=stride or seq)
@@ -140,6 +146,7 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
             prog = Progress("eval:lora_ttt", len(documents(ev.tokens)), enabled=on, unit="docs")
             res, nll, ent, extra = lora_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order), progress=prog)
         prog.close()
+        res = finite_result(res, f"final_{mode}")
         flops = fwd_per_token * (extra.get("forward_tokens") or len(ev.windows) * T) \
             + 3 * fwd_per_token * extra.get("train_tokens", 0)
         proj = flops / (8 * H100_BF16_FLOPS * e.h100_mfu)
@@ -165,8 +172,13 @@ H100_BF16_FLOPS = 989e12
 def save_float_weights(params, run_dir: Path, log) -> Path:
     """final_model.npz: the trained (EMA) float weights under reference names, for re-quantizing."""
     named = flatten_params(params)
+    bad = [k for k, v in named.items() if not np.all(np.isfinite(v.astype(np.float32)))]
+    if bad:
+        raise FloatingPointError(f"the trained weights are not finite ({', '.join(bad[:3])}"
+                                 f"{' ...' if len(bad) > 3 else ''}): the training diverged; nothing exported")
     path = run_dir / "final_model.npz"
-    np.savez(path, **{k: (v.astype(np.float32) if v.dtype.name == "bfloat16" else v) for k, v in named.items()})
+    with atomic_output(path) as f:
+        np.savez(f, **{k: (v.astype(np.float32) if v.dtype.name == "bfloat16" else v) for k, v in named.items()})
     log(f"Serialized model: {path.stat().st_size} bytes")
     return path
 
@@ -184,7 +196,8 @@ def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evalu
         t = cfg.train
         hessians, seconds = collect_hessians(model, params, train_pattern, q.gptq_calibration_batches,
                                              t.train_batch_tokens, t.train_seq_len, evaluator.sharding, log=log,
-                                             loader=cfg.data.loader, loader_seed=cfg.data.loader_seed)
+                                             loader=cfg.data.loader, loader_seed=cfg.data.loader_seed,
+                                             vocab_size=cfg.model.vocab_size)
         info["calibration_seconds"] = round(seconds, 2)
         # The records count calibration on training data against the 600 s training budget.
         if t.max_wallclock_seconds > 0:
@@ -211,16 +224,13 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     """Evaluate the float weights, quantize, pack, write, read back, dequantize, evaluate: the
     round-trip number is the one that counts."""
     q = cfg.quant
-    pre = evaluator(params)
+    pre = finite_result(evaluator(params), "pre_quant")
     log(f"pre_quant {pre.line()}")
     obj, info = quantize_params(cfg, params, model, train_pattern, evaluator, log)
+    check_finite(obj, flatten_params(params))
     tag = "int8" if q.scheme == "int8_per_row" else q.scheme
     art_path = out_dir / f"final_model.{tag}.{q.compressor}"
     blob = artifact.pack(obj, q.compressor, q.level, q.byte_shuffle)
-    if dist.is_main():
-        artifact.write(art_path, blob)
-        if art_path.read_bytes() != blob:
-            raise artifact.ArtifactError(f"{art_path}: bytes on disk differ from the packed artifact")
     model_bytes = len(blob)
     code_raw, code_zst = artifact.code_bytes(mode="raw"), artifact.code_bytes(mode="compressed")
     code = code_raw if q.code_bytes == "raw" else code_zst
@@ -234,13 +244,17 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     log(f"Total submission size {tag}+{q.compressor}: {total} bytes (cap {q.max_artifact_bytes})")
     log.metric("artifact", model_bytes=model_bytes, code_bytes=code, code_bytes_raw=code_raw,
                code_bytes_compressed=code_zst, total_bytes=total, breakdown=breakdown, **info)
-    artifact.check_size(model_bytes, code, q.max_artifact_bytes, q.allow_oversize)
+    artifact.check_size(model_bytes, code, q.max_artifact_bytes, q.allow_oversize)  # before anything is written
+    if dist.is_main():
+        artifact.write(art_path, blob)
+        if art_path.read_bytes() != blob:
+            raise artifact.ArtifactError(f"{art_path}: bytes on disk differ from the packed artifact")
 
     # Every process round-trips the packed bytes (identical to the file process 0 wrote).
     restored = unflatten_params(dequantize(artifact.unpack(blob, str(art_path))), params, source=str(art_path))
     if mesh is not None:
         restored = dist.global_tree(restored, dist.replicated(mesh))
-    res: EvalResult = evaluator(restored)
+    res: EvalResult = finite_result(evaluator(restored), "final_roundtrip")
     log(f"final_roundtrip {res.line()}")
     log(f"final_roundtrip_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
     log.metric("final_roundtrip", val_loss=res.val_loss, val_bpb=res.val_bpb, val_tokens=res.val_tokens,
@@ -249,12 +263,21 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     if cfg.eval.final_modes != "plain" or cfg.eval.ngram_order or cfg.eval.eval_seq_len:
         finals = final_evals(cfg, model, restored, factory, mesh, log)
         last = list(finals.values())[-1]
-        res = dataclasses.replace(res, val_loss=last["val_loss"], val_bpb=last["val_bpb"])
+        res = finite_result(dataclasses.replace(res, val_loss=last["val_loss"], val_bpb=last["val_bpb"]),
+                            f"final_{list(finals)[-1]}")
         log(f"final_score mode:{list(finals)[-1]} val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
     return {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "final_modes": finals, "pre_quant_val_loss": pre.val_loss,
             "pre_quant_val_bpb": pre.val_bpb, "bytes_total": total, "bytes_code": code, "bytes_model": model_bytes,
             "bytes_code_raw": code_raw, "bytes_code_compressed": code_zst, "bytes_by_group": breakdown,
             "artifact": art_path.name, "val_tokens": res.val_tokens, "val_bytes": res.val_bytes, **info}
+
+
+def finite_result(res: EvalResult, what: str) -> EvalResult:
+    """A score that is NaN/inf is an error, never a number that gets printed or saved."""
+    if not (math.isfinite(res.val_loss) and math.isfinite(res.val_bpb)):
+        raise FloatingPointError(f"{what}: val_loss is {res.val_loss} and val_bpb {res.val_bpb} (not finite): the "
+                                 "weights overflow somewhere in the forward pass; no score is reported")
+    return res
 
 
 def quant_group(name: str, slot: str) -> str:
@@ -269,48 +292,93 @@ def log_header(cfg: Config, log: RunLog, preset: str | None) -> None:
         f"backend:{jax.default_backend()} devices:{jax.devices()}", console=False)
 
 
+def load_run_config(run_dir: Path) -> Config:
+    """A run directory's config.json as a Config; every error names the file."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} not found")
+    data = read_json(path, f"is {run_dir} a run directory?")
+    try:
+        if not isinstance(data, dict):
+            raise config_lib.ConfigError("expected a JSON object of config sections")
+        return config_lib.from_dict(data)
+    except (config_lib.ConfigError, AttributeError, TypeError) as exc:
+        raise config_lib.ConfigError(f"{path}: {exc}") from None
+
+
 def _resume_config(cfg: Config, run_dir: Path) -> Config:
     """The run's saved config; the command line must not change it (a resume continues exactly)."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: --resume needs a run directory")
-    saved = config_lib.from_dict(json.loads(path.read_text()))
+    saved = load_run_config(run_dir)
     ignore = {"train.run_id", "train.out_dir", "train.process_id"}
-    diff = [f"{s}.{k}: run has {v!r}, command line gives {config_lib.to_dict(cfg)[s][k]!r}"
+    now = config_lib.to_dict(cfg)
+    diff = [f"{s}.{k}: run has {v!r}, command line gives {now[s][k]!r}"
             for s, sec in config_lib.to_dict(saved).items() for k, v in sec.items()
-            if f"{s}.{k}" not in ignore and config_lib.to_dict(cfg)[s][k] != v]
+            if f"{s}.{k}" not in ignore and now[s][k] != v]
     if diff:
         raise config_lib.ConfigError(f"--resume {run_dir}: the config differs from the run's: " + "; ".join(diff))
     return dataclasses.replace(saved, train=dataclasses.replace(saved.train, process_id=cfg.train.process_id))
 
 
+class AlreadyFinished(Exception):
+    """--resume of a run that wrote its submission.json: there is nothing left to do."""
+
+
+def _claim_run_dir(run_dir: Path, cfg: Config) -> None:
+    """Create the run directory and take it in one atomic step (config.json created exclusively),
+    so two runs can never share one; an empty directory left by nothing may be reused."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(run_dir / "config.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        raise FileExistsError(f"run directory {run_dir} already holds a run; pick another train.run_id "
+                              "(or continue it with --resume)") from None
+    try:
+        write_json(run_dir / "config.json", config_lib.to_dict(cfg))
+    except BaseException:
+        (run_dir / "config.json").unlink(missing_ok=True)
+        raise
+
+
 def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = None) -> dict:
+    from pgolf_jax.checkpoint import Checkpointer
     from pgolf_jax.train import train
 
     dist.initialize(cfg.train)  # before any JAX computation
     main = dist.is_main()
+    restore = None
     if resume:
         run_dir = Path(resume)
         cfg = _resume_config(cfg, run_dir)
         run_id = cfg.train.run_id
+        if (run_dir / "submission.json").is_file():
+            raise AlreadyFinished(f"{run_dir} finished already (its submission.json is written); nothing to resume")
+        # Pick the checkpoint now (the newest intact one), before any data or compile work, and
+        # cut the logs back to it: the steps after it are run again and must appear once.
+        ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.checkpoint_keep)
+        try:
+            restore = ckpt.select()
+        finally:
+            ckpt.close()
+        if main:
+            RunLog.truncate(run_dir, restore.meta.get("log_offsets"))
     else:
         run_id = cfg.train.run_id or new_run_id()
         cfg = config_lib.override(cfg, {"train.run_id": run_id})
         run_dir = Path(cfg.train.out_dir) / run_id
-        if main and run_dir.exists() and any(run_dir.iterdir()):
-            raise FileExistsError(f"run directory {run_dir} already exists; pick another train.run_id")
+        if main:
+            _claim_run_dir(run_dir, cfg)
     log = RunLog(run_dir if main else None, echo=main)  # process 0 logs and writes; all compute
     try:
-        if main and not resume:
-            write_json(run_dir / "config.json", config_lib.to_dict(cfg))
         log_header(cfg, log, preset)
+        for skipped in (restore.skipped if restore else ()):
+            log(f"resume:skipped checkpoint {skipped}")
         data_path, tok_path = dataset_paths(cfg, log)
         factory = make_evaluator_factory(cfg, data_path, tok_path, log)
         shards = sorted(data_path.glob(cfg.data.train_files))
         log(f"train_loader:dataset:{data_path.name} train_shards:{len(shards)}")
         t0 = time.perf_counter()
         train_pattern = str(data_path / cfg.data.train_files)
-        result = train(cfg, log, train_pattern, factory, run_dir=run_dir, resume=bool(resume))
+        result = train(cfg, log, train_pattern, factory, run_dir=run_dir, restore=restore)
         mesh = dist.make_mesh()
         params = dist.replicate(result.params, mesh)
         if main:
@@ -328,6 +396,13 @@ def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = 
             write_json(run_dir / "submission.json", summary)
         log(f"run_dir:{run_dir}")
         return summary
+    except BaseException:
+        if main and not resume and not log.events.get("train"):
+            # Failed before its first training step (bad data, a compile error, ^C): nothing worth
+            # keeping, and the run_id stays free for a retry.
+            log.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         log.close()
 
@@ -345,6 +420,10 @@ def main_job(preset: str, overrides: list[str], dry: bool = False, resume: str |
     cfg = config_lib.load(preset, overrides)
     if dry:
         return dry_run(cfg, preset)
-    summary = run_job(cfg, preset, resume)
+    try:
+        summary = run_job(cfg, preset, resume)
+    except AlreadyFinished as exc:
+        print(f"resume: {exc}", file=sys.stderr)
+        return 0
     print(f"val_bpb:{summary['val_bpb']:.8f} artifact_bytes:{summary['bytes_total']}", file=sys.stderr)
     return 0

@@ -54,6 +54,8 @@ def quantize_float_tensor(t: np.ndarray, clip_q: float) -> tuple[np.ndarray, np.
     return q, np.asarray(scale, np.float32)
 
 
+# A float16 cast that overflows is reported by check_finite (naming the tensor), not as a warning.
+@np.errstate(over="ignore")
 def quantize_int8(named: dict[str, np.ndarray], clip_percentile: float = 99.99984,
                   keep_float_max_numel: int = 65_536) -> tuple[dict, dict]:
     """Reference-named float state dict -> (quant object, stats), as quantize_state_dict_int8."""
@@ -173,6 +175,7 @@ def row_scales(w32: np.ndarray, bits: int, method: str, clip_sigmas: float, perc
     return best
 
 
+@np.errstate(over="ignore")
 def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None, log=None) -> tuple[dict, dict]:
     """Reference-named float state dict -> (quant object, report) under QuantConfig q.
 
@@ -238,6 +241,33 @@ def dequantize_mixed(obj: dict) -> dict[str, np.ndarray]:
     for name, t in obj["passthrough"].items():
         out[name] = np.asarray(t).astype(_np_dtype(orig[name])) if name in orig else np.asarray(t)
     return out
+
+
+def check_finite(obj: dict, named: dict[str, np.ndarray] | None = None) -> None:
+    """Refuse to export a quant object holding NaN/inf (a float16 cast that overflowed, a scale of
+    a diverged row): FloatingPointError naming the tensor and, given the float weights, why."""
+    bad = []
+    for slot in ("scales", "passthrough", "lqer"):
+        for name, arr in (obj.get(slot) or {}).items():
+            a = np.asarray(arr)
+            if a.dtype.kind == "f" or dtype_name(a) == "bfloat16":
+                n = int(np.size(a) - np.count_nonzero(np.isfinite(a.astype(np.float32))))
+                if n:
+                    bad.append((name, slot, dtype_name(a), n))
+    if not bad:
+        return
+    name, slot, dt, n = bad[0]
+    why = ""
+    if named is not None and name in named:
+        w = np.asarray(named[name], np.float32)
+        finite = w[np.isfinite(w)]
+        if finite.size < w.size:
+            why = f"; the float weights themselves hold {w.size - finite.size} NaN/inf"
+        elif finite.size:
+            why = f"; the float weights reach |w| = {float(np.abs(finite).max()):.4g} (float16 max 65504)"
+    more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+    raise FloatingPointError(f"export: {name} ({slot}, {dt}) has {n} non-finite values{why}{more}: the training "
+                             "diverged or a weight overflows its export dtype; no artifact was written")
 
 
 def dequantize(obj: dict) -> dict[str, np.ndarray]:

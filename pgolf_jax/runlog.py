@@ -3,11 +3,13 @@ metrics.jsonl, and a progress line with an ETA on stderr for long work."""
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
+
+from pgolf_jax.fsio import dumps, write_error
 
 
 def fmt_seconds(s: float) -> str:
@@ -16,31 +18,59 @@ def fmt_seconds(s: float) -> str:
 
 
 class RunLog:
+    """log.txt and metrics.jsonl of a run directory (append-only; None = console only)."""
+
+    FILES = ("log.txt", "metrics.jsonl")
+
     def __init__(self, run_dir: Path | None, echo: bool = True):
         self.run_dir = run_dir
         self.echo = echo
+        self.events: dict[str, int] = {}  # metric events written, by name
+        self._log = self._metrics = None
         if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self._log = open(run_dir / "log.txt", "a", encoding="utf-8")
-            self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        else:
-            self._log = self._metrics = None
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                self._log = open(run_dir / "log.txt", "a", encoding="utf-8")
+                self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            except OSError as exc:
+                self.close()
+                raise write_error(run_dir / "log.txt", exc) from None
+
+    def _write(self, f, text: str) -> None:
+        try:
+            f.write(text)
+            f.flush()
+        except OSError as exc:
+            raise write_error(f.name, exc) from None
 
     def __call__(self, msg: str, console: bool = True) -> None:
         if console and self.echo:
             print(msg, flush=True)
         if self._log is not None:
-            self._log.write(msg + "\n")
-            self._log.flush()
+            self._write(self._log, msg + "\n")
 
     def metric(self, event: str, **values) -> None:
+        self.events[event] = self.events.get(event, 0) + 1
         if self._metrics is not None:
-            self._metrics.write(json.dumps({"event": event, "time": round(time.time(), 3), **values}) + "\n")
-            self._metrics.flush()
+            line = dumps({"event": event, "time": round(time.time(), 3), **values}, what=f"metrics event {event!r}")
+            self._write(self._metrics, line + "\n")
+
+    def offsets(self) -> dict:
+        """Bytes written so far to each file (a checkpoint records them; see truncate)."""
+        return {name: f.tell() for name, f in zip(self.FILES, (self._log, self._metrics)) if f is not None}
+
+    @classmethod
+    def truncate(cls, run_dir: Path, offsets: dict | None) -> None:
+        """Cut log.txt and metrics.jsonl back to what a checkpoint recorded, so the steps a resumed
+        run repeats appear once."""
+        for name, size in (offsets or {}).items():
+            path = Path(run_dir) / name
+            if name in cls.FILES and path.is_file() and path.stat().st_size > int(size):
+                os.truncate(path, int(size))
 
     def close(self) -> None:
         for f in (self._log, self._metrics):
-            if f is not None:
+            if f is not None and not f.closed:
                 f.close()
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from pgolf_jax import dist
-from pgolf_jax.checkpoint import Checkpointer
+from pgolf_jax.checkpoint import Checkpointer, Restore
 from pgolf_jax.config import Config, QuantConfig
 from pgolf_jax.evaluate import Evaluator
 from pgolf_jax.model import BLOCK_SCHEDULES, Model, build_model, count_params, resolve_dtype
@@ -144,7 +144,9 @@ def _all_finite(tree):
 
 
 def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_dir: Path | None = None,
-          resume: bool = False) -> TrainResult:
+          restore: Restore | None = None) -> TrainResult:
+    """Train under cfg; with `restore` (Checkpointer.select() of run_dir's checkpoints) continue
+    from that checkpoint exactly."""
     t = cfg.train
     mesh = dist.make_mesh()
     n_dev = dist.num_data_devices(mesh)
@@ -183,7 +185,8 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
         return (dist.global_array(micro_batches(x, n_dev, micro_seqs), data),
                 dist.global_array(micro_batches(y, n_dev, micro_seqs), data))
 
-    loader = make_loader(cfg.data.loader, train_pattern, t.batch_spans, t.train_seq_len, cfg.data.loader_seed)
+    loader = make_loader(cfg.data.loader, train_pattern, t.batch_spans, t.train_seq_len, cfg.data.loader_seed,
+                         cfg.model.vocab_size)
     if t.warmup_steps > 0:
         # Compile and prime every graph, then roll state and data back (the reference's
         # WARMUP_STEPS, run once per schedule like the looped records).
@@ -198,19 +201,20 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
                     log(f"{label}:{i + 1}/{t.warmup_steps}")
         log(f"warmup_time:{1000 * (time.perf_counter() - tc):.0f}ms")
         state = initial
-        loader = make_loader(cfg.data.loader, train_pattern, t.batch_spans, t.train_seq_len, cfg.data.loader_seed)
+        loader = make_loader(cfg.data.loader, train_pattern, t.batch_spans, t.train_seq_len, cfg.data.loader_seed,
+                         cfg.model.vocab_size)
 
     # The effective cap leaves gptq_reserve_seconds of the budget for post-training calibration.
     cap_ms = 1000.0 * (t.max_wallclock_seconds - t.gptq_reserve_seconds) if t.max_wallclock_seconds > 0 else None
     progress = Progress("train", t.iterations, enabled=t.progress)
     training_ms, stop_after, step, pending, val = 0.0, None, 0, None, None
     looped, qat_was_on = graphs[0], 0.0
-    if resume:
-        state, meta = ckpt.restore(state)
+    if restore is not None:
+        state, meta = ckpt.restore(state, restore.step)
         loader.restore(meta["loader"])
         step, training_ms, looped, qat_was_on = meta["step"], meta["training_ms"], meta["looped"], meta["qat_on"]
         log(f"resume:step {step} train_time:{training_ms:.0f}ms from {ckpt.directory}")
-    last_ckpt_ms, last_ckpt_step = training_ms, (step if resume else None)
+    last_ckpt_ms, last_ckpt_step = training_ms, (step if restore is not None else None)
 
     def checkpoint(reason: str):
         """Check this step's loss and the updated weights (never save a non-finite state), then
@@ -224,7 +228,7 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
             kept = f"; the last good checkpoint is step {last_ckpt_step}" if last_ckpt_step is not None else ""
             raise FloatingPointError(f"weights are not finite after step {step}; stopping{kept}")
         ckpt.save(step, state, {"step": step, "training_ms": training_ms, "looped": looped, "qat_on": qat_was_on,
-                                "loader": loader.state(), "seed": t.seed})
+                                "loader": loader.state(), "seed": t.seed, "log_offsets": log.offsets()})
         log(f"checkpoint:step {step} ({reason})")
         last_ckpt_ms, last_ckpt_step = training_ms, step
         t0 = time.perf_counter()
@@ -254,6 +258,9 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
                 jax.block_until_ready(state.params)
                 training_ms += 1000.0 * (time.perf_counter() - t0)
                 val = evaluator(state.params, looped=looped)
+                if not (math.isfinite(val.val_loss) and math.isfinite(val.val_bpb)):
+                    kept = f"; the last good checkpoint is step {last_ckpt_step}" if last_ckpt_step is not None else ""
+                    raise FloatingPointError(f"val_loss is {val.val_loss} at step {step}; stopping{kept}")
                 log(f"step:{step}/{t.iterations} val_loss:{val.val_loss:.4f} val_bpb:{val.val_bpb:.4f} "
                     f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms")
                 log.metric("val", step=step, val_loss=val.val_loss, val_bpb=val.val_bpb, train_time_ms=round(training_ms, 1))

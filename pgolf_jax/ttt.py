@@ -270,9 +270,10 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
         zeros = lambda: jax.tree.map(lambda a: place.batched(np.zeros(a.shape, np.float32)), lora)  # noqa: E731
         opt = zeros() if cfg.lora_optimizer == "sgd" else (zeros(), zeros(), 0)
         n_chunks = max(-(-(b - a) // C) for a, b in batch)
+        scored = [_Frontier() for _ in range(nd)]  # per document row: targets scored so far
         for ci in range(n_chunks):
             x, y = np.zeros((nd, T), np.int32), np.zeros((nd, T), np.int32)
-            lo, hi = np.zeros(nd, np.int32), np.zeros(nd, np.int32)
+            lo, hi, start = np.zeros(nd, np.int32), np.zeros(nd, np.int32), np.zeros(nd, np.int64)
             spans = []
             for r, (a, b) in enumerate(batch):
                 ca, cb = a + ci * C, min(a + (ci + 1) * C, b)
@@ -280,19 +281,20 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                     continue
                 ws = max(a, cb - T)  # in-document context only, at most T tokens
                 x[r, :cb - ws], y[r, :cb - ws] = ev.tokens[ws:cb], ev.tokens[ws + 1:cb + 1]
-                lo[r], hi[r] = ca - ws, cb - ws
+                lo[r], hi[r], start[r] = ca - ws, cb - ws, ws
                 spans.append((r, ca, cb, ws))
             x, y = place.batched(x), place.batched(y)
             nll, ent = (np.asarray(v) for v in score(base, lora, x, y))
             forward_tokens += nd * T
-            scored_end = {}
             for r, ca, cb, ws in spans:
                 loss_sum += float(nll[r, ca - ws:cb - ws].astype(np.float64).sum())
-                scored_end[r] = cb
+                scored[r].scored_through(cb)
                 if per_token:
                     nll_all[ca:cb], ent_all[ca:cb] = nll[r, ca - ws:cb - ws], ent[r, ca - ws:cb - ws]
-            for r, ca, cb, ws in spans:  # an adapter trains only on its document's scored chunk
-                assert cb <= scored_end[r], "score-first violated"
+            # Score-first, checked on what the step will train on: each row's mask [lo, hi) of
+            # its window must lie behind the targets that row has had scored.
+            for r in range(nd):
+                scored[r].check(int(start[r] + lo[r]), int(start[r] + hi[r]))
             if ci < n_chunks - 1:
                 for s in range(cfg.lora_steps):
                     lora, opt = train(lora, opt, base, x, y, place.batched(lo), place.batched(hi),

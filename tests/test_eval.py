@@ -122,6 +122,16 @@ def test_frontier_catches_training_ahead_of_scoring():
         f.check(448, 576)
 
 
+@pytest.mark.parametrize("mode", ["ttt", "lora_ttt"])
+def test_training_on_unscored_targets_is_caught(tiny, mode, monkeypatch):
+    """Both TTT loops check what they train on against what they scored: with scoring that no
+    longer records its progress, the first training step is refused (so the check can fail)."""
+    model, params = tiny
+    monkeypatch.setattr(_Frontier, "scored_through", lambda self, end: None)
+    with pytest.raises(AssertionError, match=r"score-first violated: training on targets \[\d+, \d+\)"):
+        _ttt_nll(model, params, stream(1201), mode)
+
+
 def test_lora_documents_are_independent_and_start_from_the_base(tiny):
     model, params = tiny
     tokens = stream(1201)

@@ -86,7 +86,7 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
 
 def test_existing_run_dir_is_not_overwritten(finished_run, sample_data, capsys):
     code = main(args(sample_data, finished_run.parent, "train.run_id=r1"))
-    assert code == 1 and "already exists" in capsys.readouterr().err
+    assert code == 1 and "already holds a run" in capsys.readouterr().err
 
 
 def test_corrupt_shard_names_the_file(sample_data, tmp_path, capsys):
