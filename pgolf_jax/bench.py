@@ -15,15 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgolf_jax import attention as attention_lib, config as config_lib, dist
+from pgolf_jax.model import attention as attention_lib
+from pgolf_jax import config as config_lib, dist
 from pgolf_jax.config import Config
-from pgolf_jax.interop import reference_gpt_kwargs
-from pgolf_jax.model import analytic_flops_per_token
+from pgolf_jax.quant.interop import reference_gpt_kwargs
+from pgolf_jax.model.gpt import analytic_flops_per_token
 
 
 def muon_flops_per_step(cfg: Config) -> float:
     """Newton-Schulz FLOPs of one optimizer step (every block matrix, wide orientation)."""
-    from pgolf_jax.orthogonalize import gram_newton_schulz_flops, newton_schulz_flops
+    from pgolf_jax.optim.orthogonalize import gram_newton_schulz_flops, newton_schulz_flops
     m, o = cfg.model, cfg.optim
     kv = m.model_dim // m.num_heads * m.num_kv_heads
     hidden = int(m.mlp_mult * m.model_dim)
@@ -83,9 +84,9 @@ def time_attention_impls(cfg: Config, batch: int, seq: int, impls: list[str], re
 
 def time_parts(cfg: Config, batch: int, seq: int, steps: int) -> dict:
     """Where a step goes: forward+backward, the optimizer update, and attention alone."""
-    from pgolf_jax.attention import causal_attention
-    from pgolf_jax.model import build_model, resolve_dtype
-    from pgolf_jax.optim import make_optimizer
+    from pgolf_jax.model.attention import causal_attention
+    from pgolf_jax.model.gpt import build_model, resolve_dtype
+    from pgolf_jax.optim.optimizers import make_optimizer
 
     m = cfg.model
     model = build_model(m)
@@ -121,7 +122,8 @@ def peak_memory_bytes() -> tuple[int, str]:
 
 
 def time_jax(cfg: Config, batch: int, seq: int, steps: int, warmup: int) -> dict:
-    from pgolf_jax.train import build, make_train_step
+    from pgolf_jax.train.loop import build
+    from pgolf_jax.train.step import make_train_step
 
     mesh = dist.make_mesh()
     model, tx, state = build(cfg, mesh)
@@ -145,7 +147,8 @@ def time_jax(cfg: Config, batch: int, seq: int, steps: int, warmup: int) -> dict
 
 def xla_flops_per_step(cfg: Config, batch: int, seq: int) -> float:
     """XLA's cost analysis of an unrolled-layer step (a scan body would be counted only once)."""
-    from pgolf_jax.train import build, make_train_step
+    from pgolf_jax.train.loop import build
+    from pgolf_jax.train.step import make_train_step
 
     # XLA cannot see inside the native attention kernel's FFI call; count the XLA path instead.
     impl = "xla" if attention_lib.resolve_impl(cfg.model.attention_impl, jnp.float32) == "fused_cpu" \
@@ -224,7 +227,7 @@ def main(argv: list[str]) -> int:
     fl = analytic_flops_per_token(cfg.model, seq)
     ns = muon_flops_per_step(cfg)
     model_flops = (fl["matmul"] + fl["attn_causal"]) * tokens
-    from pgolf_jax.model import resolve_dtype
+    from pgolf_jax.model.gpt import resolve_dtype
     peak32, peak16 = gemm_peak(jnp.float32), gemm_peak(jnp.bfloat16)
     compute_peak = peak16 if jnp.dtype(resolve_dtype(cfg.model.compute_dtype)) == jnp.bfloat16 else peak32
     ns_peak = peak16 if jnp.dtype(resolve_dtype(cfg.optim.muon_dtype)) == jnp.bfloat16 else peak32

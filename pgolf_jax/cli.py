@@ -54,9 +54,10 @@ def run_artifact(run_dir: Path) -> Path:
 
 
 def eval_command(argv: list[str]) -> int:
-    from pgolf_jax import artifact, config as config_lib, dist, interop, pipeline
-    from pgolf_jax.model import build_model
-    from pgolf_jax.quant import dequantize
+    from pgolf_jax.quant import artifact, interop
+    from pgolf_jax import config as config_lib, dist, pipeline
+    from pgolf_jax.model.gpt import build_model
+    from pgolf_jax.quant.export import dequantize
     from pgolf_jax.runlog import RunLog
 
     args = _eval_parser().parse_args(argv)
@@ -110,8 +111,8 @@ def quantize_command(argv: list[str]) -> int:
     from pgolf_jax import config as config_lib, dist, pipeline
     from pgolf_jax.config import ConfigError
     from pgolf_jax.fsio import write_json
-    from pgolf_jax.interop import unflatten_params
-    from pgolf_jax.model import build_model
+    from pgolf_jax.quant.interop import unflatten_params
+    from pgolf_jax.model.gpt import build_model
     from pgolf_jax.runlog import RunLog
 
     args = _quantize_parser().parse_args(argv)
@@ -157,14 +158,14 @@ def quantize_command(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":  # NumPy and SentencePiece only: no JAX to import (seconds)
-        from pgolf_jax import prepare
+        from pgolf_jax.data import commands
         p = argparse.ArgumentParser(prog="run.py data", description="Prepare or download datasets.")
-        prepare.add_data_args(p)
-        return prepare.data_command(p.parse_args(argv[1:]))
+        commands.add_data_args(p)
+        return commands.data_command(p.parse_args(argv[1:]))
     from pgolf_jax import dist
-    from pgolf_jax.artifact import ArtifactError, ArtifactTooLarge
+    from pgolf_jax.quant.artifact import ArtifactError, ArtifactTooLarge
     from pgolf_jax.config import ConfigError
-    from pgolf_jax.train import Interrupted
+    from pgolf_jax.train.loop import Interrupted
 
     dist.keep_freed_host_memory()
     _persistent_compile_cache()

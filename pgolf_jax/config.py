@@ -291,13 +291,13 @@ RANGES = {
 # Fields whose value is a key of a registry that lives with its implementations (imported only
 # when validating, so this module stays importable from everywhere). Extra choices beside the keys.
 REGISTRIES = {
-    "model.attention": ("pgolf_jax.attention", "ATTENTION", ()),
-    "model.attention_impl": ("pgolf_jax.attention", "ATTENTION_IMPLS", ("auto",)),
-    "model.activation": ("pgolf_jax.layers", "ACTIVATIONS", ()),
-    "model.linear": ("pgolf_jax.layers", "LINEAR", ()),
-    "model.block_schedule": ("pgolf_jax.model", "BLOCK_SCHEDULES", ()),
-    "optim.orthogonalizer": ("pgolf_jax.orthogonalize", "ORTHOGONALIZERS", ()),
-    "optim.ns_coefficients": ("pgolf_jax.orthogonalize", "COEFFICIENTS", ()),
+    "model.attention": ("pgolf_jax.model.attention", "ATTENTION", ()),
+    "model.attention_impl": ("pgolf_jax.model.attention", "ATTENTION_IMPLS", ("auto",)),
+    "model.activation": ("pgolf_jax.model.layers", "ACTIVATIONS", ()),
+    "model.linear": ("pgolf_jax.model.layers", "LINEAR", ()),
+    "model.block_schedule": ("pgolf_jax.model.gpt", "BLOCK_SCHEDULES", ()),
+    "optim.orthogonalizer": ("pgolf_jax.optim.orthogonalize", "ORTHOGONALIZERS", ()),
+    "optim.ns_coefficients": ("pgolf_jax.optim.orthogonalize", "COEFFICIENTS", ()),
 }
 
 RUN_ID_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -320,7 +320,7 @@ def registry_choices(key: str) -> list[str]:
 def validate(cfg: Config) -> None:
     """Field ranges, registry keys and the cross-field checks the reference makes at model
     construction or batch time: all before any data is read or any file written."""
-    m, t, e = cfg.model, cfg.train, cfg.eval
+    m, t = cfg.model, cfg.train
     for key, rule in RANGES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -333,7 +333,7 @@ def validate(cfg: Config) -> None:
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not registered; choose from {', '.join(choices)}")
     if cfg.data.source.startswith("sample:"):
-        names = sorted(importlib.import_module("pgolf_jax.samples").SAMPLES)
+        names = sorted(importlib.import_module("pgolf_jax.data.samples").SAMPLES)
         if cfg.data.source[len("sample:"):] not in names:
             raise ConfigError(f"data.source={cfg.data.source!r}: unknown sample corpus; choose from "
                               + ", ".join(f"sample:{n}" for n in names))

@@ -22,17 +22,19 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pgolf_jax import artifact, config as config_lib, dist
+from pgolf_jax.quant import artifact
+from pgolf_jax import config as config_lib, dist
 from pgolf_jax.fsio import atomic_output, read_json, write_json
-from pgolf_jax.calibrate import collect_hessians
+from pgolf_jax.quant.calibrate import collect_hessians
 from pgolf_jax.config import Config
-from pgolf_jax.evaluate import EvalResult, Evaluator, bpb, unigram_bpb
-from pgolf_jax.interop import flatten_params, unflatten_params
-from pgolf_jax.model import Model, build_model, count_params
-from pgolf_jax.quant import check_finite, dequantize, quantize_int8, quantize_mixed, tensor_group
+from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb, unigram_bpb
+from pgolf_jax.quant.interop import flatten_params, unflatten_params
+from pgolf_jax.model.gpt import Model, build_model, count_params
+from pgolf_jax.quant.export import check_finite, dequantize, quantize_int8, quantize_mixed
+from pgolf_jax.quant.grid import tensor_group
 from pgolf_jax.runlog import Progress, RunLog
-from pgolf_jax.shards import load_val_tokens, open_shard
-from pgolf_jax.tokenizer import build_luts
+from pgolf_jax.data.shards import load_val_tokens, open_shard
+from pgolf_jax.data.tokenizer import build_luts
 
 
 UNIGRAM_TOKENS = 10_000_000
@@ -44,7 +46,7 @@ def new_run_id() -> str:
 
 def source_hash() -> str:
     h = hashlib.sha256()
-    for f in artifact.code_files():
+    for f in artifact.package_files():
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -53,7 +55,7 @@ def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
     """(data_path, tokenizer_path). With data.source set, the dataset is prepared from it on first
     use (and checked to have been built from it with these settings after); the paths must be
     where that source puts them, which is checked before anything is read or written."""
-    from pgolf_jax import prepare
+    from pgolf_jax.data import prepare
 
     d = cfg.data
     data_path, tok_path = Path(d.data_path), Path(d.tokenizer_path)
@@ -78,7 +80,7 @@ def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
         log(f"data:source {d.source} not found; using {data_path} as it is (its build is not re-checked)")
         return data_path, tok_path
     if d.source.startswith("sample:"):
-        from pgolf_jax import samples
+        from pgolf_jax.data import samples
 
         samples.ensure_sample_dataset(d.source[len("sample:"):], root, variant=variant, **kwargs)
     else:
@@ -116,9 +118,9 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
 def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
     """Every eval.final_modes on the round-tripped weights (and n-gram mixing on top), each with
     its wall time and a projection to 8xH100 from its analytic FLOPs; the last one is the score."""
-    from pgolf_jax import ngram
-    from pgolf_jax.model import analytic_flops_per_token
-    from pgolf_jax.ttt import documents, full_ttt, lora_ttt
+    from pgolf_jax.evaluation import ngram
+    from pgolf_jax.model.gpt import analytic_flops_per_token
+    from pgolf_jax.evaluation.ttt import documents, full_ttt, lora_ttt
 
     e = cfg.eval
     T = e.eval_seq_len or cfg.train.train_seq_len
@@ -234,7 +236,8 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     model_bytes = len(blob)
     code_raw, code_zst = artifact.code_bytes(mode="raw"), artifact.code_bytes(mode="compressed")
     code = code_raw if q.code_bytes == "raw" else code_zst
-    log(f"Code size: {code_raw} bytes raw, {code_zst} bytes zstd-22 ({len(artifact.code_files())} files; "
+    shipped = artifact.code_files()
+    log(f"Code size: {code_raw} bytes raw, {code_zst} bytes zstd-22 ({len(shipped)} files the run imported; "
         f"counting {q.code_bytes})")
     breakdown = artifact.size_report(obj, quant_group, q.compressor, q.level, q.byte_shuffle)
     for g, b in breakdown.items():
@@ -269,7 +272,8 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     return {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "final_modes": finals, "pre_quant_val_loss": pre.val_loss,
             "pre_quant_val_bpb": pre.val_bpb, "bytes_total": total, "bytes_code": code, "bytes_model": model_bytes,
             "bytes_code_raw": code_raw, "bytes_code_compressed": code_zst, "bytes_by_group": breakdown,
-            "artifact": art_path.name, "val_tokens": res.val_tokens, "val_bytes": res.val_bytes, **info}
+            "artifact": art_path.name, "val_tokens": res.val_tokens, "val_bytes": res.val_bytes,
+            "code_files": [f.relative_to(shipped[-1].parent).as_posix() for f in shipped], **info}
 
 
 def finite_result(res: EvalResult, what: str) -> EvalResult:
@@ -340,8 +344,8 @@ def _claim_run_dir(run_dir: Path, cfg: Config) -> None:
 
 
 def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = None) -> dict:
-    from pgolf_jax.checkpoint import Checkpointer
-    from pgolf_jax.train import train
+    from pgolf_jax.train.checkpoint import Checkpointer
+    from pgolf_jax.train.loop import train
 
     dist.initialize(cfg.train)  # before any JAX computation
     main = dist.is_main()

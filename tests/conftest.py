@@ -27,7 +27,7 @@ def sample_data(tmp_path_factory):
     """A small sp1024 dataset in the challenge layout, prepared once per session.
 
     Returns the overrides that point a preset at it."""
-    from pgolf_jax import prepare, samples
+    from pgolf_jax.data import prepare, samples
 
     src = samples.find_sample_docs("nlp-corpus")
     root = tmp_path_factory.mktemp("sample")

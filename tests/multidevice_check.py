@@ -12,7 +12,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pgolf_jax import config as C, dist  # noqa: E402
-from pgolf_jax.train import build, make_train_step  # noqa: E402
+from pgolf_jax.train.loop import build  # noqa: E402
+from pgolf_jax.train.step import make_train_step  # noqa: E402
 
 
 def run(cfg, devices):

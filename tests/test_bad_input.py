@@ -21,7 +21,7 @@ from typing import Callable
 
 import pytest
 
-from pgolf_jax.shards import write_shard
+from pgolf_jax.data.shards import write_shard
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -375,7 +375,7 @@ def test_fuzz_artifact(world, tmp_path, capfd):
 def test_fuzz_checkpoint(world, tmp_path, capfd):
     """Corrupt one file of the newest checkpoint at a time: a resume never loads it (it falls back
     to checkpoint 1, checked here without training) and never prints a traceback."""
-    from pgolf_jax.checkpoint import Checkpointer
+    from pgolf_jax.train.checkpoint import Checkpointer
 
     run = tmp_path / "ck"
     shutil.copytree(world / "runs" / "ck", run)
@@ -392,7 +392,7 @@ def test_fuzz_checkpoint(world, tmp_path, capfd):
 
 
 def test_corrupt_newest_checkpoint_falls_back(world, tmp_path, capfd):
-    from pgolf_jax.checkpoint import Checkpointer
+    from pgolf_jax.train.checkpoint import Checkpointer
 
     run = tmp_path / "ck"
     shutil.copytree(world / "runs" / "ck", run)

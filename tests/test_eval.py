@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgolf_jax import config as C, ngram
-from pgolf_jax.evaluate import Evaluator, plan_windows
-from pgolf_jax.model import build_model
-from pgolf_jax.tokenizer import ByteLuts
-from pgolf_jax.ttt import _Frontier, documents, full_ttt, lora_ttt
+from pgolf_jax import config as C
+from pgolf_jax.evaluation import ngram
+from pgolf_jax.evaluation.evaluate import Evaluator, plan_windows
+from pgolf_jax.model.gpt import build_model
+from pgolf_jax.data.tokenizer import ByteLuts
+from pgolf_jax.evaluation.ttt import _Frontier, documents, full_ttt, lora_ttt
 
 TINY = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
 MODEL = C.ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, attention_impl="xla")
@@ -168,7 +169,7 @@ def test_lora_ttt_on_a_looped_model_has_an_adapter_per_pass():
 def test_lora_adamw_step():
     """beta1 = 0 makes the first moment the gradient; decoupled decay scales a zero-gradient
     adapter by exactly (1 - lr wd); wd = 0 with a zero gradient leaves it unchanged."""
-    from pgolf_jax.ttt import lora_update
+    from pgolf_jax.evaluation.ttt import lora_update
     cfg = dataclasses.replace(EVAL, lora_optimizer="adam", lora_beta1=0.0, lora_beta2=0.999, lora_eps=1e-10,
                               lora_wd=1.0)
     a = {"A": jnp.full((3, 4), 2.0)}

@@ -7,9 +7,9 @@ import pytest
 from jax import export
 
 from pgolf_jax import config as C
-from pgolf_jax.model import build_model
-from pgolf_jax.optim import make_optimizer
-from pgolf_jax.train import TrainState, make_train_step
+from pgolf_jax.model.gpt import build_model
+from pgolf_jax.optim.optimizers import make_optimizer
+from pgolf_jax.train.step import TrainState, make_train_step
 
 CUDNN_CALLS = ("__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward")
 
@@ -49,6 +49,6 @@ def test_bf16_cudnn_train_step_lowers_for_cuda(fake_cudnn_version):
 
 def test_cudnn_path_refuses_cpu():
     q = jnp.zeros((1, 8, 2, 16), jnp.bfloat16)
-    from pgolf_jax.attention import causal_attention
+    from pgolf_jax.model.attention import causal_attention
     with pytest.raises(RuntimeError):
         causal_attention(q, q[:, :, :1], q[:, :, :1], impl="cudnn")

@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgolf_jax import artifact, config as C
-from pgolf_jax.gptq import gptq_quantize, hessian_error, lqer_correct, lqer_delta
-from pgolf_jax.model import build_model
-from pgolf_jax.qat import fake_quant_tensor, fake_quantize
-from pgolf_jax.quant import (dequantize, qmax, quantize_int8, quantize_mixed, round_to_nearest, row_scales,
-                             tensor_group)
+from pgolf_jax.quant import artifact
+from pgolf_jax import config as C
+from pgolf_jax.quant.gptq import gptq_quantize, hessian_error, lqer_correct, lqer_delta
+from pgolf_jax.model.gpt import build_model
+from pgolf_jax.quant.qat import fake_quant_tensor, fake_quantize
+from pgolf_jax.quant.export import dequantize, quantize_int8, quantize_mixed
+from pgolf_jax.quant.grid import qmax, round_to_nearest, row_scales, tensor_group
 
 TINY = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgolf_jax import attention, kernels
-from pgolf_jax import model as M
+from pgolf_jax.model import attention, kernels
+from pgolf_jax.model import gpt as M
 from pgolf_jax.config import ModelConfig
 
 pytestmark = pytest.mark.skipif(kernels._compiler() is None, reason="no C++ compiler")
@@ -96,7 +96,7 @@ def test_gradient_of_vmap_equals_xla():
 SHARDED_CHECK = r"""
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from pgolf_jax.attention import causal_attention
+from pgolf_jax.model.attention import causal_attention
 assert jax.device_count() == 4
 sh = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
 k = jax.random.split(jax.random.key(0), 4)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgolf_jax import attention, kernels, layers, model as M
+from pgolf_jax.model import attention, kernels, layers, gpt as M
 from pgolf_jax.config import ModelConfig
 
 TINY = ModelConfig(vocab_size=96, num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2)

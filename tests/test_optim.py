@@ -8,10 +8,10 @@ import optax
 import pytest
 
 from pgolf_jax import config as C
-from pgolf_jax.model import build_model
-from pgolf_jax.optim import (clip_by_global_norm, group_of, label_params, make_optimizer, muon_momentum,
-                             scale_by_muon, warmdown_multiplier)
-from pgolf_jax.orthogonalize import ORTHOGONALIZERS, newton_schulz
+from pgolf_jax.model.gpt import build_model
+from pgolf_jax.optim.optimizers import (clip_by_global_norm, group_of, label_params, make_optimizer, muon_momentum, scale_by_muon)
+from pgolf_jax.optim.schedule import warmdown_multiplier
+from pgolf_jax.optim.orthogonalize import ORTHOGONALIZERS, newton_schulz
 
 
 def ns5_numpy(G, steps=5, eps=1e-7):
@@ -144,9 +144,9 @@ def test_warmdown_by_wallclock_and_by_steps():
 # ---------------------------------------------------------------------------------------------
 # Record-stack optimizer pieces (#1809 / #1493)
 
-from pgolf_jax.orthogonalize import (COEFFICIENTS, coefficient_schedule, gram_newton_schulz,  # noqa: E402
+from pgolf_jax.optim.orthogonalize import (COEFFICIENTS, coefficient_schedule, gram_newton_schulz,  # noqa: E402
                                      gram_newton_schulz_flops, newton_schulz_flops)
-from pgolf_jax.optim import training_fraction  # noqa: E402
+from pgolf_jax.optim.schedule import training_fraction  # noqa: E402
 
 
 def test_coefficient_tables():

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pgolf_jax import hub, prepare
-from pgolf_jax.shards import ShardError, list_shards, load_shard, read_num_tokens, write_shard
-from pgolf_jax.tokenizer import load_tokenizer
+from pgolf_jax.data import commands, hub, prepare
+from pgolf_jax.data.shards import ShardError, list_shards, load_shard, read_num_tokens, write_shard
+from pgolf_jax.data.tokenizer import load_tokenizer
 
 N_DOCS, N_VAL, SHARD = 200, 20, 150_000
 SP_VARIANT = "sp400"
@@ -167,7 +167,7 @@ def test_failed_prepare_leaves_the_root_byte_identical(tmp_path, write_jsonl):
 
 
 def test_shard_checksums_are_recorded_and_checked(tmp_path, write_jsonl):
-    from pgolf_jax.shards import open_shard
+    from pgolf_jax.data.shards import open_shard
 
     docs = write_jsonl(tmp_path / "docs.jsonl", [f"text number {i}" for i in range(12)])
     m = prepare.prepare_from_docs(docs, tmp_path / "out", variants=("byte260",), num_val_docs=2, shard_size=40)
@@ -295,8 +295,8 @@ def test_download_picks_repo_per_variant(tmp_path, monkeypatch):
 
 def _run_cli(argv) -> int:
     parser = argparse.ArgumentParser()
-    prepare.add_data_args(parser)
-    return prepare.data_command(parser.parse_args(argv))
+    commands.add_data_args(parser)
+    return commands.data_command(parser.parse_args(argv))
 
 
 def test_data_command(prepared, tmp_path, capsys, write_jsonl):

@@ -1,9 +1,16 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import ml_dtypes
 import pytest
 
-from pgolf_jax import artifact
-from pgolf_jax.quant import dequantize_int8, quantile_rows, quantize_int8
+from pgolf_jax.quant import artifact
+from pgolf_jax.quant.export import dequantize_int8, quantize_int8
+from pgolf_jax.quant.grid import quantile_rows
 
 
 def named_state(seed=0):
@@ -121,8 +128,23 @@ def test_size_cap():
     assert artifact.check_size(15_100_001, 900_000, 16_000_000, True) == 16_000_001
 
 
-def test_code_bytes_counts_the_package():
-    files = artifact.code_files()
-    assert any(f.name == "model.py" for f in files) and any(f.name == "run.py" for f in files)
-    assert any(f.name == "causal_attention_cpu.cc" for f in files)  # the native kernel ships too
-    assert artifact.code_bytes() == sum(len(f.read_bytes()) for f in files)
+def test_code_bytes_count_what_the_run_imports():
+    """Only the modules a process imported are shipped and counted: a module the run does not
+    import (the bench, the hub download) costs nothing; importing it adds exactly its bytes."""
+    script = """
+import json
+from pgolf_jax import pipeline  # what the main job imports
+from pgolf_jax.quant import artifact
+before, n_before = artifact.code_files(), artifact.code_bytes()
+import pgolf_jax.bench
+after, n_after = artifact.code_files(), artifact.code_bytes()
+print(json.dumps({"before": [f.name for f in before], "extra": [str(f) for f in set(after) - set(before)],
+                  "n_before": n_before, "n_after": n_after}))
+"""
+    r = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                  env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout)
+    assert "pipeline.py" in r["before"] and "run.py" in r["before"] and "export.py" in r["before"]
+    assert not {"bench.py", "hub.py", "commands.py"} & set(r["before"])
+    extra = [Path(f) for f in r["extra"]]
+    assert "bench.py" in {f.name for f in extra}
+    assert r["n_after"] - r["n_before"] == sum(f.stat().st_size for f in extra)

@@ -10,10 +10,10 @@ import pytest
 from flax import nnx
 
 from pgolf_jax import config as C
-from pgolf_jax.attention import exclusive_self_attention
-from pgolf_jax.embeddings import BigramHash, SmearGateV1, SmearGateV2, bigram_hash
-from pgolf_jax.layers import apply_rotary, leaky_relu2, rms_norm, rotary_tables
-from pgolf_jax.model import BLOCK_SCHEDULES, build_model, count_params, num_skips
+from pgolf_jax.model.attention import exclusive_self_attention
+from pgolf_jax.model.embeddings import BigramHash, SmearGateV1, SmearGateV2, bigram_hash
+from pgolf_jax.model.layers import apply_rotary, leaky_relu2, rms_norm, rotary_tables
+from pgolf_jax.model.gpt import BLOCK_SCHEDULES, build_model, count_params, num_skips
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STACK = C.ModelConfig(vocab_size=96, num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2, mlp_mult=4.0,
@@ -203,7 +203,7 @@ def test_bigram_hash():
 
 @pytest.mark.parametrize("extra", [{"smear_gate": "v1"}, {"smear_gate": "v2"}, {"bigram_vocab_size": 512}])
 def test_embedding_extras_train(extra):
-    from pgolf_jax.optim import label_params
+    from pgolf_jax.optim.optimizers import label_params
     cfg = dataclasses.replace(STACK, **extra)
     model = build_model(cfg)
     params = perturbed(model)

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from pgolf_jax import prepare, samples
+from pgolf_jax.data import prepare, samples
 
 
 def test_brown_paragraph_detokenizer():

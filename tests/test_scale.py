@@ -91,7 +91,7 @@ def test_gpu_eval_step_lowers_for_cuda(monkeypatch):
 
     import jax._src.cudnn.fused_attention_stablehlo as fa
     from pgolf_jax import config as C
-    from pgolf_jax.model import build_model
+    from pgolf_jax.model.gpt import build_model
     monkeypatch.setattr(fa, "check_cudnn_version", lambda: 91000)
     cfg = C.ModelConfig(vocab_size=256, num_layers=2, model_dim=128, num_heads=2, num_kv_heads=1,
                         attention_impl="cudnn", compute_dtype="bfloat16", embed_dtype="bfloat16")

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from pgolf_jax import shards
-from pgolf_jax.shards import ShardError, TokenLoader, TokenStream, list_shards, load_shard, load_val_tokens, \
+from pgolf_jax.data import shards
+from pgolf_jax.data.shards import ShardError, TokenLoader, TokenStream, list_shards, load_shard, load_val_tokens, \
     read_num_tokens, write_shard
 
 

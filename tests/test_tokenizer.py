@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pgolf_jax.tokenizer import SP_TRAINER_SETTINGS, ByteLuts, PureByteTokenizer, build_luts, load_tokenizer, \
+from pgolf_jax.data.tokenizer import SP_TRAINER_SETTINGS, ByteLuts, PureByteTokenizer, build_luts, load_tokenizer, \
     token_bytes, train_sentencepiece
 
 VOCAB = 400

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pgolf_jax.quant import qmax
+from pgolf_jax.quant.grid import qmax
 
 
 def gptq_quantize(w32: np.ndarray, H: np.ndarray, scales: np.ndarray, bits: int, block_size: int = 128,

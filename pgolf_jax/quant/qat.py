@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgolf_jax.config import QuantConfig
-from pgolf_jax.optim import STACKED_PREFIX, path_name
-from pgolf_jax.quant import qmax, tensor_group
+from pgolf_jax.model.params import STACKED_PREFIX, path_name
+from pgolf_jax.quant.grid import qmax, tensor_group
 
 
 def export_rule(name: str, per_layer_shape: tuple, q: QuantConfig):

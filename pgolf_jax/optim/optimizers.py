@@ -17,15 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pgolf_jax.config import CONTROL_TENSOR_NAME_PATTERNS, Config, TrainConfig
-from pgolf_jax.orthogonalize import ORTHOGONALIZERS, gram_newton_schulz
-
-STACKED_PREFIX = "blocks."  # parameters under this prefix carry a leading layer axis
-
-
-def path_name(path) -> str:
-    return ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
+from pgolf_jax.config import CONTROL_TENSOR_NAME_PATTERNS, Config
+from pgolf_jax.model.params import STACKED_PREFIX, path_name
+from pgolf_jax.optim.orthogonalize import ORTHOGONALIZERS, gram_newton_schulz
 
 def group_of(name: str, ndim: int) -> str:
     """The optimizer group of one parameter, by its dotted name and shape."""
@@ -150,28 +144,3 @@ def make_optimizer(cfg: Config, muon_dtype) -> optax.GradientTransformationExtra
     if o.grad_clip_norm > 0:
         tx = optax.chain(clip_by_global_norm(o.grad_clip_norm), tx)
     return tx
-
-
-def training_fraction(step: int, elapsed_ms: float, t: TrainConfig) -> float:
-    """Progress through the budget: elapsed / (cap - gptq reserve), or step / iterations uncapped."""
-    if t.max_wallclock_seconds <= 0:
-        return step / max(t.iterations, 1)
-    return elapsed_ms / max(1000.0 * (t.max_wallclock_seconds - t.gptq_reserve_seconds), 1e-9)
-
-
-def warmdown_multiplier(step: int, elapsed_ms: float, t: TrainConfig) -> float:
-    """The reference's lr_mul: linear warmdown over the last warmdown_iters steps, converted to
-    wall-clock with the running mean step time when a cap is set, else counted in steps. With
-    warmdown_frac (the record stacks): 1, then (1 - frac) / warmdown_frac floored at min_lr."""
-    if t.warmdown_frac > 0:
-        frac = training_fraction(step, elapsed_ms, t)
-        return max((1.0 - frac) / t.warmdown_frac, t.min_lr) if frac >= 1.0 - t.warmdown_frac else 1.0
-    if t.warmdown_iters <= 0:
-        return 1.0
-    if t.max_wallclock_seconds <= 0:
-        start = max(t.iterations - t.warmdown_iters, 0)
-        return max((t.iterations - step) / max(t.warmdown_iters, 1), 0.0) if start <= step < t.iterations else 1.0
-    step_ms = elapsed_ms / max(step, 1)
-    warmdown_ms = t.warmdown_iters * step_ms
-    remaining_ms = max(1000.0 * t.max_wallclock_seconds - elapsed_ms, 0.0)
-    return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -185,15 +186,35 @@ def size_report(obj: dict, group_of, codec: str, level: int = 22, byte_shuffle: 
     return report
 
 
-def code_files(root: Path | None = None) -> list[Path]:
-    """The source that ships with an artifact: the package (with the native kernels' C++) and
-    run.py (what the eval needs)."""
-    root = Path(root) if root else Path(__file__).resolve().parent.parent
+def package_files(root: Path | None = None) -> list[Path]:
+    """Every source file of the package (with the native kernel's C++) and run.py: what the
+    source hash in a run's log identifies."""
+    root = Path(root) if root else Path(__file__).resolve().parents[2]
     files = sorted(f for f in (root / "pgolf_jax").rglob("*")
                    if f.suffix in (".py", ".cc") and "__pycache__" not in f.parts)
     if (root / "run.py").is_file():
         files.append(root / "run.py")
     return files
+
+
+def code_files(root: Path | None = None) -> list[Path]:
+    """The source a run ships and counts: the package modules this process has imported (so a
+    variant the run does not use costs it nothing), the native kernel's C++ when it was loaded,
+    and run.py."""
+    root = Path(root) if root else Path(__file__).resolve().parents[2]
+    pkg = (root / "pgolf_jax").resolve()
+    files = set()
+    for module in list(sys.modules.values()):
+        f = getattr(module, "__file__", None)
+        if f and Path(f).suffix == ".py" and Path(f).resolve().is_relative_to(pkg):
+            files.add(Path(f).resolve())
+    kernels = sys.modules.get("pgolf_jax.model.kernels")
+    if kernels is not None and kernels.loaded():
+        files.add(kernels.SOURCE.resolve())
+    out = sorted(files)
+    if (root / "run.py").is_file():
+        out.append(root / "run.py")
+    return out
 
 
 def code_bytes(root: Path | None = None, mode: str = "raw") -> int:

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf_jax.prepare import dataset_dir_for_variant, prepare_from_docs, tokenizer_file
+from pgolf_jax.data.prepare import dataset_dir_for_variant, prepare_from_docs, tokenizer_file
 from pgolf_jax.fsio import atomic_output
 
 
@@ -53,7 +53,7 @@ def find_sample_docs(name: str) -> Path:
     candidates = []
     if os.environ.get("PGOLF_SHARED_DATA"):
         candidates.append(Path(os.environ["PGOLF_SHARED_DATA"]) / name / "docs_selected.jsonl")
-    repo_root = Path(__file__).resolve().parent.parent
+    repo_root = Path(__file__).resolve().parents[2]
     candidates.append(repo_root.parent / "shared" / "data" / name / "docs_selected.jsonl")
     cached = Path.home() / ".cache" / "pgolf_jax" / "samples" / name / "docs_selected.jsonl"
     candidates.append(cached)

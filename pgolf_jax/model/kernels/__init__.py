@@ -89,6 +89,11 @@ def load() -> str | None:
     return None
 
 
+def loaded() -> bool:
+    """Whether this process built and registered the kernels (so a run ships their source)."""
+    return bool(_LIB)
+
+
 def available() -> bool:
     return load() is None
 

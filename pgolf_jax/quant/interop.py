@@ -15,7 +15,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from pgolf_jax.optim import STACKED_PREFIX, path_name
+from pgolf_jax.model.params import STACKED_PREFIX, path_name
 
 
 def split_layers(name: str, arr) -> dict:
@@ -102,7 +102,7 @@ def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 def load_reference_int8_ptz(path: str | Path) -> dict[str, np.ndarray]:
     """The reference's `final_model.int8.ptz` (int8_clean_per_row_v1 + zlib), dequantized."""
-    from pgolf_jax.quant import dequantize_int8
+    from pgolf_jax.quant.export import dequantize_int8
 
     torch = _torch()
     path = Path(path)

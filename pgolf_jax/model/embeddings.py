@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgolf_jax.layers import DenseLinear
+from pgolf_jax.model.layers import DenseLinear
 
 BOS_ID = 1  # the challenge's tokenizers put <s> at id 1
 

@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgolf_jax.attention import ATTENTION
+from pgolf_jax.model.attention import ATTENTION
 from pgolf_jax.config import ModelConfig
-from pgolf_jax.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
-from pgolf_jax.layers import (ACTIVATIONS, LINEAR, capture_linear_inputs, linear_init, name_taps, rms_norm,
+from pgolf_jax.model.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
+from pgolf_jax.model.layers import (ACTIVATIONS, LINEAR, capture_linear_inputs, linear_init, name_taps, rms_norm,
                               rotary_tables, softcap)
-from pgolf_jax.optim import path_name
+from pgolf_jax.model.params import path_name
 
 
 def resolve_dtype(name: str):

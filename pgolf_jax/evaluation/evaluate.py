@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgolf_jax import dist
-from pgolf_jax.tokenizer import ByteLuts, token_bytes
+from pgolf_jax.data.tokenizer import ByteLuts, token_bytes
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from pgolf_jax.fsio import WriteError, write_error, write_json
-from pgolf_jax.shards import file_checksum
+from pgolf_jax.data.shards import file_checksum
 
 CHECKSUMS = "pgolf_checksums.json"
 

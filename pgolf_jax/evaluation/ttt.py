@@ -26,9 +26,9 @@ import numpy as np
 
 from pgolf_jax import dist
 from pgolf_jax.config import EvalConfig
-from pgolf_jax.embeddings import BOS_ID
-from pgolf_jax.evaluate import EvalResult, Evaluator, bpb
-from pgolf_jax.optim import clip_by_global_norm
+from pgolf_jax.model.embeddings import BOS_ID
+from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb
+from pgolf_jax.optim.optimizers import clip_by_global_norm
 
 
 def make_sgd_step(model, momentum: float, clip: float, place: _Placer | None = None):

@@ -13,9 +13,9 @@ from flax import nnx
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-from pgolf_jax import kernels
+from pgolf_jax.model import kernels
 
-from pgolf_jax.layers import LINEAR, apply_rotary, linear_init, rms_norm
+from pgolf_jax.model.layers import LINEAR, apply_rotary, linear_init, rms_norm
 
 # Query/key block of the "flash" path. 128 measured fastest for T = 1024 on the 2-core CPU.
 BLOCK = 128

@@ -1,0 +1,1 @@
+"""Optimizers as optax transforms (Muon, Newton-Schulz variants, Adam groups) and the lr schedules."""

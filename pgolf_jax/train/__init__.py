@@ -1,0 +1,1 @@
+"""The jitted train step, the training loop and its checkpoints."""
