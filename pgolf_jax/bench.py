@@ -15,16 +15,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgolf_jax.model import attention as attention_lib
-from pgolf_jax import config as config_lib, dist
+from pgolf_jax import config as config_lib
+from pgolf_jax import dist
 from pgolf_jax.config import Config
-from pgolf_jax.quant.interop import reference_gpt_kwargs
+from pgolf_jax.model import attention as attention_lib
 from pgolf_jax.model.gpt import analytic_flops_per_token
+from pgolf_jax.quant.interop import reference_gpt_kwargs
 
 
 def muon_flops_per_step(cfg: Config) -> float:
     """Newton-Schulz FLOPs of one optimizer step (every block matrix, wide orientation)."""
-    from pgolf_jax.optim.orthogonalize import gram_newton_schulz_flops, newton_schulz_flops
+    from pgolf_jax.optim.orthogonalize import (
+        gram_newton_schulz_flops,
+        newton_schulz_flops,
+    )
     m, o = cfg.model, cfg.optim
     kv = m.model_dim // m.num_heads * m.num_kv_heads
     hidden = int(m.mlp_mult * m.model_dim)
@@ -86,7 +90,7 @@ def time_parts(cfg: Config, batch: int, seq: int, steps: int) -> dict:
     """Where a step goes: forward+backward, the optimizer update, and attention alone."""
     from pgolf_jax.model.attention import causal_attention
     from pgolf_jax.model.gpt import build_model, resolve_dtype
-    from pgolf_jax.optim.optimizers import make_optimizer
+    from pgolf_jax.optim.optimizers import labels_from_specs, make_optimizer
 
     m = cfg.model
     model = build_model(m)
@@ -96,7 +100,7 @@ def time_parts(cfg: Config, batch: int, seq: int, steps: int) -> dict:
     grads = jax.tree.map(lambda p: jnp.full(p.shape, 1e-3, p.dtype), params)
 
     def optimizer_time(c: Config) -> float:
-        tx = make_optimizer(c, resolve_dtype(c.optim.muon_dtype))
+        tx = make_optimizer(c, resolve_dtype(c.optim.muon_dtype), labels_from_specs(model.param_specs()))
         update = jax.jit(lambda g, s, p: tx.update(g, s, p, lr_mul=1.0))
         return _median_time(update, grads, tx.init(params), params, steps=steps)
 

@@ -54,16 +54,17 @@ def run_artifact(run_dir: Path) -> Path:
 
 
 def eval_command(argv: list[str]) -> int:
-    from pgolf_jax.quant import artifact, interop
-    from pgolf_jax import config as config_lib, dist, pipeline
+    from pgolf_jax import config as config_lib
+    from pgolf_jax import dist, pipeline
     from pgolf_jax.model.gpt import build_model
+    from pgolf_jax.quant import artifact, interop
     from pgolf_jax.quant.export import dequantize
     from pgolf_jax.runlog import RunLog
 
     args = _eval_parser().parse_args(argv)
     if args.run:
         run_dir = Path(args.run)
-        cfg = config_lib.override(pipeline.load_run_config(run_dir), args.overrides)
+        cfg = config_lib.override(config_lib.load_run_config(run_dir), args.overrides)
         source = run_artifact(run_dir)
     else:
         cfg = config_lib.load(args.config, args.overrides) if args.config else config_lib.override(
@@ -108,11 +109,12 @@ def quantize_command(argv: list[str]) -> int:
 
     import numpy as np
 
-    from pgolf_jax import config as config_lib, dist, pipeline
+    from pgolf_jax import config as config_lib
+    from pgolf_jax import dist, pipeline
     from pgolf_jax.config import ConfigError
     from pgolf_jax.fsio import write_json
-    from pgolf_jax.quant.interop import unflatten_params
     from pgolf_jax.model.gpt import build_model
+    from pgolf_jax.quant.interop import unflatten_params
     from pgolf_jax.runlog import RunLog
 
     args = _quantize_parser().parse_args(argv)
@@ -120,7 +122,7 @@ def quantize_command(argv: list[str]) -> int:
     for item in args.overrides:
         if item.split("=", 1)[0].split(".", 1)[0] not in ("quant", "eval", "data"):
             raise ConfigError(f"{item!r}: quantize only changes quant.*, eval.* or data.* (the weights are fixed)")
-    cfg = config_lib.override(pipeline.load_run_config(run_dir), args.overrides)
+    cfg = config_lib.override(config_lib.load_run_config(run_dir), args.overrides)
     npz = run_dir / "final_model.npz"
     if not npz.is_file():
         raise FileNotFoundError(f"{npz} not found: is {run_dir} a finished run directory?")
@@ -163,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         commands.add_data_args(p)
         return commands.data_command(p.parse_args(argv[1:]))
     from pgolf_jax import dist
-    from pgolf_jax.quant.artifact import ArtifactError, ArtifactTooLarge
     from pgolf_jax.config import ConfigError
+    from pgolf_jax.quant.artifact import ArtifactError, ArtifactTooLarge
     from pgolf_jax.train.loop import Interrupted
 
     dist.keep_freed_host_memory()

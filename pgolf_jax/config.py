@@ -20,6 +20,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgolf_jax import registry
+from pgolf_jax.fsio import read_json
 
 # Names routed to the scalar optimizer group (and kept fp32 by the reference int8 export) whatever
 # their shape: the baseline's list plus the record stacks' skip gates (#1493) and smear gates (03-22).
@@ -83,11 +85,29 @@ class ModelConfig:
     smear_gate_bos_fix: bool = True  # v2: never smear into a BOS position (PR #1851)
     bigram_vocab_size: int = 0  # BigramHash embedding buckets (0 = off)
     bigram_dim: int = 128
-    # Registry keys (see model.py / attention.py / layers.py).
+    # Registry keys (pgolf_jax/registry.py).
+    family: str = "gpt"
+    topology: str = "unet"  # unet (the reference's skips) | plain (none) | act (Universal Transformer + ACT)
     attention: str = "gqa"
     activation: str = "relu2"
     linear: str = "dense"
     block_schedule: str = "unet"
+    # linear=lowrank (Eigenweight, #1589): rank of every block linear, or per site (0 = linear_rank);
+    # clipped at min(in, out).
+    linear_rank: int = 64
+    attn_rank: int = 0
+    mlp_rank: int = 0
+    mla_latent: int = 128  # attention=mla: width of the shared K/V down-projection
+    # Pause tokens (#1589): pause_tokens learned vectors after every pause_interval real tokens.
+    pause_tokens: int = 0
+    pause_interval: int = 64
+    # topology=act: one shared block applied up to act_max_steps times per token, halting head
+    # sigmoid(w x + b) with b initialised to act_halt_bias, a token stopping once its cumulated
+    # halting reaches act_threshold; act_ponder_cost x mean ponder is added to the loss.
+    act_max_steps: int = 12
+    act_threshold: float = 0.99
+    act_halt_bias: float = -3.0
+    act_ponder_cost: float = 0.01
     attention_impl: str = "auto"  # auto | xla | flash | cudnn | fused_cpu
     scan_layers: bool = True  # lax.scan over the stacked blocks (False = Python loop)
     remat: bool = False
@@ -148,6 +168,12 @@ class TrainConfig:
     batch_spans: int = 8
     microbatch_tokens: int = 0  # split each span further for memory (0 = whole span)
     out_dir: str = "runs"
+    # The training loss (registry OBJECTIVES): ce, or distill = alpha CE + (1 - alpha) T^2 KL(teacher || student)
+    # from a frozen teacher: a run directory (config.json + final_model.npz) or a packed artifact.
+    objective: str = "ce"
+    teacher: str = ""
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
     progress: bool = True  # progress bar with ETA on stderr
     # Checkpoints under <run>/checkpoints (also written on SIGTERM/SIGINT); `--resume <run>`.
     checkpoint_every: int = 0  # steps (0 = off)
@@ -264,6 +290,10 @@ RANGES = {
     "model.tied_embed_init_std": ">= 0", "model.rope_base": "> 0", "model.rope_train_seq_len": ">= 0",
     "model.logit_softcap": "> 0", "model.xsa_last_n": ">= 0", "model.parallel_residual_start": ">= -1",
     "model.num_loops": ">= 0", "model.loop_start": ">= 0", "model.loop_end": ">= 0", "model.bigram_dim": ">= 1",
+    "model.linear_rank": ">= 1", "model.attn_rank": ">= 0", "model.mlp_rank": ">= 0", "model.mla_latent": ">= 1",
+    "model.pause_tokens": ">= 0", "model.pause_interval": ">= 1", "model.act_max_steps": ">= 1",
+    "model.act_threshold": "(0, 1]", "model.act_ponder_cost": ">= 0",
+    "train.distill_alpha": "[0, 1]", "train.distill_temperature": "> 0",
     "optim.embed_lr": ">= 0", "optim.head_lr": ">= 0", "optim.tied_embed_lr": ">= 0", "optim.matrix_lr": ">= 0",
     "optim.scalar_lr": ">= 0", "optim.muon_momentum": "[0, 1)", "optim.muon_backend_steps": ">= 1",
     "optim.muon_momentum_warmup_start": "[0, 1)", "optim.muon_momentum_warmup_steps": ">= 0",
@@ -288,15 +318,10 @@ RANGES = {
     "quant.level": "[1, 22]", "quant.max_artifact_bytes": ">= 1",
 }
 
-# Fields whose value is a key of a registry that lives with its implementations (imported only
-# when validating, so this module stays importable from everywhere). Extra choices beside the keys.
-REGISTRIES = {
-    "model.attention": ("pgolf_jax.model.attention", "ATTENTION", ()),
+# Fields checked against a table of their own module (imported when validating); the variant
+# registries (model.attention, model.linear, ...) are pgolf_jax.registry's, checked by key alone.
+TABLES = {
     "model.attention_impl": ("pgolf_jax.model.attention", "ATTENTION_IMPLS", ("auto",)),
-    "model.activation": ("pgolf_jax.model.layers", "ACTIVATIONS", ()),
-    "model.linear": ("pgolf_jax.model.layers", "LINEAR", ()),
-    "model.block_schedule": ("pgolf_jax.model.gpt", "BLOCK_SCHEDULES", ()),
-    "optim.orthogonalizer": ("pgolf_jax.optim.orthogonalize", "ORTHOGONALIZERS", ()),
     "optim.ns_coefficients": ("pgolf_jax.optim.orthogonalize", "COEFFICIENTS", ()),
 }
 
@@ -313,7 +338,10 @@ def _in_range(value, rule: str) -> bool:
 
 
 def registry_choices(key: str) -> list[str]:
-    module, attr, extra = REGISTRIES[key]
+    """The values a registry-backed field accepts."""
+    if key in registry.FIELDS:
+        return list(registry.FIELDS[key])
+    module, attr, extra = TABLES[key]
     return [*extra, *getattr(importlib.import_module(module), attr)]
 
 
@@ -327,7 +355,7 @@ def validate(cfg: Config) -> None:
         if not _in_range(value, rule):
             hint = " (to score existing weights without training use `run.py eval`)" if key == "train.iterations" else ""
             raise ConfigError(f"{key}={value} must be {'in ' if rule[0] in '[(' else ''}{rule}{hint}")
-    for key in REGISTRIES:
+    for key in (*registry.FIELDS, *TABLES):
         section, name = key.split(".")
         value, choices = getattr(getattr(cfg, section), name), registry_choices(key)
         if value not in choices:
@@ -346,6 +374,15 @@ def validate(cfg: Config) -> None:
     if t.max_wallclock_seconds > 0 and t.gptq_reserve_seconds >= t.max_wallclock_seconds:
         raise ConfigError(f"train.gptq_reserve_seconds={t.gptq_reserve_seconds} leaves no training time of "
                           f"train.max_wallclock_seconds={t.max_wallclock_seconds}")
+    if m.attention == "mla" and m.mla_latent > m.model_dim:
+        raise ConfigError(f"model.mla_latent={m.mla_latent} exceeds model.model_dim={m.model_dim}")
+    if m.topology == "act" and m.num_layers != 1:
+        raise ConfigError(f"model.topology=act applies one shared block: set model.num_layers=1 (got {m.num_layers})")
+    if m.pause_tokens and (m.smear_gate or m.bigram_vocab_size):
+        raise ConfigError("model.pause_tokens: pause slots have no token id, so they do not combine with "
+                          "model.smear_gate or model.bigram_vocab_size")
+    if t.objective == "distill" and not t.teacher:
+        raise ConfigError("train.objective=distill needs train.teacher (a run directory or an artifact)")
     if m.xsa_last_n > m.num_layers:
         raise ConfigError(f"model.xsa_last_n={m.xsa_last_n} exceeds model.num_layers={m.num_layers}")
     if m.model_dim % m.num_heads:
@@ -538,3 +575,17 @@ def from_dict(d: dict) -> Config:
 
 def to_json(cfg: Config) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=False)
+
+
+def load_run_config(run_dir) -> Config:
+    """A run directory's config.json as a Config; every error names the file."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} not found")
+    data = read_json(path, f"is {run_dir} a run directory?")
+    try:
+        if not isinstance(data, dict):
+            raise ConfigError("expected a JSON object of config sections")
+        return from_dict(data)
+    except (ConfigError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -13,8 +13,8 @@ import hashlib
 import math
 import os
 import platform
-import shutil
 import secrets
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,20 +22,25 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pgolf_jax.quant import artifact
-from pgolf_jax import config as config_lib, dist
-from pgolf_jax.fsio import atomic_output, read_json, write_json
-from pgolf_jax.quant.calibrate import collect_hessians
+from pgolf_jax import config as config_lib
+from pgolf_jax import dist
 from pgolf_jax.config import Config
-from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb, unigram_bpb
-from pgolf_jax.quant.interop import flatten_params, unflatten_params
-from pgolf_jax.model.gpt import Model, build_model, count_params
-from pgolf_jax.quant.export import check_finite, dequantize, quantize_int8, quantize_mixed
-from pgolf_jax.quant.grid import tensor_group
-from pgolf_jax.runlog import Progress, RunLog
 from pgolf_jax.data.shards import load_val_tokens, open_shard
 from pgolf_jax.data.tokenizer import build_luts
-
+from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb, unigram_bpb
+from pgolf_jax.fsio import atomic_output, write_json
+from pgolf_jax.model.gpt import Model, build_model, count_params
+from pgolf_jax.model.params import flat_specs
+from pgolf_jax.quant import artifact
+from pgolf_jax.quant.calibrate import collect_hessians
+from pgolf_jax.quant.export import (
+    check_finite,
+    dequantize,
+    quantize_int8,
+    quantize_mixed,
+)
+from pgolf_jax.quant.interop import flatten_params, unflatten_params
+from pgolf_jax.runlog import Progress, RunLog
 
 UNIGRAM_TOKENS = 10_000_000
 
@@ -119,8 +124,8 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
     """Every eval.final_modes on the round-tripped weights (and n-gram mixing on top), each with
     its wall time and a projection to 8xH100 from its analytic FLOPs; the last one is the score."""
     from pgolf_jax.evaluation import ngram
-    from pgolf_jax.model.gpt import analytic_flops_per_token
     from pgolf_jax.evaluation.ttt import documents, full_ttt, lora_ttt
+    from pgolf_jax.model.gpt import analytic_flops_per_token
 
     e = cfg.eval
     T = e.eval_seq_len or cfg.train.train_seq_len
@@ -189,8 +194,9 @@ def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evalu
     """(quant object, info) under cfg.quant; GPTQ calibrates on training data first."""
     q, info = cfg.quant, {}
     named = flatten_params(params)
+    rules = flat_specs(model.param_specs(), params)  # each tensor's declared quantization rule
     if q.scheme == "int8_per_row":
-        obj, stats = quantize_int8(named, q.clip_percentile, q.keep_float_max_numel)
+        obj, stats = quantize_int8(named, q.clip_percentile, q.keep_float_max_numel, rules)
         info["payload_bytes"] = stats["int8_payload_bytes"]
         return obj, info
     hessians = None
@@ -210,7 +216,7 @@ def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evalu
         else:
             log(f"gptq:calibration_time:{seconds:.1f}s (no wall-clock cap: no budget to count it against)")
     t0 = time.perf_counter()
-    obj, report = quantize_mixed(named, q, hessians, log=log)
+    obj, report = quantize_mixed(named, q, hessians, log=log, rules=rules)
     info["quantize_seconds"] = round(time.perf_counter() - t0, 2)
     groups = {}
     for r in report["tensors"].values():
@@ -239,7 +245,10 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     shipped = artifact.code_files()
     log(f"Code size: {code_raw} bytes raw, {code_zst} bytes zstd-22 ({len(shipped)} files the run imported; "
         f"counting {q.code_bytes})")
-    breakdown = artifact.size_report(obj, quant_group, q.compressor, q.level, q.byte_shuffle)
+    rules = flat_specs(model.param_specs(), params)
+    breakdown = artifact.size_report(obj, lambda name, slot: slot if slot in ("passthrough", "lqer") else
+                                     rules[name].quant if name in rules else "other", q.compressor, q.level,
+                                     q.byte_shuffle)
     for g, b in breakdown.items():
         log(f"bytes:{g} raw:{b['raw']} compressed:{b['compressed']}")
     log(f"Serialized model {tag}+{q.compressor}: {model_bytes} bytes")
@@ -284,11 +293,6 @@ def finite_result(res: EvalResult, what: str) -> EvalResult:
     return res
 
 
-def quant_group(name: str, slot: str) -> str:
-    """Byte-breakdown group of an artifact tensor: its quantization group, or passthrough/lqer."""
-    return slot if slot in ("passthrough", "lqer") else tensor_group(name)
-
-
 def log_header(cfg: Config, log: RunLog, preset: str | None) -> None:
     log(config_lib.to_json(cfg), console=False)
     log(f"config:{preset or '<defaults>'} run_id:{cfg.train.run_id}")
@@ -296,23 +300,9 @@ def log_header(cfg: Config, log: RunLog, preset: str | None) -> None:
         f"backend:{jax.default_backend()} devices:{jax.devices()}", console=False)
 
 
-def load_run_config(run_dir: Path) -> Config:
-    """A run directory's config.json as a Config; every error names the file."""
-    path = Path(run_dir) / "config.json"
-    if not Path(run_dir).is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} not found")
-    data = read_json(path, f"is {run_dir} a run directory?")
-    try:
-        if not isinstance(data, dict):
-            raise config_lib.ConfigError("expected a JSON object of config sections")
-        return config_lib.from_dict(data)
-    except (config_lib.ConfigError, AttributeError, TypeError) as exc:
-        raise config_lib.ConfigError(f"{path}: {exc}") from None
-
-
 def _resume_config(cfg: Config, run_dir: Path) -> Config:
     """The run's saved config; the command line must not change it (a resume continues exactly)."""
-    saved = load_run_config(run_dir)
+    saved = config_lib.load_run_config(run_dir)
     ignore = {"train.run_id", "train.out_dir", "train.process_id"}
     now = config_lib.to_dict(cfg)
     diff = [f"{s}.{k}: run has {v!r}, command line gives {now[s][k]!r}"

@@ -11,7 +11,8 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pgolf_jax import config as C, dist  # noqa: E402
+from pgolf_jax import config as C  # noqa: E402
+from pgolf_jax import dist
 from pgolf_jax.train.loop import build  # noqa: E402
 from pgolf_jax.train.step import make_train_step  # noqa: E402
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from pgolf_jax import config as C
+from pgolf_jax.data.tokenizer import ByteLuts
 from pgolf_jax.evaluation import ngram
 from pgolf_jax.evaluation.evaluate import Evaluator, plan_windows
-from pgolf_jax.model.gpt import build_model
-from pgolf_jax.data.tokenizer import ByteLuts
 from pgolf_jax.evaluation.ttt import _Frontier, documents, full_ttt, lora_ttt
+from pgolf_jax.model.gpt import build_model
 
 TINY = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
 MODEL = C.ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, attention_impl="xla")

@@ -8,7 +8,7 @@ from jax import export
 
 from pgolf_jax import config as C
 from pgolf_jax.model.gpt import build_model
-from pgolf_jax.optim.optimizers import make_optimizer
+from pgolf_jax.optim.optimizers import labels_from_specs, make_optimizer
 from pgolf_jax.train.step import TrainState, make_train_step
 
 CUDNN_CALLS = ("__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward")
@@ -28,7 +28,7 @@ def test_bf16_cudnn_train_step_lowers_for_cuda(fake_cudnn_version):
                                   "model.attention_impl": "cudnn", "model.compute_dtype": "bfloat16",
                                   "model.embed_dtype": "bfloat16"})
     model = build_model(cfg.model)
-    tx = make_optimizer(cfg, jnp.bfloat16)
+    tx = make_optimizer(cfg, jnp.bfloat16, labels_from_specs(model.param_specs()))
 
     def init(key):
         params = model.init(key)

@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgolf_jax.quant import artifact
 from pgolf_jax import config as C
-from pgolf_jax.quant.gptq import gptq_quantize, hessian_error, lqer_correct, lqer_delta
 from pgolf_jax.model.gpt import build_model
-from pgolf_jax.quant.qat import fake_quant_tensor, fake_quantize
+from pgolf_jax.quant import artifact
 from pgolf_jax.quant.export import dequantize, quantize_int8, quantize_mixed
+from pgolf_jax.quant.gptq import gptq_quantize, hessian_error, lqer_correct, lqer_delta
 from pgolf_jax.quant.grid import qmax, round_to_nearest, row_scales, tensor_group
+from pgolf_jax.quant.qat import fake_quant_tensor, fake_quantize
 
 TINY = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
 
@@ -172,14 +172,15 @@ def test_fake_quantize_is_straight_through():
     cfg = C.override(C.Config(), {"model.num_layers": 2, "model.model_dim": 64, "model.num_heads": 2,
                                   "model.num_kv_heads": 1, "model.vocab_size": 64, "quant.scheme": "rtn",
                                   "quant.keep_float_max_numel": 1000})
-    params = jax.jit(build_model(cfg.model).init)(jax.random.key(0))
-    fq = fake_quantize(params, cfg.quant, 1.0)
+    model = build_model(cfg.model)
+    params, sp = jax.jit(model.init)(jax.random.key(0)), model.param_specs()
+    fq = fake_quantize(params, cfg.quant, 1.0, sp)
     w, wq = params["blocks"]["mlp"]["fc"]["weight"], fq["blocks"]["mlp"]["fc"]["weight"]
     assert not np.allclose(w, wq) and np.allclose(w, wq, atol=0.02)  # within half an int6 step
-    np.testing.assert_array_equal(fake_quantize(params, cfg.quant, 0.0)["blocks"]["mlp"]["fc"]["weight"], w)
+    np.testing.assert_array_equal(fake_quantize(params, cfg.quant, 0.0, sp)["blocks"]["mlp"]["fc"]["weight"], w)
     np.testing.assert_array_equal(fq["skip_weights"], params["skip_weights"])  # small: passthrough
     c = jax.random.normal(jax.random.key(1), w.shape)
-    g = jax.grad(lambda p: jnp.sum(fake_quantize(p, cfg.quant, 1.0)["blocks"]["mlp"]["fc"]["weight"] * c))(params)
+    g = jax.grad(lambda p: jnp.sum(fake_quantize(p, cfg.quant, 1.0, sp)["blocks"]["mlp"]["fc"]["weight"] * c))(params)
     np.testing.assert_allclose(g["blocks"]["mlp"]["fc"]["weight"], c, rtol=1e-6)
 
 

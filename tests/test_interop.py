@@ -13,10 +13,15 @@ import numpy as np
 import pytest
 
 from pgolf_jax import config as C
-from pgolf_jax.quant.interop import (flatten_params, load_reference_int8_ptz, load_torch_state_dict, reference_gpt_kwargs,
-                               unflatten_params)
 from pgolf_jax.model.gpt import build_model
 from pgolf_jax.quant.export import dequantize_int8, quantize_int8
+from pgolf_jax.quant.interop import (
+    flatten_params,
+    load_reference_int8_ptz,
+    load_torch_state_dict,
+    reference_gpt_kwargs,
+    unflatten_params,
+)
 
 SMALL = C.ModelConfig(vocab_size=128, num_layers=3, model_dim=64, num_heads=4, num_kv_heads=2)
 
@@ -177,6 +182,7 @@ def test_int8_quantization_is_bit_exact(ref):
 @needs_ref
 def test_byte_luts_match_reference(ref, sample_data):
     import sentencepiece as spm
+
     from pgolf_jax.data.tokenizer import build_luts
     path = sample_data["overrides"]["data.tokenizer_path"]
     sp = spm.SentencePieceProcessor(model_file=path)

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pgolf_jax.config import ModelConfig
 from pgolf_jax.model import attention, kernels
 from pgolf_jax.model import gpt as M
-from pgolf_jax.config import ModelConfig
 
 pytestmark = pytest.mark.skipif(kernels._compiler() is None, reason="no C++ compiler")
 

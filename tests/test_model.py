@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgolf_jax.model import attention, kernels, layers, gpt as M
 from pgolf_jax.config import ModelConfig
+from pgolf_jax import registry
+from pgolf_jax.model import attention, kernels, layers
+from pgolf_jax.model import gpt as M
 
 TINY = ModelConfig(vocab_size=96, num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2)
 
@@ -165,13 +167,15 @@ def test_untied_head():
     assert np.std(p["tok_emb"]["weight"]) == pytest.approx(1.0, rel=0.1)  # nn.Embedding default
 
 
-@pytest.mark.parametrize("kind,key", [("attention", k) for k in attention.ATTENTION]
-                         + [("activation", k) for k in layers.ACTIVATIONS]
-                         + [("linear", k) for k in layers.LINEAR]
-                         + [("block_schedule", k) for k in M.BLOCK_SCHEDULES])
+REGISTRY_ENTRIES = [(field.split(".")[1], key) for field, reg in registry.FIELDS.items() if field.startswith("model.")
+                    for key in reg]
+
+
+@pytest.mark.parametrize("kind,key", REGISTRY_ENTRIES)
 def test_every_registry_entry_trains(kind, key):
-    """Each registered variant builds, gives finite logits and a finite non-zero gradient."""
-    cfg = dataclasses.replace(TINY, **{kind: key})
+    """Each registered model variant builds, gives finite logits and a finite non-zero gradient."""
+    shape = {"act": {"num_layers": 1}, "mla": {"mla_latent": 16}, "lowrank": {"linear_rank": 8}}.get(key, {})
+    cfg = dataclasses.replace(TINY, **{kind: key}, **shape)
     model = M.build_model(cfg)
     params = perturbed(model)
     ids = jax.random.randint(jax.random.key(6), (2, 16), 0, cfg.vocab_size)

@@ -1,5 +1,6 @@
 import dataclasses
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,16 @@ import pytest
 
 from pgolf_jax import config as C
 from pgolf_jax.model.gpt import build_model
-from pgolf_jax.optim.optimizers import (clip_by_global_norm, group_of, label_params, make_optimizer, muon_momentum, scale_by_muon)
-from pgolf_jax.optim.schedule import warmdown_multiplier
+from pgolf_jax.model.params import param, specs
+from pgolf_jax.optim.optimizers import (
+    clip_by_global_norm,
+    labels_from_specs,
+    make_optimizer,
+    muon_momentum,
+    scale_by_muon,
+)
 from pgolf_jax.optim.orthogonalize import ORTHOGONALIZERS, newton_schulz
+from pgolf_jax.optim.schedule import warmdown_multiplier
 
 
 def ns5_numpy(G, steps=5, eps=1e-7):
@@ -26,9 +34,14 @@ def ns5_numpy(G, steps=5, eps=1e-7):
     return X.T if tr else X
 
 
+def optimizer(cfg, dtype=jnp.float32):
+    return make_optimizer(cfg, dtype, labels_from_specs(build_model(cfg.model).param_specs()))
+
+
 def test_every_parameter_has_exactly_one_reference_group():
-    params = jax.eval_shape(build_model(C.ModelConfig()).init, jax.random.key(0))
-    labels = label_params(params)
+    model = build_model(C.ModelConfig())
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    labels = labels_from_specs(model.param_specs())
     flat = {jax.tree_util.keystr(p): l for p, l in jax.tree_util.tree_leaves_with_path(labels)}
     assert len(flat) == len(jax.tree.leaves(params))
     assert set(flat.values()) <= {"embed", "head", "matrix", "scalar"}
@@ -45,12 +58,45 @@ def test_every_parameter_has_exactly_one_reference_group():
     assert n_mats == 54
 
 
-def test_group_rules():
-    assert group_of("lm_head.weight", 2) == "head"
-    assert group_of("blocks.resid_mix", 3) == "scalar"  # 2-D per layer but a control tensor
-    assert group_of("blocks.mlp.fc.weight", 3) == "matrix"
-    with pytest.raises(ValueError, match="no optimizer group"):
-        group_of("mystery.weight", 2)
+def reference_group(name: str, ndim: int) -> str:
+    """The reference's grouping by name (train_gpt.py's optimizer set-up, plus the records' extra
+    tables), to check that what our parameters declare agrees with it."""
+    if name in ("tok_emb.weight", "bigram.embed.weight"):
+        return "embed"
+    if name == "lm_head.weight":
+        return "head"
+    if name == "bigram.proj.weight":
+        return "matrix"
+    control = any(p in name for p in C.CONTROL_TENSOR_NAME_PATTERNS)
+    if name.startswith("blocks."):
+        return "matrix" if ndim == 3 and not control else "scalar"
+    return "scalar"
+
+
+@pytest.mark.parametrize("preset", ["baseline_sp1024.py", "record_1809.py", "record_cpu.py"])
+@pytest.mark.parametrize("extra", [{}, {"model.tie_embeddings": False, "model.bigram_vocab_size": 512,
+                                        "model.smear_gate": "v2"}, {"model.smear_gate": "v1"}])
+def test_declared_groups_agree_with_the_reference_rule(preset, extra):
+    from pgolf_jax.model.params import path_name
+    cfg = C.load(Path(__file__).resolve().parent.parent / "configs" / preset, extra)
+    model = build_model(cfg.model)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    labels = dict(jax.tree_util.tree_leaves_with_path(labels_from_specs(model.param_specs())))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+        assert labels[path] == reference_group(path_name(path), leaf.ndim), path_name(path)
+
+
+def test_a_parameter_must_say_what_it_is():
+    from flax import nnx
+    with pytest.raises(ValueError, match="group 'weights' must be one of"):
+        param(jnp.zeros(2), group="weights", quant="other")
+
+    class Bare(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.zeros((2, 2)))
+
+    with pytest.raises(ValueError, match="w was created without a group/quant rule"):
+        specs(nnx.state(Bare()))
 
 
 @pytest.mark.parametrize("shape", [(32, 48), (48, 32), (40, 40)])
@@ -94,7 +140,7 @@ def test_lr_multiplier_scales_every_group():
                                   "model.num_kv_heads": 1, "model.vocab_size": 64})
     params = build_model(cfg.model).init(jax.random.key(0))
     grads = jax.tree.map(lambda p: jnp.ones_like(p), params)
-    tx = make_optimizer(cfg, jnp.float32)
+    tx = optimizer(cfg)
     u1, _ = tx.update(grads, tx.init(params), params, lr_mul=1.0)
     u3, _ = tx.update(grads, tx.init(params), params, lr_mul=0.25)
     for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u3)):
@@ -144,8 +190,13 @@ def test_warmdown_by_wallclock_and_by_steps():
 # ---------------------------------------------------------------------------------------------
 # Record-stack optimizer pieces (#1809 / #1493)
 
-from pgolf_jax.optim.orthogonalize import (COEFFICIENTS, coefficient_schedule, gram_newton_schulz,  # noqa: E402
-                                     gram_newton_schulz_flops, newton_schulz_flops)
+from pgolf_jax.optim.orthogonalize import (  # noqa: E402
+    COEFFICIENTS,
+    coefficient_schedule,
+    gram_newton_schulz,
+    gram_newton_schulz_flops,
+    newton_schulz_flops,
+)
 from pgolf_jax.optim.schedule import training_fraction  # noqa: E402
 
 
@@ -211,7 +262,7 @@ def test_decoupled_weight_decay_uses_the_scheduled_lr():
                                   "optim.embed_wd": 0.2, "optim.adam_wd": 0.3})
     params = jax.jit(build_model(cfg.model).init)(jax.random.key(0))
     zeros = jax.tree.map(jnp.zeros_like, params)
-    tx = make_optimizer(cfg, jnp.float32)
+    tx = optimizer(cfg)
     upd, _ = tx.update(zeros, tx.init(params), params, lr_mul=0.5)  # zero grads: only the decay moves
     o = cfg.optim
     pairs = [(upd["blocks"]["mlp"]["fc"]["weight"], params["blocks"]["mlp"]["fc"]["weight"], o.matrix_lr * o.muon_wd),

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from pgolf_jax.data import commands, hub, prepare
-from pgolf_jax.data.shards import ShardError, list_shards, load_shard, read_num_tokens, write_shard
+from pgolf_jax.data.shards import (
+    ShardError,
+    list_shards,
+    load_shard,
+    read_num_tokens,
+    write_shard,
+)
 from pgolf_jax.data.tokenizer import load_tokenizer
 
 N_DOCS, N_VAL, SHARD = 200, 20, 150_000

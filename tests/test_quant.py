@@ -4,8 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import ml_dtypes
+import numpy as np
 import pytest
 
 from pgolf_jax.quant import artifact
@@ -110,7 +110,9 @@ def test_corrupt_artifacts_are_rejected(tmp_path):
 def test_manifest_lies_are_caught():
     obj, _ = quantize_int8(named_state(5))
     raw = artifact.serialize(obj)
-    import json, struct, zlib
+    import json
+    import struct
+    import zlib
     mlen = struct.unpack_from("<I", raw)[0]
     manifest = json.loads(raw[4:4 + mlen])
     manifest["tensors"][0]["shape"][0] += 1  # claims more bytes than it has

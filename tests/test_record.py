@@ -12,8 +12,9 @@ from flax import nnx
 from pgolf_jax import config as C
 from pgolf_jax.model.attention import exclusive_self_attention
 from pgolf_jax.model.embeddings import BigramHash, SmearGateV1, SmearGateV2, bigram_hash
+from pgolf_jax.model.gpt import build_model, count_params
+from pgolf_jax.model.topology import num_skips, repeat_in_place_layers, unet_layers
 from pgolf_jax.model.layers import apply_rotary, leaky_relu2, rms_norm, rotary_tables
-from pgolf_jax.model.gpt import BLOCK_SCHEDULES, build_model, count_params, num_skips
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STACK = C.ModelConfig(vocab_size=96, num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2, mlp_mult=4.0,
@@ -40,12 +41,12 @@ def test_record_presets_parameter_counts(capsys):
 
 def test_record_schedule_is_17_virtual_layers():
     cfg = C.load(CONFIGS / "record_1809.py").model
-    layers = BLOCK_SCHEDULES["unet"](cfg)
+    layers = unet_layers(cfg)
     assert layers == (0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10)
     assert layers[:8] == (0, 1, 2, 3, 4, 5, 3, 4) and layers[8:] == (5, 3, 4, 5, 6, 7, 8, 9, 10)
     assert num_skips(layers) == 8
     in_place = dataclasses.replace(cfg, num_layers=9, loop_start=3, loop_end=4, num_loops=1)
-    assert BLOCK_SCHEDULES["repeat_in_place"](in_place) == (0, 1, 2, 3, 3, 4, 4, 5, 6, 7, 8)
+    assert repeat_in_place_layers(in_place) == (0, 1, 2, 3, 3, 4, 4, 5, 6, 7, 8)
     assert build_model(cfg).has_two_schedules
 
 
@@ -79,7 +80,7 @@ def test_looped_scan_equals_explicit_unrolled_reference(looped):
     model = build_model(STACK)
     params = perturbed(model)
     ids = jax.random.randint(jax.random.key(2), (2, 24), 0, STACK.vocab_size)
-    layers = BLOCK_SCHEDULES["unet"](STACK) if looped else tuple(range(STACK.num_layers))
+    layers = unet_layers(STACK) if looped else tuple(range(STACK.num_layers))
     want = jax.jit(lambda p, i: reference_forward(model, p, i, layers))(params, ids)
     for scan in (True, False):
         m = build_model(dataclasses.replace(STACK, scan_layers=scan))
@@ -203,7 +204,7 @@ def test_bigram_hash():
 
 @pytest.mark.parametrize("extra", [{"smear_gate": "v1"}, {"smear_gate": "v2"}, {"bigram_vocab_size": 512}])
 def test_embedding_extras_train(extra):
-    from pgolf_jax.optim.optimizers import label_params
+    from pgolf_jax.optim.optimizers import labels_from_specs
     cfg = dataclasses.replace(STACK, **extra)
     model = build_model(cfg)
     params = perturbed(model)
@@ -211,7 +212,7 @@ def test_embedding_extras_train(extra):
     grads = jax.jit(jax.grad(lambda p: model.loss(p, ids, ids)))(params)
     extra_params = {k: v for k, v in grads.items() if k in ("smear", "bigram")}
     assert extra_params and all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(extra_params))
-    labels = label_params(params)
+    labels = labels_from_specs(model.param_specs())
     if "bigram" in labels:
         assert labels["bigram"] == {"embed": {"weight": "embed"}, "proj": {"weight": "matrix"}, "scale": "scalar"}
     else:

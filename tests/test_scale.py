@@ -86,10 +86,10 @@ def test_two_processes_agree_with_one(sample_data, tmp_path):
 
 def test_gpu_eval_step_lowers_for_cuda(monkeypatch):
     import jax
+    import jax._src.cudnn.fused_attention_stablehlo as fa
     import jax.numpy as jnp
     from jax import export
 
-    import jax._src.cudnn.fused_attention_stablehlo as fa
     from pgolf_jax import config as C
     from pgolf_jax.model.gpt import build_model
     monkeypatch.setattr(fa, "check_cudnn_version", lambda: 91000)

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from pgolf_jax.data import shards
-from pgolf_jax.data.shards import ShardError, TokenLoader, TokenStream, list_shards, load_shard, load_val_tokens, \
-    read_num_tokens, write_shard
+from pgolf_jax.data.shards import (
+    ShardError,
+    TokenLoader,
+    TokenStream,
+    list_shards,
+    load_shard,
+    load_val_tokens,
+    read_num_tokens,
+    write_shard,
+)
 
 
 def _raw_shard(path, magic=shards.MAGIC, version=shards.VERSION, header_n=None, payload=()):

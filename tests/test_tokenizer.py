@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pgolf_jax.data.tokenizer import SP_TRAINER_SETTINGS, ByteLuts, PureByteTokenizer, build_luts, load_tokenizer, \
-    token_bytes, train_sentencepiece
+from pgolf_jax.data.tokenizer import (
+    SP_TRAINER_SETTINGS,
+    ByteLuts,
+    PureByteTokenizer,
+    build_luts,
+    load_tokenizer,
+    token_bytes,
+    train_sentencepiece,
+)
 
 VOCAB = 400
 

@@ -1,13 +1,15 @@
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
 
-from pgolf_jax import config as C, dist
+from pgolf_jax import config as C
+from pgolf_jax import dist
 from pgolf_jax.pipeline import make_evaluator_factory
 from pgolf_jax.runlog import RunLog
 from pgolf_jax.train.loop import build, train
 from pgolf_jax.train.step import make_train_step, micro_batches
-from pathlib import Path
 
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
 
@@ -40,6 +42,7 @@ def test_micro_batch_layout():
 def test_accumulation_equals_one_big_batch(sample_data):
     """Four accumulated micro-batches give the gradient of the whole batch (SGD lr 1 exposes it)."""
     import optax
+
     from pgolf_jax.train.step import TrainState
     cfg = tiny_cfg(sample_data)
     model, _, state = build(cfg, dist.make_mesh())
@@ -91,6 +94,7 @@ def test_non_finite_loss_stops_with_the_step(sample_data):
 
 def test_ema_follows_every_step(sample_data):
     import optax
+
     from pgolf_jax.train.step import TrainState
     cfg = tiny_cfg(sample_data, **{"train.ema_decay": 0.9})
     model, _, state = build(cfg, dist.make_mesh())

@@ -11,10 +11,20 @@ import shutil
 import sys
 from pathlib import Path
 
+from pgolf_jax.data.prepare import (
+    PROGRESS_EVERY,
+    dataset_dir_for_variant,
+    dataset_problem,
+    read_manifest,
+)
+from pgolf_jax.data.shards import (
+    CHECKSUM_KEY,
+    ShardError,
+    file_checksum,
+    read_num_tokens,
+)
 from pgolf_jax.fsio import atomic_output, read_json, write_error, write_json
-from pgolf_jax.data.prepare import PROGRESS_EVERY, dataset_dir_for_variant, dataset_problem, read_manifest
 from pgolf_jax.runlog import Progress
-from pgolf_jax.data.shards import CHECKSUM_KEY, ShardError, file_checksum, read_num_tokens
 
 DEFAULT_REPO_ID = "willdepueoai/parameter-golf"
 LARGE_VOCAB_REPO_ID = "kevclark/parameter-golf"  # hosts sp4096 and sp8192

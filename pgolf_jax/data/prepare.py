@@ -25,10 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from pgolf_jax.runlog import Progress
+from pgolf_jax.data.shards import (
+    CHECKSUM_KEY,
+    file_checksum,
+    open_shard,
+    read_num_tokens,
+    write_shard,
+)
+from pgolf_jax.data.tokenizer import (
+    PureByteTokenizer,
+    load_tokenizer,
+    train_sentencepiece,
+)
 from pgolf_jax.fsio import read_json, write_json
-from pgolf_jax.data.shards import CHECKSUM_KEY, file_checksum, open_shard, read_num_tokens, write_shard
-from pgolf_jax.data.tokenizer import PureByteTokenizer, load_tokenizer, train_sentencepiece
+from pgolf_jax.runlog import Progress
 
 NUM_VAL_DOCS = 50_000
 SHARD_SIZE = 10**8

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from pgolf_jax import dist
 from pgolf_jax.data.tokenizer import ByteLuts, token_bytes

@@ -26,8 +26,8 @@ import numpy as np
 
 from pgolf_jax import dist
 from pgolf_jax.config import EvalConfig
-from pgolf_jax.model.embeddings import BOS_ID
 from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb
+from pgolf_jax.model.embeddings import BOS_ID
 from pgolf_jax.optim.optimizers import clip_by_global_norm
 
 

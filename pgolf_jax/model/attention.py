@@ -14,8 +14,8 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
 from pgolf_jax.model import kernels
-
-from pgolf_jax.model.layers import LINEAR, apply_rotary, linear_init, rms_norm
+from pgolf_jax.model.layers import apply_rotary, block_linear, linear_init, rms_norm
+from pgolf_jax.model.params import param
 
 # Query/key block of the "flash" path. 128 measured fastest for T = 1024 on the 2-core CPU.
 BLOCK = 128
@@ -261,21 +261,30 @@ class GQA(nnx.Module):
         D, H, G = cfg.model_dim, cfg.num_heads, cfg.num_kv_heads
         self.num_heads, self.num_kv_heads, self.head_dim = H, G, D // H
         self.impl = cfg.attention_impl
-        linear = LINEAR[cfg.linear]
         kv = G * self.head_dim
-        self.c_q = linear(D, D, init=linear_init(cfg, D, D), rngs=rngs)
-        self.c_k = linear(D, kv, init=linear_init(cfg, D, kv), rngs=rngs)
-        self.c_v = linear(D, kv, init=linear_init(cfg, D, kv), rngs=rngs)
-        self.proj = linear(D, D, init="zeros", rngs=rngs)
-        self.q_gain = nnx.Param(jnp.full((H,), cfg.qk_gain_init, jnp.float32))
+        self.c_q = block_linear(cfg, D, D, site="attn", init=linear_init(cfg, D, D), rngs=rngs)
+        self.make_kv(cfg, D, kv, rngs)
+        self.proj = block_linear(cfg, D, D, site="attn", init="zeros", rngs=rngs)
+        self.q_gain = param(jnp.full((H,), cfg.qk_gain_init, jnp.float32), group="scalar", quant="control")
+
+    def make_kv(self, cfg, D: int, kv: int, rngs: nnx.Rngs) -> None:
+        """The K and V projections (D -> kv each); variants that make K/V differently override this."""
+        self.c_k = block_linear(cfg, D, kv, site="attn", init=linear_init(cfg, D, kv), rngs=rngs)
+        self.c_v = block_linear(cfg, D, kv, site="attn", init=linear_init(cfg, D, kv), rngs=rngs)
 
     def __call__(self, x_ND, ctx, xsa=0.0):
         """`xsa` in {0, 1} (a traced per-layer flag under scan) switches XSA on."""
         B, T = ctx["shape_BT"]
-        H, G, K = self.num_heads, self.num_kv_heads, self.head_dim
+        G, K = self.num_kv_heads, self.head_dim
+        return self.attend(x_ND, self.c_k(x_ND).reshape(B, T, G, K), self.c_v(x_ND).reshape(B, T, G, K), ctx, xsa)
+
+    def attend(self, x_ND, k_BTGK, v_BTGK, ctx, xsa):
+        """Everything after the K/V projections (shared by the attention variants that only
+        change how K and V are made): q, QK norm, RoPE, q gain, attention, XSA, output."""
+        B, T = ctx["shape_BT"]
+        H, K = self.num_heads, self.head_dim
         q_BTHK = rms_norm(self.c_q(x_ND).reshape(B, T, H, K))
-        k_BTGK = rms_norm(self.c_k(x_ND).reshape(B, T, G, K))
-        v_BTGK = self.c_v(x_ND).reshape(B, T, G, K)
+        k_BTGK = rms_norm(k_BTGK)
         cos, sin = ctx["rope"]
         q_BTHK = apply_rotary(q_BTHK, cos, sin)
         k_BTGK = apply_rotary(k_BTGK, cos, sin)
@@ -285,5 +294,3 @@ class GQA(nnx.Module):
             y_BTHK = jnp.where(jnp.asarray(xsa) > 0, exclusive_self_attention(y_BTHK, v_BTGK), y_BTHK)
         return self.proj(y_BTHK.reshape(B * T, H * K))
 
-
-ATTENTION = {"gqa": GQA}

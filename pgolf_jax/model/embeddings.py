@@ -9,13 +9,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgolf_jax.model.layers import DenseLinear
+from pgolf_jax.model.params import param
 
 BOS_ID = 1  # the challenge's tokenizers put <s> at id 1
 
 
 class Embedding(nnx.Module):
-    def __init__(self, vocab: int, dim: int, std: float, dtype, *, rngs: nnx.Rngs):
-        self.weight = nnx.Param((std * jax.random.normal(rngs.params(), (vocab, dim))).astype(dtype))
+    """A token table on the embedding lr; quant "embed" when it is also the (tied) head, which
+    gives it a Hessian, else "lookup" (round-to-nearest: no activation multiplies it)."""
+
+    def __init__(self, vocab: int, dim: int, std: float, dtype, *, rngs: nnx.Rngs, quant: str = "embed"):
+        self.weight = param((std * jax.random.normal(rngs.params(), (vocab, dim))).astype(dtype), group="embed",
+                            quant=quant)
 
     def __call__(self, ids_BT):
         return jnp.take(self.weight[...], ids_BT, axis=0)
@@ -34,10 +39,10 @@ class BigramHash(nnx.Module):
 
     def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
         self.buckets = cfg.bigram_vocab_size
-        self.embed = Embedding(cfg.bigram_vocab_size, cfg.bigram_dim, 0.0, dtype, rngs=rngs)
-        self.proj = DenseLinear(cfg.bigram_dim, cfg.model_dim, init="orthogonal", rngs=rngs)
+        self.embed = Embedding(cfg.bigram_vocab_size, cfg.bigram_dim, 0.0, dtype, rngs=rngs, quant="lookup")
+        self.proj = DenseLinear(cfg.bigram_dim, cfg.model_dim, init="orthogonal", rngs=rngs)  # Muon (03-22)
         self.proj.weight[...] = self.proj.weight[...] / math.sqrt(2 * cfg.num_layers)
-        self.scale = nnx.Param(jnp.asarray(0.05, jnp.float32))
+        self.scale = param(jnp.asarray(0.05, jnp.float32), group="scalar", quant="other")
 
     def __call__(self, ids_BT, dtype):
         h = self.embed(bigram_hash(ids_BT, self.buckets)).astype(dtype)
@@ -53,7 +58,7 @@ class SmearGateV1(nnx.Module):
     """x_t <- (1 - s) x_t + s x_{t-1} with s = sigmoid(gate), gate in R^D init 0 (03-19..03-25)."""
 
     def __init__(self, dim: int):
-        self.gate = nnx.Param(jnp.zeros((dim,), jnp.float32))
+        self.gate = param(jnp.zeros((dim,), jnp.float32), group="scalar", quant="control")
 
     def __call__(self, x_BTD):
         B, T, D = x_BTD.shape
@@ -71,8 +76,8 @@ class SmearGateV2(nnx.Module):
     WIDTH = 12
 
     def __init__(self, bos_fix: bool):
-        self.smear_gate = DenseLinear(self.WIDTH, 1, init="zeros", rngs=None)
-        self.smear_lambda = nnx.Param(jnp.zeros((1,), jnp.float32))
+        self.smear_gate = DenseLinear(self.WIDTH, 1, init="zeros", rngs=None, group="scalar", quant="control")
+        self.smear_lambda = param(jnp.zeros((1,), jnp.float32), group="scalar", quant="control")
         self.bos_fix = bos_fix
 
     def __call__(self, x_BTD, ids_BT):

@@ -11,18 +11,28 @@ quantization and checkpoints see.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgolf_jax.model.attention import ATTENTION
+from pgolf_jax import registry
 from pgolf_jax.config import ModelConfig
+from pgolf_jax.model import pause
 from pgolf_jax.model.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
-from pgolf_jax.model.layers import (ACTIVATIONS, LINEAR, capture_linear_inputs, linear_init, name_taps, rms_norm,
-                              rotary_tables, softcap)
-from pgolf_jax.model.params import path_name
+from pgolf_jax.model.layers import (
+    DenseLinear,
+    block_linear,
+    capture_linear_inputs,
+    linear_init,
+    name_taps,
+    rms_norm,
+    rotary_tables,
+    softcap,
+)
+from pgolf_jax.model.params import STACKED_PREFIX, param, path_name, specs
 
 
 def resolve_dtype(name: str):
@@ -35,9 +45,9 @@ def resolve_dtype(name: str):
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         D, hidden = cfg.model_dim, int(cfg.mlp_mult * cfg.model_dim)
-        self.fc = LINEAR[cfg.linear](D, hidden, init=linear_init(cfg, D, hidden), rngs=rngs)
-        self.proj = LINEAR[cfg.linear](hidden, D, init="zeros", rngs=rngs)
-        self.act = ACTIVATIONS[cfg.activation]
+        self.fc = block_linear(cfg, D, hidden, site="mlp", init=linear_init(cfg, D, hidden), rngs=rngs)
+        self.proj = block_linear(cfg, hidden, D, site="mlp", init="zeros", rngs=rngs)
+        self.act = registry.resolve(registry.ACTIVATIONS, cfg.activation)
 
     def __call__(self, x_ND):
         return self.proj(self.act(self.fc(x_ND)))
@@ -53,11 +63,12 @@ class Block(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         D = cfg.model_dim
-        self.attn = ATTENTION[cfg.attention](cfg, rngs=rngs)
+        self.attn = registry.resolve(registry.ATTENTION, cfg.attention)(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
-        self.attn_scale = nnx.Param(jnp.ones((D,), jnp.float32))
-        self.mlp_scale = nnx.Param(jnp.ones((D,), jnp.float32))
-        self.resid_mix = nnx.Param(jnp.stack([jnp.ones((D,)), jnp.zeros((D,))]).astype(jnp.float32))
+        self.attn_scale = param(jnp.ones((D,), jnp.float32), group="scalar", quant="control")
+        self.mlp_scale = param(jnp.ones((D,), jnp.float32), group="scalar", quant="control")
+        self.resid_mix = param(jnp.stack([jnp.ones((D,)), jnp.zeros((D,))]).astype(jnp.float32), group="scalar",
+                               quant="control")
         self.num_layers, self.ln_scale = cfg.num_layers, cfg.ln_scale
         self.xsa_last_n, self.parallel_start = cfg.xsa_last_n, cfg.parallel_residual_start
         name_taps(self)
@@ -91,58 +102,33 @@ class Block(nnx.Module):
         return attn_out + self.mlp_scale[...].astype(dt) * parallel("mlp_par", n_ND, self.mlp(n_ND))
 
 
-# ---------------------------------------------------------------------------------------------
-# Block schedules: the virtual layer order (physical indices) the stacked blocks are walked in.
-# The U-Net pairs the first half's outputs with the second half in reverse.
-
-def unet_layers(cfg: ModelConfig) -> tuple[int, ...]:
-    """The baseline order; with num_loops, the segment loop_start..loop_end runs num_loops + 1
-    times in a row (records 04-05+: 0,1,2,3,4,5,3,4,5,3,4,5,6,...)."""
-    L, s, e = cfg.num_layers, cfg.loop_start, cfg.loop_end
-    if not cfg.num_loops:
-        return tuple(range(L))
-    return tuple(range(s)) + tuple(range(s, e + 1)) * (cfg.num_loops + 1) + tuple(range(e + 1, L))
-
-
-def repeat_in_place_layers(cfg: ModelConfig) -> tuple[int, ...]:
-    """#1589's recurrence: each layer of the segment repeated in place (3,4 x2 -> ...,3,3,4,4,...)."""
-    rep = cfg.num_loops + 1
-    return tuple(i for i in range(cfg.num_layers) for _ in range(rep if cfg.loop_start <= i <= cfg.loop_end else 1))
-
-
-BLOCK_SCHEDULES: dict[str, Callable[[ModelConfig], tuple[int, ...]]] = {
-    "unet": unet_layers, "repeat_in_place": repeat_in_place_layers}
-
-
-def num_skips(layers: tuple[int, ...]) -> int:
-    n_enc = len(layers) // 2
-    return min(n_enc, len(layers) - n_enc)
-
-
-# slot_deltas keys that are parallel adapter matrices (D, D) rather than weight deltas.
-PARALLEL_ADAPTERS = ("attn_par", "mlp_par")
-
-
-def _gather(tree, idx: tuple[int, ...]):
-    """Per-virtual-layer parameter stack: a static slice when contiguous, else a gather."""
-    if idx == tuple(range(idx[0], idx[0] + len(idx))):
-        return jax.tree.map(lambda a: a[idx[0]:idx[0] + len(idx)], tree)
-    order = jnp.asarray(idx, jnp.int32)
-    return jax.tree.map(lambda a: jnp.take(a, order, axis=0), tree)
+def schedule(cfg: ModelConfig) -> tuple[int, ...]:
+    """The virtual layer order of the configured topology (its own, or model.block_schedule's)."""
+    topology = registry.resolve(registry.TOPOLOGIES, cfg.topology)
+    if hasattr(topology, "layers"):
+        return topology.layers(cfg)
+    return registry.resolve(registry.BLOCK_SCHEDULES, cfg.block_schedule)(cfg)
 
 
 class GPT(nnx.Module):
+    """The reference GPT family (registry.FAMILIES["gpt"]): token embedding (+ BigramHash, SmearGate,
+    pause tokens), stacked blocks connected by the configured topology, tied or untied head."""
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.compute_dtype = resolve_dtype(cfg.compute_dtype)
         embed_dtype = resolve_dtype(cfg.embed_dtype)
         std = cfg.tied_embed_init_std if cfg.tie_embeddings else 1.0  # untied: nn.Embedding's N(0, 1)
-        self.tok_emb = Embedding(cfg.vocab_size, cfg.model_dim, std, embed_dtype, rngs=rngs)
+        self.tok_emb = Embedding(cfg.vocab_size, cfg.model_dim, std, embed_dtype, rngs=rngs,
+                                 quant="embed" if cfg.tie_embeddings else "lookup")
         self.bigram = BigramHash(cfg, embed_dtype, rngs=rngs) if cfg.bigram_vocab_size else None
         if self.bigram is not None:
             name_taps(self.bigram, "bigram")
         self.smear = (SmearGateV1(cfg.model_dim) if cfg.smear_gate == "v1" else
                       SmearGateV2(cfg.smear_gate_bos_fix) if cfg.smear_gate == "v2" else None)
+        # Pause vectors: N(0, 0.02^2), on the scalar Adam group (spec 4.4).
+        self.pause = (param(0.02 * jax.random.normal(rngs.params(), (cfg.pause_tokens, cfg.model_dim), jnp.float32),
+                            group="scalar", quant="other") if cfg.pause_tokens else None)
 
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -151,50 +137,74 @@ class GPT(nnx.Module):
 
         self.blocks = make_blocks(rngs)
         # Before model.enable_looping_at the plain order runs; afterwards (and in eval) the
-        # configured schedule. Skip slots are sized for the longer of the two.
+        # configured schedule. The topology's parameters are sized for both.
         self.plain_layers = tuple(range(cfg.num_layers))
-        self.layers = BLOCK_SCHEDULES[cfg.block_schedule](cfg)
+        self.layers = schedule(cfg)
         if any(not 0 <= i < cfg.num_layers for i in self.layers):
             raise ValueError(f"block schedule {cfg.block_schedule!r} uses layers outside 0..{cfg.num_layers - 1}")
-        n_skip = max(num_skips(self.layers), num_skips(self.plain_layers))
-        self.skip_weights = nnx.Param(jnp.ones((n_skip, cfg.model_dim), jnp.float32))
-        self.skip_gates = nnx.Param(jnp.zeros((n_skip, cfg.model_dim), jnp.float32)) if cfg.skip_gates_enabled else None
-        self.lm_head = None if cfg.tie_embeddings else LINEAR["dense"](
-            cfg.model_dim, cfg.vocab_size, init="zeros", rngs=rngs)
+        self.topology = registry.resolve(registry.TOPOLOGIES, cfg.topology)
+        self.topology.create(self, cfg, rngs)
+        self.lm_head = None if cfg.tie_embeddings else DenseLinear(
+            cfg.model_dim, cfg.vocab_size, init="zeros", rngs=rngs, group="head", quant="embed")
+
+    @staticmethod
+    def aux_weights(cfg: ModelConfig) -> dict[str, float]:
+        """Weight of each auxiliary loss the forward pass returns, in the training objective."""
+        return {"ponder": cfg.act_ponder_cost} if cfg.topology == "act" else {}
 
     def embed(self, ids_BT):
-        """x0: the normalized token (+ bigram) embedding, smeared if configured; (B, T, D)."""
+        """x0: the normalized token (+ bigram) embedding, smeared if configured, with the pause
+        slots inserted; (B, T', D) with T' = T + floor(T / pause_interval) pause_tokens."""
         dt = self.compute_dtype
         x_BTD = self.tok_emb(ids_BT).astype(dt)
         if self.bigram is not None:
             x_BTD = x_BTD + self.bigram(ids_BT, dt)
         if isinstance(self.smear, SmearGateV2):
             x_BTD = self.smear(x_BTD, ids_BT)
+        if self.pause is not None:
+            # Inserted before the embedding norm, so a pause slot enters the blocks at the scale of
+            # a token embedding (the spec leaves the order open).
+            x_BTD = pause.insert(x_BTD, self.pause[...], self.cfg.pause_interval)
         x_BTD = rms_norm(x_BTD)
         if isinstance(self.smear, SmearGateV1):
             x_BTD = self.smear(x_BTD)
         return x_BTD
 
-    def hidden(self, ids_BT, looped: bool = True, slot_deltas=None):
-        """Final-norm hidden states (B, T, D): the head's input. slot_deltas {block weight name
-        ("attn.c_q.weight"): (virtual layers, out, in)} adds a delta per virtual layer slot, so each
-        pass of a looped layer can carry its own test-time adapter; the keys in PARALLEL_ADAPTERS
-        hold (virtual layers, D, D) parallel paths instead (see Block)."""
+    def _context(self, T: int, B: int) -> dict:
         cfg = self.cfg
-        B, T = ids_BT.shape
-        # The residual stream is kept flat, (B*T, D): the gradient of a (D,) parameter broadcast
-        # over (1, T, D) is a middle-axis reduction that XLA:CPU runs ~40x slower than over (N, D).
-        x_ND = self.embed(ids_BT).reshape(B * T, cfg.model_dim)
         head_dim = cfg.model_dim // cfg.num_heads
         rope = rotary_tables(T, cfg.rope_dims or head_dim, cfg.rope_base, self.compute_dtype, cfg.rope_train_seq_len)
-        ctx = {"rope": rope, "shape_BT": (B, T)}
-        x_ND = self._run_unet(x_ND, x_ND, ctx, self.layers if looped else self.plain_layers, slot_deltas=slot_deltas)
-        return rms_norm(x_ND).reshape(B, T, cfg.model_dim)
+        return {"rope": rope, "shape_BT": (B, T)}
 
-    def __call__(self, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None):
-        """Soft-capped logits (B, T, V) in fp32. head_lora = (A (R, D), B (V, R), scale) adds a
-        low-rank term to the head's output (test-time training adapters); slot_deltas: see hidden."""
-        h_BTD = self.hidden(ids_BT, looped, slot_deltas)
+    def _real(self, h_BTD, T: int):
+        """The real positions of an expanded (pause) sequence."""
+        if self.pause is None:
+            return h_BTD
+        return jnp.take(h_BTD, jnp.asarray(pause.real_positions(T, self.cfg.pause_tokens, self.cfg.pause_interval)),
+                        axis=1)
+
+    def hidden_and_aux(self, ids_BT, looped: bool = True, slot_deltas=None):
+        """(final-norm hidden states (B, T, D) at the real positions: the head's input, auxiliary
+        losses). slot_deltas {block weight name ("attn.c_q.weight"): (virtual layers, out, in)} adds
+        a delta per virtual layer slot, so each pass of a looped layer can carry its own test-time
+        adapter; the keys in PARALLEL_ADAPTERS hold (virtual layers, D, D) parallel paths instead."""
+        B, T = ids_BT.shape
+        x_BTD = self.embed(ids_BT)
+        Tx = x_BTD.shape[1]
+        # The residual stream is kept flat, (B*T, D): the gradient of a (D,) parameter broadcast
+        # over (1, T, D) is a middle-axis reduction that XLA:CPU runs ~40x slower than over (N, D).
+        x_ND = x_BTD.reshape(B * Tx, self.cfg.model_dim)
+        x_ND, aux = self.topology.run(self, x_ND, x_ND, self._context(Tx, B),
+                                      self.layers if looped else self.plain_layers, slot_deltas=slot_deltas)
+        return self._real(rms_norm(x_ND).reshape(B, Tx, self.cfg.model_dim), T), aux
+
+    def hidden(self, ids_BT, looped: bool = True, slot_deltas=None):
+        return self.hidden_and_aux(ids_BT, looped, slot_deltas)[0]
+
+    def forward(self, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None):
+        """(soft-capped logits (B, T, V) in fp32, auxiliary losses). head_lora = (A (R, D),
+        B (V, R), scale) adds a low-rank term to the head's output (test-time training adapters)."""
+        h_BTD, aux = self.hidden_and_aux(ids_BT, looped, slot_deltas)
         if self.lm_head is None:
             logits = jnp.einsum("btd,vd->btv", h_BTD, self.tok_emb.weight[...].astype(h_BTD.dtype))
         else:
@@ -204,12 +214,15 @@ class GPT(nnx.Module):
             logits = logits + scale * jnp.einsum("btr,vr->btv", jnp.einsum("btd,rd->btr", h_BTD, A.astype(h_BTD.dtype)),
                                                  B.astype(h_BTD.dtype))
         # The cap is applied in fp32 (the reference applies it to the bf16 logits before .float()).
-        return softcap(logits.astype(jnp.float32), self.cfg.logit_softcap)
+        return softcap(logits.astype(jnp.float32), self.cfg.logit_softcap), aux
+
+    def __call__(self, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None):
+        return self.forward(ids_BT, looped, head_lora, slot_deltas)[0]
 
     def input_hessians(self, ids_BT, looped: bool = True) -> dict:
-        """Sum of X^T X (fp32) of the input of every linear over this batch, stacked per physical
-        layer for block linears (looped layers accumulate every pass), and of the head input (the
-        final-norm output) under the head's name: GPTQ's calibration statistics."""
+        """Sum of X^T X (fp32) of the input of every quantized weight over this batch, stacked per
+        physical layer for block weights (looped layers accumulate every pass), and of the head
+        input (the final-norm output) under the head's name: GPTQ's calibration statistics."""
         cfg = self.cfg
         B, T = ids_BT.shape
         acc: dict = {}
@@ -226,96 +239,19 @@ class GPT(nnx.Module):
 
         def tap_fn(layer, taps):
             for name, x_in in taps.items():
-                add(f"blocks.{name}.weight", x_in, layer, cfg.num_layers)
+                add(f"blocks.{name}", x_in, layer, cfg.num_layers)
 
         with capture_linear_inputs() as taps:
             x_BTD = self.embed(ids_BT)
         for name, x_in in taps.items():
-            add(f"{name}.weight", x_in)
-        x_ND = x_BTD.reshape(B * T, cfg.model_dim)
-        head_dim = cfg.model_dim // cfg.num_heads
-        ctx = {"rope": rotary_tables(T, cfg.rope_dims or head_dim, cfg.rope_base, self.compute_dtype,
-                                     cfg.rope_train_seq_len), "shape_BT": (B, T)}
-        x_ND = self._run_unet(x_ND, x_ND, ctx, self.layers if looped else self.plain_layers, tap_fn=tap_fn)
-        add("tok_emb.weight" if self.lm_head is None else "lm_head.weight", rms_norm(x_ND))
+            add(name, x_in)
+        Tx = x_BTD.shape[1]
+        x_ND = x_BTD.reshape(B * Tx, cfg.model_dim)
+        x_ND, _ = self.topology.run(self, x_ND, x_ND, self._context(Tx, B),
+                                    self.layers if looped else self.plain_layers, tap_fn=tap_fn)
+        h = self._real(rms_norm(x_ND).reshape(B, Tx, cfg.model_dim), T)
+        add("tok_emb.weight" if self.lm_head is None else "lm_head.weight", h)
         return acc
-
-    def _run_unet(self, x, x0, ctx, layers, tap_fn=None, slot_deltas=None):
-        n_enc = len(layers) // 2
-        n_skip = num_skips(layers)
-        graphdef, stacked = nnx.split(self.blocks)
-        skip_w = self.skip_weights[...].astype(x.dtype)
-        # Gated skips (spec 4.2): lerp(w*s, x, sigmoid(g)); plain skips: x + w*s.
-        skip_g = None if self.skip_gates is None else jax.nn.sigmoid(self.skip_gates[...].astype(x.dtype))
-
-        def raw_block(x, state_adapters, layer):
-            state, adapters = state_adapters
-            return nnx.merge(graphdef, state)(x, x0, layer, ctx, adapters)
-
-        block = jax.checkpoint(raw_block) if self.cfg.remat else raw_block
-
-        deltas = slot_deltas or {}
-        parallel = {k: v for k, v in deltas.items() if k in PARALLEL_ADAPTERS}
-
-        def with_deltas(state, slots):
-            """(block weights of virtual slots `slots` (an index or a slice) plus their weight
-            deltas, those slots' parallel adapters)."""
-            def add(path, a):
-                d = deltas.get(path_name(path).removesuffix(".value"))
-                return a if d is None else a + d[slots].astype(a.dtype)
-
-            if deltas:
-                state = jax.tree_util.tree_map_with_path(add, state)
-            return state, {k: v[slots] for k, v in parallel.items()}
-
-        def add_skip(x, w, g, skip):
-            scaled = w * skip
-            return x + scaled if g is None else scaled + g * (x - scaled)
-
-        if tap_fn is not None or not self.cfg.scan_layers:
-            # Plain Python loop: the reference's structure; also the calibration path, which
-            # records each block's linear inputs under the block's physical index.
-            skips = []
-            for j, layer in enumerate(layers):
-                if j >= n_enc and skips:
-                    i = j - n_enc
-                    x = add_skip(x, skip_w[i], None if skip_g is None else skip_g[i], skips.pop())
-                state = with_deltas(jax.tree.map(lambda a: a[layer], stacked), j)
-                if tap_fn is None:
-                    x = block(x, state, layer)
-                else:
-                    with capture_linear_inputs() as taps:
-                        x = raw_block(x, state, layer)
-                    tap_fn(layer, taps)
-                if j < n_enc:
-                    skips.append(x)
-            return x
-
-        def scan(fn, x, first_slot, idx, *extra):
-            if not idx:
-                return x, None
-            state = with_deltas(_gather(stacked, idx), slice(first_slot, first_slot + len(idx)))
-            return jax.lax.scan(fn, x, (state, jnp.asarray(idx, jnp.int32)) + extra)
-
-        def enc_step(x, xs):
-            x = block(x, xs[0], xs[1])
-            return x, x
-
-        def dec_skip_step(x, xs):
-            state, layer, w, skip, *g = xs
-            return block(add_skip(x, w, g[0] if g else None, skip), state, layer), None
-
-        def dec_step(x, xs):
-            return block(x, xs[0], xs[1]), None
-
-        x, skips = scan(enc_step, x, 0, layers[:n_enc])
-        dec = layers[n_enc:]
-        if n_skip:
-            # Decoder step i pops the skip pushed by encoder step n_enc - 1 - i.
-            extra = (skip_w[:n_skip], skips[::-1][:n_skip]) + (() if skip_g is None else (skip_g[:n_skip],))
-            x, _ = scan(dec_skip_step, x, n_enc, dec[:n_skip], *extra)
-        x, _ = scan(dec_step, x, n_enc + n_skip, dec[n_skip:])
-        return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,26 +264,44 @@ class Model:
     graphdef: nnx.GraphDef
     abstract_state: nnx.State
 
-    def init(self, key: jax.Array) -> dict:
-        return nnx.to_pure_dict(nnx.state(GPT(self.cfg, rngs=nnx.Rngs(params=key))))
+    @property
+    def family(self):
+        return registry.resolve(registry.FAMILIES, self.cfg.family)
 
-    def module(self, params: dict) -> GPT:
+    def init(self, key: jax.Array) -> dict:
+        return nnx.to_pure_dict(nnx.state(self.family(self.cfg, rngs=nnx.Rngs(params=key))))
+
+    def module(self, params: dict):
         state = jax.tree.map(lambda v: v, self.abstract_state)
         nnx.replace_by_pure_dict(state, params)
         return nnx.merge(self.graphdef, state)
 
+    def param_specs(self) -> dict:
+        """{...: ParamSpec} shaped like the params: each parameter's optimizer group and quant rule."""
+        return specs(self.abstract_state)
+
+    @property
+    def aux_weights(self) -> dict[str, float]:
+        return self.family.aux_weights(self.cfg)
+
     @property
     def has_two_schedules(self) -> bool:
         """Training starts on the plain order and switches at model.enable_looping_at."""
-        layers = BLOCK_SCHEDULES[self.cfg.block_schedule](self.cfg)
-        return self.cfg.enable_looping_at > 0 and layers != tuple(range(self.cfg.num_layers))
+        return self.cfg.enable_looping_at > 0 and schedule(self.cfg) != tuple(range(self.cfg.num_layers))
 
     def logits(self, params, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None):
         return self.module(params)(ids_BT, looped, head_lora, slot_deltas)
 
+    def forward(self, params, ids_BT, looped: bool = True, rng=None):
+        """(logits (B, T, V), auxiliary losses {name: scalar}, per-position loss weights (B, T) or
+        None): what the training objective reads. rng: the train step's key for stochastic families."""
+        del rng  # the GPT is deterministic
+        logits, aux = self.module(params).forward(ids_BT, looped)
+        return logits, aux, None
+
     def num_slots(self, looped: bool = True) -> int:
         """Virtual layer slots of a schedule (the length of slot_deltas' leading axis)."""
-        return len(BLOCK_SCHEDULES[self.cfg.block_schedule](self.cfg)) if looped else self.cfg.num_layers
+        return len(schedule(self.cfg)) if looped else self.cfg.num_layers
 
     def hidden(self, params, ids_BT, looped: bool = True):
         return self.module(params).hidden(ids_BT, looped)
@@ -357,16 +311,21 @@ class Model:
 
     def token_nll(self, params, x_BT, y_BT, looped: bool = True):
         """Per-token cross-entropy in nats (fp32), shape (B, T)."""
-        logits = self.logits(params, x_BT, looped)
-        logz = jax.nn.logsumexp(logits, axis=-1)
-        return logz - jnp.take_along_axis(logits, y_BT[..., None], axis=-1)[..., 0]
+        return token_nll(self.logits(params, x_BT, looped), y_BT)
 
     def loss(self, params, x_BT, y_BT, looped: bool = True):
+        """Mean cross-entropy (no auxiliary terms: what evaluation and TTT optimise)."""
         return jnp.mean(self.token_nll(params, x_BT, y_BT, looped))
 
 
+def token_nll(logits_BTV, y_BT):
+    logz = jax.nn.logsumexp(logits_BTV, axis=-1)
+    return logz - jnp.take_along_axis(logits_BTV, y_BT[..., None], axis=-1)[..., 0]
+
+
 def build_model(cfg: ModelConfig) -> Model:
-    abstract = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(params=0)))
+    family = registry.resolve(registry.FAMILIES, cfg.family)
+    abstract = nnx.eval_shape(lambda: family(cfg, rngs=nnx.Rngs(params=0)))
     graphdef, state = nnx.split(abstract)
     return Model(cfg, graphdef, state)
 
@@ -375,13 +334,29 @@ def analytic_flops_per_token(cfg: ModelConfig, seq_len: int, looped: bool = True
     """Training FLOPs per token (3x forward; the optimizer aside) along the block schedule:
     matmuls 6N (N = block matrices per virtual layer + the head), attention QK^T and PV."""
     D, V = cfg.model_dim, cfg.vocab_size
-    n_layers = len(BLOCK_SCHEDULES[cfg.block_schedule](cfg)) if looped else cfg.num_layers
-    kv = D // cfg.num_heads * cfg.num_kv_heads
-    per_layer = 2 * D * D + 2 * D * kv + 2 * D * int(cfg.mlp_mult * D)
-    n_matmul = n_layers * per_layer + V * D
-    attn_full = 3 * n_layers * 2 * 2 * seq_len * D  # over the full T x T square, fwd + bwd
+    # ACT runs its shared block act_max_steps times for every token (masked, not exited early).
+    n_layers = cfg.act_max_steps if cfg.topology == "act" else len(schedule(cfg)) if looped else cfg.num_layers
+    per_layer = block_matrix_params(cfg)
+    # Pause slots are positions too: every real token pays for its share of them.
+    inflate = 1.0 + cfg.pause_tokens / cfg.pause_interval if cfg.pause_tokens else 1.0
+    n_matmul = inflate * n_layers * per_layer + V * D
+    attn_full = inflate * 3 * n_layers * 2 * 2 * inflate * seq_len * D  # the full T' x T' square, fwd + bwd
     return {"matmul": 6.0 * n_matmul, "attn_causal": attn_full / 2, "attn_full": attn_full,
             "n_matmul_params": float(n_matmul)}
+
+
+@functools.lru_cache(maxsize=32)
+def block_matrix_params(cfg: ModelConfig) -> int:
+    """Weights of one layer's matrices (what a token multiplies per block): from the model's own
+    parameters, so factorized linears and attention variants count what they really hold."""
+    model = build_model(cfg)
+    shapes = nnx.to_pure_dict(model.abstract_state)
+    spec_of = dict(jax.tree_util.tree_leaves_with_path(model.param_specs()))
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+        if path_name(path).startswith(STACKED_PREFIX) and spec_of[path].group == "matrix":
+            total += math.prod(leaf.shape[1:])
+    return total
 
 
 def count_params(params) -> int:

@@ -17,6 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pgolf_jax import registry
+from pgolf_jax.model.params import param
+
 
 def rms_norm(x: jax.Array) -> jax.Array:
     """Weightless RMSNorm; eps = machine epsilon of the input dtype, as F.rms_norm(eps=None)."""
@@ -49,8 +52,9 @@ def apply_rotary(x_BTHK: jax.Array, cos_TK: jax.Array, sin_TK: jax.Array) -> jax
 
 
 # ---------------------------------------------------------------------------------------------
-# Linear weight parameterizations. Every projection in a block is built through LINEAR so a new
-# parameterization (low-rank, shared basis, generated, random-basis adapters) is one entry.
+# Linear weight parameterizations (registry.LINEAR). Every projection in a block is built through
+# block_linear, so a new parameterization (low-rank, shared basis, generated, random-basis
+# adapters) is one registry entry: a module (in_f, out_f, *, init, quant, cfg, rngs) -> y = f(x).
 
 def _orthogonal(key, out_f: int, in_f: int) -> jax.Array:
     """torch.nn.init.orthogonal_ (gain 1): a Haar-random orthogonal matrix from a Gaussian's QR.
@@ -63,6 +67,18 @@ def _orthogonal(key, out_f: int, in_f: int) -> jax.Array:
         return jax.nn.initializers.orthogonal()(k, (out_f, in_f), jnp.float32)
 
     return sample(key)
+
+
+def svd_factors(key, out_f: int, in_f: int, r: int, std: float):
+    """(U (out, r), s (r,), Vt (r, in)): the leading r singular triplets of an N(0, std^2) matrix,
+    the SVD init of the factorized parameterizations (sequential under vmap, like _orthogonal)."""
+
+    @jax.custom_batching.sequential_vmap
+    def top(k):
+        u, s, vt = jnp.linalg.svd(std * jax.random.normal(k, (out_f, in_f), jnp.float32), full_matrices=True)
+        return u[:, :r], s[:r], vt[:r]
+
+    return top(key)
 
 
 def _init_weight(kind: str, key, out_f: int, in_f: int) -> jax.Array:
@@ -82,8 +98,15 @@ def linear_init(cfg, in_f: int, out_f: int) -> str:
     return "orthogonal" if cfg.ortho_init and min(in_f, out_f) >= 64 else "uniform"
 
 
+def block_linear(cfg, in_f: int, out_f: int, *, site: str, init: str, rngs: nnx.Rngs):
+    """A block projection through the model.linear registry; `site` (attn | mlp) is its
+    quantization group (and picks a low-rank parameterization's rank)."""
+    return registry.resolve(registry.LINEAR, cfg.linear)(in_f, out_f, init=init, quant=site, cfg=cfg, rngs=rngs)
+
+
 # Input taps for GPTQ calibration: inside `with capture_linear_inputs() as taps:` every linear that
-# has a tap name records the input it is called with (at trace time) into `taps`.
+# has a tap name records, under the name of each weight it calibrates, the input that weight
+# multiplies (at trace time) into `taps`.
 _TAPS: list[dict] = []
 
 
@@ -97,32 +120,36 @@ def capture_linear_inputs():
         _TAPS.pop()
 
 
+def record_input(linear, weight: str, x: jax.Array) -> None:
+    """Record x as the input of `linear`'s parameter `weight` when calibrating."""
+    if _TAPS and linear.tap is not None:
+        _TAPS[-1][f"{linear.tap}.{weight}"] = x
+
+
 def name_taps(module: nnx.Module, prefix: str = "") -> None:
     """Give every linear under `module` its dotted path as tap name (e.g. 'attn.c_q')."""
     for path, sub in nnx.iter_modules(module):
-        if isinstance(sub, DenseLinear):
+        if hasattr(sub, "tap"):
             sub.tap = ".".join([prefix] * bool(prefix) + [str(p) for p in path])
 
 
 class DenseLinear(nnx.Module):
     """y = x W^T with an fp32 master weight cast to the compute dtype at matmul time."""
 
-    def __init__(self, in_f: int, out_f: int, *, init: str = "uniform", rngs: nnx.Rngs):
+    def __init__(self, in_f: int, out_f: int, *, init: str = "uniform", rngs: nnx.Rngs, group: str = "matrix",
+                 quant: str = "other", always_quantize: bool = False, cfg=None):
         key = rngs.params() if init != "zeros" else None
-        self.weight = nnx.Param(_init_weight(init, key, out_f, in_f))
+        self.weight = param(_init_weight(init, key, out_f, in_f), group=group, quant=quant,
+                            always_quantize=always_quantize)
         self.tap = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if _TAPS and self.tap is not None:
-            _TAPS[-1][self.tap] = x
+        record_input(self, "weight", x)
         return jnp.einsum("...i,oi->...o", x, self.weight[...].astype(x.dtype))
 
 
-LINEAR = {"dense": DenseLinear}
-
-
 # ---------------------------------------------------------------------------------------------
-# MLP activations (applied between the up and down projections).
+# MLP activations (registry.ACTIVATIONS), applied between the up and down projections.
 
 def relu2(x):
     return jnp.square(jax.nn.relu(x))
@@ -131,6 +158,3 @@ def relu2(x):
 def leaky_relu2(x):
     """LeakyReLU(0.5) squared, the records' MLP activation (spec 4.6)."""
     return jnp.square(jax.nn.leaky_relu(x, negative_slope=0.5))
-
-
-ACTIVATIONS = {"relu2": relu2, "leaky_relu2": leaky_relu2}

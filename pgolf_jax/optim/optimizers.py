@@ -1,8 +1,9 @@
 """Optimizers as optax transforms: Muon for block matrices, Adam for the rest, one LR schedule.
 
 Parameter groups follow the reference exactly: the token embedding (Adam, tied_embed_lr or
-embed_lr), an untied head (Adam, head_lr), 2-D block matrices (Muon, matrix_lr) and everything
-else - vectors, scalars, control tensors matched by name, skip weights (Adam, scalar_lr).
+embed_lr), an untied head (Adam, head_lr), block matrices (Muon, matrix_lr) and everything else -
+vectors, scalars, control tensors, skip weights (Adam, scalar_lr); each parameter declares its
+group where the model creates it (model.params).
 The wall-clock LR multiplier is passed to `update` as the extra argument `lr_mul`; it scales
 every group's step together, as the reference's `group["lr"] = base_lr * scale`.
 """
@@ -17,30 +18,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pgolf_jax.config import CONTROL_TENSOR_NAME_PATTERNS, Config
-from pgolf_jax.model.params import STACKED_PREFIX, path_name
+from pgolf_jax.config import Config
+from pgolf_jax.model.params import ParamSpec
 from pgolf_jax.optim.orthogonalize import ORTHOGONALIZERS, gram_newton_schulz
 
-def group_of(name: str, ndim: int) -> str:
-    """The optimizer group of one parameter, by its dotted name and shape."""
-    if name in ("tok_emb.weight", "bigram.embed.weight"):  # token tables share the embedding lr
-        return "embed"
-    if name == "lm_head.weight":
-        return "head"
-    if name == "bigram.proj.weight":  # Muon, as in the 03-22 record
-        return "matrix"
-    if name.startswith(STACKED_PREFIX):
-        per_layer_ndim = ndim - 1
-        if per_layer_ndim == 2 and not any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS):
-            return "matrix"
-        return "scalar"
-    if ndim < 2 or any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS):
-        return "scalar"
-    raise ValueError(f"parameter {name!r} (ndim {ndim}) has no optimizer group; add a rule in optim.group_of")
 
-
-def label_params(params) -> Any:
-    return jax.tree_util.tree_map_with_path(lambda p, a: group_of(path_name(p), a.ndim), params)
+def labels_from_specs(spec_tree) -> Any:
+    """The optimizer group of every parameter, as each declared it (model.param_specs())."""
+    return jax.tree.map(lambda sp: sp.group, spec_tree, is_leaf=lambda x: isinstance(x, ParamSpec))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,9 +105,10 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda p: optax.EmptyState(), update)
 
 
-def make_optimizer(cfg: Config, muon_dtype) -> optax.GradientTransformationExtraArgs:
-    """Adam(W) for the embedding, head and scalars, Muon for block matrices, one lr multiplier.
-    Weight decay is decoupled and uses the scheduled lr: p <- p - lr_t (u + wd p)."""
+def make_optimizer(cfg: Config, muon_dtype, labels) -> optax.GradientTransformationExtraArgs:
+    """Adam(W) for the embedding, head and scalars, Muon for matrices, one lr multiplier; `labels`
+    is the tree of each parameter's declared group (labels_from_specs). Weight decay is decoupled
+    and uses the scheduled lr: p <- p - lr_t (u + wd p)."""
     o, m = cfg.optim, cfg.model
 
     def group(direction, lr, wd=0.0):
@@ -140,7 +126,7 @@ def make_optimizer(cfg: Config, muon_dtype) -> optax.GradientTransformationExtra
         "scalar": group(adam(), o.scalar_lr, o.adam_wd),
         "matrix": group(muon, o.matrix_lr, o.muon_wd),
     }
-    tx = optax.multi_transform(groups, label_params)
+    tx = optax.multi_transform(groups, labels)
     if o.grad_clip_norm > 0:
         tx = optax.chain(clip_by_global_norm(o.grad_clip_norm), tx)
     return tx

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 
 from pgolf_jax import dist
-from pgolf_jax.quant.interop import split_layers
 from pgolf_jax.data.shards import make_loader
+from pgolf_jax.quant.interop import split_layers
 
 
 def collect_hessians(model, params, train_pattern: str, batches: int, batch_tokens: int, seq_len: int,

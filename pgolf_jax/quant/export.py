@@ -15,8 +15,14 @@ import ml_dtypes
 import numpy as np
 
 from pgolf_jax.config import CONTROL_TENSOR_NAME_PATTERNS
+from pgolf_jax.model.params import ParamSpec
 from pgolf_jax.quant.gptq import gptq_quantize, lqer_correct, lqer_delta
-from pgolf_jax.quant.grid import quantile_rows, round_to_nearest, row_scales, tensor_group
+from pgolf_jax.quant.grid import (
+    quantile_rows,
+    round_to_nearest,
+    row_scales,
+    tensor_group,
+)
 
 FORMAT = "int8_clean_per_row_v1"
 _FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -47,8 +53,11 @@ def quantize_float_tensor(t: np.ndarray, clip_q: float) -> tuple[np.ndarray, np.
 # A float16 cast that overflows is reported by check_finite (naming the tensor), not as a warning.
 @np.errstate(over="ignore")
 def quantize_int8(named: dict[str, np.ndarray], clip_percentile: float = 99.99984,
-                  keep_float_max_numel: int = 65_536) -> tuple[dict, dict]:
-    """Reference-named float state dict -> (quant object, stats), as quantize_state_dict_int8."""
+                  keep_float_max_numel: int = 65_536, rules: dict[str, ParamSpec] | None = None) -> tuple[dict, dict]:
+    """Reference-named float state dict -> (quant object, stats), as quantize_state_dict_int8;
+    rules (model.params.flat_specs, else name_rules) say which small tensors are control tensors
+    (kept fp32) and which are quantized however small (always_quantize)."""
+    rules = rules or name_rules(named)
     clip_q = clip_percentile / 100.0
     obj = {"__quant_format__": FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {},
            "qmeta": {}, "passthrough_orig_dtypes": {}}
@@ -64,8 +73,8 @@ def quantize_int8(named: dict[str, np.ndarray], clip_percentile: float = 99.9998
             obj["passthrough"][name] = t
             stats["int8_payload_bytes"] += int(t.nbytes)
             continue
-        if t.size <= keep_float_max_numel:
-            if any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS):
+        if t.size <= keep_float_max_numel and not (t.ndim == 2 and rules[name].always_quantize):
+            if rules[name].quant == "control":
                 kept = t.astype(np.float32)
             elif dtype_name(t) in ("float32", "bfloat16"):
                 obj["passthrough_orig_dtypes"][name] = dtype_name(t)
@@ -115,18 +124,36 @@ MIXED_FORMAT = "pgolf_mixed_v1"
 _LOOKUP_TABLE = re.compile(r"(^|\.)(tok_emb|embed)\.weight$")
 
 
-def is_lookup_table(name: str, named: dict) -> bool:
-    """Tied tok_emb is also the head (it has a Hessian), so it is a lookup only beside lm_head."""
-    return bool(_LOOKUP_TABLE.search(name)) and (name != "tok_emb.weight" or "lm_head.weight" in named)
+def name_rules(named: dict) -> dict[str, ParamSpec]:
+    """The quantization rule of each tensor of a state dict that comes without specs (the
+    reference's own files): the reference's control-name patterns, its row lookups, and the
+    tensor group by name. Our models declare theirs (model.params.flat_specs)."""
+    def rule(name):
+        if any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS):
+            return "control"
+        if _LOOKUP_TABLE.search(name) and (name != "tok_emb.weight" or "lm_head.weight" in named):
+            return "lookup"  # tied tok_emb is also the head (it has a Hessian)
+        return tensor_group(name)
+
+    return {name: ParamSpec("scalar", rule(name)) for name in named}
+
+
+def _quantized(t: np.ndarray, spec: ParamSpec, keep_float_max_numel: int) -> bool:
+    """Whether a float tensor is quantized (else passed through): 2-D and large, or declared so."""
+    return t.ndim == 2 and (t.size > keep_float_max_numel or spec.always_quantize)
 
 
 @np.errstate(over="ignore")
-def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None, log=None) -> tuple[dict, dict]:
+def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None, log=None,
+                   rules: dict[str, ParamSpec] | None = None) -> tuple[dict, dict]:
     """Reference-named float state dict -> (quant object, report) under QuantConfig q.
 
-    2-D float tensors above keep_float_max_numel get per-row scales of their group's width and
-    clip, then GPTQ (scheme "gptq", needs hessians[name]) or round-to-nearest; smaller float
-    tensors pass through in fp16 (every record stores them so). Then optional LQER."""
+    2-D float tensors above keep_float_max_numel (or declared always_quantize) get per-row scales
+    of their rule's width and clip, then GPTQ (scheme "gptq", needs hessians[name]) or
+    round-to-nearest (rule "lookup": no activation multiplies it); smaller float tensors pass
+    through in fp16 (every record stores them so). Then optional LQER. rules: {name: ParamSpec}
+    (model.params.flat_specs), else name_rules."""
+    rules = rules or name_rules(named)
     groups = {g: (getattr(q, f"{g}_bits"), getattr(q, f"{g}_clip_sigmas")) for g in ("attn", "mlp", "embed", "other")}
     obj = {"__quant_format__": MIXED_FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {},
            "qmeta": {}, "passthrough_orig_dtypes": {}, "lqer": {}}
@@ -136,20 +163,19 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
         if dtype_name(t) not in _FLOAT_DTYPES:
             obj["passthrough"][name] = t
             continue
-        if t.size <= q.keep_float_max_numel or t.ndim != 2:
+        if not _quantized(t, rules[name], q.keep_float_max_numel):
             if dtype_name(t) != "float16":
                 obj["passthrough_orig_dtypes"][name] = dtype_name(t)
             obj["passthrough"][name] = t.astype(np.float16)
             continue
-        group = tensor_group(name)
+        rule = rules[name].quant
+        group = "embed" if rule == "lookup" else rule if rule in groups else "other"
         bits, k = groups[group]
         w32 = t.astype(np.float32)
         s = row_scales(w32, bits, q.scale_method, k, q.clip_percentile)
-        method = q.scheme
-        if q.scheme == "gptq" and (hessians is None or name not in hessians):
-            if not is_lookup_table(name, named):
-                raise ValueError(f"GPTQ needs a calibration Hessian for {name}")
-            method = "rtn"
+        method = "rtn" if rule == "lookup" else q.scheme
+        if method == "gptq" and (hessians is None or name not in hessians):
+            raise ValueError(f"GPTQ needs a calibration Hessian for {name}")
         if method == "gptq":
             qt = gptq_quantize(w32, hessians[name], s, bits, block_size=q.gptq_block_size, damp=q.gptq_damp,
                                act_order=q.gptq_act_order)

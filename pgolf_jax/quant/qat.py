@@ -15,17 +15,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgolf_jax.config import QuantConfig
-from pgolf_jax.model.params import STACKED_PREFIX, path_name
-from pgolf_jax.quant.grid import qmax, tensor_group
+from pgolf_jax.model.params import STACKED_PREFIX, ParamSpec, path_name
+from pgolf_jax.quant.grid import qmax
 
 
-def export_rule(name: str, per_layer_shape: tuple, q: QuantConfig):
-    """(bits, method, clip) the export applies to this tensor, or None when it passes through."""
-    if len(per_layer_shape) != 2 or math.prod(per_layer_shape) <= q.keep_float_max_numel:
+def export_rule(spec: ParamSpec, per_layer_shape: tuple, q: QuantConfig):
+    """(bits, method, clip) the export applies to a tensor with this spec, or None when it
+    passes through (the export's own test: 2-D and large, or declared always_quantize)."""
+    if len(per_layer_shape) != 2 or (math.prod(per_layer_shape) <= q.keep_float_max_numel and not spec.always_quantize):
         return None
     if q.scheme == "int8_per_row":
         return 8, "int8_per_row", q.clip_percentile
-    group = tensor_group(name)
+    group = "embed" if spec.quant == "lookup" else spec.quant if spec.quant in ("attn", "mlp", "embed") else "other"
     if q.scale_method == "search":
         raise ValueError("QAT follows the export scales: use quant.scale_method sdclip or percentile with QAT")
     return getattr(q, f"{group}_bits"), q.scale_method, getattr(q, f"{group}_clip_sigmas")
@@ -62,15 +63,16 @@ def fake_quant_tensor(w, bits: int, method: str, clip: float):
     return (jnp.clip(jnp.round(ratio), -qm, qm) * s).astype(w.dtype)
 
 
-def fake_quantize(params, q: QuantConfig, on=1.0):
-    """params with every exported matrix replaced by w + on * stop_gradient(fq(w) - w)."""
+def fake_quantize(params, q: QuantConfig, on=1.0, spec_tree=None):
+    """params with every exported matrix replaced by w + on * stop_gradient(fq(w) - w);
+    spec_tree is the model's param_specs() (the rule each tensor declared)."""
 
-    def one(path, w):
-        name = path_name(path)
-        rule = export_rule(name, w.shape[1:] if name.startswith(STACKED_PREFIX) else w.shape, q)
+    def one(path, w, spec):
+        stacked = path_name(path).startswith(STACKED_PREFIX)
+        rule = export_rule(spec, w.shape[1:] if stacked else w.shape, q)
         if rule is None:
             return w
         delta = jax.lax.stop_gradient(fake_quant_tensor(w, *rule) - w)
         return w + jnp.asarray(on, w.dtype) * delta
 
-    return jax.tree_util.tree_map_with_path(one, params)
+    return jax.tree_util.tree_map_with_path(one, params, spec_tree)

@@ -24,8 +24,8 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from pgolf_jax.fsio import WriteError, write_error, write_json
 from pgolf_jax.data.shards import file_checksum
+from pgolf_jax.fsio import WriteError, write_error, write_json
 
 CHECKSUMS = "pgolf_checksums.json"
 

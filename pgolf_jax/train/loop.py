@@ -15,14 +15,21 @@ import jax
 import jax.numpy as jnp
 
 from pgolf_jax import dist
-from pgolf_jax.train.checkpoint import Checkpointer, Restore
 from pgolf_jax.config import Config
-from pgolf_jax.model.gpt import BLOCK_SCHEDULES, Model, build_model, count_params, resolve_dtype
-from pgolf_jax.optim.optimizers import make_optimizer
+from pgolf_jax.data.shards import make_loader
+from pgolf_jax.model.gpt import (
+    Model,
+    build_model,
+    count_params,
+    resolve_dtype,
+    schedule,
+)
+from pgolf_jax.optim.optimizers import labels_from_specs, make_optimizer
 from pgolf_jax.optim.schedule import training_fraction, warmdown_multiplier
 from pgolf_jax.runlog import Progress, RunLog
-from pgolf_jax.train.step import TrainState, make_train_step, micro_batches
-from pgolf_jax.data.shards import make_loader
+from pgolf_jax.train.checkpoint import Checkpointer, Restore
+from pgolf_jax.train.objectives import make_objective
+from pgolf_jax.train.step import TrainState, initial_rng, make_train_step, micro_batches
 
 if TYPE_CHECKING:  # built by the caller's factory; evaluation sits beside train, not below it
     from pgolf_jax.evaluation.evaluate import Evaluator
@@ -41,12 +48,12 @@ class TrainResult:
 def build(cfg: Config, mesh):
     """Model, optimizer and a fresh train state for cfg, sharded per train.param_sharding."""
     model = build_model(cfg.model)
-    tx = make_optimizer(cfg, resolve_dtype(cfg.optim.muon_dtype))
+    tx = make_optimizer(cfg, resolve_dtype(cfg.optim.muon_dtype), labels_from_specs(model.param_specs()))
 
     def init(key):
         params = model.init(key)
         ema = jax.tree.map(lambda p: p.astype(jnp.float32), params) if cfg.train.ema_decay else None
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema)
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema, initial_rng(cfg.train.seed))
 
     key = jax.random.key(cfg.train.seed)
     shardings = dist.state_shardings(jax.eval_shape(init, key), mesh, cfg.train.param_sharding)
@@ -108,8 +115,13 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
     # One compiled step per block schedule: plain, and looped once model.enable_looping_at is hit.
     graphs = (False, True) if model.has_two_schedules else (True,)
     qat = cfg.quant if cfg.quant.qat else None
-    step_fns = {g: jax.jit(make_train_step(model, tx, looped=g, ema_decay=t.ema_decay, qat=qat),
-                           in_shardings=(state_sh, data, data, None, None), out_shardings=(state_sh, repl),
+    objective, teacher = make_objective(cfg)
+    if teacher is not None:
+        teacher = dist.replicate(teacher, mesh)
+        log(f"objective:{cfg.train.objective} teacher:{cfg.train.teacher} alpha:{t.distill_alpha} "
+            f"temperature:{t.distill_temperature}")
+    step_fns = {g: jax.jit(make_train_step(model, tx, objective, looped=g, ema_decay=t.ema_decay, qat=qat),
+                           in_shardings=(state_sh, data, data, None, None, repl), out_shardings=(state_sh, repl),
                            donate_argnums=(0,))
                 for g in graphs}
     ckpt = Checkpointer(run_dir / "checkpoints", t.checkpoint_keep) if run_dir is not None else None
@@ -123,8 +135,8 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
     log(f"train_batch_tokens:{t.train_batch_tokens} train_seq_len:{t.train_seq_len} iterations:{t.iterations} "
         f"warmup_steps:{t.warmup_steps} max_wallclock_seconds:{t.max_wallclock_seconds:.3f}")
     log(f"seed:{t.seed}")
-    layers = list(BLOCK_SCHEDULES[cfg.model.block_schedule](cfg.model))
-    log(f"block_schedule:{cfg.model.block_schedule} layers:{layers}"
+    layers = list(schedule(cfg.model))
+    log(f"topology:{cfg.model.topology} block_schedule:{cfg.model.block_schedule} layers:{layers}"
         + (f" enable_looping_at:{cfg.model.enable_looping_at}" if model.has_two_schedules else ""))
 
     def next_batch(loader):
@@ -142,7 +154,7 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
         for g in graphs:
             label = "loop_warmup_step" if g and len(graphs) > 1 else "warmup_step"
             for i in range(t.warmup_steps):
-                state, m = step_fns[g](state, *next_batch(loader), 1.0, 1.0 if qat else 0.0)
+                state, m = step_fns[g](state, *next_batch(loader), 1.0, 1.0 if qat else 0.0, teacher)
                 jax.block_until_ready(m)
                 if t.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == t.warmup_steps:
                     log(f"{label}:{i + 1}/{t.warmup_steps}")
@@ -190,10 +202,13 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
         if not math.isfinite(loss):
             kept = f"; the last good checkpoint is step {last_ckpt_step}" if last_ckpt_step is not None else ""
             raise FloatingPointError(f"train_loss is {loss} at step {done_step}; stopping{kept}")
+        # The objective's terms (ce, ponder, kl, ...) beside the loss when it is more than the CE.
+        terms = {k: float(v) for k, v in metrics.items() if k != "train_loss"} if len(metrics) > 2 else {}
         if t.train_log_every > 0 and (done_step <= 10 or done_step % t.train_log_every == 0 or stop_after is not None):
-            log(f"step:{done_step}/{t.iterations} train_loss:{loss:.4f} train_time:{at_ms:.0f}ms "
+            extra = "".join(f" {k}:{v:.4f}" for k, v in terms.items())
+            log(f"step:{done_step}/{t.iterations} train_loss:{loss:.4f}{extra} train_time:{at_ms:.0f}ms "
                 f"step_avg:{at_ms / done_step:.2f}ms")
-        log.metric("train", step=done_step, train_loss=loss, train_time_ms=round(at_ms, 1))
+        log.metric("train", step=done_step, train_loss=loss, train_time_ms=round(at_ms, 1), **terms)
 
     with signals:
         while True:
@@ -226,7 +241,7 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
             if qat_on and not qat_was_on:
                 log(f"qat:enabled step:{step} lr_mul:{lr_mul:.3f}")
             qat_was_on = qat_on
-            state, metrics = step_fns[looped](state, *next_batch(loader), lr_mul, qat_on)
+            state, metrics = step_fns[looped](state, *next_batch(loader), lr_mul, qat_on, teacher)
             step += 1
             if pending:  # dispatch this step first, then read the previous one: the device never idles
                 flush(pending)

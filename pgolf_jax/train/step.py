@@ -13,6 +13,7 @@ import optax
 from pgolf_jax.config import QuantConfig
 from pgolf_jax.model.gpt import Model
 from pgolf_jax.quant.qat import fake_quantize
+from pgolf_jax.train.objectives import CrossEntropy
 
 
 class TrainState(NamedTuple):
@@ -20,43 +21,64 @@ class TrainState(NamedTuple):
     params: Any
     opt_state: Any
     ema: Any = None  # fp32 exponential moving average of params (train.ema_decay > 0)
+    rng: Any = None  # uint32 key data: the randomness of stochastic families, split every step
 
 
-def make_train_step(model: Model, tx: optax.GradientTransformationExtraArgs, looped: bool = True,
+def make_train_step(model: Model, tx: optax.GradientTransformationExtraArgs, objective=None, looped: bool = True,
                     ema_decay: float = 0.0, qat: QuantConfig | None = None):
-    """(state, x_MBT, y_MBT, lr_mul, qat_on) -> (state, metrics); M micro-batches are accumulated.
-    `looped` picks the block schedule (static: the plain and looped steps are two compiles); with
-    a QuantConfig, the loss sees fake-quantized weights while the traced qat_on is 1."""
+    """(state, x_MBT, y_MBT, lr_mul, qat_on, teacher) -> (state, metrics); M micro-batches are
+    accumulated. `objective` (train.objectives) gives the loss and its terms; `looped` picks the
+    block schedule (static: the plain and looped steps are two compiles); with a QuantConfig, the
+    loss sees fake-quantized weights while the traced qat_on is 1. teacher: the frozen teacher's
+    weights for objectives that need one (an argument, never a captured constant)."""
+    specs = model.param_specs() if qat is not None else None
+    objective = objective or CrossEntropy(None)
 
-    def grad_of(params, x, y, qat_on):
+    def grad_of(params, x, y, qat_on, key, teacher):
         def loss(p):
-            return model.loss(fake_quantize(p, qat, qat_on) if qat is not None else p, x, y, looped)
-        return jax.value_and_grad(loss)(params)
+            p = fake_quantize(p, qat, qat_on, specs) if qat is not None else p
+            return objective(model, p, x, y, looped, key, teacher)
+        (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return {**metrics, "train_loss": value}, grads
 
-    def train_step(state: TrainState, x_MBT, y_MBT, lr_mul, qat_on=0.0):
+    def train_step(state: TrainState, x_MBT, y_MBT, lr_mul, qat_on=0.0, teacher=None):
         n_micro = x_MBT.shape[0]
+        # A state built without a key (tests) draws from a fixed one, still new every step.
+        base = jax.random.wrap_key_data(state.rng) if state.rng is not None else \
+            jax.random.fold_in(jax.random.key(0), state.step)
+        key, step_key = jax.random.split(base)
         if n_micro == 1:
-            loss, grads = grad_of(state.params, x_MBT[0], y_MBT[0], qat_on)
+            metrics, grads = grad_of(state.params, x_MBT[0], y_MBT[0], qat_on, step_key, teacher)
         else:
             # Accumulate in fp32 (the reference sums .grad in the parameter dtype).
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+            m0 = jax.eval_shape(lambda: grad_of(state.params, x_MBT[0], y_MBT[0], qat_on, step_key, teacher)[0])
+            m_zero = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), m0)
 
-            def micro(carry, xy):
-                loss_sum, g_sum = carry
-                loss, g = grad_of(state.params, *xy, qat_on)
-                return (loss_sum + loss, jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)), None
+            def micro(carry, xs):
+                m_sum, g_sum = carry
+                i, x, y = xs
+                m, g = grad_of(state.params, x, y, qat_on, jax.random.fold_in(step_key, i), teacher)
+                return (jax.tree.map(lambda a, b: a + b, m_sum, m),
+                        jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)), None
 
-            (loss, grads), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), (x_MBT, y_MBT))
-            loss = loss / n_micro
+            (metrics, grads), _ = jax.lax.scan(micro, (m_zero, zeros), (jnp.arange(n_micro), x_MBT, y_MBT))
+            metrics = jax.tree.map(lambda m: m / n_micro, metrics)
             grads = jax.tree.map(lambda g, p: (g / n_micro).astype(p.dtype), grads, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params, lr_mul=lr_mul)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema
         if ema_decay:  # e <- d e + (1 - d) w after every optimizer step, in fp32 (spec 4.13)
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p.astype(jnp.float32), ema, params)
-        return TrainState(state.step + 1, params, opt_state, ema), {"train_loss": loss}
+        rng = jax.random.key_data(key) if state.rng is not None else None
+        return TrainState(state.step + 1, params, opt_state, ema, rng), metrics
 
     return train_step
+
+
+def initial_rng(seed: int):
+    """The train state's key data: independent of the init key (fold_in 1 of the seed's key)."""
+    return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
 
 
 def micro_batches(x_SNT: np.ndarray, num_devices: int, microbatch_seqs: int) -> np.ndarray:

@@ -1,0 +1,54 @@
+"""Every variation point of the stack, as a plain dict: config value -> "module:attribute" of its
+implementation. A new variant is one entry here, its module and its test (tests parametrize over
+these dicts). Entries are imported on first use, so validating a config imports nothing heavy,
+and a run imports (and its artifact counts the code of) only the variants it selects."""
+
+from __future__ import annotations
+
+import importlib
+
+_MODEL = "pgolf_jax.model"
+
+# model.family: builds the parameters and returns logits, auxiliary losses and loss weights.
+FAMILIES = {"gpt": f"{_MODEL}.gpt:GPT"}
+# model.topology: how the blocks are connected (skips, recurrence, halting).
+TOPOLOGIES = {
+    "unet": f"{_MODEL}.topology:UNet",
+    "plain": f"{_MODEL}.topology:Plain",
+    "act": f"{_MODEL}.act:ACT",
+}
+# model.block_schedule: the physical layer order the stacked blocks are walked in.
+BLOCK_SCHEDULES = {
+    "unet": f"{_MODEL}.topology:unet_layers",
+    "repeat_in_place": f"{_MODEL}.topology:repeat_in_place_layers",
+}
+# model.attention: the attention module of a block.
+ATTENTION = {"gqa": f"{_MODEL}.attention:GQA", "mla": f"{_MODEL}.mla:MLA"}
+# model.linear: how a block linear's weight is stored and materialized.
+LINEAR = {"dense": f"{_MODEL}.layers:DenseLinear", "lowrank": f"{_MODEL}.lowrank:LowRankLinear"}
+# model.activation: the MLP nonlinearity.
+ACTIVATIONS = {"relu2": f"{_MODEL}.layers:relu2", "leaky_relu2": f"{_MODEL}.layers:leaky_relu2"}
+# optim.orthogonalizer: Muon's orthogonalization.
+ORTHOGONALIZERS = {
+    "newton_schulz": "pgolf_jax.optim.orthogonalize:newton_schulz",
+    "gram_newton_schulz": "pgolf_jax.optim.orthogonalize:gram_newton_schulz",
+}
+# train.objective: the training loss built from the model's outputs.
+OBJECTIVES = {"ce": "pgolf_jax.train.objectives:CrossEntropy", "distill": "pgolf_jax.train.objectives:Distill"}
+
+# config field -> registry (what config validation checks).
+FIELDS = {
+    "model.family": FAMILIES, "model.topology": TOPOLOGIES, "model.block_schedule": BLOCK_SCHEDULES,
+    "model.attention": ATTENTION, "model.linear": LINEAR, "model.activation": ACTIVATIONS,
+    "optim.orthogonalizer": ORTHOGONALIZERS, "train.objective": OBJECTIVES,
+}
+
+
+def resolve(registry: dict[str, str], key: str):
+    """The implementation registered under key (imported now if it was not yet)."""
+    try:
+        target = registry[key]
+    except KeyError:
+        raise KeyError(f"{key!r} is not registered; choose from {', '.join(registry)}") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,100 @@
+"""Training objectives (registry.OBJECTIVES): the loss the train step differentiates, built from
+the model family's outputs (logits, auxiliary losses, per-position loss weights). Evaluation
+ignores all of this: it scores the plain cross-entropy of real tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pgolf_jax.config import Config, load_run_config
+from pgolf_jax.model.gpt import Model, build_model, token_nll
+
+
+def weighted_mean(nll_BT, weights_BT):
+    """Mean over positions, or the weighted mean when the family gives per-position weights."""
+    if weights_BT is None:
+        return jnp.mean(nll_BT)
+    w = weights_BT.astype(jnp.float32)
+    return jnp.sum(nll_BT * w) / jnp.maximum(jnp.sum(w), 1e-9)
+
+
+class CrossEntropy:
+    """train.objective=ce: mean next-token cross-entropy (weighted where the family says so) plus
+    the weighted sum of the family's auxiliary losses (e.g. ACT's ponder cost)."""
+
+    needs_teacher = False
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def terms(self, model: Model, params, x_BT, y_BT, looped: bool, rng):
+        logits, aux, weights = model.forward(params, x_BT, looped, rng)
+        ce = weighted_mean(token_nll(logits, y_BT), weights)
+        total = ce + sum(model.aux_weights[k] * v for k, v in aux.items())
+        return total, logits, weights, {"ce": ce, **aux}
+
+    def __call__(self, model: Model, params, x_BT, y_BT, looped: bool, rng, teacher=None):
+        """(loss, metrics {name: scalar}) of one micro-batch."""
+        total, _, _, metrics = self.terms(model, params, x_BT, y_BT, looped, rng)
+        return total, metrics
+
+
+class Distill(CrossEntropy):
+    """train.objective=distill (#1227, spec 5.3): L = a CE + (1 - a) T^2 KL(softmax(t / T) ||
+    softmax(s / T)), batch-mean KL, from a frozen teacher trained before (train.teacher). The
+    teacher's weights are an argument of the jitted step, not captured constants, and only the
+    student's parameters are differentiated."""
+
+    needs_teacher = True
+
+    def __init__(self, cfg: Config, teacher_model: Model):
+        super().__init__(cfg)
+        self.teacher_model = teacher_model
+        self.alpha, self.T = cfg.train.distill_alpha, cfg.train.distill_temperature
+
+    def __call__(self, model: Model, params, x_BT, y_BT, looped: bool, rng, teacher=None):
+        total, logits, weights, metrics = self.terms(model, params, x_BT, y_BT, looped, rng)
+        t_logits = jax.lax.stop_gradient(self.teacher_model.logits(teacher, x_BT))
+        t_logp = jax.nn.log_softmax(t_logits / self.T, axis=-1)
+        s_logp = jax.nn.log_softmax(logits / self.T, axis=-1)
+        kl = weighted_mean(jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1), weights)
+        loss = self.alpha * total + (1.0 - self.alpha) * self.T ** 2 * kl
+        return loss, {**metrics, "kl": kl}
+
+
+def load_teacher(path: str | Path) -> tuple[Model, dict]:
+    """(teacher Model, its weights) from a run directory (config.json + final_model.npz) or a
+    packed artifact inside one (its config.json beside it; the weights are dequantized)."""
+    from pgolf_jax.quant import artifact
+    from pgolf_jax.quant.export import dequantize
+    from pgolf_jax.quant.interop import unflatten_params
+
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent
+    model = build_model(load_run_config(run_dir).model)
+    template = jax.eval_shape(model.init, jax.random.key(0))
+    if path.is_dir():
+        weights = path / "final_model.npz"
+        if not weights.is_file():
+            raise FileNotFoundError(f"train.teacher={path}: {weights} not found (has the teacher run finished?)")
+        with np.load(weights) as z:
+            named = {k: z[k] for k in z.files}
+        source = weights
+    else:
+        named, source = dequantize(artifact.read(path)), path
+    return model, unflatten_params(named, template, source=f"train.teacher {source}")
+
+
+def make_objective(cfg: Config):
+    """(objective, teacher weights or None) for cfg.train.objective."""
+    from pgolf_jax import registry
+
+    cls = registry.resolve(registry.OBJECTIVES, cfg.train.objective)
+    if not cls.needs_teacher:
+        return cls(cfg), None
+    teacher_model, teacher_params = load_teacher(cfg.train.teacher)
+    return cls(cfg, teacher_model), teacher_params
