@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgolf_jax import config as config_lib
-from pgolf_jax import dist
+from pgolf_jax import dist, registry
 from pgolf_jax.config import Config
 from pgolf_jax.model import attention as attention_lib
 from pgolf_jax.model.gpt import analytic_flops_per_token
@@ -263,10 +263,10 @@ def main(argv: list[str]) -> int:
                   f"{1000 * parts['optimizer_plain_ns_s']:.1f}ms plain NS")
     if a.attention:
         impls = a.attention.split(",")
-        unknown = [i for i in impls if i not in attention_lib.ATTENTION_IMPLS]
+        unknown = [i for i in impls if i not in registry.ATTENTION_IMPLS]
         if unknown:
             raise SystemExit(f"--attention: unknown implementation(s) {unknown}; "
-                             f"expected from {sorted(attention_lib.ATTENTION_IMPLS)}")
+                             f"expected from {sorted(registry.ATTENTION_IMPLS)}")
         for impl, t in time_attention_impls(cfg, a.batch, seq, impls).items():
             print(f"attention impl:{impl} fwd:{1000 * t['fwd']:.1f}ms fwd_bwd:{1000 * t['fwd_bwd']:.1f}ms "
                   f"(one layer, min of 30)")

@@ -164,15 +164,19 @@ def main(argv: list[str] | None = None) -> int:
         p = argparse.ArgumentParser(prog="run.py data", description="Prepare or download datasets.")
         commands.add_data_args(p)
         return commands.data_command(p.parse_args(argv[1:]))
-    from pgolf_jax import dist
+    from pgolf_jax import config as config_lib
     from pgolf_jax.config import ConfigError
-    from pgolf_jax.quant.artifact import ArtifactError, ArtifactTooLarge
-    from pgolf_jax.train.loop import Interrupted
-
-    dist.keep_freed_host_memory()
-    _persistent_compile_cache()
+    from pgolf_jax.errors import ArtifactError, ArtifactTooLarge, Interrupted
 
     try:
+        cfg = None
+        if not argv or argv[0] not in VERBS:
+            # The main job's config is checked before JAX is imported: a bad value costs no seconds.
+            args = _main_parser().parse_args(argv)
+            cfg = config_lib.load(args.config, args.overrides)
+        from pgolf_jax import dist
+        dist.keep_freed_host_memory()
+        _persistent_compile_cache()
         if argv and argv[0] == "eval":
             return eval_command(argv[1:])
         if argv and argv[0] == "quantize":
@@ -180,9 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "bench":
             from pgolf_jax import bench
             return bench.main(argv[1:])
-        args = _main_parser().parse_args(argv)
         from pgolf_jax import pipeline
-        return pipeline.main_job(args.config, args.overrides, dry=args.dry_run, resume=args.resume)
+        return pipeline.main_job(args.config, cfg, dry=args.dry_run, resume=args.resume)
     except ConfigError as exc:
         print(f"error: config: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -318,11 +318,11 @@ RANGES = {
     "quant.level": "[1, 22]", "quant.max_artifact_bytes": ">= 1",
 }
 
-# Fields checked against a table of their own module (imported when validating); the variant
-# registries (model.attention, model.linear, ...) are pgolf_jax.registry's, checked by key alone.
+# Fields checked against a table of their own (plain-Python modules: validating imports no JAX);
+# the variant registries (model.attention, model.linear, ...) are pgolf_jax.registry's, by key.
 TABLES = {
-    "model.attention_impl": ("pgolf_jax.model.attention", "ATTENTION_IMPLS", ("auto",)),
-    "optim.ns_coefficients": ("pgolf_jax.optim.orthogonalize", "COEFFICIENTS", ()),
+    "model.attention_impl": ("pgolf_jax.registry", "ATTENTION_IMPLS", ("auto",)),
+    "optim.ns_coefficients": ("pgolf_jax.optim.coefficients", "COEFFICIENTS", ()),
 }
 
 RUN_ID_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -410,8 +410,8 @@ def dry_run(cfg: Config, preset: str | None = None) -> int:
     return 0
 
 
-def main_job(preset: str, overrides: list[str], dry: bool = False, resume: str | None = None) -> int:
-    cfg = config_lib.load(preset, overrides)
+def main_job(preset: str, cfg: Config, dry: bool = False, resume: str | None = None) -> int:
+    """The main job of a loaded config (its preset path is logged); 0 on success."""
     if dry:
         return dry_run(cfg, preset)
     try:

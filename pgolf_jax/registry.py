@@ -26,6 +26,13 @@ BLOCK_SCHEDULES = {
 ATTENTION = {"gqa": f"{_MODEL}.attention:GQA", "mla": f"{_MODEL}.mla:MLA"}
 # model.linear: how a block linear's weight is stored and materialized.
 LINEAR = {"dense": f"{_MODEL}.layers:DenseLinear", "lowrank": f"{_MODEL}.lowrank:LowRankLinear"}
+# model.attention_impl: the causal attention kernel ("auto" picks one per backend and dtype).
+ATTENTION_IMPLS = {
+    "xla": f"{_MODEL}.attention:xla_attention",
+    "flash": f"{_MODEL}.attention:flash_attention",
+    "cudnn": f"{_MODEL}.attention:cudnn_attention",
+    "fused_cpu": f"{_MODEL}.attention:fused_cpu_attention",
+}
 # model.activation: the MLP nonlinearity.
 ACTIVATIONS = {"relu2": f"{_MODEL}.layers:relu2", "leaky_relu2": f"{_MODEL}.layers:leaky_relu2"}
 # optim.orthogonalizer: Muon's orthogonalization.

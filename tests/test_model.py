@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgolf_jax.config import ModelConfig
 from pgolf_jax import registry
+from pgolf_jax.config import ModelConfig
 from pgolf_jax.model import attention, kernels, layers
 from pgolf_jax.model import gpt as M
 

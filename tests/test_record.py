@@ -13,8 +13,8 @@ from pgolf_jax import config as C
 from pgolf_jax.model.attention import exclusive_self_attention
 from pgolf_jax.model.embeddings import BigramHash, SmearGateV1, SmearGateV2, bigram_hash
 from pgolf_jax.model.gpt import build_model, count_params
-from pgolf_jax.model.topology import num_skips, repeat_in_place_layers, unet_layers
 from pgolf_jax.model.layers import apply_rotary, leaky_relu2, rms_norm, rotary_tables
+from pgolf_jax.model.topology import num_skips, repeat_in_place_layers, unet_layers
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STACK = C.ModelConfig(vocab_size=96, num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2, mlp_mult=4.0,

@@ -13,6 +13,7 @@ from flax import nnx
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
+from pgolf_jax import registry
 from pgolf_jax.model import kernels
 from pgolf_jax.model.layers import apply_rotary, block_linear, linear_init, rms_norm
 from pgolf_jax.model.params import param
@@ -21,7 +22,7 @@ from pgolf_jax.model.params import param
 BLOCK = 128
 
 
-def _xla_attention(q_BTHK, k_BTGK, v_BTGK, scale):
+def xla_attention(q_BTHK, k_BTGK, v_BTGK, scale):
     """Reference path: full T x T logits with a causal mask, softmax in fp32; the test oracle."""
     B, T, H, K = q_BTHK.shape
     G = k_BTGK.shape[2]
@@ -87,7 +88,7 @@ def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _flash_attention(q_BTHK, k_BTGK, v_BTGK, scale):
+def flash_attention(q_BTHK, k_BTGK, v_BTGK, scale):
     return _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale)[0]
 
 
@@ -127,10 +128,10 @@ def _flash_backward(scale, res, do_BTHK):
     return dq, dk, dv
 
 
-_flash_attention.defvjp(_flash_forward, _flash_backward)
+flash_attention.defvjp(_flash_forward, _flash_backward)
 
 
-def _cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale):
+def cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale):
     """Flash attention through cuDNN (GPU, bf16/fp16); skips the masked half, handles GQA."""
     return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, scale=scale, is_causal=True,
                                         implementation="cudnn")
@@ -201,7 +202,7 @@ def _fused_forward(q_BTHK, k_BTGK, v_BTGK, scale):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _fused_cpu_attention(q_BTHK, k_BTGK, v_BTGK, scale):
+def fused_cpu_attention(q_BTHK, k_BTGK, v_BTGK, scale):
     return _fused_forward(q_BTHK, k_BTGK, v_BTGK, scale)[0]
 
 
@@ -211,11 +212,7 @@ def _fused_backward(scale, res, do_BTHK):
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-_fused_cpu_attention.defvjp(_fused_forward, _fused_backward)
-
-
-ATTENTION_IMPLS = {"xla": _xla_attention, "flash": _flash_attention, "cudnn": _cudnn_attention,
-                   "fused_cpu": _fused_cpu_attention}
+fused_cpu_attention.defvjp(_fused_forward, _fused_backward)
 
 
 def resolve_impl(impl: str, dtype) -> str:
@@ -234,7 +231,7 @@ def resolve_impl(impl: str, dtype) -> str:
 def causal_attention(q_BTHK, k_BTGK, v_BTGK, impl: str = "auto", scale: float | None = None):
     """softmax(q k^T * scale + causal mask) v with GQA (query head h reads kv head h // (H/G))."""
     scale = 1.0 / math.sqrt(q_BTHK.shape[-1]) if scale is None else scale
-    return ATTENTION_IMPLS[resolve_impl(impl, q_BTHK.dtype)](q_BTHK, k_BTGK, v_BTGK, scale)
+    return registry.resolve(registry.ATTENTION_IMPLS, resolve_impl(impl, q_BTHK.dtype))(q_BTHK, k_BTGK, v_BTGK, scale)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import ml_dtypes
 import numpy as np
 import zstandard
 
+from pgolf_jax.errors import ArtifactError, ArtifactTooLarge  # noqa: F401  (raised here, caught by cli)
 from pgolf_jax.fsio import write_bytes
 
 MAGIC = b"PGJXART1"
@@ -41,12 +42,6 @@ _SLOTS = ("quantized", "scales", "passthrough", "lqer")
 _DTYPES = {"int8", "uint8", "int16", "int32", "int64", "uint16", "float16", "float32", "float64", "bfloat16", "bool"}
 
 
-class ArtifactError(ValueError):
-    pass
-
-
-class ArtifactTooLarge(RuntimeError):
-    pass
 
 
 def _dtype(name: str):

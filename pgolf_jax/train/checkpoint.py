@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def _quiet():
         # threads; let them, then collect the failed tasks (which log "exception was never
         # retrieved"), all while stderr is still held here.
         time.sleep(1.0)
+        # Their never-awaited coroutines would also warn when collected at exit.
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
         gc.collect()
         raise
     finally:

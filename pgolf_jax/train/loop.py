@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from pgolf_jax import dist
 from pgolf_jax.config import Config
 from pgolf_jax.data.shards import make_loader
+from pgolf_jax.errors import Interrupted
 from pgolf_jax.model.gpt import (
     Model,
     build_model,
@@ -59,14 +60,6 @@ def build(cfg: Config, mesh):
     shardings = dist.state_shardings(jax.eval_shape(init, key), mesh, cfg.train.param_sharding)
     state = jax.jit(init, out_shardings=shardings)(key)
     return model, tx, state
-
-
-class Interrupted(Exception):
-    """SIGTERM/SIGINT during training: a checkpoint was written at `step`."""
-
-    def __init__(self, step: int, signum: int, directory):
-        super().__init__(f"interrupted by signal {signum} at step {step}; checkpoint saved in {directory}")
-        self.step, self.signum = step, signum
 
 
 class _Signals:

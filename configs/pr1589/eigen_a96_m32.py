@@ -1,0 +1,4 @@
+"""#1589 Eigenweight v2: attention rank 96 (q, k, v, o), MLP rank 32 (fc, proj)."""
+
+BASE = "baseline.py"
+OVERRIDES = {"model.linear": "lowrank", "model.attn_rank": 96, "model.mlp_rank": 32}
