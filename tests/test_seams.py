@@ -331,4 +331,10 @@ def test_distill_preset_shape_end_to_end(sample_data, tmp_path):
                "model.model_dim=32", "model.num_heads=2", "model.num_kv_heads=1")
     log = (tmp_path / "student" / "log.txt").read_text()
     assert "objective:distill teacher:" in log and re.search(r"kl:[\d.]+", log)
+    # The teacher may also be a packed artifact (config.json beside it): its dequantized weights.
+    from pgolf_jax.train.objectives import load_teacher
+    _, from_dir = load_teacher(tmp_path / "teacher")
+    _, from_art = load_teacher(next((tmp_path / "teacher").glob("final_model.int8.*")))
+    for a, b in zip(jax.tree.leaves(from_dir), jax.tree.leaves(from_art)):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=0.02)
     assert sub["model_params"] < json.loads((tmp_path / "teacher" / "submission.json").read_text())["model_params"]

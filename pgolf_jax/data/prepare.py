@@ -418,7 +418,6 @@ def _prepare_locked(docs_jsonl: Path, root: Path, variants: list[str], sidecar: 
                     name: str, force: bool, verbose: bool) -> dict:
     for stale in root.glob(".prepare-*"):  # staging left by a killed prepare (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
-    manifest_path = root / "manifest.json"
     old = read_manifest(root)
     old_tokens = {t.get("name"): t for t in (old or {}).get("tokenizers", []) if isinstance(t, dict)}
     build = []
@@ -458,46 +457,56 @@ def _prepare_locked(docs_jsonl: Path, root: Path, variants: list[str], sidecar: 
 
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=root))
     try:
-        moves = []
-        for variant in build:
-            ds_name = f"{name}_{variant}"
-            tok, tok_entry, spec = _build_tokenizer(variant, docs_jsonl, n_docs, staging / "tokenizers",
-                                                    source["tokenizer_train_docs"], source["trainer_overrides"])
-            for key in ("model_path", "vocab_path", "path"):  # staged now; the manifest names the final place
-                if key in tok_entry:
-                    built = Path(tok_entry[key])
-                    moves.append((built, root / "tokenizers" / built.name))
-                    tok_entry[key] = str(root / "tokenizers" / built.name)
-            staged_ds = staging / "datasets" / ds_name
-            stats = export_shards(docs_jsonl, tok, staged_ds, num_val_docs=n_val, shard_size=shard,
-                                  docs_total=n_docs, label=f"prepare: {ds_name}")
-            if stats["docs_total"] != n_docs:
-                src = sidecar_path(docs_jsonl) if sidecar and sidecar.get("num_docs") is not None else docs_jsonl
-                raise ValueError(f"{src} says {n_docs} docs but {docs_jsonl} has {stats['docs_total']}")
-            final_dir = root / "datasets" / ds_name
-            moves.append((staged_ds, final_dir))
-            manifest["tokenizer_specs"].append(spec)
-            manifest["tokenizers"].append(tok_entry)
-            manifest["datasets"].append({
-                "name": ds_name, "tokenizer_name": tok_entry["name"], "tokenizer_kind": tok_entry["kind"],
-                "path": str(final_dir), "train_glob": str(final_dir / "fineweb_train_*.bin"),
-                "val_glob": str(final_dir / "fineweb_val_*.bin"), "vocab_size": tok_entry["vocab_size"],
-                "bos_id": tok_entry["bos_id"], "eos_id": tok_entry["eos_id"],
-                "recommended_bigram_vocab_size": tok_entry["recommended_bigram_vocab_size"], "stats": stats,
-                "source": source, CHECKSUM_KEY: {f.name: file_checksum(f) for f in sorted(staged_ds.glob("*.bin"))}})
-            print(f"prepare: {ds_name}: {stats['files_val']} val + {stats['files_train']} train shards, "
-                  f"{stats['tokens_val']} val + {stats['tokens_train']} train tokens", file=sys.stderr, flush=True)
-        # Tokenizers of replaced variants that no kept dataset uses are dropped from the listing.
-        used = {d["tokenizer_name"] for d in manifest["datasets"]}
-        keep = [i for i, t in enumerate(manifest["tokenizers"]) if t.get("name") in used]
-        manifest["tokenizers"] = [manifest["tokenizers"][i] for i in keep]
-        manifest["tokenizer_specs"] = [manifest["tokenizer_specs"][i] for i in keep]
-        manifest = _relativize(manifest, root)
-        trash = staging / "replaced"
-        trash.mkdir()
-        _swap_in(moves, trash, manifest_path, manifest)
+        return _build_and_swap(docs_jsonl, root, staging, build, manifest, source, sidecar, name)
+    except ValueError as exc:  # name the place a file was being built for, not the staging copy
+        raise ValueError(str(exc).replace(str(staging), str(root))) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build_and_swap(docs_jsonl: Path, root: Path, staging: Path, build: list[str], manifest: dict, source: dict,
+                    sidecar: dict | None, name: str) -> dict:
+    """Build every variant of `build` in staging, then swap them and the manifest into root."""
+    n_docs, n_val, shard = source["num_docs"], source["num_val_docs"], source["shard_size"]
+    manifest_path = root / "manifest.json"
+    moves = []
+    for variant in build:
+        ds_name = f"{name}_{variant}"
+        tok, tok_entry, spec = _build_tokenizer(variant, docs_jsonl, n_docs, staging / "tokenizers",
+                                                source["tokenizer_train_docs"], source["trainer_overrides"])
+        for key in ("model_path", "vocab_path", "path"):  # staged now; the manifest names the final place
+            if key in tok_entry:
+                built = Path(tok_entry[key])
+                moves.append((built, root / "tokenizers" / built.name))
+                tok_entry[key] = str(root / "tokenizers" / built.name)
+        staged_ds = staging / "datasets" / ds_name
+        stats = export_shards(docs_jsonl, tok, staged_ds, num_val_docs=n_val, shard_size=shard,
+                              docs_total=n_docs, label=f"prepare: {ds_name}")
+        if stats["docs_total"] != n_docs:
+            src = sidecar_path(docs_jsonl) if sidecar and sidecar.get("num_docs") is not None else docs_jsonl
+            raise ValueError(f"{src} says {n_docs} docs but {docs_jsonl} has {stats['docs_total']}")
+        final_dir = root / "datasets" / ds_name
+        moves.append((staged_ds, final_dir))
+        manifest["tokenizer_specs"].append(spec)
+        manifest["tokenizers"].append(tok_entry)
+        manifest["datasets"].append({
+            "name": ds_name, "tokenizer_name": tok_entry["name"], "tokenizer_kind": tok_entry["kind"],
+            "path": str(final_dir), "train_glob": str(final_dir / "fineweb_train_*.bin"),
+            "val_glob": str(final_dir / "fineweb_val_*.bin"), "vocab_size": tok_entry["vocab_size"],
+            "bos_id": tok_entry["bos_id"], "eos_id": tok_entry["eos_id"],
+            "recommended_bigram_vocab_size": tok_entry["recommended_bigram_vocab_size"], "stats": stats,
+            "source": source, CHECKSUM_KEY: {f.name: file_checksum(f) for f in sorted(staged_ds.glob("*.bin"))}})
+        print(f"prepare: {ds_name}: {stats['files_val']} val + {stats['files_train']} train shards, "
+              f"{stats['tokens_val']} val + {stats['tokens_train']} train tokens", file=sys.stderr, flush=True)
+    # Tokenizers of replaced variants that no kept dataset uses are dropped from the listing.
+    used = {d["tokenizer_name"] for d in manifest["datasets"]}
+    keep = [i for i, t in enumerate(manifest["tokenizers"]) if t.get("name") in used]
+    manifest["tokenizers"] = [manifest["tokenizers"][i] for i in keep]
+    manifest["tokenizer_specs"] = [manifest["tokenizer_specs"][i] for i in keep]
+    manifest = _relativize(manifest, root)
+    trash = staging / "replaced"
+    trash.mkdir()
+    _swap_in(moves, trash, manifest_path, manifest)
     return manifest
 
 

@@ -1,11 +1,13 @@
-"""The GPT of the reference train_gpt.py as Flax NNX modules, plus a functional wrapper.
+"""The GPT family (the reference train_gpt.py's model) as Flax NNX modules, plus the functional
+`Model` wrapper every stage uses.
 
-Blocks are created stacked (one leading L axis on every block parameter) and executed along a
-block schedule: a tuple of physical layer indices that `lax.scan` walks, so depth recurrence is a
-different tuple over the same stacked weights. Per-layer rules (layerwise norm scale, XSA,
-parallel residual) follow the physical index, which the scan passes to the block. Parameters
-leave this module as a plain nested dict of arrays (`Model.init`), which is what optax,
-quantization and checkpoints see.
+Blocks are created stacked (one leading L axis on every block parameter) and run by the configured
+topology (model/topology.py, model/act.py) along a block schedule: a tuple of physical layer
+indices that `lax.scan` walks, so depth recurrence is a different tuple over the same stacked
+weights. Per-layer rules (layerwise norm scale, XSA, parallel residual) follow the physical index,
+which the scan passes to the block. Parameters leave this module as a plain nested dict of arrays
+(`Model.init`), which is what optax, quantization and checkpoints see; what each one is (optimizer
+group, quantization rule) is `Model.param_specs()`.
 """
 
 from __future__ import annotations
