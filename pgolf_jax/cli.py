@@ -1,5 +1,6 @@
 """Command line: `run.py --config PRESET [section.field=value ...]` runs the main job; the verbs
-`data`, `eval` and `bench` are subcommands. Only this module reads sys.argv."""
+`data`, `eval`, `quantize`, `bench`, `sweep` and `plot` are subcommands. Only this module reads
+sys.argv."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
-VERBS = ("data", "eval", "quantize", "bench")
+VERBS = ("data", "eval", "quantize", "bench", "sweep", "plot")
 
 
 def _main_parser() -> argparse.ArgumentParser:
@@ -157,6 +158,52 @@ def quantize_command(argv: list[str]) -> int:
     return 0
 
 
+def _sweep_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py sweep", description="Run every (variant, seed) row of a sweep file "
+                                "through the main job, then write results.csv, results.md and plots.")
+    p.add_argument("file", help="a sweep file, e.g. sweeps/pr1589.py")
+    p.add_argument("--out", help="the sweep folder (default runs/sweeps/<file stem>)")
+    p.add_argument("--shard", metavar="I/N", help="run rows I, I+N, ... only (machines sharing --out merge rows)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed rows again")
+    p.add_argument("--no-vmap", action="store_true", help="run every row as its own process")
+    p.add_argument("--report-only", action="store_true", help="rebuild the tables and plots from the rows present")
+    p.add_argument("--dry-run", action="store_true", help="list the rows and how they would be batched")
+    return p
+
+
+def sweep_command(argv: list[str]) -> int:
+    from pgolf_jax.sweep.spec import load_sweep, parse_shard
+
+    args = _sweep_parser().parse_args(argv)
+    sweep = load_sweep(args.file)  # every row's config is checked before anything runs
+    shard = parse_shard(args.shard)
+    from pgolf_jax.sweep import group, report, runner
+
+    out = Path(args.out) if args.out else runner.default_out(sweep)
+    if args.dry_run:
+        for batch in (group.plan(sweep.shard(*shard)) if not args.no_vmap else [[r] for r in sweep.shard(*shard)]):
+            print(("vmapped: " if len(batch) > 1 else "") + ", ".join(r.run_id for r in batch))
+        return 0
+    if not args.report_only:
+        res = runner.run_sweep(sweep, out, shard, args.retry_failed, vmap=not args.no_vmap)
+        print(f"sweep:{sweep.name} ran:{res['ran']} skipped:{res['skipped']} failed:{res['failed']}")
+    rep = report.write_report(sweep, out, "run.py sweep " + " ".join(argv))
+    print(f"sweep:{sweep.name} rows:{len(rep['rows'])} results:{out / 'results.md'}")
+    return 0
+
+
+def plot_command(argv: list[str]) -> int:
+    from pgolf_jax.plots import plot_curves
+
+    p = argparse.ArgumentParser(prog="run.py plot", description="Overlay the loss curves of runs in one PNG.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="curves.png", help="the PNG to write (default curves.png)")
+    args = p.parse_args(argv)
+    path = plot_curves([Path(r) for r in args.runs], Path(args.out))
+    print(f"plot:{path} runs:{len(args.runs)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":  # NumPy and SentencePiece only: no JAX to import (seconds)
@@ -181,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             return eval_command(argv[1:])
         if argv and argv[0] == "quantize":
             return quantize_command(argv[1:])
+        if argv and argv[0] == "sweep":
+            return sweep_command(argv[1:])
+        if argv and argv[0] == "plot":
+            return plot_command(argv[1:])
         if argv and argv[0] == "bench":
             from pgolf_jax import bench
             return bench.main(argv[1:])

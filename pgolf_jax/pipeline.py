@@ -373,23 +373,7 @@ def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = 
         t0 = time.perf_counter()
         train_pattern = str(data_path / cfg.data.train_files)
         result = train(cfg, log, train_pattern, factory, run_dir=run_dir, restore=restore)
-        mesh = dist.make_mesh()
-        params = dist.replicate(result.params, mesh)
-        if main:
-            save_float_weights(params, run_dir, log)
-        summary = export_and_roundtrip(cfg, params, result.model, run_dir, result.evaluator, train_pattern, log,
-                                       factory, mesh)
-        summary.update(
-            name=run_id, date=datetime.datetime.now().isoformat(timespec="seconds"), config=preset,
-            steps=result.steps, train_time_ms=round(result.train_time_ms, 1),
-            last_val_bpb=result.val.val_bpb if result.val else None,
-            model_params=count_params(result.params), wall_seconds=round(time.perf_counter() - t0, 1),
-            hardware=f"{jax.device_count()}x {jax.devices()[0].device_kind}", processes=jax.process_count(),
-            jax_version=jax.__version__)
-        if main:
-            write_json(run_dir / "submission.json", summary)
-        log(f"run_dir:{run_dir}")
-        return summary
+        return finish_run(cfg, result, run_dir, log, preset, factory, train_pattern, t0)
     except BaseException:
         if main and not resume and not log.events.get("train"):
             # Failed before its first training step (bad data, a compile error, ^C): nothing worth
@@ -399,6 +383,36 @@ def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = 
         raise
     finally:
         log.close()
+
+
+def finish_run(cfg: Config, result, run_dir: Path, log: RunLog, preset: str | None, factory, train_pattern: str,
+               t0: float, **extra) -> dict:
+    """After training: float weights, quantize, pack, round-trip, submission.json and the loss-curve
+    picture (curves.png) of one run; returns the summary."""
+    main = dist.is_main()
+    mesh = dist.make_mesh()
+    params = dist.replicate(result.params, mesh)
+    if main:
+        save_float_weights(params, run_dir, log)
+    summary = export_and_roundtrip(cfg, params, result.model, run_dir, result.evaluator, train_pattern, log,
+                                   factory, mesh)
+    summary.update(
+        name=cfg.train.run_id, date=datetime.datetime.now().isoformat(timespec="seconds"), config=preset,
+        steps=result.steps, train_time_ms=round(result.train_time_ms, 1),
+        last_val_bpb=result.val.val_bpb if result.val else None,
+        model_params=count_params(result.params), wall_seconds=round(time.perf_counter() - t0, 1),
+        hardware=f"{jax.device_count()}x {jax.devices()[0].device_kind}", processes=jax.process_count(),
+        jax_version=jax.__version__, **extra)
+    if main:
+        write_json(run_dir / "submission.json", summary)
+        try:  # a picture is a convenience: it never fails a finished run
+            from pgolf_jax.plots import plot_curves
+
+            plot_curves([run_dir], run_dir / "curves.png", [cfg.train.run_id])
+        except Exception as exc:  # noqa: BLE001
+            log(f"plot:skipped curves.png ({type(exc).__name__}: {exc})")
+    log(f"run_dir:{run_dir}")
+    return summary
 
 
 def dry_run(cfg: Config, preset: str | None = None) -> int:

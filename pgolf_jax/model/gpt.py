@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgolf_jax import registry
+from pgolf_jax import hyper, registry
 from pgolf_jax.config import ModelConfig
 from pgolf_jax.model import pause
 from pgolf_jax.model.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
@@ -215,8 +215,10 @@ class GPT(nnx.Module):
             A, B, scale = head_lora
             logits = logits + scale * jnp.einsum("btr,vr->btv", jnp.einsum("btd,rd->btr", h_BTD, A.astype(h_BTD.dtype)),
                                                  B.astype(h_BTD.dtype))
-        # The cap is applied in fp32 (the reference applies it to the bf16 logits before .float()).
-        return softcap(logits.astype(jnp.float32), self.cfg.logit_softcap), aux
+        # The cap is applied in fp32 (the reference applies it to the bf16 logits before .float());
+        # a vmapped sweep group traces it (hyper.py).
+        cap = hyper.value("model.logit_softcap", self.cfg.logit_softcap)
+        return softcap(logits.astype(jnp.float32), cap), aux
 
     def __call__(self, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None):
         return self.forward(ids_BT, looped, head_lora, slot_deltas)[0]

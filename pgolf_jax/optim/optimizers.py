@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pgolf_jax import hyper
 from pgolf_jax.config import Config
 from pgolf_jax.model.params import ParamSpec
 from pgolf_jax.optim.orthogonalize import ORTHOGONALIZERS, gram_newton_schulz
@@ -108,23 +109,29 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 def make_optimizer(cfg: Config, muon_dtype, labels) -> optax.GradientTransformationExtraArgs:
     """Adam(W) for the embedding, head and scalars, Muon for matrices, one lr multiplier; `labels`
     is the tree of each parameter's declared group (labels_from_specs). Weight decay is decoupled
-    and uses the scheduled lr: p <- p - lr_t (u + wd p)."""
+    and uses the scheduled lr: p <- p - lr_t (u + wd p). Inside hyper.traced(...) (a vmapped sweep
+    group) the scalar hyperparameters are the group's traced values."""
     o, m = cfg.optim, cfg.model
 
-    def group(direction, lr, wd=0.0):
-        return optax.chain(direction, *([optax.add_decayed_weights(wd)] if wd else []), scale_by_lr(lr))
+    def h(name: str):
+        return hyper.value(f"optim.{name}", getattr(o, name))
 
-    adam = functools.partial(optax.scale_by_adam, o.beta1, o.beta2, o.adam_eps)
+    def group(direction, lr, wd=0.0):
+        # A traced wd is always applied (its value may be 0 for some members of the group).
+        decay = not isinstance(wd, (int, float)) or wd != 0
+        return optax.chain(direction, *([optax.add_decayed_weights(wd)] if decay else []), scale_by_lr(lr))
+
+    adam = functools.partial(optax.scale_by_adam, h("beta1"), h("beta2"), h("adam_eps"))
     muon = scale_by_muon(
-        ORTHOGONALIZERS[o.orthogonalizer], steps=o.muon_backend_steps, momentum=o.muon_momentum,
-        warmup_start=o.muon_momentum_warmup_start, warmup_steps=o.muon_momentum_warmup_steps, dtype=muon_dtype,
+        ORTHOGONALIZERS[o.orthogonalizer], steps=o.muon_backend_steps, momentum=h("muon_momentum"),
+        warmup_start=h("muon_momentum_warmup_start"), warmup_steps=o.muon_momentum_warmup_steps, dtype=muon_dtype,
         row_normalize=o.muon_row_normalize, gram_min_aspect=o.gram_ns_min_aspect,
         coefficients=o.ns_coefficients, aol=o.ns_aol)
     groups = {
-        "embed": group(adam(), o.tied_embed_lr if m.tie_embeddings else o.embed_lr, o.embed_wd),
-        "head": group(adam(), o.head_lr),
-        "scalar": group(adam(), o.scalar_lr, o.adam_wd),
-        "matrix": group(muon, o.matrix_lr, o.muon_wd),
+        "embed": group(adam(), h("tied_embed_lr") if m.tie_embeddings else h("embed_lr"), h("embed_wd")),
+        "head": group(adam(), h("head_lr")),
+        "scalar": group(adam(), h("scalar_lr"), h("adam_wd")),
+        "matrix": group(muon, h("matrix_lr"), h("muon_wd")),
     }
     tx = optax.multi_transform(groups, labels)
     if o.grad_clip_norm > 0:

@@ -192,17 +192,23 @@ def package_files(root: Path | None = None) -> list[Path]:
     return files
 
 
+# Tooling a process may have imported that no run needs (a sweep trains its runs in-process).
+_TOOLING = ("sweep", "bench.py", "plots.py", "__main__.py", "train/group.py")
+
+
 def code_files(root: Path | None = None) -> list[Path]:
     """The source a run ships and counts: the package modules this process has imported (so a
-    variant the run does not use costs it nothing), the native kernel's C++ when it was loaded,
-    and run.py."""
+    variant the run does not use costs it nothing) but the tooling around runs, the native
+    kernel's C++ when it was loaded, and run.py."""
     root = Path(root) if root else Path(__file__).resolve().parents[2]
     pkg = (root / "pgolf_jax").resolve()
     files = set()
     for module in list(sys.modules.values()):
         f = getattr(module, "__file__", None)
         if f and Path(f).suffix == ".py" and Path(f).resolve().is_relative_to(pkg):
-            files.add(Path(f).resolve())
+            rel = Path(f).resolve().relative_to(pkg).as_posix()
+            if not rel.startswith(_TOOLING):
+                files.add(Path(f).resolve())
     kernels = sys.modules.get("pgolf_jax.model.kernels")
     if kernels is not None and kernels.loaded():
         files.add(kernels.SOURCE.resolve())

@@ -1,0 +1,40 @@
+"""Traced hyperparameters: the scalar config values a vmapped group of runs varies (learning rates,
+momenta, weight decays, the logit softcap, ...), read through `value` at the few places the model
+or optimizer use them, so one compiled program trains K variants (sweep/group.py).
+
+Outside `traced(...)` every `value(key, default)` is just `default` (the config's own number), so a
+normal run is unchanged. Config fields that only set an initial value (qk_gain_init,
+tied_embed_init_std, the seed) need no tracing: each variant is initialised on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+# Fields a vmapped group may vary: they only enter arithmetic, never shapes or control flow.
+TRACED = (
+    "optim.embed_lr", "optim.head_lr", "optim.tied_embed_lr", "optim.matrix_lr", "optim.scalar_lr",
+    "optim.muon_momentum", "optim.muon_momentum_warmup_start", "optim.beta1", "optim.beta2", "optim.adam_eps",
+    "optim.muon_wd", "optim.embed_wd", "optim.adam_wd", "model.logit_softcap",
+)
+# Fields that only set the initial state: each variant is initialised with its own value.
+INIT_ONLY = ("train.seed", "model.qk_gain_init", "model.tied_embed_init_std")
+
+_SCOPES: list[dict] = []
+
+
+@contextlib.contextmanager
+def traced(values: dict):
+    """Inside, value(key, ...) returns values[key] (a tracer of the vmapped hyperparameter)."""
+    _SCOPES.append(values)
+    try:
+        yield
+    finally:
+        _SCOPES.pop()
+
+
+def value(key: str, default):
+    for scope in reversed(_SCOPES):
+        if key in scope:
+            return scope[key]
+    return default

@@ -1,0 +1,1 @@
+"""Sweeps: a grid of runs from one file, tables and pictures of their results."""

@@ -1,0 +1,77 @@
+"""Sweep rows that differ only in scalar hyperparameters and seeds, trained as one vmapped program
+(train/group.py) in this process; each row still gets its own run directory, logs, artifact,
+round-trip score and submission.json, exactly as `run.py --config` writes them."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from pgolf_jax import pipeline
+from pgolf_jax.runlog import RunLog
+from pgolf_jax.sweep.rows import result_row, run_row, write_row_preset
+from pgolf_jax.sweep.spec import Row
+from pgolf_jax.train.group import group_key, train_group
+
+MAX_GROUP = 8  # members per program: memory grows with K, the compile does not
+
+
+def plan(rows: list[Row]) -> list[list[Row]]:
+    """Rows in batches: each vmappable set (equal group_key) in groups of up to MAX_GROUP, the rest alone;
+    the file's order is kept within a batch and batches start where their first row stood."""
+    batches, open_ = [], {}
+    for row in rows:
+        key = group_key(row.cfg)
+        if key is None:
+            batches.append([row])
+            continue
+        if key not in open_ or len(open_[key]) >= MAX_GROUP:
+            open_[key] = []
+            batches.append(open_[key])
+        open_[key].append(row)
+    return batches
+
+
+def run_group(rows: list[Row], out: Path, say) -> list[dict]:
+    """Train rows together and finish each as its own run; if the group fails, run them one by one."""
+    from pgolf_jax import config as config_lib
+
+    cfgs = [config_lib.override(r.cfg, {"train.out_dir": str((out / "runs").resolve()), "train.run_id": r.run_id,
+                                        "train.progress": False}) for r in rows]
+    run_dirs = [out / "runs" / r.run_id for r in rows]
+    for r, d in zip(rows, run_dirs):
+        if d.exists():  # left by a killed group: a group is not checkpointed, it starts over
+            shutil.rmtree(d)
+        write_row_preset(out, r)
+    logs = []
+    try:
+        for cfg, d in zip(cfgs, run_dirs):
+            pipeline._claim_run_dir(d, cfg)
+            logs.append(RunLog(d, echo=False))
+            pipeline.log_header(cfg, logs[-1], f"sweep {out.name} (vmapped group of {len(rows)})")
+        t0 = time.perf_counter()
+        data_path, tok_path = pipeline.dataset_paths(cfgs[0], logs[0])
+        factory = pipeline.make_evaluator_factory(cfgs[0], data_path, tok_path, logs[0])
+        pattern = str(data_path / cfgs[0].data.train_files)
+        results = train_group(cfgs, logs, pattern, factory)
+        rows_out = []
+        for row, cfg, d, log, res in zip(rows, cfgs, run_dirs, logs, results):
+            try:
+                summary = pipeline.finish_run(cfg, res, d, log, None, factory, pattern, t0, vmap_group=len(rows))
+                rows_out.append(result_row(row, d, out, summary))
+            except Exception as exc:  # noqa: BLE001  one member's export failing fails that row only
+                rows_out.append({"variant": row.variant, "seed": row.seed, "run_id": row.run_id, "status": "failed",
+                                 "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"})
+        return rows_out
+    except Exception as exc:  # noqa: BLE001
+        say(f"sweep: the vmapped group failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+            "running its rows one by one")
+        for log in logs:
+            log.close()
+        for d in run_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        return [run_row(r, out, say) for r in rows]
+    finally:
+        for log in logs:
+            log.close()

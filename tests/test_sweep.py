@@ -1,0 +1,141 @@
+"""Sweeps: sweep files and their errors, --shard partitions, resume skips finished rows, a vmapped
+group equals separate runs, the tables and the pictures; a tiny sweep end to end through run.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pgolf_jax.config import ConfigError
+from pgolf_jax.plots import pareto_front, plot_curves, png_series
+from pgolf_jax.sweep.report import one_sided_p
+from pgolf_jax.sweep.spec import load_sweep, parse_shard
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny.py"
+
+
+def _sweep(tmp_path: Path, body: str, name: str = "s.py") -> Path:
+    path = tmp_path / name
+    path.write_text(f'"""A test sweep."""\nBASE = {str(TINY)!r}\n' + body)
+    return path
+
+
+@pytest.mark.parametrize("body,error", [
+    ("VARIANTS = {'a': {'model.num_layerz': 3}}", r"variant 'a': unknown config key 'model\.num_layerz'"),
+    ("VARIANTS = {'a': 'nope.py'}", r"variant 'a': config file not found: .*nope\.py"),
+    ("VARIANTS = {'a': {}, 'a': {'optim.matrix_lr': 0.1}}", r"VARIANTS names 'a' more than once"),
+    ("OVERRIDES = {'train.iterations': 5}\nVARIANTS = {'a': {'train.iterations': 9}}",
+     r"variant 'a' changes train\.iterations, which OVERRIDES sets"),
+    ("VARIANTS = {'a': {'model.attention': 'nope'}}", r"model\.attention='nope' is not registered"),
+    ("VARIANTS = {'a': {}}\nSEEDS = [1, 1]", r"SEEDS lists a seed twice"),
+    ("VARIANTS = {'a': {}}\nCONTROL = 'b'", r"CONTROL='b' is not one of the VARIANTS"),
+    ("VARIANTS = {'bad name': {}}", r"variant name 'bad name'"),
+    ("VARIANTS = {}", r"VARIANTS must be a non-empty dict"),
+    ("VARIANTS = {'a': {'train.seed': 3}}", r"seeds come from SEEDS"),
+])
+def test_bad_sweep_files_fail_before_any_run(tmp_path, body, error):
+    with pytest.raises(ConfigError, match=error):
+        load_sweep(_sweep(tmp_path, body))
+
+
+def test_bad_sweep_file_through_run_py_is_one_line(tmp_path):
+    path = _sweep(tmp_path, "VARIANTS = {'a': {}, 'a': {}}")
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "more than once" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_rows_seeds_control_and_shards(tmp_path):
+    sw = load_sweep(_sweep(tmp_path, "OVERRIDES = {'train.iterations': 5}\n"
+                                     f"VARIANTS = {{'a': {{}}, 'b': {{'optim.matrix_lr': 0.1}}, 'c': {str(TINY)!r}}}\n"
+                                     "SEEDS = [1, 2]\nCONTROL_SEEDS = [1, 2, 3]"))
+    assert [r.run_id for r in sw.rows] == ["a-s1", "a-s2", "a-s3", "b-s1", "b-s2", "c-s1", "c-s2"]
+    assert all(r.cfg.train.iterations == 5 for r in sw.rows) and sw.rows[3].cfg.optim.matrix_lr == 0.1
+    assert [r.cfg.train.seed for r in sw.rows[:3]] == [1, 2, 3]
+    for n in (1, 2, 3, 7):
+        parts = [[r.index for r in sw.shard(i, n)] for i in range(n)]
+        assert sorted(sum(parts, [])) == list(range(len(sw.rows)))  # every row exactly once
+    assert parse_shard("1/3") == (1, 3)
+    with pytest.raises(ConfigError, match="expected I/N"):
+        parse_shard("3/3")
+
+
+def test_one_sided_p_and_pareto_front():
+    assert one_sided_p([1.0, 1.01, 0.99], [2.0, 2.01, 1.99]) < 1e-4  # clearly lower
+    assert one_sided_p([2.0, 2.01, 1.99], [1.0, 1.01, 0.99]) > 0.99
+    assert 0.3 < one_sided_p([1.000], [0.99, 1.01, 1.00]) < 0.7  # inside the control's spread
+    assert one_sided_p([1.0], [1.2]) is None  # no spread to test against
+    assert pareto_front([(1, 5), (2, 3), (3, 4), (4, 1), (5, 1)]) == [0, 1, 3]
+
+
+def test_curves_png_holds_one_line_per_run(tmp_path):
+    runs = []
+    for i in range(3):
+        d = tmp_path / f"r{i}"
+        d.mkdir()
+        d.joinpath("metrics.jsonl").write_text("".join(
+            json.dumps({"event": "train", "step": s, "train_loss": 5 - 0.1 * s - i, "train_time_ms": 10 * s}) + "\n"
+            for s in range(1, 20)) + json.dumps({"event": "val", "step": 19, "val_bpb": 2.0 + i,
+                                                 "train_time_ms": 190}) + "\n" + "{truncated")
+        runs.append(d)
+    out = plot_curves(runs, tmp_path / "c.png")
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 600 and im.size[1] > 400
+        colors = np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)
+        assert len(colors) > 10  # drawn on, not blank
+    assert png_series(out) == ["r0", "r1", "r2"]
+
+
+def _npz(path: Path) -> dict:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path):
+    """2 variants x 2 seeds of the tiny preset through run.py, trained as one vmapped program; the
+    same rows run one by one give the same weights; a rerun skips every finished row."""
+    path = _sweep(tmp_path, "OVERRIDES = {'train.iterations': 5, 'optim.muon_dtype': 'float32'}\n"
+                            "VARIANTS = {'base': {}, 'hot': {'optim.matrix_lr': 0.08, 'optim.scalar_lr': 0.02, "
+                            "'model.logit_softcap': 20.0, 'model.qk_gain_init': 2.0}}\nSEEDS = [1, 2]\n"
+                            "REFERENCE = {'base': 1.31, 'hot': 1.30}\n")
+
+    def sweep(*extra):
+        proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), *extra], cwd=ROOT,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    out = tmp_path / "out"
+    log = sweep("--out", str(out))
+    assert "training 4 rows as one vmapped program" in log
+    rows = {p.stem: json.loads(p.read_text()) for p in (out / "rows").glob("*.json")}
+    assert sorted(rows) == ["base-s1", "base-s2", "hot-s1", "hot-s2"] and all(r["status"] == "ok" for r in rows.values())
+    for name in ("results.csv", "results.md", "pareto.png", "time.png", "curves.png"):
+        assert (out / name).is_file(), name
+    md = (out / "results.md").read_text()
+    assert re.search(r"\| `hot` \| 2 \| [\d,]+ \| [\d,]+ \| 5 \|", md) and "agreement" in md
+    assert png_series(out / "curves.png") == ["base-s1", "base-s2", "hot-s1", "hot-s2"]
+    assert sorted(png_series(out / "pareto.png")) == ["base", "hot"]
+    # Resume: every row is done, nothing runs.
+    assert "to_run:0" in sweep("--out", str(out))
+    # The same rows, each its own process: the same weights (fp32 Newton-Schulz; with bf16 a rounding
+    # flip here and there makes it approximate).
+    sep = tmp_path / "sep"
+    sweep("--out", str(sep), "--no-vmap", "--shard", "1/2")  # rows 1 and 3: base-s2, hot-s2
+    for run in ("base-s2", "hot-s2"):
+        a, b = _npz(out / "runs" / run / "final_model.npz"), _npz(sep / "runs" / run / "final_model.npz")
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], atol=5e-5, rtol=1e-4, err_msg=f"{run} {k}")
+        assert abs(rows[run]["val_bpb"] - json.loads((sep / "rows" / f"{run}.json").read_text())["val_bpb"]) < 1e-4
+    assert not (sep / "rows" / "base-s1.json").exists()  # the other shard's rows
