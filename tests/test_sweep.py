@@ -73,6 +73,8 @@ def test_one_sided_p_and_pareto_front():
     assert one_sided_p([2.0, 2.01, 1.99], [1.0, 1.01, 0.99]) > 0.99
     assert 0.3 < one_sided_p([1.000], [0.99, 1.01, 1.00]) < 0.7  # inside the control's spread
     assert one_sided_p([1.0], [1.2]) is None  # no spread to test against
+    assert one_sided_p([1.0], [1.2], noise=0.01, noise_n=3) < 0.01  # single values against the seed noise
+    assert one_sided_p([1.19], [1.2], noise=0.01, noise_n=3) > 0.1
     assert pareto_front([(1, 5), (2, 3), (3, 4), (4, 1), (5, 1)]) == [0, 1, 3]
 
 

@@ -30,25 +30,30 @@ def load_rows(out: Path) -> list[dict]:
             if isinstance(r, dict)]
 
 
-def one_sided_p(variant: list[float], control: list[float]) -> float | None:
-    """P(variant's mean is not below the control's) under a one-sided t-test: Welch's when both have
-    >= 2 values; one value against the control's spread as a new draw from it (prediction test,
-    df = n_c - 1); None when there is no spread to test against."""
+def one_sided_p(variant: list[float], control: list[float], noise: float | None = None,
+                noise_n: int = 0) -> float | None:
+    """P(the variant's mean is not below the control's) under a one-sided t-test: Welch's when both
+    have >= 2 values; else with the spread of the side that has >= 2 values (a single value as a new
+    draw: (x - mean) / (sd sqrt(1 + 1/n)) ~ t(n - 1)); two single values against the sweep's seed
+    noise (sd over noise_n control seeds: (x - y) / (sd sqrt 2) ~ t(noise_n - 1)); None without any
+    spread to test against."""
     from scipy import stats
 
     nv, nc = len(variant), len(control)
-    if nc < 2 and nv < 2:
-        return None
     mv, mc = statistics.fmean(variant), statistics.fmean(control)
     if nv >= 2 and nc >= 2:
         res = stats.ttest_ind(variant, control, equal_var=False, alternative="less")
         return float(res.pvalue) if math.isfinite(res.pvalue) else (0.0 if mv < mc else 1.0)
-    spread, n, df = (statistics.stdev(control), nc, nc - 1) if nc >= 2 else (statistics.stdev(variant), nv, nv - 1)
+    if nc >= 2 or nv >= 2:
+        spread, n = (statistics.stdev(control), nc) if nc >= 2 else (statistics.stdev(variant), nv)
+        scale = spread * math.sqrt(1 + 1 / n)
+    elif noise is not None and noise_n >= 2:
+        spread, n, scale = noise, noise_n, noise * math.sqrt(2)
+    else:
+        return None
     if spread == 0:
         return 0.0 if mv < mc else 1.0
-    # A single value x against a sample of n: (x - mean) / (sd sqrt(1 + 1/n)) ~ t(n - 1).
-    t = (mv - mc) / (spread * math.sqrt(1 + 1 / n))
-    return float(stats.t.cdf(t, df))
+    return float(stats.t.cdf((mv - mc) / scale, n - 1))
 
 
 def _sign(x: float, noise: float) -> int:
@@ -56,39 +61,42 @@ def _sign(x: float, noise: float) -> int:
 
 
 def summarize(sweep: Sweep, rows: list[dict]) -> list[dict]:
-    """One summary per variant (file order) over its finished seeds."""
+    """One summary per variant (file order) over its finished seeds, each against its control
+    (CONTROL, or COMPARE's choice)."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    ctrl = [r["val_bpb"] for r in ok if r["variant"] == sweep.control]
+    vals = {name: [r["val_bpb"] for r in ok if r["variant"] == name] for name in sweep.variants}
+    ctrl = vals[sweep.control]
     noise = statistics.stdev(ctrl) if len(ctrl) >= 2 else None
-    ref_c = sweep.reference.get(sweep.control)
     out = []
     for name in sweep.variants:
         mine = [r for r in ok if r["variant"] == name]
         failed = [r for r in rows if r["variant"] == name and r.get("status") != "ok"]
-        s = {"variant": name, "n": len(mine), "failed": len(failed),
-             "error": failed[0].get("error") if failed and not mine else None}
+        vs = sweep.compare[name]
+        s = {"variant": name, "vs": vs, "n": len(mine), "failed": len(failed),
+             "error": failed[0].get("error") if failed and not mine else None, "noise": noise}
         if mine:
-            vals = [r["val_bpb"] for r in mine]
-            s.update(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else None,
+            v = vals[name]
+            s.update(mean=statistics.fmean(v), sd=statistics.stdev(v) if len(v) > 1 else None,
                      params=mine[0]["params"], artifact_bytes=round(statistics.fmean(r["artifact_bytes"] for r in mine)),
                      step_ms=statistics.fmean(r["step_ms"] for r in mine if r["step_ms"]),
+                     vmapped=max(r.get("vmap_group", 1) for r in mine),
                      train_s=statistics.fmean(r["train_time_ms"] for r in mine) / 1000,
                      steps=round(statistics.fmean(r["steps"] for r in mine)),
                      pre=statistics.fmean(r["pre_quant_val_bpb"] for r in mine))
-            if ctrl and name != sweep.control:
-                s["delta"] = s["mean"] - statistics.fmean(ctrl)
-                p = one_sided_p(vals, ctrl) if s["delta"] < 0 else one_sided_p(ctrl, vals)
+            c = vals[vs]
+            if c and name != vs:
+                s["delta"] = s["mean"] - statistics.fmean(c)
+                p = (one_sided_p(v, c, noise, len(ctrl)) if s["delta"] < 0 else one_sided_p(c, v, noise, len(ctrl)))
                 s["p"], s["clears"] = p, (p is not None and p < P_THRESHOLD)
-        ref = sweep.reference.get(name)
+        ref, ref_c = sweep.reference.get(name), sweep.reference.get(vs)
         if ref is not None:
             s["ref"] = ref
-            if ref_c is not None and name != sweep.control:
+            if ref_c is not None and name != vs:
                 s["ref_delta"] = ref - ref_c
                 if "delta" in s:
                     ours = _sign(s["delta"], 0.0) if s["clears"] else 0
-                    theirs = _sign(s["ref_delta"], 0.0)
-                    s["agreement"] = ("within noise" if ours == 0 else "agrees" if ours == theirs else "disagrees")
-        s["noise"] = noise
+                    s["agreement"] = ("within noise" if ours == 0 else
+                                      "agrees" if ours == _sign(s["ref_delta"], 0.0) else "disagrees")
         out.append(s)
     return out
 
@@ -100,19 +108,20 @@ def _f(x, fmt="{:.4f}") -> str:
 def markdown(sweep: Sweep, rows: list[dict], summary: list[dict], command: str) -> str:
     ctrl_n = next((s["n"] for s in summary if s["variant"] == sweep.control), 0)
     noise = summary[0]["noise"] if summary else None
+
     lines = [f"# Sweep `{sweep.name}`", ""]
     if sweep.doc:
         lines += [sweep.doc, ""]
     lines += [f"Command: `{command}`", "",
               f"Control: `{sweep.control}` ({ctrl_n} seeds; seed noise sd = {_f(noise)}). Delta = variant mean - "
-              f"control mean (round-trip val_bpb, lower is better); p = one-sided t-test that the sign of the delta "
-              f"is real (Welch with >= 2 seeds each, else one value against the control's spread); clears = "
-              f"p < {P_THRESHOLD}.", ""]
+              f"its control's mean (`vs`; round-trip val_bpb, lower is better); p = one-sided t-test that the sign "
+              f"of the delta is real (Welch with >= 2 seeds each, else against the spread of the side with seeds, "
+              f"else against the seed noise); clears = p < {P_THRESHOLD}.", ""]
     if sweep.reference:
         lines += [f"Seed's numbers: {sweep.reference_note or 'REFERENCE of the sweep file'}. Agreement compares the "
                   "sign of our delta (when it clears the noise) with the sign of the seed's delta.", ""]
     head = ["variant", "seeds", "params", "artifact bytes", "steps", "step ms", "pre-quant bpb", "val_bpb", "sd",
-            "delta", "p", "clears"]
+            "vs", "delta", "p", "clears"]
     if sweep.reference:
         head += ["seed's bpb", "seed's delta", "agreement"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -122,8 +131,10 @@ def markdown(sweep: Sweep, rows: list[dict], summary: list[dict], command: str) 
             lines.append("| " + " | ".join([f"`{s['variant']}`", "0", why] + [""] * (len(head) - 3)) + " |")
             continue
         cells = [f"`{s['variant']}`" + (" (control)" if s["variant"] == sweep.control else ""), str(s["n"]),
-                 f"{s['params']:,}", f"{s['artifact_bytes']:,}", str(s["steps"]), _f(s["step_ms"], "{:.0f}"),
-                 _f(s["pre"]), _f(s["mean"]), _f(s["sd"]), _f(s.get("delta"), "{:+.4f}"),
+                 f"{s['params']:,}", f"{s['artifact_bytes']:,}", str(s["steps"]),
+                 _f(s["step_ms"], "{:.0f}") + (f" (vmap x{s['vmapped']})" if s["vmapped"] > 1 else ""),
+                 _f(s["pre"]), _f(s["mean"]), _f(s["sd"]), "" if s["vs"] == s["variant"] else f"`{s['vs']}`",
+                 _f(s.get("delta"), "{:+.4f}"),
                  _f(s.get("p"), "{:.3g}"), {True: "yes", False: "no"}.get(s.get("clears"), "")]
         if sweep.reference:
             cells += [_f(s.get("ref")), _f(s.get("ref_delta"), "{:+.4f}"), s.get("agreement", "")]

@@ -34,13 +34,14 @@ def result_row(row: Row, run_dir: Path, out: Path, submission: dict) -> dict:
     events = read_events(run_dir)
     train = events.get("train", [])
     steps = submission.get("steps") or 0
+    k = submission.get("vmap_group") or 1  # a vmapped group's time is shared: amortized per member
     return {
         "variant": row.variant, "seed": row.seed, "run_id": row.run_id, "status": "ok",
         "run_dir": run_dir.relative_to(out).as_posix(),
         "params": submission.get("model_params"), "artifact_bytes": submission.get("bytes_total"),
         "bytes_model": submission.get("bytes_model"), "bytes_code": submission.get("bytes_code"),
         "steps": steps, "train_time_ms": submission.get("train_time_ms"),
-        "step_ms": round(submission["train_time_ms"] / steps, 2) if steps else None,
+        "step_ms": round(submission["train_time_ms"] / steps / k, 2) if steps else None, "vmap_group": k,
         "final_train_loss": train[-1]["train_loss"] if train else None,
         "pre_quant_val_bpb": submission.get("pre_quant_val_bpb"), "val_bpb": submission.get("val_bpb"),
         "val_loss": submission.get("val_loss"), "wall_seconds": submission.get("wall_seconds"),

@@ -11,6 +11,7 @@
     CONTROL_SEEDS = [1337, 1, 2]           # optional: more seeds for the control, to measure noise
     REFERENCE = {"baseline": 1.3094, "mla64": 1.3362}   # optional: the seed's own numbers
     REFERENCE_NOTE = "#1589, 1xH100, 600 s"             # optional: where they come from
+    COMPARE = {"distilled": "student"}     # optional: a variant's own control (default CONTROL)
 
 A row's config is the BASE preset (or the variant's own preset), then OVERRIDES, then the
 variant's overrides, then train.seed. A variant may not change a key OVERRIDES sets: that is the
@@ -59,6 +60,7 @@ class Sweep:
     control_seeds: tuple[int, ...]
     reference: dict
     reference_note: str
+    compare: dict  # variant -> the variant it is compared with (CONTROL unless COMPARE says)
     rows: tuple[Row, ...]
 
     def shard(self, index: int, count: int) -> list[Row]:
@@ -119,6 +121,9 @@ def load_sweep(path: str | Path) -> Sweep:
     if not isinstance(reference, dict) or any(k not in variants for k in reference):
         raise ConfigError(f"{path}: REFERENCE must map variant names to the seed's numbers; unknown: "
                           f"{', '.join(k for k in reference if k not in variants)}")
+    compare = get("COMPARE", {})
+    if not isinstance(compare, dict) or any(k not in variants or v not in variants for k, v in compare.items()):
+        raise ConfigError(f"{path}: COMPARE must map variant names to variant names")
     base_path = (path.parent / base).resolve()
     resolved, rows = {}, []
     for name, spec in variants.items():
@@ -146,7 +151,8 @@ def load_sweep(path: str | Path) -> Sweep:
                 raise ConfigError(f"{where}: {exc}") from None
             rows.append(Row(len(rows), name, seed, cfg, preset, row_over))
     return Sweep(path, path.stem, (ast.get_docstring(tree) or "").strip(), base_path, dict(overrides), resolved,
-                 seeds, control, control_seeds, dict(reference), str(get("REFERENCE_NOTE", "")), tuple(rows))
+                 seeds, control, control_seeds, dict(reference), str(get("REFERENCE_NOTE", "")),
+                 {v: compare.get(v, control) for v in variants}, tuple(rows))
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
