@@ -63,5 +63,4 @@ OVERRIDES = {
     "quant.embed_clip_sigmas": 20.0,
     "quant.gptq_calibration_batches": 64,
     "quant.compressor": "brotli",
-    "quant.code_bytes": "compressed",
 }

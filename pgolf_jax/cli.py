@@ -1,5 +1,5 @@
 """Command line: `run.py --config PRESET [section.field=value ...]` runs the main job; the verbs
-`data`, `eval`, `quantize`, `bench`, `sweep` and `plot` are subcommands. Only this module reads
+`data`, `eval`, `quantize`, `bench`, `sweep`, `plot`, `submit` and `export` are subcommands. Only this module reads
 sys.argv."""
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ import sys
 import traceback
 from pathlib import Path
 
-VERBS = ("data", "eval", "quantize", "bench", "sweep", "plot")
+VERBS = ("data", "eval", "quantize", "bench", "sweep", "plot", "submit", "export")
 
 
-def _main_parser() -> argparse.ArgumentParser:
+def _main_parser(packed: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run.py",
+        prog="train_gpt.py" if packed else "run.py",
         description="pgolf_jax main job: train -> quantize -> pack -> round-trip eval. "
-                    f"Other verbs: {', '.join(VERBS)} (run.py <verb> --help).")
-    p.add_argument("--config", required=True, help="preset file, e.g. configs/cpu.py")
+                    + ("The config is the one this file was packed with; overrides apply on top."
+                       if packed else f"Other verbs: {', '.join(VERBS)} (run.py <verb> --help)."))
+    p.add_argument("--config", required=not packed, help="preset file, e.g. configs/cpu.py")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and model_params, then exit")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
@@ -204,7 +205,42 @@ def plot_command(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def submit_command(argv: list[str]) -> int:
+    from pgolf_jax import submit
+
+    p = argparse.ArgumentParser(prog="run.py submit", description="Runs of one config (one per seed) -> a records "
+                                "folder: README.md, submission.json, train logs, requirements.txt, train_gpt.py.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--name", required=True, help="the submission's title")
+    p.add_argument("--author", required=True)
+    p.add_argument("--github-id", required=True)
+    p.add_argument("--track", default="10min_16mb", help="10min_16mb (default) or non_record_16mb")
+    p.add_argument("--out", help="the records/ folder to add to (default ./records)")
+    p.add_argument("--vs", help="the val_bpb to beat (a number or a submission.json): prints the record test")
+    args = p.parse_args(argv)
+    submit.submit([Path(r) for r in args.runs], args.name, args.author, args.github_id, args.track,
+                  Path(args.out) if args.out else None, args.vs)
+    return 0
+
+
+def export_command(argv: list[str]) -> int:
+    from pgolf_jax import submit
+
+    p = argparse.ArgumentParser(prog="run.py export", description="A reference-architecture run's weights in "
+                                "train_gpt.py's formats.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--torch", metavar="PATH", help="write a state dict (final_model.pt)")
+    p.add_argument("--reference-ptz", metavar="PATH", help="write the int8+zlib artifact (final_model.int8.ptz)")
+    args = p.parse_args(argv)
+    if not args.torch and not args.reference_ptz:
+        p.error("give --torch PATH and/or --reference-ptz PATH")
+    submit.export(Path(args.run), Path(args.torch) if args.torch else None,
+                  Path(args.reference_ptz) if args.reference_ptz else None)
+    return 0
+
+
+def main(argv: list[str] | None = None, packed_config: dict | None = None) -> int:
+    """The command line; packed_config is the config a packed train_gpt.py embeds (quant/pack.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":  # NumPy and SentencePiece only: no JAX to import (seconds)
         from pgolf_jax.data import commands
@@ -217,13 +253,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = None
-        if not argv or argv[0] not in VERBS:
+        if packed_config is not None or not argv or argv[0] not in VERBS:
             # The main job's config is checked before JAX is imported: a bad value costs no seconds.
-            args = _main_parser().parse_args(argv)
-            cfg = config_lib.load(args.config, args.overrides)
+            args = _main_parser(packed_config is not None).parse_args(argv)
+            if args.config:
+                cfg = config_lib.load(args.config, args.overrides)
+            else:
+                cfg = config_lib.override(config_lib.from_dict(packed_config), args.overrides)
+                args.config = "<packed>"
         from pgolf_jax import dist
         dist.keep_freed_host_memory()
         _persistent_compile_cache()
+        if packed_config is not None:
+            from pgolf_jax import pipeline
+            return pipeline.main_job(args.config, cfg, dry=args.dry_run, resume=args.resume)
         if argv and argv[0] == "eval":
             return eval_command(argv[1:])
         if argv and argv[0] == "quantize":
@@ -232,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
             return sweep_command(argv[1:])
         if argv and argv[0] == "plot":
             return plot_command(argv[1:])
+        if argv and argv[0] == "submit":
+            return submit_command(argv[1:])
+        if argv and argv[0] == "export":
+            return export_command(argv[1:])
         if argv and argv[0] == "bench":
             from pgolf_jax import bench
             return bench.main(argv[1:])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import importlib
 import math
 import os
 import platform
@@ -28,10 +29,10 @@ from pgolf_jax.config import Config
 from pgolf_jax.data.shards import load_val_tokens, open_shard
 from pgolf_jax.data.tokenizer import build_luts
 from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb, unigram_bpb
-from pgolf_jax.fsio import atomic_output, write_json
+from pgolf_jax.fsio import atomic_output, write_bytes, write_json
 from pgolf_jax.model.gpt import Model, build_model, count_params
 from pgolf_jax.model.params import flat_specs
-from pgolf_jax.quant import artifact
+from pgolf_jax.quant import artifact, pack
 from pgolf_jax.quant.calibrate import collect_hessians
 from pgolf_jax.quant.export import (
     check_finite,
@@ -49,8 +50,18 @@ def new_run_id() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
+def final_eval_modules(cfg: Config) -> list[str]:
+    """The modules final_evals imports for cfg's final modes."""
+    modes = [m for m in cfg.eval.final_modes.split(",") if m]
+    return ((["pgolf_jax.evaluation.ttt"] if {"ttt", "lora_ttt"} & set(modes) else [])
+            + (["pgolf_jax.evaluation.ngram"] if cfg.eval.ngram_order else []))
+
+
 def source_hash() -> str:
     h = hashlib.sha256()
+    if pack.packed_path():  # running from a packed train_gpt.py: that file is the source
+        h.update(Path(pack.packed_path()).read_bytes())
+        return h.hexdigest()[:16]
     for f in artifact.package_files():
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
@@ -60,8 +71,6 @@ def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
     """(data_path, tokenizer_path). With data.source set, the dataset is prepared from it on first
     use (and checked to have been built from it with these settings after); the paths must be
     where that source puts them, which is checked before anything is read or written."""
-    from pgolf_jax.data import prepare
-
     d = cfg.data
     data_path, tok_path = Path(d.data_path), Path(d.tokenizer_path)
     if not d.source:
@@ -71,6 +80,7 @@ def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
         raise FileNotFoundError(
             f"{missing} not found: download the challenge data (`python run.py data download --variant sp1024`) "
             f"or set data.source to a docs_selected.jsonl or sample:<name>")
+    from pgolf_jax.data import prepare  # only a run that builds its data ships the builder
     variant = "byte260" if tok_path.suffix == ".json" else f"sp{cfg.model.vocab_size}"
     root = data_path.parent.parent
     want_data = root / "datasets" / prepare.dataset_dir_for_variant(variant)
@@ -123,14 +133,10 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
 def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
     """Every eval.final_modes on the round-tripped weights (and n-gram mixing on top), each with
     its wall time and a projection to 8xH100 from its analytic FLOPs; the last one is the score."""
-    from pgolf_jax.evaluation import ngram
-    from pgolf_jax.evaluation.ttt import documents, full_ttt, lora_ttt
-    from pgolf_jax.model.gpt import analytic_flops_per_token
-
+    # Only what the configured modes use (final_eval_modules: the packed code ships these).
+    mods = {m.rsplit(".", 1)[1]: importlib.import_module(m) for m in final_eval_modules(cfg)}
     e = cfg.eval
     T = e.eval_seq_len or cfg.train.train_seq_len
-    fl = analytic_flops_per_token(cfg.model, T)
-    fwd_per_token = (fl["matmul"] + fl["attn_causal"]) / 3
     results = {}
     for mode in [m for m in e.final_modes.split(",") if m]:
         stride = T if mode in ("plain", "lora_ttt") else e.eval_stride
@@ -148,22 +154,23 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
                              time.perf_counter() - t0)
         elif mode == "ttt":
             prog = Progress("eval:ttt", -(-ev.total // e.ttt_chunk_tokens), enabled=on, unit="chunks")
-            res, nll, ent, extra = full_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order), progress=prog)
+            res, nll, ent, extra = mods["ttt"].full_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order),
+                                                         progress=prog)
         else:
-            prog = Progress("eval:lora_ttt", len(documents(ev.tokens)), enabled=on, unit="docs")
-            res, nll, ent, extra = lora_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order), progress=prog)
+            prog = Progress("eval:lora_ttt", len(mods["ttt"].documents(ev.tokens)), enabled=on, unit="docs")
+            res, nll, ent, extra = mods["ttt"].lora_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order),
+                                                         progress=prog)
         prog.close()
         res = finite_result(res, f"final_{mode}")
-        flops = fwd_per_token * (extra.get("forward_tokens") or len(ev.windows) * T) \
-            + 3 * fwd_per_token * extra.get("train_tokens", 0)
-        proj = flops / (8 * H100_BF16_FLOPS * e.h100_mfu)
+        proj = projected_8xh100_seconds(cfg, T, extra.get("forward_tokens") or len(ev.windows) * T,
+                                        extra.get("train_tokens", 0))
         log(f"final_{mode} {res.line()} projected_8xH100:{proj:.4f}s")
         log(f"final_{mode}_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
         results[mode] = {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "eval_seconds": round(res.seconds, 2),
                          "projected_8xH100_seconds": proj}
         log.metric(f"final_{mode}", **results[mode])
         if e.ngram_order:
-            loss, b, tok_s = ngram.mix_report(nll, ent, ev.tokens, cfg.model.vocab_size, e.ngram_order,
+            loss, b, tok_s = mods["ngram"].mix_report(nll, ent, ev.tokens, cfg.model.vocab_size, e.ngram_order,
                                               e.ngram_mix, e.ngram_lambda, ev.byte_count)
             name = f"{mode}+ngram{e.ngram_order}"
             log(f"final_{name} val_loss:{loss:.4f} val_bpb:{b:.4f} ngram_tokens_per_s:{tok_s:.0f} (host)")
@@ -174,6 +181,16 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
 
 # bf16 dense tensor-core peak of one H100 SXM (the projection's denominator, times eval.h100_mfu).
 H100_BF16_FLOPS = 989e12
+
+
+def projected_8xh100_seconds(cfg: Config, seq_len: int, forward_tokens: float, train_tokens: float = 0) -> float:
+    """An eval's time on 8xH100 from its analytic FLOPs (forward passes, plus forward+backward of
+    any test-time training) at eval.h100_mfu of the bf16 peak."""
+    from pgolf_jax.model.gpt import analytic_flops_per_token
+
+    fl = analytic_flops_per_token(cfg.model, seq_len)
+    fwd_per_token = (fl["matmul"] + fl["attn_causal"]) / 3
+    return (fwd_per_token * forward_tokens + 3 * fwd_per_token * train_tokens) / (8 * H100_BF16_FLOPS * cfg.eval.h100_mfu)
 
 
 def save_float_weights(params, run_dir: Path, log) -> Path:
@@ -240,11 +257,15 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     art_path = out_dir / f"final_model.{tag}.{q.compressor}"
     blob = artifact.pack(obj, q.compressor, q.level, q.byte_shuffle)
     model_bytes = len(blob)
-    code_raw, code_zst = artifact.code_bytes(mode="raw"), artifact.code_bytes(mode="compressed")
-    code = code_raw if q.code_bytes == "raw" else code_zst
+    # Everything the rest of the run imports is imported now, so the packed code holds it all.
+    for mod in final_eval_modules(cfg):
+        importlib.import_module(mod)
     shipped = artifact.code_files()
-    log(f"Code size: {code_raw} bytes raw, {code_zst} bytes zstd-22 ({len(shipped)} files the run imported; "
-        f"counting {q.code_bytes})")
+    code_raw, code_zst = artifact.code_bytes(mode="raw"), artifact.code_bytes(mode="compressed")
+    packed = pack.packed_code(shipped, artifact.repo_root(), config_lib.to_dict(cfg))
+    code = {"raw": code_raw, "compressed": code_zst, "packed": len(packed)}[q.code_bytes]
+    log(f"Code size: {code_raw} bytes raw, {code_zst} bytes zstd-22, {len(packed)} bytes packed as train_gpt.py "
+        f"({len(shipped)} files the run imported; counting {q.code_bytes})")
     rules = flat_specs(model.param_specs(), params)
     breakdown = artifact.size_report(obj, lambda name, slot: slot if slot in ("passthrough", "lqer") else
                                      rules[name].quant if name in rules else "other", q.compressor, q.level,
@@ -258,6 +279,7 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
                code_bytes_compressed=code_zst, total_bytes=total, breakdown=breakdown, **info)
     artifact.check_size(model_bytes, code, q.max_artifact_bytes, q.allow_oversize)  # before anything is written
     if dist.is_main():
+        write_bytes(out_dir / "train_gpt.py", packed)
         artifact.write(art_path, blob)
         if art_path.read_bytes() != blob:
             raise artifact.ArtifactError(f"{art_path}: bytes on disk differ from the packed artifact")
@@ -278,11 +300,19 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
         res = finite_result(dataclasses.replace(res, val_loss=last["val_loss"], val_bpb=last["val_bpb"]),
                             f"final_{list(finals)[-1]}")
         log(f"final_score mode:{list(finals)[-1]} val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
-    return {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "final_modes": finals, "pre_quant_val_loss": pre.val_loss,
+    if not finals:  # the round trip is the scored eval: its time, and its projection like final_evals'
+        T = cfg.train.train_seq_len
+        finals_time = {"plain": {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "eval_seconds": round(res.seconds, 2),
+                                 "projected_8xH100_seconds": projected_8xh100_seconds(cfg, T, res.val_tokens)}}
+    else:
+        finals_time = finals
+    return {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "final_modes": finals_time,
+            "pre_quant_val_loss": pre.val_loss,
             "pre_quant_val_bpb": pre.val_bpb, "bytes_total": total, "bytes_code": code, "bytes_model": model_bytes,
             "bytes_code_raw": code_raw, "bytes_code_compressed": code_zst, "bytes_by_group": breakdown,
             "artifact": art_path.name, "val_tokens": res.val_tokens, "val_bytes": res.val_bytes,
-            "code_files": [f.relative_to(shipped[-1].parent).as_posix() for f in shipped], **info}
+            "code_files": [f.relative_to(shipped[-1].parent).as_posix() for f in shipped],
+            "code_sha256": hashlib.sha256(packed).hexdigest(), "bytes_code_packed": len(packed), **info}
 
 
 def finite_result(res: EvalResult, what: str) -> EvalResult:
@@ -405,12 +435,13 @@ def finish_run(cfg: Config, result, run_dir: Path, log: RunLog, preset: str | No
         jax_version=jax.__version__, **extra)
     if main:
         write_json(run_dir / "submission.json", summary)
-        try:  # a picture is a convenience: it never fails a finished run
-            from pgolf_jax.plots import plot_curves
+        if not pack.packed_path():  # a packed file ships the run, not the plotting
+            try:  # a picture is a convenience: it never fails a finished run
+                from pgolf_jax.plots import plot_curves
 
-            plot_curves([run_dir], run_dir / "curves.png", [cfg.train.run_id])
-        except Exception as exc:  # noqa: BLE001
-            log(f"plot:skipped curves.png ({type(exc).__name__}: {exc})")
+                plot_curves([run_dir], run_dir / "curves.png", [cfg.train.run_id])
+            except Exception as exc:  # noqa: BLE001
+                log(f"plot:skipped curves.png ({type(exc).__name__}: {exc})")
     log(f"run_dir:{run_dir}")
     return summary
 

@@ -196,10 +196,19 @@ def package_files(root: Path | None = None) -> list[Path]:
 _TOOLING = ("sweep", "bench.py", "plots.py", "__main__.py", "train/group.py")
 
 
+def repo_root() -> Path:
+    """The folder holding pgolf_jax/ and run.py (where the package runs from)."""
+    return Path(__file__).resolve().parents[2]
+
+
 def code_files(root: Path | None = None) -> list[Path]:
     """The source a run ships and counts: the package modules this process has imported (so a
     variant the run does not use costs it nothing) but the tooling around runs, the native
     kernel's C++ when it was loaded, and run.py."""
+    from pgolf_jax.quant.pack import packed_path
+
+    if packed_path():  # running from a packed train_gpt.py: that one file is the code
+        return [Path(packed_path())]
     root = Path(root) if root else Path(__file__).resolve().parents[2]
     pkg = (root / "pgolf_jax").resolve()
     files = set()

@@ -129,3 +129,61 @@ def reference_gpt_kwargs(m) -> dict:
                 num_kv_heads=m.num_kv_heads, mlp_mult=int(m.mlp_mult), tie_embeddings=m.tie_embeddings,
                 tied_embed_init_std=m.tied_embed_init_std, logit_softcap=m.logit_softcap,
                 rope_base=m.rope_base, qk_gain_init=m.qk_gain_init)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the reference's formats (run.py export)
+
+# Model fields the reference GPT has no counterpart for: any non-default value is an architecture
+# train_gpt.py cannot load (its own constructor arguments are reference_gpt_kwargs').
+_RUNTIME_ONLY = {"attention_impl", "scan_layers", "remat", "compute_dtype", "embed_dtype"}
+
+
+def reference_incompatible(m) -> list[str]:
+    """The model fields (with values) that keep a run from being a reference-architecture GPT."""
+    import dataclasses
+
+    args = set(reference_gpt_kwargs(m)) if float(m.mlp_mult) == int(m.mlp_mult) else set()
+    bad = [] if args else [f"mlp_mult={m.mlp_mult} (the reference takes an integer)"]
+    default = type(m)()
+    for f in dataclasses.fields(m):
+        if f.name in args or f.name in _RUNTIME_ONLY or f.name == "mlp_mult":
+            continue
+        if getattr(m, f.name) != getattr(default, f.name):
+            bad.append(f"model.{f.name}={getattr(m, f.name)!r}")
+    return bad
+
+
+def _to_torch(a: np.ndarray):
+    torch = _torch()
+    if np.dtype(a.dtype) == ml_dtypes.bfloat16:
+        return torch.from_numpy(np.asarray(a, np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _torch_bytes(obj) -> bytes:
+    torch = _torch()
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def save_torch_state_dict(named: dict[str, np.ndarray], path: str | Path) -> int:
+    """A reference-named state dict as train_gpt.py's `final_model.pt` (torch.save); bytes written."""
+    from pgolf_jax.fsio import write_bytes
+
+    data = _torch_bytes({k: _to_torch(v) for k, v in named.items()})
+    write_bytes(path, data)
+    return len(data)
+
+
+def save_reference_int8_ptz(obj: dict, path: str | Path) -> int:
+    """An int8_clean_per_row_v1 quant object (export.quantize_int8) as the reference's
+    `final_model.int8.ptz`: torch.save, then zlib level 9; bytes written."""
+    from pgolf_jax.fsio import write_bytes
+
+    conv = {k: ({n: _to_torch(np.asarray(t)) for n, t in v.items()} if k in ("quantized", "scales", "passthrough")
+                else v) for k, v in obj.items()}
+    data = zlib.compress(_torch_bytes(conv), level=9)
+    write_bytes(path, data)
+    return len(data)

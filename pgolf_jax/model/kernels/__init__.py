@@ -44,6 +44,15 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
 
 
+def source_text() -> str:
+    """The kernel's C++: the file beside this module, or (in a packed train_gpt.py) the copy its
+    importer holds."""
+    try:
+        return SOURCE.read_text()
+    except FileNotFoundError:
+        return __loader__.get_data(str(SOURCE)).decode()
+
+
 def build() -> Path:
     """Compile the kernel library (or find it in the cache); raises RuntimeError with the reason."""
     cxx = _compiler()
@@ -51,7 +60,8 @@ def build() -> Path:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
     include = jax.ffi.include_dir()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), cxx, *version, include,
+    text = source_text()
+    key = hashlib.sha256("\n".join([text, " ".join(FLAGS), cxx, *version, include,
                                     jax.__version__, _cpu_signature()]).encode()).hexdigest()[:16]
     out = cache_dir() / f"causal_attention_cpu-{key}.so"
     if out.exists():
@@ -59,7 +69,11 @@ def build() -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
-    cmd = [cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", tmp]
+    src = SOURCE
+    if not src.is_file():  # packed: compile a copy of the embedded source
+        src = out.with_suffix(".cc")
+        src.write_text(text)
+    cmd = [cxx, *FLAGS, f"-I{include}", str(src), "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:

@@ -1,0 +1,94 @@
+"""The code of a run packed as one self-contained Python file, `train_gpt.py`, as the records ship
+theirs (minified source, lzma, base85, one `exec` line): the pgolf_jax modules the run imported
+(and the native kernel's C++ when it was loaded), the run's config, and a small importer that
+serves those modules from memory. Run inside a records folder with only the third-party
+requirements installed, it trains and evaluates the config it was packed for (command-line
+overrides such as `train.seed=42` still apply) and writes the same logs. Its size is what the
+artifact's code bytes count (quant.code_bytes=packed).
+
+Minification (python-minifier) drops docstrings, comments and annotations and renames locals;
+module-level names keep their names, since modules import them from each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import lzma
+import sys
+from pathlib import Path
+
+_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+# The payload, decompressed: this importer, then the config (JSON), then one entry per file
+# ("path\ncontents"), all separated by NUL bytes (sources carry no escapes this way; NUL never
+# occurs in them). It serves the modules from memory and runs the main job.
+_BOOT = """import sys,os,json,importlib.util as U
+R=os.path.dirname(os.path.abspath(__file__))
+C=json.loads(Z[1]);S={};D={}
+for z in Z[2:]:
+ k,v=z.split(b"\\n",1);k=k.decode();n=k[:-3].replace("/",".")
+ if k[-3:]!=".py":D[k]=v
+ elif n[-9:]==".__init__":S[n[:-9]]=(1,k,v)
+ else:S[n]=(0,k,v)
+class F:
+ def find_spec(s,n,p=None,t=None):
+  if n in S:return U.spec_from_loader(n,s,is_package=S[n][0],origin=os.path.join(R,S[n][1]))
+ def create_module(s,p):return None
+ def exec_module(s,m):
+  e=S[m.__name__];m.__file__=os.path.join(R,e[1]);exec(compile(e[2],m.__file__,"exec"),m.__dict__)
+ def get_data(s,p):return D[os.path.relpath(p,R).replace(os.sep,"/")]
+sys.meta_path.insert(0,F())
+import pgolf_jax
+pgolf_jax.__packed__=os.path.abspath(__file__)
+from pgolf_jax.cli import main
+sys.exit(main(sys.argv[1:],packed_config=C))
+"""
+
+
+def minify(source: str, filename: str) -> str:
+    import python_minifier
+
+    return python_minifier.minify(source, filename=filename, remove_literal_statements=True, rename_globals=False,
+                                  hoist_literals=False, remove_asserts=False, remove_debug=False)
+
+
+def pack(files: dict[str, bytes], config: dict) -> bytes:
+    """files {path relative to the repo root ('pgolf_jax/...'): contents} and a config dict ->
+    the bytes of train_gpt.py. Only the package's files go in (run.py is what it replaces)."""
+    entries = []
+    for rel, raw in sorted(files.items()):
+        if not rel.startswith("pgolf_jax/"):
+            continue
+        body = minify(raw.decode("utf-8"), rel).encode("utf-8") if rel.endswith(".py") else raw
+        if b"\0" in body:
+            raise ValueError(f"{rel}: a NUL byte cannot be packed")
+        entries.append(rel.encode() + b"\n" + body)
+    payload = b"\0".join([_BOOT.encode(), json.dumps(config, separators=(",", ":")).encode(), *entries])
+    blob = base64.b85encode(lzma.compress(payload, format=lzma.FORMAT_RAW, filters=_FILTERS))
+    return (b'import lzma as L,base64 as B\nZ=L.decompress(B.b85decode("' + blob
+            + b'"),format=L.FORMAT_RAW,filters=[{"id":L.FILTER_LZMA2}]).split(b"\\0");exec(Z[0])\n')
+
+
+def packed_path() -> str | None:
+    """The packed file this process runs from, or None when it runs from the package."""
+    return getattr(sys.modules.get("pgolf_jax"), "__packed__", None)
+
+
+def run_config(config: dict) -> dict:
+    """What a packed file embeds: the run's config without its identity (a rerun makes a new run)."""
+    out = {s: dict(v) for s, v in config.items()}
+    out["train"]["run_id"] = ""
+    out["train"]["out_dir"] = "runs"
+    return out
+
+
+def packed_code(code_files: list[Path], root: Path, config: dict) -> bytes:
+    """train_gpt.py for this process's code: a copy of the packed file it runs from, or the files
+    it imported packed with config."""
+    src = packed_path()
+    if src:
+        return Path(src).read_bytes()
+    files = {f.resolve().relative_to(root.resolve()).as_posix(): f.read_bytes() for f in code_files
+             if f.resolve().is_relative_to((root / "pgolf_jax").resolve())}
+    return pack(files, run_config(config))
