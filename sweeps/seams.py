@@ -23,10 +23,10 @@ VARIANTS = {
 SEEDS = [1337]
 CONTROL = "baseline"
 CONTROL_SEEDS = [1337, 1, 2]
-COMPARE = {"student_distill": "student"}
-# #1589 (1xH100, 600 s, 9L x 512, sp1024 FineWeb; round-trip bpb) and #1227 (Mac mini, CE of its
-# 4L x 192 student: direct 1.3194, distilled 1.3094): only the signs are comparable.
+COMPARE = {"teacher": "teacher", "student": "teacher", "student_distill": "student"}  # teacher: no control of its own
+# #1589 (1xH100, 600 s, 9L x 512, sp1024 FineWeb; round-trip bpb) and #1227 (Mac mini CE: teacher
+# 6L x 256 1.3158, 4L x 192 student direct 1.3194, distilled 1.3094): only the signs are comparable.
 REFERENCE = {"baseline": 1.3094, "mla64": 1.3223, "pause4x64": 1.3318, "eigen_r32": 1.4997, "recur12x2": 1.3226,
-             "ut_act8": 1.6967, "student": 1.3194, "student_distill": 1.3094}
+             "ut_act8": 1.6967, "teacher": 1.3158, "student": 1.3194, "student_distill": 1.3094}
 REFERENCE_NOTE = ("#1589's table (mla128, pause 4x64, eigen r64, recur 3,4 x2, ut_act12 vs its baseline; 1xH100 "
                   "600 s) and #1227's distillation (student CE, direct vs distilled)")
