@@ -27,7 +27,7 @@ from pgolf_jax import dist
 from pgolf_jax.config import Config
 from pgolf_jax.data.shards import load_val_tokens, open_shard
 from pgolf_jax.data.tokenizer import build_luts
-from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb, unigram_bpb
+from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb, unigram_bpb, with_window
 from pgolf_jax.fsio import atomic_output, write_json
 from pgolf_jax.model.gpt import Model, build_model, count_params
 from pgolf_jax.model.params import flat_specs
@@ -114,7 +114,8 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
         if seq not in tokens:
             tokens[seq] = load_val_tokens(pattern, seq, cfg.eval.val_tokens_limit, V)
         batch_tokens = batch_seqs * seq or cfg.eval.val_batch_size // max(1, cfg.train.batch_spans // n)
-        return Evaluator(model, tokens[seq], luts, seq, batch_tokens, data_sharding=dist.batch_sharding(mesh),
+        return Evaluator(with_window(model, cfg.eval.attention_window), tokens[seq], luts, seq, batch_tokens,
+                         data_sharding=dist.batch_sharding(mesh),
                          num_devices=n, stride=stride or seq)
 
     return factory
@@ -129,7 +130,10 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
 
     e = cfg.eval
     T = e.eval_seq_len or cfg.train.train_seq_len
-    fl = analytic_flops_per_token(cfg.model, T)
+    window = e.attention_window or cfg.model.attention_window
+    fl = analytic_flops_per_token(dataclasses.replace(cfg.model, attention_window=window), T)
+    if window:
+        log(f"eval:attention_window:{window} (sliding causal mask of every evaluation)")
     fwd_per_token = (fl["matmul"] + fl["attn_causal"]) / 3
     results = {}
     for mode in [m for m in e.final_modes.split(",") if m]:
@@ -148,10 +152,10 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
                              time.perf_counter() - t0)
         elif mode == "ttt":
             prog = Progress("eval:ttt", -(-ev.total // e.ttt_chunk_tokens), enabled=on, unit="chunks")
-            res, nll, ent, extra = full_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order), progress=prog)
+            res, nll, ent, extra = full_ttt(ev.model, params, ev, e, log, per_token=bool(e.ngram_order), progress=prog)
         else:
             prog = Progress("eval:lora_ttt", len(documents(ev.tokens)), enabled=on, unit="docs")
-            res, nll, ent, extra = lora_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order), progress=prog)
+            res, nll, ent, extra = lora_ttt(ev.model, params, ev, e, log, per_token=bool(e.ngram_order), progress=prog)
         prog.close()
         res = finite_result(res, f"final_{mode}")
         flops = fwd_per_token * (extra.get("forward_tokens") or len(ev.windows) * T) \

@@ -106,7 +106,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(cfg: Config, muon_dtype, labels) -> optax.GradientTransformationExtraArgs:
-    """Adam(W) for the embedding, head and scalars, Muon for matrices, one lr multiplier; `labels`
+    """Adam(W) for the embedding, head and scalars, Muon (or AdamW) for matrices, one lr multiplier; `labels`
     is the tree of each parameter's declared group (labels_from_specs). Weight decay is decoupled
     and uses the scheduled lr: p <- p - lr_t (u + wd p)."""
     o, m = cfg.optim, cfg.model
@@ -124,7 +124,8 @@ def make_optimizer(cfg: Config, muon_dtype, labels) -> optax.GradientTransformat
         "embed": group(adam(), o.tied_embed_lr if m.tie_embeddings else o.embed_lr, o.embed_wd),
         "head": group(adam(), o.head_lr),
         "scalar": group(adam(), o.scalar_lr, o.adam_wd),
-        "matrix": group(muon, o.matrix_lr, o.muon_wd),
+        # #1227 runs AdamW on the matrices too (optim.matrix_optimizer=adamw).
+        "matrix": group(muon if o.matrix_optimizer == "muon" else adam(), o.matrix_lr, o.muon_wd),
     }
     tx = optax.multi_transform(groups, labels)
     if o.grad_clip_norm > 0:
