@@ -103,6 +103,8 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
     val_tokens = tokens[cfg.train.train_seq_len]
     log(f"val_bpb:enabled tokenizer_path:{tok_path}")
     log(f"val_loader:shards pattern={pattern} tokens:{len(val_tokens) - 1}")
+    if cfg.eval.attention_window:
+        log(f"eval:attention_window:{cfg.eval.attention_window} (the sliding causal mask of every evaluation)")
     train_files = sorted(data_path.glob(cfg.data.train_files))
     if train_files:  # a reference point for "learns visibly": the unigram floor, from one shard
         uni = unigram_bpb(open_shard(train_files[0], V)[:UNIGRAM_TOKENS], val_tokens, luts, cfg.model.vocab_size)
@@ -132,8 +134,6 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
     T = e.eval_seq_len or cfg.train.train_seq_len
     window = e.attention_window or cfg.model.attention_window
     fl = analytic_flops_per_token(dataclasses.replace(cfg.model, attention_window=window), T)
-    if window:
-        log(f"eval:attention_window:{window} (sliding causal mask of every evaluation)")
     fwd_per_token = (fl["matmul"] + fl["attn_causal"]) / 3
     results = {}
     for mode in [m for m in e.final_modes.split(",") if m]:
