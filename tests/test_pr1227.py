@@ -19,7 +19,7 @@ from pgolf_jax.model.gpt import MLP, build_model, count_params
 from pgolf_jax.model.monarch import MonarchLinear
 from pgolf_jax.model.params import flat_specs
 from pgolf_jax.model.ssm import RATE_MAX, RATE_MIN, causal_conv, decay_kernel
-from pgolf_jax.optim.optimizers import labels_from_specs, make_optimizer
+from pgolf_jax.optim.optimizers import make_optimizer
 from pgolf_jax.optim.schedule import cosine_multiplier, schedule_multiplier, warmup_factor
 from pgolf_jax.quant import grid as grids
 from pgolf_jax.quant.export import dequantize_mixed, quantize_mixed

@@ -34,7 +34,7 @@ from pgolf_jax.model.layers import (
     rotary_tables,
     softcap,
 )
-from pgolf_jax.model.params import param, path_name, specs
+from pgolf_jax.model.params import param, specs
 
 
 def resolve_dtype(name: str):
