@@ -92,8 +92,8 @@ class ModelConfig:
     activation: str = "relu2"
     linear: str = "dense"
     block_schedule: str = "unet"
-    # linear=lowrank (Eigenweight, #1589): rank of every block linear, or per site (0 = linear_rank);
-    # clipped at min(in, out).
+    # linear=lowrank (Eigenweight, #1589) and linear=rlma (#2114): rank of every block linear, or
+    # per site (0 = linear_rank); clipped at min(in, out).
     linear_rank: int = 64
     attn_rank: int = 0
     mlp_rank: int = 0
@@ -108,6 +108,22 @@ class ModelConfig:
     act_threshold: float = 0.99
     act_halt_bias: float = -3.0
     act_ponder_cost: float = 0.01
+    # Heterogeneous layers (#1227): the mixer of the first layers, as comma-separated registry.MIXERS
+    # keys with optional counts ("s4d_lin*2" = the first two layers S4D-Lin, the rest attention).
+    # Each mixer's layers are their own stacked segment (`blocks_<mixer>`), so counts stay honest.
+    mixers: str = ""
+    ssm_inner: int = 0  # mixer s4d_lin: inner width of the gated causal conv (0 = model_dim)
+    ssm_kernel: int = 64  # its causal kernel length (K[d, t] = C_d exp(-r_d t), t < ssm_kernel)
+    # The MLP's weight parameterization (registry.LINEAR; "" = model.linear), e.g. monarch (#1227).
+    mlp_linear: str = ""
+    monarch_blocks: int = 16  # linear=monarch: diagonal blocks of each factor (8-12x compression at 12-16)
+    # topology=ut_shared (#2114): Block_in, ut_iterations passes of one shared block (a learned depth
+    # embedding added before each), Block_out; residual delta x + rs b or contraction rs (x + b),
+    # rs = 1 / sqrt(ut_iterations + 2); per-channel branch scales initialised to ut_branch_scale_init.
+    ut_iterations: int = 6
+    ut_residual: str = "delta"
+    ut_branch_scale_init: float = 0.6
+    attention_window: int = 0  # sliding causal attention window in tokens (0 = full causal)
     attention_impl: str = "auto"  # auto | xla | flash | cudnn | fused_cpu
     scan_layers: bool = True  # lax.scan over the stacked blocks (False = Python loop)
     remat: bool = False
@@ -129,6 +145,9 @@ class OptimConfig:
     muon_momentum_warmup_start: float = 0.85
     muon_momentum_warmup_steps: int = 500
     orthogonalizer: str = "newton_schulz"
+    # The block matrices' optimizer: muon, or adamw (#1227: AdamW on every parameter; matrices then
+    # take beta1/beta2/adam_eps and matrix_lr, with muon_wd as their decoupled weight decay).
+    matrix_optimizer: str = "muon"
     ns_coefficients: str = "ns5"  # key of orthogonalize.COEFFICIENTS
     ns_aol: bool = False  # AOL row pre-scaling on the first step (Turbo-Muon, PR #1809)
     gram_ns_min_aspect: float = 0.0  # Gram Newton-Schulz for aspect >= this (0 = never; #1809: 1.5)
@@ -155,6 +174,13 @@ class TrainConfig:
     # warmdown_iters as the baseline does.
     warmdown_frac: float = 0.0
     min_lr: float = 0.0
+    # The lr schedule: warmdown (the reference's, above; with both an iteration limit and a wall-clock
+    # cap it is max(min(iteration, wall-clock multiplier), min_lr), #2114's fix) or cosine (#1227:
+    # min_lr + (1 - min_lr) (1 + cos(pi p)) / 2 over the steps after the lr warm-up, or over the
+    # training fraction when capped). lr_warmup_steps: a linear lr ramp (step + 1) / N on top of
+    # either; unlike warmup_steps, the compile warm-up that is rolled back.
+    lr_schedule: str = "warmdown"
+    lr_warmup_steps: int = 0
     gptq_reserve_seconds: float = 0.0  # taken off the wall-clock cap for post-training calibration
     ema_decay: float = 0.0  # EMA of all weights (fp32), evaluated and exported instead (0 = off)
     warmup_steps: int = 20
@@ -192,6 +218,7 @@ class EvalConfig:
     val_batch_size: int = 524_288
     val_loss_every: int = 1000
     val_tokens_limit: int = 0  # score only the first N val tokens (0 = the whole split)
+    attention_window: int = 0  # every evaluation's sliding causal attention window (#2114: 512; 0 = as trained)
     # Evaluations of the round-tripped artifact, in order; the last one is the reported score:
     # plain (non-overlapping sequences), sliding, ttt (score-first full-weight SGD), lora_ttt.
     final_modes: str = "plain"
@@ -247,6 +274,10 @@ class QuantConfig:
     embed_clip_sigmas: float = 20.0
     other_clip_sigmas: float = 20.0
     scale_method: str = "sdclip"  # sdclip (k std(row) / qmax) | percentile | search (GPTQ-lite)
+    # The low-bit grid of every quantized row (export, GPTQ and QAT alike; quant/grid.py GRIDS):
+    # symmetric (the scale_method's scale, codes -qmax..qmax), affine (#1227: min-max over 2^bits
+    # levels) or nf (#1227's NormalFloat: standard-normal quantiles at (i + 0.5) / 2^bits, min-max).
+    grid: str = "symmetric"
     gptq_calibration_batches: int = 64  # batches of train_batch_tokens (GPTQ_CALIBRATION_BATCHES)
     gptq_block_size: int = 128
     gptq_damp: float = 0.01  # times mean(diag H)
@@ -296,6 +327,9 @@ RANGES = {
     "model.linear_rank": ">= 1", "model.attn_rank": ">= 0", "model.mlp_rank": ">= 0", "model.mla_latent": ">= 1",
     "model.pause_tokens": ">= 0", "model.pause_interval": ">= 1", "model.act_max_steps": ">= 1",
     "model.act_threshold": "(0, 1]", "model.act_ponder_cost": ">= 0",
+    "model.ssm_inner": ">= 0", "model.ssm_kernel": ">= 1", "model.monarch_blocks": ">= 1",
+    "model.ut_iterations": ">= 1", "model.ut_branch_scale_init": ">= 0", "model.attention_window": ">= 0",
+    "train.lr_warmup_steps": ">= 0", "eval.attention_window": ">= 0",
     "train.distill_alpha": "[0, 1]", "train.distill_temperature": "> 0",
     "optim.embed_lr": ">= 0", "optim.head_lr": ">= 0", "optim.tied_embed_lr": ">= 0", "optim.matrix_lr": ">= 0",
     "optim.scalar_lr": ">= 0", "optim.muon_momentum": "[0, 1)", "optim.muon_backend_steps": ">= 1",
@@ -326,6 +360,8 @@ RANGES = {
 TABLES = {
     "model.attention_impl": ("pgolf_jax.registry", "ATTENTION_IMPLS", ("auto",)),
     "optim.ns_coefficients": ("pgolf_jax.optim.coefficients", "COEFFICIENTS", ()),
+    "model.mlp_linear": ("pgolf_jax.registry", "LINEAR", ("",)),
+    "quant.grid": ("pgolf_jax.quant.grid", "GRIDS", ()),
 }
 
 RUN_ID_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -346,6 +382,52 @@ def registry_choices(key: str) -> list[str]:
         return list(registry.FIELDS[key])
     module, attr, extra = TABLES[key]
     return [*extra, *getattr(importlib.import_module(module), attr)]
+
+
+def layer_mixers(m: ModelConfig) -> tuple[str, ...]:
+    """The mixer (registry.MIXERS key) of every physical layer: model.mixers' entries (`name` or
+    `name*count`) for the first layers, attention for the rest."""
+    kinds: list[str] = []
+    for item in (x.strip() for x in m.mixers.split(",") if x.strip()):
+        name, _, count = item.partition("*")
+        if name.strip() not in registry.MIXERS or (count and not count.strip().isdigit()):
+            raise ConfigError(f"model.mixers={m.mixers!r}: {item!r} is not <mixer> or <mixer>*<count>; "
+                              f"mixers: {', '.join(registry.MIXERS)}")
+        kinds += [name.strip()] * (int(count) if count else 1)
+    if len(kinds) > m.num_layers:
+        raise ConfigError(f"model.mixers={m.mixers!r} names {len(kinds)} layers; model.num_layers={m.num_layers}")
+    return tuple(kinds) + ("attn",) * (m.num_layers - len(kinds))
+
+
+def _validate_layers(m: ModelConfig) -> None:
+    """Per-layer mixers, the MLP parameterization and the shared-block UT."""
+    kinds = layer_mixers(m)
+    if m.mixers and m.topology in ("act", "ut_shared"):
+        raise ConfigError(f"model.mixers is for stacks of distinct layers; model.topology={m.topology} builds its own")
+    if m.xsa_last_n and any(k != "attn" for k in kinds[m.num_layers - m.xsa_last_n:]):
+        raise ConfigError(f"model.xsa_last_n={m.xsa_last_n} reaches layers whose mixer is not attention "
+                          f"(model.mixers={m.mixers!r})")
+    if "monarch" in (m.linear, m.mlp_linear):
+        hidden, kv = int(m.mlp_mult * m.model_dim), m.num_kv_heads * (m.model_dim // m.num_heads)
+        dims = {"model_dim": m.model_dim, "MLP hidden": hidden}
+        if m.linear == "monarch":
+            dims.update({"kv width": kv, "ssm_inner": m.ssm_inner or m.model_dim})
+        bad = {k: v for k, v in dims.items() if v % m.monarch_blocks}
+        if bad:
+            raise ConfigError(f"model.monarch_blocks={m.monarch_blocks} must divide every Monarch matrix's sides: "
+                              + ", ".join(f"{k} {v}" for k, v in bad.items()))
+    if m.topology == "ut_shared":
+        if m.num_layers != 3:
+            raise ConfigError(f"model.topology=ut_shared stacks Block_in, the shared block and Block_out: "
+                              f"set model.num_layers=3 (got {m.num_layers})")
+        used = {"model.ln_scale": m.ln_scale, "model.xsa_last_n": m.xsa_last_n, "model.num_loops": m.num_loops,
+                "model.parallel_residual_start": m.parallel_residual_start >= 0,
+                "model.enable_looping_at": m.enable_looping_at}
+        if any(used.values()):
+            raise ConfigError(f"model.topology=ut_shared has its own parallel blocks and schedule: unset "
+                              + ", ".join(k for k, v in used.items() if v))
+    if m.ut_residual not in ("delta", "contraction"):
+        raise ConfigError(f"model.ut_residual must be delta or contraction, got {m.ut_residual!r}")
 
 
 def validate(cfg: Config) -> None:
@@ -381,6 +463,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.mla_latent={m.mla_latent} exceeds model.model_dim={m.model_dim}")
     if m.topology == "act" and m.num_layers != 1:
         raise ConfigError(f"model.topology=act applies one shared block: set model.num_layers=1 (got {m.num_layers})")
+    _validate_layers(m)
     if m.pause_tokens and (m.smear_gate or m.bigram_vocab_size):
         raise ConfigError("model.pause_tokens: pause slots have no token id, so they do not combine with "
                           "model.smear_gate or model.bigram_vocab_size")
@@ -448,7 +531,9 @@ def validate(cfg: Config) -> None:
                "quant.scale_method": (q.scale_method, ("sdclip", "percentile", "search")),
                "quant.compressor": (q.compressor, ("zstd", "zlib", "brotli")),
                "data.loader": (cfg.data.loader, ("sequential", "shuffled")),
-               "quant.code_bytes": (q.code_bytes, ("packed", "raw", "compressed"))}
+               "quant.code_bytes": (q.code_bytes, ("packed", "raw", "compressed")),
+               "optim.matrix_optimizer": (cfg.optim.matrix_optimizer, ("muon", "adamw")),
+               "train.lr_schedule": (t.lr_schedule, ("warmdown", "cosine"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
@@ -456,7 +541,10 @@ def validate(cfg: Config) -> None:
                       "quant.other_bits": q.other_bits}.items():
         if not 2 <= bits <= 8:
             raise ConfigError(f"{key}={bits} must be in 2..8 (values are stored as int8)")
-    if q.qat and q.scheme != "int8_per_row" and q.scale_method == "search":
+    if q.grid != "symmetric" and q.scheme == "int8_per_row":
+        raise ConfigError(f"quant.grid={q.grid} is a low-bit export grid: use quant.scheme rtn or gptq "
+                          "(int8_per_row is the reference's own format)")
+    if q.qat and q.scheme != "int8_per_row" and q.scale_method == "search" and q.grid == "symmetric":
         raise ConfigError("quant.qat follows the export scales: use quant.scale_method sdclip or percentile")
 
 

@@ -28,7 +28,7 @@ from pgolf_jax import dist
 from pgolf_jax.config import Config
 from pgolf_jax.data.shards import load_val_tokens, open_shard
 from pgolf_jax.data.tokenizer import build_luts
-from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb, unigram_bpb
+from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb, unigram_bpb, with_window
 from pgolf_jax.fsio import atomic_output, write_bytes, write_json
 from pgolf_jax.model.gpt import Model, build_model, count_params
 from pgolf_jax.model.params import flat_specs
@@ -113,6 +113,8 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
     val_tokens = tokens[cfg.train.train_seq_len]
     log(f"val_bpb:enabled tokenizer_path:{tok_path}")
     log(f"val_loader:shards pattern={pattern} tokens:{len(val_tokens) - 1}")
+    if cfg.eval.attention_window:
+        log(f"eval:attention_window:{cfg.eval.attention_window} (the sliding causal mask of every evaluation)")
     train_files = sorted(data_path.glob(cfg.data.train_files))
     if train_files:  # a reference point for "learns visibly": the unigram floor, from one shard
         uni = unigram_bpb(open_shard(train_files[0], V)[:UNIGRAM_TOKENS], val_tokens, luts, cfg.model.vocab_size)
@@ -124,7 +126,8 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
         if seq not in tokens:
             tokens[seq] = load_val_tokens(pattern, seq, cfg.eval.val_tokens_limit, V)
         batch_tokens = batch_seqs * seq or cfg.eval.val_batch_size // max(1, cfg.train.batch_spans // n)
-        return Evaluator(model, tokens[seq], luts, seq, batch_tokens, data_sharding=dist.batch_sharding(mesh),
+        return Evaluator(with_window(model, cfg.eval.attention_window), tokens[seq], luts, seq, batch_tokens,
+                         data_sharding=dist.batch_sharding(mesh),
                          num_devices=n, stride=stride or seq)
 
     return factory
@@ -154,11 +157,11 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
                              time.perf_counter() - t0)
         elif mode == "ttt":
             prog = Progress("eval:ttt", -(-ev.total // e.ttt_chunk_tokens), enabled=on, unit="chunks")
-            res, nll, ent, extra = mods["ttt"].full_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order),
+            res, nll, ent, extra = mods["ttt"].full_ttt(ev.model, params, ev, e, log, per_token=bool(e.ngram_order),
                                                          progress=prog)
         else:
             prog = Progress("eval:lora_ttt", len(mods["ttt"].documents(ev.tokens)), enabled=on, unit="docs")
-            res, nll, ent, extra = mods["ttt"].lora_ttt(model, params, ev, e, log, per_token=bool(e.ngram_order),
+            res, nll, ent, extra = mods["ttt"].lora_ttt(ev.model, params, ev, e, log, per_token=bool(e.ngram_order),
                                                          progress=prog)
         prog.close()
         res = finite_result(res, f"final_{mode}")
@@ -188,7 +191,8 @@ def projected_8xh100_seconds(cfg: Config, seq_len: int, forward_tokens: float, t
     any test-time training) at eval.h100_mfu of the bf16 peak."""
     from pgolf_jax.model.gpt import analytic_flops_per_token
 
-    fl = analytic_flops_per_token(cfg.model, seq_len)
+    window = cfg.eval.attention_window or cfg.model.attention_window
+    fl = analytic_flops_per_token(dataclasses.replace(cfg.model, attention_window=window), seq_len)
     fwd_per_token = (fl["matmul"] + fl["attn_causal"]) / 3
     return (fwd_per_token * forward_tokens + 3 * fwd_per_token * train_tokens) / (8 * H100_BF16_FLOPS * cfg.eval.h100_mfu)
 

@@ -16,6 +16,8 @@ TOPOLOGIES = {
     "unet": f"{_MODEL}.topology:UNet",
     "plain": f"{_MODEL}.topology:Plain",
     "act": f"{_MODEL}.act:ACT",
+    "denseformer": f"{_MODEL}.denseformer:DenseFormer",
+    "ut_shared": f"{_MODEL}.ut:UTShared",
 }
 # model.block_schedule: the physical layer order the stacked blocks are walked in.
 BLOCK_SCHEDULES = {
@@ -24,8 +26,15 @@ BLOCK_SCHEDULES = {
 }
 # model.attention: the attention module of a block.
 ATTENTION = {"gqa": f"{_MODEL}.attention:GQA", "mla": f"{_MODEL}.mla:MLA"}
-# model.linear: how a block linear's weight is stored and materialized.
-LINEAR = {"dense": f"{_MODEL}.layers:DenseLinear", "lowrank": f"{_MODEL}.lowrank:LowRankLinear"}
+# model.linear (and model.mlp_linear): how a block linear's weight is stored and materialized.
+LINEAR = {
+    "dense": f"{_MODEL}.layers:DenseLinear",
+    "lowrank": f"{_MODEL}.lowrank:LowRankLinear",
+    "monarch": f"{_MODEL}.monarch:MonarchLinear",
+    "rlma": f"{_MODEL}.rlma:RLMALinear",
+}
+# model.mixers: the block of a layer by its token mixer (each mixer's layers are stacked apart).
+MIXERS = {"attn": f"{_MODEL}.gpt:Block", "s4d_lin": f"{_MODEL}.ssm:SSMBlock"}
 # model.attention_impl: the causal attention kernel ("auto" picks one per backend and dtype).
 ATTENTION_IMPLS = {
     "xla": f"{_MODEL}.attention:xla_attention",
@@ -34,7 +43,11 @@ ATTENTION_IMPLS = {
     "fused_cpu": f"{_MODEL}.attention:fused_cpu_attention",
 }
 # model.activation: the MLP nonlinearity.
-ACTIVATIONS = {"relu2": f"{_MODEL}.layers:relu2", "leaky_relu2": f"{_MODEL}.layers:leaky_relu2"}
+ACTIVATIONS = {
+    "relu2": f"{_MODEL}.layers:relu2",
+    "leaky_relu2": f"{_MODEL}.layers:leaky_relu2",
+    "geglu": f"{_MODEL}.layers:geglu",  # gated: the MLP gets a third matrix
+}
 # optim.orthogonalizer: Muon's orthogonalization.
 ORTHOGONALIZERS = {
     "newton_schulz": "pgolf_jax.optim.orthogonalize:newton_schulz",

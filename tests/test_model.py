@@ -174,7 +174,9 @@ REGISTRY_ENTRIES = [(field.split(".")[1], key) for field, reg in registry.FIELDS
 @pytest.mark.parametrize("kind,key", REGISTRY_ENTRIES)
 def test_every_registry_entry_trains(kind, key):
     """Each registered model variant builds, gives finite logits and a finite non-zero gradient."""
-    shape = {"act": {"num_layers": 1}, "mla": {"mla_latent": 16}, "lowrank": {"linear_rank": 8}}.get(key, {})
+    shape = {"act": {"num_layers": 1}, "mla": {"mla_latent": 16}, "lowrank": {"linear_rank": 8},
+             "ut_shared": {"num_layers": 3, "ut_iterations": 2}, "monarch": {"monarch_blocks": 4},
+             "rlma": {"linear_rank": 8, "num_layers": 2}}.get(key, {})
     cfg = dataclasses.replace(TINY, **{kind: key}, **shape)
     model = M.build_model(cfg)
     params = perturbed(model)

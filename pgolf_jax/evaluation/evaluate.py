@@ -7,6 +7,7 @@ piece's UTF-8 length, plus one for a leading '▁' unless the previous token is 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from pgolf_jax import dist
 from pgolf_jax.data.tokenizer import ByteLuts, token_bytes
+from pgolf_jax.model.gpt import build_model
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,14 @@ class EvalResult:
     def line(self, prefix: str = "") -> str:
         return (f"{prefix}val_loss:{self.val_loss:.4f} val_bpb:{self.val_bpb:.4f} "
                 f"val_tokens:{self.val_tokens} val_bytes:{self.val_bytes} eval_time:{1000 * self.seconds:.0f}ms")
+
+
+def with_window(model, window: int):
+    """The model with its attention limited to a sliding causal window of `window` tokens (the
+    same parameters; eval.attention_window, #2114's 512-token eval mask); 0 keeps it as trained."""
+    if not window or window == model.cfg.attention_window:
+        return model
+    return build_model(dataclasses.replace(model.cfg, attention_window=window))
 
 
 def bpb(loss_sum: float, byte_count: float) -> float:

@@ -228,10 +228,41 @@ def resolve_impl(impl: str, dtype) -> str:
     return "flash"
 
 
-def causal_attention(q_BTHK, k_BTGK, v_BTGK, impl: str = "auto", scale: float | None = None):
-    """softmax(q k^T * scale + causal mask) v with GQA (query head h reads kv head h // (H/G))."""
+def windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window: int):
+    """Causal attention over a sliding window: query t sees keys t - window < s <= t (#2114's eval
+    mask). Exact, by query blocks of BLOCK: each block reads only its own keys and the halo of
+    ceil((window - 1) / BLOCK) blocks before it, so the cost is T (window + BLOCK), not T^2."""
+    B, T, H, K = q_BTHK.shape
+    G = k_BTGK.shape[2]
+    blk = min(BLOCK, T)
+    nb = -(-T // blk)
+    halo = -(-(window - 1) // blk) * blk
+    pad = nb * blk - T
+    q = jnp.pad(q_BTHK, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, nb, blk, G, H // G, K)
+    k, v = (jnp.pad(a, ((0, 0), (halo, pad), (0, 0), (0, 0))) for a in (k_BTGK, v_BTGK))
+    span = np.arange(nb)[:, None] * blk + np.arange(halo + blk)[None, :]  # block n's keys, in padded positions
+    k_win, v_win = k[:, span], v[:, span]  # (B, nb, S, G, K)
+    logits = jnp.einsum("bnqgrk,bnsgk->bngrqs", q, k_win, preferred_element_type=jnp.float32) * scale
+    q_pos = np.arange(nb)[:, None, None] * blk + np.arange(blk)[None, :, None]
+    k_pos = span[:, None, :] - halo
+    visible = (k_pos <= q_pos) & (k_pos > q_pos - window) & (k_pos >= 0)  # (nb, q, S)
+    logits = jnp.where(visible[None, :, None, None], logits, -jnp.inf)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v_BTGK.dtype)
+    out = jnp.einsum("bngrqs,bnsgk->bnqgrk", probs, v_win)
+    return out.reshape(B, nb * blk, H, K)[:, :T]
+
+
+def causal_attention(q_BTHK, k_BTGK, v_BTGK, impl: str = "auto", scale: float | None = None, window: int = 0):
+    """softmax(q k^T * scale + causal mask) v with GQA (query head h reads kv head h // (H/G));
+    with a window (< T), each query sees only its `window` most recent keys (itself included)."""
     scale = 1.0 / math.sqrt(q_BTHK.shape[-1]) if scale is None else scale
-    return registry.resolve(registry.ATTENTION_IMPLS, resolve_impl(impl, q_BTHK.dtype))(q_BTHK, k_BTGK, v_BTGK, scale)
+    impl = resolve_impl(impl, q_BTHK.dtype)
+    if window and window < q_BTHK.shape[1]:
+        if impl == "cudnn":
+            return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, scale=scale, is_causal=True,
+                                                local_window_size=(window - 1, 0), implementation="cudnn")
+        return windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window)
+    return registry.resolve(registry.ATTENTION_IMPLS, impl)(q_BTHK, k_BTGK, v_BTGK, scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +317,7 @@ class GQA(nnx.Module):
         q_BTHK = apply_rotary(q_BTHK, cos, sin)
         k_BTGK = apply_rotary(k_BTGK, cos, sin)
         q_BTHK = q_BTHK * self.q_gain[...].astype(q_BTHK.dtype)[:, None]
-        y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.impl)
+        y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.impl, window=ctx.get("window", 0))
         if not (isinstance(xsa, (int, float)) and xsa == 0):
             y_BTHK = jnp.where(jnp.asarray(xsa) > 0, exclusive_self_attention(y_BTHK, v_BTGK), y_BTHK)
         return self.proj(y_BTHK.reshape(B * T, H * K))

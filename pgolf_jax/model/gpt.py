@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgolf_jax import hyper, registry
-from pgolf_jax.config import ModelConfig
+from pgolf_jax.config import ModelConfig, layer_mixers
 from pgolf_jax.model import pause
 from pgolf_jax.model.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
 from pgolf_jax.model.layers import (
@@ -34,7 +34,7 @@ from pgolf_jax.model.layers import (
     rotary_tables,
     softcap,
 )
-from pgolf_jax.model.params import STACKED_PREFIX, param, path_name, specs
+from pgolf_jax.model.params import param, specs
 
 
 def resolve_dtype(name: str):
@@ -45,13 +45,19 @@ def resolve_dtype(name: str):
 
 
 class MLP(nnx.Module):
+    """proj(act(fc x)), or with a gated activation (GEGLU) proj(act(gate x) * fc x)."""
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         D, hidden = cfg.model_dim, int(cfg.mlp_mult * cfg.model_dim)
         self.fc = block_linear(cfg, D, hidden, site="mlp", init=linear_init(cfg, D, hidden), rngs=rngs)
         self.proj = block_linear(cfg, hidden, D, site="mlp", init="zeros", rngs=rngs)
         self.act = registry.resolve(registry.ACTIVATIONS, cfg.activation)
+        self.gate = (block_linear(cfg, D, hidden, site="mlp", init=linear_init(cfg, D, hidden), rngs=rngs)
+                     if getattr(self.act, "gated", False) else None)
 
     def __call__(self, x_ND):
+        if self.gate is not None:
+            return self.proj(self.act(self.gate(x_ND)) * self.fc(x_ND))
         return self.proj(self.act(self.fc(x_ND)))
 
 
@@ -60,12 +66,19 @@ def _ge(layer, threshold: int):
     return layer >= threshold if isinstance(layer, int) else jnp.asarray(layer) >= threshold
 
 
+def with_adapter(adapters: dict, name: str, n_ND, y_ND):
+    """y plus a test-time parallel path n @ d^T from the sublayer's normalized input, when given."""
+    d = adapters.get(name)
+    return y_ND if d is None else y_ND + n_ND @ d.astype(n_ND.dtype).T
+
+
 class Block(nnx.Module):
-    """Pre-norm block with the reference's x0 residual mix and per-channel branch scales."""
+    """Pre-norm block with the reference's x0 residual mix and per-channel branch scales; its token
+    mixer is the configured attention (other mixers subclass make_mixer / mix)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         D = cfg.model_dim
-        self.attn = registry.resolve(registry.ATTENTION, cfg.attention)(cfg, rngs=rngs)
+        self.make_mixer(cfg, rngs)
         self.mlp = MLP(cfg, rngs=rngs)
         self.attn_scale = param(jnp.ones((D,), jnp.float32), group="scalar", quant="control")
         self.mlp_scale = param(jnp.ones((D,), jnp.float32), group="scalar", quant="control")
@@ -74,6 +87,12 @@ class Block(nnx.Module):
         self.num_layers, self.ln_scale = cfg.num_layers, cfg.ln_scale
         self.xsa_last_n, self.parallel_start = cfg.xsa_last_n, cfg.parallel_residual_start
         name_taps(self)
+
+    def make_mixer(self, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
+        self.attn = registry.resolve(registry.ATTENTION, cfg.attention)(cfg, rngs=rngs)
+
+    def mix(self, n_ND, ctx, xsa):
+        return self.attn(n_ND, ctx, xsa=xsa)
 
     def __call__(self, x_ND, x0_ND, layer, ctx, adapters=None):
         """`layer` is the physical layer index (a traced int under scan) the per-layer rules use.
@@ -88,20 +107,34 @@ class Block(nnx.Module):
         norm = (lambda h: rms_norm(h) * c) if self.ln_scale else rms_norm
         xsa = _ge(layer, self.num_layers - self.xsa_last_n) if self.xsa_last_n else 0.0
         adapters = adapters or {}
-
-        def parallel(name, n_ND, y_ND):
-            d = adapters.get(name)
-            return y_ND if d is None else y_ND + n_ND @ d.astype(dt).T
-
         n_ND = norm(x_ND)
-        attn_out = x_ND + self.attn_scale[...].astype(dt) * parallel("attn_par", n_ND, self.attn(n_ND, ctx, xsa=xsa))
+        attn_out = x_ND + self.attn_scale[...].astype(dt) * with_adapter(adapters, "attn_par", n_ND,
+                                                                           self.mix(n_ND, ctx, xsa))
         # Sequential blocks feed the MLP the post-attention stream; GPT-J parallel blocks
         # (physical layer >= parallel_residual_start) feed it the block input (spec 4.3).
         mlp_in = attn_out
         if self.parallel_start >= 0:
             mlp_in = jnp.where(_ge(layer, self.parallel_start), x_ND, attn_out)
         n_ND = norm(mlp_in)
-        return attn_out + self.mlp_scale[...].astype(dt) * parallel("mlp_par", n_ND, self.mlp(n_ND))
+        return attn_out + self.mlp_scale[...].astype(dt) * with_adapter(adapters, "mlp_par", n_ND, self.mlp(n_ND))
+
+
+def block_stacks(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """{GPT attribute: the physical layers it stacks}: `blocks` holds the attention layers and each
+    other mixer's layers are their own segment `blocks_<mixer>` (model.mixers), so a layer holds
+    only its own mixer's parameters."""
+    stacks: dict[str, list[int]] = {}
+    for layer, kind in enumerate(layer_mixers(cfg)):
+        stacks.setdefault("blocks" if kind == "attn" else f"blocks_{kind}", []).append(layer)
+    return {name: tuple(layers) for name, layers in stacks.items()}
+
+
+def block_class(cfg: ModelConfig, stack: str):
+    """The block of a stack: the topology's own (ut_shared's parallel blocks), else its mixer's."""
+    topology = registry.resolve(registry.TOPOLOGIES, cfg.topology)
+    if hasattr(topology, "block"):
+        return topology.block
+    return registry.resolve(registry.MIXERS, stack.removeprefix("blocks_") if stack != "blocks" else "attn")
 
 
 def schedule(cfg: ModelConfig) -> tuple[int, ...]:
@@ -132,12 +165,16 @@ class GPT(nnx.Module):
         self.pause = (param(0.02 * jax.random.normal(rngs.params(), (cfg.pause_tokens, cfg.model_dim), jnp.float32),
                             group="scalar", quant="other") if cfg.pause_tokens else None)
 
-        @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
-        def make_blocks(rngs):
-            return Block(cfg, rngs=rngs)
+        self.stacks = block_stacks(cfg)
+        for name, stacked in self.stacks.items():
+            cls = block_class(cfg, name)
 
-        self.blocks = make_blocks(rngs)
+            @nnx.split_rngs(splits=len(stacked))
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make_blocks(rngs):
+                return cls(cfg, rngs=rngs)  # noqa: B023 (called at once)
+
+            setattr(self, name, make_blocks(rngs))
         # Before model.enable_looping_at the plain order runs; afterwards (and in eval) the
         # configured schedule. The topology's parameters are sized for both.
         self.plain_layers = tuple(range(cfg.num_layers))
@@ -176,7 +213,7 @@ class GPT(nnx.Module):
         cfg = self.cfg
         head_dim = cfg.model_dim // cfg.num_heads
         rope = rotary_tables(T, cfg.rope_dims or head_dim, cfg.rope_base, self.compute_dtype, cfg.rope_train_seq_len)
-        return {"rope": rope, "shape_BT": (B, T)}
+        return {"rope": rope, "shape_BT": (B, T), "window": cfg.attention_window}
 
     def _real(self, h_BTD, T: int):
         """The real positions of an expanded (pause) sequence."""
@@ -241,9 +278,9 @@ class GPT(nnx.Module):
                     acc[key] = jnp.zeros((n_layers,) + xtx.shape, jnp.float32)
                 acc[key] = acc[key].at[layer].add(xtx)
 
-        def tap_fn(layer, taps):
+        def tap_fn(index, n_stacked, taps):  # taps named "<stack>.<linear>.<weight>", index within the stack
             for name, x_in in taps.items():
-                add(f"blocks.{name}", x_in, layer, cfg.num_layers)
+                add(name, x_in, index, n_stacked)
 
         with capture_linear_inputs() as taps:
             x_BTD = self.embed(ids_BT)
@@ -336,31 +373,40 @@ def build_model(cfg: ModelConfig) -> Model:
 
 def analytic_flops_per_token(cfg: ModelConfig, seq_len: int, looped: bool = True) -> dict[str, float]:
     """Training FLOPs per token (3x forward; the optimizer aside) along the block schedule:
-    matmuls 6N (N = block matrices per virtual layer + the head), attention QK^T and PV."""
+    matmuls 6N (N = the matrix weights of every virtual layer + the head), attention QK^T and PV
+    (at most the sliding window's keys per query)."""
     D, V = cfg.model_dim, cfg.vocab_size
+    per_layer = layer_matmul_weights(cfg)
     # ACT runs its shared block act_max_steps times for every token (masked, not exited early).
-    n_layers = cfg.act_max_steps if cfg.topology == "act" else len(schedule(cfg)) if looped else cfg.num_layers
-    per_layer = block_matrix_params(cfg)
+    order = (0,) * cfg.act_max_steps if cfg.topology == "act" else schedule(cfg) if looped else range(cfg.num_layers)
+    n_attn = sum(1 for layer in order if layer_mixers(cfg)[layer] == "attn")
     # Pause slots are positions too: every real token pays for its share of them.
     inflate = 1.0 + cfg.pause_tokens / cfg.pause_interval if cfg.pause_tokens else 1.0
-    n_matmul = inflate * n_layers * per_layer + V * D
-    attn_full = inflate * 3 * n_layers * 2 * 2 * inflate * seq_len * D  # the full T' x T' square, fwd + bwd
-    return {"matmul": 6.0 * n_matmul, "attn_causal": attn_full / 2, "attn_full": attn_full,
+    n_matmul = inflate * sum(per_layer[layer] for layer in order) + V * D
+    keys = inflate * seq_len  # the full T' x T' square, fwd + bwd
+    attn_full = inflate * 3 * n_attn * 2 * 2 * keys * D
+    window = cfg.attention_window
+    causal = attn_full / 2 if not window or window >= keys else attn_full * window / keys
+    return {"matmul": 6.0 * n_matmul, "attn_causal": causal, "attn_full": attn_full,
             "n_matmul_params": float(n_matmul)}
 
 
 @functools.lru_cache(maxsize=32)
-def block_matrix_params(cfg: ModelConfig) -> int:
-    """Weights of one layer's matrices (what a token multiplies per block): from the model's own
-    parameters, so factorized linears and attention variants count what they really hold."""
+def layer_matmul_weights(cfg: ModelConfig) -> dict[int, int]:
+    """{physical layer: the weights a token multiplies in that block}: its matrices from the model's
+    own parameters (so factorized linears and attention variants count what they really hold),
+    plus what a linear materializes without storing (`matmul_extra`: RLMA's random bases)."""
     model = build_model(cfg)
-    shapes = nnx.to_pure_dict(model.abstract_state)
+    gpt = nnx.merge(model.graphdef, model.abstract_state)
     spec_of = dict(jax.tree_util.tree_leaves_with_path(model.param_specs()))
-    total = 0
-    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
-        if path_name(path).startswith(STACKED_PREFIX) and spec_of[path].group == "matrix":
-            total += math.prod(leaf.shape[1:])
-    return total
+    out = {}
+    for name, layers in gpt.stacks.items():
+        total = sum(math.prod(leaf.shape[1:]) for path, leaf in
+                    jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(model.abstract_state)[name])
+                    if spec_of[(jax.tree_util.DictKey(name), *path)].group == "matrix")
+        total += sum(getattr(m, "matmul_extra", 0) for _, m in nnx.iter_modules(getattr(gpt, name)))
+        out.update(dict.fromkeys(layers, total))
+    return out
 
 
 def count_params(params) -> int:

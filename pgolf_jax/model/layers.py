@@ -99,9 +99,32 @@ def linear_init(cfg, in_f: int, out_f: int) -> str:
 
 
 def block_linear(cfg, in_f: int, out_f: int, *, site: str, init: str, rngs: nnx.Rngs):
-    """A block projection through the model.linear registry; `site` (attn | mlp) is its
-    quantization group (and picks a low-rank parameterization's rank)."""
-    return registry.resolve(registry.LINEAR, cfg.linear)(in_f, out_f, init=init, quant=site, cfg=cfg, rngs=rngs)
+    """A block projection through the model.linear registry (model.mlp_linear for the MLP when
+    set); `site` (attn | mlp) is its quantization group (and picks a low-rank parameterization's rank)."""
+    kind = (cfg.mlp_linear or cfg.linear) if site == "mlp" else cfg.linear
+    return registry.resolve(registry.LINEAR, kind)(in_f, out_f, init=init, quant=site, cfg=cfg, rngs=rngs)
+
+
+# Where a block runs: its physical layer and virtual slot (traced ints under scan), set by the block
+# runner around every block application, for linears whose weights depend on the pass they are
+# used in (RLMA's random base, regenerated per iteration of a shared block).
+_POSITION: list = []
+
+
+@contextlib.contextmanager
+def block_position(layer, slot):
+    _POSITION.append((layer, slot))
+    try:
+        yield
+    finally:
+        _POSITION.pop()
+
+
+def current_position():
+    """(physical layer, virtual slot) of the block being applied."""
+    if not _POSITION:
+        raise RuntimeError("this linear needs the block position: it runs only inside a block runner's block")
+    return _POSITION[-1]
 
 
 # Input taps for GPTQ calibration: inside `with capture_linear_inputs() as taps:` every linear that
@@ -158,3 +181,12 @@ def relu2(x):
 def leaky_relu2(x):
     """LeakyReLU(0.5) squared, the records' MLP activation (spec 4.6)."""
     return jnp.square(jax.nn.leaky_relu(x, negative_slope=0.5))
+
+
+def geglu(x):
+    """GELU (exact, as torch's F.gelu) of the gate: with `gated`, the MLP computes
+    down(gelu(x W_g) * (x W_u)) with a third matrix W_g (#1227, spec 5.3)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+geglu.gated = True

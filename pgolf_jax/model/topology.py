@@ -10,11 +10,16 @@ tap_fn, slot_deltas) -> (x, aux losses)`); `unet` is the reference's (skips betw
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgolf_jax.model.layers import capture_linear_inputs
+from pgolf_jax.model.layers import block_position, capture_linear_inputs
 from pgolf_jax.model.params import param, path_name
 
 # slot_deltas keys that are parallel adapter matrices (D, D) rather than weight deltas.
@@ -52,47 +57,77 @@ def _gather(tree, idx: tuple[int, ...]):
     return jax.tree.map(lambda a: jnp.take(a, order, axis=0), tree)
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=("state", "adapters", "slot"),
+                   meta_fields=("stack",))
+@dataclasses.dataclass(frozen=True)
+class SlotState:
+    """What one block application reads: its stack's weights (plus test-time deltas), the slot's
+    parallel adapters, the virtual slot index (traced under scan) and which stack (static)."""
+    state: Any
+    adapters: dict
+    slot: Any
+    stack: str
+
+
 class BlockRunner:
     """The stacked blocks as a function of (x, per-slot state, physical layer), with test-time
-    slot deltas added to a slot's weights: what every topology runs."""
+    slot deltas added to a slot's weights: what every topology runs. A schedule may cross the
+    segments of a heterogeneous stack (gpt.stacks); a scan then runs once per segment run."""
 
     def __init__(self, gpt, x0, ctx, slot_deltas=None):
-        self.graphdef, self.stacked = nnx.split(gpt.blocks)
+        self.stacks = {name: nnx.split(getattr(gpt, name)) for name in gpt.stacks}
+        # physical layer -> (stack, index within it)
+        self.where = {layer: (name, i) for name, layers in gpt.stacks.items() for i, layer in enumerate(layers)}
+        self.sizes = {name: len(layers) for name, layers in gpt.stacks.items()}
         self.x0, self.ctx = x0, ctx
         self.deltas = slot_deltas or {}
         self.parallel = {k: v for k, v in self.deltas.items() if k in PARALLEL_ADAPTERS}
         self.block = jax.checkpoint(self.raw) if gpt.cfg.remat else self.raw
 
-    def raw(self, x, state_adapters, layer):
-        state, adapters = state_adapters
-        return nnx.merge(self.graphdef, state)(x, self.x0, layer, self.ctx, adapters)
+    def raw(self, x, s: SlotState, layer):
+        with block_position(layer, s.slot):
+            return nnx.merge(self.stacks[s.stack][0], s.state)(x, self.x0, layer, self.ctx, s.adapters)
 
-    def slots(self, state, slots):
-        """(block weights of virtual slots `slots` (an index or a slice) plus their weight deltas,
-        those slots' parallel adapters)."""
+    def slots(self, stack: str, state, slots) -> SlotState:
+        """Block weights of virtual slots `slots` (an index or a slice) plus their weight deltas,
+        with those slots' parallel adapters and indices."""
         def add(path, a):
             d = self.deltas.get(path_name(path).removesuffix(".value"))
             return a if d is None else a + d[slots].astype(a.dtype)
 
         if self.deltas:
             state = jax.tree_util.tree_map_with_path(add, state)
-        return state, {k: v[slots] for k, v in self.parallel.items()}
+        index = jnp.arange(slots.start, slots.stop, dtype=jnp.int32) if isinstance(slots, slice) else slots
+        return SlotState(state, {k: v[slots] for k, v in self.parallel.items()}, index, stack)
 
-    def layer(self, layer: int, slot: int):
+    def layer(self, layer: int, slot: int) -> SlotState:
         """The state of one physical layer at one virtual slot."""
-        return self.slots(jax.tree.map(lambda a: a[layer], self.stacked), slot)
+        stack, i = self.where[layer]
+        return self.slots(stack, jax.tree.map(lambda a: a[i], self.stacks[stack][1]), slot)
 
-    def calibrate(self, x, state, layer, tap_fn):
+    def calibrate(self, x, s: SlotState, layer, tap_fn):
+        """Apply the block, then hand tap_fn(index in its stack, stack size, {"<stack>.<input>": x})."""
         with capture_linear_inputs() as taps:
-            x = self.raw(x, state, layer)
-        tap_fn(layer, taps)
+            x = self.raw(x, s, layer)
+        stack, i = self.where[layer]
+        tap_fn(i, self.sizes[stack], {f"{stack}.{name}": v for name, v in taps.items()})
         return x
 
     def scan(self, fn, x, first_slot: int, idx: tuple[int, ...], *extra):
-        if not idx:
-            return x, None
-        state = self.slots(_gather(self.stacked, idx), slice(first_slot, first_slot + len(idx)))
-        return jax.lax.scan(fn, x, (state, jnp.asarray(idx, jnp.int32)) + extra)
+        """lax.scan of fn over the virtual layers idx (slots first_slot...), with `extra` scanned
+        beside them; one scan per run of consecutive layers in the same stack, outputs joined."""
+        outs, start = [], 0
+        for stack, run in itertools.groupby(idx, key=lambda layer: self.where[layer][0]):
+            run = tuple(run)
+            stop = start + len(run)
+            local = tuple(self.where[layer][1] for layer in run)
+            state = self.slots(stack, _gather(self.stacks[stack][1], local), slice(first_slot + start, first_slot + stop))
+            x, ys = jax.lax.scan(fn, x, (state, jnp.asarray(run, jnp.int32)) + tuple(e[start:stop] for e in extra))
+            outs.append(ys)
+            start = stop
+        if len(outs) <= 1:
+            return x, outs[0] if outs else None
+        return x, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 
 class UNet:

@@ -107,7 +107,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(cfg: Config, muon_dtype, labels) -> optax.GradientTransformationExtraArgs:
-    """Adam(W) for the embedding, head and scalars, Muon for matrices, one lr multiplier; `labels`
+    """Adam(W) for the embedding, head and scalars, Muon (or AdamW) for matrices, one lr multiplier; `labels`
     is the tree of each parameter's declared group (labels_from_specs). Weight decay is decoupled
     and uses the scheduled lr: p <- p - lr_t (u + wd p). Inside hyper.traced(...) (a vmapped sweep
     group) the scalar hyperparameters are the group's traced values."""
@@ -131,7 +131,8 @@ def make_optimizer(cfg: Config, muon_dtype, labels) -> optax.GradientTransformat
         "embed": group(adam(), h("tied_embed_lr") if m.tie_embeddings else h("embed_lr"), h("embed_wd")),
         "head": group(adam(), h("head_lr")),
         "scalar": group(adam(), h("scalar_lr"), h("adam_wd")),
-        "matrix": group(muon, h("matrix_lr"), h("muon_wd")),
+        # #1227 runs AdamW on the matrices too (optim.matrix_optimizer=adamw).
+        "matrix": group(muon if o.matrix_optimizer == "muon" else adam(), h("matrix_lr"), h("muon_wd")),
     }
     tx = optax.multi_transform(groups, labels)
     if o.grad_clip_norm > 0:

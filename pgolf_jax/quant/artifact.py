@@ -38,7 +38,7 @@ from pgolf_jax.fsio import write_bytes
 MAGIC = b"PGJXART1"
 CODECS = {"zlib": 1, "zstd": 2, "brotli": 3}
 _HEADER = struct.Struct("<8sB3sQI")  # magic, codec, reserved (zero), raw_len, crc32
-_SLOTS = ("quantized", "scales", "passthrough", "lqer")
+_SLOTS = ("quantized", "scales", "passthrough", "lqer", "offsets")  # offsets: min-max grids' row minima
 _DTYPES = {"int8", "uint8", "int16", "int32", "int64", "uint16", "float16", "float32", "float64", "bfloat16", "bool"}
 
 

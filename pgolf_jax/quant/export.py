@@ -17,6 +17,7 @@ import numpy as np
 from pgolf_jax.config import CONTROL_TENSOR_NAME_PATTERNS
 from pgolf_jax.model.params import ParamSpec
 from pgolf_jax.quant.gptq import gptq_quantize, lqer_correct, lqer_delta
+from pgolf_jax.quant import grid as grids
 from pgolf_jax.quant.grid import (
     quantile_rows,
     round_to_nearest,
@@ -156,8 +157,9 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
     rules = rules or name_rules(named)
     groups = {g: (getattr(q, f"{g}_bits"), getattr(q, f"{g}_clip_sigmas")) for g in ("attn", "mlp", "embed", "other")}
     obj = {"__quant_format__": MIXED_FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {},
-           "qmeta": {}, "passthrough_orig_dtypes": {}, "lqer": {}}
+           "qmeta": {}, "passthrough_orig_dtypes": {}, "lqer": {}, "offsets": {}}
     report = {"tensors": {}}
+    no_hessian = []
     for name, t in named.items():
         t = np.asarray(t)
         if dtype_name(t) not in _FLOAT_DTYPES:
@@ -172,36 +174,62 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
         group = "embed" if rule == "lookup" else rule if rule in groups else "other"
         bits, k = groups[group]
         w32 = t.astype(np.float32)
-        s = row_scales(w32, bits, q.scale_method, k, q.clip_percentile)
         method = "rtn" if rule == "lookup" else q.scheme
+        if method == "gptq" and not rules[name].hessian:
+            method = "rtn"
+            no_hessian.append(name)
         if method == "gptq" and (hessians is None or name not in hessians):
             raise ValueError(f"GPTQ needs a calibration Hessian for {name}")
+        if q.grid == "symmetric":
+            s = row_scales(w32, bits, q.scale_method, k, q.clip_percentile)
+            codec = None
+        else:  # a min-max grid: fixed (lo, step) per row, stored beside the codes
+            lo, s = grids.minmax_params(w32, q.grid, bits)
+            obj["offsets"][name] = lo
+            codec = _codec(q.grid, bits, lo, s)
         if method == "gptq":
             qt = gptq_quantize(w32, hessians[name], s, bits, block_size=q.gptq_block_size, damp=q.gptq_damp,
-                               act_order=q.gptq_act_order)
+                               act_order=q.gptq_act_order, codec=codec)
         else:
-            qt = round_to_nearest(w32, s, bits)
+            qt = round_to_nearest(w32, s, bits) if codec is None else codec[0](w32.T).T
         obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = qt, s, dtype_name(t)
-        obj["qmeta"][name] = {"scheme": "per_row", "bits": bits, "group": group, "method": method}
-        err = float(np.linalg.norm(qt.astype(np.float32) * s.astype(np.float32)[:, None] - w32))
+        obj["qmeta"][name] = {"scheme": "per_row", "bits": bits, "group": group, "method": method, "grid": q.grid}
+        err = float(np.linalg.norm(_dequant(obj, name) - w32))
         report["tensors"][name] = {"group": group, "bits": bits, "error_fro": err}
+    if no_hessian and log:
+        log(f"gptq:round-to-nearest for {len(no_hessian)} tensors no input Hessian describes (each block of "
+            f"rows reads its own input slice): {', '.join(no_hessian[:4])}{' ...' if len(no_hessian) > 4 else ''}")
     if q.lqer_rank > 0:
         worst = sorted(report["tensors"], key=lambda n: -report["tensors"][n]["error_fro"])[: q.lqer_top_k]
         for name in worst:
             w32 = np.asarray(named[name], np.float32)
-            deq = obj["quantized"][name].astype(np.float32) * obj["scales"][name].astype(np.float32)[:, None]
-            obj["lqer"].update(lqer_correct(name, w32 - deq, q.lqer_rank, q.lqer_asym))
+            obj["lqer"].update(lqer_correct(name, w32 - _dequant(obj, name), q.lqer_rank, q.lqer_asym))
             obj["qmeta"][name]["lqer_rank"] = q.lqer_rank
         if log:
             log(f"lqer:rank {q.lqer_rank} on {', '.join(worst)}")
     return obj, report
 
 
+def _codec(grid: str, bits: int, lo: np.ndarray, step: np.ndarray):
+    """(encode, decode) over the rows of a min-max grid: of one column (rows,), or of w^T."""
+    return (lambda col: grids.encode(col, lo, step, grid, bits),
+            lambda codes: grids.decode(codes, lo, step, grid, bits))
+
+
+def _dequant(obj: dict, name: str) -> np.ndarray:
+    """float32 rows of a quantized tensor (before any LQER correction), on its grid."""
+    qt, s = obj["quantized"][name], np.asarray(obj["scales"][name])
+    grid = obj["qmeta"].get(name, {}).get("grid", "symmetric")
+    if grid == "symmetric":
+        return qt.astype(np.float32) * s.astype(np.float32)[:, None]
+    return grids.decode(qt, np.asarray(obj["offsets"][name])[:, None], s[:, None], grid, obj["qmeta"][name]["bits"])
+
+
 def dequantize_mixed(obj: dict) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     orig = obj.get("passthrough_orig_dtypes", {}) or {}
-    for name, qt in obj["quantized"].items():
-        w = qt.astype(np.float32) * np.asarray(obj["scales"][name]).astype(np.float32)[:, None]
+    for name in obj["quantized"]:
+        w = _dequant(obj, name)
         if obj["qmeta"].get(name, {}).get("lqer_rank"):
             w = w + lqer_delta(name, obj["lqer"])
         out[name] = w.astype(_np_dtype(obj["dtypes"][name]))
@@ -214,7 +242,7 @@ def check_finite(obj: dict, named: dict[str, np.ndarray] | None = None) -> None:
     """Refuse to export a quant object holding NaN/inf (a float16 cast that overflowed, a scale of
     a diverged row): FloatingPointError naming the tensor and, given the float weights, why."""
     bad = []
-    for slot in ("scales", "passthrough", "lqer"):
+    for slot in ("scales", "passthrough", "lqer", "offsets"):
         for name, arr in (obj.get(slot) or {}).items():
             a = np.asarray(arr)
             if a.dtype.kind == "f" or dtype_name(a) == "bfloat16":

@@ -16,10 +16,12 @@ from pgolf_jax.quant.grid import qmax
 
 
 def gptq_quantize(w32: np.ndarray, H: np.ndarray, scales: np.ndarray, bits: int, block_size: int = 128,
-                  damp: float = 0.01, act_order: bool = True) -> np.ndarray:
+                  damp: float = 0.01, act_order: bool = True, codec=None) -> np.ndarray:
     """int8 codes of w32 (rows x cols) for fixed fp16 row scales, minimizing the H-weighted error.
     The linear algebra runs in float64 (the records run it in fp32 on GPU): it never changes the
-    codes' meaning and keeps the Cholesky factorization stable on near-singular Hessians."""
+    codes' meaning and keeps the Cholesky factorization stable on near-singular Hessians.
+    codec = (encode, decode) of one column (rows,) replaces the symmetric grid of `scales` (the
+    min-max grids of quant.grid, with their fixed per-row parameters)."""
     rows, cols = w32.shape
     if H.shape != (cols, cols):
         raise ValueError(f"Hessian shape {H.shape} does not match {cols} input columns")
@@ -34,18 +36,27 @@ def gptq_quantize(w32: np.ndarray, H: np.ndarray, scales: np.ndarray, bits: int,
     # Upper Cholesky factor U of H^-1 (H^-1 = U^T U): row j of U gives the error propagation.
     Linv = np.linalg.inv(np.linalg.cholesky(H))
     U = np.linalg.cholesky(Linv.T @ Linv).T
-    s = scales.astype(np.float32).astype(np.float64)
-    qm = qmax(bits)
+    if codec is None:
+        s = scales.astype(np.float32).astype(np.float64)
+        qm = qmax(bits)
+        nonzero = s != 0  # a row whose scale underflowed to 0 codes as 0 (torch's nan -> int8)
+
+        def encode(col):
+            return np.clip(np.round(np.divide(col, s, out=np.zeros(rows), where=nonzero)), -qm, qm)
+
+        def decode(q):
+            return q * s
+    else:
+        encode, decode = codec
     Q = np.zeros((rows, cols), np.int8)
-    nonzero = s != 0  # a row whose scale underflowed to 0 codes as 0 (torch's nan -> int8)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         Wb, Ub = W[:, i1:i2].copy(), U[i1:i2, i1:i2]
         err = np.zeros((rows, i2 - i1))
         for j in range(i2 - i1):
-            q = np.clip(np.round(np.divide(Wb[:, j], s, out=np.zeros(rows), where=nonzero)), -qm, qm)
+            q = encode(Wb[:, j])
             Q[:, i1 + j] = q
-            e = (Wb[:, j] - q * s) / Ub[j, j]
+            e = (Wb[:, j] - decode(q)) / Ub[j, j]
             err[:, j] = e
             Wb[:, j:] -= np.outer(e, Ub[j, j:])
         W[:, i2:] -= err @ U[i1:i2, i2:]

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import functools
+import statistics
+
 import numpy as np
 
 SEARCH_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)  # GPTQ-lite's candidates (03-22)
@@ -62,3 +65,53 @@ def row_scales(w32: np.ndarray, bits: int, method: str, clip_sigmas: float, perc
         if err < best_err:
             best, best_err = s, err
     return best
+
+
+# ---------------------------------------------------------------------------------------------
+# quant.grid: the grid of every low-bit row, the same in the export, GPTQ and QAT (so what QAT
+# trains against is what ships). The two min-max grids are #1227's (spec 5.3); their per-row
+# (lo, step) are stored fp16 and the codes c - 2^(bits-1) in int8 containers. Written once for
+# NumPy and jax.numpy (`xp`).
+
+GRIDS = {
+    "symmetric": "codes -qmax..qmax times the row's scale (quant.scale_method)",
+    "affine": "#1227: 2^bits levels evenly from the row's min to its max",
+    "nf": "#1227's NormalFloat: standard-normal quantiles at (i + 0.5) / 2^bits, min-max rescaled to the row",
+}
+
+
+@functools.lru_cache(maxsize=8)
+def nf_levels(bits: int) -> np.ndarray:
+    """The NormalFloat codebook in [0, 1]: N(0, 1) quantiles at (i + 0.5) / 2^bits, min-max rescaled."""
+    n = 2 ** bits
+    z = np.asarray([statistics.NormalDist().inv_cdf((i + 0.5) / n) for i in range(n)])
+    return ((z - z.min()) / (z.max() - z.min())).astype(np.float32)
+
+
+def minmax_params(w32, grid: str, bits: int, xp=np):
+    """Per-row (lo, step) of a min-max grid, as fp16: lo = min, step = (max - min) / (2^bits - 1)
+    for affine, max - min for nf (whose levels live in [0, 1])."""
+    lo, hi = w32.min(axis=-1), w32.max(axis=-1)
+    span = hi - lo
+    step = span / (2 ** bits - 1) if grid == "affine" else span
+    return lo.astype(xp.float16), step.astype(xp.float16)
+
+
+def encode(w32, lo, step, grid: str, bits: int, xp=np, levels=None):
+    """Signed codes of w on a min-max grid with (lo, step) broadcast against w (float32 math)."""
+    lo, step = lo.astype(xp.float32), step.astype(xp.float32)
+    u = xp.where(step != 0, (w32 - lo) / xp.where(step != 0, step, 1.0), 0.0)
+    if grid == "affine":
+        c = xp.clip(xp.round(u), 0, 2 ** bits - 1)
+    else:
+        lv = nf_levels(bits) if levels is None else levels
+        c = xp.searchsorted((lv[1:] + lv[:-1]) / 2, u)  # the nearest level (levels sorted)
+    return (c - 2 ** (bits - 1)).astype(xp.int8)
+
+
+def decode(codes, lo, step, grid: str, bits: int, xp=np, levels=None):
+    """float32 values of signed codes on a min-max grid."""
+    c = codes.astype(xp.int32) + 2 ** (bits - 1)
+    lv = (nf_levels(bits) if levels is None else levels) if grid == "nf" else None
+    v = c.astype(xp.float32) if grid == "affine" else xp.take(lv, c)
+    return v * step.astype(xp.float32) + lo.astype(xp.float32)

@@ -15,15 +15,14 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from pgolf_jax.model.params import STACKED_PREFIX, path_name
+from pgolf_jax.model.params import is_stacked, layer_names, path_name
 
 
 def split_layers(name: str, arr) -> dict:
     """{name: arr}, or for a stacked block tensor {"blocks.<i>.<rest>": arr[i]} per layer."""
-    if not name.startswith(STACKED_PREFIX):
+    if not is_stacked(name):
         return {name: arr}
-    rest = name[len(STACKED_PREFIX):]
-    return {f"{STACKED_PREFIX}{i}.{rest}": arr[i] for i in range(arr.shape[0])}
+    return {key: arr[i] for i, key in enumerate(layer_names(name, arr.shape[0]))}
 
 
 def flatten_params(params) -> dict[str, np.ndarray]:
@@ -40,9 +39,8 @@ def unflatten_params(named: dict[str, np.ndarray], template, source: str = "stat
 
     def fill(path, leaf):
         name = path_name(path)
-        if name.startswith(STACKED_PREFIX):
-            rest = name[len(STACKED_PREFIX):]
-            keys = [f"{STACKED_PREFIX}{i}.{rest}" for i in range(leaf.shape[0])]
+        if is_stacked(name):
+            keys = layer_names(name, leaf.shape[0])
             parts = [_take(named, k, leaf.shape[1:], source) for k in keys]
             used.update(keys)
             arr = np.stack(parts)

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgolf_jax.config import QuantConfig
-from pgolf_jax.model.params import STACKED_PREFIX, ParamSpec, path_name
+from pgolf_jax.model.params import ParamSpec, is_stacked, path_name
+from pgolf_jax.quant import grid as grids
 from pgolf_jax.quant.grid import qmax
 
 
@@ -27,6 +28,8 @@ def export_rule(spec: ParamSpec, per_layer_shape: tuple, q: QuantConfig):
     if q.scheme == "int8_per_row":
         return 8, "int8_per_row", q.clip_percentile
     group = "embed" if spec.quant == "lookup" else spec.quant if spec.quant in ("attn", "mlp", "embed") else "other"
+    if q.grid != "symmetric":  # a min-max grid: no clip, the grid's name is the method
+        return getattr(q, f"{group}_bits"), q.grid, 0.0
     if q.scale_method == "search":
         raise ValueError("QAT follows the export scales: use quant.scale_method sdclip or percentile with QAT")
     return getattr(q, f"{group}_bits"), q.scale_method, getattr(q, f"{group}_clip_sigmas")
@@ -45,9 +48,14 @@ def _rows_quantile(a, q: float):
     return x + w * (y - x) if abs(w) < 0.5 else y - (y - x) * (np.float32(1.0) - w)
 
 
-def fake_quant_tensor(w, bits: int, method: str, clip: float):
-    """Per-row quantize-dequantize over the last axis (leading axes are independent rows)."""
+def fake_quant_tensor(w, bits: int, method: str, clip: float, levels=None):
+    """Per-row quantize-dequantize over the last axis (leading axes are independent rows). method
+    affine / nf: #1227's min-max grids (quant.grid), `levels` overriding nf's codebook."""
     w32 = w.astype(jnp.float32)
+    if method in ("affine", "nf"):
+        lo, step = (a[..., None] for a in grids.minmax_params(w32, method, bits, jnp))
+        codes = grids.encode(w32, lo, step, method, bits, jnp, levels)
+        return grids.decode(codes, lo, step, method, bits, jnp, levels).astype(w.dtype)
     qm = jnp.float32(qmax(bits))
     if method == "sdclip":
         scale = jnp.maximum(jnp.float32(clip) * jnp.std(w32, axis=-1, ddof=1) / qm, jnp.float32(1e-10))
@@ -63,16 +71,21 @@ def fake_quant_tensor(w, bits: int, method: str, clip: float):
     return (jnp.clip(jnp.round(ratio), -qm, qm) * s).astype(w.dtype)
 
 
+def straight_through(w, quantized, on=1.0):
+    """w + on * stop_gradient(quantized - w): the loss sees `quantized`, the gradient reaches w as
+    if it were the identity, and nothing inside `quantized` (a codebook included) gets any."""
+    return w + jnp.asarray(on, w.dtype) * jax.lax.stop_gradient(quantized - w)
+
+
 def fake_quantize(params, q: QuantConfig, on=1.0, spec_tree=None):
     """params with every exported matrix replaced by w + on * stop_gradient(fq(w) - w);
     spec_tree is the model's param_specs() (the rule each tensor declared)."""
 
     def one(path, w, spec):
-        stacked = path_name(path).startswith(STACKED_PREFIX)
+        stacked = is_stacked(path_name(path))
         rule = export_rule(spec, w.shape[1:] if stacked else w.shape, q)
         if rule is None:
             return w
-        delta = jax.lax.stop_gradient(fake_quant_tensor(w, *rule) - w)
-        return w + jnp.asarray(on, w.dtype) * delta
+        return straight_through(w, fake_quant_tensor(w, *rule), on)
 
     return jax.tree_util.tree_map_with_path(one, params, spec_tree)

@@ -23,7 +23,7 @@ from pgolf_jax.config import Config
 from pgolf_jax.data.shards import make_loader
 from pgolf_jax.model.gpt import build_model, count_params, resolve_dtype
 from pgolf_jax.optim.optimizers import labels_from_specs, make_optimizer
-from pgolf_jax.optim.schedule import training_fraction, warmdown_multiplier
+from pgolf_jax.optim.schedule import schedule_multiplier, training_fraction, warmup_factor
 from pgolf_jax.runlog import Progress, RunLog
 from pgolf_jax.train.loop import TrainResult
 from pgolf_jax.train.objectives import make_objective
@@ -162,12 +162,13 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
             t0 = time.perf_counter()
         if step == t.iterations:
             break
-        lr_mul = warmdown_multiplier(step, 0.0, t)
+        decay = schedule_multiplier(step, 0.0, t)
+        lr_mul = decay * warmup_factor(step, t)
         if not looped and training_fraction(step, 0.0, t) >= cfg.model.enable_looping_at:
             looped = True
             for log in logs:
                 log(f"layer_loop:enabled step:{step}")
-        qat_on = 1.0 if qat is not None and lr_mul <= cfg.quant.qat_lr_threshold else 0.0
+        qat_on = 1.0 if qat is not None and decay <= cfg.quant.qat_lr_threshold else 0.0
         state, metrics = step_fns[looped](state, *next_batch(), lr_mul, qat_on, teacher, hyp)
         if pending:  # dispatch this step first, then read the previous one: the device never idles
             flush(pending)

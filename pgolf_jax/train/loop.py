@@ -26,7 +26,7 @@ from pgolf_jax.model.gpt import (
     schedule,
 )
 from pgolf_jax.optim.optimizers import labels_from_specs, make_optimizer
-from pgolf_jax.optim.schedule import training_fraction, warmdown_multiplier
+from pgolf_jax.optim.schedule import schedule_multiplier, training_fraction, warmup_factor
 from pgolf_jax.runlog import Progress, RunLog
 from pgolf_jax.train.checkpoint import Checkpointer, Restore
 from pgolf_jax.train.objectives import make_objective
@@ -225,12 +225,13 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
                     log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{t.iterations}")
                 break
             elapsed_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
-            lr_mul = warmdown_multiplier(step, elapsed_ms, t)
+            decay = schedule_multiplier(step, elapsed_ms, t)
+            lr_mul = decay * warmup_factor(step, t)
             frac = training_fraction(step, elapsed_ms, t)
             if not looped and frac >= cfg.model.enable_looping_at:
                 looped = True
                 log(f"layer_loop:enabled step:{step} frac:{frac:.3f} layers:{layers}")
-            qat_on = 1.0 if qat is not None and lr_mul <= cfg.quant.qat_lr_threshold else 0.0
+            qat_on = 1.0 if qat is not None and decay <= cfg.quant.qat_lr_threshold else 0.0
             if qat_on and not qat_was_on:
                 log(f"qat:enabled step:{step} lr_mul:{lr_mul:.3f}")
             qat_was_on = qat_on
