@@ -16,9 +16,22 @@ TRACED = (
     "optim.embed_lr", "optim.head_lr", "optim.tied_embed_lr", "optim.matrix_lr", "optim.scalar_lr",
     "optim.muon_momentum", "optim.muon_momentum_warmup_start", "optim.beta1", "optim.beta2", "optim.adam_eps",
     "optim.muon_wd", "optim.embed_wd", "optim.adam_wd", "model.logit_softcap",
+    "train.distill_alpha", "train.distill_temperature",
 )
 # Fields that only set the initial state: each variant is initialised with its own value.
 INIT_ONLY = ("train.seed", "model.qk_gain_init", "model.tied_embed_init_std")
+# eval.* fields training never reads (the periodic val reads the others): members that differ only
+# in these (and in quant.*, when no QAT reads it) train once and are scored each their own way.
+EVAL_DURING_TRAINING = ("eval.val_loss_every", "eval.val_batch_size", "eval.val_tokens_limit",
+                        "eval.attention_window")
+
+
+def after_training(key: str, cfg) -> bool:
+    """Whether a config field is read only after training (the export and the final evals)."""
+    section = key.split(".")[0]
+    if section == "eval":
+        return key not in EVAL_DURING_TRAINING
+    return section == "quant" and not cfg.quant.qat
 
 _SCOPES: list[dict] = []
 

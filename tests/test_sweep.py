@@ -141,3 +141,18 @@ def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path
             np.testing.assert_allclose(a[k], b[k], atol=5e-5, rtol=1e-4, err_msg=f"{run} {k}")
         assert abs(rows[run]["val_bpb"] - json.loads((sep / "rows" / f"{run}.json").read_text())["val_bpb"]) < 1e-4
     assert not (sep / "rows" / "base-s1.json").exists()  # the other shard's rows
+
+
+def test_rows_differing_only_after_training_share_one_training():
+    from pgolf_jax import config as C
+    from pgolf_jax.train.group import group_key, training_key
+
+    base = C.load(TINY)
+    clip = C.override(base, {"quant.attn_clip_sigmas": 10.0, "eval.ngram_order": 4, "train.run_id": "x"})
+    lr = C.override(base, {"optim.matrix_lr": 0.08})
+    qat = C.override(base, {"quant.qat": True})
+    assert training_key(clip) == training_key(base) and group_key(clip) == group_key(base)
+    assert training_key(lr) != training_key(base) and group_key(lr) == group_key(base)  # vmapped, not shared
+    assert group_key(C.override(qat, {"quant.attn_clip_sigmas": 10.0})) != group_key(qat)  # QAT reads the grid
+    assert group_key(C.override(base, {"eval.val_loss_every": 3})) != group_key(base)  # read while training
+    assert group_key(C.override(base, {"train.max_wallclock_seconds": 60.0})) is None  # a time budget runs alone

@@ -12,9 +12,24 @@ from pgolf_jax import pipeline
 from pgolf_jax.runlog import RunLog
 from pgolf_jax.sweep.rows import result_row, run_row, write_row_preset
 from pgolf_jax.sweep.spec import Row
-from pgolf_jax.train.group import group_key, train_group
+from pgolf_jax.train.group import group_key, train_group, training_key
 
 MAX_GROUP = 8  # members per program: memory grows with K, the compile does not
+
+
+class Tee:
+    """One training's log lines and metrics, written to the run log of every row that shares it."""
+
+    def __init__(self, logs: list[RunLog]):
+        self.logs = logs
+
+    def __call__(self, msg: str, console: bool = True) -> None:
+        for log in self.logs:
+            log(msg, console)
+
+    def metric(self, event: str, **values) -> None:
+        for log in self.logs:
+            log.metric(event, **values)
 
 
 def plan(rows: list[Row]) -> list[list[Row]]:
@@ -54,7 +69,20 @@ def run_group(rows: list[Row], out: Path, say) -> list[dict]:
         data_path, tok_path = pipeline.dataset_paths(cfgs[0], logs[0])
         factory = pipeline.make_evaluator_factory(cfgs[0], data_path, tok_path, logs[0])
         pattern = str(data_path / cfgs[0].data.train_files)
-        results = train_group(cfgs, logs, pattern, factory)
+        # Rows whose training is identical (they differ only in the export or the final evals)
+        # train once; every one of them gets the training's log lines.
+        first = {}
+        for k, cfg in enumerate(cfgs):
+            first.setdefault(training_key(cfg), []).append(k)
+        members = list(first.values())
+        if len(members) < len(cfgs):
+            say(f"sweep: {len(cfgs)} rows share {len(members)} trainings (they differ only after training)")
+        trained = train_group([cfgs[m[0]] for m in members], [Tee([logs[k] for k in m]) for m in members],
+                              pattern, factory)
+        results = [None] * len(cfgs)
+        for m, res in zip(members, trained):
+            for k in m:
+                results[k] = res
         rows_out = []
         for row, cfg, d, log, res in zip(rows, cfgs, run_dirs, logs, results):
             try:

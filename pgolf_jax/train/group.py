@@ -35,12 +35,18 @@ def _get(cfg: Config, key: str):
     return getattr(getattr(cfg, section), name)
 
 
-def _blank(cfg: Config) -> dict:
-    """cfg as a dict without the fields a group may vary (nor the run's identity)."""
-    skip = {*hyper.TRACED, *hyper.INIT_ONLY, "train.run_id"}
+def _blank(cfg: Config, keep: tuple = ()) -> dict:
+    """cfg as a dict without the fields a group may vary (nor the run's identity), but `keep`."""
+    skip = {*hyper.TRACED, *hyper.INIT_ONLY, "train.run_id"} - set(keep)
     from pgolf_jax.config import to_dict
 
-    return {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items() if f"{s}.{k}" not in skip}
+    return {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()
+            if f"{s}.{k}" not in skip and not hyper.after_training(f"{s}.{k}", cfg)}
+
+
+def training_key(cfg: Config) -> str:
+    """Equal for configs whose training is identical (they differ only in what happens after it)."""
+    return repr(sorted(_blank(cfg, keep=(*hyper.TRACED, *hyper.INIT_ONLY)).items()))
 
 
 def group_key(cfg: Config):

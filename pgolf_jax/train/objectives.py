@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pgolf_jax import hyper
 from pgolf_jax.config import Config, load_run_config
 from pgolf_jax.model.gpt import Model, build_model, token_nll
 
@@ -58,11 +59,13 @@ class Distill(CrossEntropy):
 
     def __call__(self, model: Model, params, x_BT, y_BT, looped: bool, rng, teacher=None):
         total, logits, weights, metrics = self.terms(model, params, x_BT, y_BT, looped, rng)
+        # Traced in a vmapped sweep group (hyper.py), the config's numbers otherwise.
+        alpha, T = hyper.value("train.distill_alpha", self.alpha), hyper.value("train.distill_temperature", self.T)
         t_logits = jax.lax.stop_gradient(self.teacher_model.logits(teacher, x_BT))
-        t_logp = jax.nn.log_softmax(t_logits / self.T, axis=-1)
-        s_logp = jax.nn.log_softmax(logits / self.T, axis=-1)
+        t_logp = jax.nn.log_softmax(t_logits / T, axis=-1)
+        s_logp = jax.nn.log_softmax(logits / T, axis=-1)
         kl = weighted_mean(jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1), weights)
-        loss = self.alpha * total + (1.0 - self.alpha) * self.T ** 2 * kl
+        loss = alpha * total + (1.0 - alpha) * T ** 2 * kl
         return loss, {**metrics, "kl": kl}
 
 
