@@ -125,15 +125,16 @@ def peak_memory_bytes() -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS"
 
 
-def time_jax(cfg: Config, batch: int, seq: int, steps: int, warmup: int) -> dict:
+def time_jax(cfg: Config, batch: int, seq: int, steps: int, warmup: int, micro: int = 1) -> dict:
+    """Our train step on `micro` accumulated micro-batches of batch x seq tokens each."""
     from pgolf_jax.train.loop import build
     from pgolf_jax.train.step import make_train_step
 
     mesh = dist.make_mesh()
     model, tx, state = build(cfg, mesh)
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (1, batch, seq), dtype=np.int32))
-    y = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (1, batch, seq), dtype=np.int32))
+    x = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (micro, batch, seq), dtype=np.int32))
+    y = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (micro, batch, seq), dtype=np.int32))
     step = jax.jit(make_train_step(model, tx), donate_argnums=(0,))
     t = time.perf_counter()
     compiled = step.lower(state, x, y, 1.0, 0.0).compile()
@@ -165,8 +166,11 @@ def xla_flops_per_step(cfg: Config, batch: int, seq: int) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def time_torch_reference(path: str, cfg: Config, batch: int, seq: int, steps: int, warmup: int) -> dict:
-    """The reference GPT + its Muon/Adam split from the user's train_gpt.py, fp32, eager, on CPU."""
+def time_torch_reference(path: str, cfg: Config, batch: int, seq: int, steps: int, warmup: int, micro: int = 1,
+                         compile_model: bool = False) -> dict:
+    """The reference GPT + its Muon/Adam split from the user's train_gpt.py: on CPU fp32 eager; on
+    a GPU as the challenge runs it (bf16 autocast, optionally torch.compile), `micro` accumulated
+    micro-batches per step."""
     try:
         import torch
     except ImportError:
@@ -178,7 +182,16 @@ def time_torch_reference(path: str, cfg: Config, batch: int, seq: int, steps: in
     spec.loader.exec_module(ref)
     m, o = cfg.model, cfg.optim
     torch.manual_seed(0)
-    gpt = ref.GPT(**reference_gpt_kwargs(m))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    gpt = ref.GPT(**reference_gpt_kwargs(m)).to(dev)
+    if dev == "cuda":  # the reference's own set-up: bf16 model, fp32 CastedLinear masters
+        gpt = gpt.bfloat16()
+        for mod in gpt.modules():
+            if isinstance(mod, getattr(ref, "CastedLinear", ())):
+                mod.float()
+        if hasattr(ref, "restore_low_dim_params_to_fp32"):
+            ref.restore_low_dim_params_to_fp32(gpt)
+    fwd = torch.compile(gpt, dynamic=False) if compile_model else gpt
     pats = ref.CONTROL_TENSOR_NAME_PATTERNS
     named = list(gpt.blocks.named_parameters())
     mats = [p for n, p in named if p.ndim == 2 and not any(c in n for c in pats)]
@@ -188,24 +201,37 @@ def time_torch_reference(path: str, cfg: Config, batch: int, seq: int, steps: in
             ref.Muon(mats, lr=o.matrix_lr, momentum=o.muon_momentum, backend_steps=o.muon_backend_steps),
             torch.optim.Adam(scal, lr=o.scalar_lr, **adam)]
     gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, m.vocab_size, (batch, seq), generator=gen)
-    y = torch.randint(0, m.vocab_size, (batch, seq), generator=gen)
+    x = torch.randint(0, m.vocab_size, (micro, batch, seq), generator=gen).to(dev)
+    y = torch.randint(0, m.vocab_size, (micro, batch, seq), generator=gen).to(dev)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if dev == "cuda" else \
+        __import__("contextlib").nullcontext()
     times, fwd_bwd, optimizer = [], [], []
+    t_first = time.perf_counter()
     for i in range(warmup + steps):
+        sync()
         t0 = time.perf_counter()
-        loss = gpt(x, y)
-        loss.backward()
+        for a in range(micro):
+            with autocast:
+                loss = fwd(x[a], y[a])
+            (loss / micro).backward()
+        sync()
         t1 = time.perf_counter()
         for opt in opts:
             opt.step()
             opt.zero_grad(set_to_none=True)
+        sync()
         t2 = time.perf_counter()
+        if i == 0:
+            first_s = t2 - t_first  # includes torch.compile's compilation
         if i >= warmup:
             times.append(t2 - t0)
             fwd_bwd.append(t1 - t0)
             optimizer.append(t2 - t1)
+    peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
     return {"step_s": statistics.median(times), "times": times, "threads": torch.get_num_threads(),
-            "fwd_bwd_s": statistics.median(fwd_bwd), "optimizer_s": statistics.median(optimizer)}
+            "fwd_bwd_s": statistics.median(fwd_bwd), "optimizer_s": statistics.median(optimizer), "device": dev,
+            "first_step_s": first_s, "peak_bytes": peak, "compiled": compile_model}
 
 
 def main(argv: list[str]) -> int:
@@ -217,17 +243,20 @@ def main(argv: list[str]) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-xla-flops", action="store_true", help="skip the unrolled compile for XLA's FLOP count")
     p.add_argument("--parts", action="store_true", help="also time forward+backward, optimizer and attention alone")
+    p.add_argument("--micro", type=int, default=1, help="micro-batches accumulated per step (default 1; the "
+                   "challenge's per-GPU step: --batch 64 --micro 8 at seq 1024)")
     p.add_argument("--vs-torch-reference", metavar="TRAIN_GPT_PY", help="also time the reference PyTorch GPT")
+    p.add_argument("--torch-compile", action="store_true", help="torch.compile the reference (as the challenge runs it)")
     p.add_argument("--attention", metavar="IMPL[,IMPL]", help="also time one layer's attention per "
                    "implementation (xla, flash, fused_cpu, ...), min of 30")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
     a = p.parse_args(argv)
     cfg = config_lib.load(a.config, a.overrides)
     seq = a.seq or cfg.train.train_seq_len
-    tokens = a.batch * seq
+    tokens = a.batch * seq * a.micro
     print(f"bench config:{a.config} backend:{jax.default_backend()} devices:{jax.device_count()} "
-          f"batch:{a.batch}x{seq} tokens/step:{tokens} compute_dtype:{cfg.model.compute_dtype}")
-    r = time_jax(cfg, a.batch, seq, a.steps, a.warmup)
+          f"batch:{a.micro}x{a.batch}x{seq} tokens/step:{tokens} compute_dtype:{cfg.model.compute_dtype}")
+    r = time_jax(cfg, a.batch, seq, a.steps, a.warmup, a.micro)
     fl = analytic_flops_per_token(cfg.model, seq)
     ns = muon_flops_per_step(cfg)
     model_flops = (fl["matmul"] + fl["attn_causal"]) * tokens
@@ -271,10 +300,14 @@ def main(argv: list[str]) -> int:
             print(f"attention impl:{impl} fwd:{1000 * t['fwd']:.1f}ms fwd_bwd:{1000 * t['fwd_bwd']:.1f}ms "
                   f"(one layer, min of 30)")
     if a.vs_torch_reference:
-        t = time_torch_reference(a.vs_torch_reference, cfg, a.batch, seq, a.steps, a.warmup)
+        t = time_torch_reference(a.vs_torch_reference, cfg, a.batch, seq, a.steps, a.warmup, a.micro,
+                                 a.torch_compile)
         ref_tok_s = tokens / t["step_s"]
+        how = ("bf16 autocast" if t["device"] == "cuda" else "fp32") + (" torch.compile" if t["compiled"] else " eager")
         print(f"torch_reference step_time:{1000 * t['step_s']:.1f}ms tokens_per_s:{ref_tok_s:.1f} "
-              f"threads:{t['threads']} (fp32 eager)")
+              f"threads:{t['threads']} device:{t['device']} ({how}) first_step:{t['first_step_s']:.2f}s"
+              + (f" peak_memory:{t['peak_bytes'] / 2**20:.0f}MiB" if t["peak_bytes"] else ""))
+        print(f"torch_reference mfu:{100 * model_flops / t['step_s'] / compute_peak:.1f}% (same FLOP count and peak)")
         print(f"torch_reference parts: fwd_bwd:{1000 * t['fwd_bwd_s']:.1f}ms optimizer:{1000 * t['optimizer_s']:.1f}ms")
         print(f"speedup_vs_reference:{tok_s / ref_tok_s:.2f}x")
         if a.parts:  # per part, so a slow path on one side (e.g. bf16 without CPU support) is visible
