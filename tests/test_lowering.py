@@ -1,0 +1,72 @@
+"""Every architecture's train step and eval step lower for the cuda platform (jax.export, no GPU
+needed): bf16 compute, cuDNN flash attention where a model attends. What a GPU session runs is
+then at least known to compile to StableHLO for it (scripts/gpu_check.sh runs it for real)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import export
+
+from pgolf_jax import config as C
+from pgolf_jax.model.gpt import build_model
+from pgolf_jax.optim.optimizers import labels_from_specs, make_optimizer
+from pgolf_jax.train.objectives import CrossEntropy
+from pgolf_jax.train.step import TrainState, initial_rng, make_train_step
+
+CUDNN_CALLS = ("__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward")
+TINY = {"model.num_layers": 2, "model.model_dim": 64, "model.num_heads": 2, "model.num_kv_heads": 1,
+        "model.vocab_size": 128, "model.compute_dtype": "bfloat16", "model.attention_impl": "cudnn"}
+# One case per registry entry (and per seed preset's distinctive piece), at tiny shapes.
+CASES = {
+    "baseline": {},
+    "record_stack": {"model.rope_dims": 16, "model.ln_scale": True, "model.xsa_last_n": 2,
+                     "model.skip_gates_enabled": True, "model.parallel_residual_start": 1, "model.num_loops": 1,
+                     "model.loop_start": 0, "model.loop_end": 1, "model.activation": "leaky_relu2",
+                     "optim.orthogonalizer": "gram_newton_schulz", "optim.gram_ns_min_aspect": 1.5},
+    "mla": {"model.attention": "mla", "model.mla_latent": 16},
+    "lowrank": {"model.linear": "lowrank", "model.linear_rank": 8},
+    "pause": {"model.pause_tokens": 2, "model.pause_interval": 16},
+    "act": {"model.topology": "act", "model.num_layers": 1, "model.act_max_steps": 3},
+    "plain_repeat_in_place": {"model.topology": "plain", "model.block_schedule": "repeat_in_place",
+                              "model.num_loops": 1, "model.loop_start": 1, "model.loop_end": 1},
+    "ssm_hybrid": {"model.mixers": "s4d_lin*1", "model.ssm_kernel": 16},
+    "denseformer": {"model.topology": "denseformer"},
+    "monarch_geglu": {"model.mlp_linear": "monarch", "model.monarch_blocks": 4, "model.activation": "geglu"},
+    "ut_rlma": {"model.topology": "ut_shared", "model.num_layers": 3, "model.ut_iterations": 2,
+                "model.linear": "rlma", "model.linear_rank": 8},
+    "adamw_qat_affine": {"optim.matrix_optimizer": "adamw", "quant.qat": True, "quant.grid": "affine",
+                         "quant.scheme": "rtn"},
+}
+
+
+@pytest.fixture(autouse=True)
+def fake_cudnn_version(monkeypatch):
+    """cuDNN's lowering asks the local CUDA plugin for its version; with no GPU here, answer 9.10."""
+    import jax._src.cudnn.fused_attention_stablehlo as fa
+    monkeypatch.setattr(fa, "check_cudnn_version", lambda: 91000)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_train_and_eval_steps_lower_for_cuda(name):
+    cfg = C.override(C.Config(), {**TINY, **CASES[name]})
+    model = build_model(cfg.model)
+    tx = make_optimizer(cfg, jnp.bfloat16, labels_from_specs(model.param_specs()))
+    qat = cfg.quant if cfg.quant.qat else None
+
+    def init(key):
+        params = model.init(key)
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), None, initial_rng(0))
+
+    state = jax.eval_shape(init, jax.random.key(0))
+    batch = jax.ShapeDtypeStruct((1, 2, 64), jnp.int32)
+    disabled = [export.DisabledSafetyCheck.custom_call(c) for c in CUDNN_CALLS]
+    step = make_train_step(model, tx, CrossEntropy(cfg), qat=qat)
+    train = export.export(jax.jit(step), platforms=["cuda"], disabled_checks=disabled)(
+        state, batch, batch, jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32))
+    assert train.platforms == ("cuda",) and "bf16" in train.mlir_module()
+    ids = jax.ShapeDtypeStruct((2, 64), jnp.int32)
+    ev = export.export(jax.jit(lambda p, a, b: model.token_nll(p, a, b).sum(-1)), platforms=["cuda"],
+                       disabled_checks=disabled)(state.params, ids, ids)
+    assert ev.platforms == ("cuda",)
