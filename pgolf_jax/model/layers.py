@@ -100,8 +100,26 @@ def linear_init(cfg, in_f: int, out_f: int) -> str:
 
 def block_linear(cfg, in_f: int, out_f: int, *, site: str, init: str, rngs: nnx.Rngs):
     """A block projection through the model.linear registry; `site` (attn | mlp) is its
-    quantization group (and picks a low-rank parameterization's rank)."""
-    return registry.resolve(registry.LINEAR, cfg.linear)(in_f, out_f, init=init, quant=site, cfg=cfg, rngs=rngs)
+    quantization group (and picks a low-rank parameterization's rank). A weight source that
+    makes the block weights itself (model.weight_source) brings its own linear."""
+    source = registry.resolve(registry.WEIGHT_SOURCES, cfg.weight_source)
+    cls = source.linear or registry.resolve(registry.LINEAR, cfg.linear)
+    return cls(in_f, out_f, init=init, quant=site, cfg=cfg, rngs=rngs)
+
+
+class StoredWeights:
+    """model.weight_source=params: the block linears hold their weights as parameters (nothing to
+    make; model/generators holds the sources that generate them)."""
+
+    linear = None  # model.linear's parameterization
+
+    @staticmethod
+    def create(gpt, cfg, rngs) -> None:
+        pass
+
+    @staticmethod
+    def generate(gpt, rng) -> dict:
+        return {}
 
 
 # Input taps for GPTQ calibration: inside `with capture_linear_inputs() as taps:` every linear that

@@ -58,6 +58,11 @@ class BlockRunner:
 
     def __init__(self, gpt, x0, ctx, slot_deltas=None):
         self.graphdef, self.stacked = nnx.split(gpt.blocks)
+        # Block weights a weight source made for this pass (model/generators) fill their slots.
+        generated = ctx.get("generated")
+        if generated:
+            self.stacked = jax.tree_util.tree_map_with_path(
+                lambda p, a: generated.get(path_name(p).removesuffix(".value"), a), self.stacked)
         self.x0, self.ctx = x0, ctx
         self.deltas = slot_deltas or {}
         self.parallel = {k: v for k, v in self.deltas.items() if k in PARALLEL_ADAPTERS}

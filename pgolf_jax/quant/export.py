@@ -150,14 +150,16 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
 
     2-D float tensors above keep_float_max_numel (or declared always_quantize) get per-row scales
     of their rule's width and clip, then GPTQ (scheme "gptq", needs hessians[name]) or
-    round-to-nearest (rule "lookup": no activation multiplies it); smaller float tensors pass
-    through in fp16 (every record stores them so). Then optional LQER. rules: {name: ParamSpec}
-    (model.params.flat_specs), else name_rules."""
+    round-to-nearest (rule "lookup": no activation multiplies it; and any tensor the calibration
+    pass gave no Hessian, e.g. a weight generator's or meta-network's, which is logged); smaller
+    float tensors pass through in fp16 (every record stores them so). Then optional LQER. rules:
+    {name: ParamSpec} (model.params.flat_specs), else name_rules."""
     rules = rules or name_rules(named)
     groups = {g: (getattr(q, f"{g}_bits"), getattr(q, f"{g}_clip_sigmas")) for g in ("attn", "mlp", "embed", "other")}
     obj = {"__quant_format__": MIXED_FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {},
            "qmeta": {}, "passthrough_orig_dtypes": {}, "lqer": {}}
     report = {"tensors": {}}
+    no_hessian = []
     for name, t in named.items():
         t = np.asarray(t)
         if dtype_name(t) not in _FLOAT_DTYPES:
@@ -175,7 +177,8 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
         s = row_scales(w32, bits, q.scale_method, k, q.clip_percentile)
         method = "rtn" if rule == "lookup" else q.scheme
         if method == "gptq" and (hessians is None or name not in hessians):
-            raise ValueError(f"GPTQ needs a calibration Hessian for {name}")
+            method = "rtn"
+            no_hessian.append(name)
         if method == "gptq":
             qt = gptq_quantize(w32, hessians[name], s, bits, block_size=q.gptq_block_size, damp=q.gptq_damp,
                                act_order=q.gptq_act_order)
@@ -185,6 +188,10 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
         obj["qmeta"][name] = {"scheme": "per_row", "bits": bits, "group": group, "method": method}
         err = float(np.linalg.norm(qt.astype(np.float32) * s.astype(np.float32)[:, None] - w32))
         report["tensors"][name] = {"group": group, "bits": bits, "error_fro": err}
+    if no_hessian and log:
+        log(f"gptq:no calibration Hessian for {len(no_hessian)} tensors ({', '.join(no_hessian[:4])}"
+            f"{' ...' if len(no_hessian) > 4 else ''}): round-to-nearest on the same grid")
+    report["no_hessian"] = no_hessian
     if q.lqer_rank > 0:
         worst = sorted(report["tensors"], key=lambda n: -report["tensors"][n]["error_fro"])[: q.lqer_top_k]
         for name in worst:
