@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 
 from pgolf_jax.config import CONTROL_TENSOR_NAME_PATTERNS
-from pgolf_jax.model.params import ParamSpec
+from pgolf_jax.model.params import STACKED_PREFIX, ParamSpec
 from pgolf_jax.quant.gptq import gptq_quantize, lqer_correct, lqer_delta
 from pgolf_jax.quant.grid import (
     quantile_rows,
@@ -25,6 +25,7 @@ from pgolf_jax.quant.grid import (
 )
 
 FORMAT = "int8_clean_per_row_v1"
+_HEAD_NAMES = ("tok_emb.weight", "lm_head.weight")  # what the calibration records for the head
 _FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
@@ -150,8 +151,8 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
 
     2-D float tensors above keep_float_max_numel (or declared always_quantize) get per-row scales
     of their rule's width and clip, then GPTQ (scheme "gptq", needs hessians[name]) or
-    round-to-nearest (rule "lookup": no activation multiplies it; and any tensor the calibration
-    pass gave no Hessian, e.g. a weight generator's or meta-network's, which is logged); smaller
+    round-to-nearest (rule "lookup": no activation multiplies it; and the tensors outside the
+    blocks the calibration pass cannot see, a weight generator's or meta-network's, logged); smaller
     float tensors pass through in fp16 (every record stores them so). Then optional LQER. rules:
     {name: ParamSpec} (model.params.flat_specs), else name_rules."""
     rules = rules or name_rules(named)
@@ -177,6 +178,11 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
         s = row_scales(w32, bits, q.scale_method, k, q.clip_percentile)
         method = "rtn" if rule == "lookup" else q.scheme
         if method == "gptq" and (hessians is None or name not in hessians):
+            # The calibration pass sees every block linear and the head: one of those without a
+            # Hessian is a bug. What it cannot see (a weight generator's or meta-network's
+            # parameters, outside the blocks) is rounded to nearest, and the log says so.
+            if name.startswith(STACKED_PREFIX) or name in _HEAD_NAMES:
+                raise ValueError(f"GPTQ needs a calibration Hessian for {name}")
             method = "rtn"
             no_hessian.append(name)
         if method == "gptq":
