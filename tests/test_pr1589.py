@@ -17,25 +17,11 @@ from pgolf_jax.model.generators import generated_slots
 from pgolf_jax.model.gpt import build_model, count_params
 from pgolf_jax.model.topology import BlockRunner
 from pgolf_jax.quant.interop import flatten_params
+from test_seams import ids, perturbed  # noqa: E402  (the same tiny ids and nudged init)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = C.ModelConfig(vocab_size=96, num_layers=3, model_dim=64, num_heads=4, num_kv_heads=2, attention_impl="xla")
 LINEARS = ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")
-
-
-def ids(B=2, T=32, seed=0, vocab=96):
-    return jax.random.randint(jax.random.key(seed), (B, T), 0, vocab)
-
-
-def perturbed(model, seed=1, scale=0.05):
-    """Init, then nudge every weight (zero-initialized parts carry signal)."""
-    def fn(key):
-        params = model.init(key)
-        leaves, treedef = jax.tree.flatten(params)
-        keys = jax.random.split(jax.random.fold_in(key, 100), len(leaves))
-        return jax.tree.unflatten(treedef, [a + scale * jax.random.normal(k, a.shape, a.dtype)
-                                            for a, k in zip(leaves, keys)])
-    return jax.jit(fn)(jax.random.key(seed))
 
 
 def layer_module(gpt, layer: int):

@@ -46,6 +46,18 @@ class GeneratedLinear(DenseLinear):
         self.tap = None
 
 
+class Source:
+    """What the generating sources share: their block linears are GeneratedLinear and their own
+    parameters are `params(cfg, key)`, created on the GPT as `gen`."""
+
+    linear = GeneratedLinear
+    params = None
+
+    @classmethod
+    def create(cls, gpt, cfg, rngs) -> None:
+        gpt.gen = cls.params(cfg, rngs.params())
+
+
 def generated_slots(gpt) -> dict[str, tuple[int, ...]]:
     """{block path ("attn.c_q.weight"): stacked shape (L, ...)} of every Generated slot, in #1589's
     site order (a fixed order: the flat layouts of nca and seed depend on it)."""

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgolf_jax.model.affine import Affine
-from pgolf_jax.model.generators import GeneratedLinear, attr_name, generated_slots
+from pgolf_jax.model.generators import Source, attr_name, generated_slots
 from pgolf_jax.model.params import param
 
 HEAD_STD = 0.01
@@ -41,11 +41,9 @@ class HyperParams(nnx.Module):
             setattr(self, attr_name(slot), Affine(HEAD_STD * jax.random.normal(k, (n, H)), jnp.zeros((n,))))
 
 
-class HyperNet:
-    linear = GeneratedLinear
-
+class HyperNet(Source):
     @staticmethod
-    def create(gpt, cfg, rngs) -> None:
+    def create(gpt, cfg, rngs) -> None:  # its heads are shaped by the slots
         gpt.gen = HyperParams(cfg, generated_slots(gpt), rngs.params())
 
     @staticmethod

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgolf_jax.model.affine import Affine
-from pgolf_jax.model.generators import GeneratedLinear, generated_slots, split_flat
+from pgolf_jax.model.generators import Source, generated_slots, split_flat
 
 STATE_STD = 0.02
 
@@ -28,7 +28,8 @@ STATE_STD = 0.02
 class Rule(nnx.Module):
     """The update MLP (torch default init, last layer zero: the first steps change nothing)."""
 
-    def __init__(self, C: int, H: int, key):
+    def __init__(self, cfg, key):
+        C, H = cfg.nca_channels, cfg.nca_hidden
         k1, k2 = jax.random.split(key)
         self.fc1 = Affine.torch_default(k1, 3 * C, H)
         self.fc2 = Affine.torch_default(k2, H, H)
@@ -59,12 +60,8 @@ def run(rule, state_NC, steps: int, p_update: float, rng=None):
     return jax.lax.scan(step, state_NC, jax.random.split(rng, steps))[0]
 
 
-class NCA:
-    linear = GeneratedLinear
-
-    @staticmethod
-    def create(gpt, cfg, rngs) -> None:
-        gpt.gen = Rule(cfg.nca_channels, cfg.nca_hidden, rngs.params())
+class NCA(Source):
+    params = Rule
 
     @staticmethod
     def generate(gpt, rng) -> dict:

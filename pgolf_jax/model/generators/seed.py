@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgolf_jax.model.generators import GeneratedLinear, generated_slots, split_flat
+from pgolf_jax.model.generators import Source, generated_slots, split_flat
 from pgolf_jax.model.params import param
 
 PHI_STD, THETA0_STD = 0.01, 0.02
@@ -42,12 +42,8 @@ def expand(phi, n: int, chunk: int, seed: int):
     return jax.lax.map(jax.checkpoint(one), jnp.arange(n_chunks)).reshape(-1)[:n]
 
 
-class Seed:
-    linear = GeneratedLinear
-
-    @staticmethod
-    def create(gpt, cfg, rngs) -> None:
-        gpt.gen = SeedParams(cfg, rngs.params())
+class Seed(Source):
+    params = SeedParams
 
     @staticmethod
     def generate(gpt, rng) -> dict:

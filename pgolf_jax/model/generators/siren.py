@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgolf_jax.model.affine import Affine, torch_uniform
-from pgolf_jax.model.generators import SITES, GeneratedLinear, chunked, generated_slots
+from pgolf_jax.model.generators import SITES, Source, chunked, generated_slots
 from pgolf_jax.model.params import param
 
 TYPE_TABLE, TYPE_DIM = 16, 8
@@ -41,12 +41,8 @@ class SirenParams(nnx.Module):
         return getattr(self, f"layer{self.num_layers - 1}")(x_NC)[:, 0]
 
 
-class Siren:
-    linear = GeneratedLinear
-
-    @staticmethod
-    def create(gpt, cfg, rngs) -> None:
-        gpt.gen = SirenParams(cfg, rngs.params())
+class Siren(Source):
+    params = SirenParams
 
     @staticmethod
     def generate(gpt, rng) -> dict:
