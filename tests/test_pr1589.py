@@ -69,6 +69,19 @@ def test_hypernet_real_size_is_109m_in_its_heads():
     assert count_params(heads) == 513 * 32 * (1024 + 768 + 768 + 1024 + 1536 + 1536) == 109_264_896
 
 
+def test_flops_count_what_a_token_multiplies():
+    """Generated weights cost what stored ones do; basis sharing runs factored (U and C per layer)."""
+    from pgolf_jax.model.gpt import analytic_flops_per_token
+
+    load = lambda name: C.load(ROOT / "configs" / "pr1589" / f"{name}.py").model  # noqa: E731
+    base = analytic_flops_per_token(load("baseline"), 1024)["n_matmul_params"]
+    assert analytic_flops_per_token(load("hypernet_r32"), 1024)["n_matmul_params"] == base
+    assert analytic_flops_per_token(load("basis_r128"), 1024)["n_matmul_params"] == 9 * 128 * (3584 + 3072) + 1024 * 512
+    surge = load("surge_m_v2_twopass")
+    assert analytic_flops_per_token(surge, 1024)["matmul"] > analytic_flops_per_token(
+        dataclasses.replace(surge, family="gpt"), 1024)["matmul"]
+
+
 # ---------------------------------------------------------------------------------------------
 # weight_source=basis
 
