@@ -131,6 +131,48 @@ class ModelConfig:
     compute_dtype: str = "auto"
     # The reference keeps the tied embedding itself in bf16 (and so its Adam moments).
     embed_dtype: str = "auto"
+    # ---- #1589's weight sources, non-GPT families and SURGE-M (model/generators, model/families).
+    # model.weight_source (registry WEIGHT_SOURCES): params (the block linears are parameters) or a
+    # source that makes them from its own parameters every forward pass: basis (one shared U per
+    # weight type, per-layer C), hypernet, siren, nca, seed.
+    weight_source: str = "params"
+    basis_rank: int = 128  # basis: columns of the shared U (clipped at min(in, out))
+    hypernet_rank: int = 32  # hypernet: W = A B with A (out, r), B (r, in) from one head per weight type
+    hypernet_embed_dim: int = 64  # learned layer embedding width
+    hypernet_hidden: int = 512  # trunk width (two GELU layers)
+    siren_hidden: int = 256
+    siren_layers: int = 4  # linear layers of the sine MLP (all but the last with sin(omega x))
+    siren_omega: float = 30.0
+    siren_chunk: int = 65_536  # coordinates per evaluation chunk (rematerialized in the backward)
+    nca_steps: int = 50
+    nca_channels: int = 16
+    nca_hidden: int = 128
+    nca_update_prob: float = 0.5  # training: a cell takes its update with this probability
+    seed_dim: int = 2048  # seed: theta = theta0 + P phi, phi in R^seed_dim
+    seed_chunk: int = 10_000  # rows of theta0 / P generated at a time
+    generator_seed: int = 42  # the fixed PRNG seed of nca's start state and seed's theta0 / P
+    # model.family=mps: shared core (vocab, bond, bond), position modulation from pos_dim embeddings.
+    mps_bond_dim: int = 64
+    mps_pos_dim: int = 32
+    mps_max_len: int = 1024  # positions with an embedding (train / eval sequences must fit)
+    # model.family=hopfield: the encoder is num_layers x model_dim (num_heads, num_kv_heads).
+    hopfield_refine_steps: int = 3
+    hopfield_refine_alpha: float = 0.1  # initial learned step size
+    # model.family=agents: encoder num_layers x model_dim -> message; MLP decoder.
+    agents_msg_dim: int = 64
+    agents_local_ctx: int = 8  # token embeddings the decoder sees directly
+    agents_decoder_hidden: int = 256
+    agents_loss_stride: int = 64  # training loss on every stride-th position only
+    # model.family=surge_m (SURGE-M v2): one SURGE layer whose output projection is corrected per
+    # chunk by a minGRU meta-network reading the base pass's prediction errors.
+    surge_mode: str = "two_pass"  # two_pass (re-run the later layers) | single (logit correction)
+    surge_layer: int = 4
+    surge_chunk: int = 64
+    surge_d_err: int = 64
+    surge_d_state: int = 64
+    surge_gate_bias: float = -4.6  # update gate sigmoid(.) ~ 0.01 at init
+    surge_forget_bias: float = 2.3  # forget gate ~ 0.9 at init
+    surge_uv_init_std: float = 0.01  # 0 is the symmetry trap: u/v heads then never get a gradient
 
 
 @dataclass(frozen=True)
@@ -161,6 +203,13 @@ class OptimConfig:
     muon_wd: float = 0.0
     embed_wd: float = 0.0
     adam_wd: float = 0.0
+    # The `adamw` group (parameters that declare it: #1589's meta-networks, generators and non-GPT
+    # families): AdamW with its own lr, decay, beta2 and gradient clip (over the group's gradients).
+    adamw_lr: float = 3e-4
+    adamw_wd: float = 0.0
+    adamw_beta2: float = 0.95
+    adamw_clip: float = 0.0
+    adamw_all: bool = False  # every parameter on the adamw group (#1589's hypernetwork: Adam on all)
 
 
 @dataclass(frozen=True)
@@ -354,6 +403,18 @@ RANGES = {
     "quant.lqer_rank": ">= 0", "quant.lqer_top_k": ">= 1", "quant.qat_lr_threshold": "[0, 1]",
     "quant.level": "[1, 22]", "quant.max_artifact_bytes": ">= 1",
 }
+RANGES.update({
+    "model.basis_rank": ">= 1", "model.hypernet_rank": ">= 1", "model.hypernet_embed_dim": ">= 1",
+    "model.hypernet_hidden": ">= 1", "model.siren_hidden": ">= 1", "model.siren_layers": ">= 2",
+    "model.siren_omega": "> 0", "model.siren_chunk": ">= 1", "model.nca_steps": ">= 1", "model.nca_channels": ">= 1",
+    "model.nca_hidden": ">= 1", "model.nca_update_prob": "(0, 1]", "model.seed_dim": ">= 1", "model.seed_chunk": ">= 1",
+    "model.generator_seed": ">= 0", "model.mps_bond_dim": ">= 1", "model.mps_pos_dim": ">= 1",
+    "model.mps_max_len": ">= 1", "model.hopfield_refine_steps": ">= 0", "model.agents_msg_dim": ">= 1",
+    "model.agents_local_ctx": ">= 1", "model.agents_decoder_hidden": ">= 1", "model.agents_loss_stride": ">= 1",
+    "model.surge_layer": ">= 0", "model.surge_chunk": ">= 1", "model.surge_d_err": ">= 1",
+    "model.surge_d_state": ">= 1", "model.surge_uv_init_std": ">= 0",
+    "optim.adamw_lr": ">= 0", "optim.adamw_wd": ">= 0", "optim.adamw_beta2": "[0, 1)", "optim.adamw_clip": ">= 0",
+})
 
 # Fields checked against a table of their own (plain-Python modules: validating imports no JAX);
 # the variant registries (model.attention, model.linear, ...) are pgolf_jax.registry's, by key.
@@ -546,6 +607,61 @@ def validate(cfg: Config) -> None:
                           "(int8_per_row is the reference's own format)")
     if q.qat and q.scheme != "int8_per_row" and q.scale_method == "search" and q.grid == "symmetric":
         raise ConfigError("quant.qat follows the export scales: use quant.scale_method sdclip or percentile")
+    _validate_pr1589(cfg)
+
+
+# Fields only a GPT reads (its blocks, their variants and sequence transforms), with their defaults:
+# a family that is not a GPT refuses them instead of ignoring them.
+_GPT_ONLY = ("topology", "block_schedule", "attention", "linear", "weight_source", "num_loops", "pause_tokens",
+             "bigram_vocab_size", "smear_gate", "xsa_last_n", "parallel_residual_start", "ln_scale", "rope_dims",
+             "skip_gates_enabled", "ortho_init", "enable_looping_at")
+
+
+def _validate_pr1589(cfg: Config) -> None:
+    """The cross-field rules of #1589's weight sources, non-GPT families and SURGE-M."""
+    m, ev, q = cfg.model, cfg.eval, cfg.quant
+    modes = ev.final_modes.split(",")
+    if m.family in registry.NON_GPT_FAMILIES:
+        default = ModelConfig()
+        for name in _GPT_ONLY:
+            if getattr(m, name) != getattr(default, name):
+                raise ConfigError(f"model.family={m.family} is not a GPT: model.{name}={getattr(m, name)!r} does not "
+                                  f"apply (leave it at {getattr(default, name)!r})")
+        if q.scheme == "gptq":
+            raise ConfigError(f"quant.scheme=gptq calibrates a GPT's block linears; model.family={m.family} has "
+                              "none: use quant.scheme=rtn (the same grid, round-to-nearest)")
+        if "lora_ttt" in modes:
+            raise ConfigError(f"eval.final_modes=lora_ttt adapts a GPT's block linears; model.family={m.family} "
+                              "has none (eval.final_modes=ttt trains all of its weights)")
+    if m.family == "mps":
+        longest = max(cfg.train.train_seq_len, ev.eval_seq_len)
+        if longest > m.mps_max_len:
+            raise ConfigError(f"model.mps_max_len={m.mps_max_len} is shorter than the sequences it must embed "
+                              f"({longest} positions: train.train_seq_len / eval.eval_seq_len)")
+    if m.weight_source != "params":
+        if m.family != "gpt":
+            raise ConfigError(f"model.weight_source={m.weight_source} generates a GPT's block linears: it needs "
+                              f"model.family=gpt (got {m.family})")
+        if m.linear != "dense" or m.attention != "gqa":
+            raise ConfigError(f"model.weight_source={m.weight_source} makes the block linears itself: use "
+                              f"model.linear=dense and model.attention=gqa (got {m.linear}, {m.attention})")
+        if "lora_ttt" in modes:
+            raise ConfigError(f"eval.final_modes=lora_ttt adapts stored block weights; model.weight_source="
+                              f"{m.weight_source} stores none (eval.final_modes=ttt trains the generator)")
+    if m.family == "surge_m":
+        if m.surge_mode not in ("two_pass", "single"):
+            raise ConfigError(f"model.surge_mode must be two_pass or single, got {m.surge_mode!r}")
+        if not m.surge_layer < m.num_layers:
+            raise ConfigError(f"model.surge_layer={m.surge_layer} must be a layer of model.num_layers={m.num_layers}")
+        fixed = {"model.topology": (m.topology, ("unet", "plain")), "model.linear": (m.linear, ("dense",)),
+                 "model.num_loops": (m.num_loops, (0,)), "model.pause_tokens": (m.pause_tokens, (0,)),
+                 "model.skip_gates_enabled": (m.skip_gates_enabled, (False,))}
+        for key, (value, allowed) in fixed.items():
+            if value not in allowed:
+                raise ConfigError(f"model.family=surge_m runs its SURGE layer in the plain layer order: {key}={value!r} "
+                                  f"is not supported (use {' or '.join(map(repr, allowed))})")
+        if "lora_ttt" in modes:
+            raise ConfigError("eval.final_modes=lora_ttt does not reach SURGE-M's corrected pass; use ttt or plain")
 
 
 # ---------------------------------------------------------------------------------------------

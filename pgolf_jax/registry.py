@@ -10,7 +10,26 @@ import importlib
 _MODEL = "pgolf_jax.model"
 
 # model.family: builds the parameters and returns logits, auxiliary losses and loss weights.
-FAMILIES = {"gpt": f"{_MODEL}.gpt:GPT"}
+FAMILIES = {
+    "gpt": f"{_MODEL}.gpt:GPT",
+    "surge_m": f"{_MODEL}.families.surge:SurgeM",  # a GPT whose SURGE layer a meta-network corrects
+    "mps": f"{_MODEL}.families.mps:MPS",
+    "hopfield": f"{_MODEL}.families.hopfield:Hopfield",
+    "agents": f"{_MODEL}.families.agents:Agents",
+}
+# Families that are not GPTs: no blocks, so the GPT's block variants, LoRA TTT and GPTQ calibration
+# do not apply to them (config validation refuses those).
+NON_GPT_FAMILIES = ("mps", "hopfield", "agents")
+# model.weight_source: where a GPT's block linears get their weights (stored, or generated each
+# forward pass from the source's own parameters).
+WEIGHT_SOURCES = {
+    "params": f"{_MODEL}.layers:StoredWeights",
+    "basis": f"{_MODEL}.generators.basis:Basis",
+    "hypernet": f"{_MODEL}.generators.hypernet:HyperNet",
+    "siren": f"{_MODEL}.generators.siren:Siren",
+    "nca": f"{_MODEL}.generators.nca:NCA",
+    "seed": f"{_MODEL}.generators.seed:Seed",
+}
 # model.topology: how the blocks are connected (skips, recurrence, halting).
 TOPOLOGIES = {
     "unet": f"{_MODEL}.topology:UNet",
@@ -60,6 +79,7 @@ OBJECTIVES = {"ce": "pgolf_jax.train.objectives:CrossEntropy", "distill": "pgolf
 FIELDS = {
     "model.family": FAMILIES, "model.topology": TOPOLOGIES, "model.block_schedule": BLOCK_SCHEDULES,
     "model.attention": ATTENTION, "model.linear": LINEAR, "model.activation": ACTIVATIONS,
+    "model.weight_source": WEIGHT_SOURCES,
     "optim.orthogonalizer": ORTHOGONALIZERS, "train.objective": OBJECTIVES,
 }
 

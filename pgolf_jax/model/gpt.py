@@ -183,6 +183,10 @@ class GPT(nnx.Module):
             raise ValueError(f"block schedule {cfg.block_schedule!r} uses layers outside 0..{cfg.num_layers - 1}")
         self.topology = registry.resolve(registry.TOPOLOGIES, cfg.topology)
         self.topology.create(self, cfg, rngs)
+        # Block weights a weight source generates are Generated slots of the blocks; the source's own
+        # parameters live under `gen` (model/generators).
+        self.weight_source = registry.resolve(registry.WEIGHT_SOURCES, cfg.weight_source)
+        self.weight_source.create(self, cfg, rngs)
         self.lm_head = None if cfg.tie_embeddings else DenseLinear(
             cfg.model_dim, cfg.vocab_size, init="zeros", rngs=rngs, group="head", quant="embed")
 
@@ -209,11 +213,14 @@ class GPT(nnx.Module):
             x_BTD = self.smear(x_BTD)
         return x_BTD
 
-    def _context(self, T: int, B: int) -> dict:
+    def _context(self, T: int, B: int, rng=None) -> dict:
+        """What every block reads: rotary tables, the batch shape and the generated block weights
+        (made once per forward pass; rng: the train step's key, None in evaluation)."""
         cfg = self.cfg
         head_dim = cfg.model_dim // cfg.num_heads
         rope = rotary_tables(T, cfg.rope_dims or head_dim, cfg.rope_base, self.compute_dtype, cfg.rope_train_seq_len)
-        return {"rope": rope, "shape_BT": (B, T), "window": cfg.attention_window}
+        return {"rope": rope, "shape_BT": (B, T), "window": cfg.attention_window,
+                "generated": self.weight_source.generate(self, rng)}
 
     def _real(self, h_BTD, T: int):
         """The real positions of an expanded (pause) sequence."""
@@ -222,7 +229,7 @@ class GPT(nnx.Module):
         return jnp.take(h_BTD, jnp.asarray(pause.real_positions(T, self.cfg.pause_tokens, self.cfg.pause_interval)),
                         axis=1)
 
-    def hidden_and_aux(self, ids_BT, looped: bool = True, slot_deltas=None):
+    def hidden_and_aux(self, ids_BT, looped: bool = True, slot_deltas=None, rng=None):
         """(final-norm hidden states (B, T, D) at the real positions: the head's input, auxiliary
         losses). slot_deltas {block weight name ("attn.c_q.weight"): (virtual layers, out, in)} adds
         a delta per virtual layer slot, so each pass of a looped layer can carry its own test-time
@@ -233,21 +240,24 @@ class GPT(nnx.Module):
         # The residual stream is kept flat, (B*T, D): the gradient of a (D,) parameter broadcast
         # over (1, T, D) is a middle-axis reduction that XLA:CPU runs ~40x slower than over (N, D).
         x_ND = x_BTD.reshape(B * Tx, self.cfg.model_dim)
-        x_ND, aux = self.topology.run(self, x_ND, x_ND, self._context(Tx, B),
+        x_ND, aux = self.topology.run(self, x_ND, x_ND, self._context(Tx, B, rng),
                                       self.layers if looped else self.plain_layers, slot_deltas=slot_deltas)
         return self._real(rms_norm(x_ND).reshape(B, Tx, self.cfg.model_dim), T), aux
 
     def hidden(self, ids_BT, looped: bool = True, slot_deltas=None):
         return self.hidden_and_aux(ids_BT, looped, slot_deltas)[0]
 
-    def forward(self, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None):
+    def head(self, h_BTD):
+        """The output head (tied embedding or lm_head) before the soft-cap."""
+        if self.lm_head is None:
+            return jnp.einsum("btd,vd->btv", h_BTD, self.tok_emb.weight[...].astype(h_BTD.dtype))
+        return self.lm_head(h_BTD)
+
+    def forward(self, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None, rng=None):
         """(soft-capped logits (B, T, V) in fp32, auxiliary losses). head_lora = (A (R, D),
         B (V, R), scale) adds a low-rank term to the head's output (test-time training adapters)."""
-        h_BTD, aux = self.hidden_and_aux(ids_BT, looped, slot_deltas)
-        if self.lm_head is None:
-            logits = jnp.einsum("btd,vd->btv", h_BTD, self.tok_emb.weight[...].astype(h_BTD.dtype))
-        else:
-            logits = self.lm_head(h_BTD)
+        h_BTD, aux = self.hidden_and_aux(ids_BT, looped, slot_deltas, rng)
+        logits = self.head(h_BTD)
         if head_lora is not None:
             A, B, scale = head_lora
             logits = logits + scale * jnp.einsum("btr,vr->btv", jnp.einsum("btd,rd->btr", h_BTD, A.astype(h_BTD.dtype)),
@@ -259,6 +269,12 @@ class GPT(nnx.Module):
 
     def __call__(self, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None):
         return self.forward(ids_BT, looped, head_lora, slot_deltas)[0]
+
+    def outputs(self, ids_BT, looped: bool, rng):
+        """What training reads (every family has this): (logits, auxiliary losses, per-position
+        loss weights or None)."""
+        logits, aux = self.forward(ids_BT, looped, rng=rng)
+        return logits, aux, None
 
     def input_hessians(self, ids_BT, looped: bool = True) -> dict:
         """Sum of X^T X (fp32) of the input of every quantized weight over this batch, stacked per
@@ -301,21 +317,25 @@ class GPT(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Model:
+    """Any family (registry.FAMILIES) as functions of a plain params dict. Only nnx.Param state is
+    a parameter; other variables (the Generated block weights of a weight source) stay abstract
+    here and are filled in by the forward pass."""
     cfg: ModelConfig
     graphdef: nnx.GraphDef
     abstract_state: nnx.State
+    abstract_rest: nnx.State
 
     @property
     def family(self):
         return registry.resolve(registry.FAMILIES, self.cfg.family)
 
     def init(self, key: jax.Array) -> dict:
-        return nnx.to_pure_dict(nnx.state(self.family(self.cfg, rngs=nnx.Rngs(params=key))))
+        return nnx.to_pure_dict(nnx.state(self.family(self.cfg, rngs=nnx.Rngs(params=key)), nnx.Param))
 
     def module(self, params: dict):
         state = jax.tree.map(lambda v: v, self.abstract_state)
         nnx.replace_by_pure_dict(state, params)
-        return nnx.merge(self.graphdef, state)
+        return nnx.merge(self.graphdef, state, self.abstract_rest)
 
     def param_specs(self) -> dict:
         """{...: ParamSpec} shaped like the params: each parameter's optimizer group and quant rule."""
@@ -335,10 +355,9 @@ class Model:
 
     def forward(self, params, ids_BT, looped: bool = True, rng=None):
         """(logits (B, T, V), auxiliary losses {name: scalar}, per-position loss weights (B, T) or
-        None): what the training objective reads. rng: the train step's key for stochastic families."""
-        del rng  # the GPT is deterministic
-        logits, aux = self.module(params).forward(ids_BT, looped)
-        return logits, aux, None
+        None): what the training objective reads. rng: the train step's key for stochastic parts
+        (None: deterministic, as in evaluation)."""
+        return self.module(params).outputs(ids_BT, looped, rng)
 
     def num_slots(self, looped: bool = True) -> int:
         """Virtual layer slots of a schedule (the length of slot_deltas' leading axis)."""
@@ -367,14 +386,18 @@ def token_nll(logits_BTV, y_BT):
 def build_model(cfg: ModelConfig) -> Model:
     family = registry.resolve(registry.FAMILIES, cfg.family)
     abstract = nnx.eval_shape(lambda: family(cfg, rngs=nnx.Rngs(params=0)))
-    graphdef, state = nnx.split(abstract)
-    return Model(cfg, graphdef, state)
+    graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
+    return Model(cfg, graphdef, state, rest)
 
 
 def analytic_flops_per_token(cfg: ModelConfig, seq_len: int, looped: bool = True) -> dict[str, float]:
     """Training FLOPs per token (3x forward; the optimizer aside) along the block schedule:
     matmuls 6N (N = the matrix weights of every virtual layer + the head), attention QK^T and PV
-    (at most the sliding window's keys per query)."""
+    (at most the sliding window's keys per query). A family with its own count (`flops_per_token`)
+    gives it; a weight source's generation pass, once per forward and not per token, is not included."""
+    family = registry.resolve(registry.FAMILIES, cfg.family)
+    if hasattr(family, "flops_per_token"):
+        return family.flops_per_token(cfg, seq_len, looped)
     D, V = cfg.model_dim, cfg.vocab_size
     per_layer = layer_matmul_weights(cfg)
     # ACT runs its shared block act_max_steps times for every token (masked, not exited early).
@@ -394,19 +417,28 @@ def analytic_flops_per_token(cfg: ModelConfig, seq_len: int, looped: bool = True
 @functools.lru_cache(maxsize=32)
 def layer_matmul_weights(cfg: ModelConfig) -> dict[int, int]:
     """{physical layer: the weights a token multiplies in that block}: its matrices from the model's
-    own parameters (so factorized linears and attention variants count what they really hold),
-    plus what a linear materializes without storing (`matmul_extra`: RLMA's random bases)."""
+    own block state (so factorized linears, attention variants and generated weights count what
+    they really hold: a generated weight is a non-parameter variable of the blocks), plus what a
+    linear materializes without storing (`matmul_extra`: RLMA's random bases)."""
     model = build_model(cfg)
-    gpt = nnx.merge(model.graphdef, model.abstract_state)
+    gpt = nnx.merge(model.graphdef, model.abstract_state, model.abstract_rest)
     spec_of = dict(jax.tree_util.tree_leaves_with_path(model.param_specs()))
+    rest = nnx.to_pure_dict(model.abstract_rest)
     out = {}
     for name, layers in gpt.stacks.items():
         total = sum(math.prod(leaf.shape[1:]) for path, leaf in
                     jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(model.abstract_state)[name])
-                    if spec_of[(jax.tree_util.DictKey(name), *path)].group == "matrix")
+                    if spec_of[(jax.tree_util.DictKey(name), *path)].group == "matrix"
+                    or spec_of[(jax.tree_util.DictKey(name), *path)].quant in ("attn", "mlp"))
+        total += sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(rest.get(name, {})))
         total += sum(getattr(m, "matmul_extra", 0) for _, m in nnx.iter_modules(getattr(gpt, name)))
         out.update(dict.fromkeys(layers, total))
     return out
+
+
+def block_matrix_params(cfg: ModelConfig) -> int:
+    """The weights a token multiplies in one block of a uniform stack (layer 0's)."""
+    return layer_matmul_weights(cfg)[0]
 
 
 def count_params(params) -> int:

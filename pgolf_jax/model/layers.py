@@ -100,9 +100,28 @@ def linear_init(cfg, in_f: int, out_f: int) -> str:
 
 def block_linear(cfg, in_f: int, out_f: int, *, site: str, init: str, rngs: nnx.Rngs):
     """A block projection through the model.linear registry (model.mlp_linear for the MLP when
-    set); `site` (attn | mlp) is its quantization group (and picks a low-rank parameterization's rank)."""
+    set); `site` (attn | mlp) is its quantization group (and picks a low-rank parameterization's
+    rank). A weight source that makes the block weights itself (model.weight_source) brings its own
+    linear."""
+    source = registry.resolve(registry.WEIGHT_SOURCES, cfg.weight_source)
     kind = (cfg.mlp_linear or cfg.linear) if site == "mlp" else cfg.linear
-    return registry.resolve(registry.LINEAR, kind)(in_f, out_f, init=init, quant=site, cfg=cfg, rngs=rngs)
+    cls = source.linear or registry.resolve(registry.LINEAR, kind)
+    return cls(in_f, out_f, init=init, quant=site, cfg=cfg, rngs=rngs)
+
+
+class StoredWeights:
+    """model.weight_source=params: the block linears hold their weights as parameters (nothing to
+    make; model/generators holds the sources that generate them)."""
+
+    linear = None  # model.linear's parameterization
+
+    @staticmethod
+    def create(gpt, cfg, rngs) -> None:
+        pass
+
+    @staticmethod
+    def generate(gpt, rng) -> dict:
+        return {}
 
 
 # Where a block runs: its physical layer and virtual slot (traced ints under scan), set by the block

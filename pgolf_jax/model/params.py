@@ -27,8 +27,9 @@ def layer_names(name: str, n: int) -> list[str]:
     return [f"{segment}.{i}.{rest}" for i in range(n)]
 
 # Optimizer groups (optim.optimizers): the token table(s), an untied head, matrices on Muon,
-# and everything else on the scalar Adam group.
-GROUPS = ("embed", "head", "matrix", "scalar")
+# everything else on the scalar Adam group, and `adamw` (AdamW with its own lr / decay / clip) for
+# what a model declares so (#1589's meta-networks, weight generators and non-GPT families).
+GROUPS = ("embed", "head", "matrix", "scalar", "adamw")
 # Quantization rules: a low-bit group (its width and clip are quant.<rule>_bits / _clip_sigmas),
 # `lookup` (a table no activation multiplies: round-to-nearest on the embed grid), `control`
 # (kept fp32 by the reference int8 export) or `other`.

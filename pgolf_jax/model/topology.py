@@ -79,6 +79,13 @@ class BlockRunner:
         # physical layer -> (stack, index within it)
         self.where = {layer: (name, i) for name, layers in gpt.stacks.items() for i, layer in enumerate(layers)}
         self.sizes = {name: len(layers) for name, layers in gpt.stacks.items()}
+        # Block weights a weight source made for this pass (model/generators) fill their slots in
+        # the attention stack (a weight source requires plain attention blocks).
+        generated = ctx.get("generated")
+        if generated:
+            graphdef, state = self.stacks["blocks"]
+            self.stacks["blocks"] = (graphdef, jax.tree_util.tree_map_with_path(
+                lambda p, a: generated.get(path_name(p).removesuffix(".value"), a), state))
         self.x0, self.ctx = x0, ctx
         self.deltas = slot_deltas or {}
         self.parallel = {k: v for k, v in self.deltas.items() if k in PARALLEL_ADAPTERS}

@@ -2,8 +2,9 @@
 
 Parameter groups follow the reference exactly: the token embedding (Adam, tied_embed_lr or
 embed_lr), an untied head (Adam, head_lr), block matrices (Muon, matrix_lr) and everything else -
-vectors, scalars, control tensors, skip weights (Adam, scalar_lr); each parameter declares its
-group where the model creates it (model.params).
+vectors, scalars, control tensors, skip weights (Adam, scalar_lr); plus `adamw` (AdamW with its own
+adamw_lr / adamw_wd / adamw_beta2 / adamw_clip) for what #1589's models put there. Each parameter
+declares its group where the model creates it (model.params).
 The wall-clock LR multiplier is passed to `update` as the extra argument `lr_mul`; it scales
 every group's step together, as the reference's `group["lr"] = base_lr * scale`.
 """
@@ -133,7 +134,13 @@ def make_optimizer(cfg: Config, muon_dtype, labels) -> optax.GradientTransformat
         "scalar": group(adam(), h("scalar_lr"), h("adam_wd")),
         # #1227 runs AdamW on the matrices too (optim.matrix_optimizer=adamw).
         "matrix": group(muon if o.matrix_optimizer == "muon" else adam(), h("matrix_lr"), h("muon_wd")),
+        # Its clip sees only this group's gradients (multi_transform hands it its own leaves).
+        "adamw": optax.chain(*([clip_by_global_norm(o.adamw_clip)] if o.adamw_clip > 0 else []),
+                             group(optax.scale_by_adam(h("beta1"), h("adamw_beta2"), h("adam_eps")), h("adamw_lr"),
+                                   h("adamw_wd"))),
     }
+    if o.adamw_all:
+        labels = jax.tree.map(lambda _: "adamw", labels)
     tx = optax.multi_transform(groups, labels)
     if o.grad_clip_norm > 0:
         tx = optax.chain(clip_by_global_norm(o.grad_clip_norm), tx)

@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 
 from pgolf_jax.config import CONTROL_TENSOR_NAME_PATTERNS
-from pgolf_jax.model.params import ParamSpec
+from pgolf_jax.model.params import ParamSpec, is_stacked
 from pgolf_jax.quant.gptq import gptq_quantize, lqer_correct, lqer_delta
 from pgolf_jax.quant import grid as grids
 from pgolf_jax.quant.grid import (
@@ -26,6 +26,7 @@ from pgolf_jax.quant.grid import (
 )
 
 FORMAT = "int8_clean_per_row_v1"
+_HEAD_NAMES = ("tok_emb.weight", "lm_head.weight")  # what the calibration records for the head
 _FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
@@ -151,9 +152,10 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
 
     2-D float tensors above keep_float_max_numel (or declared always_quantize) get per-row scales
     of their rule's width and clip, then GPTQ (scheme "gptq", needs hessians[name]) or
-    round-to-nearest (rule "lookup": no activation multiplies it); smaller float tensors pass
-    through in fp16 (every record stores them so). Then optional LQER. rules: {name: ParamSpec}
-    (model.params.flat_specs), else name_rules."""
+    round-to-nearest (rule "lookup": no activation multiplies it; and the tensors outside the
+    blocks the calibration pass cannot see, a weight generator's or meta-network's, logged); smaller
+    float tensors pass through in fp16 (every record stores them so). Then optional LQER. rules:
+    {name: ParamSpec} (model.params.flat_specs), else name_rules."""
     rules = rules or name_rules(named)
     groups = {g: (getattr(q, f"{g}_bits"), getattr(q, f"{g}_clip_sigmas")) for g in ("attn", "mlp", "embed", "other")}
     obj = {"__quant_format__": MIXED_FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {},
@@ -179,7 +181,13 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
             method = "rtn"
             no_hessian.append(name)
         if method == "gptq" and (hessians is None or name not in hessians):
-            raise ValueError(f"GPTQ needs a calibration Hessian for {name}")
+            # The calibration pass sees every block linear and the head: one of those without a
+            # Hessian is a bug. What it cannot see (a weight generator's or meta-network's
+            # parameters, outside the blocks) is rounded to nearest, and the log says so.
+            if is_stacked(name) or name in _HEAD_NAMES:
+                raise ValueError(f"GPTQ needs a calibration Hessian for {name}")
+            method = "rtn"
+            no_hessian.append(name)
         if q.grid == "symmetric":
             s = row_scales(w32, bits, q.scale_method, k, q.clip_percentile)
             codec = None
@@ -197,8 +205,9 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
         err = float(np.linalg.norm(_dequant(obj, name) - w32))
         report["tensors"][name] = {"group": group, "bits": bits, "error_fro": err}
     if no_hessian and log:
-        log(f"gptq:round-to-nearest for {len(no_hessian)} tensors no input Hessian describes (each block of "
-            f"rows reads its own input slice): {', '.join(no_hessian[:4])}{' ...' if len(no_hessian) > 4 else ''}")
+        log(f"gptq:round-to-nearest for {len(no_hessian)} tensors without a calibration Hessian (declared so, or "
+            f"outside the blocks the calibration sees): {', '.join(no_hessian[:4])}{' ...' if len(no_hessian) > 4 else ''}")
+    report["no_hessian"] = no_hessian
     if q.lqer_rank > 0:
         worst = sorted(report["tensors"], key=lambda n: -report["tensors"][n]["error_fro"])[: q.lqer_top_k]
         for name in worst:
