@@ -132,12 +132,14 @@ def test_size_cap():
 
 def test_code_bytes_count_what_the_run_imports():
     """Only the modules a process imported are shipped and counted: a module the run does not
-    import (the bench, the hub download) costs nothing; importing it adds exactly its bytes."""
+    import (the hub download) costs nothing; importing it adds exactly its bytes. Tooling around
+    runs (bench, sweeps) is never counted, imported or not."""
     script = """
 import json
 from pgolf_jax import pipeline  # what the main job imports
 from pgolf_jax.quant import artifact
 before, n_before = artifact.code_files(), artifact.code_bytes()
+import pgolf_jax.data.hub
 import pgolf_jax.bench
 after, n_after = artifact.code_files(), artifact.code_bytes()
 print(json.dumps({"before": [f.name for f in before], "extra": [str(f) for f in set(after) - set(before)],
@@ -148,5 +150,5 @@ print(json.dumps({"before": [f.name for f in before], "extra": [str(f) for f in 
     assert "pipeline.py" in r["before"] and "run.py" in r["before"] and "export.py" in r["before"]
     assert not {"bench.py", "hub.py", "commands.py"} & set(r["before"])
     extra = [Path(f) for f in r["extra"]]
-    assert "bench.py" in {f.name for f in extra}
+    assert "hub.py" in {f.name for f in extra} and "bench.py" not in {f.name for f in extra}
     assert r["n_after"] - r["n_before"] == sum(f.stat().st_size for f in extra)
