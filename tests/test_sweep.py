@@ -27,6 +27,14 @@ def _sweep(tmp_path: Path, body: str, name: str = "s.py") -> Path:
     return path
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.py")), ids=lambda p: p.stem)
+def test_committed_sweep_files_load(path):
+    """Every sweep file in sweeps/ parses and every row's config validates (what --dry-run checks)."""
+    sweep = load_sweep(path)
+    assert sweep.rows and sweep.control in sweep.variants
+    assert not set(sweep.reference) - set(sweep.variants)
+
+
 @pytest.mark.parametrize("body,error", [
     ("VARIANTS = {'a': {'model.num_layerz': 3}}", r"variant 'a': unknown config key 'model\.num_layerz'"),
     ("VARIANTS = {'a': 'nope.py'}", r"variant 'a': config file not found: .*nope\.py"),
