@@ -82,7 +82,8 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
     params = [jax.jit(build_model(c.model).init)(jax.random.key(c.train.seed)) for c in cfgs]
     params = jax.tree.map(lambda *a: jnp.stack(a), *params)
     opt_state = jax.jit(jax.vmap(lambda p, h: tx_of(h).init(p)))(params, hyp)
-    ema = jax.tree.map(lambda p: p.astype(jnp.float32), params) if t.ema_decay else None
+    # A copy even for fp32 params: the jitted step donates the state, and one buffer may not be donated twice.
+    ema = jax.tree.map(lambda p: jnp.array(p, jnp.float32, copy=True), params) if t.ema_decay else None
     rng = jnp.stack([initial_rng(c.train.seed) for c in cfgs])
     state = TrainState(jnp.zeros((K,), jnp.int32), params, opt_state, ema, rng)
 
