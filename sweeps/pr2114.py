@@ -3,8 +3,9 @@ warmdown 60, as the PR's ablation) and its int8 clip sweep (k = 12.85 ... 16 std
 so those rows share one training), plus a matched-compute GPT (8 dense layers = the UT's 8 block
 passes, U-Net skips, same width and optimizer). Shapes: #2114's UT7 + RLMA shrunk to d 256 (4 heads
 x 64, 2 KV heads, FFN 768, K 6, rank 80 = 320/1024 of d), sp1024 on the embedded nlp-corpus sample,
-seq 256 x 16 per step, eval windows of 256 with a 128-token sliding attention mask (#2114: 8192
-with 512) on the first 65,536 val tokens."""
+seq 256 x 4 per step (1,024 tokens, so that the 8-pass UT's runs take minutes on 2 cores), eval
+windows of 256 with a 128-token sliding attention mask (#2114: 8192 with 512) on the first 65,536
+val tokens."""
 
 BASE = "../configs/pr2114/residual_delta.py"
 OVERRIDES = {
@@ -18,7 +19,7 @@ OVERRIDES = {
     "model.num_kv_heads": 2,
     "model.linear_rank": 80,
     "train.train_seq_len": 256,
-    "train.train_batch_tokens": 4096,
+    "train.train_batch_tokens": 1024,
     "train.batch_spans": 1,
     "train.train_log_every": 20,
     "eval.val_tokens_limit": 65536,
