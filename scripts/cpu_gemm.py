@@ -5,12 +5,13 @@ themselves? Usage: python scripts/cpu_gemm.py [--reps 30]. Prints GFLOP/s (min t
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+
+from pgolf_jax.bench import _times
 
 # (M, K, N) of the step's products at 1 x 1024 tokens, d 512, KV 256, MLP 1024, vocab 1024, and of
 # Muon's Newton-Schulz on a 512 x 1024 matrix (X X^T, then (A) X).
@@ -26,21 +27,14 @@ SHAPES = {
 }
 
 
-def best(fn, reps: int) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
+def best(fn, *args, reps: int) -> float:
+    return min(_times(fn, *args, steps=reps, warmup=1))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--reps", type=int, default=30)
     a = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}) torch {torch.__version__} "
           f"threads {torch.get_num_threads()}")
     print("| product (M x K x N) | dtype | XLA GFLOP/s | torch GFLOP/s | XLA speed / torch |")
@@ -52,8 +46,8 @@ def main() -> None:
         for dt, jdt, tdt in (("fp32", jnp.float32, torch.float32), ("bf16", jnp.bfloat16, torch.bfloat16)):
             xj, yj = jnp.asarray(xa, jdt), jnp.asarray(ya, jdt)
             xt, yt = torch.from_numpy(xa).to(tdt), torch.from_numpy(ya).to(tdt)
-            tj = best(lambda: dot(xj, yj).block_until_ready(), a.reps)
-            tt = best(lambda: torch.mm(xt, yt), a.reps)
+            tj = best(dot, xj, yj, reps=a.reps)
+            tt = best(torch.mm, xt, yt, reps=a.reps)
             flop = 2 * m * k * n
             print(f"| {name} | {dt} | {flop / tj / 1e9:.0f} | {flop / tt / 1e9:.0f} | {tt / tj:.2f} |")
 
