@@ -167,6 +167,9 @@ def _sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="I/N", help="run rows I, I+N, ... only (machines sharing --out merge rows)")
     p.add_argument("--retry-failed", action="store_true", help="run failed rows again")
     p.add_argument("--no-vmap", action="store_true", help="run every row as its own process")
+    p.add_argument("--group-mode", choices=("auto", "vmap", "loop"), default="auto",
+                   help="how a group's one compiled step runs its members: jax.vmap over stacked states, or "
+                        "a loop over them (auto: loop on CPU, where vmapped products are slower; vmap elsewhere)")
     p.add_argument("--report-only", action="store_true", help="rebuild the tables and plots from the rows present")
     p.add_argument("--dry-run", action="store_true", help="list the rows and how they would be batched")
     return p
@@ -186,7 +189,7 @@ def sweep_command(argv: list[str]) -> int:
             print(("vmapped: " if len(batch) > 1 else "") + ", ".join(r.run_id for r in batch))
         return 0
     if not args.report_only:
-        res = runner.run_sweep(sweep, out, shard, args.retry_failed, vmap=not args.no_vmap)
+        res = runner.run_sweep(sweep, out, shard, args.retry_failed, vmap=not args.no_vmap, group_mode=args.group_mode)
         print(f"sweep:{sweep.name} ran:{res['ran']} skipped:{res['skipped']} failed:{res['failed']}")
     rep = report.write_report(sweep, out, "run.py sweep " + " ".join(argv))
     print(f"sweep:{sweep.name} rows:{len(rep['rows'])} results:{out / 'results.md'}")

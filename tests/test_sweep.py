@@ -112,8 +112,8 @@ def _npz(path: Path) -> dict:
 
 
 def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path):
-    """2 variants x 2 seeds of the tiny preset through run.py, trained as one vmapped program; the
-    same rows run one by one give the same weights; a rerun skips every finished row. With an EMA
+    """2 variants x 2 seeds of the tiny preset through run.py, trained as one group (a loop over one
+    compiled step on CPU, and as one vmapped program); the same rows run one by one give the same weights; a rerun skips every finished row. With an EMA
     (whose fp32 copy of fp32 params must not share their buffers: the step donates both)."""
     path = _sweep(tmp_path, "OVERRIDES = {'train.iterations': 5, 'optim.muon_dtype': 'float32', "
                             "'train.ema_decay': 0.9}\n"
@@ -144,12 +144,20 @@ def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path
     # flip here and there makes it approximate).
     sep = tmp_path / "sep"
     sweep("--out", str(sep), "--no-vmap", "--shard", "1/2")  # rows 1 and 3: base-s2, hot-s2
+    # On CPU the group ran as a loop over one compiled step (auto); the vmapped program must agree too.
+    vm = tmp_path / "vm"
+    assert "training 2 rows as one vmapped program" in sweep("--out", str(vm), "--group-mode", "vmap", "--shard", "1/2")
+    assert "mode:loop" in (out / "runs" / "base-s2" / "log.txt").read_text()
+    assert "mode:vmap" in (vm / "runs" / "base-s2" / "log.txt").read_text()
     for run in ("base-s2", "hot-s2"):
-        a, b = _npz(out / "runs" / run / "final_model.npz"), _npz(sep / "runs" / run / "final_model.npz")
-        assert a.keys() == b.keys()
-        for k in a:
-            np.testing.assert_allclose(a[k], b[k], atol=5e-5, rtol=1e-4, err_msg=f"{run} {k}")
-        assert abs(rows[run]["val_bpb"] - json.loads((sep / "rows" / f"{run}.json").read_text())["val_bpb"]) < 1e-4
+        b = _npz(sep / "runs" / run / "final_model.npz")
+        for grouped in (out, vm):
+            a = _npz(grouped / "runs" / run / "final_model.npz")
+            assert a.keys() == b.keys()
+            for k in a:
+                np.testing.assert_allclose(a[k], b[k], atol=5e-5, rtol=1e-4, err_msg=f"{grouped.name} {run} {k}")
+            got = json.loads((grouped / "rows" / f"{run}.json").read_text())["val_bpb"]
+            assert abs(got - json.loads((sep / "rows" / f"{run}.json").read_text())["val_bpb"]) < 1e-4
     assert not (sep / "rows" / "base-s1.json").exists()  # the other shard's rows
 
 
@@ -166,3 +174,26 @@ def test_rows_differing_only_after_training_share_one_training():
     assert group_key(C.override(qat, {"quant.attn_clip_sigmas": 10.0})) != group_key(qat)  # QAT reads the grid
     assert group_key(C.override(base, {"eval.val_loss_every": 3})) != group_key(base)  # read while training
     assert group_key(C.override(base, {"train.max_wallclock_seconds": 60.0})) is None  # a time budget runs alone
+
+
+def test_killed_row_resumes_only_from_a_finished_checkpoint(tmp_path, monkeypatch):
+    """A sweep killed mid-save leaves only orbax's `<step>.orbax-checkpoint-tmp-*` folder: the row
+    starts over (its run dir set aside) instead of failing on a resume with nothing to restore."""
+    from pgolf_jax.sweep import rows as rows_lib
+    from pgolf_jax.sweep.spec import load_sweep
+    from pgolf_jax.train.checkpoint import has_checkpoint
+
+    row = load_sweep(_sweep(tmp_path, "VARIANTS = {'a': {}}\n")).rows[0]
+    out = tmp_path / "out"
+    ckpt = out / "runs" / row.run_id / "checkpoints"
+    (ckpt / "164.orbax-checkpoint-tmp-1733370000").mkdir(parents=True)
+    assert not has_checkpoint(ckpt)
+    cmds = []
+    monkeypatch.setattr(rows_lib.subprocess, "run", lambda cmd, **kw: cmds.append(cmd) or subprocess.CompletedProcess(cmd, 3))
+    assert rows_lib.run_row(row, out, print)["status"] == "failed"
+    assert "--resume" not in cmds[0] and not (out / "runs" / row.run_id).exists()
+    assert len(list((out / "runs" / ".incomplete").iterdir())) == 1  # kept, out of the way
+    (ckpt / "150").mkdir(parents=True)
+    assert has_checkpoint(ckpt)
+    rows_lib.run_row(row, out, print)
+    assert cmds[1][-2:] == ["--resume", str(out / "runs" / row.run_id)]

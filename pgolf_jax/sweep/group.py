@@ -48,7 +48,7 @@ def plan(rows: list[Row]) -> list[list[Row]]:
     return batches
 
 
-def run_group(rows: list[Row], out: Path, say) -> list[dict]:
+def run_group(rows: list[Row], out: Path, say, mode: str = "auto") -> list[dict]:
     """Train rows together and finish each as its own run; if the group fails, run them one by one."""
     from pgolf_jax import config as config_lib
 
@@ -78,7 +78,7 @@ def run_group(rows: list[Row], out: Path, say) -> list[dict]:
         if len(members) < len(cfgs):
             say(f"sweep: {len(cfgs)} rows share {len(members)} trainings (they differ only after training)")
         trained = train_group([cfgs[m[0]] for m in members], [Tee([logs[k] for k in m]) for m in members],
-                              pattern, factory)
+                              pattern, factory, mode=mode)
         results = [None] * len(cfgs)
         for m, res in zip(members, trained):
             for k in m:
@@ -86,7 +86,8 @@ def run_group(rows: list[Row], out: Path, say) -> list[dict]:
         rows_out = []
         for row, cfg, d, log, res in zip(rows, cfgs, run_dirs, logs, results):
             try:
-                summary = pipeline.finish_run(cfg, res, d, log, None, factory, pattern, t0, vmap_group=len(rows))
+                summary = pipeline.finish_run(cfg, res, d, log, None, factory, pattern, t0,
+                                              vmap_group=len(members))
                 rows_out.append(result_row(row, d, out, summary))
             except Exception as exc:  # noqa: BLE001  one member's export failing fails that row only
                 rows_out.append({"variant": row.variant, "seed": row.seed, "run_id": row.run_id, "status": "failed",

@@ -132,7 +132,7 @@ def markdown(sweep: Sweep, rows: list[dict], summary: list[dict], command: str) 
             continue
         cells = [f"`{s['variant']}`" + (" (control)" if s["variant"] == sweep.control else ""), str(s["n"]),
                  f"{s['params']:,}", f"{s['artifact_bytes']:,}", str(s["steps"]),
-                 _f(s["step_ms"], "{:.0f}") + (f" (vmap x{s['vmapped']})" if s["vmapped"] > 1 else ""),
+                 _f(s["step_ms"], "{:.0f}") + (f" (group x{s['vmapped']})" if s["vmapped"] > 1 else ""),
                  _f(s["pre"]), _f(s["mean"]), _f(s["sd"]), "" if s["vs"] == s["variant"] else f"`{s['vs']}`",
                  _f(s.get("delta"), "{:+.4f}"),
                  _f(s.get("p"), "{:.3g}"), {True: "yes", False: "no"}.get(s.get("clears"), "")]

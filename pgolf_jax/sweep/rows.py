@@ -71,7 +71,9 @@ def run_row(row: Row, out: Path, say) -> dict:
     preset = write_row_preset(out, row)
     cmd = [sys.executable, "-m", "pgolf_jax", "--config", str(preset)]
     if run_dir.is_dir():
-        if any((run_dir / "checkpoints").glob("*")):
+        from pgolf_jax.train.checkpoint import has_checkpoint
+
+        if has_checkpoint(run_dir / "checkpoints"):
             cmd += ["--resume", str(run_dir)]
             say(f"sweep: {row.run_id}: resuming the killed run from its checkpoint")
         else:

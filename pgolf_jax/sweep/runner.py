@@ -31,7 +31,7 @@ def default_out(sweep: Sweep) -> Path:
 
 
 def run_sweep(sweep: Sweep, out: Path, shard: tuple[int, int] = (0, 1), retry_failed: bool = False,
-              vmap: bool = True, say=print) -> dict:
+              vmap: bool = True, say=print, group_mode: str = "auto") -> dict:
     """Run every row of this shard that has no result yet; returns {'ran', 'skipped', 'failed'}."""
     rows = sweep.shard(*shard)
     todo = []
@@ -49,7 +49,7 @@ def run_sweep(sweep: Sweep, out: Path, shard: tuple[int, int] = (0, 1), retry_fa
     for batch in batches:
         if len(batch) > 1:
             say(f"sweep: training {len(batch)} rows as one vmapped program: {', '.join(r.run_id for r in batch)}")
-            results = group.run_group(batch, out, say)
+            results = group.run_group(batch, out, say, group_mode)
         else:
             results = [run_row(batch[0], out, say)]
         for row, res in zip(batch, results):

@@ -7,6 +7,13 @@ one run's, so a shared time budget would give each member fewer steps than it ge
 read the same batches (the data order never depends on train.seed), follow the same lr schedule,
 and each member's weights, losses and periodic val scores are its own: the result of each equals a
 separate run's within float tolerance (tests/test_sweep.py).
+
+Two ways to run the one compiled step (`mode`): "vmap" maps it over the stacked states, a single
+program for all K (what a GPU wants: one small model leaves it idle); "loop" calls the unmapped step
+once per member with that member's traced scalars, the same executable K times. On XLA:CPU the
+vmapped step is slower per member than a single run's (BENCHMARKS.md: batched products there
+run below the plain GEMM rate) while the loop costs K single steps and still compiles once, so
+"auto" picks the loop on CPU and vmap elsewhere.
 """
 
 from __future__ import annotations
@@ -58,8 +65,21 @@ def group_key(cfg: Config):
     return repr(sorted(_blank(cfg).items()))
 
 
-def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, evaluator_factory) -> list[TrainResult]:
+GROUP_MODES = ("auto", "vmap", "loop")
+
+
+def resolve_mode(mode: str) -> str:
+    if mode not in GROUP_MODES:
+        raise ValueError(f"group mode {mode!r}: choose from {', '.join(GROUP_MODES)}")
+    if mode == "auto":
+        return "loop" if jax.default_backend() == "cpu" else "vmap"
+    return mode
+
+
+def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, evaluator_factory,
+                mode: str = "auto") -> list[TrainResult]:
     """Train every config of one group together; logs[k] gets member k's lines like a single run's."""
+    mode = resolve_mode(mode)
     keys = {group_key(c) for c in cfgs}
     if len(keys) != 1 or None in keys:
         raise ValueError("train_group: the configs differ in more than scalar hyperparameters and seeds")
@@ -72,20 +92,38 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
     model = build_model(cfg.model)
     dtype = resolve_dtype(cfg.optim.muon_dtype)
     labels = labels_from_specs(model.param_specs())
-    hyp = {k: jnp.asarray([float(_get(c, k)) for c in cfgs], jnp.float32) for k in hyper.TRACED}
+    hyps = [{k: jnp.float32(_get(c, k)) for k in hyper.TRACED} for c in cfgs]
 
     def tx_of(h):
         with hyper.traced(h):
             return make_optimizer(cfg, dtype, labels)
 
-    # Each member's own init (its seed and init scales), stacked along a leading K axis.
-    params = [jax.jit(build_model(c.model).init)(jax.random.key(c.train.seed)) for c in cfgs]
-    params = jax.tree.map(lambda *a: jnp.stack(a), *params)
-    opt_state = jax.jit(jax.vmap(lambda p, h: tx_of(h).init(p)))(params, hyp)
-    # A copy even for fp32 params: the jitted step donates the state, and one buffer may not be donated twice.
-    ema = jax.tree.map(lambda p: jnp.array(p, jnp.float32, copy=True), params) if t.ema_decay else None
-    rng = jnp.stack([initial_rng(c.train.seed) for c in cfgs])
-    state = TrainState(jnp.zeros((K,), jnp.int32), params, opt_state, ema, rng)
+    # Each member's own init (its seed and init scales); one compile serves every member.
+    init_opt = jax.jit(lambda p, h: tx_of(h).init(p))
+    states = []
+    for c, h in zip(cfgs, hyps):
+        p = jax.jit(build_model(c.model).init)(jax.random.key(c.train.seed))
+        # A copy even for fp32 params: the jitted step donates the state, and one buffer may not be donated twice.
+        ema = jax.tree.map(lambda a: jnp.array(a, jnp.float32, copy=True), p) if t.ema_decay else None
+        states.append(TrainState(jnp.zeros((), jnp.int32), p, init_opt(p, h), ema, initial_rng(c.train.seed)))
+    if mode == "vmap":  # stacked along a leading K axis
+        state = jax.tree.map(lambda *a: jnp.stack(a), *states)
+        hyp = jax.tree.map(lambda *a: jnp.stack(a), *hyps)
+    else:
+        state, hyp = states, hyps
+    del states
+
+    def member(state, k, field):
+        """Member k's params or ema, whichever way the states are held."""
+        if mode == "loop":
+            return getattr(state[k], field)
+        return jax.tree.map(lambda a: a[k], getattr(state, field))
+
+    def run_step(fn, state, x, y, lr_mul, qat_on):
+        if mode == "vmap":
+            return fn(state, x, y, lr_mul, qat_on, teacher, hyp)
+        outs = [fn(s, x, y, lr_mul, qat_on, teacher, h) for s, h in zip(state, hyp)]  # dispatched back to back
+        return [o[0] for o in outs], jax.tree.map(lambda *a: jnp.stack(a), *[o[1] for o in outs])
 
     graphs = (False, True) if model.has_two_schedules else (True,)
     qat = cfg.quant if cfg.quant.qat else None
@@ -96,17 +134,19 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
             with hyper.traced(h):
                 step = make_train_step(model, tx_of(h), objective, looped=looped, ema_decay=t.ema_decay, qat=qat)
                 return step(state, x, y, lr_mul, qat_on, teacher)
+        if mode == "loop":
+            return jax.jit(one, donate_argnums=(0,))
         return jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None, None, 0)), donate_argnums=(0,))
 
     step_fns = {g: member_step(g) for g in graphs}
     evaluators = [evaluator_factory(build_model(c.model), mesh) for c in cfgs]
     span_seqs = t.train_batch_tokens // t.batch_spans // t.train_seq_len
     micro_seqs = t.microbatch_tokens // t.train_seq_len if t.microbatch_tokens else 0
-    n_params = count_params(jax.tree.map(lambda a: a[0], params))
+    n_params = count_params(member(state, 0, "params"))
     for c, log in zip(cfgs, logs):
         log(f"model_params:{n_params}")
         log(f"val_tokens:{evaluators[0].total} val_bytes:{evaluators[0].byte_count}")
-        log(f"vmap_group:{K} members train as one program (the step times below are the whole group's)")
+        log(f"vmap_group:{K} members train as one program, mode:{mode} (the step times below are the whole group's)")
         log(f"devices:{n_dev} platform:{jax.default_backend()} batch_spans:{t.batch_spans} "
             f"micro_steps:{t.batch_spans // n_dev * (span_seqs // micro_seqs if micro_seqs else 1)}")
         log(f"train_batch_tokens:{t.train_batch_tokens} train_seq_len:{t.train_seq_len} iterations:{t.iterations}")
@@ -119,15 +159,13 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
         x, y = loader.next_batch(t.train_batch_tokens, t.train_seq_len)
         return jnp.asarray(micro_batches(x, n_dev, micro_seqs)), jnp.asarray(micro_batches(y, n_dev, micro_seqs))
 
-    def member(tree, k):
-        return jax.tree.map(lambda a: a[k], tree)
-
     # Compile every graph before the clock starts (a single run's warm-up steps do the same).
     x0, y0 = next_batch()
     loader = make_loader(cfg.data.loader, train_pattern, t.batch_spans, t.train_seq_len, cfg.data.loader_seed,
                          cfg.model.vocab_size)
     tc = time.perf_counter()
-    step_fns = {g: f.lower(state, x0, y0, 1.0, 0.0, teacher, hyp).compile() for g, f in step_fns.items()}
+    example = (state, hyp) if mode == "vmap" else (state[0], hyp[0])
+    step_fns = {g: f.lower(example[0], x0, y0, 1.0, 0.0, teacher, example[1]).compile() for g, f in step_fns.items()}
     for log in logs:
         log(f"warmup_time:{1000 * (time.perf_counter() - tc):.0f}ms (compile)")
 
@@ -155,10 +193,10 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
             if pending:
                 flush(pending)
                 pending = None
-            jax.block_until_ready(state.params)
+            jax.block_until_ready(state)
             training_ms += 1000.0 * (time.perf_counter() - t0)
             for k, log in enumerate(logs):
-                val = evaluators[k](member(state.params, k), looped=looped)
+                val = evaluators[k](member(state, k, "params"), looped=looped)
                 if not (math.isfinite(val.val_loss) and math.isfinite(val.val_bpb)):
                     raise FloatingPointError(f"{cfgs[k].train.run_id}: val_loss is {val.val_loss} at step {step}")
                 vals[k] = val
@@ -176,7 +214,7 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
             for log in logs:
                 log(f"layer_loop:enabled step:{step}")
         qat_on = 1.0 if qat is not None and decay <= cfg.quant.qat_lr_threshold else 0.0
-        state, metrics = step_fns[looped](state, *next_batch(), lr_mul, qat_on, teacher, hyp)
+        state, metrics = run_step(step_fns[looped], state, *next_batch(), lr_mul, qat_on)
         if pending:  # dispatch this step first, then read the previous one: the device never idles
             flush(pending)
         pending = (step + 1, metrics, training_ms + 1000.0 * (time.perf_counter() - t0))
@@ -184,9 +222,9 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
     progress.close()
     results = []
     for k in range(K):
-        p = member(state.ema if t.ema_decay else state.params, k)
+        p = member(state, k, "ema" if t.ema_decay else "params")
         if t.ema_decay:
             logs[k]("ema:applying EMA weights")
-            p = jax.tree.map(lambda e, q: e.astype(q.dtype), p, member(state.params, k))
+            p = jax.tree.map(lambda e, q: e.astype(q.dtype), p, member(state, k, "params"))
         results.append(TrainResult(p, t.iterations, training_ms, vals[k], build_model(cfgs[k].model), evaluators[k]))
     return results
