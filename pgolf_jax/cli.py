@@ -186,7 +186,7 @@ def sweep_command(argv: list[str]) -> int:
     out = Path(args.out) if args.out else runner.default_out(sweep)
     if args.dry_run:
         for batch in (group.plan(sweep.shard(*shard)) if not args.no_vmap else [[r] for r in sweep.shard(*shard)]):
-            print(("vmapped: " if len(batch) > 1 else "") + ", ".join(r.run_id for r in batch))
+            print(("one group: " if len(batch) > 1 else "") + ", ".join(r.run_id for r in batch))
         return 0
     if not args.report_only:
         res = runner.run_sweep(sweep, out, shard, args.retry_failed, vmap=not args.no_vmap, group_mode=args.group_mode)

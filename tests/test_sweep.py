@@ -129,7 +129,7 @@ def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path
 
     out = tmp_path / "out"
     log = sweep("--out", str(out))
-    assert "training 4 rows as one vmapped program" in log and "the vmapped group failed" not in log
+    assert "training 4 rows as one compiled group (loop)" in log and "the group failed" not in log
     rows = {p.stem: json.loads(p.read_text()) for p in (out / "rows").glob("*.json")}
     assert sorted(rows) == ["base-s1", "base-s2", "hot-s1", "hot-s2"] and all(r["status"] == "ok" for r in rows.values())
     for name in ("results.csv", "results.md", "pareto.png", "time.png", "curves.png"):
@@ -146,7 +146,7 @@ def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path
     sweep("--out", str(sep), "--no-vmap", "--shard", "1/2")  # rows 1 and 3: base-s2, hot-s2
     # On CPU the group ran as a loop over one compiled step (auto); the vmapped program must agree too.
     vm = tmp_path / "vm"
-    assert "training 2 rows as one vmapped program" in sweep("--out", str(vm), "--group-mode", "vmap", "--shard", "1/2")
+    assert "training 2 rows as one compiled group (vmap)" in sweep("--out", str(vm), "--group-mode", "vmap", "--shard", "1/2")
     assert "mode:loop" in (out / "runs" / "base-s2" / "log.txt").read_text()
     assert "mode:vmap" in (vm / "runs" / "base-s2" / "log.txt").read_text()
     for run in ("base-s2", "hot-s2"):

@@ -1,6 +1,6 @@
-"""Sweep rows that differ only in scalar hyperparameters and seeds, trained as one vmapped program
-(train/group.py) in this process; each row still gets its own run directory, logs, artifact,
-round-trip score and submission.json, exactly as `run.py --config` writes them."""
+"""Sweep rows that differ only in scalar hyperparameters and seeds, trained as one group with one
+compiled step (train/group.py: vmapped, or looped on CPU) in this process; each row still gets its
+own run directory, logs, artifact, round-trip score and submission.json, as `run.py --config` does."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pgolf_jax import pipeline
 from pgolf_jax.runlog import RunLog
 from pgolf_jax.sweep.rows import result_row, run_row, write_row_preset
 from pgolf_jax.sweep.spec import Row
-from pgolf_jax.train.group import group_key, train_group, training_key
+from pgolf_jax.train.group import group_key, resolve_mode, train_group, training_key
 
 MAX_GROUP = 8  # members per program: memory grows with K, the compile does not
 
@@ -94,7 +94,7 @@ def run_group(rows: list[Row], out: Path, say, mode: str = "auto") -> list[dict]
                                  "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"})
         return rows_out
     except Exception as exc:  # noqa: BLE001
-        say(f"sweep: the vmapped group failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+        say(f"sweep: the group failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
             "running its rows one by one")
         for log in logs:
             log.close()

@@ -11,7 +11,7 @@ A row whose rows/*.json exists is skipped, so a killed sweep continues where it 
 that failed is recorded with its error and retried only with --retry-failed. With --shard I/N a
 machine runs rows I, I+N, ... of the file's order; machines sharing the folder merge their rows
 (the report reads every row present). Rows that differ only in scalar hyperparameters train
-together as one vmapped program (group.py) unless --no-vmap.
+together as one group with one compiled step (group.py: vmapped, or looped on CPU) unless --no-vmap.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def run_sweep(sweep: Sweep, out: Path, shard: tuple[int, int] = (0, 1), retry_fa
     t0, done, failed = time.perf_counter(), 0, 0
     for batch in batches:
         if len(batch) > 1:
-            say(f"sweep: training {len(batch)} rows as one vmapped program: {', '.join(r.run_id for r in batch)}")
+            say(f"sweep: training {len(batch)} rows as one compiled group ({group.resolve_mode(group_mode)}): "
+                f"{', '.join(r.run_id for r in batch)}")
             results = group.run_group(batch, out, say, group_mode)
         else:
             results = [run_row(batch[0], out, say)]
