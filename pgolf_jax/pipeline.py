@@ -243,8 +243,8 @@ def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evalu
     for r in report["tensors"].values():
         groups.setdefault((r["group"], r["bits"]), []).append(r["error_fro"])
     for (g, bits), errs in sorted(groups.items()):
-        log(f"quant:{g} {len(errs)} tensors int{bits} {q.scheme} scale:{q.scale_method} "
-            f"mean_error_fro:{np.mean(errs):.4f}")
+        grid = f"scale:{q.scale_method}" if q.grid == "symmetric" else f"grid:{q.grid} (per-row min-max)"
+        log(f"quant:{g} {len(errs)} tensors int{bits} {q.scheme} {grid} mean_error_fro:{np.mean(errs):.4f}")
     return obj, info
 
 
