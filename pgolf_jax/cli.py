@@ -183,10 +183,15 @@ def sweep_command(argv: list[str]) -> int:
     shard = parse_shard(args.shard)
     from pgolf_jax.sweep import group, report, runner
 
+    if args.no_vmap and args.group_mode != "auto":
+        from pgolf_jax.config import ConfigError
+
+        raise ConfigError(f"--group-mode {args.group_mode} groups rows, and --no-vmap runs every row alone: pick one")
     out = Path(args.out) if args.out else runner.default_out(sweep)
     if args.dry_run:
+        mode = group.resolve_mode(args.group_mode)
         for batch in (group.plan(sweep.shard(*shard)) if not args.no_vmap else [[r] for r in sweep.shard(*shard)]):
-            print(("one group: " if len(batch) > 1 else "") + ", ".join(r.run_id for r in batch))
+            print((f"one group ({mode}): " if len(batch) > 1 else "") + ", ".join(r.run_id for r in batch))
         return 0
     if not args.report_only:
         res = runner.run_sweep(sweep, out, shard, args.retry_failed, vmap=not args.no_vmap, group_mode=args.group_mode)

@@ -146,7 +146,8 @@ def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path
     sweep("--out", str(sep), "--no-vmap", "--shard", "1/2")  # rows 1 and 3: base-s2, hot-s2
     # On CPU the group ran as a loop over one compiled step (auto); the vmapped program must agree too.
     vm = tmp_path / "vm"
-    assert "training 2 rows as one compiled group (vmap)" in sweep("--out", str(vm), "--group-mode", "vmap", "--shard", "1/2")
+    vm_log = sweep("--out", str(vm), "--group-mode", "vmap", "--shard", "1/2")
+    assert "training 2 rows as one compiled group (vmap)" in vm_log and "the group failed" not in vm_log
     assert "mode:loop" in (out / "runs" / "base-s2" / "log.txt").read_text()
     assert "mode:vmap" in (vm / "runs" / "base-s2" / "log.txt").read_text()
     for run in ("base-s2", "hot-s2"):
@@ -181,7 +182,7 @@ def test_killed_row_resumes_only_from_a_finished_checkpoint(tmp_path, monkeypatc
     starts over (its run dir set aside) instead of failing on a resume with nothing to restore."""
     from pgolf_jax.sweep import rows as rows_lib
     from pgolf_jax.sweep.spec import load_sweep
-    from pgolf_jax.train.checkpoint import has_checkpoint
+    from pgolf_jax.train.checkpoint import CHECKSUMS, has_checkpoint
 
     row = load_sweep(_sweep(tmp_path, "VARIANTS = {'a': {}}\n")).rows[0]
     out = tmp_path / "out"
@@ -194,6 +195,11 @@ def test_killed_row_resumes_only_from_a_finished_checkpoint(tmp_path, monkeypatc
     assert "--resume" not in cmds[0] and not (out / "runs" / row.run_id).exists()
     assert len(list((out / "runs" / ".incomplete").iterdir())) == 1  # kept, out of the way
     (ckpt / "150").mkdir(parents=True)
+    assert not has_checkpoint(ckpt)  # renamed into place, but killed before its checksum record
+    rows_lib.run_row(row, out, print)
+    assert "--resume" not in cmds[1] and len(list((out / "runs" / ".incomplete").iterdir())) == 2
+    (ckpt / "150").mkdir(parents=True)
+    (ckpt / "150" / CHECKSUMS).write_text("{}")
     assert has_checkpoint(ckpt)
     rows_lib.run_row(row, out, print)
-    assert cmds[1][-2:] == ["--resume", str(out / "runs" / row.run_id)]
+    assert cmds[2][-2:] == ["--resume", str(out / "runs" / row.run_id)]

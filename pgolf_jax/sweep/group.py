@@ -64,7 +64,7 @@ def run_group(rows: list[Row], out: Path, say, mode: str = "auto") -> list[dict]
         for cfg, d in zip(cfgs, run_dirs):
             pipeline._claim_run_dir(d, cfg)
             logs.append(RunLog(d, echo=False))
-            pipeline.log_header(cfg, logs[-1], f"sweep {out.name} (vmapped group of {len(rows)})")
+            pipeline.log_header(cfg, logs[-1], f"sweep {out.name} (a group of {len(rows)} rows)")
         t0 = time.perf_counter()
         data_path, tok_path = pipeline.dataset_paths(cfgs[0], logs[0])
         factory = pipeline.make_evaluator_factory(cfgs[0], data_path, tok_path, logs[0])

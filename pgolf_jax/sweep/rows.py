@@ -59,6 +59,9 @@ def _set_aside(run_dir: Path) -> None:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     dest = run_dir.parent / ".incomplete" / f"{run_dir.name}-{stamp}"
     dest.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while dest.exists():  # set aside twice in one second: a new name, never a move into the first
+        dest, n = dest.with_name(f"{run_dir.name}-{stamp}.{n}"), n + 1
     shutil.move(str(run_dir), dest)
 
 

@@ -1,4 +1,5 @@
-"""Training K runs as one program: `jax.vmap` over their stacked train states, one compile for all.
+"""Training K runs as one group with one compiled step: vmapped over their stacked train states, or
+called once per member (`mode`).
 
 The K configs may differ only in hyper.TRACED fields (learning rates, momenta, weight decays,
 softcap: traced values of one graph) and hyper.INIT_ONLY fields (seed, init scales: each state is
@@ -57,7 +58,7 @@ def training_key(cfg: Config) -> str:
 
 
 def group_key(cfg: Config):
-    """Configs with equal keys can train as one vmapped group; None = this config cannot join one
+    """Configs with equal keys can train as one group; None = this config cannot join one
     (a wall-clock budget, checkpoints, or a multi-process run)."""
     t = cfg.train
     if t.max_wallclock_seconds > 0 or t.checkpoint_every or t.checkpoint_every_seconds or t.distributed:
@@ -98,20 +99,25 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
         with hyper.traced(h):
             return make_optimizer(cfg, dtype, labels)
 
+    def init_state(params, h, step, rng):
+        # The EMA is a copy even for fp32 params, made outside jit (where it is a real copy): the
+        # jitted step donates the state, and one buffer may not be donated twice.
+        ema = jax.tree.map(lambda a: jnp.array(a, jnp.float32, copy=True), params) if t.ema_decay else None
+        return TrainState(step, params, init_opt(params, h), ema, rng)
+
     # Each member's own init (its seed and init scales); one compile serves every member.
-    init_opt = jax.jit(lambda p, h: tx_of(h).init(p))
-    states = []
-    for c, h in zip(cfgs, hyps):
-        p = jax.jit(build_model(c.model).init)(jax.random.key(c.train.seed))
-        # A copy even for fp32 params: the jitted step donates the state, and one buffer may not be donated twice.
-        ema = jax.tree.map(lambda a: jnp.array(a, jnp.float32, copy=True), p) if t.ema_decay else None
-        states.append(TrainState(jnp.zeros((), jnp.int32), p, init_opt(p, h), ema, initial_rng(c.train.seed)))
-    if mode == "vmap":  # stacked along a leading K axis
-        state = jax.tree.map(lambda *a: jnp.stack(a), *states)
-        hyp = jax.tree.map(lambda *a: jnp.stack(a), *hyps)
+    params = [jax.jit(build_model(c.model).init)(jax.random.key(c.train.seed)) for c in cfgs]
+    rngs = [initial_rng(c.train.seed) for c in cfgs]
+    if mode == "vmap":  # stacked along a leading K axis and initialised there: no second copy of the state
+        stack = lambda *a: jnp.stack(a)  # noqa: E731
+        init_opt = jax.jit(jax.vmap(lambda p, h: tx_of(h).init(p)))
+        hyp = jax.tree.map(stack, *hyps)
+        state = init_state(jax.tree.map(stack, *params), hyp, jnp.zeros((K,), jnp.int32), jnp.stack(rngs))
     else:
-        state, hyp = states, hyps
-    del states
+        init_opt = jax.jit(lambda p, h: tx_of(h).init(p))
+        hyp = hyps
+        state = [init_state(p, h, jnp.zeros((), jnp.int32), r) for p, h, r in zip(params, hyps, rngs)]
+    del params
 
     def member(state, k, field):
         """Member k's params or ema, whichever way the states are held."""
@@ -146,7 +152,8 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
     for c, log in zip(cfgs, logs):
         log(f"model_params:{n_params}")
         log(f"val_tokens:{evaluators[0].total} val_bytes:{evaluators[0].byte_count}")
-        log(f"vmap_group:{K} members train as one program, mode:{mode} (the step times below are the whole group's)")
+        log(f"vmap_group:{K} members train with one compiled step, mode:{mode} (the step times below are "
+            "the whole group's)")
         log(f"devices:{n_dev} platform:{jax.default_backend()} batch_spans:{t.batch_spans} "
             f"micro_steps:{t.batch_spans // n_dev * (span_seqs // micro_seqs if micro_seqs else 1)}")
         log(f"train_batch_tokens:{t.train_batch_tokens} train_seq_len:{t.train_seq_len} iterations:{t.iterations}")
