@@ -59,6 +59,12 @@ def test_bad_sweep_file_through_run_py_is_one_line(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "more than once" in proc.stderr
     assert not (tmp_path / "o").exists()
+    # Grouping and running every row alone at once: one line, nothing written.
+    path = _sweep(tmp_path, "VARIANTS = {'a': {}}", name="ok.py")
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--out", str(tmp_path / "o"),
+                           "--no-vmap", "--group-mode", "vmap"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "pick one" in proc.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_rows_seeds_control_and_shards(tmp_path):
