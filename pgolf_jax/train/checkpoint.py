@@ -31,13 +31,13 @@ from pgolf_jax.fsio import WriteError, write_error, write_json
 CHECKSUMS = "pgolf_checksums.json"
 
 
-
 def has_checkpoint(directory: Path) -> bool:
     """Whether `directory` holds a finished checkpoint step: orbax names it by its step number (a
     save killed midway leaves only a `<step>.orbax-checkpoint-tmp-*` folder), and the save is done
     once its checksum record is written."""
     d = Path(directory)
     return d.is_dir() and any(p.is_dir() and p.name.isdigit() and (p / CHECKSUMS).is_file() for p in d.iterdir())
+
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or one could not be written; the message names the directory."""

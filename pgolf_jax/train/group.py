@@ -129,7 +129,7 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
         if mode == "vmap":
             return fn(state, x, y, lr_mul, qat_on, teacher, hyp)
         outs = [fn(s, x, y, lr_mul, qat_on, teacher, h) for s, h in zip(state, hyp)]  # dispatched back to back
-        return [o[0] for o in outs], jax.tree.map(lambda *a: jnp.stack(a), *[o[1] for o in outs])
+        return [o[0] for o in outs], [o[1] for o in outs]  # metrics stacked on the host, when flushed
 
     graphs = (False, True) if model.has_two_schedules else (True,)
     qat = cfg.quant if cfg.quant.qat else None
@@ -183,6 +183,8 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
         """Log a finished step's losses (fetching them blocks only on that step)."""
         done, metrics, at_ms = item
         m = jax.tree.map(np.asarray, metrics)
+        if mode == "loop":  # one dict per member -> one (K,) array per metric
+            m = {n: np.stack([mk[n] for mk in m]) for n in m[0]}
         for k, log in enumerate(logs):
             loss = float(m["train_loss"][k])
             if not math.isfinite(loss):
