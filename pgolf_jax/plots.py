@@ -54,6 +54,15 @@ def png_series(path: Path) -> list[str]:
         return json.loads(im.text[SERIES_KEY])
 
 
+_DASHES = ["-", "--", ":", "-."]
+
+
+def run_styles(n: int) -> list[tuple[str, str]]:
+    """A (colour, line style) pair per run, all distinct for up to 40 runs: matplotlib's ten-colour
+    cycle alone repeats from the eleventh run, and a sweep table has 20-30."""
+    return [(f"C{i % 10}", _DASHES[(i // 10) % len(_DASHES)]) for i in range(n)]
+
+
 def plot_curves(run_dirs: list[Path], out: Path, labels: list[str] | None = None, title: str = "") -> Path:
     """Train loss and val_bpb of every run, over steps (left) and over training time (right): one
     line per run in each panel (val panels only when some run logged periodic validation)."""
@@ -61,32 +70,39 @@ def plot_curves(run_dirs: list[Path], out: Path, labels: list[str] | None = None
     labels = labels or [Path(d).name for d in run_dirs]
     runs = [(label, read_events(d)) for label, d in zip(labels, run_dirs)]
     has_val = any(ev.get("val") for _, ev in runs)
-    fig, axes = plt.subplots(2 if has_val else 1, 2, figsize=(11, 7.5 if has_val else 4), squeeze=False)
+    runs = [(label, ev) for label, ev in runs if ev.get("train")]
+    # Past a handful of runs the legend goes beside the panels, where it covers no curve.
+    side = len(runs) > 6
+    fig, axes = plt.subplots(2 if has_val else 1, 2, figsize=(11 + 3 * side, 7.5 if has_val else 4), squeeze=False)
     drawn = []
-    for label, ev in runs:
-        train = ev.get("train", [])
-        if not train:
-            continue
+    for (label, ev), (color, dash) in zip(runs, run_styles(len(runs))):
+        train = ev["train"]
         drawn.append(label)
         steps = [e["step"] for e in train]
         secs = [e["train_time_ms"] / 1000 for e in train]
         loss = [e["train_loss"] for e in train]
-        (line,) = axes[0][0].plot(steps, loss, label=label, lw=1.2)
-        axes[0][1].plot(secs, loss, color=line.get_color(), lw=1.2)
+        style = dict(color=color, ls=dash, lw=1.2)
+        axes[0][0].plot(steps, loss, label=label, **style)
+        axes[0][1].plot(secs, loss, **style)
         if has_val and ev.get("val"):
             val = ev["val"]
-            axes[1][0].plot([e["step"] for e in val], [e["val_bpb"] for e in val], "o-", color=line.get_color(), ms=3)
-            axes[1][1].plot([e["train_time_ms"] / 1000 for e in val], [e["val_bpb"] for e in val], "o-",
-                            color=line.get_color(), ms=3)
+            axes[1][0].plot([e["step"] for e in val], [e["val_bpb"] for e in val], marker="o", ms=3, **style)
+            axes[1][1].plot([e["train_time_ms"] / 1000 for e in val], [e["val_bpb"] for e in val], marker="o",
+                            ms=3, **style)
     for row, what in enumerate(["train loss (nats)"] + (["val_bpb"] if has_val else [])):
         axes[row][0].set(xlabel="step", ylabel=what)
         axes[row][1].set(xlabel="training time (s)", ylabel=what)
         for ax in axes[row]:
             ax.grid(alpha=0.3)
-    if drawn:
-        axes[0][0].legend(fontsize=7, loc="upper right")
     fig.suptitle(title or ", ".join(drawn[:4]) + (" ..." if len(drawn) > 4 else ""), fontsize=10)
-    fig.tight_layout()
+    if drawn and side:
+        fig.tight_layout(rect=(0, 0, 0.8, 1))
+        fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=7, loc="center left",
+                   bbox_to_anchor=(0.8, 0.5), frameon=False)
+    else:
+        if drawn:
+            axes[0][0].legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
     return _save(fig, Path(out), drawn)
 
 
@@ -101,14 +117,67 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def spread_labels(anchors: list[tuple[float, float]], widths: list[float], height: float,
+                  lo: float = float("-inf"), hi: float = float("inf")) -> list[float]:
+    """Label heights (same units as the anchors) with no two label boxes [x, x + width] x
+    [y, y + height] overlapping, each as near its anchor's y as that allows: labels whose x ranges
+    chain together form a column, sorted by anchor y, and runs that would collide are merged into
+    blocks centred on their anchors (the least-squares placement), then kept inside [lo, hi]."""
+    n = len(anchors)
+    # Columns: connected runs of overlapping x ranges.
+    order = sorted(range(n), key=lambda i: anchors[i][0])
+    columns, right = [], float("-inf")
+    for i in order:
+        if not columns or anchors[i][0] >= right:
+            columns.append([])
+        columns[-1].append(i)
+        right = max(right, anchors[i][0] + widths[i]) if len(columns[-1]) > 1 else anchors[i][0] + widths[i]
+    ys = [a[1] for a in anchors]
+    for col in columns:
+        col.sort(key=lambda i: (anchors[i][1], anchors[i][0]))
+        blocks: list[tuple[float, list[int]]] = []  # (bottom y, members bottom to top)
+        for i in col:
+            blocks.append((anchors[i][1], [i]))
+            while len(blocks) > 1 and blocks[-2][0] + height * len(blocks[-2][1]) > blocks[-1][0]:
+                (_, m1), (_, m2) = blocks[-2], blocks.pop()
+                members = m1 + m2
+                bottom = sum(anchors[j][1] - height * k for k, j in enumerate(members)) / len(members)
+                blocks[-1] = (bottom, members)
+        for bottom, members in blocks:
+            bottom = max(lo, min(bottom, hi - height * len(members)))
+            for k, j in enumerate(members):
+                ys[j] = bottom + height * k
+    return ys
+
+
+def outlier_cap(y: list[float]) -> float | None:
+    """The y above which a scatter shows points pinned to its top edge, or None: far-off failures
+    (a variant at 13 bpb beside a cluster at 2.5-3.5) would otherwise squash the points being
+    compared into a line. Only high values are capped: a low val_bpb is the interesting end."""
+    if len(y) < 8:
+        return None
+    q1, q3 = sorted(y)[len(y) // 4], sorted(y)[(3 * len(y)) // 4]
+    cap = q3 + 3 * max(q3 - q1, 1e-9)
+    return cap if max(y) > cap else None
+
+
 def plot_scatter(names: list[str], x: list[float], y: list[float], out: Path, xlabel: str, title: str,
                  front: bool = False) -> Path:
-    """One labelled point per name; with front, the Pareto front (lower x and lower y) as a line."""
+    """One labelled point per name; with front, the Pareto front (lower x and lower y) as a line.
+    Labels of points that crowd together are spread out, each tied to its point by a thin line;
+    far-off high points sit on the top edge as triangles, their value in the label."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    ax.scatter(x, y, s=22, zorder=3)
-    for n, a, b in zip(names, x, y):
-        ax.annotate(n, (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    cap = outlier_cap(list(y))
+    names, labels = list(names), list(names)
+    if cap is not None:
+        off = [v > cap for v in y]
+        labels = [f"{n} ({v:.2f}, off scale)" if o else n for n, v, o in zip(names, y, off)]
+        y = [min(v, cap) for v in y]
+        ax.scatter([a for a, o in zip(x, off) if o], [cap] * sum(off), s=30, marker="^", color="C3", zorder=3)
+        ax.scatter([a for a, o in zip(x, off) if not o], [b for b, o in zip(y, off) if not o], s=22, zorder=3)
+    else:
+        ax.scatter(x, y, s=22, zorder=3)
     if front and names:
         idx = pareto_front(list(zip(x, y)))
         ax.plot([x[i] for i in idx], [y[i] for i in idx], "r--", lw=1, zorder=2, label="Pareto front")
@@ -116,4 +185,21 @@ def plot_scatter(names: list[str], x: list[float], y: list[float], out: Path, xl
     ax.set(xlabel=xlabel, ylabel="round-trip val_bpb", title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, Path(out), list(names))
+    if names:
+        # Label boxes in points (1/72 in), from the final layout, so the stacking survives any dpi.
+        size = 7.0
+        to_pt = 72.0 / fig.dpi
+        widths = [0.6 * size * len(n) for n in labels]
+        (left, lo), (right, hi) = ax.transAxes.transform([(0, 0), (1, 1)]) * to_pt
+        pts = ax.transData.transform(list(zip(x, y))) * to_pt
+        # A label that would cross the right edge goes on its point's left instead.
+        flip = [px + 9 + w > right and px - 9 - w >= left for (px, _), w in zip(pts, widths)]
+        anchors = [(px - 9 - w if f else px + 3, py - size / 2) for (px, py), w, f in zip(pts, widths, flip)]
+        placed = spread_labels(anchors, widths, size + 1.5, lo, hi)
+        for n, a, b, (_, want), got, f in zip(labels, x, y, anchors, placed, flip):
+            moved = abs(got - want) > 0.5
+            dx = 3 + 6 * moved
+            ax.annotate(n, (a, b), fontsize=size, xytext=(-dx if f else dx, got - want - size / 2),
+                        textcoords="offset points", va="bottom", ha="right" if f else "left",
+                        arrowprops=dict(arrowstyle="-", lw=0.4, color="0.6", shrinkA=0, shrinkB=2) if moved else None)
+    return _save(fig, Path(out), names)

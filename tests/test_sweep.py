@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pgolf_jax.config import ConfigError
-from pgolf_jax.plots import pareto_front, plot_curves, png_series
+from pgolf_jax.plots import outlier_cap, pareto_front, plot_curves, plot_scatter, png_series, run_styles, spread_labels
 from pgolf_jax.sweep.report import one_sided_p
 from pgolf_jax.sweep.spec import load_sweep, parse_shard
 
@@ -92,6 +92,35 @@ def test_one_sided_p_and_pareto_front():
     assert pareto_front([(1, 5), (2, 3), (3, 4), (4, 1), (5, 1)]) == [0, 1, 3]
 
 
+def test_labels_spread_apart_near_their_points_and_inside_the_axes():
+    # Twelve labels on one spot, two far apart elsewhere: none may overlap, the lone ones stay put.
+    anchors = [(100.0, 200.0)] * 12 + [(400.0, 50.0), (100.0, 20.0)]
+    widths = [60.0] * 14
+    ys = spread_labels(anchors, widths, 8.0, lo=0.0, hi=300.0)
+    boxes = [(a[0], y) for a, y in zip(anchors, ys)]
+    for i in range(len(boxes)):
+        for j in range(i):
+            (xi, yi), (xj, yj) = boxes[i], boxes[j]
+            overlap_x = xi < xj + widths[j] and xj < xi + widths[i]
+            assert not (overlap_x and abs(yi - yj) < 8.0 - 1e-9), (i, j)
+    assert ys[12] == 50.0 and ys[13] == 20.0
+    assert abs(np.mean(ys[:12]) - 200.0) < 1e-9  # the crowded block is centred on its anchors
+    assert all(0.0 <= y <= 300.0 - 8.0 for y in ys)
+    # Near the top edge the block moves down to stay inside.
+    assert max(spread_labels([(0.0, 295.0)] * 5, [10.0] * 5, 8.0, 0.0, 300.0)) <= 292.0
+
+
+def test_scatter_pins_far_outliers_and_runs_get_distinct_styles(tmp_path):
+    y = [2.5, 2.6, 2.55, 2.7, 2.52, 2.8, 2.58, 2.61, 13.3]
+    cap = outlier_cap(y)
+    assert cap is not None and 2.8 < cap < 13.3
+    assert outlier_cap(y[:-1]) is None and outlier_cap([1.0, 9.0]) is None  # no outlier / too few to say
+    names = [f"v{i}" for i in range(len(y))]
+    out = plot_scatter(names, [1e6 + 1e3 * i for i in range(len(y))], y, tmp_path / "p.png", "bytes", "t", front=True)
+    assert png_series(out) == names  # the series are the row names, not the decorated labels
+    assert len(set(run_styles(40))) == 40
+
+
 def test_curves_png_holds_one_line_per_run(tmp_path):
     runs = []
     for i in range(3):
@@ -141,7 +170,7 @@ def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path
     for name in ("results.csv", "results.md", "pareto.png", "time.png", "curves.png"):
         assert (out / name).is_file(), name
     md = (out / "results.md").read_text()
-    assert re.search(r"\| `hot` \| 2 \| [\d,]+ \| [\d,]+ \| 5 \|", md) and "agreement" in md
+    assert re.search(r"\| `hot` \| 2 \| [\d,]+ \| [\d,]+ \| 5 \| [\d.]+ \(loop x4\) \|", md) and "agreement" in md
     assert png_series(out / "curves.png") == ["base-s1", "base-s2", "hot-s1", "hot-s2"]
     assert sorted(png_series(out / "pareto.png")) == ["base", "hot"]
     # Resume: every row is done, nothing runs.
@@ -156,6 +185,7 @@ def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path
     assert "training 2 rows as one compiled group (vmap)" in vm_log and "the group failed" not in vm_log
     assert "mode:loop" in (out / "runs" / "base-s2" / "log.txt").read_text()
     assert "mode:vmap" in (vm / "runs" / "base-s2" / "log.txt").read_text()
+    assert "(vmap x2)" in (vm / "results.md").read_text()
     for run in ("base-s2", "hot-s2"):
         b = _npz(sep / "runs" / run / "final_model.npz")
         for grouped in (out, vm):

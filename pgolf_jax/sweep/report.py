@@ -80,6 +80,8 @@ def summarize(sweep: Sweep, rows: list[dict]) -> list[dict]:
                      params=mine[0]["params"], artifact_bytes=round(statistics.fmean(r["artifact_bytes"] for r in mine)),
                      step_ms=statistics.fmean(r["step_ms"] for r in mine if r["step_ms"]),
                      vmapped=max(r.get("vmap_group", 1) for r in mine),
+                     # rows written before the mode was recorded say "group"
+                     group_mode=next((r["group_mode"] for r in mine if r.get("group_mode")), "group"),
                      train_s=statistics.fmean(r["train_time_ms"] for r in mine) / 1000,
                      steps=round(statistics.fmean(r["steps"] for r in mine)),
                      pre=statistics.fmean(r["pre_quant_val_bpb"] for r in mine))
@@ -132,7 +134,7 @@ def markdown(sweep: Sweep, rows: list[dict], summary: list[dict], command: str) 
             continue
         cells = [f"`{s['variant']}`" + (" (control)" if s["variant"] == sweep.control else ""), str(s["n"]),
                  f"{s['params']:,}", f"{s['artifact_bytes']:,}", str(s["steps"]),
-                 _f(s["step_ms"], "{:.0f}") + (f" (group x{s['vmapped']})" if s["vmapped"] > 1 else ""),
+                 _f(s["step_ms"], "{:.0f}") + (f" ({s['group_mode']} x{s['vmapped']})" if s["vmapped"] > 1 else ""),
                  _f(s["pre"]), _f(s["mean"]), _f(s["sd"]), "" if s["vs"] == s["variant"] else f"`{s['vs']}`",
                  _f(s.get("delta"), "{:+.4f}"),
                  _f(s.get("p"), "{:.3g}"), {True: "yes", False: "no"}.get(s.get("clears"), "")]
