@@ -6,6 +6,7 @@ curve or point, so a test (or a script) can check a picture without reading pixe
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from pgolf_jax.fsio import atomic_output
@@ -73,7 +74,9 @@ def plot_curves(run_dirs: list[Path], out: Path, labels: list[str] | None = None
     runs = [(label, ev) for label, ev in runs if ev.get("train")]
     # Past a handful of runs the legend goes beside the panels, where it covers no curve.
     side = len(runs) > 6
-    fig, axes = plt.subplots(2 if has_val else 1, 2, figsize=(11 + 3 * side, 7.5 if has_val else 4), squeeze=False)
+    height = 7.5 if has_val else 4
+    ncol = math.ceil(len(runs) / max(8, int(height * 72 / 11) - 3))  # ~11 points a legend row
+    fig, axes = plt.subplots(2 if has_val else 1, 2, figsize=(11 + 3 * ncol * side, height), squeeze=False)
     drawn = []
     for (label, ev), (color, dash) in zip(runs, run_styles(len(runs))):
         train = ev["train"]
@@ -96,9 +99,10 @@ def plot_curves(run_dirs: list[Path], out: Path, labels: list[str] | None = None
             ax.grid(alpha=0.3)
     fig.suptitle(title or ", ".join(drawn[:4]) + (" ..." if len(drawn) > 4 else ""), fontsize=10)
     if drawn and side:
-        fig.tight_layout(rect=(0, 0, 0.8, 1))
-        fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=7, loc="center left",
-                   bbox_to_anchor=(0.8, 0.5), frameon=False)
+        edge = 11 / (11 + 3 * ncol)
+        fig.tight_layout(rect=(0, 0, edge, 1))
+        fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=7, loc="center left", ncol=ncol,
+                   bbox_to_anchor=(edge, 0.5), frameon=False)
     else:
         if drawn:
             axes[0][0].legend(fontsize=7, loc="upper right")
@@ -122,10 +126,11 @@ def spread_labels(anchors: list[tuple[float, float]], widths: list[float], heigh
     """Label heights (same units as the anchors) with no two label boxes [x, x + width] x
     [y, y + height] overlapping, each as near its anchor's y as that allows: labels whose x ranges
     chain together form a column, sorted by anchor y, and runs that would collide are merged into
-    blocks centred on their anchors (the least-squares placement), then kept inside [lo, hi]."""
-    n = len(anchors)
+    blocks centred on their anchors (the least-squares placement), then kept inside [lo, hi] (a
+    column taller than that stacks up from lo). A non-finite anchor keeps its value, unplaced."""
+    finite = [i for i, (a, b) in enumerate(anchors) if math.isfinite(a) and math.isfinite(b)]
     # Columns: connected runs of overlapping x ranges.
-    order = sorted(range(n), key=lambda i: anchors[i][0])
+    order = sorted(finite, key=lambda i: anchors[i][0])
     columns, right = [], float("-inf")
     for i in order:
         if not columns or anchors[i][0] >= right:
@@ -143,10 +148,15 @@ def spread_labels(anchors: list[tuple[float, float]], widths: list[float], heigh
                 members = m1 + m2
                 bottom = sum(anchors[j][1] - height * k for k, j in enumerate(members)) / len(members)
                 blocks[-1] = (bottom, members)
+        # Clamp by rank in the column, not block by block: a block pushed off an edge then slides
+        # into its neighbour's room instead of onto it (the bounds step by one height per rank, so
+        # the gaps stay at least one height).
+        stacked = [j for _, members in blocks for j in members]
         for bottom, members in blocks:
-            bottom = max(lo, min(bottom, hi - height * len(members)))
             for k, j in enumerate(members):
                 ys[j] = bottom + height * k
+        for g, j in enumerate(stacked):
+            ys[j] = max(lo + height * g, min(ys[j], hi - height * (len(stacked) - g)))
     return ys
 
 
@@ -157,7 +167,7 @@ def outlier_cap(y: list[float]) -> float | None:
     if len(y) < 8:
         return None
     q1, q3 = sorted(y)[len(y) // 4], sorted(y)[(3 * len(y)) // 4]
-    cap = q3 + 3 * max(q3 - q1, 1e-9)
+    cap = q3 + 3 * max(q3 - q1, 1e-2 * abs(q3), 1e-9)  # a floor: tied quartiles would pin any rise
     return cap if max(y) > cap else None
 
 
@@ -170,6 +180,7 @@ def plot_scatter(names: list[str], x: list[float], y: list[float], out: Path, xl
     fig, ax = plt.subplots(figsize=(8, 5.5))
     cap = outlier_cap(list(y))
     names, labels = list(names), list(names)
+    idx = pareto_front(list(zip(x, y))) if front and names else []  # on the true values, before any pinning
     if cap is not None:
         off = [v > cap for v in y]
         labels = [f"{n} ({v:.2f}, off scale)" if o else n for n, v, o in zip(names, y, off)]
@@ -178,8 +189,7 @@ def plot_scatter(names: list[str], x: list[float], y: list[float], out: Path, xl
         ax.scatter([a for a, o in zip(x, off) if not o], [b for b, o in zip(y, off) if not o], s=22, zorder=3)
     else:
         ax.scatter(x, y, s=22, zorder=3)
-    if front and names:
-        idx = pareto_front(list(zip(x, y)))
+    if idx:
         ax.plot([x[i] for i in idx], [y[i] for i in idx], "r--", lw=1, zorder=2, label="Pareto front")
         ax.legend(fontsize=8)
     ax.set(xlabel=xlabel, ylabel="round-trip val_bpb", title=title)
@@ -189,13 +199,17 @@ def plot_scatter(names: list[str], x: list[float], y: list[float], out: Path, xl
         # Label boxes in points (1/72 in), from the final layout, so the stacking survives any dpi.
         size = 7.0
         to_pt = 72.0 / fig.dpi
-        widths = [0.6 * size * len(n) for n in labels]
+        from matplotlib.font_manager import FontProperties
+
+        renderer, font = fig.canvas.get_renderer(), FontProperties(size=size)
+        widths = [renderer.get_text_width_height_descent(n, font, ismath=False)[0] * to_pt for n in labels]
         (left, lo), (right, hi) = ax.transAxes.transform([(0, 0), (1, 1)]) * to_pt
         pts = ax.transData.transform(list(zip(x, y))) * to_pt
         # A label that would cross the right edge goes on its point's left instead.
         flip = [px + 9 + w > right and px - 9 - w >= left for (px, _), w in zip(pts, widths)]
         anchors = [(px - 9 - w if f else px + 3, py - size / 2) for (px, py), w, f in zip(pts, widths, flip)]
-        placed = spread_labels(anchors, widths, size + 1.5, lo, hi)
+        # +6: a moved label is drawn 6 points further out than an unmoved one; its box covers both.
+        placed = spread_labels(anchors, [w + 6 for w in widths], size + 1.5, lo, hi)
         for n, a, b, (_, want), got, f in zip(labels, x, y, anchors, placed, flip):
             moved = abs(got - want) > 0.5
             dx = 3 + 6 * moved

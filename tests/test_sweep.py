@@ -106,8 +106,16 @@ def test_labels_spread_apart_near_their_points_and_inside_the_axes():
     assert ys[12] == 50.0 and ys[13] == 20.0
     assert abs(np.mean(ys[:12]) - 200.0) < 1e-9  # the crowded block is centred on its anchors
     assert all(0.0 <= y <= 300.0 - 8.0 for y in ys)
-    # Near the top edge the block moves down to stay inside.
+    # Near an edge a block moves inside, and a block clamped there must not land on its neighbour.
     assert max(spread_labels([(0.0, 295.0)] * 5, [10.0] * 5, 8.0, 0.0, 300.0)) <= 292.0
+    for pair in ([(0.0, 285.0), (0.0, 294.0)], [(0.0, -5.0), (0.0, 4.0)]):
+        a, b = sorted(spread_labels(pair, [10.0, 10.0], 8.0, 0.0, 300.0))
+        assert 0.0 <= a and b - a >= 8.0 - 1e-9 and b <= 292.0, (pair, a, b)
+    # A column taller than the axes stacks up from the bottom; a NaN anchor is left alone.
+    tall = spread_labels([(0.0, 50.0)] * 10, [10.0] * 10, 8.0, 0.0, 40.0)
+    assert sorted(tall) == [8.0 * k for k in range(10)]
+    ys = spread_labels([(0.0, 10.0), (0.0, float("nan")), (0.0, 12.0), (0.0, 5.0)], [10.0] * 4, 8.0)
+    assert np.isnan(ys[1]) and sorted(np.diff(sorted([ys[0], ys[2], ys[3]]))) == [8.0, 8.0]
 
 
 def test_scatter_pins_far_outliers_and_runs_get_distinct_styles(tmp_path):
@@ -115,6 +123,7 @@ def test_scatter_pins_far_outliers_and_runs_get_distinct_styles(tmp_path):
     cap = outlier_cap(y)
     assert cap is not None and 2.8 < cap < 13.3
     assert outlier_cap(y[:-1]) is None and outlier_cap([1.0, 9.0]) is None  # no outlier / too few to say
+    assert outlier_cap([2.5] * 7 + [2.51]) is None  # tied quartiles: a small rise is not "off scale"
     names = [f"v{i}" for i in range(len(y))]
     out = plot_scatter(names, [1e6 + 1e3 * i for i in range(len(y))], y, tmp_path / "p.png", "bytes", "t", front=True)
     assert png_series(out) == names  # the series are the row names, not the decorated labels

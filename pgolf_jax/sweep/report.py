@@ -81,7 +81,7 @@ def summarize(sweep: Sweep, rows: list[dict]) -> list[dict]:
                      step_ms=statistics.fmean(r["step_ms"] for r in mine if r["step_ms"]),
                      vmapped=max(r.get("vmap_group", 1) for r in mine),
                      # rows written before the mode was recorded say "group"
-                     group_mode=next((r["group_mode"] for r in mine if r.get("group_mode")), "group"),
+                     group_mode=max(mine, key=lambda r: r.get("vmap_group", 1)).get("group_mode", "group"),
                      train_s=statistics.fmean(r["train_time_ms"] for r in mine) / 1000,
                      steps=round(statistics.fmean(r["steps"] for r in mine)),
                      pre=statistics.fmean(r["pre_quant_val_bpb"] for r in mine))
