@@ -182,6 +182,16 @@ def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path
     assert re.search(r"\| `hot` \| 2 \| [\d,]+ \| [\d,]+ \| 5 \| [\d.]+ \(loop x4\) \|", md) and "agreement" in md
     assert png_series(out / "curves.png") == ["base-s1", "base-s2", "hot-s1", "hot-s2"]
     assert sorted(png_series(out / "pareto.png")) == ["base", "hot"]
+    # Every run draws its own curves; `run.py plot` overlays runs; a folder that is no run is one line.
+    assert png_series(out / "runs" / "hot-s2" / "curves.png") == ["hot-s2"]
+    plot = [sys.executable, str(ROOT / "run.py"), "plot", str(out / "runs" / "base-s1"), str(out / "runs" / "hot-s1"),
+            "--out", str(tmp_path / "overlay.png")]
+    assert subprocess.run(plot, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
+    assert png_series(tmp_path / "overlay.png") == ["base-s1", "hot-s1"]
+    bad = subprocess.run(plot[:3] + [str(tmp_path), "--out", str(tmp_path / "bad.png")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "metrics.jsonl not found" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert not (tmp_path / "bad.png").exists()
     # Resume: every row is done, nothing runs.
     assert "to_run:0" in sweep("--out", str(out))
     # The same rows, each its own process: the same weights (fp32 Newton-Schulz; with bf16 a rounding
