@@ -135,8 +135,9 @@ def spread_labels(anchors: list[tuple[float, float]], widths: list[float], heigh
     for i in order:
         if not columns or anchors[i][0] >= right:
             columns.append([])
+            right = float("-inf")
         columns[-1].append(i)
-        right = max(right, anchors[i][0] + widths[i]) if len(columns[-1]) > 1 else anchors[i][0] + widths[i]
+        right = max(right, anchors[i][0] + widths[i])
     ys = [a[1] for a in anchors]
     for col in columns:
         col.sort(key=lambda i: (anchors[i][1], anchors[i][0]))
@@ -151,12 +152,9 @@ def spread_labels(anchors: list[tuple[float, float]], widths: list[float], heigh
         # Clamp by rank in the column, not block by block: a block pushed off an edge then slides
         # into its neighbour's room instead of onto it (the bounds step by one height per rank, so
         # the gaps stay at least one height).
-        stacked = [j for _, members in blocks for j in members]
-        for bottom, members in blocks:
-            for k, j in enumerate(members):
-                ys[j] = bottom + height * k
-        for g, j in enumerate(stacked):
-            ys[j] = max(lo + height * g, min(ys[j], hi - height * (len(stacked) - g)))
+        stacked = [(j, bottom + height * k) for bottom, members in blocks for k, j in enumerate(members)]
+        for g, (j, y) in enumerate(stacked):
+            ys[j] = max(lo + height * g, min(y, hi - height * (len(stacked) - g)))
     return ys
 
 
@@ -179,16 +177,14 @@ def plot_scatter(names: list[str], x: list[float], y: list[float], out: Path, xl
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     cap = outlier_cap(list(y))
-    names, labels = list(names), list(names)
+    names = list(names)
     idx = pareto_front(list(zip(x, y))) if front and names else []  # on the true values, before any pinning
-    if cap is not None:
-        off = [v > cap for v in y]
-        labels = [f"{n} ({v:.2f}, off scale)" if o else n for n, v, o in zip(names, y, off)]
-        y = [min(v, cap) for v in y]
+    off = [cap is not None and v > cap for v in y]
+    labels = [f"{n} ({v:.2f}, off scale)" if o else n for n, v, o in zip(names, y, off)]
+    y = [cap if o else v for v, o in zip(y, off)]
+    ax.scatter([a for a, o in zip(x, off) if not o], [b for b, o in zip(y, off) if not o], s=22, zorder=3)
+    if any(off):
         ax.scatter([a for a, o in zip(x, off) if o], [cap] * sum(off), s=30, marker="^", color="C3", zorder=3)
-        ax.scatter([a for a, o in zip(x, off) if not o], [b for b, o in zip(y, off) if not o], s=22, zorder=3)
-    else:
-        ax.scatter(x, y, s=22, zorder=3)
     if idx:
         ax.plot([x[i] for i in idx], [y[i] for i in idx], "r--", lw=1, zorder=2, label="Pareto front")
         ax.legend(fontsize=8)

@@ -77,6 +77,7 @@ def run_group(rows: list[Row], out: Path, say, mode: str = "auto") -> list[dict]
         members = list(first.values())
         if len(members) < len(cfgs):
             say(f"sweep: {len(cfgs)} rows share {len(members)} trainings (they differ only after training)")
+        trained_mode = resolve_mode(mode)
         trained = train_group([cfgs[m[0]] for m in members], [Tee([logs[k] for k in m]) for m in members],
                               pattern, factory, mode=mode)
         results = [None] * len(cfgs)
@@ -88,7 +89,7 @@ def run_group(rows: list[Row], out: Path, say, mode: str = "auto") -> list[dict]
             try:
                 summary = pipeline.finish_run(cfg, res, d, log, None, factory, pattern, t0,
                                               vmap_group=len(members))
-                rows_out.append(result_row(row, d, out, summary) | {"group_mode": resolve_mode(mode)})
+                rows_out.append(result_row(row, d, out, summary) | {"group_mode": trained_mode})
             except Exception as exc:  # noqa: BLE001  one member's export failing fails that row only
                 rows_out.append({"variant": row.variant, "seed": row.seed, "run_id": row.run_id, "status": "failed",
                                  "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"})
