@@ -193,6 +193,11 @@ def sweep_command(argv: list[str]) -> int:
         for batch in (group.plan(sweep.shard(*shard)) if not args.no_vmap else [[r] for r in sweep.shard(*shard)]):
             print((f"one group ({mode}): " if len(batch) > 1 else "") + ", ".join(r.run_id for r in batch))
         return 0
+    if args.report_only and not (out / "rows").is_dir():
+        from pgolf_jax.config import ConfigError
+
+        # A wrong --out must not get an empty table written over whatever results.md it holds.
+        raise ConfigError(f"--report-only: {out} holds no rows/ folder: not a sweep folder (check --out)")
     if not args.report_only:
         res = runner.run_sweep(sweep, out, shard, args.retry_failed, vmap=not args.no_vmap, group_mode=args.group_mode)
         print(f"sweep:{sweep.name} ran:{res['ran']} skipped:{res['skipped']} failed:{res['failed']}")

@@ -65,6 +65,13 @@ def test_bad_sweep_file_through_run_py_is_one_line(tmp_path):
                            "--no-vmap", "--group-mode", "vmap"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "pick one" in proc.stderr
     assert not (tmp_path / "o").exists()
+    # --report-only on a folder that is no sweep: one line, its results.md untouched.
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "results.md").write_text("mine")
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--out", str(tmp_path / "o"),
+                           "--report-only"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no rows/ folder" in proc.stderr
+    assert (tmp_path / "o" / "results.md").read_text() == "mine"
 
 
 def test_rows_seeds_control_and_shards(tmp_path):
