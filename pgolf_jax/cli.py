@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -253,8 +254,37 @@ def export_command(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None, packed_config: dict | None = None) -> int:
-    """The command line; packed_config is the config a packed train_gpt.py embeds (quant/pack.py)."""
+    """The command line; packed_config is the config a packed train_gpt.py embeds (quant/pack.py).
+    SIGTERM is handled as ^C is (every command's cleanup runs, exit 128+signal)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    old = _terminate_as_interrupt()
+    try:
+        return _main(argv, packed_config)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _terminate_as_interrupt():
+    """Make SIGTERM raise errors.Terminated (a KeyboardInterrupt); returns the old handler."""
+    from pgolf_jax.errors import Terminated
+
+    def handle(signum, frame):
+        raise Terminated(signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handle)
+    except ValueError:  # not the main thread (a test driving main from a worker): leave it
+        return None
+
+
+def interrupted_line(exc: BaseException) -> str:
+    from pgolf_jax.errors import signum_of
+
+    return "SIGTERM" if signum_of(exc) == signal.SIGTERM else "^C"
+
+
+def _main(argv: list[str], packed_config: dict | None) -> int:
     if argv and argv[0] == "data":  # NumPy and SentencePiece only: no JAX to import (seconds)
         from pgolf_jax.data import commands
         p = argparse.ArgumentParser(prog="run.py data", description="Prepare or download datasets.")
@@ -306,9 +336,11 @@ def main(argv: list[str] | None = None, packed_config: dict | None = None) -> in
     except Interrupted as exc:
         print(f"error: {exc}; continue with: run.py --config ... --resume <run_dir>", file=sys.stderr)
         return 128 + exc.signum
-    except KeyboardInterrupt:
-        print("error: interrupted (^C)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from pgolf_jax.errors import signum_of
+
+        print(f"error: interrupted ({interrupted_line(exc)}); nothing half-written was kept", file=sys.stderr)
+        return 128 + signum_of(exc)
     except (FileNotFoundError, FileExistsError, ValueError, ArtifactError, FloatingPointError, RuntimeError,
             OSError) as exc:
         if os.environ.get("PGOLF_TRACEBACK"):  # the one-line error hides where it came from

@@ -102,3 +102,38 @@ def read_json(path, what: str = "") -> object:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+
+
+def is_run_dir(path) -> bool:
+    """A main-job (or quantize) run directory: its config.json beside its log or metrics."""
+    p = Path(path)
+    return (p / "config.json").is_file() and ((p / "log.txt").is_file() or (p / "metrics.jsonl").is_file())
+
+
+def run_dir_holding(path) -> Path | None:
+    """The run directory `path` is in (or is), or None."""
+    p = Path(path).resolve()
+    for d in (p, *p.parents):
+        if is_run_dir(d):
+            return d
+    return None
+
+
+def check_output(path, flag: str, force: bool = False, ours=None, allow_inside: Path | None = None) -> Path:
+    """Refuse, in one line naming `flag`, a write the command has no right to: into a run directory
+    (runs are scored evidence; only `allow_inside`, a folder the command itself creates inside the run
+    it derives from, may be written) or over an existing file this command did not make (`ours(path)`
+    says when it did; `force` replaces anything but a run's files). Returns the path."""
+    from pgolf_jax.errors import OutputRefused
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputRefused(f"{flag} {path}: is a directory; name a file")
+    run = run_dir_holding(path.parent)
+    if run is not None and not (allow_inside is not None and path.resolve().is_relative_to(Path(allow_inside).resolve())):
+        raise OutputRefused(f"{flag} {path}: inside run directory {run}, which holds a run's scored files; "
+                            "write it outside the run")
+    if path.exists() and not force and not (ours is not None and ours(path)):
+        raise OutputRefused(f"{flag} {path}: exists and was not written by this command; "
+                            "pass --force to replace it")
+    return path

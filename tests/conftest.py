@@ -136,3 +136,38 @@ def fake_hub(tmp_path, monkeypatch):
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+def tree_sums(*dirs) -> dict[str, str]:
+    """sha256 of every file under the given folders (missing folders give nothing)."""
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for d in dirs if Path(d).exists() for p in sorted(Path(d).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def refused(capfd):
+    """refused(argv, code, pattern, watch=[folders]) -> the error line: cli.main(argv) in-process
+    exits `code` with exactly one stderr line matching `pattern` (no traceback, no score), and every
+    file under the watched folders is byte-identical afterwards with nothing added."""
+    import re
+
+    from pgolf_jax.cli import main
+
+    def check(argv, code: int, pattern: str, watch=()) -> str:
+        before = tree_sums(*watch)
+        capfd.readouterr()
+        got = main([str(a) for a in argv])
+        out, err = capfd.readouterr()
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        ctx = f"{argv}: exit {got}\n{out[-2000:]}{err[-2000:]}"
+        assert got == code, ctx
+        assert "Traceback" not in out + err and "internal error" not in err, ctx
+        assert len(lines) == 1 and lines[0].startswith("error: "), ctx
+        assert re.search(pattern, lines[0]), ctx
+        assert not re.search(r"val_bpb:\d", out + err), ctx
+        assert tree_sums(*watch) == before, f"files changed under {watch}: {ctx}"
+        return lines[0]
+
+    return check

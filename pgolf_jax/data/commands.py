@@ -96,10 +96,13 @@ def data_command(args: argparse.Namespace) -> int:
                   f"train {c['files_train']} files {c['tokens_train']} tokens{extra}")
         else:
             raise ValueError(f"unknown data action {args.action!r}")
-    except KeyboardInterrupt:
-        print(f"error: data {args.action}: interrupted (^C); a prepare changes nothing until it is complete",
+    except KeyboardInterrupt as exc:
+        from pgolf_jax.errors import signum_of
+
+        what = "SIGTERM" if signum_of(exc) == 15 else "^C"
+        print(f"error: data {args.action}: interrupted ({what}); a prepare changes nothing until it is complete",
               file=sys.stderr)
-        return 130
+        return 128 + signum_of(exc)
     except (ValueError, OSError, RuntimeError) as exc:
         if os.environ.get("PGOLF_TRACEBACK"):
             import traceback
