@@ -20,7 +20,9 @@ def _main_parser(packed: bool = False) -> argparse.ArgumentParser:
         description="pgolf_jax main job: train -> quantize -> pack -> round-trip eval. "
                     + ("The config is the one this file was packed with; overrides apply on top."
                        if packed else f"Other verbs: {', '.join(VERBS)} (run.py <verb> --help)."))
-    p.add_argument("--config", required=not packed, help="preset file, e.g. configs/cpu.py")
+    # A packed file keeps --config only to refuse it by name (_main) rather than as an unknown flag.
+    p.add_argument("--config", required=not packed,
+                   help=argparse.SUPPRESS if packed else "preset file, e.g. configs/cpu.py")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and model_params, then exit")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
@@ -299,6 +301,9 @@ def _main(argv: list[str], packed_config: dict | None) -> int:
         if packed_config is not None or not argv or argv[0] not in VERBS:
             # The main job's config is checked before JAX is imported: a bad value costs no seconds.
             args = _main_parser(packed_config is not None).parse_args(argv)
+            if packed_config is not None and args.config is not None:
+                raise ConfigError(f"--config {args.config}: refused, this train_gpt.py trains the config it was "
+                                  "packed with (overrides such as train.seed=2 still apply)")
             if args.config:
                 cfg = config_lib.load(args.config, args.overrides)
             else:
