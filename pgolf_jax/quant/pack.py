@@ -1,5 +1,5 @@
 """The code of a run packed as one self-contained Python file, `train_gpt.py`, as the records ship
-theirs (minified source, lzma, base85, one `exec` line): the pgolf_jax modules the run imported
+theirs (minified source, lzma, base85, a short `exec` stub): the pgolf_jax modules the run imported
 (and the native kernel's C++ when it was loaded), the run's config, and a small importer that
 serves those modules from memory. Run inside a records folder with only the third-party
 requirements installed, it trains and evaluates the config it was packed for (command-line
@@ -8,11 +8,22 @@ artifact's code bytes count (quant.code_bytes=packed).
 
 Minification (python-minifier) drops docstrings, comments and annotations and renames locals;
 module-level names keep their names, since modules import them from each other.
+
+The file: a stub (`_STUB`), a checksum line, then the payload as comment lines of at most 100
+characters. The stub reads the comment lines of its own file and checks them before it decodes
+anything, so a damaged copy stops with one line, `error: corrupt packed file <path>: <what>`
+(exit 1), before anything heavy is imported. Comment lines keep the file valid Python when it is
+truncated anywhere in the payload or a payload character changes (the `#coding:latin-1` line
+makes any byte legal in a comment); what Python itself would still refuse before the stub runs
+is a byte turned into a line break or NUL, and the payload's alphabet is chosen so that no
+one-bit flip of a payload character or line end can make one. Left to Python: damage to the
+stub's own code, or to the `#` that starts a line (Python's SyntaxError then quotes that short line).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import lzma
 import sys
@@ -53,6 +64,29 @@ def minify(source: str, filename: str) -> str:
                                   hoist_literals=False, remove_asserts=False, remove_debug=False)
 
 
+# The five base85 characters one bit away from a line break, a carriage return or NUL ('*' '-' '@'
+# 'J' 'M'), swapped in the file for five characters base85 does not use: a one-bit flip of a
+# payload character then never ends a comment line early or puts a NUL in the source.
+_UNSAFE, _SAFE = b"*-@JM", b",./:["
+_WIDTH = 99  # payload characters per line, after its '#'
+# The checksum is the sha256 of the payload text as it stands in the file (its comment lines
+# joined, '#' and line ends dropped): checked first, it catches every damage to that text (a bad
+# base85 character too) with one comparison, before any decoder sees corrupt input; LZMA's raw
+# format carries no check of its own.
+# The stub spells _SAFE and _UNSAFE out (tests check that they agree).
+_STUB = b"""#coding:latin-1
+import sys,hashlib as H,lzma as L,base64 as B
+def V(p):
+ try:
+  h,*d=[l[1:].strip()for l in open(p,"rb")if l[:1]==b"#"][1:];d=b"".join(d)
+  if H.sha256(d).hexdigest().encode()!=h:raise ValueError("payload checksum mismatch")
+  return L.decompress(B.b85decode(d.translate(bytes.maketrans(b",./:[",b"*-@JM"))),\
+format=L.FORMAT_RAW,filters=[{"id":L.FILTER_LZMA2}])
+ except Exception as e:sys.exit(f"error: corrupt packed file {p}: {e}")
+Z=V(__file__).split(b"\\0");exec(Z[0])
+"""
+
+
 def pack(files: dict[str, bytes], config: dict) -> bytes:
     """files {path relative to the repo root ('pgolf_jax/...'): contents} and a config dict ->
     the bytes of train_gpt.py. Only the package's files go in (run.py is what it replaces)."""
@@ -64,10 +98,15 @@ def pack(files: dict[str, bytes], config: dict) -> bytes:
         if b"\0" in body:
             raise ValueError(f"{rel}: a NUL byte cannot be packed")
         entries.append(rel.encode() + b"\n" + body)
-    payload = b"\0".join([_BOOT.encode(), json.dumps(config, separators=(",", ":")).encode(), *entries])
-    blob = base64.b85encode(lzma.compress(payload, format=lzma.FORMAT_RAW, filters=_FILTERS))
-    return (b'import lzma as L,base64 as B\nZ=L.decompress(B.b85decode("' + blob
-            + b'"),format=L.FORMAT_RAW,filters=[{"id":L.FILTER_LZMA2}]).split(b"\\0");exec(Z[0])\n')
+    return packed_file(b"\0".join([_BOOT.encode(), json.dumps(config, separators=(",", ":")).encode(), *entries]))
+
+
+def packed_file(payload: bytes) -> bytes:
+    """The file for a payload: the stub, the checksum line, the compressed payload in short lines."""
+    text = base64.b85encode(lzma.compress(payload, format=lzma.FORMAT_RAW, filters=_FILTERS))
+    text = text.translate(bytes.maketrans(_UNSAFE, _SAFE))
+    lines = [text[i:i + _WIDTH] for i in range(0, len(text), _WIDTH)]
+    return _STUB + b"".join(b"#" + line + b"\n" for line in [hashlib.sha256(text).hexdigest().encode(), *lines])
 
 
 def packed_path() -> str | None:

@@ -1,0 +1,119 @@
+"""The packed train_gpt.py guards itself: a damaged copy (a flipped bit anywhere in its payload or
+checksum line, a truncation) stops with one line `error: corrupt packed file ...` (exit 1) before
+anything heavy is imported, and `--config` is refused (it trains the config it was packed with)
+while overrides still apply. Each case runs the file as a records folder would: a subprocess in a
+clean folder with pgolf_jax unimportable (test_submit's guard)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tree_sums
+from test_submit import GUARD
+
+from pgolf_jax import config as config_lib
+from pgolf_jax.quant import pack
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> bytes:
+    """train_gpt.py holding the whole package (so --dry-run finds every module it imports) and tiny.py."""
+    files = {p.relative_to(ROOT).as_posix(): p.read_bytes() for p in sorted((ROOT / "pgolf_jax").rglob("*"))
+             if p.is_file() and "__pycache__" not in p.parts}
+    return pack.pack(files, pack.run_config(config_lib.to_dict(config_lib.load(str(ROOT / "configs" / "tiny.py")))))
+
+
+def _folder(tmp_path: Path, data: bytes) -> Path:
+    (tmp_path / "train_gpt.py").write_bytes(data)
+    (tmp_path / "guard.py").write_text(GUARD)
+    return tmp_path
+
+
+def _run(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run([sys.executable, "guard.py", "train_gpt.py", *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _payload_span(data: bytes) -> tuple[int, int]:
+    """Byte offsets [start, end) of the payload lines (after the stub and the checksum line)."""
+    start = len(pack._STUB)
+    return data.index(b"\n", start) + 1, len(data)
+
+
+def test_layout_short_lines_and_a_flip_proof_alphabet(packed):
+    assert packed.startswith(pack._STUB) and b'maketrans(b"' + pack._SAFE + b'",b"' + pack._UNSAFE in pack._STUB
+    lines = packed[len(pack._STUB):].split(b"\n")
+    assert lines[-1] == b"" and all(ln.startswith(b"#") and len(ln) <= 100 for ln in lines[:-1])
+    assert len(lines[0]) == 65  # '#' + the sha256 hex digest
+    # No payload character is one bit away from what would end a comment line or put a NUL in the source.
+    text = set(b"".join(ln[1:] for ln in lines))
+    assert not {c ^ (1 << b) for c in text for b in range(8)} & {0, ord("\n"), ord("\r")}
+
+
+def _corruptions(data: bytes, seed: int = 23) -> list[tuple[str, bytes]]:
+    """One-bit flips at 24 payload positions (one per equal slice), two in the checksum line, two
+    line ends, and three truncations; each a (label, file bytes) pair."""
+    rng = random.Random(seed)
+    start, end = _payload_span(data)
+    cases = []
+    n = 24
+    for k in range(n):
+        lo, hi = start + k * (end - start) // n, start + (k + 1) * (end - start) // n
+        pos = rng.randrange(lo, hi)
+        while data[pos] in b"\n" or data[pos - 1] == ord("\n"):  # a data character, not the line framing
+            pos = rng.randrange(lo, hi)
+        cases.append((f"flip@{pos}", pos))
+    for _ in range(2):
+        cases.append(("checksum-flip", rng.randrange(start - 65, start - 1)))
+    for at in (start + (end - start) // 3, start + 2 * (end - start) // 3):  # a line end: two lines become one
+        cases.append(("line-end-flip", data.index(b"\n", at)))
+    out = []
+    for label, pos in cases:
+        b = bytearray(data)
+        b[pos] ^= 1 << rng.randrange(8)
+        out.append((f"{label}@{pos}", bytes(b)))
+    mid = rng.randrange(start, end)
+    out += [("truncated-mid-line", data[:mid]), ("truncated-last-line", data[:data.rindex(b"\n", 0, end - 1) + 1]),
+            ("truncated-in-checksum", data[:start - 30])]
+    return out
+
+
+def test_a_corrupt_copy_stops_with_one_line(packed, tmp_path):
+    cases = _corruptions(packed)
+    assert len({label for label, _ in cases}) == len(cases) >= 31
+    for label, data in cases:
+        (tmp_path / label).mkdir()
+        folder = _folder(tmp_path / label, data)
+        proc = _run(folder, "--dry-run")
+        ctx = f"{label}: exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr, ctx
+        assert len(lines) == 1 and lines[0].startswith("error: corrupt packed file train_gpt.py: "), ctx
+        assert sorted(p.name for p in folder.iterdir()) == ["guard.py", "train_gpt.py"], ctx
+
+
+def test_config_is_refused_and_overrides_still_apply(packed, tmp_path):
+    folder = _folder(tmp_path, packed)
+    (folder / "other.py").write_text('OVERRIDES = {"model.num_layers": 5}\n')
+    before = tree_sums(folder)
+    for args in (["--config", "other.py", "--dry-run"], ["--config=other.py"]):
+        proc = _run(folder, *args)
+        ctx = f"{args}: exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1, ctx
+        assert lines[0] == ("error: config: --config other.py: refused, this train_gpt.py trains the config it was "
+                            "packed with (overrides such as train.seed=2 still apply)"), ctx
+        assert tree_sums(folder) == before, ctx
+    proc = _run(folder, "--dry-run", "train.seed=7", "model.num_layers=3")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert '"seed": 7' in proc.stdout and '"num_layers": 3' in proc.stdout and "model_params:" in proc.stdout
+    assert tree_sums(folder) == before
