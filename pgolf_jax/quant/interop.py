@@ -8,6 +8,7 @@ exactly the name in a train_gpt.py state dict. torch is imported only by the loa
 from __future__ import annotations
 
 import io
+import pickle
 import zlib
 from pathlib import Path
 
@@ -83,18 +84,41 @@ def _to_numpy(t) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+def _torch_load(data, path: Path, what: str):
+    """torch.load with weights_only=True (an untrusted file may hold code; it only ever gets tensors
+    and plain containers). A file that needs more is refused in one line: torch's own message runs to
+    600 characters and advises weights_only=False, which would run whatever the file holds."""
+    import warnings
+
+    torch = _torch()
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": torch's noise, not ours to show
+            warnings.simplefilter("ignore")
+            return torch.load(data, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  any failure of an untrusted file is "not readable"
+        why = ("its pickle asks for more than tensors and plain containers, which is never loaded"
+               if isinstance(exc, pickle.UnpicklingError) else f"no torch.save file: {type(exc).__name__}")
+        raise ValueError(f"{path}: not a readable {what} ({why})") from None
+
+
+def _tensor_dict(obj, path: Path, what: str) -> dict:
+    """{name: tensor} checked: a dict of tensors under string names, nothing else."""
+    torch = _torch()
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a readable {what} (it holds a {type(obj).__name__}, not a dict)")
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise ValueError(f"{path}: not a readable {what} (entry {str(k)[:60]!r} is a {type(v).__name__}, "
+                             "not a tensor)")
+    return obj
+
+
 def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """A reference `final_model.pt` (torch.save of GPT.state_dict()) as numpy arrays."""
-    torch = _torch()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"torch state dict not found: {path}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable torch state dict ({type(exc).__name__}: {exc})") from None
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
+    sd = _tensor_dict(_torch_load(path, path, "torch state dict"), path, "torch state dict")
     return {k: _to_numpy(v) for k, v in sd.items()}
 
 
@@ -102,18 +126,19 @@ def load_reference_int8_ptz(path: str | Path) -> dict[str, np.ndarray]:
     """The reference's `final_model.int8.ptz` (int8_clean_per_row_v1 + zlib), dequantized."""
     from pgolf_jax.quant.export import dequantize_int8
 
-    torch = _torch()
+    what = "reference int8+zlib artifact"
     path = Path(path)
     try:
         raw = zlib.decompress(path.read_bytes())
-        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as exc:
-        raise ValueError(f"{path}: not a reference int8+zlib artifact ({type(exc).__name__}: {exc})") from None
+    except (OSError, zlib.error) as exc:
+        raise ValueError(f"{path}: not a {what} ({type(exc).__name__}: {exc})") from None
+    obj = _torch_load(io.BytesIO(raw), path, what)
     if not isinstance(obj, dict) or obj.get("__quant_format__") != "int8_clean_per_row_v1":
-        raise ValueError(f"{path}: unknown quant format {obj.get('__quant_format__') if isinstance(obj, dict) else obj!r}")
-    conv = {k: ({n: _to_numpy(t) for n, t in v.items()} if isinstance(v, dict) and k in
+        found = repr(obj.get("__quant_format__"))[:60] if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise ValueError(f"{path}: not a {what} (quant format {found}, not int8_clean_per_row_v1)")
+    conv = {k: ({n: _to_numpy(t) for n, t in _tensor_dict(v, path, what).items()} if isinstance(v, dict) and k in
                 ("quantized", "scales", "passthrough") else v) for k, v in obj.items()}
     return dequantize_int8(conv)
 
