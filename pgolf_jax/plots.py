@@ -14,21 +14,48 @@ from pgolf_jax.fsio import atomic_output
 SERIES_KEY = "pgolf:series"
 
 
+# The fields `run.py plot` and the sweep rows read from each event, all finite numbers.
+_FIELDS = {"train": ("step", "train_loss", "train_time_ms"), "val": ("step", "val_bpb", "train_time_ms")}
+
+
 def read_events(run_dir: Path) -> dict[str, list[dict]]:
-    """metrics.jsonl of a run, grouped by event name (train, val, final_roundtrip, ...); a line that
-    is not JSON (a run killed mid-write) is skipped."""
+    """metrics.jsonl of a run, grouped by event name (train, val, final_roundtrip, ...). A bad line
+    is a ValueError naming the file, the line number and the field."""
     out: dict[str, list[dict]] = {}
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory?")
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    lines = text.split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             ev = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        if isinstance(ev, dict) and "event" in ev:
-            out.setdefault(ev["event"], []).append(ev)
+            # Each event is one write of a whole line, so a run killed mid-write can leave only its
+            # last line half-written (no newline after it): skipped. A bad line anywhere else is
+            # corruption, and a picture or sweep row drawn around it would be silently wrong.
+            if n == len(lines):
+                continue
+            raise ValueError(f"{path}: line {n} is not JSON (a corrupt metrics file)") from None
+        _check_event(ev, path, n)
+        out.setdefault(ev["event"], []).append(ev)
     return out
+
+
+def _check_event(ev, path: Path, n: int) -> None:
+    """One metrics.jsonl line: an object with a string `event`; train/val events with numeric fields."""
+    if not isinstance(ev, dict) or not isinstance(ev.get("event"), str):
+        raise ValueError(f"{path}: line {n} is not an event (a JSON object with a string \"event\")")
+    for key in _FIELDS.get(ev["event"], ()):
+        v = ev.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            got = "missing" if key not in ev else f"{json.dumps(v)[:40]} is not a finite number"
+            raise ValueError(f"{path}: line {n}: {ev['event']} event field {key!r}: {got}")
 
 
 def _pyplot():
@@ -55,6 +82,15 @@ def png_series(path: Path) -> list[str]:
         return json.loads(im.text[SERIES_KEY])
 
 
+def is_own_png(path: Path) -> bool:
+    """Whether `path` is a PNG written here (it carries the `pgolf:series` chunk), which a later plot
+    may replace; anything else (a log, weights, a PNG from elsewhere) is not."""
+    try:
+        return isinstance(png_series(path), list)
+    except Exception:  # noqa: BLE001  not an image, not a PNG, no chunk, a bad chunk: not ours
+        return False
+
+
 _DASHES = ["-", "--", ":", "-."]
 
 
@@ -64,37 +100,46 @@ def run_styles(n: int) -> list[tuple[str, str]]:
     return [(f"C{i % 10}", _DASHES[(i // 10) % len(_DASHES)]) for i in range(n)]
 
 
-def plot_curves(run_dirs: list[Path], out: Path, labels: list[str] | None = None, title: str = "") -> Path:
+def plot_curves(run_dirs: list[Path], out: Path, labels: list[str] | None = None, title: str = "",
+                require_train: bool = False) -> Path:
     """Train loss and val_bpb of every run, over steps (left) and over training time (right): one
-    line per run in each panel (val panels only when some run logged periodic validation)."""
+    line per run in each panel (val panels only when some run logged validation; a run with a single
+    val point gets a marker with its value beside it, not a lone dot on an unlabelled axis). A run
+    without train events is left out, or with require_train is a ValueError naming its metrics."""
+    runs = [(label, read_events(d), d) for label, d in zip(labels or [Path(d).name for d in run_dirs], run_dirs)]
+    if require_train:
+        for _, ev, d in runs:
+            if not ev.get("train"):
+                raise ValueError(f"{Path(d) / 'metrics.jsonl'}: no train events to plot (the run logged no step)")
+    fig, drawn = curves_figure([(label, ev) for label, ev, _ in runs], title)
+    return _save(fig, Path(out), drawn)
+
+
+def curves_figure(runs: list[tuple[str, dict]], title: str = ""):
+    """(figure, names of the runs drawn) for plot_curves, from (label, read_events()) pairs."""
     plt = _pyplot()
-    labels = labels or [Path(d).name for d in run_dirs]
-    runs = [(label, read_events(d)) for label, d in zip(labels, run_dirs)]
     has_val = any(ev.get("val") for _, ev in runs)
     runs = [(label, ev) for label, ev in runs if ev.get("train")]
     # Past a handful of runs the legend goes beside the panels, where it covers no curve.
     side = len(runs) > 6
     height = 7.5 if has_val else 4
     ncol = math.ceil(len(runs) / max(8, int(height * 72 / 11) - 3))  # ~11 points a legend row
-    fig, axes = plt.subplots(2 if has_val else 1, 2, figsize=(11 + 3 * ncol * side, height), squeeze=False)
+    # Val panels share the train panels' step and time axes: a val point sits under the steps it follows.
+    fig, axes = plt.subplots(2 if has_val else 1, 2, figsize=(11 + 3 * ncol * side, height), squeeze=False,
+                             sharex="col")
     drawn = []
     for (label, ev), (color, dash) in zip(runs, run_styles(len(runs))):
         train = ev["train"]
         drawn.append(label)
-        steps = [e["step"] for e in train]
-        secs = [e["train_time_ms"] / 1000 for e in train]
-        loss = [e["train_loss"] for e in train]
         style = dict(color=color, ls=dash, lw=1.2)
-        axes[0][0].plot(steps, loss, label=label, **style)
-        axes[0][1].plot(secs, loss, **style)
+        axes[0][0].plot([e["step"] for e in train], [e["train_loss"] for e in train], label=label, **style)
+        axes[0][1].plot([e["train_time_ms"] / 1000 for e in train], [e["train_loss"] for e in train], **style)
         if has_val and ev.get("val"):
-            val = ev["val"]
-            axes[1][0].plot([e["step"] for e in val], [e["val_bpb"] for e in val], marker="o", ms=3, **style)
-            axes[1][1].plot([e["train_time_ms"] / 1000 for e in val], [e["val_bpb"] for e in val], marker="o",
-                            ms=3, **style)
+            _val_panels(axes[1], ev["val"], style)
     for row, what in enumerate(["train loss (nats)"] + (["val_bpb"] if has_val else [])):
-        axes[row][0].set(xlabel="step", ylabel=what)
-        axes[row][1].set(xlabel="training time (s)", ylabel=what)
+        last = row == len(axes) - 1  # shared x axes: the bottom row carries the ticks and labels
+        axes[row][0].set(xlabel="step" if last else "", ylabel=what)
+        axes[row][1].set(xlabel="training time (s)" if last else "", ylabel=what)
         for ax in axes[row]:
             ax.grid(alpha=0.3)
     fig.suptitle(title or ", ".join(drawn[:4]) + (" ..." if len(drawn) > 4 else ""), fontsize=10)
@@ -107,7 +152,20 @@ def plot_curves(run_dirs: list[Path], out: Path, labels: list[str] | None = None
         if drawn:
             axes[0][0].legend(fontsize=7, loc="upper right")
         fig.tight_layout()
-    return _save(fig, Path(out), drawn)
+    return fig, drawn
+
+
+def _val_panels(axes, val: list[dict], style: dict) -> None:
+    """One run's val_bpb over steps and time; a single point (a run that validated only at its end)
+    is a larger marker with its value printed beside it, since an auto-ranged axis around one point
+    says nothing by itself."""
+    bpb = [e["val_bpb"] for e in val]
+    for ax, x in zip(axes, ([e["step"] for e in val], [e["train_time_ms"] / 1000 for e in val])):
+        ax.plot(x, bpb, marker="o", ms=3 if len(val) > 1 else 6, **style)
+        if len(val) == 1:
+            # Left of the point: a run validated at its last step, which is the right edge.
+            ax.annotate(f"val_bpb {bpb[0]:.4f}", (x[0], bpb[0]), xytext=(-6, 5), textcoords="offset points",
+                        ha="right", fontsize=8, color=style["color"])
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
