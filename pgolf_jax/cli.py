@@ -210,13 +210,21 @@ def sweep_command(argv: list[str]) -> int:
 
 
 def plot_command(argv: list[str]) -> int:
-    from pgolf_jax.plots import plot_curves
+    from pgolf_jax.config import ConfigError
+    from pgolf_jax.fsio import check_output
+    from pgolf_jax.plots import is_own_png, plot_curves
 
     p = argparse.ArgumentParser(prog="run.py plot", description="Overlay the loss curves of runs in one PNG.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default="curves.png", help="the PNG to write (default curves.png)")
+    p.add_argument("--out", default="curves.png", help="the PNG to write, outside any run (default curves.png); "
+                                                       "an existing file is replaced only if a plot wrote it")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file this command did not write")
     args = p.parse_args(argv)
-    path = plot_curves([Path(r) for r in args.runs], Path(args.out))
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":  # a typo'd --out must not land on a log or weights file
+        raise ConfigError(f"--out {out}: name a .png file")
+    check_output(out, "--out", force=args.force, ours=is_own_png)
+    path = plot_curves([Path(r) for r in args.runs], out, require_train=True)
     print(f"plot:{path} runs:{len(args.runs)}")
     return 0
 
