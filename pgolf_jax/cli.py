@@ -59,6 +59,7 @@ def run_artifact(run_dir: Path) -> Path:
 
 
 def eval_command(argv: list[str]) -> int:
+    """Scores only: it writes no file (its log is console-only), so it has no output path to guard."""
     from pgolf_jax import config as config_lib
     from pgolf_jax import dist, pipeline
     from pgolf_jax.model.gpt import build_model
@@ -139,6 +140,8 @@ def quantize_command(argv: list[str]) -> int:
             params = unflatten_params({k: z[k] for k in z.files}, template, source=str(npz))
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{npz}: not a readable weights file ({exc})") from None
+    # The one write into a run directory the CLI allows: a new subfolder of the run it derives from
+    # (a fresh random id, so never an existing folder).
     out = run_dir / f"quantize-{pipeline.new_run_id()}"
     log = RunLog(out)
     try:
@@ -241,25 +244,34 @@ def submit_command(argv: list[str]) -> int:
     p.add_argument("--track", default="10min_16mb", help="10min_16mb (default) or non_record_16mb")
     p.add_argument("--out", help="the records/ folder to add to (default ./records)")
     p.add_argument("--vs", help="the val_bpb to beat (a number or a submission.json): prints the record test")
+    p.add_argument("--force", action="store_true", help="add to an --out folder that exists but holds no "
+                   "track_* folders (an existing submission folder is never replaced)")
     args = p.parse_args(argv)
     submit.submit([Path(r) for r in args.runs], args.name, args.author, args.github_id, args.track,
-                  Path(args.out) if args.out else None, args.vs)
+                  Path(args.out) if args.out else None, args.vs, force=args.force)
     return 0
 
 
 def export_command(argv: list[str]) -> int:
     from pgolf_jax import submit
+    from pgolf_jax.config import ConfigError
+    from pgolf_jax.fsio import check_output
 
     p = argparse.ArgumentParser(prog="run.py export", description="A reference-architecture run's weights in "
-                                "train_gpt.py's formats.")
+                                "train_gpt.py's formats (written outside any run directory).")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--torch", metavar="PATH", help="write a state dict (final_model.pt)")
     p.add_argument("--reference-ptz", metavar="PATH", help="write the int8+zlib artifact (final_model.int8.ptz)")
+    p.add_argument("--force", action="store_true", help="replace existing --torch/--reference-ptz files")
     args = p.parse_args(argv)
     if not args.torch and not args.reference_ptz:
         p.error("give --torch PATH and/or --reference-ptz PATH")
-    submit.export(Path(args.run), Path(args.torch) if args.torch else None,
-                  Path(args.reference_ptz) if args.reference_ptz else None)
+    # Both paths are checked before either is written: a refusal leaves nothing half-exported.
+    torch_path = check_output(args.torch, "--torch", force=args.force) if args.torch else None
+    ptz_path = check_output(args.reference_ptz, "--reference-ptz", force=args.force) if args.reference_ptz else None
+    if torch_path and ptz_path and torch_path.resolve() == ptz_path.resolve():
+        raise ConfigError(f"--torch and --reference-ptz both name {ptz_path}: give two paths")
+    submit.export(Path(args.run), torch_path, ptz_path)
     return 0
 
 

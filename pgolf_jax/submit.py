@@ -18,11 +18,13 @@ import re
 import shutil
 import statistics
 import tempfile
+import zipfile
 from pathlib import Path
 
 from pgolf_jax import config as config_lib
 from pgolf_jax.config import Config, ConfigError
-from pgolf_jax.fsio import read_json, write_bytes, write_json
+from pgolf_jax.errors import OutputRefused
+from pgolf_jax.fsio import check_output, read_json, write_bytes, write_json
 
 TRACKS = {"10min_16mb": "track_10min_16mb", "non_record_16mb": "track_non_record_16mb"}
 CAP_BYTES = 16_000_000
@@ -93,14 +95,45 @@ def significance(bpbs: list[float], baseline_bpb: float, nats_per_bpb: float) ->
             "mean": round(mean, 6), "sd": round(sd, 6), "n": len(bpbs), "p_value": p, "record": p < 0.01}
 
 
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
 def _baseline(vs: str) -> float:
+    """--vs as a val_bpb: a finite positive number, or a submission.json holding one."""
     try:
-        return float(vs)
+        value = float(vs)
     except ValueError:
-        sub = read_json(Path(vs), "--vs: a val_bpb or a submission.json")
-        if not isinstance(sub, dict) or not isinstance(sub.get("val_bpb"), (int, float)):
-            raise ValueError(f"{vs}: no val_bpb in it") from None
-        return float(sub["val_bpb"])
+        value = None
+    if value is not None:
+        if not _positive(value):
+            raise ConfigError(f"--vs {vs}: not a val_bpb (a finite number above 0)")
+        return value
+    try:
+        sub = read_json(Path(vs))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise ConfigError(f"--vs {vs}: neither a val_bpb number nor a readable submission.json ({exc})") from None
+    bpb = sub.get("val_bpb") if isinstance(sub, dict) else None
+    if not _positive(bpb):
+        raise ConfigError(f"--vs {vs}: val_bpb {bpb!r} in it is not a finite number above 0")
+    return float(bpb)
+
+
+def records_folder(out: Path | None, track: str, name: str, date: str, force: bool = False) -> Path:
+    """The folder submit will create, checked before anything is written: --out must be a records/
+    folder (new, empty, or holding track_* folders, as the challenge's does) unless force, never a
+    run directory's insides; the submission folder itself must not exist (it is never replaced)."""
+    root = Path(out or "records")
+    final = root / TRACKS[track] / f"{date}_{_slug(name)}"
+    if final.exists():
+        raise FileExistsError(f"{final} exists already; pick another --name or --out (nothing was written)")
+    if root.exists() and not root.is_dir():
+        raise OutputRefused(f"--out {root}: is a file, not a records folder")
+    check_output(final, "--out")  # no folder inside a run directory, even with --force
+    if root.is_dir() and not force and any(root.iterdir()) and not any((root / t).is_dir() for t in TRACKS.values()):
+        raise OutputRefused(f"--out {root}: exists and is not a records folder (no {' or '.join(TRACKS.values())} "
+                            "in it); pass --force to add to it")
+    return final
 
 
 def technique_summary(cfg: Config) -> str:
@@ -222,23 +255,26 @@ def _slug(name: str) -> str:
 
 
 def submit(run_dirs: list[Path], name: str, author: str, github_id: str, track: str = "10min_16mb",
-           out: Path | None = None, vs: str | None = None, say=print) -> Path:
+           out: Path | None = None, vs: str | None = None, say=print, force: bool = False) -> Path:
     if track not in TRACKS:
         raise ConfigError(f"--track {track!r}: choose from {', '.join(TRACKS)}")
     if not name.strip() or not author.strip() or not github_id.strip():
         raise ConfigError("--name, --author and --github-id must not be empty")
+    date = datetime.date.today().isoformat()
+    # Every input and the output folder are checked before anything is written.
+    baseline = _baseline(vs) if vs is not None else None
+    final = records_folder(out, track, name, date, force)
     runs = load_runs(run_dirs)
     runs.sort(key=lambda r: r.seed)
     cfg = runs[0].cfg
     bpbs = [r.sub["val_bpb"] for r in runs]
-    date = datetime.date.today().isoformat()
     r0 = runs[0].sub
     nats_per_bpb = r0["val_bytes"] * math.log(2) / r0["val_tokens"] if r0.get("val_tokens") else math.log(2)
     sig = None
     if vs is not None:
         if len(runs) < 3:
             raise ConfigError(f"--vs needs at least 3 seeds (got {len(runs)}): the test has no spread to use")
-        sig = significance(bpbs, _baseline(vs), nats_per_bpb)
+        sig = significance(bpbs, baseline, nats_per_bpb)
     sub = {
         "author": author, "github_id": github_id, "name": name, "date": date, "track": track,
         "val_bpb": round(statistics.fmean(bpbs), 5),
@@ -256,10 +292,7 @@ def submit(run_dirs: list[Path], name: str, author: str, github_id: str, track: 
     }
     if sig:
         sub["significance"] = sig
-    out = Path(out or "records") / TRACKS[track]
-    final = out / f"{date}_{_slug(name)}"
-    if final.exists():
-        raise FileExistsError(f"{final} exists already; pick another --name or --out (nothing was written)")
+    out = final.parent
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out))
     try:
@@ -295,8 +328,11 @@ def export(run_dir: Path, torch_path: Path | None = None, ptz_path: Path | None 
     npz = Path(run_dir) / "final_model.npz"
     if not npz.is_file():
         raise FileNotFoundError(f"{npz} not found: is {run_dir} a finished run?")
-    with np.load(npz) as z:
-        named = {k: z[k] for k in z.files}
+    try:
+        with np.load(npz) as z:
+            named = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{npz}: not a readable weights file ({exc})") from None
     if torch_path:
         n = save_torch_state_dict(named, torch_path)
         say(f"export: {torch_path} ({n:,} bytes, {len(named)} tensors, reference names)")
