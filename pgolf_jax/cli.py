@@ -25,6 +25,8 @@ def _main_parser(packed: bool = False) -> argparse.ArgumentParser:
                    help=argparse.SUPPRESS if packed else "preset file, e.g. configs/cpu.py")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and model_params, then exit")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    p.add_argument("--allow-code-change", action="store_true",
+                   help="with --resume: continue a run although the code changed since it started")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
     return p
 
@@ -334,7 +336,8 @@ def _main(argv: list[str], packed_config: dict | None) -> int:
         _persistent_compile_cache()
         if packed_config is not None:
             from pgolf_jax import pipeline
-            return pipeline.main_job(args.config, cfg, dry=args.dry_run, resume=args.resume)
+            return pipeline.main_job(args.config, cfg, dry=args.dry_run, resume=args.resume,
+                                     allow_code_change=args.allow_code_change)
         if argv and argv[0] == "eval":
             return eval_command(argv[1:])
         if argv and argv[0] == "quantize":
@@ -351,7 +354,8 @@ def _main(argv: list[str], packed_config: dict | None) -> int:
             from pgolf_jax import bench
             return bench.main(argv[1:])
         from pgolf_jax import pipeline
-        return pipeline.main_job(args.config, cfg, dry=args.dry_run, resume=args.resume)
+        return pipeline.main_job(args.config, cfg, dry=args.dry_run, resume=args.resume,
+                             allow_code_change=args.allow_code_change)
     except ConfigError as exc:
         print(f"error: config: {_one_line(exc)}", file=sys.stderr)
         return 2

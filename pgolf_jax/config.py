@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -363,11 +364,15 @@ class Config:
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
+# Seeds are unsigned 32-bit: the range numpy's legacy seeding and every framework accept, and far
+# below the 2**63 where a seed stops fitting the int64 JAX converts it to.
+SEED_RANGE = "[0, 4294967295]"
+
 # The allowed range of every numeric field with one (the rest take any value of their type).
 # "> 0" / ">= 0" / ">= 1" / "[a, b]" / "[a, b)": checked before any work, so a bad count is an
 # error at --dry-run instead of a run that never ends (iterations < 0) or never trains (= 0).
 RANGES = {
-    "data.num_val_docs": ">= 1", "data.tokenizer_train_docs": ">= 0", "data.loader_seed": ">= 0",
+    "data.num_val_docs": ">= 1", "data.tokenizer_train_docs": ">= 0", "data.loader_seed": SEED_RANGE,
     "model.vocab_size": "[1, 65536]", "model.num_layers": ">= 1", "model.model_dim": ">= 1",
     "model.num_heads": ">= 1", "model.num_kv_heads": ">= 1", "model.mlp_mult": "> 0",
     "model.tied_embed_init_std": ">= 0", "model.rope_base": "> 0", "model.rope_train_seq_len": ">= 0",
@@ -385,7 +390,7 @@ RANGES = {
     "optim.muon_momentum_warmup_start": "[0, 1)", "optim.muon_momentum_warmup_steps": ">= 0",
     "optim.gram_ns_min_aspect": ">= 0", "optim.beta1": "[0, 1)", "optim.beta2": "[0, 1)", "optim.adam_eps": "> 0",
     "optim.grad_clip_norm": ">= 0", "optim.muon_wd": ">= 0", "optim.embed_wd": ">= 0", "optim.adam_wd": ">= 0",
-    "train.iterations": ">= 1", "train.warmdown_iters": ">= 0", "train.gptq_reserve_seconds": ">= 0",
+    "train.seed": SEED_RANGE, "train.iterations": ">= 1", "train.warmdown_iters": ">= 0", "train.gptq_reserve_seconds": ">= 0",
     "train.warmup_steps": ">= 0", "train.train_batch_tokens": ">= 1", "train.train_seq_len": ">= 1",
     "train.max_wallclock_seconds": ">= 0", "train.train_log_every": ">= 0", "train.batch_spans": ">= 1",
     "train.microbatch_tokens": ">= 0", "train.checkpoint_every": ">= 0", "train.checkpoint_every_seconds": ">= 0",
@@ -408,7 +413,7 @@ RANGES.update({
     "model.hypernet_hidden": ">= 1", "model.siren_hidden": ">= 1", "model.siren_layers": ">= 2",
     "model.siren_omega": "> 0", "model.siren_chunk": ">= 1", "model.nca_steps": ">= 1", "model.nca_channels": ">= 1",
     "model.nca_hidden": ">= 1", "model.nca_update_prob": "(0, 1]", "model.seed_dim": ">= 1", "model.seed_chunk": ">= 1",
-    "model.generator_seed": ">= 0", "model.mps_bond_dim": ">= 1", "model.mps_pos_dim": ">= 1",
+    "model.generator_seed": SEED_RANGE, "model.mps_bond_dim": ">= 1", "model.mps_pos_dim": ">= 1",
     "model.mps_max_len": ">= 1", "model.hopfield_refine_steps": ">= 0", "model.agents_msg_dim": ">= 1",
     "model.agents_local_ctx": ">= 1", "model.agents_decoder_hidden": ">= 1", "model.agents_loss_stride": ">= 1",
     "model.surge_layer": ">= 0", "model.surge_chunk": ">= 1", "model.surge_d_err": ">= 1",
@@ -752,7 +757,13 @@ def _load_preset(path: Path, seen: tuple) -> Config:
     overrides = getattr(module, "OVERRIDES", None)
     if not isinstance(overrides, dict):
         raise ConfigError(f"{path}: a preset must define OVERRIDES = {{'section.field': value, ...}}")
+    if not all(isinstance(k, str) for k in overrides):
+        bad = next(k for k in overrides if not isinstance(k, str))
+        raise ConfigError(f"{path}: OVERRIDES key {bad!r} is not a 'section.field' string")
     base = getattr(module, "BASE", None)
+    if base is not None and not (isinstance(base, (str, os.PathLike)) and str(base)):
+        raise ConfigError(f"{path}: BASE = {base!r} must be the path of another preset file (a string), "
+                          "relative to this one")
     cfg = _load_preset(path.parent / base, seen + (path.resolve(),)) if base else Config()
     try:
         return override(cfg, overrides)

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from pgolf_jax import config as config_lib
-from pgolf_jax import dist
+from pgolf_jax import dist, provenance
 from pgolf_jax.config import Config
 from pgolf_jax.data.shards import load_val_tokens, open_shard
 from pgolf_jax.data.tokenizer import build_luts
@@ -58,13 +58,7 @@ def final_eval_modules(cfg: Config) -> list[str]:
 
 
 def source_hash() -> str:
-    h = hashlib.sha256()
-    if pack.packed_path():  # running from a packed train_gpt.py: that file is the source
-        h.update(Path(pack.packed_path()).read_bytes())
-        return h.hexdigest()[:16]
-    for f in artifact.package_files():
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
+    return provenance.code_version()
 
 
 def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
@@ -165,12 +159,12 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
                                                          progress=prog)
         prog.close()
         res = finite_result(res, f"final_{mode}")
-        proj = projected_8xh100_seconds(cfg, T, extra.get("forward_tokens") or len(ev.windows) * T,
+        proj = h100x8_seconds_bound(cfg, T, extra.get("forward_tokens") or len(ev.windows) * T,
                                         extra.get("train_tokens", 0))
-        log(f"final_{mode} {res.line()} projected_8xH100:{proj:.4f}s")
+        log(f"final_{mode} {res.line()} bound_8xH100:{proj:.4f}s")
         log(f"final_{mode}_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
         results[mode] = {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "eval_seconds": round(res.seconds, 2),
-                         "projected_8xH100_seconds": proj}
+                         "bound_8xH100_seconds": proj}
         log.metric(f"final_{mode}", **results[mode])
         if e.ngram_order:
             loss, b, tok_s = mods["ngram"].mix_report(nll, ent, ev.tokens, cfg.model.vocab_size, e.ngram_order,
@@ -186,9 +180,10 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
 H100_BF16_FLOPS = 989e12
 
 
-def projected_8xh100_seconds(cfg: Config, seq_len: int, forward_tokens: float, train_tokens: float = 0) -> float:
-    """An eval's time on 8xH100 from its analytic FLOPs (forward passes, plus forward+backward of
-    any test-time training) at eval.h100_mfu of the bf16 peak."""
+def h100x8_seconds_bound(cfg: Config, seq_len: int, forward_tokens: float, train_tokens: float = 0) -> float:
+    """A lower bound on an eval's time on 8xH100: its analytic FLOPs (forward passes, plus
+    forward+backward of any test-time training) at eval.h100_mfu of the bf16 peak. Launches, host
+    work and communication are not counted, so a real eval takes longer."""
     from pgolf_jax.model.gpt import analytic_flops_per_token
 
     window = cfg.eval.attention_window or cfg.model.attention_window
@@ -307,7 +302,7 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     if not finals:  # the round trip is the scored eval: its time, and its projection like final_evals'
         T = cfg.train.train_seq_len
         finals_time = {"plain": {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "eval_seconds": round(res.seconds, 2),
-                                 "projected_8xH100_seconds": projected_8xh100_seconds(cfg, T, res.val_tokens)}}
+                                 "bound_8xH100_seconds": h100x8_seconds_bound(cfg, T, res.val_tokens)}}
     else:
         finals_time = finals
     return {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "final_modes": finals_time,
@@ -367,7 +362,8 @@ def _claim_run_dir(run_dir: Path, cfg: Config) -> None:
         raise
 
 
-def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = None) -> dict:
+def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = None,
+            allow_code_change: bool = False) -> dict:
     from pgolf_jax.train.checkpoint import Checkpointer
     from pgolf_jax.train.loop import train
 
@@ -380,6 +376,7 @@ def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = 
         run_id = cfg.train.run_id
         if (run_dir / "submission.json").is_file():
             raise AlreadyFinished(f"{run_dir} finished already (its submission.json is written); nothing to resume")
+        provenance.check_resume(run_dir, cfg, allow_code_change)  # before the logs are cut back
         # Pick the checkpoint now (the newest intact one), before any data or compile work, and
         # cut the logs back to it: the steps after it are run again and must appear once.
         ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.checkpoint_keep)
@@ -401,6 +398,8 @@ def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = 
         for skipped in (restore.skipped if restore else ()):
             log(f"resume:skipped checkpoint {skipped}")
         data_path, tok_path = dataset_paths(cfg, log)
+        if main:  # what this run is made from, for a later --resume (and a sweep row) to compare
+            provenance.record(run_dir, cfg)
         factory = make_evaluator_factory(cfg, data_path, tok_path, log)
         shards = sorted(data_path.glob(cfg.data.train_files))
         log(f"train_loader:dataset:{data_path.name} train_shards:{len(shards)}")
@@ -436,9 +435,12 @@ def finish_run(cfg: Config, result, run_dir: Path, log: RunLog, preset: str | No
         last_val_bpb=result.val.val_bpb if result.val else None,
         model_params=count_params(result.params), wall_seconds=round(time.perf_counter() - t0, 1),
         hardware=f"{jax.device_count()}x {jax.devices()[0].device_kind}", processes=jax.process_count(),
-        jax_version=jax.__version__, **extra)
+        jax_version=jax.__version__, code_version=provenance.code_version(), **extra)
     if main:
         write_json(run_dir / "submission.json", summary)
+        ck = run_dir / "checkpoints"  # a run that never checkpointed leaves no empty folder
+        if ck.is_dir() and not any(ck.iterdir()):
+            ck.rmdir()
         if not pack.packed_path():  # a packed file ships the run, not the plotting
             try:  # a picture is a convenience: it never fails a finished run
                 from pgolf_jax.plots import plot_curves
@@ -459,12 +461,13 @@ def dry_run(cfg: Config, preset: str | None = None) -> int:
     return 0
 
 
-def main_job(preset: str, cfg: Config, dry: bool = False, resume: str | None = None) -> int:
+def main_job(preset: str, cfg: Config, dry: bool = False, resume: str | None = None,
+             allow_code_change: bool = False) -> int:
     """The main job of a loaded config (its preset path is logged); 0 on success."""
     if dry:
         return dry_run(cfg, preset)
     try:
-        summary = run_job(cfg, preset, resume)
+        summary = run_job(cfg, preset, resume, allow_code_change)
     except AlreadyFinished as exc:
         print(f"resume: {exc}", file=sys.stderr)
         return 0

@@ -245,7 +245,7 @@ def test_final_modes_through_the_main_job(sample_data, tmp_path, capsys):
         assert label in err, label
     log = (tmp_path / "e" / "log.txt").read_text()
     for mode in ("plain", "sliding", "ttt", "lora_ttt"):
-        assert re.search(rf"final_{mode} val_loss:[\d.]+ val_bpb:[\d.]+ .*projected_8xH100:[\d.]+s", log), mode
+        assert re.search(rf"final_{mode} val_loss:[\d.]+ val_bpb:[\d.]+ .*bound_8xH100:[\d.]+s", log), mode
         assert re.search(rf"final_{mode}\+ngram4 val_loss:[\d.]+ val_bpb:[\d.]+ ngram_tokens_per_s:\d+", log), mode
     sub = json.loads((tmp_path / "e" / "submission.json").read_text())
     assert sub["val_bpb"] == pytest.approx(sub["final_modes"]["lora_ttt+ngram4"]["val_bpb"])
@@ -254,5 +254,5 @@ def test_final_modes_through_the_main_job(sample_data, tmp_path, capsys):
     assert plain == pytest.approx(rt, abs=1e-7)  # plain at the same length is the round-trip eval
     assert math.isfinite(sub["val_bpb"])
     # The 8xH100 projections count each mode's forward and training tokens.
-    proj = {m: sub["final_modes"][m]["projected_8xH100_seconds"] for m in ("plain", "sliding", "ttt", "lora_ttt")}
+    proj = {m: sub["final_modes"][m]["bound_8xH100_seconds"] for m in ("plain", "sliding", "ttt", "lora_ttt")}
     assert proj["plain"] < proj["sliding"] < proj["ttt"] and proj["plain"] < proj["lora_ttt"], proj

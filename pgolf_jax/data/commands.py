@@ -64,6 +64,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     v = sub.add_parser("verify", help="validate every shard of a dataset directory")
     v.add_argument("dir", help="dataset directory, e.g. data/datasets/fineweb10B_sp1024")
     v.add_argument("--vocab-size", type=int, default=0, help="also check every token id is below this")
+    v.add_argument("--structure-only", action="store_true", help="accept shards no manifest records a checksum "
+                   "for (a dataset copied without its manifest.json): headers and token ids are checked, contents not")
 
 
 def data_command(args: argparse.Namespace) -> int:
@@ -90,8 +92,10 @@ def data_command(args: argparse.Namespace) -> int:
                                 force=args.force)
             print(f"downloaded {path}")
         elif args.action == "verify":
-            c = verify_dataset(args.dir, args.vocab_size)
+            c = verify_dataset(args.dir, args.vocab_size, args.structure_only)
             extra = f" (manifest lists {c['manifest_files_train']} train shards)" if "manifest_files_train" in c else ""
+            if c["unchecked_contents"]:
+                extra += f"; structure only: {c['unchecked_contents']} shard(s) have no recorded checksum"
             print(f"verify {args.dir}: OK val {c['files_val']} files {c['tokens_val']} tokens, "
                   f"train {c['files_train']} files {c['tokens_train']} tokens{extra}")
         else:

@@ -30,6 +30,7 @@ from pgolf_jax.data.shards import (
     file_checksum,
     open_shard,
     read_num_tokens,
+    recorded_checksum,
     write_shard,
 )
 from pgolf_jax.data.tokenizer import (
@@ -55,10 +56,17 @@ PROGRESS_EVERY = 3.0  # seconds between progress lines of the data commands off 
 
 def iter_docs(path: Path, limit: int | None = None):
     """Texts of a docs jsonl in order; a bad line raises naming the file and line number."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    # Bytes split on \n (as count_docs counts documents), decoded line by line so that a bad byte is
+    # reported with its line, not as a bare codec error.
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
             if limit is not None and lineno > limit:
                 return
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                 f"{exc.start + 1})") from None
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -514,9 +522,10 @@ def _build_and_swap(docs_jsonl: Path, root: Path, staging: Path, build: list[str
 # checks and the `data` command
 
 
-def verify_dataset(dataset_dir, vocab_size: int = 0) -> dict:
+def verify_dataset(dataset_dir, vocab_size: int = 0, structure_only: bool = False) -> dict:
     """Validate every shard of a dataset dir (header, recorded checksum, and token ids < vocab_size
-    if given); returns counts."""
+    if given); returns counts. A shard no manifest records a checksum for cannot have its contents
+    checked: that is an error unless `structure_only` asks for headers and token ids alone."""
     d = Path(dataset_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"dataset directory not found: {d}")
@@ -533,6 +542,14 @@ def verify_dataset(dataset_dir, vocab_size: int = 0) -> dict:
         counts[f"files_{split}"], counts[f"tokens_{split}"] = len(files), tokens
     if counts["files_val"] + counts["files_train"] == 0:
         raise FileNotFoundError(f"no fineweb_{{val,train}}_*.bin shards in {d}")
+    unrecorded = [f for f in sorted(d.glob("fineweb_*_*.bin")) if recorded_checksum(f)[0] is None]
+    if unrecorded and not structure_only:
+        manifest = d.parent.parent / "manifest.json"
+        why = "does not exist" if not manifest.is_file() else f"records no checksum for {d.name}'s shards"
+        raise ValueError(f"{d}: {len(unrecorded)} shard(s) ({unrecorded[0].name}, ...) have no recorded checksum "
+                         f"({manifest} {why}), so their contents cannot be checked; pass --structure-only to "
+                         "check headers and token ids alone")
+    counts["unchecked_contents"] = len(unrecorded)
     # Cross-check with the manifest two levels up when it describes this dataset.
     with contextlib.suppress(OSError, json.JSONDecodeError, StopIteration, KeyError):
         manifest = json.loads((d.parent.parent / "manifest.json").read_text(encoding="utf-8"))

@@ -188,10 +188,16 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
     signals = _Signals() if ckpt is not None else contextlib.nullcontext()
     t0 = time.perf_counter()
 
+    finished = [0, 0.0]  # the last step whose loss was fetched, and the training ms when it was
+
     def flush(item):
-        """Fetch a finished step's loss (blocks only on that step) and log it like the reference."""
-        done_step, metrics, at_ms = item
+        """Fetch a finished step's loss (blocks only on that step) and log it like the reference,
+        timed when the fetch returns: the dispatch time would count a step as done before it ran
+        (the first step's 1 ms while it takes seconds)."""
+        done_step, metrics = item
         loss = float(metrics["train_loss"])
+        at_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
+        finished[:] = [done_step, at_ms]
         if not math.isfinite(loss):
             kept = f"; the last good checkpoint is step {last_ckpt_step}" if last_ckpt_step is not None else ""
             raise FloatingPointError(f"train_loss is {loss} at step {done_step}; stopping{kept}")
@@ -240,17 +246,19 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
             if pending:  # dispatch this step first, then read the previous one: the device never idles
                 flush(pending)
             approx_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
-            pending = (step, metrics, approx_ms)
+            pending = (step, metrics)
             # Every process must agree on stopping and on signals (the reference all-reduces MAX).
             reached_cap, got_signal = dist.any_process(cap_ms is not None and approx_ms >= cap_ms,
                                                        ckpt is not None and signals.received is not None)
             if reached_cap and stop_after is None:
                 stop_after = step
-            step_avg = approx_ms / step
+            # Speed from finished steps only; before the first is fetched there is no honest ETA.
+            step_avg = finished[1] / finished[0] if finished[0] else math.nan
             eta_s = (t.iterations - step) * step_avg / 1000
-            if cap_ms is not None:
+            if cap_ms is not None and finished[0]:
                 eta_s = min(eta_s, max(cap_ms - approx_ms, 0.0) / 1000)
-            progress.update(step, eta=eta_s, extra=f"step_avg {step_avg:.0f}ms lr_mul {lr_mul:.3f}")
+            avg = f"{step_avg:.0f}ms" if finished[0] else "?"
+            progress.update(step, eta=eta_s, extra=f"step_avg {avg} lr_mul {lr_mul:.3f}")
             if ckpt is not None:
                 if got_signal:
                     signum = signals.received or signal.SIGTERM
