@@ -4,7 +4,6 @@ train_gpt.py at run time, never vendored)."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import resource
 import statistics
@@ -18,6 +17,7 @@ import numpy as np
 from pgolf_jax import config as config_lib
 from pgolf_jax import dist, registry
 from pgolf_jax.config import Config
+from pgolf_jax.errors import arg_parser, non_negative_int, positive_int
 from pgolf_jax.model import attention as attention_lib
 from pgolf_jax.model.gpt import analytic_flops_per_token
 from pgolf_jax.quant.interop import reference_gpt_kwargs
@@ -235,15 +235,15 @@ def time_torch_reference(path: str, cfg: Config, batch: int, seq: int, steps: in
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="run.py bench", description="Time the train step on synthetic tokens.")
+    p = arg_parser()(prog="run.py bench", description="Time the train step on synthetic tokens.")
     p.add_argument("--config", required=True)
-    p.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
-    p.add_argument("--seq", type=int, default=0, help="sequence length (default train.train_seq_len)")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=positive_int, default=1, help="sequences per step (default 1)")
+    p.add_argument("--seq", type=non_negative_int, default=0, help="sequence length (default train.train_seq_len)")
+    p.add_argument("--steps", type=positive_int, default=5)
+    p.add_argument("--warmup", type=non_negative_int, default=2)
     p.add_argument("--no-xla-flops", action="store_true", help="skip the unrolled compile for XLA's FLOP count")
     p.add_argument("--parts", action="store_true", help="also time forward+backward, optimizer and attention alone")
-    p.add_argument("--micro", type=int, default=1, help="micro-batches accumulated per step (default 1; the "
+    p.add_argument("--micro", type=positive_int, default=1, help="micro-batches accumulated per step (default 1; the "
                    "challenge's per-GPU step: --batch 64 --micro 8 at seq 1024)")
     p.add_argument("--vs-torch-reference", metavar="TRAIN_GPT_PY", help="also time the reference PyTorch GPT")
     p.add_argument("--torch-compile", action="store_true", help="torch.compile the reference (as the challenge runs it)")
@@ -294,7 +294,7 @@ def main(argv: list[str]) -> int:
         impls = a.attention.split(",")
         unknown = [i for i in impls if i not in registry.ATTENTION_IMPLS]
         if unknown:
-            raise SystemExit(f"--attention: unknown implementation(s) {unknown}; "
+            raise config_lib.ConfigError(f"--attention: unknown implementation(s) {unknown}; "
                              f"expected from {sorted(registry.ATTENTION_IMPLS)}")
         for impl, t in time_attention_impls(cfg, a.batch, seq, impls).items():
             print(f"attention impl:{impl} fwd:{1000 * t['fwd']:.1f}ms fwd_bwd:{1000 * t['fwd_bwd']:.1f}ms "

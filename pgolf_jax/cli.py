@@ -11,11 +11,14 @@ import sys
 import traceback
 from pathlib import Path
 
+from pgolf_jax.errors import arg_parser  # JAX-free
+
+_Parser = arg_parser()
 VERBS = ("data", "eval", "quantize", "bench", "sweep", "plot", "submit", "export")
 
 
 def _main_parser(packed: bool = False) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="train_gpt.py" if packed else "run.py",
         description="pgolf_jax main job: train -> quantize -> pack -> round-trip eval. "
                     + ("The config is the one this file was packed with; overrides apply on top."
@@ -32,7 +35,7 @@ def _main_parser(packed: bool = False) -> argparse.ArgumentParser:
 
 
 def _eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py eval", description="Evaluate weights on the val split (val_loss, val_bpb).")
+    p = _Parser(prog="run.py eval", description="Evaluate weights on the val split (val_loss, val_bpb).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="a run directory (uses its config.json and artifact)")
     src.add_argument("--artifact", help="a pgolf_jax artifact (final_model.<int8|gptq|rtn>.<zstd|zlib|brotli>)")
@@ -102,7 +105,7 @@ def eval_command(argv: list[str]) -> int:
 
 
 def _quantize_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py quantize",
+    p = _Parser(prog="run.py quantize",
                                 description="Re-quantize a trained run's float weights (no retraining) and "
                                             "score the round trip; writes <run>/quantize-<id>/.")
     p.add_argument("--run", required=True, help="a run directory with config.json and final_model.npz")
@@ -168,7 +171,7 @@ def quantize_command(argv: list[str]) -> int:
 
 
 def _sweep_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py sweep", description="Run every (variant, seed) row of a sweep file "
+    p = _Parser(prog="run.py sweep", description="Run every (variant, seed) row of a sweep file "
                                 "through the main job, then write results.csv, results.md and plots.")
     p.add_argument("file", help="a sweep file, e.g. sweeps/pr1589.py")
     p.add_argument("--out", help="the sweep folder (default runs/sweeps/<file stem>)")
@@ -219,7 +222,7 @@ def plot_command(argv: list[str]) -> int:
     from pgolf_jax.fsio import check_output
     from pgolf_jax.plots import is_own_png, plot_curves
 
-    p = argparse.ArgumentParser(prog="run.py plot", description="Overlay the loss curves of runs in one PNG.")
+    p = _Parser(prog="run.py plot", description="Overlay the loss curves of runs in one PNG.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="curves.png", help="the PNG to write, outside any run (default curves.png); "
                                                        "an existing file is replaced only if a plot wrote it")
@@ -237,7 +240,7 @@ def plot_command(argv: list[str]) -> int:
 def submit_command(argv: list[str]) -> int:
     from pgolf_jax import submit
 
-    p = argparse.ArgumentParser(prog="run.py submit", description="Runs of one config (one per seed) -> a records "
+    p = _Parser(prog="run.py submit", description="Runs of one config (one per seed) -> a records "
                                 "folder: README.md, submission.json, train logs, requirements.txt, train_gpt.py.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--name", required=True, help="the submission's title")
@@ -259,7 +262,7 @@ def export_command(argv: list[str]) -> int:
     from pgolf_jax.config import ConfigError
     from pgolf_jax.fsio import check_output
 
-    p = argparse.ArgumentParser(prog="run.py export", description="A reference-architecture run's weights in "
+    p = _Parser(prog="run.py export", description="A reference-architecture run's weights in "
                                 "train_gpt.py's formats (written outside any run directory).")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--torch", metavar="PATH", help="write a state dict (final_model.pt)")
@@ -309,11 +312,18 @@ def interrupted_line(exc: BaseException) -> str:
 
 
 def _main(argv: list[str], packed_config: dict | None) -> int:
+    from pgolf_jax.errors import UsageError
+
     if argv and argv[0] == "data":  # NumPy and SentencePiece only: no JAX to import (seconds)
         from pgolf_jax.data import commands
-        p = argparse.ArgumentParser(prog="run.py data", description="Prepare or download datasets.")
+        p = _Parser(prog="run.py data", description="Prepare or download datasets.")
         commands.add_data_args(p)
-        return commands.data_command(p.parse_args(argv[1:]))
+        try:
+            args = p.parse_args(argv[1:])
+        except UsageError as exc:
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        return commands.data_command(args)
     from pgolf_jax import config as config_lib
     from pgolf_jax.config import ConfigError
     from pgolf_jax.errors import ArtifactError, ArtifactTooLarge, Interrupted
@@ -356,6 +366,9 @@ def _main(argv: list[str], packed_config: dict | None) -> int:
         from pgolf_jax import pipeline
         return pipeline.main_job(args.config, cfg, dry=args.dry_run, resume=args.resume,
                              allow_code_change=args.allow_code_change)
+    except UsageError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"error: config: {_one_line(exc)}", file=sys.stderr)
         return 2

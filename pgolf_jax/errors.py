@@ -35,3 +35,41 @@ class Terminated(KeyboardInterrupt):
 def signum_of(exc: BaseException) -> int:
     """The signal behind a KeyboardInterrupt (2 for a plain ^C)."""
     return getattr(exc, "signum", 2)
+
+
+class UsageError(ValueError):
+    """A command line argparse rejects (a missing argument, a bad number); cli prints it in one line."""
+
+
+def arg_parser():
+    """argparse.ArgumentParser whose errors raise UsageError (one line, exit 2) instead of printing
+    the usage block and exiting from inside the parser."""
+    import argparse
+
+    class ArgParser(argparse.ArgumentParser):
+        def error(self, message):
+            raise UsageError(f"{self.prog}: {message}")
+
+    return ArgParser
+
+
+def _int_at_least(text: str, low: int) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {low}")  # argparse names the flag
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)

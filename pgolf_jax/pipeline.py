@@ -348,7 +348,15 @@ class AlreadyFinished(Exception):
 
 def _claim_run_dir(run_dir: Path, cfg: Config) -> None:
     """Create the run directory and take it in one atomic step (config.json created exclusively),
-    so two runs can never share one; an empty directory left by nothing may be reused."""
+    so two runs can never share one; an empty directory left by nothing may be reused. Never inside
+    another run's directory (its files are that run's evidence)."""
+    from pgolf_jax.errors import OutputRefused
+    from pgolf_jax.fsio import run_dir_holding
+
+    inside = run_dir_holding(run_dir.parent)
+    if inside is not None:
+        raise OutputRefused(f"train.out_dir={cfg.train.out_dir}: inside run directory {inside}; "
+                            "write runs elsewhere (runs never nest)")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         os.close(os.open(run_dir / "config.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))

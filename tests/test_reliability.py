@@ -205,3 +205,23 @@ def test_resume_with_allowed_code_change(sample_data, ck_run, tmp_path, capfd):
     got = json.loads((run / "submission.json").read_text())
     assert got["val_bpb"] == want["val_bpb"] and got["bytes_model"] == want["bytes_model"]
     assert json.loads((run / "provenance.json").read_text())["code_version"] == prov["code_version"]
+
+
+def test_run_inside_another_run_refused(sample_data, ck_run, refused):
+    refused(_tiny(sample_data, ck_run / "plain", "train.iterations=1"), 1,
+            r"^error: OutputRefused: train\.out_dir=.*plain: inside run directory .*plain; write runs elsewhere",
+            watch=[ck_run / "plain"])
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["bench", "--config", TINY, "--steps", "0"], r"run\.py bench: argument --steps: '0' is not an integer >= 1"),
+    (["bench", "--config", TINY, "--batch", "-2"], r"run\.py bench: argument --batch: '-2' is not an integer >= 1"),
+    (["bench", "--config", TINY, "--micro", "0"], r"run\.py bench: argument --micro: '0' is not an integer >= 1"),
+    (["bench", "--config", TINY, "--attention", "nope"], r"config: --attention: unknown implementation\(s\) \['nope'\]"),
+    (["plot"], r"run\.py plot: the following arguments are required: RUN_DIR"),
+    (["data", "verify"], r"run\.py data verify: the following arguments are required: dir"),
+    (["data", "prepare", "--docs", "x", "--nope"], r"run\.py data: unrecognized arguments: --nope"),
+    (["--config", TINY, "--bogus"], r"run\.py: unrecognized arguments: --bogus"),
+])
+def test_usage_errors_are_one_line(refused, tmp_path, argv, pattern):
+    refused(argv, 2, r"^error: " + pattern, watch=[tmp_path])
