@@ -39,6 +39,7 @@ from pgolf_jax.data.tokenizer import (
     train_sentencepiece,
 )
 from pgolf_jax.fsio import read_json, write_json
+from pgolf_jax.provenance import code_version
 from pgolf_jax.runlog import Progress
 
 NUM_VAL_DOCS = 50_000
@@ -503,7 +504,10 @@ def _build_and_swap(docs_jsonl: Path, root: Path, staging: Path, build: list[str
             "val_glob": str(final_dir / "fineweb_val_*.bin"), "vocab_size": tok_entry["vocab_size"],
             "bos_id": tok_entry["bos_id"], "eos_id": tok_entry["eos_id"],
             "recommended_bigram_vocab_size": tok_entry["recommended_bigram_vocab_size"], "stats": stats,
-            "source": source, CHECKSUM_KEY: {f.name: file_checksum(f) for f in sorted(staged_ds.glob("*.bin"))}})
+            "source": source, CHECKSUM_KEY: {f.name: file_checksum(f) for f in sorted(staged_ds.glob("*.bin"))},
+            # Beside the key, not in it: the shards are checked by their checksums, and a code change
+            # that does not touch tokenization must not force a rebuild of a 10B-token dataset.
+            "prepared_with": code_version()})
         print(f"prepare: {ds_name}: {stats['files_val']} val + {stats['files_train']} train shards, "
               f"{stats['tokens_val']} val + {stats['tokens_train']} train tokens", file=sys.stderr, flush=True)
     # Tokenizers of replaced variants that no kept dataset uses are dropped from the listing.
