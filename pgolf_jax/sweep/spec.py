@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -78,13 +79,37 @@ def _duplicate_keys(tree: ast.Module, name: str) -> list[str]:
     return []
 
 
+# Every seed becomes a row's train.seed: the config's own range for it (config.RANGES), checked here
+# so that a bad seed is named as SEEDS' entry before any row is built or run.
+SEED_RULE = config_lib.RANGES.get("train.seed", "[0, 4294967295]")
+
+
 def _seeds(value, where: str) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                                    for s in value):
+    if not isinstance(value, (list, tuple)) or not value:
         raise ConfigError(f"{where} must be a non-empty list of integer seeds, got {value!r}")
+    for s in value:
+        if not isinstance(s, int) or isinstance(s, bool):
+            raise ConfigError(f"{where}: {s!r} is not an integer seed ({type(s).__name__})")
+        if not config_lib._in_range(s, SEED_RULE):
+            raise ConfigError(f"{where}: seed {s} is out of range: a seed (train.seed) must be in {SEED_RULE}")
     if len(set(value)) != len(value):
         raise ConfigError(f"{where} lists a seed twice: {list(value)}")
     return tuple(value)
+
+
+def _reference(value, variants: dict, where: str) -> dict:
+    """REFERENCE: {variant: the seed's val_bpb}; report.py subtracts and prints these, so each is a
+    finite positive number (None: no number for that variant)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a dict {{variant: the seed's val_bpb}}, got {type(value).__name__}")
+    for k, v in value.items():
+        if k not in variants:
+            raise ConfigError(f"{where}: {k!r} is not one of the VARIANTS ({', '.join(map(str, variants))})")
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ConfigError(f"{where}[{k!r}] = {v!r}: expected a finite positive number (the seed's val_bpb)")
+    return dict(value)
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -117,10 +142,7 @@ def load_sweep(path: str | Path) -> Sweep:
     control_seeds = _seeds(get("CONTROL_SEEDS", list(seeds)), f"{path}: CONTROL_SEEDS")
     if not set(seeds) <= set(control_seeds):
         raise ConfigError(f"{path}: CONTROL_SEEDS must include every one of SEEDS {list(seeds)}")
-    reference = get("REFERENCE", {})
-    if not isinstance(reference, dict) or any(k not in variants for k in reference):
-        raise ConfigError(f"{path}: REFERENCE must map variant names to the seed's numbers; unknown: "
-                          f"{', '.join(k for k in reference if k not in variants)}")
+    reference = _reference(get("REFERENCE", {}), variants, f"{path}: REFERENCE")
     compare = get("COMPARE", {})
     if not isinstance(compare, dict) or any(k not in variants or v not in variants for k, v in compare.items()):
         raise ConfigError(f"{path}: COMPARE must map variant names to variant names")
@@ -151,7 +173,7 @@ def load_sweep(path: str | Path) -> Sweep:
                 raise ConfigError(f"{where}: {exc}") from None
             rows.append(Row(len(rows), name, seed, cfg, preset, row_over))
     return Sweep(path, path.stem, (ast.get_docstring(tree) or "").strip(), base_path, dict(overrides), resolved,
-                 seeds, control, control_seeds, dict(reference), str(get("REFERENCE_NOTE", "")),
+                 seeds, control, control_seeds, reference, str(get("REFERENCE_NOTE", "")),
                  {v: compare.get(v, control) for v in variants}, tuple(rows))
 
 
