@@ -183,6 +183,13 @@ def _sweep_parser() -> argparse.ArgumentParser:
                         "a loop over them (auto: loop on CPU, where vmapped products are slower; vmap elsewhere)")
     p.add_argument("--report-only", action="store_true", help="rebuild the tables and plots from the rows present")
     p.add_argument("--dry-run", action="store_true", help="list the rows and how they would be batched")
+    p.add_argument("--force", action="store_true", help="write into a folder another sweep file made, or over "
+                   "tables this sweep did not make (rows are still reused only for the same inputs)")
+    p.add_argument("--rerun-changed", action="store_true", help="rows made from other inputs (config, data, code) "
+                   "or recording none: move them to <out>/replaced/ and run them again")
+    p.add_argument("--allow-code-change", action="store_true", help="reuse rows that other pgolf_jax code made")
+    p.add_argument("--accept-unkeyed", action="store_true", help="reuse rows that record no inputs (made before "
+                   "sweep rows were keyed) as they are")
     return p
 
 
@@ -209,8 +216,11 @@ def sweep_command(argv: list[str]) -> int:
 
         # A wrong --out must not get an empty table written over whatever results.md it holds.
         raise ConfigError(f"--report-only: {out} holds no rows/ folder: not a sweep folder (check --out)")
+    runner.check_folder(sweep, out, args.force)  # another sweep's folder, or tables it did not make: refused
     if not args.report_only:
-        res = runner.run_sweep(sweep, out, shard, args.retry_failed, vmap=not args.no_vmap, group_mode=args.group_mode)
+        reuse = runner.Reuse(args.rerun_changed, args.allow_code_change, args.accept_unkeyed)
+        res = runner.run_sweep(sweep, out, shard, args.retry_failed, vmap=not args.no_vmap, group_mode=args.group_mode,
+                               reuse=reuse, force=args.force)
         print(f"sweep:{sweep.name} ran:{res['ran']} skipped:{res['skipped']} failed:{res['failed']}")
     rep = report.write_report(sweep, out, "run.py sweep " + " ".join(argv))
     print(f"sweep:{sweep.name} rows:{len(rep['rows'])} results:{out / 'results.md'}")

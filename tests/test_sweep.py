@@ -47,6 +47,8 @@ def test_committed_sweep_files_load(path):
     ("VARIANTS = {'bad name': {}}", r"variant name 'bad name'"),
     ("VARIANTS = {}", r"VARIANTS must be a non-empty dict"),
     ("VARIANTS = {'a': {'train.seed': 3}}", r"seeds come from SEEDS"),
+    ("VARIANTS = {'a': {}}\nSEEDS = [2**64]", r"SEEDS: seed 18446744073709551616 is out of range"),
+    ("VARIANTS = {'a': {}}\nREFERENCE = {'a': '1.3'}", r"REFERENCE\['a'\] = '1\.3': expected a finite positive"),
 ])
 def test_bad_sweep_files_fail_before_any_run(tmp_path, body, error):
     with pytest.raises(ConfigError, match=error):
@@ -252,7 +254,14 @@ def test_killed_row_resumes_only_from_a_finished_checkpoint(tmp_path, monkeypatc
     (ckpt / "164.orbax-checkpoint-tmp-1733370000").mkdir(parents=True)
     assert not has_checkpoint(ckpt)
     cmds = []
-    monkeypatch.setattr(rows_lib.subprocess, "run", lambda cmd, **kw: cmds.append(cmd) or subprocess.CompletedProcess(cmd, 3))
+
+    def child(cmd, log, on_training=None):  # the row's process: fails at once, its log empty
+        cmds.append(cmd)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+        return 3
+
+    monkeypatch.setattr(rows_lib, "run_child", child)
     assert rows_lib.run_row(row, out, print)["status"] == "failed"
     assert "--resume" not in cmds[0] and not (out / "runs" / row.run_id).exists()
     assert len(list((out / "runs" / ".incomplete").iterdir())) == 1  # kept, out of the way

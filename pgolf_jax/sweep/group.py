@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pgolf_jax import pipeline
 from pgolf_jax.runlog import RunLog
-from pgolf_jax.sweep.rows import result_row, run_row, write_row_preset
+from pgolf_jax.sweep import keys
+from pgolf_jax.sweep.rows import TRAINING, _set_aside, result_row, run_row, write_row_preset
 from pgolf_jax.sweep.spec import Row
 from pgolf_jax.train.group import group_key, resolve_mode, train_group, training_key
 
@@ -18,14 +19,17 @@ MAX_GROUP = 8  # members per program: memory grows with K, the compile does not
 
 
 class Tee:
-    """One training's log lines and metrics, written to the run log of every row that shares it."""
+    """One training's log lines and metrics, written to the run log of every row that shares it;
+    on_line(msg) sees each line once."""
 
-    def __init__(self, logs: list[RunLog]):
-        self.logs = logs
+    def __init__(self, logs: list[RunLog], on_line=None):
+        self.logs, self.on_line = logs, on_line
 
     def __call__(self, msg: str, console: bool = True) -> None:
         for log in self.logs:
             log(msg, console)
+        if self.on_line is not None:
+            self.on_line(msg)
 
     def metric(self, event: str, **values) -> None:
         for log in self.logs:
@@ -48,17 +52,45 @@ def plan(rows: list[Row]) -> list[list[Row]]:
     return batches
 
 
-def run_group(rows: list[Row], out: Path, say, mode: str = "auto") -> list[dict]:
-    """Train rows together and finish each as its own run; if the group fails, run them one by one."""
+def _announcer(rows: list[Row], say):
+    """on_line for the group's logs: one console line when the group's first training step is logged."""
+    said = []
+
+    def on_line(msg: str) -> None:
+        if not said and TRAINING.match(msg.encode()):
+            said.append(True)
+            say(f"sweep: {', '.join(r.run_id for r in rows)}: training (as one group)")
+    return on_line
+
+
+def run_group(rows: list[Row], out: Path, say, mode: str = "auto", row_keys: list[dict] | None = None) -> list[dict]:
+    """Train rows together and finish each as its own run; if the group fails, run them one by one.
+    A group keeps no checkpoint: on SIGTERM or ^C the run directories of its unfinished rows (made by
+    this call) are removed and the interrupt raised again, so a rerun starts those rows over."""
     from pgolf_jax import config as config_lib
 
     cfgs = [config_lib.override(r.cfg, {"train.out_dir": str((out / "runs").resolve()), "train.run_id": r.run_id,
                                         "train.progress": False}) for r in rows]
     run_dirs = [out / "runs" / r.run_id for r in rows]
-    for r, d in zip(rows, run_dirs):
-        if d.exists():  # left by a killed group: a group is not checkpointed, it starts over
-            shutil.rmtree(d)
+    for k, (r, d) in enumerate(zip(rows, run_dirs)):
+        if d.exists():  # left by a killed process (no result, no checkpoint): kept, out of the way
+            _set_aside(d)
+        if row_keys is not None:
+            keys.write_key(out, r.run_id, row_keys[k])
         write_row_preset(out, r)
+    try:
+        return _run_group(rows, cfgs, run_dirs, out, say, mode, row_keys or [None] * len(rows))
+    except KeyboardInterrupt:
+        from pgolf_jax.train.checkpoint import has_checkpoint
+
+        for d in run_dirs:  # a finished row, or one run alone after a failed group and checkpointed, stays
+            if not (d / "submission.json").is_file() and not has_checkpoint(d / "checkpoints"):
+                shutil.rmtree(d, ignore_errors=True)
+        raise
+
+
+def _run_group(rows: list[Row], cfgs: list, run_dirs: list[Path], out: Path, say, mode: str,
+               row_keys: list) -> list[dict]:
     logs = []
     try:
         for cfg, d in zip(cfgs, run_dirs):
@@ -78,7 +110,8 @@ def run_group(rows: list[Row], out: Path, say, mode: str = "auto") -> list[dict]
         if len(members) < len(cfgs):
             say(f"sweep: {len(cfgs)} rows share {len(members)} trainings (they differ only after training)")
         trained_mode = resolve_mode(mode)
-        trained = train_group([cfgs[m[0]] for m in members], [Tee([logs[k] for k in m]) for m in members],
+        on_line = _announcer(rows, say)
+        trained = train_group([cfgs[m[0]] for m in members], [Tee([logs[k] for k in m], on_line) for m in members],
                               pattern, factory, mode=mode)
         results = [None] * len(cfgs)
         for m, res in zip(members, trained):
@@ -88,7 +121,7 @@ def run_group(rows: list[Row], out: Path, say, mode: str = "auto") -> list[dict]
         for row, cfg, d, log, res in zip(rows, cfgs, run_dirs, logs, results):
             try:
                 summary = pipeline.finish_run(cfg, res, d, log, None, factory, pattern, t0,
-                                              vmap_group=len(members))
+                                              vmap_group=len(members), group_mode=trained_mode)
                 rows_out.append(result_row(row, d, out, summary) | {"group_mode": trained_mode})
             except Exception as exc:  # noqa: BLE001  one member's export failing fails that row only
                 rows_out.append({"variant": row.variant, "seed": row.seed, "run_id": row.run_id, "status": "failed",
@@ -101,7 +134,7 @@ def run_group(rows: list[Row], out: Path, say, mode: str = "auto") -> list[dict]
             log.close()
         for d in run_dirs:
             shutil.rmtree(d, ignore_errors=True)
-        return [run_row(r, out, say) for r in rows]
+        return [run_row(r, out, say, key) for r, key in zip(rows, row_keys)]
     finally:
         for log in logs:
             log.close()
