@@ -273,4 +273,4 @@ def test_killed_row_resumes_only_from_a_finished_checkpoint(tmp_path, monkeypatc
     (ckpt / "150" / CHECKSUMS).write_text("{}")
     assert has_checkpoint(ckpt)
     rows_lib.run_row(row, out, print)
-    assert cmds[2][-2:] == ["--resume", str(out / "runs" / row.run_id)]
+    assert cmds[2][-3:] == ["--resume", str(out / "runs" / row.run_id), "--allow-code-change"]

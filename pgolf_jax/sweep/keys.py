@@ -1,9 +1,10 @@
 """What made a sweep row, so that a result, a finished run or a checkpoint is reused only for the
 same inputs: the row's resolved config (BASE chain, OVERRIDES, variant and seed; without the fields
-that only say where the run is written), the dataset's checksums (its manifest's shard crc32s, and
-the tokenizer file's sha256) and, beside them, the code version (pipeline.source_hash, the hash
-every run logs). keys/<run_id>.json holds it from the moment a row starts (so a killed row's run
-directory and checkpoint are keyed too) and rows/<run_id>.json repeats it with the result."""
+that only say where the run is written), the data (provenance.data_key: a digest of the shards'
+manifest checksums; and the tokenizer file's sha256, which the byte counts of val_bpb come from)
+and, beside them, the code version (provenance.code_version, the hash every run logs).
+keys/<run_id>.json holds it from the moment a row starts (so a killed row's run directory and
+checkpoint are keyed too) and rows/<run_id>.json repeats it with the result."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 
 from pgolf_jax import config as config_lib
+from pgolf_jax import provenance
 from pgolf_jax.fsio import read_json, write_json
 
 # Where a run is written and how it reports progress: not what it computes.
@@ -26,22 +28,16 @@ def config_key(cfg) -> dict:
 
 
 def data_key(cfg) -> dict:
-    """The dataset's shard checksums as its manifest records them (None without a manifest entry:
-    then only the config's paths key the data) and the tokenizer file's sha256."""
-    data, tok = Path(cfg.data.data_path), Path(cfg.data.tokenizer_path)
-    manifest, shards = data.parent.parent / "manifest.json", None
-    if manifest.is_file():
-        m = read_json(manifest, "the dataset's manifest")
-        entries = m.get("datasets", []) if isinstance(m, dict) else []
-        entry = next((d for d in entries if isinstance(d, dict) and d.get("name") == data.name), None)
-        shards = (entry or {}).get("checksums") or None
-    return {"shards": shards, "tokenizer": hashlib.sha256(tok.read_bytes()).hexdigest() if tok.is_file() else None}
+    """The shards' digest (their manifest checksums, or sizes where none is recorded, as the key says)
+    and the tokenizer file's sha256."""
+    d = cfg.data
+    tok = Path(d.tokenizer_path)
+    return {**provenance.data_key(d.data_path, (d.train_files, d.val_files)),
+            "tokenizer": hashlib.sha256(tok.read_bytes()).hexdigest() if tok.is_file() else None}
 
 
 def code_version() -> str:
-    from pgolf_jax.pipeline import source_hash
-
-    return source_hash()
+    return provenance.code_version()
 
 
 def made_from(cfg, code: str) -> dict:
@@ -83,13 +79,9 @@ def input_difference(old: dict, new: dict) -> str | None:
             there = _short(oc[k]) if k in oc else "absent"
             return f"{k}: {there} there, {_short(nc[k]) if k in nc else 'absent'} now"
     od, nd = old.get("data") or {}, new["data"]
+    if od.get("digest") != nd["digest"]:
+        return (f"data {nd.get('dataset')}: shard digest {od.get('digest')} there ({od.get('shards')} shards), "
+                f"{nd['digest']} now ({nd.get('shards')} shards)")
     if od.get("tokenizer") != nd["tokenizer"]:
         return f"tokenizer sha256: {str(od.get('tokenizer'))[:12]} there, {str(nd['tokenizer'])[:12]} now"
-    os_, ns = od.get("shards") or {}, nd["shards"] or {}
-    for name in sorted({*os_, *ns}):
-        if os_.get(name) != ns.get(name):
-            return f"data shard {name}: {os_.get(name) or 'absent'} there, {ns.get(name) or 'absent'} now"
-    if (od.get("shards") is None) != (nd["shards"] is None):
-        return f"data checksums: {'none' if od.get('shards') is None else 'recorded'} there, " \
-               f"{'none' if nd['shards'] is None else 'recorded'} now"
     return None

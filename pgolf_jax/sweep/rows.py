@@ -147,7 +147,9 @@ def run_row(row: Row, out: Path, say, key: dict | None = None) -> dict:
         from pgolf_jax.train.checkpoint import has_checkpoint
 
         if has_checkpoint(run_dir / "checkpoints"):
-            cmd += ["--resume", str(run_dir)]
+            # The sweep compared the row's recorded code version already (refused, or allowed by
+            # --allow-code-change): the run's own check would only repeat it.
+            cmd += ["--resume", str(run_dir), "--allow-code-change"]
             say(f"sweep: {row.run_id}: resuming the killed run from its checkpoint")
         else:
             _set_aside(run_dir)

@@ -14,9 +14,9 @@ A row whose rows/*.json exists is skipped, so a killed sweep continues where it 
 run directory is recorded, a checkpoint resumed); a row that failed is recorded with its error and
 retried only with --retry-failed. Nothing is reused unless it was made from the same inputs (keys.py):
 a row made from another config or data is refused, or with --rerun-changed moved to replaced/ and run
-again; one made by other code is refused unless --allow-code-change (reuse) or --rerun-changed. With --shard I/N a
-machine runs rows I, I+N, ... of the file's order; machines sharing the folder merge their rows
-(the report reads every row present). Rows that differ only in scalar hyperparameters train
+again; one made by other code is refused unless --allow-code-change (reuse) or --rerun-changed.
+With --shard I/N a machine runs rows I, I+N, ... of the file's order; machines sharing the folder
+merge their rows (the report reads every row present). Rows that differ only in scalar hyperparameters train
 together as one group with one compiled step (group.py: vmapped, or looped on CPU) unless --no-vmap.
 """
 
