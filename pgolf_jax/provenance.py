@@ -20,8 +20,6 @@ def code_version() -> str:
     """A digest of every source file of the package (and run.py beside it), or of the packed file
     this process runs from: any edit to the code changes it, nothing else does. Runs log it as
     `pgolf_jax source:<hash>`."""
-    from pgolf_jax.quant.artifact import package_files
-
     h = hashlib.sha256()
     packed = getattr(sys.modules.get("pgolf_jax"), "__packed__", None)
     if packed:
@@ -30,6 +28,16 @@ def code_version() -> str:
     for f in package_files():
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def package_files(root: Path | None = None) -> list[Path]:
+    """Every source file of the package (with the native kernel's C++) and run.py beside it."""
+    root = Path(root) if root else Path(__file__).resolve().parents[1]
+    files = sorted(f for f in (root / "pgolf_jax").rglob("*")
+                   if f.suffix in (".py", ".cc") and "__pycache__" not in f.parts)
+    if (root / "run.py").is_file():
+        files.append(root / "run.py")
+    return files
 
 
 def data_key(data_path, patterns: tuple[str, ...]) -> dict:

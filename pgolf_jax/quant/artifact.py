@@ -181,17 +181,6 @@ def size_report(obj: dict, group_of, codec: str, level: int = 22, byte_shuffle: 
     return report
 
 
-def package_files(root: Path | None = None) -> list[Path]:
-    """Every source file of the package (with the native kernel's C++) and run.py: what the
-    source hash in a run's log identifies."""
-    root = Path(root) if root else Path(__file__).resolve().parents[2]
-    files = sorted(f for f in (root / "pgolf_jax").rglob("*")
-                   if f.suffix in (".py", ".cc") and "__pycache__" not in f.parts)
-    if (root / "run.py").is_file():
-        files.append(root / "run.py")
-    return files
-
-
 # Tooling a process may have imported that no run needs (a sweep trains its runs in-process).
 _TOOLING = ("sweep", "bench.py", "plots.py", "__main__.py", "train/group.py")
 
