@@ -88,6 +88,34 @@ def plan_windows(total: int, seq_len: int, stride: int) -> Windows:
     return w
 
 
+def batch_windows(batch_tokens: int, seq_len: int, num_windows: int, num_devices: int) -> int:
+    """Windows per scoring batch: whole batches, a multiple of the device count (the tail batch
+    is padded), no more than the windows there are."""
+    per_batch = min(max(batch_tokens // seq_len, 1), -(-num_windows // num_devices) * num_devices)
+    return max(num_devices, per_batch // num_devices * num_devices)
+
+
+def jit_score(model, looped: bool, per_token: bool, data_sharding=None):
+    """The jitted (params, x, y, lo, hi) -> masked NLL sums per window (and per-token NLL,
+    entropy in bits): what every evaluation runs over its windows."""
+
+    def score(params, x_BT, y_BT, lo_B, hi_B):
+        logits = model.logits(params, x_BT, looped)
+        logz = jax.nn.logsumexp(logits, axis=-1)
+        nll = logz - jnp.take_along_axis(logits, y_BT[..., None], axis=-1)[..., 0]
+        pos = jnp.arange(x_BT.shape[1])[None, :]
+        sums = jnp.sum(jnp.where((pos >= lo_B[:, None]) & (pos < hi_B[:, None]), nll, 0.0), axis=-1)
+        if not per_token:
+            return sums
+        logp = logits - logz[..., None]
+        entropy_bits = -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
+        return sums, nll, entropy_bits
+
+    # Replicated outputs: every process of a multi-host run reads the sums on the host.
+    out = None if data_sharding is None else NamedSharding(data_sharding.mesh, P())
+    return jax.jit(score, out_shardings=out)
+
+
 class Evaluator:
     """val_loss/val_bpb of the val stream in windows of seq_len (stride = seq_len: plain
     non-overlapping sequences; smaller: sliding windows). One compiled function per schedule."""
@@ -100,9 +128,7 @@ class Evaluator:
         if self.total < seq_len:
             raise ValueError(f"validation split has {len(self.tokens)} tokens: shorter than one sequence of {seq_len}")
         self.windows = plan_windows(self.total, seq_len, self.stride)
-        # Whole batches of windows, a multiple of the device count; the tail batch is padded.
-        per_batch = min(max(batch_tokens // seq_len, 1), -(-len(self.windows) // num_devices) * num_devices)
-        self.batch_seqs = max(num_devices, per_batch // num_devices * num_devices)
+        self.batch_seqs = batch_windows(batch_tokens, seq_len, len(self.windows), num_devices)
         self.target_bytes = token_bytes(luts, self.tokens[:-1], self.tokens[1:]).astype(np.int64)
         self.byte_count = int(self.target_bytes.sum())
         self.sharding = data_sharding
@@ -112,23 +138,7 @@ class Evaluator:
         """(params, x, y, lo, hi) -> masked NLL sums per window (and per-token NLL, entropy)."""
         key = (looped, per_token)
         if key not in self._fns:
-            model = self.model
-
-            def score(params, x_BT, y_BT, lo_B, hi_B):
-                logits = model.logits(params, x_BT, looped)
-                logz = jax.nn.logsumexp(logits, axis=-1)
-                nll = logz - jnp.take_along_axis(logits, y_BT[..., None], axis=-1)[..., 0]
-                pos = jnp.arange(x_BT.shape[1])[None, :]
-                sums = jnp.sum(jnp.where((pos >= lo_B[:, None]) & (pos < hi_B[:, None]), nll, 0.0), axis=-1)
-                if not per_token:
-                    return sums
-                logp = logits - logz[..., None]
-                entropy_bits = -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
-                return sums, nll, entropy_bits
-
-            # Replicated outputs: every process of a multi-host run reads the sums on the host.
-            out = None if self.sharding is None else NamedSharding(self.sharding.mesh, P())
-            self._fns[key] = jax.jit(score, out_shardings=out)
+            self._fns[key] = jit_score(self.model, looped, per_token, self.sharding)
         return self._fns[key]
 
     def score(self, params, window_ids=None, looped: bool = True, per_token: bool = False, progress=None):

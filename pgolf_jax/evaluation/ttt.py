@@ -52,10 +52,10 @@ class _Placer:
     leading axis divides (jit then all-reduces the TTT gradients), everything else replicated,
     so TTT runs data parallel on one or many processes and every process reads the results."""
 
-    def __init__(self, ev: Evaluator):
-        self.batch = ev.sharding
-        self.rep = None if ev.sharding is None else dist.replicated(ev.sharding.mesh)
-        self.n = 1 if ev.sharding is None else dist.num_data_devices(ev.sharding.mesh)
+    def __init__(self, batch_sharding):
+        self.batch = batch_sharding
+        self.rep = None if batch_sharding is None else dist.replicated(batch_sharding.mesh)
+        self.n = 1 if batch_sharding is None else dist.num_data_devices(batch_sharding.mesh)
 
     def batched(self, a):
         a = np.asarray(a)
@@ -109,7 +109,7 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     w, total, T = ev.windows, ev.total, ev.seq_len
     n_chunks = -(-total // cfg.ttt_chunk_tokens)
     chunk_of = np.minimum((w.starts + w.score_from) // cfg.ttt_chunk_tokens, n_chunks - 1)
-    place = _Placer(ev)
+    place = _Placer(ev.sharding)
     params = place.replicated(params)  # a copy: the SGD step donates its params, never the caller's
     buf = place.replicated(jax.tree.map(lambda p: np.zeros(p.shape, np.float32), params))
     step = make_sgd_step(model, cfg.ttt_momentum, cfg.ttt_grad_clip, place)
@@ -212,17 +212,18 @@ def documents(tokens: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(starts, ends) if b > a]
 
 
-def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False, progress=None):
-    """Per-document score-first LoRA TTT (optionally phased); returns like full_ttt."""
-    t0 = time.perf_counter()
-    T, total, C = ev.seq_len, ev.total, cfg.lora_chunk_tokens
-    targets = tuple(t for t in cfg.lora_targets.split(",") if t and t != "head")
-    head = "head" in cfg.lora_targets.split(",")
+def lora_targets(cfg: EvalConfig) -> tuple[tuple[str, ...], bool]:
+    """(the block targets, whether the head gets an adapter) of eval.lora_targets."""
+    names = cfg.lora_targets.split(",")
+    return tuple(t for t in names if t and t != "head"), "head" in names
+
+
+def lora_functions(model, cfg: EvalConfig, place: _Placer):
+    """The jitted LoRA TTT programs: score (base, lora, x, y) -> (nll, entropy bits) per position,
+    and train (lora, opt, base, x, y, lo, hi, lr) -> (lora, opt), one adapter step on each
+    document's mean loss over its chunk [lo, hi)."""
+    _, head = lora_targets(cfg)
     scale = cfg.lora_alpha / cfg.lora_rank
-    docs = documents(ev.tokens)
-    nd = cfg.lora_batch_docs
-    frontier_docs = 0
-    boundaries = [round(cfg.lora_phase_prefix_docs * (i + 1) / cfg.lora_phases) for i in range(cfg.lora_phases)]
 
     def doc_logits(p, lora_doc, x_T):
         hl = None if not head else (lora_doc["head"]["A"], lora_doc["head"]["B"], scale)
@@ -235,12 +236,9 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
         logp = logits - logz[..., None]
         return nll, -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
 
-    place = _Placer(ev)
-    score = place.jit(nll_of)
-
     def chunk_loss(lora, p, x, y, lo, hi):
         nll, _ = nll_of(p, lora, x, y)
-        pos = jnp.arange(T)[None]
+        pos = jnp.arange(x.shape[1])[None]
         mask = (pos >= lo[:, None]) & (pos < hi[:, None])
         # Each document's adapter sees only its own mean chunk loss (the sum decouples them).
         return jnp.sum(jnp.sum(jnp.where(mask, nll, 0.0), -1) / jnp.maximum(jnp.sum(mask, -1), 1))
@@ -248,8 +246,21 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     def train(lora, opt, p, x, y, lo, hi, lr):
         return lora_update(lora, opt, jax.grad(chunk_loss)(lora, p, x, y, lo, hi), lr, cfg)
 
-    # Documents (and their adapters) split over the data devices; the result replicated.
-    train = jax.jit(train)
+    # Documents (and their adapters) split over the data devices; the scores replicated.
+    return place.jit(nll_of), jax.jit(train)
+
+
+def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False, progress=None):
+    """Per-document score-first LoRA TTT (optionally phased); returns like full_ttt."""
+    t0 = time.perf_counter()
+    T, total, C = ev.seq_len, ev.total, cfg.lora_chunk_tokens
+    targets, head = lora_targets(cfg)
+    docs = documents(ev.tokens)
+    nd = cfg.lora_batch_docs
+    frontier_docs = 0
+    boundaries = [round(cfg.lora_phase_prefix_docs * (i + 1) / cfg.lora_phases) for i in range(cfg.lora_phases)]
+    place = _Placer(ev.sharding)
+    score, train = lora_functions(model, cfg, place)
 
     loss_sum, key = 0.0, jax.random.key(0)
     nll_all = np.zeros(total, np.float32) if per_token else None

@@ -46,8 +46,10 @@ class TrainResult:
     evaluator: Evaluator
 
 
-def build(cfg: Config, mesh):
-    """Model, optimizer and a fresh train state for cfg, sharded per train.param_sharding."""
+def build(cfg: Config, mesh, abstract: bool = False):
+    """Model, optimizer and a fresh train state for cfg, sharded per train.param_sharding; with
+    `abstract`, the state's ShapeDtypeStructs (with their shardings) instead, nothing allocated
+    (run.py compile lowers the run's own step on them)."""
     model = build_model(cfg.model)
     tx = make_optimizer(cfg, resolve_dtype(cfg.optim.muon_dtype), labels_from_specs(model.param_specs()))
 
@@ -57,9 +59,26 @@ def build(cfg: Config, mesh):
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema, initial_rng(cfg.train.seed))
 
     key = jax.random.key(cfg.train.seed)
-    shardings = dist.state_shardings(jax.eval_shape(init, key), mesh, cfg.train.param_sharding)
+    shapes = jax.eval_shape(init, key)
+    shardings = dist.state_shardings(shapes, mesh, cfg.train.param_sharding)
+    if abstract:
+        return model, tx, jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
+                                       shardings)
     state = jax.jit(init, out_shardings=shardings)(key)
     return model, tx, state
+
+
+def step_functions(cfg: Config, model: Model, tx, state_sh, mesh, objective) -> dict:
+    """{looped: the jitted train step} for each block schedule the run compiles: the plain one,
+    and the looped one once model.enable_looping_at is hit (two compiles)."""
+    t = cfg.train
+    repl, data = dist.replicated(mesh), dist.batch_sharding(mesh, leading=1)
+    graphs = (False, True) if model.has_two_schedules else (True,)
+    qat = cfg.quant if cfg.quant.qat else None
+    return {g: jax.jit(make_train_step(model, tx, objective, looped=g, ema_decay=t.ema_decay, qat=qat),
+                       in_shardings=(state_sh, data, data, None, None, repl), out_shardings=(state_sh, repl),
+                       donate_argnums=(0,))
+            for g in graphs}
 
 
 class _Signals:
@@ -103,20 +122,16 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
     evaluator: Evaluator = evaluator_factory(model, mesh)
     span_seqs = t.train_batch_tokens // t.batch_spans // t.train_seq_len
     micro_seqs = t.microbatch_tokens // t.train_seq_len if t.microbatch_tokens else 0
-    repl, data = dist.replicated(mesh), dist.batch_sharding(mesh, leading=1)
+    data = dist.batch_sharding(mesh, leading=1)
     state_sh = jax.tree.map(lambda a: a.sharding, state)
-    # One compiled step per block schedule: plain, and looped once model.enable_looping_at is hit.
-    graphs = (False, True) if model.has_two_schedules else (True,)
     qat = cfg.quant if cfg.quant.qat else None
     objective, teacher = make_objective(cfg)
     if teacher is not None:
         teacher = dist.replicate(teacher, mesh)
         log(f"objective:{cfg.train.objective} teacher:{cfg.train.teacher} alpha:{t.distill_alpha} "
             f"temperature:{t.distill_temperature}")
-    step_fns = {g: jax.jit(make_train_step(model, tx, objective, looped=g, ema_decay=t.ema_decay, qat=qat),
-                           in_shardings=(state_sh, data, data, None, None, repl), out_shardings=(state_sh, repl),
-                           donate_argnums=(0,))
-                for g in graphs}
+    step_fns = step_functions(cfg, model, tx, state_sh, mesh, objective)
+    graphs = tuple(step_fns)
     ckpt = Checkpointer(run_dir / "checkpoints", t.checkpoint_keep) if run_dir is not None else None
 
     log(f"model_params:{count_params(state.params)}")

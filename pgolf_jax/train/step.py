@@ -88,4 +88,17 @@ def micro_batches(x_SNT: np.ndarray, num_devices: int, microbatch_seqs: int) -> 
     A = S // num_devices
     k = N // microbatch_seqs if microbatch_seqs else 1
     x = x_SNT.reshape(A, num_devices, k, N // k, T).transpose(0, 2, 1, 3, 4)
-    return x.reshape(A * k, num_devices * (N // k), T)
+    return x.reshape(micro_batch_shape(S, N, T, num_devices, microbatch_seqs))
+
+
+def micro_batch_shape(spans: int, span_seqs: int, seq_len: int, num_devices: int, microbatch_seqs: int):
+    """The (M, B, T) that micro_batches makes of (spans, span_seqs, seq_len) loader spans."""
+    k = span_seqs // microbatch_seqs if microbatch_seqs else 1
+    return spans // num_devices * k, num_devices * (span_seqs // k), seq_len
+
+
+def train_batch_shape(t, num_devices: int):
+    """A train step's (M, B, T) token batch on num_devices data devices, as train/loop.py feeds it."""
+    span_seqs = t.train_batch_tokens // t.batch_spans // t.train_seq_len
+    micro_seqs = t.microbatch_tokens // t.train_seq_len if t.microbatch_tokens else 0
+    return micro_batch_shape(t.batch_spans, span_seqs, t.train_seq_len, num_devices, micro_seqs)
