@@ -14,7 +14,7 @@ from pathlib import Path
 from pgolf_jax.errors import arg_parser  # JAX-free
 
 _Parser = arg_parser()
-VERBS = ("data", "eval", "quantize", "bench", "sweep", "plot", "submit", "export")
+VERBS = ("data", "eval", "quantize", "bench", "sweep", "plot", "submit", "export", "compile")
 
 
 def _main_parser(packed: bool = False) -> argparse.ArgumentParser:
@@ -351,6 +351,9 @@ def _main(argv: list[str], packed_config: dict | None) -> int:
             else:
                 cfg = config_lib.override(config_lib.from_dict(packed_config), args.overrides)
                 args.config = "<packed>"
+        if argv and argv[0] == "compile":  # before anything imports jax: it sets JAX_PLATFORMS=cpu
+            from pgolf_jax.hardware import command
+            return command.main(argv[1:])
         from pgolf_jax import dist
         dist.keep_freed_host_memory()
         _persistent_compile_cache()

@@ -1,0 +1,254 @@
+"""`run.py compile`: compile a preset's programs for 1 and 8 H100s with XLA's real GPU compiler on
+this machine (no GPU) and print, per program and device: compile seconds, memory (arguments,
+outputs, aliased, temporaries, peak) against the budget a run gets, FLOPs per step (XLA's HLO
+cost analysis, loops counted their trip counts, cuDNN attention added analytically) against the
+analytic count, bytes accessed, collectives, and a roofline lower bound on the step time."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgolf_jax.errors import arg_parser, positive_int
+from pgolf_jax.hardware import target
+
+GIB = 1 << 30
+EXIT_OVER_MEMORY = 4  # distinct from 3, the 16 MB artifact's "over size"
+SECTION = "## Deviceless H100 compile of every preset (run.py compile --all)"
+
+
+@dataclass
+class Row:
+    preset: str
+    gpus: int
+    program: str
+    seconds: float = 0.0
+    arg: float = 0.0
+    out: float = 0.0
+    alias: float = 0.0
+    temp: float = 0.0
+    peak: float = 0.0
+    peak_reported: bool = False
+    flops: float = 0.0
+    analytic: float | None = None
+    tokens: int = 0
+    bytes_accessed: float = 0.0
+    collectives: dict = field(default_factory=dict)
+    unknown_trips: int = 0
+    error: str = ""
+
+    def bound_ms(self) -> float:
+        """Roofline lower bound: the larger of compute at peak and memory traffic at peak."""
+        return 1e3 * max(self.flops / target.H100_PEAK_FLOPS, self.bytes_accessed / target.H100_PEAK_BYTES)
+
+
+def gpu_counts(text: str) -> list[int]:
+    """argparse type: '8' or '1,8'."""
+    return [positive_int(v) for v in text.split(",")]
+
+
+def parser():
+    p = arg_parser()(prog="run.py compile", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="preset file, e.g. configs/baseline_sp1024.py")
+    p.add_argument("--all", action="store_true",
+                   help="every preset under configs/; writes the table into BENCHMARKS.md")
+    p.add_argument("--gpus", type=gpu_counts, default=[1, 8], help="device counts, comma-separated (default: 1,8)")
+    p.add_argument("--param-sharding", choices=("replicated", "fsdp"), help="sets train.param_sharding")
+    p.add_argument("--target-config", help="a GpuTargetConfigProto text file (default: the H100 SXM shipped here)")
+    p.add_argument("--benchmarks", default="BENCHMARKS.md", help="with --all: the file whose section is replaced")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value")
+    return p
+
+
+def compile_program(prog, client, budget: float) -> Row:
+    """Lower and compile one program for the mesh its arguments name; measure it."""
+    from jax._src.lib import hlo as hlo_lib
+
+    from pgolf_jax.hardware import hlo
+
+    row = Row("", 0, prog.name, tokens=prog.tokens, analytic=prog.analytic_flops)
+    t0 = time.perf_counter()
+    try:
+        compiled = prog.fn.lower(*prog.args).compile()
+    except Exception as exc:  # XLA's GPU compiler refuses the program: one line naming why
+        row.error = compile_error(exc)
+        return row
+    row.seconds = time.perf_counter() - t0
+    m = compiled.memory_analysis()
+    row.arg, row.out = m.argument_size_in_bytes, m.output_size_in_bytes
+    row.alias, row.temp = m.alias_size_in_bytes, m.temp_size_in_bytes
+    peak = getattr(m, "peak_memory_in_bytes", 0)
+    row.peak_reported = bool(peak)
+    row.peak = peak or row.arg + row.out - row.alias + row.temp
+    options = hlo_lib.HloPrintOptions()
+    options.print_metadata = False
+    text = compiled.runtime_executable().hlo_modules()[0].to_string(options)
+    cost = hlo.cost(text, client)
+    cudnn = any(t.startswith("__cudnn$fmha") for t in cost.custom_calls)
+    row.flops = cost.flops + (prog.attention_flops if cudnn else 0.0)
+    row.bytes_accessed, row.collectives, row.unknown_trips = cost.bytes_accessed, cost.collectives, \
+        cost.unknown_trip_counts
+    if not cudnn and prog.attention_flops and prog.analytic_flops is not None:
+        # XLA's own attention (no cuDNN) computes the full T x T square: compare like with like.
+        row.analytic = prog.analytic_flops + prog.attention_flops
+    return row
+
+
+def compile_error(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())
+    if "No FFI handler registered" in msg or "no FFI handler" in msg.lower():
+        name = msg.split("for ")[-1].split(" on")[0] if "for " in msg else "?"
+        return (f"the program calls a CPU-only FFI kernel on CUDA ({name}): XLA's GPU compiler refuses it "
+                "(model.attention_impl=fused_cpu?)")
+    return f"XLA's GPU compiler failed: {type(exc).__name__}: {msg[:300]}"
+
+
+def compile_preset(cfg, preset: str, gpus: int, target_text: str, budget: float) -> list[Row]:
+    import jax
+
+    from pgolf_jax import dist
+    from pgolf_jax.hardware import programs
+
+    client = jax.devices("cpu")[0].client
+    mesh = dist.make_mesh(target.devices(gpus, target_text))
+    with target.traced_for_gpu(target_text):
+        try:
+            progs = programs.programs(cfg, mesh)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            return [Row(preset, gpus, "-", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")]
+        rows = []
+        for prog in progs:
+            row = compile_program(prog, client, budget)
+            row.preset, row.gpus = preset, gpus
+            rows.append(row)
+            print(format_row(row, budget), flush=True)
+    return rows
+
+
+def fmt_gib(b: float) -> str:
+    return f"{b / GIB:.2f}"
+
+
+def format_row(r: Row, budget: float) -> str:
+    if r.error:
+        return f"| {r.preset} | {r.gpus} | {r.program} | error: {r.error} |"
+    per_tok = r.flops / r.tokens / 1e6 if r.tokens else 0.0
+    if r.analytic is not None and r.tokens:
+        ana = f"{r.analytic / r.tokens / 1e6:.1f} | {r.flops / r.analytic:.3f}"
+    else:
+        ana = "- | -"
+    coll = ", ".join(f"{k} {v}" for k, v in sorted(r.collectives.items())) or "none"
+    fits = "yes" if r.peak <= budget else "**no: over memory**"
+    trips = f" ({r.unknown_trips} loops of unknown trip count counted once)" if r.unknown_trips else ""
+    return (f"| {r.preset} | {r.gpus} | {r.program} | {r.seconds:.1f} | {fmt_gib(r.arg)} | {fmt_gib(r.out)} | "
+            f"{fmt_gib(r.alias)} | {fmt_gib(r.temp)} | {fmt_gib(r.peak)}{'' if r.peak_reported else '*'} | {fits} | "
+            f"{r.flops / 1e12:.2f} | {per_tok:.1f} | {ana} | {r.bytes_accessed / 1e9:.1f} | {coll} | "
+            f"{r.bound_ms():.2f}{trips} |")
+
+
+HEADER = ("| preset | GPUs | program | compile s | args GiB | out GiB | alias GiB | temp GiB | peak GiB | fits | "
+          "TFLOP/step/dev (XLA) | MFLOP/token XLA | analytic | XLA/analytic | GB accessed | collectives (in HLO) | "
+          "bound ms |\n" + "|---" * 17 + "|")
+
+
+def presets(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.py") if not p.name.startswith("_"))
+
+
+def legend(budget: float, why: str, target_path: str) -> str:
+    return (f"Per device. Budget {budget / GIB:.2f} GiB = device memory x {why}. peak* = arguments + outputs - "
+            f"aliased + temporaries (the plugin reports no peak). FLOPs: XLA's HLO cost analysis of the optimized "
+            f"module, while loops times their trip counts, cuDNN attention (a custom call XLA does not count) "
+            f"added as the analytic causal count; analytic = 6N matmul + causal attention per token (forward only "
+            f"for eval programs). bound = max(FLOPs / 989 TFLOP/s, bytes / 3.35 TB/s): a lower bound, not a "
+            f"prediction. Target: {target_path}.")
+
+
+def write_section(path: Path, body: str) -> None:
+    from pgolf_jax.fsio import write_bytes
+
+    text = path.read_text() if path.is_file() else ""
+    if SECTION in text:
+        head, rest = text.split(SECTION, 1)
+        nxt = rest.find("\n## ")
+        text = head + body + (rest[nxt:] if nxt >= 0 else "\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + body + "\n"
+    write_bytes(path, text.encode(), fsync=False)
+
+
+def run(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    from pgolf_jax import config as config_lib
+
+    if bool(args.all) == bool(args.config):
+        raise ValueError("run.py compile: give --config PRESET or --all")
+    target.require_cpu_platform()
+    target.check_plugin()
+    text, memory = target.read_target(args.target_config)
+    fraction, why = target.memory_fraction()
+    budget = memory * fraction
+    overrides = list(args.overrides) + ([f"train.param_sharding={args.param_sharding}"] if args.param_sharding else [])
+    paths = presets(Path("configs")) if args.all else [Path(args.config)]
+    cfgs = [(p, config_lib.load(p, overrides)) for p in paths]  # every config checked before any compile
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)  # compile seconds are measured, never loaded
+    print(f"compile: {memory / GIB:.2f} GiB per device x {why} = budget {budget / GIB:.2f} GiB", flush=True)
+    print(HEADER, flush=True)
+    rows = []
+    for path, cfg in cfgs:
+        name = str(path.with_suffix("")).removeprefix("configs/")
+        for n in args.gpus:
+            rows += compile_preset(cfg, name, n, text, budget)
+    over = [r for r in rows if not r.error and r.peak > budget]
+    if args.all:
+        for r in over:
+            print(f"over memory: {r.preset} on {r.gpus} H100s, {r.program}: peak {int(r.peak)} bytes "
+                  f"({r.peak / GIB:.2f} GiB) > {int(budget)} bytes")
+        date = datetime.date.today().isoformat()
+        cmd = "JAX_PLATFORMS=cpu python run.py compile " + " ".join(shlex.quote(a) for a in argv)
+        body = (f"{SECTION}\n\n{date}, jax {jax.__version__}, on a CPU-only machine: `{cmd}`\n\n"
+                f"{legend(budget, why, args.target_config or 'pgolf_jax/hardware/h100_sxm.txtpb')}\n\n{HEADER}\n"
+                + "\n".join(format_row(r, budget) for r in rows) + "\n")
+        write_section(Path(args.benchmarks), body)
+        print(f"wrote {args.benchmarks}")
+    failed = [r for r in rows if r.error]
+    if failed:
+        print(f"error: {failed[0].preset} on {failed[0].gpus} H100s, {failed[0].program}: {failed[0].error}",
+              file=sys.stderr)
+        return 1
+    if over and not args.all:
+        r = over[0]
+        print(f"error: over memory: {r.preset} on {r.gpus} H100s, {r.program}: peak {int(r.peak)} bytes per device "
+              f"> budget {int(budget)} bytes", file=sys.stderr)
+        return EXIT_OVER_MEMORY
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Entry point from cli: everything before jax loads happens here (JAX_PLATFORMS=cpu)."""
+    from pgolf_jax.config import ConfigError
+    from pgolf_jax.errors import UsageError
+
+    try:
+        return run(argv)
+    except UsageError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"error: config: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except target.PluginMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        if os.environ.get("PGOLF_TRACEBACK"):
+            raise
+        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
