@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (issue 17): the GPU tests, then our train step against the reference's
-# train_gpt.py on the same GPU at the challenge's per-GPU shapes. Everything is printed and kept in
-# OUT_DIR (default gpu_check_out): tests.txt, bench_*.txt, env.txt.
+# train_gpt.py on the same GPU at the challenge's per-GPU shapes; then (issue 26) the baseline's train
+# step compiled on the GPU beside run.py compile's deviceless compile of it (memory_analysis of both),
+# the GPU's true XLA target config and a 3-step profiler trace. Everything is printed and kept in
+# OUT_DIR (default $OUT, else gpu_check_out): tests.txt, bench_*.txt, env.txt, compile_check.txt,
+# compile_vs_device.json, target_config_{real,shipped}.txtpb, trace/.
 #
 #   scripts/gpu_check.sh [OUT_DIR]
 #
@@ -14,7 +17,7 @@
 #   STEPS                       timed steps per bench (default 5, after 2 warm-up steps)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-gpu_check_out}
+OUT=${1:-${OUT:-gpu_check_out}}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 JAX_PLATFORMS=cuda
 if [ -n "${WHEELS:-}" ]; then
@@ -42,4 +45,8 @@ python3 run.py bench --config configs/baseline_sp1024.py --batch 64 --seq 1024 -
 echo "== bench record_1809 (48 x 2048 tokens a step, one GPU's share)"
 python3 run.py bench --config configs/record_1809.py --batch 48 --seq 2048 --micro 1 --steps "$STEPS" \
   --warmup 2 --no-xla-flops 2>&1 | tee "$OUT/bench_record_1809.txt"
+# The deviceless compile (the CUDA plugin the GPU image carries) against the real one, same program.
+echo "== compile on the GPU vs deviceless, real target config, 3-step trace"
+python3 scripts/gpu_compile_check.py "$OUT" configs/baseline_sp1024.py configs/record_1809.py 2>&1 \
+  | tee "$OUT/compile_check.txt"
 echo "== done: $OUT"
