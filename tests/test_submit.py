@@ -86,7 +86,7 @@ def test_submit_writes_a_records_folder(seeds, tmp_path, capsys):
     assert sub["seed_results"]["2"]["artifact_bytes"] == per[1]["bytes_total"]
     c = sub["compliance"]
     assert c["artifact_under_16mb"] and c["three_seeds"] and not c["score_first_ttt"]
-    assert "projected to 8xH100" in c["eval_time_basis"]  # measured on a CPU: labelled as a projection
+    assert "a lower bound for 8xH100" in c["eval_time_basis"]  # measured on a CPU: labelled a FLOP bound
     assert sub["significance"]["record"] and "p=" in capsys.readouterr().out
     assert (folder / "train_gpt.py").read_bytes() == (out / "seed1" / "train_gpt.py").read_bytes()
     assert "python train_gpt.py train.seed=2" in (folder / "README.md").read_text()
