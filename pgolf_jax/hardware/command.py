@@ -213,8 +213,9 @@ def run(argv: list[str]) -> int:
                   f"({r.peak / GIB:.2f} GiB) > {int(budget)} bytes")
         date = datetime.date.today().isoformat()
         cmd = "JAX_PLATFORMS=cpu python run.py compile " + " ".join(shlex.quote(a) for a in argv)
+        where = args.target_config or f"pgolf_jax/hardware/{target.DEFAULT_TARGET.name}"  # picked by jax version
         body = (f"{SECTION}\n\n{date}, jax {jax.__version__}, on a CPU-only machine: `{cmd}`\n\n"
-                f"{legend(budget, why, args.target_config or 'pgolf_jax/hardware/h100_sxm.txtpb')}\n\n{HEADER}\n"
+                f"{legend(budget, why, where)}\n\n{HEADER}\n"
                 + "\n".join(format_row(r, budget) for r in rows) + "\n")
         write_section(Path(args.benchmarks), body)
         print(f"wrote {args.benchmarks}")

@@ -14,7 +14,20 @@ import sys
 from pathlib import Path
 
 PLUGINS = ("jax-cuda13-plugin", "jax-cuda13-pjrt")
-DEFAULT_TARGET = Path(__file__).with_name("h100_sxm.txtpb")
+# One H100 target config per set of fields the plugins parse, by the installed jax's (major, minor): the 0.11
+# plugin dropped GpuTargetConfigProto.dnn_version_info (a reserved name: text with it parses, the cuDNN version is
+# lost) and parses fields the 0.10 plugin refuses; the 0.12 plugin adds two the spec does not set (headers say more).
+TARGETS = {(0, 10): "h100_sxm.txtpb", (0, 11): "h100_sxm_jax011.txtpb"}
+
+
+def default_target(jax_version: str | None = None) -> Path:
+    """The shipped config for this jax: the newest entry at or below its (major, minor)."""
+    version = jax_version or importlib.metadata.version("jax")
+    key = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    return Path(__file__).with_name(TARGETS[max((k for k in TARGETS if k <= key), default=min(TARGETS))])
+
+
+DEFAULT_TARGET = default_target()
 # jax's own default share of device memory for its allocator; run.py sets no other.
 DEFAULT_MEM_FRACTION = 0.75
 H100_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak of an H100 SXM
@@ -77,6 +90,15 @@ def read_target(path: str | Path | None) -> tuple[str, int]:
     return text, int(m.group(1))
 
 
+def dnn_version(text: str) -> tuple[int, ...]:
+    """The cuDNN version a config claims: gpu_device_info.dnn_version "9.23.0" (jax >= 0.11), else the
+    dnn_version_info message the 0.10 plugin reads."""
+    m = re.search(r'dnn_version:\s*"(\d+)\.(\d+)\.?(\d*)"', text)
+    if m:
+        return tuple(int(g or 0) for g in m.groups())
+    return version_of(text, "dnn_version_info")
+
+
 def version_of(text: str, field: str) -> tuple[int, ...]:
     """major, minor, patch of a version message in the target config (dnn_version_info, ...)."""
     m = re.search(field + r"\s*\{([^}]*)\}", text)
@@ -123,7 +145,7 @@ def traced_for_gpu(target_text: str):
     import jax
     import jax._src.cudnn.fused_attention_stablehlo as fa
 
-    dnn = version_of(target_text, "dnn_version_info")
+    dnn = dnn_version(target_text)
     cc = version_of(target_text, "cuda_compute_capability")[:2]
     saved = (jax.default_backend, fa.check_cudnn_version, fa.check_compute_capability,
              fa.is_cuda_compute_capability_equal)
