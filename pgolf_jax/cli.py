@@ -353,7 +353,7 @@ def _main(argv: list[str], packed_config: dict | None) -> int:
                 args.config = "<packed>"
         if argv and argv[0] == "compile":  # before anything imports jax: it sets JAX_PLATFORMS=cpu
             from pgolf_jax.hardware import command
-            return command.main(argv[1:])
+            return command.run(argv[1:])  # its errors end in the handlers below
         from pgolf_jax import dist
         dist.keep_freed_host_memory()
         _persistent_compile_cache()

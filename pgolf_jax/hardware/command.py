@@ -7,7 +7,6 @@ analytic count, bytes accessed, collectives, and a roofline lower bound on the s
 from __future__ import annotations
 
 import datetime
-import os
 import shlex
 import sys
 import time
@@ -230,26 +229,3 @@ def run(argv: list[str]) -> int:
               f"> budget {int(budget)} bytes", file=sys.stderr)
         return EXIT_OVER_MEMORY
     return 0
-
-
-def main(argv: list[str]) -> int:
-    """Entry point from cli: everything before jax loads happens here (JAX_PLATFORMS=cpu)."""
-    from pgolf_jax.config import ConfigError
-    from pgolf_jax.errors import UsageError
-
-    try:
-        return run(argv)
-    except UsageError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        print(f"error: config: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    except target.PluginMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        if os.environ.get("PGOLF_TRACEBACK"):
-            raise
-        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1

@@ -1,6 +1,6 @@
 """The compile target: the CUDA PJRT plugin, an H100's GpuTargetConfigProto, compile-only devices,
 the memory budget a run gets, and tracing the run's 'auto' choices as on a GPU. JAX_PLATFORMS=cpu
-must be set before jax is imported (command.main does it): with the plugin installed, jax would
+must be set before jax is imported (command.run does it): with the plugin installed, jax would
 otherwise try the GPU backend and log a cuDNN traceback."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import os
 import re
 import sys
 from pathlib import Path
+
+from pgolf_jax.errors import UsageError
 
 PLUGINS = ("jax-cuda13-plugin", "jax-cuda13-pjrt")
 # One H100 target config per set of fields the plugins parse, by the installed jax's (major, minor): the 0.11
@@ -34,8 +36,9 @@ H100_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak of an H100 SXM
 H100_PEAK_BYTES = 3.35e12  # HBM3 bandwidth, bytes/s
 
 
-class PluginMissing(RuntimeError):
-    """The CUDA PJRT plugin at the installed jax's version is not importable; the message is the fix."""
+class PluginMissing(UsageError):
+    """The CUDA PJRT plugin at the installed jax's version is not importable; the message is the fix
+    (a UsageError: cli prints it as one line, exit 2, like a command line that cannot run)."""
 
 
 def pip_command() -> str:
