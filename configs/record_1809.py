@@ -61,6 +61,6 @@ OVERRIDES = {
     "quant.attn_clip_sigmas": 12.85,
     "quant.mlp_clip_sigmas": 12.85,
     "quant.embed_clip_sigmas": 20.0,
-    "quant.gptq_calibration_batches": 64,
+    "quant.gptq.calibration_batches": 64,
     "quant.compressor": "brotli",
 }

@@ -38,6 +38,6 @@ OVERRIDES = {
     "eval.val_batch_size": 16384,
     "eval.val_loss_every": 0,
     "eval.val_tokens_limit": 131_072,
-    "quant.gptq_calibration_batches": 16,
+    "quant.gptq.calibration_batches": 16,
     "quant.keep_float_max_numel": 16_384,  # at d=256 the attention matrices are 65,536: quantize them too
 }

@@ -2,6 +2,10 @@
 config is reported before either loads)."""
 
 
+class ConfigError(ValueError):
+    """A bad preset, override or field value; the message names the culprit."""
+
+
 class ArtifactError(ValueError):
     """A packed artifact that cannot be read; the message names the file."""
 

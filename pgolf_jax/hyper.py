@@ -16,7 +16,7 @@ TRACED = (
     "optim.embed_lr", "optim.head_lr", "optim.tied_embed_lr", "optim.matrix_lr", "optim.scalar_lr",
     "optim.muon_momentum", "optim.muon_momentum_warmup_start", "optim.beta1", "optim.beta2", "optim.adam_eps",
     "optim.muon_wd", "optim.embed_wd", "optim.adam_wd", "model.logit_softcap",
-    "train.distill_alpha", "train.distill_temperature", "optim.adamw_lr", "optim.adamw_wd", "optim.adamw_beta2",
+    "train.distill.alpha", "train.distill.temperature", "optim.adamw_lr", "optim.adamw_wd", "optim.adamw_beta2",
 )
 # Fields that only set the initial state: each variant is initialised with its own value.
 INIT_ONLY = ("train.seed", "model.qk_gain_init", "model.tied_embed_init_std")

@@ -150,7 +150,7 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
             res = EvalResult(loss_sum / ev.total, bpb(loss_sum, ev.byte_count), ev.total, ev.byte_count,
                              time.perf_counter() - t0)
         elif mode == "ttt":
-            prog = Progress("eval:ttt", -(-ev.total // e.ttt_chunk_tokens), enabled=on, unit="chunks")
+            prog = Progress("eval:ttt", -(-ev.total // e.ttt.chunk_tokens), enabled=on, unit="chunks")
             res, nll, ent, extra = mods["ttt"].full_ttt(ev.model, params, ev, e, log, per_token=bool(e.ngram_order),
                                                          progress=prog)
         else:
@@ -218,7 +218,7 @@ def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evalu
     hessians = None
     if q.scheme == "gptq":
         t = cfg.train
-        hessians, seconds = collect_hessians(model, params, train_pattern, q.gptq_calibration_batches,
+        hessians, seconds = collect_hessians(model, params, train_pattern, q.gptq.calibration_batches,
                                              t.train_batch_tokens, t.train_seq_len, evaluator.sharding, log=log,
                                              loader=cfg.data.loader, loader_seed=cfg.data.loader_seed,
                                              vocab_size=cfg.model.vocab_size)
@@ -333,10 +333,9 @@ def _resume_config(cfg: Config, run_dir: Path) -> Config:
     """The run's saved config; the command line must not change it (a resume continues exactly)."""
     saved = config_lib.load_run_config(run_dir)
     ignore = {"train.run_id", "train.out_dir", "train.process_id"}
-    now = config_lib.to_dict(cfg)
-    diff = [f"{s}.{k}: run has {v!r}, command line gives {now[s][k]!r}"
-            for s, sec in config_lib.to_dict(saved).items() for k, v in sec.items()
-            if f"{s}.{k}" not in ignore and now[s][k] != v]
+    now, then = config_lib.flat_dict(cfg), config_lib.flat_dict(saved)
+    diff = [f"{k}: run has {then.get(k)!r}, command line gives {now.get(k)!r}"
+            for k in sorted(set(now) | set(then)) if k not in ignore and now.get(k) != then.get(k)]
     if diff:
         raise config_lib.ConfigError(f"--resume {run_dir}: the config differs from the run's: " + "; ".join(diff))
     return dataclasses.replace(saved, train=dataclasses.replace(saved.train, process_id=cfg.train.process_id))

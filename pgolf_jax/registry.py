@@ -1,21 +1,31 @@
 """Every variation point of the stack, as a plain dict: config value -> "module:attribute" of its
-implementation. A new variant is one entry here, its module and its test (tests parametrize over
-these dicts). Entries are imported on first use, so validating a config imports nothing heavy,
-and a run imports (and its artifact counts the code of) only the variants it selects."""
+implementation, or a Variant that also names its options class (a frozen dataclass in a JAX-free
+module, set as `<section>.<name>.<field>`, e.g. model.mla.latent_dim). A new variant is one entry
+here and its module; the seam tests parametrize over these dicts. Entries are imported on first
+use, so validating a config imports nothing heavy, and a run imports (and its artifact counts the
+code of) only the variants it selects."""
 
 from __future__ import annotations
 
 import importlib
+from typing import NamedTuple
+
+
+class Variant(NamedTuple):
+    impl: str  # "module:attribute" of the implementation
+    options: str  # "module:Class" of its options (JAX-free)
+
 
 _MODEL = "pgolf_jax.model"
+_MOPT = "pgolf_jax.model.options"
 
 # model.family: builds the parameters and returns logits, auxiliary losses and loss weights.
 FAMILIES = {
     "gpt": f"{_MODEL}.gpt:GPT",
-    "surge_m": f"{_MODEL}.families.surge:SurgeM",  # a GPT whose SURGE layer a meta-network corrects
-    "mps": f"{_MODEL}.families.mps:MPS",
-    "hopfield": f"{_MODEL}.families.hopfield:Hopfield",
-    "agents": f"{_MODEL}.families.agents:Agents",
+    "surge_m": Variant(f"{_MODEL}.families.surge:SurgeM", f"{_MOPT}:SurgeM"),  # a GPT whose SURGE layer a meta-network corrects
+    "mps": Variant(f"{_MODEL}.families.mps:MPS", f"{_MOPT}:MPS"),
+    "hopfield": Variant(f"{_MODEL}.families.hopfield:Hopfield", f"{_MOPT}:Hopfield"),
+    "agents": Variant(f"{_MODEL}.families.agents:Agents", f"{_MOPT}:Agents"),
 }
 # Families that are not GPTs: no blocks, so the GPT's block variants, LoRA TTT and GPTQ calibration
 # do not apply to them (config validation refuses those).
@@ -24,19 +34,19 @@ NON_GPT_FAMILIES = ("mps", "hopfield", "agents")
 # forward pass from the source's own parameters).
 WEIGHT_SOURCES = {
     "params": f"{_MODEL}.layers:StoredWeights",
-    "basis": f"{_MODEL}.generators.basis:Basis",
-    "hypernet": f"{_MODEL}.generators.hypernet:HyperNet",
-    "siren": f"{_MODEL}.generators.siren:Siren",
-    "nca": f"{_MODEL}.generators.nca:NCA",
-    "seed": f"{_MODEL}.generators.seed:Seed",
+    "basis": Variant(f"{_MODEL}.generators.basis:Basis", f"{_MOPT}:Basis"),
+    "hypernet": Variant(f"{_MODEL}.generators.hypernet:HyperNet", f"{_MOPT}:HyperNet"),
+    "siren": Variant(f"{_MODEL}.generators.siren:Siren", f"{_MOPT}:Siren"),
+    "nca": Variant(f"{_MODEL}.generators.nca:NCA", f"{_MOPT}:NCA"),
+    "seed": Variant(f"{_MODEL}.generators.seed:Seed", f"{_MOPT}:Seed"),
 }
 # model.topology: how the blocks are connected (skips, recurrence, halting).
 TOPOLOGIES = {
     "unet": f"{_MODEL}.topology:UNet",
     "plain": f"{_MODEL}.topology:Plain",
-    "act": f"{_MODEL}.act:ACT",
+    "act": Variant(f"{_MODEL}.act:ACT", f"{_MOPT}:ACT"),
     "denseformer": f"{_MODEL}.denseformer:DenseFormer",
-    "ut_shared": f"{_MODEL}.ut:UTShared",
+    "ut_shared": Variant(f"{_MODEL}.ut:UTShared", f"{_MOPT}:UTShared"),
 }
 # model.block_schedule: the physical layer order the stacked blocks are walked in.
 BLOCK_SCHEDULES = {
@@ -44,16 +54,16 @@ BLOCK_SCHEDULES = {
     "repeat_in_place": f"{_MODEL}.topology:repeat_in_place_layers",
 }
 # model.attention: the attention module of a block.
-ATTENTION = {"gqa": f"{_MODEL}.attention:GQA", "mla": f"{_MODEL}.mla:MLA"}
+ATTENTION = {"gqa": f"{_MODEL}.attention:GQA", "mla": Variant(f"{_MODEL}.mla:MLA", f"{_MOPT}:MLA")}
 # model.linear (and model.mlp_linear): how a block linear's weight is stored and materialized.
 LINEAR = {
     "dense": f"{_MODEL}.layers:DenseLinear",
-    "lowrank": f"{_MODEL}.lowrank:LowRankLinear",
-    "monarch": f"{_MODEL}.monarch:MonarchLinear",
-    "rlma": f"{_MODEL}.rlma:RLMALinear",
+    "lowrank": Variant(f"{_MODEL}.lowrank:LowRankLinear", f"{_MOPT}:LowRank"),
+    "monarch": Variant(f"{_MODEL}.monarch:MonarchLinear", f"{_MOPT}:Monarch"),
+    "rlma": Variant(f"{_MODEL}.rlma:RLMALinear", f"{_MOPT}:RLMA"),
 }
 # model.mixers: the block of a layer by its token mixer (each mixer's layers are stacked apart).
-MIXERS = {"attn": f"{_MODEL}.gpt:Block", "s4d_lin": f"{_MODEL}.ssm:SSMBlock"}
+MIXERS = {"attn": f"{_MODEL}.gpt:Block", "s4d_lin": Variant(f"{_MODEL}.ssm:SSMBlock", f"{_MOPT}:S4DLin")}
 # model.attention_impl: the causal attention kernel ("auto" picks one per backend and dtype).
 ATTENTION_IMPLS = {
     "xla": f"{_MODEL}.attention:xla_attention",
@@ -73,15 +83,65 @@ ORTHOGONALIZERS = {
     "gram_newton_schulz": "pgolf_jax.optim.orthogonalize:gram_newton_schulz",
 }
 # train.objective: the training loss built from the model's outputs.
-OBJECTIVES = {"ce": "pgolf_jax.train.objectives:CrossEntropy", "distill": "pgolf_jax.train.objectives:Distill"}
+OBJECTIVES = {
+    "ce": "pgolf_jax.train.objectives:CrossEntropy",
+    "distill": Variant("pgolf_jax.train.objectives:Distill", "pgolf_jax.train.options:Distill"),
+}
+# eval.final_modes: the evaluations of the round-tripped artifact, in order (the last one is the score).
+EVAL_MODES = {
+    "plain": "pgolf_jax.evaluation.modes:plain",
+    "sliding": "pgolf_jax.evaluation.modes:sliding",
+    "ttt": Variant("pgolf_jax.evaluation.ttt:full_ttt_mode", "pgolf_jax.evaluation.options:TTT"),
+    "lora_ttt": Variant("pgolf_jax.evaluation.lora:lora_ttt_mode", "pgolf_jax.evaluation.options:LoRATTT"),
+}
+# quant.scheme: how the trained weights become the artifact's integers.
+QUANT_SCHEMES = {
+    "int8_per_row": "pgolf_jax.quant.schemes:int8_per_row",
+    "gptq": Variant("pgolf_jax.quant.schemes:gptq", "pgolf_jax.quant.options:GPTQ"),
+    "rtn": "pgolf_jax.quant.schemes:rtn",
+}
 
-# config field -> registry (what config validation checks).
+# config field -> registry (what config validation checks, and what selects a variant's options).
 FIELDS = {
     "model.family": FAMILIES, "model.topology": TOPOLOGIES, "model.block_schedule": BLOCK_SCHEDULES,
-    "model.attention": ATTENTION, "model.linear": LINEAR, "model.activation": ACTIVATIONS,
-    "model.weight_source": WEIGHT_SOURCES,
+    "model.attention": ATTENTION, "model.linear": LINEAR, "model.mlp_linear": LINEAR, "model.mixers": MIXERS,
+    "model.activation": ACTIVATIONS, "model.weight_source": WEIGHT_SOURCES,
     "optim.orthogonalizer": ORTHOGONALIZERS, "train.objective": OBJECTIVES,
+    "eval.final_modes": EVAL_MODES, "quant.scheme": QUANT_SCHEMES,
 }
+# Fields that name several entries: comma-separated, each optionally `name*count`; "" = none.
+LIST_FIELDS = ("model.mixers", "eval.final_modes")
+OPTIONAL_FIELDS = ("model.mlp_linear", "model.mixers")  # "" selects nothing (the default applies)
+
+
+def names(key: str, value: str) -> list[str]:
+    """The registry keys a field's value selects, in order (list fields: `a,b*2` -> [a, b])."""
+    if key not in LIST_FIELDS:
+        return [value] if value else []
+    return [item.partition("*")[0].strip() for item in value.split(",") if item.strip()]
+
+
+def options_path(section: str, name: str) -> str | None:
+    """The options class of the entry `name` of a registry of `section` (None: it has none)."""
+    for key, reg in FIELDS.items():
+        entry = reg.get(name) if key.startswith(section + ".") else None
+        if isinstance(entry, Variant):
+            return entry.options
+    return None
+
+
+def option_names(section: str) -> dict[str, str]:
+    """Every entry of the section's registries that has options: name -> options class path."""
+    found = {}
+    for key, reg in FIELDS.items():
+        if key.startswith(section + "."):
+            found.update({name: e.options for name, e in reg.items() if isinstance(e, Variant)})
+    return found
+
+
+def load(target: str):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def resolve(registry: dict[str, str], key: str):
@@ -90,5 +150,4 @@ def resolve(registry: dict[str, str], key: str):
         target = registry[key]
     except KeyError:
         raise KeyError(f"{key!r} is not registered; choose from {', '.join(registry)}") from None
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return load(target.impl if isinstance(target, Variant) else target)

@@ -58,7 +58,7 @@ class Run:
         return self.cfg.train.seed
 
     def flat(self) -> dict:
-        return {f"{s}.{k}": v for s, sec in config_lib.to_dict(self.cfg).items() for k, v in sec.items()}
+        return config_lib.flat_dict(self.cfg)
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
@@ -234,11 +234,10 @@ def _readme(name: str, runs: list[Run], sub: dict, cfg: Config, sig: dict | None
               "imported, minified, lzma, base85; it is the whole program)",
               f"- total: {r0['bytes_total']:,} of {CAP_BYTES:,}", "",
               "## Configuration", "", "Everything not listed is the reference baseline's default.", "", "```"]
-    default = config_lib.to_dict(Config())
-    for s, sec in config_lib.to_dict(cfg).items():
-        for k, v in sec.items():
-            if default[s][k] != v and f"{s}.{k}" not in _PER_RUN:
-                lines.append(f"{s}.{k}={v!r}")
+    default = config_lib.flat_dict(Config())  # a variant the baseline does not select: all its options listed
+    for key, v in config_lib.flat_dict(cfg).items():
+        if (key not in default or default[key] != v) and key not in _PER_RUN:
+            lines.append(f"{key}={v!r}")
     lines += ["```", "", "## Compliance", ""]
     lines += [f"- {k}: {v}" for k, v in sub["compliance"].items()]
     lines += ["", "## Reproduction", "", "```bash", "pip install -r requirements.txt   # + jax[cuda12] on GPUs",

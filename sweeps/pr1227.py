@@ -10,7 +10,7 @@ BASE = "../configs/pr1227/local.py"
 OVERRIDES = {"train.train_seq_len": 256, "train.train_batch_tokens": 4096, "train.iterations": 300,
              "train.train_log_every": 25}
 _DISTILL = {"model.num_layers": 4, "train.objective": "distill",
-            "train.teacher": "runs/sweeps/pr1227/runs/teacher-s1337"}
+            "train.distill.teacher": "runs/sweeps/pr1227/runs/teacher-s1337"}
 _INT5 = {"quant.grid": "affine", "quant.scheme": "rtn", "quant.attn_bits": 5, "quant.mlp_bits": 5}
 VARIANTS = {
     "local": {},
@@ -20,15 +20,15 @@ VARIANTS = {
     "posthoc_int5": dict(_INT5),
     "qat_int5": {**_INT5, "quant.qat": True},
     "qat_nf5": {**_INT5, "quant.qat": True, "quant.grid": "nf"},
-    "ssm2_hybrid": {"model.mixers": "s4d_lin*2", "model.ssm_kernel": 64},
+    "ssm2_hybrid": {"model.mixers": "s4d_lin*2", "model.s4d_lin.kernel": 64},
     "denseformer": {"model.topology": "denseformer"},
-    "monarch_mlp": {"model.mlp_linear": "monarch", "model.monarch_blocks": 16},
+    "monarch_mlp": {"model.mlp_linear": "monarch", "model.monarch.blocks": 16},
     "teacher": {"model.model_dim": 256, "model.num_heads": 8, "model.num_kv_heads": 8},
     "student": {"model.num_layers": 4},
-    "distill_T2_a0.5": {**_DISTILL, "train.distill_temperature": 2.0, "train.distill_alpha": 0.5},
-    "distill_T2_a0.3": {**_DISTILL, "train.distill_temperature": 2.0, "train.distill_alpha": 0.3},
-    "distill_T4_a0.5": {**_DISTILL, "train.distill_temperature": 4.0, "train.distill_alpha": 0.5},
-    "distill_T4_a0.3": {**_DISTILL, "train.distill_temperature": 4.0, "train.distill_alpha": 0.3},
+    "distill_T2_a0.5": {**_DISTILL, "train.distill.temperature": 2.0, "train.distill.alpha": 0.5},
+    "distill_T2_a0.3": {**_DISTILL, "train.distill.temperature": 2.0, "train.distill.alpha": 0.3},
+    "distill_T4_a0.5": {**_DISTILL, "train.distill.temperature": 4.0, "train.distill.alpha": 0.5},
+    "distill_T4_a0.3": {**_DISTILL, "train.distill.temperature": 4.0, "train.distill.alpha": 0.3},
     "neural_only": {},
     "ngram2": {"eval.ngram_order": 2},
     "ngram4": {"eval.ngram_order": 4},

@@ -17,7 +17,7 @@ OVERRIDES = {
     "model.model_dim": 256,
     "model.num_heads": 4,
     "model.num_kv_heads": 2,
-    "model.linear_rank": 80,
+    "model.rlma.rank": 80,
     "train.train_seq_len": 256,
     "train.train_batch_tokens": 1024,
     "train.batch_spans": 1,
@@ -28,7 +28,7 @@ OVERRIDES = {
 }
 VARIANTS = {
     "delta": {},
-    "contraction": {"model.ut_residual": "contraction"},
+    "contraction": {"model.ut_shared.residual": "contraction"},
     "gpt8": {"model.topology": "unet", "model.num_layers": 8, "model.linear": "dense",
              "model.parallel_residual_start": 0},
     "clip12_85": {},

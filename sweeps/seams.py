@@ -9,16 +9,16 @@ BASE = "../configs/cpu.py"
 OVERRIDES = {}
 VARIANTS = {
     "baseline": {},
-    "mla64": {"model.attention": "mla", "model.mla_latent": 64},
+    "mla64": {"model.attention": "mla", "model.mla.latent_dim": 64},
     "pause4x64": {"model.pause_tokens": 4, "model.pause_interval": 64},
-    "eigen_r32": {"model.linear": "lowrank", "model.linear_rank": 32},
+    "eigen_r32": {"model.linear": "lowrank", "model.lowrank.rank": 32},
     "recur12x2": {"model.block_schedule": "repeat_in_place", "model.num_loops": 1, "model.loop_start": 1,
                   "model.loop_end": 2},
-    "ut_act8": {"model.topology": "act", "model.num_layers": 1, "model.act_max_steps": 8},
+    "ut_act8": {"model.topology": "act", "model.num_layers": 1, "model.act.max_steps": 8},
     "teacher": {"model.num_layers": 6},
     "student": {"model.model_dim": 192},
     "student_distill": {"model.model_dim": 192, "train.objective": "distill",
-                        "train.teacher": "runs/sweeps/seams/runs/teacher-s1337"},
+                        "train.distill.teacher": "runs/sweeps/seams/runs/teacher-s1337"},
 }
 SEEDS = [1337]
 CONTROL = "baseline"

@@ -77,8 +77,8 @@ def test_sliding_scores_each_target_with_its_window_context(tiny):
         assert nll[j] == pytest.approx(float(ref), rel=1e-5, abs=1e-6)
 
 
-EVAL = C.EvalConfig(ttt_chunk_tokens=256, ttt_batch_seqs=4, ttt_epochs=2, ttt_lr=0.05, eval_batch_seqs=8,
-                    lora_chunk_tokens=32, lora_batch_docs=4, lora_lr=0.05, lora_rank=4, lora_alpha=4.0)
+EVAL = C.EvalConfig().replace(eval_batch_seqs=8, ttt=dict(chunk_tokens=256, batch_seqs=4, epochs=2, lr=0.05), lora_ttt=dict(chunk_tokens=32, batch_docs=4, lr=0.05, rank=4, alpha=4.0,
+                                                                       phase_chunk_tokens=256, phase_batch_seqs=4))
 
 
 def _ttt_nll(model, params, tokens, mode, cfg=EVAL):
@@ -110,7 +110,7 @@ def test_ttt_learns_a_repeating_stream(tiny):
     tokens = np.r_[np.tile(seg, 10), seg[:1]].astype(np.int32)
     ev = Evaluator(model, tokens, LUTS, 64, 64 * 8, stride=32)
     base = ev.score(params) / ev.total
-    cfg = dataclasses.replace(EVAL, ttt_lr=0.2, ttt_epochs=4)
+    cfg = EVAL.replace(ttt=dict(lr=0.2, epochs=4))
     res, _, _, info = full_ttt(model, params, ev, cfg, log=lambda *a: None)
     assert info["train_steps"] == 16 and res.val_loss < base - 0.5  # 4 trained chunks x 4 epochs
 
@@ -158,9 +158,9 @@ def test_lora_ttt_on_a_looped_model_has_an_adapter_per_pass():
     params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
     tokens = stream(601)
     for targets in ("q,k,v,o,mlp,head", "q,k,v,o_par,mlp_par,head"):  # ours, the records' placement
-        cfg = dataclasses.replace(EVAL, lora_targets=targets)
+        cfg = EVAL.replace(lora_ttt=dict(targets=targets))
         res, nll = _ttt_nll(model, params, tokens, "lora_ttt", cfg)
-        _, frozen = _ttt_nll(model, params, tokens, "lora_ttt", dataclasses.replace(cfg, lora_lr=0.0))
+        _, frozen = _ttt_nll(model, params, tokens, "lora_ttt", cfg.replace(lora_ttt=dict(lr=0.0)))
         assert res.val_tokens == len(tokens) - 1 and np.all(np.isfinite(nll)) and np.all(nll > 0)
         np.testing.assert_array_equal(nll[:32], frozen[:32])  # first chunk: adapters still zero
         assert np.abs(nll - frozen).max() > 1e-4, targets  # later chunks see trained adapters
@@ -170,8 +170,7 @@ def test_lora_adamw_step():
     """beta1 = 0 makes the first moment the gradient; decoupled decay scales a zero-gradient
     adapter by exactly (1 - lr wd); wd = 0 with a zero gradient leaves it unchanged."""
     from pgolf_jax.evaluation.ttt import lora_update
-    cfg = dataclasses.replace(EVAL, lora_optimizer="adam", lora_beta1=0.0, lora_beta2=0.999, lora_eps=1e-10,
-                              lora_wd=1.0)
+    cfg = EVAL.replace(lora_ttt=dict(optimizer='adam', beta1=0.0, beta2=0.999, eps=1e-10, wd=1.0))
     a = {"A": jnp.full((3, 4), 2.0)}
     zeros = jax.tree.map(jnp.zeros_like, a)
     new, _ = lora_update(a, (zeros, zeros, 0), zeros, 0.1, cfg)
@@ -179,16 +178,16 @@ def test_lora_adamw_step():
     g = {"A": jnp.arange(12.0).reshape(3, 4) - 5.0}
     _, (m, v, n) = lora_update(a, (zeros, zeros, 0), g, 0.1, cfg)
     np.testing.assert_array_equal(m["A"], g["A"])
-    same, _ = lora_update(a, (zeros, zeros, 0), zeros, 0.1, dataclasses.replace(cfg, lora_wd=0.0))
+    same, _ = lora_update(a, (zeros, zeros, 0), zeros, 0.1, cfg.replace(lora_ttt=dict(wd=0.0)))
     np.testing.assert_array_equal(same["A"], a["A"])
 
 
 def test_lora_warm_start_keeps_a_across_document_batches(tiny):
     model, params = tiny
     tokens = stream()
-    cfg = dataclasses.replace(EVAL, lora_optimizer="adam", lora_lr=0.01, lora_batch_docs=2)
+    cfg = EVAL.replace(lora_ttt=dict(optimizer='adam', lr=0.01, batch_docs=2))
     _, cold = _ttt_nll(model, params, tokens, "lora_ttt", cfg)
-    res, warm = _ttt_nll(model, params, tokens, "lora_ttt", dataclasses.replace(cfg, lora_warm_start_a=True))
+    res, warm = _ttt_nll(model, params, tokens, "lora_ttt", cfg.replace(lora_ttt=dict(warm_start_a=True)))
     first_batch_end = 2 * 150  # documents of 150 tokens, two per batch
     np.testing.assert_array_equal(warm[:first_batch_end], cold[:first_batch_end])
     assert np.abs(warm[first_batch_end:] - cold[first_batch_end:]).max() > 1e-5
@@ -198,7 +197,7 @@ def test_lora_warm_start_keeps_a_across_document_batches(tiny):
 def test_phased_lora_ttt_trains_the_base_on_scored_documents(tiny):
     model, params = tiny
     tokens = stream(1201)
-    cfg = dataclasses.replace(EVAL, lora_phases=2, lora_phase_prefix_docs=4, lora_phase_lr=0.05)
+    cfg = EVAL.replace(lora_ttt=dict(phases=2, phase_prefix_docs=4, phase_lr=0.05))
     res, nll = _ttt_nll(model, params, tokens, "lora_ttt", cfg)
     _, plain_nll = _ttt_nll(model, params, tokens, "lora_ttt")
     np.testing.assert_array_equal(nll[:600], plain_nll[:600])  # before the first phase: identical
@@ -237,8 +236,8 @@ def test_final_modes_through_the_main_job(sample_data, tmp_path, capsys):
     from pgolf_jax.cli import main
     over = [f"{k}={v}" for k, v in sample_data["overrides"].items()]
     assert main(["--config", TINY, *over, f"train.out_dir={tmp_path}", "train.run_id=e", "train.iterations=4",
-                 "eval.final_modes=plain,sliding,ttt,lora_ttt", "eval.eval_stride=32", "eval.ttt_chunk_tokens=2048",
-                 "eval.ttt_batch_seqs=8", "eval.ttt_epochs=1", "eval.lora_chunk_tokens=32", "eval.lora_batch_docs=8",
+                 "eval.final_modes=plain,sliding,ttt,lora_ttt", "eval.eval_stride=32", "eval.ttt.chunk_tokens=2048",
+                 "eval.ttt.batch_seqs=8", "eval.ttt.epochs=1", "eval.lora_ttt.chunk_tokens=32", "eval.lora_ttt.batch_docs=8",
                  "eval.ngram_order=4", "eval.val_tokens_limit=4096", "train.progress=true"]) == 0
     err = capsys.readouterr().err
     for label in ("eval:plain [", "eval:sliding [", "eval:ttt [", "eval:lora_ttt ["):  # progress with an ETA

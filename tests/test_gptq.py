@@ -110,7 +110,7 @@ def test_gptq_run_with_bigram_untied_head_and_shuffled_loader(sample_data, tmp_p
     over = [f"{k}={v}" for k, v in sample_data["overrides"].items()]
     assert main(["--config", TINY, *over, f"train.out_dir={tmp_path}", "train.run_id=b", "train.iterations=2",
                  "model.bigram_vocab_size=128", "model.tie_embeddings=false", "quant.scheme=gptq", "data.loader=shuffled",
-                 "quant.keep_float_max_numel=1000", "quant.gptq_calibration_batches=1"]) == 0
+                 "quant.keep_float_max_numel=1000", "quant.gptq.calibration_batches=1"]) == 0
     log = (tmp_path / "b" / "log.txt").read_text()
     assert "final_roundtrip val_loss:" in log and "(no wall-clock cap: no budget to count it against)" in log
     # `eval --run` finds the GPTQ artifact the run wrote and reproduces its score.
@@ -209,7 +209,7 @@ def test_quantize_verb_requantizes_a_run(sample_data, tmp_path, capsys):
     capsys.readouterr()
     run = tmp_path / "r"
     assert main(["quantize", "--run", str(run), "quant.scheme=gptq", "quant.keep_float_max_numel=1000",
-                 "quant.gptq_calibration_batches=2", "quant.embed_bits=6", "quant.lqer_rank=2"]) == 0
+                 "quant.gptq.calibration_batches=2", "quant.embed_bits=6", "quant.lqer_rank=2"]) == 0
     out = capsys.readouterr().out
     (qdir,) = run.glob("quantize-*")
     summary = json.loads((qdir / "summary.json").read_text())

@@ -64,8 +64,8 @@ def test_main_job_gptq_sliding_ttt_on_gpu(sample_data, tmp_path):
     over = [f"{k}={v}" for k, v in sample_data["overrides"].items()]
     assert main(["--config", os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"), *over,
                  f"train.out_dir={tmp_path}", "train.run_id=gpu", "train.iterations=30", "train.progress=false",
-                 "quant.scheme=gptq", "quant.gptq_calibration_batches=2", "eval.final_modes=plain,sliding,ttt",
-                 "eval.eval_stride=32", "eval.ttt_chunk_tokens=4096"]) == 0
+                 "quant.scheme=gptq", "quant.gptq.calibration_batches=2", "eval.final_modes=plain,sliding,ttt",
+                 "eval.eval_stride=32", "eval.ttt.chunk_tokens=4096"]) == 0
     sub = json.loads((tmp_path / "gpu" / "submission.json").read_text())
     assert "cpu" not in sub["hardware"].lower()
     modes = sub["final_modes"]

@@ -6,7 +6,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "pgolf_jax"
 # Lower stages never import higher ones; train and evaluation sit side by side (neither imports the
 # other); the rank-0 foundation modules may use each other (the cycle test still applies).
-RANK = {"config": 0, "registry": 0, "errors": 0, "fsio": 0, "runlog": 0, "dist": 0, "provenance": 0, "data": 1, "model": 2, "optim": 3,
+RANK = {"config": 0, "registry": 0, "errors": 0, "options": 0, "renames": 0, "fsio": 0, "runlog": 0, "dist": 0, "provenance": 0, "data": 1, "model": 2, "optim": 3,
         "quant": 4, "train": 5, "evaluation": 5, "pipeline": 6, "bench": 7, "sweep": 7, "submit": 7, "hardware": 7, "cli": 8, "hyper": 0, "plots": 0,
         "__main__": 9}
 
@@ -47,9 +47,36 @@ def test_every_module_belongs_to_a_ranked_stage():
     assert {m.split(".")[0] for m in _graph() if m} <= set(RANK)
 
 
+def _rank(module: str) -> int:
+    """A stage's options module (its config section and variant options, JAX-free) is rank 0: config
+    imports it, and it imports only rank-0 modules."""
+    return 0 if module.endswith(".options") else RANK[module.split(".")[0]]
+
+
 def test_imports_go_one_way():
     bad = [f"{a} -> {b}" for a, deps in _graph().items() if a for b in deps
-           if a.split(".")[0] != b.split(".")[0] and RANK[b.split(".")[0]] >= RANK[a.split(".")[0]] > 0]
+           if a.split(".")[0] != b.split(".")[0] and _rank(b) >= _rank(a) > 0]
+    assert not bad, bad
+
+
+def _strings(path: Path) -> set[str]:
+    """pgolf_jax module paths named in string literals ("pgolf_jax.x.y" or "pgolf_jax.x.y:attr")."""
+    return {node.value.split(":")[0].removeprefix("pgolf_jax.") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("pgolf_jax.")}
+
+
+def test_config_layer_reaches_no_stage():
+    """config, options, renames and the stages' options modules import (statically or by string) only
+    rank-0 modules; an options module may read a table of its own stage (by string, lazily)."""
+    bad = []
+    for path in PKG.rglob("*.py"):
+        module = _module(path)
+        if module not in ("config", "options", "renames") and not module.endswith(".options"):
+            continue
+        own = module.split(".")[0] if module.endswith(".options") else None
+        for dep in (_imports(path) | _strings(path)) - {""}:
+            if _rank(dep) and dep.split(".")[0] != own:
+                bad.append(f"{module} -> {dep}")
     assert not bad, bad
 
 

@@ -174,10 +174,10 @@ REGISTRY_ENTRIES = [(field.split(".")[1], key) for field, reg in registry.FIELDS
 @pytest.mark.parametrize("kind,key", REGISTRY_ENTRIES)
 def test_every_registry_entry_trains(kind, key):
     """Each registered model variant builds, gives finite logits and a finite non-zero gradient."""
-    shape = {"act": {"num_layers": 1}, "mla": {"mla_latent": 16}, "lowrank": {"linear_rank": 8},
-             "ut_shared": {"num_layers": 3, "ut_iterations": 2}, "monarch": {"monarch_blocks": 4},
-             "rlma": {"linear_rank": 8, "num_layers": 2}}.get(key, {})
-    cfg = dataclasses.replace(TINY, **{kind: key}, **shape)
+    shape = {"act": {"num_layers": 1}, "mla": {"mla": {"latent_dim": 16}}, "lowrank": {"lowrank": {"rank": 8}},
+             "ut_shared": {"num_layers": 3, "ut_shared": {"iterations": 2}}, "monarch": {"monarch": {"blocks": 4}},
+             "rlma": {"rlma": {"rank": 8}, "num_layers": 2}}.get(key, {})
+    cfg = TINY.replace(**{kind: key}, **shape)
     model = M.build_model(cfg)
     params = perturbed(model)
     ids = jax.random.randint(jax.random.key(6), (2, 16), 0, cfg.vocab_size)

@@ -72,7 +72,7 @@ def test_s4d_kernel_formula_blocked_conv_and_causality():
 
 
 def test_ssm_hybrid_layers_are_their_own_segment_and_causal():
-    cfg = dataclasses.replace(TINY, mixers="s4d_lin*2", ssm_kernel=8)
+    cfg = TINY.replace(mixers='s4d_lin*2', s4d_lin=dict(kernel=8))
     assert C.layer_mixers(cfg) == ("s4d_lin", "s4d_lin", "attn")
     model = build_model(cfg)
     shapes = jax.eval_shape(model.init, jax.random.key(0))
@@ -139,7 +139,7 @@ def test_denseformer_at_init_is_the_plain_stack():
 # Monarch, GEGLU
 
 def test_monarch_is_the_factored_product_and_its_size():
-    cfg = dataclasses.replace(TINY, monarch_blocks=4)
+    cfg = TINY.replace(monarch=dict(blocks=4))
     for in_f, out_f in ((8, 16), (16, 8)):
         lin = MonarchLinear(in_f, out_f, init="uniform", quant="mlp", cfg=cfg, rngs=nnx.Rngs(params=0))
         b, p, s, q = 4, in_f // 4, out_f // 4, min(in_f, out_f) // 4
@@ -165,7 +165,7 @@ def test_monarch_is_the_factored_product_and_its_size():
 
 
 def test_monarch_factors_are_quantized_by_rtn_when_gptq_has_no_hessian():
-    cfg = dataclasses.replace(TINY, mlp_linear="monarch", monarch_blocks=4)
+    cfg = TINY.replace(mlp_linear='monarch', monarch=dict(blocks=4))
     model = build_model(cfg)
     params = perturbed(model)
     specs = flat_specs(model.param_specs(), params)

@@ -86,7 +86,7 @@ def test_flops_count_what_a_token_multiplies():
 # ---------------------------------------------------------------------------------------------
 # weight_source=basis
 
-BASIS = dataclasses.replace(TINY, weight_source="basis", basis_rank=8)
+BASIS = TINY.replace(weight_source='basis', basis=dict(rank=8))
 
 
 def test_basis_weights_are_one_shared_u_times_per_layer_c():
@@ -123,16 +123,16 @@ def test_basis_init_is_the_shared_svd_with_zero_output_coefficients():
 # Generated weights: never parameters, and they enter the blocks exactly as stored weights would
 
 GENERATORS = {
-    "hypernet": dict(hypernet_rank=4, hypernet_hidden=16, hypernet_embed_dim=8),
-    "siren": dict(siren_hidden=16, siren_chunk=1000),
-    "nca": dict(nca_steps=3, nca_hidden=16),
-    "seed": dict(seed_dim=16, seed_chunk=3000),
+    "hypernet": dict(rank=4, hidden=16, embed_dim=8),
+    "siren": dict(hidden=16, chunk=1000),
+    "nca": dict(steps=3, hidden=16),
+    "seed": dict(dim=16, chunk=3000),
 }
 
 
 @pytest.mark.parametrize("source", list(GENERATORS))
 def test_generated_weights_are_not_parameters_and_act_as_stored_weights(source):
-    cfg = dataclasses.replace(TINY, weight_source=source, **GENERATORS[source])
+    cfg = TINY.replace(weight_source=source, **{source: GENERATORS[source]})
     model, plain = build_model(cfg), build_model(TINY)
     params = perturbed(model)
     assert set(params["blocks"]["attn"]) == {"q_gain"} and "mlp" not in params["blocks"]
@@ -151,7 +151,7 @@ def test_generated_weights_are_not_parameters_and_act_as_stored_weights(source):
 
 
 def test_hypernet_weights_are_the_heads_low_rank_factors():
-    cfg = dataclasses.replace(TINY, weight_source="hypernet", **GENERATORS["hypernet"])
+    cfg = TINY.replace(weight_source="hypernet", hypernet=GENERATORS["hypernet"])
     model = build_model(cfg)
     params = perturbed(model)
     g = jax.tree.map(np.asarray, params["gen"])
@@ -168,12 +168,12 @@ def test_hypernet_weights_are_the_heads_low_rank_factors():
 
 
 def test_siren_is_chunked_and_never_builds_the_full_activation():
-    cfg = dataclasses.replace(TINY, weight_source="siren", **GENERATORS["siren"])
+    cfg = TINY.replace(weight_source="siren", siren=GENERATORS["siren"])
     model = build_model(cfg)
     params = perturbed(model, scale=0.01)
     gen = lambda p, c: model.module(p).weight_source.generate(model.module(p), None)  # noqa: E731
     small = jax.jit(gen, static_argnums=1)(params, 0)
-    big = build_model(dataclasses.replace(cfg, siren_chunk=10 ** 6))
+    big = build_model(cfg.replace(siren=dict(chunk=10 ** 6)))
     full = jax.jit(lambda p: big.module(p).weight_source.generate(big.module(p), None))(params)
     for k in small:
         np.testing.assert_allclose(np.asarray(small[k]), np.asarray(full[k]), rtol=1e-5, atol=1e-6)
@@ -191,11 +191,11 @@ def test_siren_is_chunked_and_never_builds_the_full_activation():
         return sum(jnp.sum(w ** 2) for w in gen(p, 0).values())
 
     temp = jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
-    assert temp < n * cfg.siren_hidden * 4  # under one (all coordinates x hidden) fp32 temporary (unchunked: ~8x it)
+    assert temp < n * cfg.siren.hidden * 4  # under one (all coordinates x hidden) fp32 temporary (unchunked: ~8x it)
 
 
 def test_nca_is_stochastic_in_training_and_deterministic_in_eval():
-    cfg = dataclasses.replace(TINY, weight_source="nca", **GENERATORS["nca"])
+    cfg = TINY.replace(weight_source="nca", nca=GENERATORS["nca"])
     model = build_model(cfg)
     params = perturbed(model)  # the rule's zero last layer nudged: updates are not zero
 
@@ -213,8 +213,8 @@ def test_nca_is_stochastic_in_training_and_deterministic_in_eval():
     g = jax.tree.map(np.asarray, params["gen"])
     slots = generated_slots(model.module(params))
     total = sum(int(np.prod(s)) for s in slots.values())
-    s = 0.02 * np.asarray(jax.random.normal(jax.random.key(cfg.generator_seed), (-(-total // 16), 16)))
-    for _ in range(cfg.nca_steps):
+    s = 0.02 * np.asarray(jax.random.normal(jax.random.key(cfg.nca.generator_seed), (-(-total // 16), 16)))
+    for _ in range(cfg.nca.steps):
         p_ = np.concatenate([s, s - np.roll(s, 1, 0), s - np.roll(s, -1, 0)], -1)
         h = np.maximum(p_ @ g["fc1"]["weight"].T + g["fc1"]["bias"], 0)
         h = np.maximum(h @ g["fc2"]["weight"].T + g["fc2"]["bias"], 0)
@@ -236,7 +236,7 @@ def test_seed_weights_are_theta0_plus_unit_column_p_times_phi_and_cost_no_bytes(
     assert np.array_equal(np.asarray(expand(phi, n, chunk, 7)), np.asarray(expand(phi, n, chunk, 7)))
     assert not np.allclose(np.asarray(expand(phi, n, chunk, 8)), np.asarray(expand(phi, n, chunk, 7)))
     # 0 bytes: the only stored generator tensor is phi.
-    model = build_model(dataclasses.replace(TINY, weight_source="seed", **GENERATORS["seed"]))
+    model = build_model(TINY.replace(weight_source="seed", seed=GENERATORS["seed"]))
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     assert jax.tree.map(lambda a: a.shape, shapes["gen"]) == {"phi": (16,)}
     assert "mlp" not in shapes["blocks"] and set(shapes["blocks"]["attn"]) == {"q_gain"}
@@ -245,7 +245,7 @@ def test_seed_weights_are_theta0_plus_unit_column_p_times_phi_and_cost_no_bytes(
 # ---------------------------------------------------------------------------------------------
 # Non-GPT families
 
-MPS = dataclasses.replace(TINY, family="mps", mps_bond_dim=6, mps_pos_dim=4, mps_max_len=32)
+MPS = TINY.replace(family='mps', mps=dict(bond_dim=6, pos_dim=4, max_len=32))
 
 
 def test_mps_is_the_left_to_right_bond_contraction():
@@ -298,8 +298,7 @@ def test_agents_train_on_every_strided_position_and_evaluate_on_all():
     from pgolf_jax.train.objectives import CrossEntropy, weighted_mean
     from pgolf_jax.model.gpt import token_nll
 
-    cfg = dataclasses.replace(TINY, family="agents", num_layers=2, agents_local_ctx=4, agents_loss_stride=8,
-                              agents_decoder_hidden=32)
+    cfg = TINY.replace(family='agents', num_layers=2, agents=dict(local_ctx=4, loss_stride=8, decoder_hidden=32))
     model = build_model(cfg)
     params = perturbed(model)
     x, y = ids(), ids(seed=1)
@@ -316,7 +315,7 @@ def test_agents_train_on_every_strided_position_and_evaluate_on_all():
 # ---------------------------------------------------------------------------------------------
 # SURGE-M v2
 
-SURGE = dataclasses.replace(TINY, family="surge_m", surge_layer=1, surge_chunk=8, surge_d_err=8, surge_d_state=8)
+SURGE = TINY.replace(family='surge_m', surge_m=dict(layer=1, chunk=8, d_err=8, d_state=8))
 
 
 def test_wy_correction_equals_the_explicit_per_chunk_matrices():
@@ -362,7 +361,7 @@ def test_surge_uv_zero_init_is_the_symmetry_trap():
     x = ids()
 
     def grads(std):
-        model = build_model(dataclasses.replace(SURGE, surge_uv_init_std=std))
+        model = build_model(SURGE.replace(surge_m=dict(uv_init_std=std)))
         params = perturbed(model, scale=0.05)
         meta = params["meta"]
         for head in ("u_head", "v_head"):
@@ -377,7 +376,7 @@ def test_surge_uv_zero_init_is_the_symmetry_trap():
 
 
 def test_surge_single_pass_with_no_update_is_the_gpt_and_both_modes_are_causal():
-    single = dataclasses.replace(SURGE, surge_mode="single")
+    single = SURGE.replace(surge_m=dict(mode='single'))
     model, gpt = build_model(single), build_model(TINY)
     params = perturbed(model)
     params["meta"]["u_head"] = jax.tree.map(jnp.zeros_like, params["meta"]["u_head"])
@@ -419,9 +418,9 @@ def test_adamw_group_has_its_own_lr_decay_and_clip():
     ({"model.weight_source": "seed", "model.linear": "lowrank"}, "makes the block linears itself"),
     ({"model.weight_source": "nca", "eval.final_modes": "lora_ttt"}, "stores none"),
     ({"model.family": "surge_m", "model.num_loops": 1, "model.loop_end": 1}, "model.num_loops=1 is not supported"),
-    ({"model.family": "surge_m", "model.surge_layer": 9}, "model.surge_layer=9"),
+    ({"model.family": "surge_m", "model.surge_m.layer": 9}, "model.surge_m.layer=9"),
     ({"model.family": "mps", "train.train_seq_len": 2048, "train.train_batch_tokens": 16384},
-     "model.mps_max_len=1024"),
+     "model.mps.max_len=1024"),
     ({"model.weight_source": "nope"}, "is not registered"),
 ])
 def test_issue13_config_errors_name_the_field(overrides, message):

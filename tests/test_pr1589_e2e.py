@@ -19,20 +19,20 @@ TINY = {"model.num_layers": 2, "model.model_dim": 64, "model.num_heads": 4, "mod
         "train.progress": "false", "eval.val_batch_size": 4096, "eval.val_loss_every": 0,
         "eval.val_tokens_limit": 8192}
 SHAPES = {
-    "basis_r128": {"model.basis_rank": 8, "quant.scheme": "gptq", "quant.gptq_calibration_batches": 1},
-    "basis_r64": {"model.basis_rank": 4},
-    "hypernet_r32": {"model.hypernet_rank": 4, "model.hypernet_hidden": 32, "model.hypernet_embed_dim": 8},
-    "siren_h256": {"model.siren_hidden": 16, "model.siren_chunk": 8192},
-    "nca_50": {"model.nca_steps": 4, "model.nca_hidden": 16},
-    "seed_d2048": {"model.seed_dim": 64, "model.seed_chunk": 8192},
-    "mps_b64": {"model.mps_bond_dim": 8, "model.mps_pos_dim": 8, "model.mps_max_len": 64, "quant.scheme": "rtn"},
+    "basis_r128": {"model.basis.rank": 8, "quant.scheme": "gptq", "quant.gptq.calibration_batches": 1},
+    "basis_r64": {"model.basis.rank": 4},
+    "hypernet_r32": {"model.hypernet.rank": 4, "model.hypernet.hidden": 32, "model.hypernet.embed_dim": 8},
+    "siren_h256": {"model.siren.hidden": 16, "model.siren.chunk": 8192},
+    "nca_50": {"model.nca.steps": 4, "model.nca.hidden": 16},
+    "seed_d2048": {"model.seed.dim": 64, "model.seed.chunk": 8192},
+    "mps_b64": {"model.mps.bond_dim": 8, "model.mps.pos_dim": 8, "model.mps.max_len": 64, "quant.scheme": "rtn"},
     "hopfield_e128": {"model.model_dim": 64, "model.num_layers": 2},
-    "agents_m64": {"model.model_dim": 64, "model.num_layers": 2, "model.agents_local_ctx": 4,
-                   "model.agents_decoder_hidden": 32, "model.agents_loss_stride": 8},
-    "surge_m_v2_twopass": {"model.num_layers": 3, "model.surge_layer": 1, "model.surge_chunk": 16,
-                           "model.surge_d_err": 8, "model.surge_d_state": 8},
-    "surge_m_v2_single": {"model.num_layers": 3, "model.surge_layer": 1, "model.surge_chunk": 16,
-                          "model.surge_d_err": 8, "model.surge_d_state": 8},
+    "agents_m64": {"model.model_dim": 64, "model.num_layers": 2, "model.agents.local_ctx": 4,
+                   "model.agents.decoder_hidden": 32, "model.agents.loss_stride": 8},
+    "surge_m_v2_twopass": {"model.num_layers": 3, "model.surge_m.layer": 1, "model.surge_m.chunk": 16,
+                           "model.surge_m.d_err": 8, "model.surge_m.d_state": 8},
+    "surge_m_v2_single": {"model.num_layers": 3, "model.surge_m.layer": 1, "model.surge_m.chunk": 16,
+                          "model.surge_m.d_err": 8, "model.surge_m.d_state": 8},
 }
 
 

@@ -25,8 +25,7 @@ from pgolf_jax.quant import artifact
 from pgolf_jax.quant.export import quantize_mixed
 from pgolf_jax.quant.interop import flatten_params
 
-UT = C.ModelConfig(vocab_size=96, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=1, attention_impl="xla",
-                   topology="ut_shared", ut_iterations=3, tied_embed_init_std=0.02)
+UT = C.ModelConfig().replace(vocab_size=96, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=1, attention_impl='xla', topology='ut_shared', tied_embed_init_std=0.02, ut_shared=dict(iterations=3))
 
 
 def perturbed(model, seed=1, scale=0.05):
@@ -44,7 +43,7 @@ def perturbed(model, seed=1, scale=0.05):
 
 @pytest.mark.parametrize("residual", ["delta", "contraction"])
 def test_parallel_block_residual_rule(residual):
-    cfg = dataclasses.replace(UT, ut_residual=residual)
+    cfg = UT.replace(ut_shared=dict(residual=residual))
     block = ParallelBlock(cfg, rngs=nnx.Rngs(params=0))
     assert np.all(np.asarray(block.attn_scale[...]) == 0.6) and not hasattr(block, "resid_mix")
     block.attn.proj.weight[...] = 0.1 * jax.random.normal(jax.random.key(1), (32, 32))
@@ -101,7 +100,7 @@ def test_rlma_random_base_is_stable_per_pass_and_the_init_is_alpha_r():
                   random_base("attn.c_k", 1, 2, 48, 64)):
         assert np.abs(np.asarray(other) - R).mean() > 0.1  # another pass, layer or linear: another base
     assert R.std() * 8 == pytest.approx(1.0, rel=0.05)  # N(0, 1) / sqrt(in)
-    cfg = dataclasses.replace(UT, linear="rlma", linear_rank=6)
+    cfg = UT.replace(linear='rlma', rlma=dict(rank=6))
     lin = RLMALinear(64, 48, init="uniform", quant="attn", cfg=cfg, rngs=nnx.Rngs(params=0))
     lin.tap = "attn.c_q"
     assert not np.any(lin.U[...]) and float(lin.alpha[...]) == 1.0 and lin.V[...].shape == (6, 64)
@@ -116,7 +115,7 @@ def test_rlma_random_base_is_stable_per_pass_and_the_init_is_alpha_r():
 
 
 def test_rlma_stores_no_base_and_quantizes_its_factors():
-    cfg = dataclasses.replace(UT, linear="rlma", linear_rank=6)
+    cfg = UT.replace(linear='rlma', rlma=dict(rank=6))
     model = build_model(cfg)
     params = perturbed(model)
     q = params["blocks"]["attn"]["c_q"]

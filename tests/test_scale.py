@@ -57,8 +57,8 @@ def test_two_processes_agree_with_one(sample_data, tmp_path):
     """jax.distributed on loopback: 2 processes x 2 CPU devices (FSDP) train, quantize (GPTQ) and
     evaluate (sliding, TTT, LoRA TTT) like 1 process x 4 (replicated)."""
     common = ["train.iterations=4", "train.warmup_steps=0", "optim.muon_dtype=float32", "quant.scheme=gptq",
-              "quant.gptq_calibration_batches=2", "eval.final_modes=plain,sliding,ttt,lora_ttt", "eval.eval_stride=32",
-              "eval.lora_batch_docs=4"]
+              "quant.gptq.calibration_batches=2", "eval.final_modes=plain,sliding,ttt,lora_ttt", "eval.eval_stride=32",
+              "eval.lora_ttt.batch_docs=4"]
     four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     t = time.perf_counter()

@@ -65,7 +65,7 @@ def test_every_pr1589_preset_resolves():
 # ---------------------------------------------------------------------------------------------
 # linear=lowrank
 
-LOWRANK = dataclasses.replace(TINY, linear="lowrank", linear_rank=8, attn_rank=6)
+LOWRANK = TINY.replace(linear='lowrank', lowrank=dict(rank=8, attn_rank=6))
 
 
 def test_lowrank_weight_is_the_factored_product_of_rank_r():
@@ -98,7 +98,7 @@ def model_apply(module, state, x):
 
 
 def test_lowrank_rank_clipped_and_svd_initialised():
-    cfg = dataclasses.replace(TINY, linear="lowrank", linear_rank=500)
+    cfg = TINY.replace(linear='lowrank', lowrank=dict(rank=500))
     gpt = build_model(cfg).module(jax.jit(build_model(cfg).init)(jax.random.key(0)))
     assert gpt.blocks.attn.c_k.U[...].shape[-1] == 32  # min(in 64, out 32)
     # SVD init: orthonormal columns of U, orthonormal rows of V, descending sigma, no zero init
@@ -134,7 +134,7 @@ def test_lowrank_groups_quant_rules_and_hessians():
 # attention=mla
 
 def test_mla_kv_have_rank_at_most_latent_and_its_size():
-    cfg = dataclasses.replace(TINY, attention="mla", mla_latent=8)
+    cfg = TINY.replace(attention='mla', mla=dict(latent_dim=8))
     model = build_model(cfg)
     params = perturbed(model)
     a = params["blocks"]["attn"]
@@ -146,7 +146,7 @@ def test_mla_kv_have_rank_at_most_latent_and_its_size():
     init = jax.jit(model.init)(jax.random.key(0))["blocks"]["attn"]["kv_down"]["weight"][0]
     np.testing.assert_allclose(np.asarray(init @ init.T), np.eye(8), atol=1e-5)  # orthonormal rows
     # #1589's shapes: D 512, kv 256 -> 512 l + 2 * 256 l = 1024 l weights per layer.
-    full = build_model(dataclasses.replace(C.ModelConfig(), attention="mla", mla_latent=128))
+    full = build_model(C.ModelConfig().replace(attention='mla', mla=dict(latent_dim=128)))
     shapes = jax.eval_shape(full.init, jax.random.key(0))["blocks"]["attn"]
     assert sum(int(np.prod(shapes[k]["weight"].shape[1:])) for k in ("kv_down", "k_up", "v_up")) == 1024 * 128
 
@@ -197,7 +197,7 @@ def test_pause_bpb_counts_exactly_the_real_tokens():
 # ---------------------------------------------------------------------------------------------
 # topology=act, topology=plain
 
-ACT_CFG = dataclasses.replace(TINY, topology="act", num_layers=1, act_max_steps=5, act_halt_bias=-1.0)
+ACT_CFG = TINY.replace(topology='act', num_layers=1, act=dict(max_steps=5, halt_bias=-1.0))
 
 
 def _act_run(cfg, seed=2, halt_b=None, once=False):
@@ -224,7 +224,7 @@ def test_act_halting_weights_sum_to_one_and_ponder_counts_steps():
     np.testing.assert_allclose(w.sum(0), 1.0, atol=1e-5)
     steps_run = (w > 0).sum(0)
     ponder = np.asarray(aux["ponder_per_token"])
-    natural = steps_run < ACT_CFG.act_max_steps  # stopped by the threshold: ponder = steps run
+    natural = steps_run < ACT_CFG.act.max_steps  # stopped by the threshold: ponder = steps run
     assert natural.any() and (~natural).any()
     np.testing.assert_allclose(ponder[natural], steps_run[natural])
     forced = ~natural  # stopped by the last iteration: steps plus the remainder it took
@@ -270,11 +270,11 @@ def test_distill_with_alpha_one_is_ce_and_the_teacher_gets_no_gradient():
                                                                           num_kv_heads=1))
     sp, tp = perturbed(student), perturbed(teacher, seed=5)
     x, y = ids(), ids(seed=1)
-    base = C.Config(train=C.TrainConfig(objective="distill", teacher="unused", distill_alpha=1.0))
+    base = C.Config(train=C.TrainConfig().replace(objective='distill', distill=dict(teacher='unused', alpha=1.0)))
     ce, _ = jax.jit(lambda p: CrossEntropy(base)(student, p, x, y, True, None))(sp)
     d1, m1 = jax.jit(lambda p, t: Distill(base, teacher)(student, p, x, y, True, None, t))(sp, tp)
     assert float(d1) == pytest.approx(float(ce), rel=1e-6) and float(m1["kl"]) > 0
-    half = dataclasses.replace(base, train=dataclasses.replace(base.train, distill_alpha=0.5))
+    half = dataclasses.replace(base, train=base.train.replace(distill=dict(alpha=0.5)))
     obj = Distill(half, teacher)
     d5, m5 = jax.jit(lambda p, t: obj(student, p, x, y, True, None, t))(sp, tp)
     assert float(d5) == pytest.approx(0.5 * float(ce) + 0.5 * 4.0 * float(m5["kl"]), rel=1e-5)
@@ -307,11 +307,11 @@ def _run(sample_data, out, run_id, *extra):
 
 
 @pytest.mark.parametrize("name,extra", [
-    ("mla", ["model.attention=mla", "model.mla_latent=16"]),
-    ("lowrank_gptq", ["model.linear=lowrank", "model.linear_rank=8", "quant.scheme=gptq",
-                      "quant.gptq_calibration_batches=2"]),
+    ("mla", ["model.attention=mla", "model.mla.latent_dim=16"]),
+    ("lowrank_gptq", ["model.linear=lowrank", "model.lowrank.rank=8", "quant.scheme=gptq",
+                      "quant.gptq.calibration_batches=2"]),
     ("pause", ["model.pause_tokens=2", "model.pause_interval=16"]),
-    ("act", ["model.topology=act", "model.num_layers=1", "model.act_max_steps=3"]),
+    ("act", ["model.topology=act", "model.num_layers=1", "model.act.max_steps=3"]),
     ("plain", ["model.topology=plain"]),
 ])
 def test_new_entries_run_end_to_end(name, extra, sample_data, tmp_path):
@@ -325,9 +325,9 @@ def test_new_entries_run_end_to_end(name, extra, sample_data, tmp_path):
 
 
 def test_distill_preset_shape_end_to_end(sample_data, tmp_path):
-    """A teacher run, then a student distilled from it (its run dir as train.teacher)."""
+    """A teacher run, then a student distilled from it (its run dir as train.distill.teacher)."""
     _run(sample_data, tmp_path, "teacher", "model.num_layers=3")
-    sub = _run(sample_data, tmp_path, "student", "train.objective=distill", f"train.teacher={tmp_path / 'teacher'}",
+    sub = _run(sample_data, tmp_path, "student", "train.objective=distill", f"train.distill.teacher={tmp_path / 'teacher'}",
                "model.model_dim=32", "model.num_heads=2", "model.num_kv_heads=1")
     log = (tmp_path / "student" / "log.txt").read_text()
     assert "objective:distill teacher:" in log and re.search(r"kl:[\d.]+", log)

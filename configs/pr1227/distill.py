@@ -8,7 +8,7 @@ OVERRIDES = {
     "model.num_heads": 4,
     "model.num_kv_heads": 2,
     "train.objective": "distill",
-    "train.teacher": "runs/pr1227_teacher",
-    "train.distill_alpha": 0.5,
-    "train.distill_temperature": 2.0,
+    "train.distill.teacher": "runs/pr1227_teacher",
+    "train.distill.alpha": 0.5,
+    "train.distill.temperature": 2.0,
 }

@@ -3,4 +3,4 @@ down) as block-diagonal x perfect shuffle x block-diagonal with 16 blocks, 10.7x
 than dense (2b/3 at hidden 2d). #1227: dense beats it."""
 
 BASE = "local.py"
-OVERRIDES = {"model.mlp_linear": "monarch", "model.monarch_blocks": 16}
+OVERRIDES = {"model.mlp_linear": "monarch", "model.monarch.blocks": 16}

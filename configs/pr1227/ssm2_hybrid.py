@@ -5,4 +5,4 @@ segment `blocks_s4d_lin`, so they hold no attention weights. Locally -18 % CE; a
 +2.7 % BPB (1.1682 vs 1.1194)."""
 
 BASE = "local.py"
-OVERRIDES = {"model.mixers": "s4d_lin*2", "model.ssm_kernel": 64}
+OVERRIDES = {"model.mixers": "s4d_lin*2", "model.s4d_lin.kernel": 64}

@@ -4,6 +4,6 @@ position only, evaluation on all. AdamW lr 3e-4, wd 0.01, clip 1.0. 1,269,760 pa
 
 BASE = "baseline.py"
 OVERRIDES = {"model.family": "agents", "model.model_dim": 128, "model.num_layers": 3, "model.num_heads": 4,
-             "model.num_kv_heads": 4, "model.agents_msg_dim": 64, "model.agents_local_ctx": 8,
-             "model.agents_decoder_hidden": 256, "model.agents_loss_stride": 64, "train.warmup_steps": 0,
+             "model.num_kv_heads": 4, "model.agents.msg_dim": 64, "model.agents.local_ctx": 8,
+             "model.agents.decoder_hidden": 256, "model.agents.loss_stride": 64, "train.warmup_steps": 0,
              "optim.adamw_lr": 3e-4, "optim.adamw_wd": 0.01, "optim.grad_clip_norm": 1.0}

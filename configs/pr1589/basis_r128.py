@@ -4,4 +4,4 @@ concatenated random matrices, o / proj coefficients zero. 5,066,824 parameters (
 linears: 393,216 in the six U, 4,128,768 in the C)."""
 
 BASE = "baseline.py"
-OVERRIDES = {"model.weight_source": "basis", "model.basis_rank": 128}
+OVERRIDES = {"model.weight_source": "basis", "model.basis.rank": 128}

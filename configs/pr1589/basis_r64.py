@@ -3,4 +3,4 @@
 which takes every C as 64 x 512 (9 x 6 x 64 x 512 = 1.77 M); the MLP's proj C is 64 x 1024."""
 
 BASE = "basis_r128.py"
-OVERRIDES = {"model.basis_rank": 64}
+OVERRIDES = {"model.basis.rank": 64}

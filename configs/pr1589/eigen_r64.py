@@ -1,4 +1,4 @@
 """#1589 Eigenweight, uniform rank 64 (spec 4.5): every block linear y = ((x V^T) * sigma) U^T."""
 
 BASE = "baseline.py"
-OVERRIDES = {"model.linear": "lowrank", "model.linear_rank": 64}
+OVERRIDES = {"model.linear": "lowrank", "model.lowrank.rank": 64}

@@ -4,5 +4,5 @@ embeddings; AdamW lr 3e-4, wd 0.1, clip 1.0 on all of it. 638,978 parameters. No
 
 BASE = "baseline.py"
 OVERRIDES = {"model.family": "hopfield", "model.model_dim": 128, "model.num_layers": 3, "model.num_heads": 4,
-             "model.num_kv_heads": 4, "model.hopfield_refine_steps": 3, "model.hopfield_refine_alpha": 0.1,
+             "model.num_kv_heads": 4, "model.hopfield.refine_steps": 3, "model.hopfield.refine_alpha": 0.1,
              "optim.adamw_lr": 3e-4, "optim.adamw_wd": 0.1, "optim.grad_clip_norm": 1.0}

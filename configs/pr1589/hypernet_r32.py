@@ -8,6 +8,6 @@ with the artifact-size error (exit 3). The non-record track allows it: run it wi
 quant.allow_oversize=true to keep going and score the round-trip."""
 
 BASE = "baseline.py"
-OVERRIDES = {"model.weight_source": "hypernet", "model.hypernet_rank": 32, "model.hypernet_embed_dim": 64,
-             "model.hypernet_hidden": 512, "optim.adamw_all": True, "optim.adamw_lr": 3e-4,
+OVERRIDES = {"model.weight_source": "hypernet", "model.hypernet.rank": 32, "model.hypernet.embed_dim": 64,
+             "model.hypernet.hidden": 512, "optim.adamw_all": True, "optim.adamw_lr": 3e-4,
              "optim.adamw_wd": 0.0, "optim.grad_clip_norm": 1.0}

@@ -3,5 +3,5 @@ position, contracted left to right over a 64-d bond state with LayerNorm; everyt
 3e-4, betas (0.9, 0.999), wd 0.01, clip 1.0. 4,238,720 parameters. Not a GPT (model.family=mps)."""
 
 BASE = "baseline.py"
-OVERRIDES = {"model.family": "mps", "model.mps_bond_dim": 64, "model.mps_pos_dim": 32, "model.mps_max_len": 1024,
+OVERRIDES = {"model.family": "mps", "model.mps.bond_dim": 64, "model.mps.pos_dim": 32, "model.mps.max_len": 1024,
              "optim.adamw_lr": 3e-4, "optim.adamw_wd": 0.01, "optim.adamw_beta2": 0.999, "optim.grad_clip_norm": 1.0}

@@ -4,5 +4,5 @@ state, whose final state is the block weights; the rule on Adam lr 1e-3, clip 1.
 569,672 parameters (24,832 in the rule)."""
 
 BASE = "baseline.py"
-OVERRIDES = {"model.weight_source": "nca", "model.nca_steps": 50, "model.nca_channels": 16, "model.nca_hidden": 128,
-             "model.nca_update_prob": 0.5, "optim.adamw_lr": 1e-3, "optim.grad_clip_norm": 1.0}
+OVERRIDES = {"model.weight_source": "nca", "model.nca.steps": 50, "model.nca.channels": 16, "model.nca.hidden": 128,
+             "model.nca.update_prob": 0.5, "optim.adamw_lr": 1e-3, "optim.grad_clip_norm": 1.0}

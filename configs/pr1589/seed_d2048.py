@@ -6,5 +6,5 @@ first eval ("too slow"): every step draws 2 x 16.5 M x 2048 normals. Measured on
 same GPT with stored weights."""
 
 BASE = "baseline.py"
-OVERRIDES = {"model.weight_source": "seed", "model.seed_dim": 2048, "model.seed_chunk": 10_000,
-             "model.generator_seed": 42, "optim.adamw_lr": 0.01, "optim.grad_clip_norm": 1.0}
+OVERRIDES = {"model.weight_source": "seed", "model.seed.dim": 2048, "model.seed.chunk": 10_000,
+             "model.seed.generator_seed": 42, "optim.adamw_lr": 0.01, "optim.grad_clip_norm": 1.0}

@@ -5,5 +5,5 @@ no U-Net skips (topology plain here; its residual mix is the GPT's, identity at 
 parameters (135,041 in the SIREN)."""
 
 BASE = "baseline.py"
-OVERRIDES = {"model.weight_source": "siren", "model.siren_hidden": 256, "model.siren_layers": 4,
-             "model.siren_omega": 30.0, "model.topology": "plain", "optim.adamw_lr": 1e-4}
+OVERRIDES = {"model.weight_source": "siren", "model.siren.hidden": 256, "model.siren.layers": 4,
+             "model.siren.omega": 30.0, "model.topology": "plain", "optim.adamw_lr": 1e-4}

@@ -2,4 +2,4 @@
 the PR's best single-pass setting, lr_meta 1e-3 and UV init std 0.05 (1.4408 bpb in 2400 s)."""
 
 BASE = "surge_m_v2_twopass.py"
-OVERRIDES = {"model.surge_mode": "single", "optim.adamw_lr": 1e-3, "model.surge_uv_init_std": 0.05}
+OVERRIDES = {"model.surge_m.mode": "single", "optim.adamw_lr": 1e-3, "model.surge_m.uv_init_std": 0.05}

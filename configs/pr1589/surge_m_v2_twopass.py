@@ -6,7 +6,7 @@ baseline's 1.4351 in 600 s). 5,131,174 parameters (140,162 in the meta-network).
 
 BASE = "baseline.py"
 OVERRIDES = {"model.family": "surge_m", "model.model_dim": 256, "model.num_heads": 4, "model.num_kv_heads": 4,
-             "model.surge_mode": "two_pass", "model.surge_layer": 4, "model.surge_chunk": 64,
-             "model.surge_d_err": 64, "model.surge_d_state": 64, "model.surge_uv_init_std": 0.01,
+             "model.surge_m.mode": "two_pass", "model.surge_m.layer": 4, "model.surge_m.chunk": 64,
+             "model.surge_m.d_err": 64, "model.surge_m.d_state": 64, "model.surge_m.uv_init_std": 0.01,
              "optim.adamw_lr": 3e-4, "optim.adamw_wd": 0.01, "optim.adamw_beta2": 0.999, "optim.adamw_clip": 1.0,
              "optim.grad_clip_norm": 1.0, "train.max_wallclock_seconds": 2400.0}

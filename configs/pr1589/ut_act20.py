@@ -2,4 +2,4 @@
 halting head bias -3, threshold 0.99, ponder cost 0.01."""
 
 BASE = "baseline.py"
-OVERRIDES = {"model.topology": "act", "model.num_layers": 1, "model.act_max_steps": 20}
+OVERRIDES = {"model.topology": "act", "model.num_layers": 1, "model.act.max_steps": 20}

@@ -2,4 +2,4 @@
 state shrunk by rs = 1/sqrt(8) every pass (the pre-UT7 form). #2114: val_bpb 1.84039."""
 
 BASE = "residual_delta.py"
-OVERRIDES = {"model.ut_residual": "contraction"}
+OVERRIDES = {"model.ut_shared.residual": "contraction"}

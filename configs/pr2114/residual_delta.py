@@ -4,8 +4,8 @@
 
 BASE = "ut7_rlma320.py"
 OVERRIDES = {
-    "model.ut_residual": "delta",
-    "model.linear_rank": 256,
+    "model.ut_shared.residual": "delta",
+    "model.rlma.rank": 256,
     "train.iterations": 240,
     "train.lr_warmup_steps": 20,
     "train.warmdown_iters": 60,

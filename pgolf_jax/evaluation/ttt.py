@@ -107,17 +107,17 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     """Chunked score-first TTT over all weights; returns (EvalResult, per-target nll, entropy)."""
     t0 = time.perf_counter()
     w, total, T = ev.windows, ev.total, ev.seq_len
-    n_chunks = -(-total // cfg.ttt_chunk_tokens)
-    chunk_of = np.minimum((w.starts + w.score_from) // cfg.ttt_chunk_tokens, n_chunks - 1)
+    n_chunks = -(-total // cfg.ttt.chunk_tokens)
+    chunk_of = np.minimum((w.starts + w.score_from) // cfg.ttt.chunk_tokens, n_chunks - 1)
     place = _Placer(ev.sharding)
     params = place.replicated(params)  # a copy: the SGD step donates its params, never the caller's
     buf = place.replicated(jax.tree.map(lambda p: np.zeros(p.shape, np.float32), params))
-    step = make_sgd_step(model, cfg.ttt_momentum, cfg.ttt_grad_clip, place)
+    step = make_sgd_step(model, cfg.ttt.momentum, cfg.ttt.grad_clip, place)
     frontier = _Frontier()
     loss_sum, nll_all, ent_all, steps = 0.0, None, None, 0
     if per_token:
         nll_all, ent_all = np.zeros(total, np.float32), np.zeros(total, np.float32)
-    log(f"ttt:start chunks:{n_chunks} windows:{len(w)} lr:{cfg.ttt_lr} epochs:{cfg.ttt_epochs}")
+    log(f"ttt:start chunks:{n_chunks} windows:{len(w)} lr:{cfg.ttt.lr} epochs:{cfg.ttt.epochs}")
     for c in range(n_chunks):
         ids = np.flatnonzero(chunk_of == c)
         if len(ids):
@@ -131,12 +131,12 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
             else:
                 loss_sum += out
             frontier.scored_through(int((w.starts[ids] + w.lengths[ids]).max()))
-        if c == n_chunks - 1 or cfg.ttt_epochs <= 0:
+        if c == n_chunks - 1 or cfg.ttt.epochs <= 0:
             continue
-        lr = cosine_lr(cfg.ttt_lr, c, n_chunks)
-        first, end = c * cfg.ttt_chunk_tokens, min((c + 1) * cfg.ttt_chunk_tokens, total)
-        for _ in range(cfg.ttt_epochs):
-            for a, b, x, y in train_sequences(ev.tokens, first, end, T, cfg.ttt_batch_seqs):
+        lr = cosine_lr(cfg.ttt.lr, c, n_chunks)
+        first, end = c * cfg.ttt.chunk_tokens, min((c + 1) * cfg.ttt.chunk_tokens, total)
+        for _ in range(cfg.ttt.epochs):
+            for a, b, x, y in train_sequences(ev.tokens, first, end, T, cfg.ttt.batch_seqs):
                 frontier.check(a, b)
                 params, buf, _ = step(params, buf, place.batched(x), place.batched(y), lr)
                 steps += 1
@@ -145,7 +145,7 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     seconds = time.perf_counter() - t0
     log(f"ttt:done chunks:{n_chunks} sgd_steps:{steps} time:{seconds:.1f}s")
     res = EvalResult(loss_sum / total, bpb(loss_sum, ev.byte_count), total, ev.byte_count, seconds)
-    return res, nll_all, ent_all, {"train_steps": steps, "train_tokens": steps * cfg.ttt_batch_seqs * T}
+    return res, nll_all, ent_all, {"train_steps": steps, "train_tokens": steps * cfg.ttt.batch_seqs * T}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,16 +190,16 @@ def lora_slot_deltas(lora_doc, scale: float) -> dict:
 def lora_update(lora, opt, g, lr, cfg: EvalConfig):
     """One adapter step: SGD with momentum (#1227), or Adam with bias correction and, when
     lora_wd > 0, torch AdamW's decoupled decay (a <- a (1 - lr wd) - lr * adam_step)."""
-    if cfg.lora_optimizer == "sgd":
-        opt = jax.tree.map(lambda m, gi: cfg.ttt_momentum * m + gi, opt, g)
+    if cfg.lora_ttt.optimizer == "sgd":
+        opt = jax.tree.map(lambda m, gi: cfg.lora_ttt.momentum * m + gi, opt, g)
         return jax.tree.map(lambda a, m: a - lr * m, lora, opt), opt
-    b1, b2 = cfg.lora_beta1, cfg.lora_beta2
+    b1, b2 = cfg.lora_ttt.beta1, cfg.lora_ttt.beta2
     m, v, n = opt
     n = n + 1
     m = jax.tree.map(lambda a, gi: b1 * a + (1 - b1) * gi, m, g)
     v = jax.tree.map(lambda a, gi: b2 * a + (1 - b2) * gi * gi, v, g)
-    upd = jax.tree.map(lambda a, b: (a / (1 - b1 ** n)) / (jnp.sqrt(b / (1 - b2 ** n)) + cfg.lora_eps), m, v)
-    return jax.tree.map(lambda a, u: a * (1 - lr * cfg.lora_wd) - lr * u, lora, upd), (m, v, n)
+    upd = jax.tree.map(lambda a, b: (a / (1 - b1 ** n)) / (jnp.sqrt(b / (1 - b2 ** n)) + cfg.lora_ttt.eps), m, v)
+    return jax.tree.map(lambda a, u: a * (1 - lr * cfg.lora_ttt.wd) - lr * u, lora, upd), (m, v, n)
 
 
 def documents(tokens: np.ndarray) -> list[tuple[int, int]]:
@@ -213,8 +213,8 @@ def documents(tokens: np.ndarray) -> list[tuple[int, int]]:
 
 
 def lora_targets(cfg: EvalConfig) -> tuple[tuple[str, ...], bool]:
-    """(the block targets, whether the head gets an adapter) of eval.lora_targets."""
-    names = cfg.lora_targets.split(",")
+    """(the block targets, whether the head gets an adapter) of eval.lora_ttt.targets."""
+    names = cfg.lora_ttt.targets.split(",")
     return tuple(t for t in names if t and t != "head"), "head" in names
 
 
@@ -223,7 +223,7 @@ def lora_functions(model, cfg: EvalConfig, place: _Placer):
     and train (lora, opt, base, x, y, lo, hi, lr) -> (lora, opt), one adapter step on each
     document's mean loss over its chunk [lo, hi)."""
     _, head = lora_targets(cfg)
-    scale = cfg.lora_alpha / cfg.lora_rank
+    scale = cfg.lora_ttt.alpha / cfg.lora_ttt.rank
 
     def doc_logits(p, lora_doc, x_T):
         hl = None if not head else (lora_doc["head"]["A"], lora_doc["head"]["B"], scale)
@@ -253,12 +253,12 @@ def lora_functions(model, cfg: EvalConfig, place: _Placer):
 def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False, progress=None):
     """Per-document score-first LoRA TTT (optionally phased); returns like full_ttt."""
     t0 = time.perf_counter()
-    T, total, C = ev.seq_len, ev.total, cfg.lora_chunk_tokens
+    T, total, C = ev.seq_len, ev.total, cfg.lora_ttt.chunk_tokens
     targets, head = lora_targets(cfg)
     docs = documents(ev.tokens)
-    nd = cfg.lora_batch_docs
+    nd = cfg.lora_ttt.batch_docs
     frontier_docs = 0
-    boundaries = [round(cfg.lora_phase_prefix_docs * (i + 1) / cfg.lora_phases) for i in range(cfg.lora_phases)]
+    boundaries = [round(cfg.lora_ttt.phase_prefix_docs * (i + 1) / cfg.lora_ttt.phases) for i in range(cfg.lora_ttt.phases)]
     place = _Placer(ev.sharding)
     score, train = lora_functions(model, cfg, place)
 
@@ -268,18 +268,18 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     frontier, warm_a = _Frontier(), None
     forward_tokens = train_tokens = 0  # for the eval's FLOP count (each chunk re-reads its window)
     base, buf = place.replicated(params), None  # a copy: phases update it in place (donated)
-    sgd = make_sgd_step(model, cfg.ttt_momentum, cfg.ttt_grad_clip, place) if cfg.lora_phases else None
-    log(f"lora_ttt:start docs:{len(docs)} rank:{cfg.lora_rank} targets:{cfg.lora_targets} chunk:{C} "
-        f"phases:{cfg.lora_phases}")
+    sgd = make_sgd_step(model, cfg.lora_ttt.momentum, cfg.lora_ttt.phase_grad_clip, place) if cfg.lora_ttt.phases else None
+    log(f"lora_ttt:start docs:{len(docs)} rank:{cfg.lora_ttt.rank} targets:{cfg.lora_ttt.targets} chunk:{C} "
+        f"phases:{cfg.lora_ttt.phases}")
     for d0 in range(0, len(docs), nd):
         batch = docs[d0:d0 + nd]
         key, sub = jax.random.split(key)
-        lora = jax.device_get(lora_init(sub, base, targets, cfg.lora_rank, nd, head, model.num_slots()))
+        lora = jax.device_get(lora_init(sub, base, targets, cfg.lora_ttt.rank, nd, head, model.num_slots()))
         if warm_a is not None:  # warm start: the previous batch's trained A, a fresh B = 0
             lora = {t: {"A": warm_a[t], "B": ab["B"]} for t, ab in lora.items()}
         lora = jax.tree.map(place.batched, lora)
         zeros = lambda: jax.tree.map(lambda a: place.batched(np.zeros(a.shape, np.float32)), lora)  # noqa: E731
-        opt = zeros() if cfg.lora_optimizer == "sgd" else (zeros(), zeros(), 0)
+        opt = zeros() if cfg.lora_ttt.optimizer == "sgd" else (zeros(), zeros(), 0)
         n_chunks = max(-(-(b - a) // C) for a, b in batch)
         scored = [_Frontier() for _ in range(nd)]  # per document row: targets scored so far
         for ci in range(n_chunks):
@@ -307,24 +307,24 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
             for r in range(nd):
                 scored[r].check(int(start[r] + lo[r]), int(start[r] + hi[r]))
             if ci < n_chunks - 1:
-                for s in range(cfg.lora_steps):
+                for s in range(cfg.lora_ttt.steps):
                     lora, opt = train(lora, opt, base, x, y, place.batched(lo), place.batched(hi),
-                                      cosine_lr(cfg.lora_lr, s, cfg.lora_steps + 1))
+                                      cosine_lr(cfg.lora_ttt.lr, s, cfg.lora_ttt.steps + 1))
                     train_tokens += nd * T
         frontier.scored_through(batch[-1][1])
-        warm_a = {t: jax.device_get(ab["A"]) for t, ab in lora.items()} if cfg.lora_warm_start_a else None
+        warm_a = {t: jax.device_get(ab["A"]) for t, ab in lora.items()} if cfg.lora_ttt.warm_start_a else None
         done = d0 + len(batch)
         while boundaries and done >= boundaries[0]:  # phased: global SGD on already-scored docs
             upto = docs[boundaries.pop(0) - 1][1]
             if buf is None:
                 buf = place.replicated(jax.tree.map(lambda p: np.zeros(p.shape, np.float32), base))
-            n_ch = -(-upto // cfg.ttt_chunk_tokens)
+            n_ch = -(-upto // cfg.lora_ttt.phase_chunk_tokens)
             for c in range(n_ch):
-                first, end = c * cfg.ttt_chunk_tokens, min((c + 1) * cfg.ttt_chunk_tokens, upto)
-                for a, b, xs, ys in train_sequences(ev.tokens, first, end, T, cfg.ttt_batch_seqs):
+                first, end = c * cfg.lora_ttt.phase_chunk_tokens, min((c + 1) * cfg.lora_ttt.phase_chunk_tokens, upto)
+                for a, b, xs, ys in train_sequences(ev.tokens, first, end, T, cfg.lora_ttt.phase_batch_seqs):
                     frontier.check(a, b)
                     base, buf, _ = sgd(base, buf, place.batched(xs), place.batched(ys),
-                                       cosine_lr(cfg.lora_phase_lr, c, n_ch))
+                                       cosine_lr(cfg.lora_ttt.phase_lr, c, n_ch))
                     train_tokens += xs.size
             log(f"lora_ttt:phase global SGD over targets [0, {upto}) after {done} docs")
             warm_a = None  # a new phase starts from fresh adapters

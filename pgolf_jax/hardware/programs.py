@@ -96,9 +96,11 @@ def eval_programs(cfg: Config, mesh, model, state) -> list[Program]:
     def rows(k: int):  # _Placer.batched: split over the devices when they divide the rows
         return batch if k % n == 0 else repl
 
-    if "ttt" in modes or ("lora_ttt" in modes and e.lora_phases):
-        k = e.ttt_batch_seqs
-        step = ttt.make_sgd_step(ev_model, e.ttt_momentum, e.ttt_grad_clip, place)
+    if "ttt" in modes or ("lora_ttt" in modes and e.lora_ttt.phases):
+        sgd = e.ttt if "ttt" in modes else None
+        k = sgd.batch_seqs if sgd else e.lora_ttt.phase_batch_seqs
+        step = ttt.make_sgd_step(ev_model, sgd.momentum if sgd else e.lora_ttt.momentum,
+                                 sgd.grad_clip if sgd else e.lora_ttt.phase_grad_clip, place)
         buf = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32, sharding=repl), params)
         flops, attn = _flops(ev_model.cfg, T, True, k * T // (n if k % n == 0 else 1), 1.0)
         out.append(Program("ttt_sgd_step", step, (params, buf, _ids((k, T), rows(k)), _ids((k, T), rows(k)), 0.01),
@@ -110,13 +112,13 @@ def eval_programs(cfg: Config, mesh, model, state) -> list[Program]:
 
 def _lora_programs(cfg: Config, ev_model, params, place, rows, T: int) -> list[Program]:
     e = cfg.eval
-    nd = e.lora_batch_docs
-    targets, head = ttt.lora_targets(e)
+    nd = e.lora_ttt.batch_docs
+    targets, head = ttt.lora_ttt.targets(e)
     sh = rows(nd)
-    lora = jax.eval_shape(lambda k: ttt.lora_init(k, params, targets, e.lora_rank, nd, head, ev_model.num_slots()),
+    lora = jax.eval_shape(lambda k: ttt.lora_init(k, params, targets, e.lora_ttt.rank, nd, head, ev_model.num_slots()),
                           jax.random.key(0))
     lora = _abstract(lora, sh)
-    opt = lora if e.lora_optimizer == "sgd" else (lora, lora, 0)
+    opt = lora if e.lora_ttt.optimizer == "sgd" else (lora, lora, 0)
     score, train = ttt.lora_functions(ev_model, e, place)
     x, lo = _ids((nd, T), sh), _ids((nd,), sh)
     per_dev = nd * T // (place.n if sh is place.batch else 1)

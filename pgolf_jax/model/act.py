@@ -45,7 +45,7 @@ class ACT:
     def create(gpt, cfg, rngs) -> None:
         gpt.halt_w = param(HALT_W_STD * jax.random.normal(rngs.params(), (cfg.model_dim,), jnp.float32),
                            group="scalar", quant="control")
-        gpt.halt_b = param(jnp.asarray(cfg.act_halt_bias, jnp.float32), group="scalar", quant="control")
+        gpt.halt_b = param(jnp.asarray(cfg.act.halt_bias, jnp.float32), group="scalar", quant="control")
 
     @staticmethod
     def run(gpt, x, x0, ctx, layers, tap_fn=None, slot_deltas=None, return_weights=False):
@@ -55,14 +55,14 @@ class ACT:
         halt_w, halt_b = gpt.halt_w[...], gpt.halt_b[...]
         N = x.shape[0]
         carry = (jnp.zeros_like(x), jnp.zeros((N,), jnp.float32), jnp.ones((N,), bool), jnp.zeros((N,), jnp.float32))
-        steps = cfg.act_max_steps
+        steps = cfg.act.max_steps
 
         if tap_fn is not None or not cfg.scan_layers:
             block = (lambda h: run.calibrate(h, state, 0, tap_fn)) if tap_fn is not None else \
                 (lambda h: run.block(h, state, 0))
             weights = []
             for t in range(steps):
-                x, carry, w = act_step(block, x, carry, halt_w, halt_b, cfg.act_threshold, t == steps - 1)
+                x, carry, w = act_step(block, x, carry, halt_w, halt_b, cfg.act.threshold, t == steps - 1)
                 weights.append(w)
             weights = jnp.stack(weights)
         else:
@@ -72,7 +72,7 @@ class ACT:
                 # An iteration no token runs in changes nothing: skip its block.
                 block = lambda h: jax.lax.cond(jnp.any(running), lambda a: run.block(a, state, 0),  # noqa: E731
                                                lambda a: a, h)
-                x, carry, w = act_step(block, x, carry, halt_w, halt_b, cfg.act_threshold, t == steps - 1)
+                x, carry, w = act_step(block, x, carry, halt_w, halt_b, cfg.act.threshold, t == steps - 1)
                 return (x, carry), w
 
             (x, carry), weights = jax.lax.scan(body, (x, carry), jnp.arange(steps))

@@ -193,7 +193,7 @@ class GPT(nnx.Module):
     @staticmethod
     def aux_weights(cfg: ModelConfig) -> dict[str, float]:
         """Weight of each auxiliary loss the forward pass returns, in the training objective."""
-        return {"ponder": cfg.act_ponder_cost} if cfg.topology == "act" else {}
+        return {"ponder": cfg.act.ponder_cost} if cfg.topology == "act" else {}
 
     def embed(self, ids_BT):
         """x0: the normalized token (+ bigram) embedding, smeared if configured, with the pause
@@ -401,7 +401,7 @@ def analytic_flops_per_token(cfg: ModelConfig, seq_len: int, looped: bool = True
     D, V = cfg.model_dim, cfg.vocab_size
     per_layer = layer_matmul_weights(cfg)
     # ACT runs its shared block act_max_steps times for every token (masked, not exited early).
-    order = (0,) * cfg.act_max_steps if cfg.topology == "act" else schedule(cfg) if looped else range(cfg.num_layers)
+    order = (0,) * cfg.act.max_steps if cfg.topology == "act" else schedule(cfg) if looped else range(cfg.num_layers)
     n_attn = sum(1 for layer in order if layer_mixers(cfg)[layer] == "attn")
     # Pause slots are positions too: every real token pays for its share of them.
     inflate = 1.0 + cfg.pause_tokens / cfg.pause_interval if cfg.pause_tokens else 1.0

@@ -14,9 +14,6 @@ from pgolf_jax.model.params import param
 INIT_STD = 0.02  # the random matrix whose leading singular triplets initialise U, sigma, V
 
 
-def site_rank(cfg, site: str) -> int:
-    """model.attn_rank / model.mlp_rank for their site, else model.linear_rank."""
-    return {"attn": cfg.attn_rank, "mlp": cfg.mlp_rank}.get(site, 0) or cfg.linear_rank
 
 
 class LowRankLinear(nnx.Module):
@@ -26,7 +23,7 @@ class LowRankLinear(nnx.Module):
 
     def __init__(self, in_f: int, out_f: int, *, init: str, quant: str, cfg, rngs: nnx.Rngs):
         del init
-        r = min(site_rank(cfg, quant), in_f, out_f)
+        r = min(cfg.lowrank.site_rank(quant), in_f, out_f)
         u, s, vt = svd_factors(rngs.params(), out_f, in_f, r, INIT_STD)
         self.U = param(u, group="matrix", quant=quant, always_quantize=True)
         self.sigma = param(s, group="scalar", quant="other")

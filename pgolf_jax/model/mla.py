@@ -18,7 +18,7 @@ class MLA(GQA):
     """GQA with K and V made from one rank-l latent (so each has rank <= l)."""
 
     def make_kv(self, cfg, D: int, kv: int, rngs: nnx.Rngs) -> None:
-        latent = cfg.mla_latent
+        latent = cfg.mla.latent_dim
         # W_down: the top-l right singular vectors of a random [W_K; W_V] (2kv x D, N(0, 1/D)),
         # orthonormal rows; the up-projections N(0, 0.02^2). All Muon matrices, and quantized
         # however small (they are the attention's K/V weights).

@@ -23,13 +23,13 @@ from pgolf_jax.model.params import param
 
 
 class MonarchLinear(nnx.Module):
-    """model.linear=monarch / model.mlp_linear=monarch with model.monarch_blocks blocks.
+    """model.linear=monarch / model.mlp_linear=monarch with model.monarch.blocks blocks.
 
     Init: R ~ U(+-1/sqrt(p)) and L ~ U(+-sqrt(3/q)), so W x has the variance of torch's default
     dense init U(+-1/sqrt(in)); a zero-init projection zeroes L only (R keeps a gradient path)."""
 
     def __init__(self, in_f: int, out_f: int, *, init: str, quant: str, cfg, rngs: nnx.Rngs):
-        b = cfg.monarch_blocks
+        b = cfg.monarch.blocks
         self.blocks, self.p, self.s, self.q = b, in_f // b, out_f // b, min(in_f, out_f) // b
         k_r, k_l = jax.random.split(rngs.params())
         r = jax.random.uniform(k_r, (b * self.q, self.p), jnp.float32, -1.0, 1.0) / math.sqrt(self.p)

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgolf_jax.model.layers import current_position, record_input
-from pgolf_jax.model.lowrank import site_rank
 from pgolf_jax.model.params import param
 
 
@@ -37,13 +36,13 @@ def random_base(name: str, layer, slot, out_f: int, in_f: int, dtype=jnp.float32
 
 
 class RLMALinear(nnx.Module):
-    """model.linear=rlma: rank model.linear_rank (or attn_rank / mlp_rank), clipped at min(in, out).
+    """model.linear=rlma: rank model.rlma.rank (or attn_rank / mlp_rank), clipped at min(in, out).
     U and V are Muon matrices quantized however small; alpha is a scalar on the Adam group. GPTQ
     calibrates V on the layer input and U on x V^T (the fixed alpha R is not quantized)."""
 
     def __init__(self, in_f: int, out_f: int, *, init: str, quant: str, cfg, rngs: nnx.Rngs):
         del init  # U = 0 is the init; R carries the signal
-        r = min(site_rank(cfg, quant), in_f, out_f)
+        r = min(cfg.rlma.site_rank(quant), in_f, out_f)
         self.in_f, self.out_f = in_f, out_f
         self.U = param(jnp.zeros((out_f, r), jnp.float32), group="matrix", quant=quant, always_quantize=True)
         self.V = param(jax.random.normal(rngs.params(), (r, in_f), jnp.float32) / math.sqrt(r), group="matrix",

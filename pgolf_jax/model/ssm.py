@@ -57,7 +57,7 @@ class S4DLin(nnx.Module):
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         D = cfg.model_dim
-        self.inner, self.kernel = cfg.ssm_inner or D, cfg.ssm_kernel
+        self.inner, self.kernel = cfg.s4d_lin.inner or D, cfg.s4d_lin.kernel
         inner = self.inner
         self.in_proj = block_linear(cfg, D, 2 * inner, site="attn", init=linear_init(cfg, D, 2 * inner), rngs=rngs)
         self.out_proj = block_linear(cfg, inner, D, site="attn", init="zeros", rngs=rngs)

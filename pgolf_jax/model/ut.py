@@ -2,10 +2,10 @@
 
     x = Block_in(x);  for k < K: x = Block_shared(x + e_k);  x = Block_out(x)
 
-with three physical layers walked as (0, 1 x K, 2) (K = model.ut_iterations), a learned depth
+with three physical layers walked as (0, 1 x K, 2) (K = model.ut_shared.iterations), a learned depth
 embedding e (K, D) ~ N(0, tied_embed_init_std^2) (#2114 ties it to the embedding's std), and
 every block a parallel attention + MLP block: b = a_a * Attn(n) + a_m * MLP(n), n = rms_norm(x),
-with per-channel branch scales a initialised to model.ut_branch_scale_init (0.6). The residual
+with per-channel branch scales a initialised to model.ut_shared.branch_scale_init (0.6). The residual
 update uses rs = 1 / sqrt(K + 2), fixed: `delta` x + rs b (UT7, submitted) or `contraction`
 rs (x + b) (the earlier form, which shrinks the state every pass). No U-Net skips, no resid_mix.
 The virtual slot of each pass (0 .. K + 1) reaches the blocks' linears, so RLMA bases differ per
@@ -28,7 +28,7 @@ from pgolf_jax.model.topology import BlockRunner
 
 
 def residual_scale(cfg) -> float:
-    return 1.0 / math.sqrt(cfg.ut_iterations + 2)
+    return 1.0 / math.sqrt(cfg.ut_shared.iterations + 2)
 
 
 class ParallelBlock(nnx.Module):
@@ -38,10 +38,10 @@ class ParallelBlock(nnx.Module):
         D = cfg.model_dim
         self.attn = registry.resolve(registry.ATTENTION, cfg.attention)(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
-        init = jnp.full((D,), cfg.ut_branch_scale_init, jnp.float32)
+        init = jnp.full((D,), cfg.ut_shared.branch_scale_init, jnp.float32)
         self.attn_scale = param(init, group="scalar", quant="control")
         self.mlp_scale = param(init, group="scalar", quant="control")
-        self.rs, self.delta = residual_scale(cfg), cfg.ut_residual == "delta"
+        self.rs, self.delta = residual_scale(cfg), cfg.ut_shared.residual == "delta"
         name_taps(self)
 
     def __call__(self, x_ND, x0_ND, layer, ctx, adapters=None):
@@ -62,11 +62,11 @@ class UTShared:
 
     @staticmethod
     def layers(cfg) -> tuple[int, ...]:
-        return (0,) + (1,) * cfg.ut_iterations + (2,)
+        return (0,) + (1,) * cfg.ut_shared.iterations + (2,)
 
     @staticmethod
     def create(gpt, cfg, rngs) -> None:
-        e = cfg.tied_embed_init_std * jax.random.normal(rngs.params(), (cfg.ut_iterations, cfg.model_dim), jnp.float32)
+        e = cfg.tied_embed_init_std * jax.random.normal(rngs.params(), (cfg.ut_shared.iterations, cfg.model_dim), jnp.float32)
         gpt.depth_emb = param(e, group="scalar", quant="other")
 
     @staticmethod

@@ -196,8 +196,8 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
             obj["offsets"][name] = lo
             codec = _codec(q.grid, bits, lo, s)
         if method == "gptq":
-            qt = gptq_quantize(w32, hessians[name], s, bits, block_size=q.gptq_block_size, damp=q.gptq_damp,
-                               act_order=q.gptq_act_order, codec=codec)
+            qt = gptq_quantize(w32, hessians[name], s, bits, block_size=q.gptq.block_size, damp=q.gptq.damp,
+                               act_order=q.gptq.act_order, codec=codec)
         else:
             qt = round_to_nearest(w32, s, bits) if codec is None else codec[0](w32.T).T
         obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = qt, s, dtype_name(t)

@@ -170,7 +170,8 @@ def reference_incompatible(m) -> list[str]:
     bad = [] if args else [f"mlp_mult={m.mlp_mult} (the reference takes an integer)"]
     default = type(m)()
     for f in dataclasses.fields(m):
-        if f.name in args or f.name in _RUNTIME_ONLY or f.name == "mlp_mult":
+        # options: a variant's own, only ever set with a non-reference variant (named by its field)
+        if f.name in args or f.name in _RUNTIME_ONLY or f.name in ("mlp_mult", "options"):
             continue
         if getattr(m, f.name) != getattr(default, f.name):
             bad.append(f"model.{f.name}={getattr(m, f.name)!r}")

@@ -22,8 +22,7 @@ LOCATION = ("train.out_dir", "train.run_id", "train.progress")
 
 def config_key(cfg) -> dict:
     """{'section.field': value} of everything that decides the row's result, as JSON has it."""
-    flat = {f"{s}.{k}": v for s, sec in config_lib.to_dict(cfg).items() for k, v in sec.items()
-            if f"{s}.{k}" not in LOCATION}
+    flat = {k: v for k, v in config_lib.flat_dict(cfg).items() if k not in LOCATION}
     return json.loads(json.dumps(flat))
 
 

@@ -4,7 +4,7 @@
     OVERRIDES = {"train.iterations": 200}  # every row: the budget (steps or wall-clock) goes here
     VARIANTS = {                           # name -> dotted overrides, or a preset path
         "baseline": {},
-        "mla64": {"model.attention": "mla", "model.mla_latent": 64},
+        "mla64": {"model.attention": "mla", "model.mla.latent_dim": 64},
     }
     SEEDS = [1337]                         # every variant runs once per seed
     CONTROL = "baseline"                   # optional (default: the first variant)
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pgolf_jax import config as config_lib
 from pgolf_jax.config import Config, ConfigError
+from pgolf_jax.options import in_range
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -79,9 +80,9 @@ def _duplicate_keys(tree: ast.Module, name: str) -> list[str]:
     return []
 
 
-# Every seed becomes a row's train.seed: the config's own range for it (config.RANGES), checked here
-# so that a bad seed is named as SEEDS' entry before any row is built or run.
-SEED_RULE = config_lib.RANGES.get("train.seed", "[0, 4294967295]")
+# Every seed becomes a row's train.seed: the train section's own range for it, checked here so that
+# a bad seed is named as SEEDS' entry before any row is built or run.
+SEED_RULE = config_lib.TrainConfig.RANGES["seed"]
 
 
 def _seeds(value, where: str) -> tuple[int, ...]:
@@ -90,7 +91,7 @@ def _seeds(value, where: str) -> tuple[int, ...]:
     for s in value:
         if not isinstance(s, int) or isinstance(s, bool):
             raise ConfigError(f"{where}: {s!r} is not an integer seed ({type(s).__name__})")
-        if not config_lib._in_range(s, SEED_RULE):
+        if not in_range(s, SEED_RULE):
             raise ConfigError(f"{where}: seed {s} is out of range: a seed (train.seed) must be in {SEED_RULE}")
     if len(set(value)) != len(value):
         raise ConfigError(f"{where} lists a seed twice: {list(value)}")
@@ -166,11 +167,14 @@ def load_sweep(path: str | Path) -> Sweep:
             raise ConfigError(f"{where}: expected a dict of overrides or a preset path, got {type(spec).__name__}")
         resolved[name] = spec if isinstance(spec, dict) else preset
         for seed in (control_seeds if name == control else seeds):
-            row_over = {**overrides, **extra, "train.seed": seed}
             try:
-                cfg = config_lib.load(preset, row_over)
+                # OVERRIDES, then the variant: options OVERRIDES set for a variant the row deselects
+                # are dropped with it (the row's recorded overrides too), as a preset's BASE would be.
+                cfg = config_lib.override(config_lib.load(preset, overrides), {**extra, "train.seed": seed})
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+            row_over = {k: v for k, v in {**overrides, **extra, "train.seed": seed}.items()
+                        if config_lib.applies(cfg, k)}
             rows.append(Row(len(rows), name, seed, cfg, preset, row_over))
     return Sweep(path, path.stem, (ast.get_docstring(tree) or "").strip(), base_path, dict(overrides), resolved,
                  seeds, control, control_seeds, reference, str(get("REFERENCE_NOTE", "")),

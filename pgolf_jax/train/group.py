@@ -39,17 +39,18 @@ from pgolf_jax.train.step import TrainState, initial_rng, make_train_step, micro
 
 
 def _get(cfg: Config, key: str):
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _blank(cfg: Config, keep: tuple = ()) -> dict:
     """cfg as a dict without the fields a group may vary (nor the run's identity), but `keep`."""
     skip = {*hyper.TRACED, *hyper.INIT_ONLY, "train.run_id"} - set(keep)
-    from pgolf_jax.config import to_dict
+    from pgolf_jax.config import flat_dict
 
-    return {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()
-            if f"{s}.{k}" not in skip and not hyper.after_training(f"{s}.{k}", cfg)}
+    return {k: v for k, v in flat_dict(cfg).items() if k not in skip and not hyper.after_training(k, cfg)}
 
 
 def training_key(cfg: Config) -> str:

@@ -128,8 +128,8 @@ def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_d
     objective, teacher = make_objective(cfg)
     if teacher is not None:
         teacher = dist.replicate(teacher, mesh)
-        log(f"objective:{cfg.train.objective} teacher:{cfg.train.teacher} alpha:{t.distill_alpha} "
-            f"temperature:{t.distill_temperature}")
+        log(f"objective:{cfg.train.objective} teacher:{cfg.train.distill.teacher} alpha:{t.distill.alpha} "
+            f"temperature:{t.distill.temperature}")
     step_fns = step_functions(cfg, model, tx, state_sh, mesh, objective)
     graphs = tuple(step_fns)
     ckpt = Checkpointer(run_dir / "checkpoints", t.checkpoint_keep) if run_dir is not None else None

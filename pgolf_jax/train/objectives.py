@@ -46,7 +46,7 @@ class CrossEntropy:
 
 class Distill(CrossEntropy):
     """train.objective=distill (#1227, spec 5.3): L = a CE + (1 - a) T^2 KL(softmax(t / T) ||
-    softmax(s / T)), batch-mean KL, from a frozen teacher trained before (train.teacher). The
+    softmax(s / T)), batch-mean KL, from a frozen teacher trained before (train.distill.teacher). The
     teacher's weights are an argument of the jitted step, not captured constants, and only the
     student's parameters are differentiated."""
 
@@ -55,12 +55,12 @@ class Distill(CrossEntropy):
     def __init__(self, cfg: Config, teacher_model: Model):
         super().__init__(cfg)
         self.teacher_model = teacher_model
-        self.alpha, self.T = cfg.train.distill_alpha, cfg.train.distill_temperature
+        self.alpha, self.T = cfg.train.distill.alpha, cfg.train.distill.temperature
 
     def __call__(self, model: Model, params, x_BT, y_BT, looped: bool, rng, teacher=None):
         total, logits, weights, metrics = self.terms(model, params, x_BT, y_BT, looped, rng)
         # Traced in a vmapped sweep group (hyper.py), the config's numbers otherwise.
-        alpha, T = hyper.value("train.distill_alpha", self.alpha), hyper.value("train.distill_temperature", self.T)
+        alpha, T = hyper.value("train.distill.alpha", self.alpha), hyper.value("train.distill.temperature", self.T)
         t_logits = jax.lax.stop_gradient(self.teacher_model.logits(teacher, x_BT))
         t_logp = jax.nn.log_softmax(t_logits / T, axis=-1)
         s_logp = jax.nn.log_softmax(logits / T, axis=-1)
@@ -83,13 +83,13 @@ def load_teacher(path: str | Path) -> tuple[Model, dict]:
     if path.is_dir():
         weights = path / "final_model.npz"
         if not weights.is_file():
-            raise FileNotFoundError(f"train.teacher={path}: {weights} not found (has the teacher run finished?)")
+            raise FileNotFoundError(f"train.distill.teacher={path}: {weights} not found (has the teacher run finished?)")
         with np.load(weights) as z:
             named = {k: z[k] for k in z.files}
         source = weights
     else:
         named, source = dequantize(artifact.read(path)), path
-    return model, unflatten_params(named, template, source=f"train.teacher {source}")
+    return model, unflatten_params(named, template, source=f"train.distill.teacher {source}")
 
 
 def make_objective(cfg: Config):
@@ -99,5 +99,5 @@ def make_objective(cfg: Config):
     cls = registry.resolve(registry.OBJECTIVES, cfg.train.objective)
     if not cls.needs_teacher:
         return cls(cfg), None
-    teacher_model, teacher_params = load_teacher(cfg.train.teacher)
+    teacher_model, teacher_params = load_teacher(cfg.train.distill.teacher)
     return cls(cfg, teacher_model), teacher_params

@@ -1,11 +1,11 @@
 """Communicating agents (#1589, spec 4.9): agent A, a causal encoder (model.num_layers x
 model.model_dim, no q/k norm), turns the context into a message per position: the causal
-cumulative mean of its final-normed outputs, projected to model.agents_msg_dim. Agent B, an MLP
-(hidden model.agents_decoder_hidden: Linear, GELU, RMSNorm, Linear, GELU, RMSNorm, Linear to the
+cumulative mean of its final-normed outputs, projected to model.agents.msg_dim. Agent B, an MLP
+(hidden model.agents.decoder_hidden: Linear, GELU, RMSNorm, Linear, GELU, RMSNorm, Linear to the
 vocabulary, soft-capped), predicts the next token from the message and its own embeddings of the
-last model.agents_local_ctx tokens (token 0 before the start, as the PR pads).
+last model.agents.local_ctx tokens (token 0 before the start, as the PR pads).
 
-Training scores every model.agents_loss_stride-th position only, starting at position local_ctx
+Training scores every model.agents.loss_stride-th position only, starting at position local_ctx
 (the PR's positions), through the family's per-position loss weights; evaluation scores every
 position (the PR's eval skipped the first local_ctx positions but divided by all of them). The
 logits are computed at every position (the objective reads (B, T, V)), so the decoder runs there
@@ -36,8 +36,8 @@ def loss_weights(T: int, local_ctx: int, stride: int):
 class Agents(Family):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        D, V, M, K, Hd = (cfg.model_dim, cfg.vocab_size, cfg.agents_msg_dim, cfg.agents_local_ctx,
-                          cfg.agents_decoder_hidden)
+        D, V, M, K, Hd = (cfg.model_dim, cfg.vocab_size, cfg.agents.msg_dim, cfg.agents.local_ctx,
+                          cfg.agents.decoder_hidden)
         table = lambda: param(jax.random.normal(rngs.params(), (V, D), jnp.float32), group="adamw",  # noqa: E731
                               quant="lookup")
         weight = lambda i, o: param(torch_uniform(rngs.params(), (o, i), i), group="adamw", quant="other")  # noqa: E731
@@ -51,7 +51,7 @@ class Agents(Family):
         cfg = self.cfg
         dt = resolve_dtype(cfg.compute_dtype)
         B, T = ids_BT.shape
-        K = cfg.agents_local_ctx
+        K = cfg.agents.local_ctx
         x = rms_norm(encode(self.blocks, jnp.take(self.tok_emb[...], ids_BT, axis=0).astype(dt), cfg.rope_base))
         pooled = jnp.cumsum(x.astype(jnp.float32), axis=1) / jnp.arange(1, T + 1, dtype=jnp.float32)[None, :, None]
         msg_BTM = pooled.astype(dt) @ self.msg_proj[...].astype(dt).T
@@ -63,12 +63,12 @@ class Agents(Family):
         h = rms_norm(jax.nn.gelu(h @ self.dec_in[...].astype(dt).T, approximate=False))
         h = rms_norm(jax.nn.gelu(h @ self.dec_mid[...].astype(dt).T, approximate=False))
         logits = softcap((h @ self.dec_out[...].astype(dt).T).astype(jnp.float32), cfg.logit_softcap)
-        weights = jnp.broadcast_to(loss_weights(T, K, cfg.agents_loss_stride), (B, T))
+        weights = jnp.broadcast_to(loss_weights(T, K, cfg.agents.loss_stride), (B, T))
         return logits, {}, weights
 
     @staticmethod
     def flops_per_token(cfg, seq_len: int, looped: bool = True) -> dict[str, float]:
-        D, Hd = cfg.model_dim, cfg.agents_decoder_hidden
-        n = cfg.num_layers * encoder_matmul_params(cfg) + D * cfg.agents_msg_dim \
-            + (cfg.agents_msg_dim + cfg.agents_local_ctx * D) * Hd + Hd * Hd + Hd * cfg.vocab_size
+        D, Hd = cfg.model_dim, cfg.agents.decoder_hidden
+        n = cfg.num_layers * encoder_matmul_params(cfg) + D * cfg.agents.msg_dim \
+            + (cfg.agents.msg_dim + cfg.agents.local_ctx * D) * Hd + Hd * Hd + Hd * cfg.vocab_size
         return flops(n, cfg.num_layers, D, seq_len)

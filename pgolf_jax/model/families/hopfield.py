@@ -1,6 +1,6 @@
 """Hopfield "attractor" energy LM (#1589, spec 4.9): a causal encoder (model.num_layers x
-model.model_dim, RMS-normed q/k) gives a context h; h is refined model.hopfield_refine_steps times,
-h <- h - alpha MLP([h; stopgrad(h0)]) (alpha learned, init model.hopfield_refine_alpha; MLP
+model.model_dim, RMS-normed q/k) gives a context h; h is refined model.hopfield.refine_steps times,
+h <- h - alpha MLP([h; stopgrad(h0)]) (alpha learned, init model.hopfield.refine_alpha; MLP
 2D -> 2D -> D with GELU and a zero-init last layer); the logits are the negative Hopfield energy
 gamma (h W e_v^T - ||e_v||^2) over the token embeddings e it shares with the input (W orthogonal,
 gamma learned from 1), soft-capped. Every parameter is on the adamw group (#1589: AdamW lr 3e-4,
@@ -35,14 +35,14 @@ class Hopfield(Family):
         self.gamma = param(jnp.ones((), jnp.float32), group="adamw", quant="control")
         self.refine_in = param(torch_uniform(rngs.params(), (2 * D, 2 * D), 2 * D), group="adamw", quant="other")
         self.refine_out = param(jnp.zeros((D, 2 * D), jnp.float32), group="adamw", quant="other")
-        self.alpha = param(jnp.asarray(cfg.hopfield_refine_alpha, jnp.float32), group="adamw", quant="control")
+        self.alpha = param(jnp.asarray(cfg.hopfield.refine_alpha, jnp.float32), group="adamw", quant="control")
 
     def outputs(self, ids_BT, looped: bool, rng):
         dt = resolve_dtype(self.cfg.compute_dtype)
         E_VD = self.tok_emb[...]
         h = rms_norm(encode(self.blocks, rms_norm(jnp.take(E_VD, ids_BT, axis=0).astype(dt)), self.cfg.rope_base))
         h0 = jax.lax.stop_gradient(h)
-        for _ in range(self.cfg.hopfield_refine_steps):
+        for _ in range(self.cfg.hopfield.refine_steps):
             u = jax.nn.gelu(jnp.concatenate([h, h0], -1) @ self.refine_in[...].astype(dt).T, approximate=False)
             h = h - self.alpha[...].astype(dt) * (u @ self.refine_out[...].astype(dt).T)
         E = E_VD.astype(jnp.float32)
@@ -52,6 +52,6 @@ class Hopfield(Family):
     @staticmethod
     def flops_per_token(cfg, seq_len: int, looped: bool = True) -> dict[str, float]:
         D = cfg.model_dim
-        n = cfg.num_layers * encoder_matmul_params(cfg) + cfg.hopfield_refine_steps * 6 * D * D + D * D \
+        n = cfg.num_layers * encoder_matmul_params(cfg) + cfg.hopfield.refine_steps * 6 * D * D + D * D \
             + cfg.vocab_size * D
         return flops(n, cfg.num_layers, D, seq_len)

@@ -31,11 +31,11 @@ def _xavier(key, out_f: int, in_f: int, gain: float):
 class MPS(Family):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        chi, V, P = cfg.mps_bond_dim, cfg.vocab_size, cfg.mps_pos_dim
+        chi, V, P = cfg.mps.bond_dim, cfg.vocab_size, cfg.mps.pos_dim
         p = lambda value, quant="other": param(value, group="adamw", quant=quant)  # noqa: E731
         self.core = p(jax.random.normal(rngs.params(), (V, chi * chi), jnp.float32) / math.sqrt(chi))
         self.h0 = p(0.01 * jax.random.normal(rngs.params(), (chi,), jnp.float32))
-        self.pos_embed = p(0.02 * jax.random.normal(rngs.params(), (cfg.mps_max_len, P), jnp.float32))
+        self.pos_embed = p(0.02 * jax.random.normal(rngs.params(), (cfg.mps.max_len, P), jnp.float32))
         self.mod_in = p(_xavier(rngs.params(), 2 * P, P, 0.1))
         self.mod_in_b = p(jnp.zeros((2 * P,), jnp.float32))
         self.mod_out = p(_xavier(rngs.params(), 2 * chi, 2 * P, 0.1))
@@ -52,7 +52,7 @@ class MPS(Family):
 
     def bond_states(self, ids_BT):
         """h_t for every t, (B, T, chi): the left-to-right contraction, one lax.scan step a token."""
-        chi = self.cfg.mps_bond_dim
+        chi = self.cfg.mps.bond_dim
         B, T = ids_BT.shape
         A_VCC = self.core[...].reshape(-1, chi, chi)
         ml_TC, mr_TC = self.modulation(T)
@@ -68,7 +68,7 @@ class MPS(Family):
         return jax.lax.scan(step, h0, (ids_BT.T, ml_TC, mr_TC))[1].transpose(1, 0, 2)
 
     def outputs(self, ids_BT, looped: bool, rng):
-        chi = self.cfg.mps_bond_dim
+        chi = self.cfg.mps.bond_dim
         h_BTC = self.bond_states(ids_BT)
         ml_TC, mr_TC = self.modulation(ids_BT.shape[1])
         # (h m_l) A[v] m_r for all v: contract A with m_r once per position, then with h.
@@ -78,7 +78,7 @@ class MPS(Family):
 
     @staticmethod
     def flops_per_token(cfg, seq_len: int, looped: bool = True) -> dict[str, float]:
-        chi, V = cfg.mps_bond_dim, cfg.vocab_size
+        chi, V = cfg.mps.bond_dim, cfg.vocab_size
         # Per token: the bond update (chi^2) and the read-out (chi V); plus the core's contraction
         # with m_r (chi^2 V per position, shared by the batch's sequences: an upper bound here).
         return flops(chi * chi + chi * V + chi * chi * V, 0, chi, seq_len)

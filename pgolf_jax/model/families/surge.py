@@ -40,17 +40,17 @@ from pgolf_jax.model.topology import BlockRunner
 
 class MetaNet(nnx.Module):
     def __init__(self, cfg, key):
-        D, V, E, S = cfg.model_dim, cfg.vocab_size, cfg.surge_d_err, cfg.surge_d_state
+        D, V, E, S = cfg.model_dim, cfg.vocab_size, cfg.surge_m.d_err, cfg.surge_m.d_state
         k_err, k_gru, k_u, k_v = jax.random.split(key, 4)
         self.err_proj = Affine(torch_uniform(k_err, (E, V), V))
         self.err_norm_w = param(jnp.ones((E,), jnp.float32), group="adamw", quant="control")
         self.err_norm_b = param(jnp.zeros((E,), jnp.float32), group="adamw", quant="control")
         self.gru = Affine.torch_default(k_gru, D + E, 2 * S)
-        std = cfg.surge_uv_init_std
+        std = cfg.surge_m.uv_init_std
         self.u_head = Affine(std * jax.random.normal(k_u, (D, S)), jnp.zeros((D,)))
         self.v_head = Affine(std * jax.random.normal(k_v, (D, S)), jnp.zeros((D,)))
-        self.g_head = Affine(jnp.zeros((1, S)), jnp.full((1,), cfg.surge_gate_bias))
-        self.a_head = Affine(jnp.zeros((1, S)), jnp.full((1,), cfg.surge_forget_bias))
+        self.g_head = Affine(jnp.zeros((1, S)), jnp.full((1,), cfg.surge_m.gate_bias))
+        self.a_head = Affine(jnp.zeros((1, S)), jnp.full((1,), cfg.surge_m.forget_bias))
 
 
 def min_gru(x_BTI, gru: Affine):
@@ -104,7 +104,7 @@ class SurgeM(GPT):
         for layer in range(cfg.num_layers):  # the plain order with the U-Net's skips, unrolled
             if n_enc and layer >= n_enc and skips:
                 x = x + self.skip_weights[...][layer - n_enc].astype(x.dtype) * skips.pop()
-            if layer == cfg.surge_layer:
+            if layer == cfg.surge_m.layer:
                 h_lower = jax.lax.stop_gradient(x)
                 with capture_linear_inputs() as taps:
                     x = run.raw(x, run.layer(layer, layer), layer)
@@ -124,10 +124,10 @@ class SurgeM(GPT):
         err = jax.nn.one_hot(ids_BT, V, dtype=jnp.float32) - jax.nn.softmax(jax.lax.stop_gradient(prev), axis=-1)
         e = layer_norm(m.err_proj(err), m.err_norm_w[...], m.err_norm_b[...])
         s_BTS = min_gru(jnp.concatenate([h_lower.reshape(B, T, -1).astype(jnp.float32), e], axis=-1), m.gru)
-        chunk = cfg.surge_chunk
+        chunk = cfg.surge_m.chunk
         C = -(-T // chunk)
         s_BCS = s_BTS[:, jnp.minimum(jnp.arange(C) * chunk + chunk - 1, T - 1)]
-        W0 = jax.lax.stop_gradient(self.blocks.attn.proj.weight[...][cfg.surge_layer])
+        W0 = jax.lax.stop_gradient(self.blocks.attn.proj.weight[...][cfg.surge_m.layer])
         z_BTD = pre_wo.reshape(B, T, -1).astype(jnp.float32) @ W0.T
         return wy_correction(z_BTD, m.u_head(s_BCS), m.v_head(s_BCS), jax.nn.sigmoid(m.g_head(s_BCS)),
                              jax.nn.sigmoid(m.a_head(s_BCS)), chunk)
@@ -139,10 +139,10 @@ class SurgeM(GPT):
         B, T = ids_BT.shape
         base, h_lower, pre_wo, x_surge, run = self.base_pass(ids_BT)
         corr_BTD = self.correction(ids_BT, base, h_lower, pre_wo)
-        if cfg.surge_mode == "single":
+        if cfg.surge_m.mode == "single":
             logits = base + self.head(rms_norm(corr_BTD.astype(x_surge.dtype))).astype(jnp.float32)
         else:
-            s = cfg.surge_layer
+            s = cfg.surge_m.layer
             x = x_surge + self.blocks.attn_scale[...][s].astype(x_surge.dtype) * corr_BTD.reshape(B * T, -1).astype(
                 x_surge.dtype)
             x, _ = run.scan(lambda h, xs: (run.block(h, xs[0], xs[1]), None), x, s + 1, tuple(range(s + 1,
@@ -160,9 +160,9 @@ class SurgeM(GPT):
         layers after the SURGE layer again; single: the head once more)."""
         gpt = dataclasses.replace(cfg, family="gpt")
         out = dict(analytic_flops_per_token(gpt, seq_len, looped))
-        D, V, E, S = cfg.model_dim, cfg.vocab_size, cfg.surge_d_err, cfg.surge_d_state
-        again = cfg.num_layers - cfg.surge_layer - 1 if cfg.surge_mode == "two_pass" else 0
-        extra = V * E + (D + E) * 2 * S + 2 * D * (-(-seq_len // cfg.surge_chunk)) + D * D \
+        D, V, E, S = cfg.model_dim, cfg.vocab_size, cfg.surge_m.d_err, cfg.surge_m.d_state
+        again = cfg.num_layers - cfg.surge_m.layer - 1 if cfg.surge_m.mode == "two_pass" else 0
+        extra = V * E + (D + E) * 2 * S + 2 * D * (-(-seq_len // cfg.surge_m.chunk)) + D * D \
             + (again * block_matrix_params(gpt) if again else V * D)
         out["matmul"] += 6.0 * extra
         out["n_matmul_params"] += float(extra)

@@ -22,12 +22,12 @@ INIT_STD = 0.02
 
 
 class BasisLinear(nnx.Module):
-    """y = (x C^T) U^T with r = min(model.basis_rank, in, out); C and U are quantized however
+    """y = (x C^T) U^T with r = min(model.basis.rank, in, out); C and U are quantized however
     small (factor matrices, like Eigenweight's)."""
 
     def __init__(self, in_f: int, out_f: int, *, init: str, quant: str, cfg, rngs: nnx.Rngs):
         del rngs  # Basis.create sets C from the shared SVD
-        r = min(cfg.basis_rank, in_f, out_f)
+        r = min(cfg.basis.rank, in_f, out_f)
         self.C = param(jnp.zeros((r, in_f), jnp.float32), group="scalar", quant=quant, always_quantize=True)
         self.U = Generated(jnp.zeros((out_f, r), jnp.float32), site=quant)
         self.zero_init = init == "zeros"

@@ -28,7 +28,7 @@ class HyperParams(nnx.Module):
     """Layer embeddings, trunk and one head per block linear (attributes named by site)."""
 
     def __init__(self, cfg, slots: dict, key):
-        E, H, r = cfg.hypernet_embed_dim, cfg.hypernet_hidden, cfg.hypernet_rank
+        E, H, r = cfg.hypernet.embed_dim, cfg.hypernet.hidden, cfg.hypernet.rank
         L = cfg.num_layers
         k_emb, k1, k2, *k_heads = jax.random.split(key, 3 + len(slots))
         self.layer_embed = param(EMBED_STD * jax.random.normal(k_emb, (L, E), jnp.float32), group="adamw",
@@ -49,7 +49,7 @@ class HyperNet(Source):
     @staticmethod
     def generate(gpt, rng) -> dict:
         del rng
-        g, r = gpt.gen, gpt.cfg.hypernet_rank
+        g, r = gpt.gen, gpt.cfg.hypernet.rank
         h_LH = jax.nn.gelu(g.trunk1(g.layer_embed[...]), approximate=False)
         h_LH = jax.nn.gelu(g.trunk2(h_LH), approximate=False)
         out = {}

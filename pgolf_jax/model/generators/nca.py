@@ -1,9 +1,9 @@
 """Neural cellular automaton weight generator (#1589 "Turing tarpit", spec 4.9): a 1-D circular grid
-of ceil(n / C) cells x C channels (C = model.nca_channels) whose flattened final state is the block
+of ceil(n / C) cells x C channels (C = model.nca.channels) whose flattened final state is the block
 weights (in the generated slots' order). From a fixed N(0, 0.02^2) start state
-(model.generator_seed) it runs model.nca_steps updates by lax.scan: perception [s, s - left,
+(model.nca.generator_seed) it runs model.nca.steps updates by lax.scan: perception [s, s - left,
 s - right] -> MLP (3C -> H -> H -> C, ReLU, last layer zero and bias-free as the PR) -> delta. In
-training each cell takes its delta with probability model.nca_update_prob, drawn from the train
+training each cell takes its delta with probability model.nca.update_prob, drawn from the train
 step's key; in evaluation (no key) every cell updates, so the weights are deterministic. Each step
 is rematerialized in the backward pass (the scan keeps one state per step, not the MLP's
 activations).
@@ -29,7 +29,7 @@ class Rule(nnx.Module):
     """The update MLP (torch default init, last layer zero: the first steps change nothing)."""
 
     def __init__(self, cfg, key):
-        C, H = cfg.nca_channels, cfg.nca_hidden
+        C, H = cfg.nca.channels, cfg.nca.hidden
         k1, k2 = jax.random.split(key)
         self.fc1 = Affine.torch_default(k1, 3 * C, H)
         self.fc2 = Affine.torch_default(k2, H, H)
@@ -68,8 +68,8 @@ class NCA(Source):
         cfg = gpt.cfg
         slots = generated_slots(gpt)
         total = sum(L * o * i for L, o, i in slots.values())
-        cells = -(-total // cfg.nca_channels)
-        start = STATE_STD * jax.random.normal(jax.random.key(cfg.generator_seed), (cells, cfg.nca_channels), jnp.float32)
+        cells = -(-total // cfg.nca.channels)
+        start = STATE_STD * jax.random.normal(jax.random.key(cfg.nca.generator_seed), (cells, cfg.nca.channels), jnp.float32)
         key = None if rng is None else jax.random.fold_in(rng, 0x0CA)
-        final = run(gpt.gen, start, cfg.nca_steps, cfg.nca_update_prob, key)
+        final = run(gpt.gen, start, cfg.nca.steps, cfg.nca.update_prob, key)
         return split_flat(final.reshape(-1), slots)

@@ -1,7 +1,7 @@
 """Seed model (#1589, spec 4.9): the block weights are theta = theta0 + P phi; only phi
-(model.seed_dim) is trained. theta0 (N(0, 0.02^2)) and P (N(0, 1), columns scaled to unit norm
+(model.seed.dim) is trained. theta0 (N(0, 0.02^2)) and P (N(0, 1), columns scaled to unit norm
 within each chunk of rows, as the PR) are regenerated from a fixed PRNG seed
-(model.generator_seed) model.seed_chunk rows at a time on every forward pass, by lax.map with each
+(model.seed.generator_seed) model.seed.chunk rows at a time on every forward pass, by lax.map with each
 chunk rematerialized in the backward pass: they are never stored, as parameters or in the
 artifact (0 bytes), and memory is one chunk (rows x seed_dim). The cost is what #1589 reports
 ("too slow"): every step draws n x seed_dim normals twice (forward, backward).
@@ -21,7 +21,7 @@ PHI_STD, THETA0_STD = 0.01, 0.02
 
 class SeedParams(nnx.Module):
     def __init__(self, cfg, key):
-        self.phi = param(PHI_STD * jax.random.normal(key, (cfg.seed_dim,), jnp.float32), group="adamw", quant="other")
+        self.phi = param(PHI_STD * jax.random.normal(key, (cfg.seed.dim,), jnp.float32), group="adamw", quant="other")
 
 
 def expand(phi, n: int, chunk: int, seed: int):
@@ -51,4 +51,4 @@ class Seed(Source):
         cfg = gpt.cfg
         slots = generated_slots(gpt)
         total = sum(L * o * i for L, o, i in slots.values())
-        return split_flat(expand(gpt.gen.phi[...], total, cfg.seed_chunk, cfg.generator_seed), slots)
+        return split_flat(expand(gpt.gen.phi[...], total, cfg.seed.chunk, cfg.seed.generator_seed), slots)

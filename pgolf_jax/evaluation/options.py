@@ -1,0 +1,98 @@
+"""The eval section (eval.*) and the options of the final eval modes that have any
+(`eval.<mode>.<field>`, set only while eval.final_modes selects the mode). JAX-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pgolf_jax import registry
+from pgolf_jax.errors import ConfigError
+from pgolf_jax.options import Section
+
+
+@dataclass(frozen=True)
+class EvalConfig(Section):
+    val_batch_size: int = 524_288
+    val_loss_every: int = 1000
+    val_tokens_limit: int = 0  # score only the first N val tokens (0 = the whole split)
+    attention_window: int = 0  # every evaluation's sliding causal attention window (#2114: 512; 0 = as trained)
+    # Evaluations of the round-tripped artifact, in order (registry.EVAL_MODES); the last one is the
+    # reported score: plain (non-overlapping sequences), sliding, ttt (eval.ttt.*), lora_ttt (eval.lora_ttt.*).
+    final_modes: str = "plain"
+    eval_seq_len: int = 0  # window length of the final evals (0 = train.train_seq_len)
+    eval_stride: int = 64  # sliding-window stride (records: 2048 / 64)
+    eval_batch_seqs: int = 32  # windows per forward in sliding / TTT scoring
+    ngram_order: int = 0  # eval-time n-gram mixing of order 2..8 on top of each final mode (0 = off)
+    ngram_mix: str = "entropy"  # entropy (adaptive weight) | fixed
+    ngram_lambda: float = 0.1  # the fixed mixing weight
+    h100_mfu: float = 0.4  # assumed utilization for the 8xH100 time projection of each eval
+    options: tuple = ()
+    SECTION = "eval"
+    RANGES = {"val_batch_size": ">= 1", "val_loss_every": ">= 0", "val_tokens_limit": ">= 0",
+              "attention_window": ">= 0", "eval_seq_len": ">= 0", "eval_stride": ">= 1", "eval_batch_seqs": ">= 1",
+              "ngram_lambda": "[0, 1]", "h100_mfu": "(0, 1]"}
+    CHOICES = {"ngram_mix": ("entropy", "fixed")}
+
+    def check(self, cfg) -> None:
+        super().check(cfg)
+        if not registry.names("eval.final_modes", self.final_modes):
+            raise ConfigError(f"eval.final_modes={self.final_modes!r}: choose from {', '.join(registry.EVAL_MODES)}")
+        if self.eval_seq_len and self.eval_stride > self.eval_seq_len:
+            raise ConfigError(f"eval.eval_stride={self.eval_stride} must be in 1..eval_seq_len")
+        if self.ngram_order and not 2 <= self.ngram_order <= 8:
+            raise ConfigError(f"eval.ngram_order={self.ngram_order} must be 0 (off) or 2..8")
+
+# lora_ttt's adapter sites: q, k, v, o (attn.proj), mlp (fc), mlp_out (mlp.proj), head, and the
+# records' parallel o_par / mlp_par (D -> D from the sublayer's normalized input).
+LORA_TARGET_NAMES = ("q", "k", "v", "o", "mlp", "mlp_out", "head", "o_par", "mlp_par")
+
+
+@dataclass(frozen=True)
+class TTT:
+    """ttt: score-first full-weight SGD, each chunk of chunk_tokens scored before it is trained on
+    for `epochs` (cosine lr over the chunks, momentum, gradient clip), batch_seqs windows a step."""
+    lr: float = 0.005
+    epochs: int = 3
+    momentum: float = 0.9
+    chunk_tokens: int = 32_768
+    batch_seqs: int = 32
+    grad_clip: float = 1.0
+    RANGES = {"lr": ">= 0", "epochs": ">= 0", "momentum": "[0, 1)", "chunk_tokens": ">= 1", "batch_seqs": ">= 1",
+              "grad_clip": ">= 0"}
+
+
+@dataclass(frozen=True)
+class LoRATTT:
+    """lora_ttt: per-document LoRA adapters trained score-first on each chunk. The records' phased
+    variant (spec 4.18) adds global SGD passes over already-scored documents (phase_*)."""
+    rank: int = 8
+    alpha: float = 8.0  # adapter output scale alpha / rank
+    targets: str = "q,k,v,o,mlp,head"  # of LORA_TARGET_NAMES (the records: q,k,v,o_par,mlp_par,head)
+    lr: float = 0.01
+    optimizer: str = "sgd"  # sgd (#1227, with `momentum`) | adam (betas, eps; AdamW when wd > 0)
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    wd: float = 0.0
+    warm_start_a: bool = False  # keep the trained A across document batches (reset per phase)
+    steps: int = 1  # optimizer steps per scored chunk (cosine within the chunk)
+    chunk_tokens: int = 48
+    batch_docs: int = 16  # documents scored in lockstep, each with its own adapter
+    phases: int = 0  # phased variant: global SGD passes over already-scored documents
+    phase_prefix_docs: int = 2000  # ... at these many documents, split evenly over the phases
+    phase_lr: float = 0.001
+    phase_chunk_tokens: int = 32_768  # the global passes: chunks, windows per step, momentum, clip
+    phase_batch_seqs: int = 32
+    phase_grad_clip: float = 1.0
+    RANGES = {"rank": ">= 1", "alpha": "> 0", "lr": ">= 0", "momentum": "[0, 1)", "beta1": "[0, 1)",
+              "beta2": "[0, 1)", "eps": "> 0", "wd": ">= 0", "steps": ">= 0", "chunk_tokens": ">= 1",
+              "batch_docs": ">= 1", "phases": ">= 0", "phase_prefix_docs": ">= 1", "phase_lr": ">= 0",
+              "phase_chunk_tokens": ">= 1", "phase_batch_seqs": ">= 1", "phase_grad_clip": ">= 0"}
+    CHOICES = {"optimizer": ("sgd", "adam")}
+
+    def check(self, cfg):
+        bad = [t for t in self.targets.split(",") if t not in LORA_TARGET_NAMES]
+        if bad:
+            raise ConfigError(f"eval.lora_ttt.targets={self.targets!r}: unknown {', '.join(bad)}; "
+                              f"choose from {', '.join(LORA_TARGET_NAMES)}")
