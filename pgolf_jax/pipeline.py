@@ -24,24 +24,18 @@ import jax
 import numpy as np
 
 from pgolf_jax import config as config_lib
-from pgolf_jax import dist, provenance
+from pgolf_jax import dist, provenance, registry
 from pgolf_jax.config import Config
 from pgolf_jax.data.shards import load_val_tokens, open_shard
 from pgolf_jax.data.tokenizer import build_luts
-from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb, unigram_bpb, with_window
+from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, unigram_bpb, with_window
 from pgolf_jax.fsio import atomic_output, write_bytes, write_json
 from pgolf_jax.model.gpt import Model, build_model, count_params
 from pgolf_jax.model.params import flat_specs
 from pgolf_jax.quant import artifact, pack
-from pgolf_jax.quant.calibrate import collect_hessians
-from pgolf_jax.quant.export import (
-    check_finite,
-    dequantize,
-    quantize_int8,
-    quantize_mixed,
-)
+from pgolf_jax.quant.export import check_finite, dequantize
 from pgolf_jax.quant.interop import flatten_params, unflatten_params
-from pgolf_jax.runlog import Progress, RunLog
+from pgolf_jax.runlog import RunLog
 
 UNIGRAM_TOKENS = 10_000_000
 
@@ -51,9 +45,9 @@ def new_run_id() -> str:
 
 
 def final_eval_modules(cfg: Config) -> list[str]:
-    """The modules final_evals imports for cfg's final modes."""
-    modes = [m for m in cfg.eval.final_modes.split(",") if m]
-    return ((["pgolf_jax.evaluation.ttt"] if {"ttt", "lora_ttt"} & set(modes) else [])
+    """The modules final_evals imports for cfg's final modes (each mode's registered module)."""
+    modes = registry.names("eval.final_modes", cfg.eval.final_modes)
+    return ([registry.module_of(registry.EVAL_MODES, m) for m in modes]
             + (["pgolf_jax.evaluation.ngram"] if cfg.eval.ngram_order else []))
 
 
@@ -128,47 +122,31 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
 
 
 def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
-    """Every eval.final_modes on the round-tripped weights (and n-gram mixing on top), each with
-    its wall time and a projection to 8xH100 from its analytic FLOPs; the last one is the score."""
-    # Only what the configured modes use (final_eval_modules: the packed code ships these).
-    mods = {m.rsplit(".", 1)[1]: importlib.import_module(m) for m in final_eval_modules(cfg)}
+    """Every eval.final_modes (registry.EVAL_MODES) on the round-tripped weights (and n-gram mixing
+    on top), each with its wall time and a bound on its 8xH100 time from its analytic FLOPs; the
+    last one is the score."""
+    from pgolf_jax.evaluation.modes import ModeContext
+
     e = cfg.eval
     T = e.eval_seq_len or cfg.train.train_seq_len
+    ctx = ModeContext(cfg, model, params, lambda stride: factory(model, mesh, T, stride, e.eval_batch_seqs), T, log,
+                      cfg.train.progress and dist.is_main(), bool(e.ngram_order))
     results = {}
-    for mode in [m for m in e.final_modes.split(",") if m]:
-        stride = T if mode in ("plain", "lora_ttt") else e.eval_stride
-        ev = factory(model, mesh, T, stride, e.eval_batch_seqs)
-        t0 = time.perf_counter()
-        extra = {}
-        on = cfg.train.progress and dist.is_main()
-        if mode in ("plain", "sliding"):
-            prog = Progress(f"eval:{mode}", len(ev.windows), enabled=on, unit="windows")
-            if e.ngram_order:
-                loss_sum, nll, ent = ev.score(params, per_token=True, progress=prog)
-            else:
-                loss_sum, nll, ent = ev.score(params, progress=prog), None, None
-            res = EvalResult(loss_sum / ev.total, bpb(loss_sum, ev.byte_count), ev.total, ev.byte_count,
-                             time.perf_counter() - t0)
-        elif mode == "ttt":
-            prog = Progress("eval:ttt", -(-ev.total // e.ttt.chunk_tokens), enabled=on, unit="chunks")
-            res, nll, ent, extra = mods["ttt"].full_ttt(ev.model, params, ev, e, log, per_token=bool(e.ngram_order),
-                                                         progress=prog)
-        else:
-            prog = Progress("eval:lora_ttt", len(mods["ttt"].documents(ev.tokens)), enabled=on, unit="docs")
-            res, nll, ent, extra = mods["ttt"].lora_ttt(ev.model, params, ev, e, log, per_token=bool(e.ngram_order),
-                                                         progress=prog)
-        prog.close()
-        res = finite_result(res, f"final_{mode}")
-        proj = h100x8_seconds_bound(cfg, T, extra.get("forward_tokens") or len(ev.windows) * T,
-                                        extra.get("train_tokens", 0))
+    for mode in registry.names("eval.final_modes", e.final_modes):
+        out = registry.resolve(registry.EVAL_MODES, mode)(ctx)
+        res = finite_result(out.result, f"final_{mode}")
+        proj = h100x8_seconds_bound(cfg, T, out.extra.get("forward_tokens") or len(out.ev.windows) * T,
+                                    out.extra.get("train_tokens", 0))
         log(f"final_{mode} {res.line()} bound_8xH100:{proj:.4f}s")
         log(f"final_{mode}_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
         results[mode] = {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "eval_seconds": round(res.seconds, 2),
                          "bound_8xH100_seconds": proj}
         log.metric(f"final_{mode}", **results[mode])
         if e.ngram_order:
-            loss, b, tok_s = mods["ngram"].mix_report(nll, ent, ev.tokens, cfg.model.vocab_size, e.ngram_order,
-                                              e.ngram_mix, e.ngram_lambda, ev.byte_count)
+            from pgolf_jax.evaluation import ngram
+
+            loss, b, tok_s = ngram.mix_report(out.nll, out.ent, out.ev.tokens, cfg.model.vocab_size, e.ngram_order,
+                                              e.ngram_mix, e.ngram_lambda, out.ev.byte_count)
             name = f"{mode}+ngram{e.ngram_order}"
             log(f"final_{name} val_loss:{loss:.4f} val_bpb:{b:.4f} ngram_tokens_per_s:{tok_s:.0f} (host)")
             results[name] = {"val_loss": loss, "val_bpb": b, "ngram_tokens_per_s": round(tok_s)}
@@ -207,40 +185,12 @@ def save_float_weights(params, run_dir: Path, log) -> Path:
 
 
 def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evaluator, log) -> tuple[dict, dict]:
-    """(quant object, info) under cfg.quant; GPTQ calibrates on training data first."""
-    q, info = cfg.quant, {}
-    named = flatten_params(params)
-    rules = flat_specs(model.param_specs(), params)  # each tensor's declared quantization rule
-    if q.scheme == "int8_per_row":
-        obj, stats = quantize_int8(named, q.clip_percentile, q.keep_float_max_numel, rules)
-        info["payload_bytes"] = stats["int8_payload_bytes"]
-        return obj, info
-    hessians = None
-    if q.scheme == "gptq":
-        t = cfg.train
-        hessians, seconds = collect_hessians(model, params, train_pattern, q.gptq.calibration_batches,
-                                             t.train_batch_tokens, t.train_seq_len, evaluator.sharding, log=log,
-                                             loader=cfg.data.loader, loader_seed=cfg.data.loader_seed,
-                                             vocab_size=cfg.model.vocab_size)
-        info["calibration_seconds"] = round(seconds, 2)
-        # The records count calibration on training data against the 600 s training budget.
-        if t.max_wallclock_seconds > 0:
-            within = seconds <= t.gptq_reserve_seconds
-            log(f"gptq:calibration_time:{seconds:.1f}s reserve:{t.gptq_reserve_seconds:.1f}s "
-                f"{'within' if within else 'OVER'} the training-budget reserve")
-            info["calibration_within_reserve"] = within
-        else:
-            log(f"gptq:calibration_time:{seconds:.1f}s (no wall-clock cap: no budget to count it against)")
-    t0 = time.perf_counter()
-    obj, report = quantize_mixed(named, q, hessians, log=log, rules=rules)
-    info["quantize_seconds"] = round(time.perf_counter() - t0, 2)
-    groups = {}
-    for r in report["tensors"].values():
-        groups.setdefault((r["group"], r["bits"]), []).append(r["error_fro"])
-    for (g, bits), errs in sorted(groups.items()):
-        grid = f"scale:{q.scale_method}" if q.grid == "symmetric" else f"grid:{q.grid} (per-row min-max)"
-        log(f"quant:{g} {len(errs)} tensors int{bits} {q.scheme} {grid} mean_error_fro:{np.mean(errs):.4f}")
-    return obj, info
+    """(quant object, info) under cfg.quant's scheme (registry.QUANT_SCHEMES)."""
+    from pgolf_jax.quant.schemes import QuantContext
+
+    ctx = QuantContext(cfg, flatten_params(params), flat_specs(model.param_specs(), params), model, params,
+                       train_pattern, evaluator.sharding, log)
+    return registry.resolve(registry.QUANT_SCHEMES, cfg.quant.scheme).quantize(ctx)
 
 
 def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evaluator, train_pattern: str, log,
@@ -252,7 +202,7 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     log(f"pre_quant {pre.line()}")
     obj, info = quantize_params(cfg, params, model, train_pattern, evaluator, log)
     check_finite(obj, flatten_params(params))
-    tag = "int8" if q.scheme == "int8_per_row" else q.scheme
+    tag = registry.resolve(registry.QUANT_SCHEMES, q.scheme).tag
     art_path = out_dir / f"final_model.{tag}.{q.compressor}"
     blob = artifact.pack(obj, q.compressor, q.level, q.byte_shuffle)
     model_bytes = len(blob)

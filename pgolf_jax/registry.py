@@ -91,14 +91,14 @@ OBJECTIVES = {
 EVAL_MODES = {
     "plain": "pgolf_jax.evaluation.modes:plain",
     "sliding": "pgolf_jax.evaluation.modes:sliding",
-    "ttt": Variant("pgolf_jax.evaluation.ttt:full_ttt_mode", "pgolf_jax.evaluation.options:TTT"),
-    "lora_ttt": Variant("pgolf_jax.evaluation.lora:lora_ttt_mode", "pgolf_jax.evaluation.options:LoRATTT"),
+    "ttt": Variant("pgolf_jax.evaluation.ttt_modes:full_ttt", "pgolf_jax.evaluation.options:TTT"),
+    "lora_ttt": Variant("pgolf_jax.evaluation.ttt_modes:lora_ttt", "pgolf_jax.evaluation.options:LoRATTT"),
 }
 # quant.scheme: how the trained weights become the artifact's integers.
 QUANT_SCHEMES = {
-    "int8_per_row": "pgolf_jax.quant.schemes:int8_per_row",
-    "gptq": Variant("pgolf_jax.quant.schemes:gptq", "pgolf_jax.quant.options:GPTQ"),
-    "rtn": "pgolf_jax.quant.schemes:rtn",
+    "int8_per_row": "pgolf_jax.quant.schemes:Int8PerRow",
+    "gptq": Variant("pgolf_jax.quant.schemes:GPTQ", "pgolf_jax.quant.options:GPTQ"),
+    "rtn": "pgolf_jax.quant.schemes:RTN",
 }
 
 # config field -> registry (what config validation checks, and what selects a variant's options).
@@ -137,6 +137,12 @@ def option_names(section: str) -> dict[str, str]:
         if key.startswith(section + "."):
             found.update({name: e.options for name, e in reg.items() if isinstance(e, Variant)})
     return found
+
+
+def module_of(registry: dict, key: str) -> str:
+    """The module of the implementation registered under key."""
+    target = registry[key]
+    return (target.impl if isinstance(target, Variant) else target).partition(":")[0]
 
 
 def load(target: str):

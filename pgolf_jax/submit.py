@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 from pgolf_jax import config as config_lib
+from pgolf_jax import registry
 from pgolf_jax.config import Config, ConfigError
 from pgolf_jax.errors import OutputRefused
 from pgolf_jax.fsio import check_output, read_json, write_bytes, write_json
@@ -157,8 +158,7 @@ def technique_summary(cfg: Config) -> str:
                       ("QAT", q.qat)]:
         if on:
             bits.append(label)
-    bits.append({"int8_per_row": "int8 per-row", "gptq": f"GPTQ int{q.mlp_bits}/int{q.embed_bits}",
-                 "rtn": f"RTN int{q.mlp_bits}"}[q.scheme] + f" + {q.compressor}")
+    bits.append(registry.resolve(registry.QUANT_SCHEMES, q.scheme).describe(q) + f" + {q.compressor}")
     modes = e.final_modes.replace(",", " -> ")
     bits.append(f"eval {modes}" + (f" + {e.ngram_order}-gram mixing" if e.ngram_order else ""))
     return " + ".join(bits)
