@@ -98,3 +98,170 @@ def test_no_import_cycles():
     for m in graph:
         if not state.get(m):
             visit(m, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# No hidden global state: code that runs after import (functions, methods, lambdas) never writes
+# to a module-level list, dict or set, a module-level object's attributes or a class attribute; what
+# a call needs is handed to it (model/layers.Pass, nnx intermediates, return values).
+
+MUTATORS = {"append", "extend", "insert", "pop", "popitem", "remove", "clear", "update", "setdefault", "add",
+            "discard", "__setitem__", "__delitem__", "__setattr__"}
+# (module, name) pairs whose in-function writes are allowed, each with why it is safe. There is no
+# import-time registry written from a function; the caches below are per-process memos keyed by
+# everything their value depends on (so a second call sees what a first would compute), written
+# from host code that no jax transformation traces.
+GLOBAL_WRITES_ALLOWED = {
+    ("hyper", "_SCOPES"): "removed by the loop branch",
+    ("data.shards", "_MANIFESTS"): "memo: (manifest path, mtime) -> its checksums",
+    ("data.shards", "_CHECKED"): "memo: (shard path, size, mtime, inode) -> its max token id, checked once",
+    ("hardware.target", "_TOPOLOGIES"): "memo: (n, target text) -> compile-only device descriptions",
+    ("model.kernels", "_LIB"): "keeps the native library loaded once (functools.cache'd load) alive for XLA",
+}
+
+
+def _bound(node) -> set[str]:
+    """Names a statement binds in its own scope (not inside nested functions or classes)."""
+    names = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(n.name)
+            continue
+        if isinstance(n, ast.Lambda):
+            continue
+        if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            names.add(n.id)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in n.names)
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            names.add(n.name)
+        stack.extend(ast.iter_child_nodes(n))
+    return names
+
+
+def _params(fn) -> set[str]:
+    a = fn.args
+    return {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs + [v for v in (a.vararg, a.kwarg) if v]}
+
+
+def _root(node):
+    """The Name under x[...][...] (or x itself), else None."""
+    while isinstance(node, ast.Subscript):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _global_writes(tree) -> list[tuple[int, str, str]]:
+    """(line, module-level name, what) for every write to module-level state from inside a function.
+    Imported names count for attribute assignment (monkey-patching) but not for calls or items:
+    `pause.insert(...)` calls a module's function."""
+    module_names = set().union(*(_bound(s) for s in tree.body)) if tree.body else set()
+    imported = set().union(set(), *(_bound(s) for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))))
+    found = []
+
+    def scan(fn, outer_locals: set[str]):
+        body = fn.body if isinstance(fn.body, list) else [fn.body]
+        declared = {n for s in body for n in ast.walk(s) if isinstance(n, ast.Global) for n in n.names}
+        local = (outer_locals | _params(fn) | set().union(*(_bound(s) for s in body))) - declared
+        shared = module_names - local
+        data = shared - imported
+        is_cm = any(isinstance(d, ast.Name) and d.id == "classmethod" for d in getattr(fn, "decorator_list", []))
+        cls_arg = (fn.args.posonlyargs + fn.args.args)[0].arg if is_cm and fn.args.args else None
+        found.extend((fn.lineno, name, "global statement") for name in declared)
+        todo = list(body)
+        while todo:
+            n = todo.pop()
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                scan(n, local)
+                continue
+            if isinstance(n, ast.ClassDef):
+                todo.extend(s for s in n.body if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)))
+                for s in n.body:
+                    if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        scan(s, local)
+                continue
+            targets = (n.targets if isinstance(n, (ast.Assign, ast.Delete)) else
+                       [n.target] if isinstance(n, (ast.AugAssign, ast.AnnAssign)) else [])
+            for t in targets:
+                if isinstance(t, ast.Subscript) and _root(t) in data:
+                    found.append((n.lineno, _root(t), "item assignment"))
+                elif isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name):
+                    if t.value.id in shared or t.value.id == cls_arg:
+                        found.append((n.lineno, t.value.id, f"attribute .{t.attr} assignment"))
+            if isinstance(n, ast.Call):
+                f = n.func
+                if isinstance(f, ast.Attribute) and f.attr in MUTATORS and _root(f.value) in data:
+                    found.append((n.lineno, _root(f.value), f".{f.attr}()"))
+                elif isinstance(f, ast.Name) and f.id in ("setattr", "delattr") and n.args \
+                        and isinstance(n.args[0], ast.Name) and n.args[0].id in shared:
+                    found.append((n.lineno, n.args[0].id, f"{f.id}()"))
+            todo.extend(ast.iter_child_nodes(n))
+
+    todo = list(tree.body)
+    while todo:
+        n = todo.pop()
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            scan(n, set())
+        else:
+            todo.extend(ast.iter_child_nodes(n))
+    return found
+
+
+def global_writes(root: Path = PKG) -> list[str]:
+    """'module:line name what' for every write to module-level state not allowed above."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(p for p in path.relative_to(root).with_suffix("").parts if p != "__init__")
+        for line, name, what in _global_writes(ast.parse(path.read_text())):
+            if (module, name) not in GLOBAL_WRITES_ALLOWED:
+                out.append(f"{module}:{line} {name} {what}")
+    return sorted(out)
+
+
+def test_no_function_writes_module_level_state():
+    bad = global_writes()
+    assert not bad, bad
+
+
+def test_the_global_write_check_finds_each_kind():
+    """The check flags the old model/layers.py pattern (a module-level stack pushed and popped around
+    a call) and every other kind of write, and leaves locals that shadow a module name alone."""
+    src = """
+import contextlib
+_POSITION: list = []
+_TAPS: list[dict] = []
+COUNT = 0
+class Reg:
+    items = {}
+@contextlib.contextmanager
+def block_position(layer, slot):
+    _POSITION.append((layer, slot))
+    try:
+        yield
+    finally:
+        _POSITION.pop()
+def record_input(linear, weight, x):
+    if _TAPS:
+        _TAPS[-1][f"{linear.tap}.{weight}"] = x
+def bump():
+    global COUNT
+    COUNT += 1
+def register(name, cls):
+    Reg.items = {name: cls}
+    setattr(Reg, name, cls)
+class Thing:
+    @classmethod
+    def remember(cls, v):
+        cls.last = v
+def fine(_TAPS):
+    _TAPS.append(1)
+    local = []
+    local.append(2)
+    return [x for x in local]
+"""
+    found = sorted((name, what) for _, name, what in _global_writes(ast.parse(src)))
+    assert found == sorted([("_POSITION", ".append()"), ("_POSITION", ".pop()"), ("_TAPS", "item assignment"),
+                            ("COUNT", "global statement"), ("Reg", "attribute .items assignment"),
+                            ("Reg", "setattr()"), ("cls", "attribute .last assignment")]), found

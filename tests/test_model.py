@@ -197,8 +197,10 @@ def test_initial_loss_is_uniform():
 
 @pytest.mark.parametrize("scan_layers", [True, False])
 def test_slot_deltas_are_per_virtual_layer(scan_layers):
-    """Test-time adapters ride on virtual slots: one delta shared by every pass of a looped layer
-    equals editing that layer's weight; a delta on one pass changes only what that pass sees."""
+    """Test-time adapters ride on virtual slots (a hook on the pass): one delta shared by every pass
+    of a looped layer equals editing that layer's weight; a delta on one pass changes only what that
+    pass sees."""
+    from pgolf_jax.evaluation.ttt import SlotAdapters
     cfg = dataclasses.replace(TINY, num_loops=2, loop_start=1, loop_end=2, attention_impl="xla",
                               scan_layers=scan_layers)
     model = M.build_model(cfg)
@@ -213,7 +215,7 @@ def test_slot_deltas_are_per_virtual_layer(scan_layers):
     shared = {"mlp.fc.weight": d_L[jnp.asarray(slots)]}
     edited = jax.tree.map(lambda a: a, params)
     edited["blocks"]["mlp"]["fc"]["weight"] = params["blocks"]["mlp"]["fc"]["weight"] + d_L
-    logits = jax.jit(lambda p, i, d: model.logits(p, i, True, slot_deltas=d))
+    logits = jax.jit(lambda p, i, d: model.logits(p, i, True, hook=SlotAdapters(deltas=d, parallel={})))
     np.testing.assert_allclose(logits(params, ids, shared), model.logits(edited, ids), rtol=1e-5, atol=1e-5)
     second_pass = slots.index(1) + 1  # layer 1's second visit
     one = {"mlp.fc.weight": shared["mlp.fc.weight"].at[second_pass].add(0.2)}
@@ -221,8 +223,10 @@ def test_slot_deltas_are_per_virtual_layer(scan_layers):
 
 
 def test_parallel_adapters_read_the_sublayer_input():
-    """attn_par / mlp_par add norm(input) @ D^T to a sublayer's output before its scale: with the
-    attention branch silenced, an attn_par adapter changes the block output by exactly that."""
+    """Parallel adapters at the hook sites attn / mlp add norm(input) @ D^T to a sublayer's output
+    before its scale: with the MLP branch silenced, an attn adapter changes the block output by
+    exactly that."""
+    from pgolf_jax.evaluation.ttt import SlotAdapters
     from flax import nnx
     cfg = dataclasses.replace(TINY, attention_impl="xla")
     block = M.Block(cfg, rngs=nnx.Rngs(params=0))
@@ -230,13 +234,17 @@ def test_parallel_adapters_read_the_sublayer_input():
     block.attn_scale[...] = jnp.full_like(block.attn_scale[...], 0.5)
     B, T, D = 2, 8, cfg.model_dim
     x = jax.random.normal(jax.random.key(1), (B * T, D))
-    ctx = {"rope": layers.rotary_tables(T, D // cfg.num_heads, cfg.rope_base, jnp.float32), "shape_BT": (B, T)}
+    ctx = layers.Pass(shape_BT=(B, T), rope=layers.rotary_tables(T, D // cfg.num_heads, cfg.rope_base, jnp.float32))
     d = 0.1 * jax.random.normal(jax.random.key(2), (D, D))
+
+    def hooked(site):  # one virtual slot (0) with a parallel adapter at `site`
+        return dataclasses.replace(ctx.at(0, 0), hook=SlotAdapters(deltas={}, parallel={site: d[None]}))
+
     base = block(x, x, 0, ctx)
-    with_attn = block(x, x, 0, ctx, {"attn_par": d})
+    with_attn = block(x, x, 0, hooked("attn"))
     mixed = block.resid_mix[...][0] * x + block.resid_mix[...][1] * x
     np.testing.assert_allclose(with_attn - base, 0.5 * layers.rms_norm(mixed) @ d.T, rtol=1e-5, atol=1e-5)
     attn_out = base  # with mlp_scale = 0 the block output is the post-attention stream: the MLP input
     block.mlp_scale[...] = jnp.ones_like(block.mlp_scale[...])
-    np.testing.assert_allclose(block(x, x, 0, ctx, {"mlp_par": d}) - block(x, x, 0, ctx),
+    np.testing.assert_allclose(block(x, x, 0, hooked("mlp")) - block(x, x, 0, ctx),
                                layers.rms_norm(attn_out) @ d.T, rtol=1e-4, atol=1e-4)

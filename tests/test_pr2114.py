@@ -15,7 +15,7 @@ from flax import nnx
 from pgolf_jax import config as C
 from pgolf_jax.model import attention
 from pgolf_jax.model.gpt import analytic_flops_per_token, build_model, count_params, layer_matmul_weights
-from pgolf_jax.model.layers import block_position, rotary_tables
+from pgolf_jax.model.layers import Pass, rotary_tables
 from pgolf_jax.model.params import flat_specs
 from pgolf_jax.model.rlma import RLMALinear, name_seed, random_base
 from pgolf_jax.model.topology import BlockRunner
@@ -49,7 +49,7 @@ def test_parallel_block_residual_rule(residual):
     block.attn.proj.weight[...] = 0.1 * jax.random.normal(jax.random.key(1), (32, 32))
     block.mlp.proj.weight[...] = 0.1 * jax.random.normal(jax.random.key(2), (32, 64))
     x = jax.random.normal(jax.random.key(3), (2 * 8, 32))
-    ctx = {"rope": rotary_tables(8, 16, 1e4, jnp.float32), "shape_BT": (2, 8), "window": 0}
+    ctx = Pass(shape_BT=(2, 8), rope=rotary_tables(8, 16, 1e4, jnp.float32))
     n = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + jnp.finfo(jnp.float32).eps)
     b = nnx.jit(lambda blk, n: 0.6 * blk.attn(n, ctx) + 0.6 * blk.mlp(n))(block, n)
     rs = 1 / math.sqrt(3 + 2)
@@ -108,8 +108,7 @@ def test_rlma_random_base_is_stable_per_pass_and_the_init_is_alpha_r():
     np.testing.assert_array_equal(np.asarray(lin.materialize(1, 2)), R)  # alpha R + 0 V
     lin.alpha[...] = jnp.asarray(0.5)
     x = np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)
-    with block_position(1, 2):
-        np.testing.assert_allclose(np.asarray(lin(jnp.asarray(x))), x @ (0.5 * R).T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(lin(jnp.asarray(x), Pass().at(1, 2))), x @ (0.5 * R).T, rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match="block position"):
         lin(jnp.asarray(x))
 

@@ -13,7 +13,7 @@ from pgolf_jax import config as C
 from pgolf_jax.model.attention import exclusive_self_attention
 from pgolf_jax.model.embeddings import BigramHash, SmearGateV1, SmearGateV2, bigram_hash
 from pgolf_jax.model.gpt import build_model, count_params
-from pgolf_jax.model.layers import apply_rotary, leaky_relu2, rms_norm, rotary_tables
+from pgolf_jax.model.layers import Pass, apply_rotary, leaky_relu2, rms_norm, rotary_tables
 from pgolf_jax.model.topology import num_skips, repeat_in_place_layers, unet_layers
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -58,7 +58,7 @@ def reference_forward(model, params, ids, layers):
     cfg = model.cfg
     x = gpt.embed(ids).reshape(B * T, cfg.model_dim)
     x0 = x
-    ctx = {"rope": rotary_tables(T, cfg.rope_dims, cfg.rope_base, jnp.float32), "shape_BT": (B, T)}
+    ctx = Pass(shape_BT=(B, T), rope=rotary_tables(T, cfg.rope_dims, cfg.rope_base, jnp.float32))
     graphdef, stacked = nnx.split(gpt.blocks)
     n_enc = len(layers) // 2
     enc, dec = layers[:n_enc], layers[n_enc:]
@@ -113,7 +113,7 @@ def test_block_rules_follow_the_physical_layer():
     B, T = 2, 16
     x = jax.random.normal(jax.random.key(3), (B * T, cfg.model_dim))
     x0 = jax.random.normal(jax.random.key(4), (B * T, cfg.model_dim))
-    ctx = {"rope": rotary_tables(T, cfg.rope_dims, cfg.rope_base, jnp.float32), "shape_BT": (B, T)}
+    ctx = Pass(shape_BT=(B, T), rope=rotary_tables(T, cfg.rope_dims, cfg.rope_base, jnp.float32))
     for layer in range(cfg.num_layers):
         block = nnx.merge(graphdef, jax.tree.map(lambda a: a[layer], stacked))
         want = block_reference(block, x, x0, layer, ctx, cfg)

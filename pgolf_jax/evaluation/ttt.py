@@ -17,8 +17,11 @@ already-scored documents.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +31,7 @@ from pgolf_jax import dist
 from pgolf_jax.config import EvalConfig
 from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb
 from pgolf_jax.model.embeddings import BOS_ID
+from pgolf_jax.model.layers import LinearHook
 from pgolf_jax.optim.optimizers import clip_by_global_norm
 
 
@@ -153,8 +157,38 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
 
 LORA_TARGETS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.proj", "mlp": "mlp.fc",
                 "mlp_out": "mlp.proj"}
-# Parallel D -> D adapters (the records' O and MLP placement), by the model's slot_deltas key.
-PARALLEL_LORA = {"o_par": "attn_par", "mlp_par": "mlp_par"}
+# Parallel D -> D adapters (the records' O and MLP placement), by the hook site they add to.
+PARALLEL_LORA = {"o_par": "attn", "mlp_par": "mlp"}
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=("deltas", "parallel", "head"),
+                   meta_fields=("head_scale",))
+@dataclasses.dataclass(frozen=True)
+class SlotAdapters(LinearHook):
+    """Test-time adapters attached to a forward pass as its hook (the blocks take no adapter
+    arguments), one per virtual layer slot so each pass of a looped layer has its own: weight
+    deltas {block weight ("attn.c_q.weight"): (slots, out, in)} added to a dense linear's fp32
+    weight, parallel paths {"attn" / "mlp": (slots, D, D)} adding x d^T (x the sublayer's normalized
+    input) to a sublayer's output, and a low-rank head term head_scale (h A^T) B^T, head = (A (R, D),
+    B (V, R)) or None."""
+    deltas: dict
+    parallel: dict
+    head: Any = None
+    head_scale: float = 1.0
+
+    def weight(self, name: str, w, slot):
+        d = self.deltas.get(name)
+        return w if d is None else w + d[slot].astype(w.dtype)
+
+    def output(self, site: str, x, y, slot):
+        if site == "head":
+            if self.head is None:
+                return y
+            A, B = self.head
+            h_AR = jnp.einsum("btd,rd->btr", x, A.astype(x.dtype))
+            return y + self.head_scale * jnp.einsum("btr,vr->btv", h_AR, B.astype(x.dtype))
+        d = self.parallel.get(site)
+        return y if d is None else y + x @ d[slot].astype(x.dtype).T
 
 
 def lora_init(key, params, targets: tuple[str, ...], rank: int, n_docs: int, head: bool, n_slots: int):
@@ -181,10 +215,13 @@ def lora_init(key, params, targets: tuple[str, ...], rank: int, n_docs: int, hea
     return lora
 
 
-def lora_slot_deltas(lora_doc, scale: float) -> dict:
-    """One document's adapters as per-slot weight deltas scale * B A (the model's slot_deltas)."""
-    return {PARALLEL_LORA.get(t) or f"{LORA_TARGETS[t]}.weight": scale * jnp.einsum("sor,sri->soi", ab["B"], ab["A"])
-            for t, ab in lora_doc.items() if t != "head"}
+def lora_hook(lora_doc, scale: float, head: bool) -> SlotAdapters:
+    """One document's adapters as the forward pass's hook: per-slot deltas scale * B A on the block
+    weights and parallel paths, and the head adapter when `head`."""
+    made = {t: scale * jnp.einsum("sor,sri->soi", ab["B"], ab["A"]) for t, ab in lora_doc.items() if t != "head"}
+    return SlotAdapters(deltas={f"{LORA_TARGETS[t]}.weight": d for t, d in made.items() if t not in PARALLEL_LORA},
+                        parallel={PARALLEL_LORA[t]: d for t, d in made.items() if t in PARALLEL_LORA},
+                        head=(lora_doc["head"]["A"], lora_doc["head"]["B"]) if head else None, head_scale=scale)
 
 
 def lora_update(lora, opt, g, lr, cfg: EvalConfig):
@@ -226,8 +263,7 @@ def lora_functions(model, cfg: EvalConfig, place: _Placer):
     scale = cfg.lora_ttt.alpha / cfg.lora_ttt.rank
 
     def doc_logits(p, lora_doc, x_T):
-        hl = None if not head else (lora_doc["head"]["A"], lora_doc["head"]["B"], scale)
-        return model.logits(p, x_T[None], True, head_lora=hl, slot_deltas=lora_slot_deltas(lora_doc, scale))[0]
+        return model.logits(p, x_T[None], True, hook=lora_hook(lora_doc, scale, head))[0]
 
     def nll_of(p, lora, x_BT, y_BT):
         logits = jax.vmap(doc_logits, in_axes=(None, 0, 0))(p, lora, x_BT)

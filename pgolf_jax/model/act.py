@@ -48,9 +48,9 @@ class ACT:
         gpt.halt_b = param(jnp.asarray(cfg.act.halt_bias, jnp.float32), group="scalar", quant="control")
 
     @staticmethod
-    def run(gpt, x, x0, ctx, layers, tap_fn=None, slot_deltas=None, return_weights=False):
+    def run(gpt, x, x0, ctx, layers, tap_fn=None, return_weights=False):
         cfg = gpt.cfg
-        run = BlockRunner(gpt, x0, ctx, slot_deltas)
+        run = BlockRunner(gpt, x0, ctx)
         state = run.layer(0, 0)  # one shared block, one virtual slot
         halt_w, halt_b = gpt.halt_w[...], gpt.halt_b[...]
         N = x.shape[0]

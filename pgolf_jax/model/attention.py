@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from pgolf_jax import registry
 from pgolf_jax.model import kernels
-from pgolf_jax.model.layers import apply_rotary, block_linear, linear_init, rms_norm
+from pgolf_jax.model.layers import Pass, apply_rotary, block_linear, linear_init, rms_norm
 from pgolf_jax.model.params import param
 
 # Query/key block of the "flash" path. 128 measured fastest for T = 1024 on the 2-core CPU.
@@ -267,8 +267,8 @@ def causal_attention(q_BTHK, k_BTGK, v_BTGK, impl: str = "auto", scale: float | 
 
 # ---------------------------------------------------------------------------------------------
 # Attention modules. Each takes the normalized block input x_ND (the flat residual stream,
-# N = B*T) and a context dict holding the rotary tables and (B, T); it returns the pre-residual
-# output (after the output projection), shape (N, D).
+# N = B*T) and the pass (layers.Pass: the rotary tables, (B, T), the window, handed on to every
+# linear); it returns the pre-residual output (after the output projection), shape (N, D).
 
 def exclusive_self_attention(y_BTHK, v_BTGK):
     """XSA (spec 4.8): remove from each head's output its component along the token's own
@@ -300,25 +300,26 @@ class GQA(nnx.Module):
         self.c_k = block_linear(cfg, D, kv, site="attn", init=linear_init(cfg, D, kv), rngs=rngs)
         self.c_v = block_linear(cfg, D, kv, site="attn", init=linear_init(cfg, D, kv), rngs=rngs)
 
-    def __call__(self, x_ND, ctx, xsa=0.0):
+    def __call__(self, x_ND, ctx: Pass, xsa=0.0):
         """`xsa` in {0, 1} (a traced per-layer flag under scan) switches XSA on."""
-        B, T = ctx["shape_BT"]
+        B, T = ctx.shape_BT
         G, K = self.num_kv_heads, self.head_dim
-        return self.attend(x_ND, self.c_k(x_ND).reshape(B, T, G, K), self.c_v(x_ND).reshape(B, T, G, K), ctx, xsa)
+        return self.attend(x_ND, self.c_k(x_ND, ctx).reshape(B, T, G, K), self.c_v(x_ND, ctx).reshape(B, T, G, K),
+                           ctx, xsa)
 
-    def attend(self, x_ND, k_BTGK, v_BTGK, ctx, xsa):
+    def attend(self, x_ND, k_BTGK, v_BTGK, ctx: Pass, xsa):
         """Everything after the K/V projections (shared by the attention variants that only
         change how K and V are made): q, QK norm, RoPE, q gain, attention, XSA, output."""
-        B, T = ctx["shape_BT"]
+        B, T = ctx.shape_BT
         H, K = self.num_heads, self.head_dim
-        q_BTHK = rms_norm(self.c_q(x_ND).reshape(B, T, H, K))
+        q_BTHK = rms_norm(self.c_q(x_ND, ctx).reshape(B, T, H, K))
         k_BTGK = rms_norm(k_BTGK)
-        cos, sin = ctx["rope"]
+        cos, sin = ctx.rope
         q_BTHK = apply_rotary(q_BTHK, cos, sin)
         k_BTGK = apply_rotary(k_BTGK, cos, sin)
         q_BTHK = q_BTHK * self.q_gain[...].astype(q_BTHK.dtype)[:, None]
-        y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.impl, window=ctx.get("window", 0))
+        y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.impl, window=ctx.window)
         if not (isinstance(xsa, (int, float)) and xsa == 0):
             y_BTHK = jnp.where(jnp.asarray(xsa) > 0, exclusive_self_attention(y_BTHK, v_BTGK), y_BTHK)
-        return self.proj(y_BTHK.reshape(B * T, H * K))
+        return self.proj(y_BTHK.reshape(B * T, H * K), ctx)
 

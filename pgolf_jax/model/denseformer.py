@@ -27,8 +27,8 @@ class DenseFormer:
         gpt.dwa_weights = param(jnp.eye(n, n + 1, k=1, dtype=jnp.float32), group="scalar", quant="control")
 
     @staticmethod
-    def run(gpt, x, x0, ctx, layers, tap_fn=None, slot_deltas=None):
-        run = BlockRunner(gpt, x0, ctx, slot_deltas)
+    def run(gpt, x, x0, ctx, layers, tap_fn=None):
+        run = BlockRunner(gpt, x0, ctx)
         w = gpt.dwa_weights[...].astype(x.dtype)
         history = [x]
         for j, layer in enumerate(layers):

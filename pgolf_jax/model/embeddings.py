@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgolf_jax.model.layers import DenseLinear
+from pgolf_jax.model.layers import OUTSIDE, DenseLinear, Pass
 from pgolf_jax.model.params import param
 
 BOS_ID = 1  # the challenge's tokenizers put <s> at id 1
@@ -44,9 +44,9 @@ class BigramHash(nnx.Module):
         self.proj.weight[...] = self.proj.weight[...] / math.sqrt(2 * cfg.num_layers)
         self.scale = param(jnp.asarray(0.05, jnp.float32), group="scalar", quant="other")
 
-    def __call__(self, ids_BT, dtype):
+    def __call__(self, ids_BT, dtype, ctx: Pass = OUTSIDE):
         h = self.embed(bigram_hash(ids_BT, self.buckets)).astype(dtype)
-        return self.proj(h) * self.scale[...].astype(dtype)
+        return self.proj(h, ctx) * self.scale[...].astype(dtype)
 
 
 def previous_token(x_BTD):

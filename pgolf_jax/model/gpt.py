@@ -25,9 +25,11 @@ from pgolf_jax.config import ModelConfig, layer_mixers
 from pgolf_jax.model import pause
 from pgolf_jax.model.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
 from pgolf_jax.model.layers import (
+    OUTSIDE,
     DenseLinear,
+    Pass,
     block_linear,
-    capture_linear_inputs,
+    captured_inputs,
     linear_init,
     name_taps,
     rms_norm,
@@ -55,21 +57,15 @@ class MLP(nnx.Module):
         self.gate = (block_linear(cfg, D, hidden, site="mlp", init=linear_init(cfg, D, hidden), rngs=rngs)
                      if getattr(self.act, "gated", False) else None)
 
-    def __call__(self, x_ND):
+    def __call__(self, x_ND, ctx: Pass = OUTSIDE):
         if self.gate is not None:
-            return self.proj(self.act(self.gate(x_ND)) * self.fc(x_ND))
-        return self.proj(self.act(self.fc(x_ND)))
+            return self.proj(self.act(self.gate(x_ND, ctx)) * self.fc(x_ND, ctx), ctx)
+        return self.proj(self.act(self.fc(x_ND, ctx)), ctx)
 
 
 def _ge(layer, threshold: int):
     """layer >= threshold, as a Python bool for a static layer and a traced bool under scan."""
     return layer >= threshold if isinstance(layer, int) else jnp.asarray(layer) >= threshold
-
-
-def with_adapter(adapters: dict, name: str, n_ND, y_ND):
-    """y plus a test-time parallel path n @ d^T from the sublayer's normalized input, when given."""
-    d = adapters.get(name)
-    return y_ND if d is None else y_ND + n_ND @ d.astype(n_ND.dtype).T
 
 
 class Block(nnx.Module):
@@ -91,14 +87,13 @@ class Block(nnx.Module):
     def make_mixer(self, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
         self.attn = registry.resolve(registry.ATTENTION, cfg.attention)(cfg, rngs=rngs)
 
-    def mix(self, n_ND, ctx, xsa):
+    def mix(self, n_ND, ctx: Pass, xsa):
         return self.attn(n_ND, ctx, xsa=xsa)
 
-    def __call__(self, x_ND, x0_ND, layer, ctx, adapters=None):
+    def __call__(self, x_ND, x0_ND, layer, ctx: Pass):
         """`layer` is the physical layer index (a traced int under scan) the per-layer rules use.
-        adapters {"attn_par" / "mlp_par": (D, D)} are test-time parallel paths from each sublayer's
-        normalized input, added to its output before the attn/mlp scale (the records' O and MLP
-        LoRA placement)."""
+        Each sublayer's output passes the pass's hook sites "attn" / "mlp" (with the sublayer's
+        normalized input) before its branch scale: where test-time parallel adapters attach."""
         dt = x_ND.dtype
         mix = self.resid_mix[...].astype(dt)
         x_ND = mix[0] * x_ND + mix[1] * x0_ND
@@ -106,17 +101,15 @@ class Block(nnx.Module):
         c = jax.lax.rsqrt(jnp.asarray(layer, jnp.float32) + 1.0).astype(dt) if self.ln_scale else None
         norm = (lambda h: rms_norm(h) * c) if self.ln_scale else rms_norm
         xsa = _ge(layer, self.num_layers - self.xsa_last_n) if self.xsa_last_n else 0.0
-        adapters = adapters or {}
         n_ND = norm(x_ND)
-        attn_out = x_ND + self.attn_scale[...].astype(dt) * with_adapter(adapters, "attn_par", n_ND,
-                                                                           self.mix(n_ND, ctx, xsa))
+        attn_out = x_ND + self.attn_scale[...].astype(dt) * ctx.output("attn", n_ND, self.mix(n_ND, ctx, xsa))
         # Sequential blocks feed the MLP the post-attention stream; GPT-J parallel blocks
         # (physical layer >= parallel_residual_start) feed it the block input (spec 4.3).
         mlp_in = attn_out
         if self.parallel_start >= 0:
             mlp_in = jnp.where(_ge(layer, self.parallel_start), x_ND, attn_out)
         n_ND = norm(mlp_in)
-        return attn_out + self.mlp_scale[...].astype(dt) * with_adapter(adapters, "mlp_par", n_ND, self.mlp(n_ND))
+        return attn_out + self.mlp_scale[...].astype(dt) * ctx.output("mlp", n_ND, self.mlp(n_ND, ctx))
 
 
 def block_stacks(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -195,13 +188,14 @@ class GPT(nnx.Module):
         """Weight of each auxiliary loss the forward pass returns, in the training objective."""
         return {"ponder": cfg.act.ponder_cost} if cfg.topology == "act" else {}
 
-    def embed(self, ids_BT):
+    def embed(self, ids_BT, ctx: Pass = OUTSIDE):
         """x0: the normalized token (+ bigram) embedding, smeared if configured, with the pause
-        slots inserted; (B, T', D) with T' = T + floor(T / pause_interval) pause_tokens."""
+        slots inserted; (B, T', D) with T' = T + floor(T / pause_interval) pause_tokens. ctx: only
+        whether the bigram projection records its input (calibration)."""
         dt = self.compute_dtype
         x_BTD = self.tok_emb(ids_BT).astype(dt)
         if self.bigram is not None:
-            x_BTD = x_BTD + self.bigram(ids_BT, dt)
+            x_BTD = x_BTD + self.bigram(ids_BT, dt, ctx)
         if isinstance(self.smear, SmearGateV2):
             x_BTD = self.smear(x_BTD, ids_BT)
         if self.pause is not None:
@@ -213,14 +207,15 @@ class GPT(nnx.Module):
             x_BTD = self.smear(x_BTD)
         return x_BTD
 
-    def _context(self, T: int, B: int, rng=None) -> dict:
-        """What every block reads: rotary tables, the batch shape and the generated block weights
-        (made once per forward pass; rng: the train step's key, None in evaluation)."""
+    def _context(self, T: int, B: int, rng=None, hook=None) -> Pass:
+        """What every block reads: rotary tables, the batch shape, the generated block weights
+        (made once per forward pass; rng: the train step's key, None in evaluation) and the
+        eval-time adapters' hook (a layers.LinearHook or None)."""
         cfg = self.cfg
         head_dim = cfg.model_dim // cfg.num_heads
         rope = rotary_tables(T, cfg.rope_dims or head_dim, cfg.rope_base, self.compute_dtype, cfg.rope_train_seq_len)
-        return {"rope": rope, "shape_BT": (B, T), "window": cfg.attention_window,
-                "generated": self.weight_source.generate(self, rng)}
+        return Pass(shape_BT=(B, T), rope=rope, window=cfg.attention_window,
+                    generated=self.weight_source.generate(self, rng), hook=hook)
 
     def _real(self, h_BTD, T: int):
         """The real positions of an expanded (pause) sequence."""
@@ -229,23 +224,23 @@ class GPT(nnx.Module):
         return jnp.take(h_BTD, jnp.asarray(pause.real_positions(T, self.cfg.pause_tokens, self.cfg.pause_interval)),
                         axis=1)
 
-    def hidden_and_aux(self, ids_BT, looped: bool = True, slot_deltas=None, rng=None):
+    def hidden_and_aux(self, ids_BT, looped: bool = True, hook=None, rng=None):
         """(final-norm hidden states (B, T, D) at the real positions: the head's input, auxiliary
-        losses). slot_deltas {block weight name ("attn.c_q.weight"): (virtual layers, out, in)} adds
-        a delta per virtual layer slot, so each pass of a looped layer can carry its own test-time
-        adapter; the keys in PARALLEL_ADAPTERS hold (virtual layers, D, D) parallel paths instead."""
+        losses). hook: eval-time adapters (layers.LinearHook) the blocks' linears and sublayer
+        outputs pass through; it sees the virtual slot, so each pass of a looped layer can carry
+        its own adapter."""
         B, T = ids_BT.shape
         x_BTD = self.embed(ids_BT)
         Tx = x_BTD.shape[1]
         # The residual stream is kept flat, (B*T, D): the gradient of a (D,) parameter broadcast
         # over (1, T, D) is a middle-axis reduction that XLA:CPU runs ~40x slower than over (N, D).
         x_ND = x_BTD.reshape(B * Tx, self.cfg.model_dim)
-        x_ND, aux = self.topology.run(self, x_ND, x_ND, self._context(Tx, B, rng),
-                                      self.layers if looped else self.plain_layers, slot_deltas=slot_deltas)
+        x_ND, aux = self.topology.run(self, x_ND, x_ND, self._context(Tx, B, rng, hook),
+                                      self.layers if looped else self.plain_layers)
         return self._real(rms_norm(x_ND).reshape(B, Tx, self.cfg.model_dim), T), aux
 
-    def hidden(self, ids_BT, looped: bool = True, slot_deltas=None):
-        return self.hidden_and_aux(ids_BT, looped, slot_deltas)[0]
+    def hidden(self, ids_BT, looped: bool = True):
+        return self.hidden_and_aux(ids_BT, looped)[0]
 
     def head(self, h_BTD):
         """The output head (tied embedding or lm_head) before the soft-cap."""
@@ -253,22 +248,20 @@ class GPT(nnx.Module):
             return jnp.einsum("btd,vd->btv", h_BTD, self.tok_emb.weight[...].astype(h_BTD.dtype))
         return self.lm_head(h_BTD)
 
-    def forward(self, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None, rng=None):
-        """(soft-capped logits (B, T, V) in fp32, auxiliary losses). head_lora = (A (R, D),
-        B (V, R), scale) adds a low-rank term to the head's output (test-time training adapters)."""
-        h_BTD, aux = self.hidden_and_aux(ids_BT, looped, slot_deltas, rng)
+    def forward(self, ids_BT, looped: bool = True, hook=None, rng=None):
+        """(soft-capped logits (B, T, V) in fp32, auxiliary losses). hook: eval-time adapters
+        (layers.LinearHook) on the block linears, the sublayer outputs and the head ("head")."""
+        h_BTD, aux = self.hidden_and_aux(ids_BT, looped, hook, rng)
         logits = self.head(h_BTD)
-        if head_lora is not None:
-            A, B, scale = head_lora
-            logits = logits + scale * jnp.einsum("btr,vr->btv", jnp.einsum("btd,rd->btr", h_BTD, A.astype(h_BTD.dtype)),
-                                                 B.astype(h_BTD.dtype))
+        if hook is not None:
+            logits = hook.output("head", h_BTD, logits, None)
         # The cap is applied in fp32 (the reference applies it to the bf16 logits before .float());
         # a vmapped sweep group traces it (hyper.py).
         cap = hyper.value("model.logit_softcap", self.cfg.logit_softcap)
         return softcap(logits.astype(jnp.float32), cap), aux
 
-    def __call__(self, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None):
-        return self.forward(ids_BT, looped, head_lora, slot_deltas)[0]
+    def __call__(self, ids_BT, looped: bool = True, hook=None):
+        return self.forward(ids_BT, looped, hook)[0]
 
     def outputs(self, ids_BT, looped: bool, rng):
         """What training reads (every family has this): (logits, auxiliary losses, per-position
@@ -298,8 +291,7 @@ class GPT(nnx.Module):
             for name, x_in in taps.items():
                 add(name, x_in, index, n_stacked)
 
-        with capture_linear_inputs() as taps:
-            x_BTD = self.embed(ids_BT)
+        x_BTD, taps = captured_inputs(self.embed, ids_BT, Pass(capture=True))
         for name, x_in in taps.items():
             add(name, x_in)
         Tx = x_BTD.shape[1]
@@ -350,8 +342,8 @@ class Model:
         """Training starts on the plain order and switches at model.enable_looping_at."""
         return self.cfg.enable_looping_at > 0 and schedule(self.cfg) != tuple(range(self.cfg.num_layers))
 
-    def logits(self, params, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None):
-        return self.module(params)(ids_BT, looped, head_lora, slot_deltas)
+    def logits(self, params, ids_BT, looped: bool = True, hook=None):
+        return self.module(params)(ids_BT, looped, hook)
 
     def forward(self, params, ids_BT, looped: bool = True, rng=None):
         """(logits (B, T, V), auxiliary losses {name: scalar}, per-position loss weights (B, T) or
@@ -360,7 +352,7 @@ class Model:
         return self.module(params).outputs(ids_BT, looped, rng)
 
     def num_slots(self, looped: bool = True) -> int:
-        """Virtual layer slots of a schedule (the length of slot_deltas' leading axis)."""
+        """Virtual layer slots of a schedule (what a hook's per-slot adapters are indexed by)."""
         return len(schedule(self.cfg)) if looped else self.cfg.num_layers
 
     def hidden(self, params, ids_BT, looped: bool = True):

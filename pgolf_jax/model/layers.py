@@ -10,8 +10,10 @@ reference; the matmul contracts the last axis, which XLA handles without a trans
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -124,48 +126,87 @@ class StoredWeights:
         return {}
 
 
-# Where a block runs: its physical layer and virtual slot (traced ints under scan), set by the block
-# runner around every block application, for linears whose weights depend on the pass they are
-# used in (RLMA's random base, regenerated per iteration of a shared block).
-_POSITION: list = []
+# ---------------------------------------------------------------------------------------------
+# The per-call structure: what one forward pass hands its blocks and their linears. The model makes
+# it once per pass (GPT._context), the block runner narrows it to each block application (`at`),
+# and nothing of it outlives the call: no module-level state is read or written while tracing.
+
+class LinearHook:
+    """Eval-time adapters attached to a pass (Pass.hook) instead of being threaded through every
+    block: `weight` sees each dense block linear's fp32 weight by its block path ("attn.c_q.weight")
+    before the matmul, `output` a hook site's output y with that site's input x: "attn" / "mlp"
+    (a block's sublayer outputs before their branch scales, x the sublayer's normalized input) and
+    "head" (the logits before the soft-cap, x the final hidden states; slot None). Identity here."""
+
+    def weight(self, name: str, w, slot):
+        return w
+
+    def output(self, site: str, x, y, slot):
+        return y
 
 
-@contextlib.contextmanager
-def block_position(layer, slot):
-    _POSITION.append((layer, slot))
-    try:
-        yield
-    finally:
-        _POSITION.pop()
+@functools.partial(jax.tree_util.register_dataclass, data_fields=("rope", "generated", "layer", "slot", "hook"),
+                   meta_fields=("shape_BT", "window", "capture"))
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """shape_BT: (B, T) of the flat (B*T, D) residual stream; rope: the rotary (cos, sin) tables;
+    window: the sliding attention window (0: full causal); generated: a weight source's block
+    weights {"attn.c_q.weight": (L, ...)}; layer / slot: the physical layer and virtual slot of the
+    block being applied (traced ints under scan; RLMA's random base depends on them); hook: a
+    LinearHook or None; capture: linears sow their inputs (GPTQ calibration, `captured_inputs`)."""
+    shape_BT: tuple | None = None
+    rope: tuple | None = None
+    window: int = 0
+    generated: dict = dataclasses.field(default_factory=dict)
+    layer: Any = None
+    slot: Any = None
+    hook: Any = None
+    capture: bool = False
+
+    def at(self, layer, slot) -> Pass:
+        """This pass inside the block at (physical layer, virtual slot)."""
+        return dataclasses.replace(self, layer=layer, slot=slot)
+
+    def position(self):
+        """(physical layer, virtual slot) of the block being applied."""
+        if self.layer is None:
+            raise RuntimeError("this linear needs the block position: it runs only inside a block runner's block")
+        return self.layer, self.slot
+
+    def weight(self, linear, name: str, w):
+        """`linear`'s weight `name` as this pass uses it (the hook's view of it, if any)."""
+        if self.hook is None or linear.tap is None:
+            return w
+        return self.hook.weight(f"{linear.tap}.{name}", w, self.slot)
+
+    def output(self, site: str, x, y):
+        return y if self.hook is None else self.hook.output(site, x, y, self.slot)
+
+    def record(self, linear, weight: str, x) -> None:
+        """Sow x as the input of `linear`'s parameter `weight` when calibrating (collected by
+        `captured_inputs`; a later call in the same capture replaces it)."""
+        if self.capture and linear.tap is not None:
+            linear.sow(nnx.Intermediate, weight, x, reduce_fn=_latest, init_fn=_nothing)
 
 
-def current_position():
-    """(physical layer, virtual slot) of the block being applied."""
-    if not _POSITION:
-        raise RuntimeError("this linear needs the block position: it runs only inside a block runner's block")
-    return _POSITION[-1]
+def _latest(_, new):
+    return new
 
 
-# Input taps for GPTQ calibration: inside `with capture_linear_inputs() as taps:` every linear that
-# has a tap name records, under the name of each weight it calibrates, the input that weight
-# multiplies (at trace time) into `taps`.
-_TAPS: list[dict] = []
+def _nothing():
+    return None
 
 
-@contextlib.contextmanager
-def capture_linear_inputs():
-    taps: dict = {}
-    _TAPS.append(taps)
-    try:
-        yield taps
-    finally:
-        _TAPS.pop()
+# A linear called outside any block (a head, an embedding projection, a test): no position, no hook.
+OUTSIDE = Pass()
 
 
-def record_input(linear, weight: str, x: jax.Array) -> None:
-    """Record x as the input of `linear`'s parameter `weight` when calibrating."""
-    if _TAPS and linear.tap is not None:
-        _TAPS[-1][f"{linear.tap}.{weight}"] = x
+def captured_inputs(fn, *args):
+    """(fn(*args), {"<module path>.<weight>": input}) with what the linears under fn's module sowed;
+    fn is a module or its bound method, called with a Pass whose `capture` is set. The paths are the
+    linears' tap names (name_taps) relative to that module."""
+    out, sown = nnx.capture(fn, nnx.Intermediate)(*args)
+    return out, {".".join(str(p) for p in path): v.get_value() for path, v in nnx.to_flat_state(sown)}
 
 
 def name_taps(module: nnx.Module, prefix: str = "") -> None:
@@ -185,9 +226,9 @@ class DenseLinear(nnx.Module):
                             always_quantize=always_quantize)
         self.tap = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        record_input(self, "weight", x)
-        return jnp.einsum("...i,oi->...o", x, self.weight[...].astype(x.dtype))
+    def __call__(self, x: jax.Array, ctx: Pass = OUTSIDE) -> jax.Array:
+        ctx.record(self, "weight", x)
+        return jnp.einsum("...i,oi->...o", x, ctx.weight(self, "weight", self.weight[...]).astype(x.dtype))
 
 
 # ---------------------------------------------------------------------------------------------

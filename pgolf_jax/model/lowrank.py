@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgolf_jax.model.layers import record_input, svd_factors
+from pgolf_jax.model.layers import OUTSIDE, Pass, svd_factors
 from pgolf_jax.model.params import param
 
 INIT_STD = 0.02  # the random matrix whose leading singular triplets initialise U, sigma, V
@@ -30,12 +30,12 @@ class LowRankLinear(nnx.Module):
         self.V = param(vt, group="matrix", quant=quant, always_quantize=True)
         self.tap = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, ctx: Pass = OUTSIDE) -> jax.Array:
         # GPTQ calibrates V on the layer input and U on its own input, (sigma V) x: that Hessian is
         # (sigma V) H (sigma V)^T of the input Hessian H.
-        record_input(self, "V", x)
+        ctx.record(self, "V", x)
         z = jnp.einsum("...i,ri->...r", x, self.V[...].astype(x.dtype)) * self.sigma[...].astype(x.dtype)
-        record_input(self, "U", z)
+        ctx.record(self, "U", z)
         return jnp.einsum("...r,or->...o", z, self.U[...].astype(x.dtype))
 
     def materialize(self) -> jax.Array:

@@ -31,7 +31,7 @@ class MLA(GQA):
         self.v_up.weight[...] = UP_STD * jax.random.normal(rngs.params(), (kv, latent), jnp.float32)
 
     def __call__(self, x_ND, ctx, xsa=0.0):
-        B, T = ctx["shape_BT"]
-        c_NL = self.kv_down(x_ND)
+        B, T = ctx.shape_BT
+        c_NL = self.kv_down(x_ND, ctx)
         shape = (B, T, self.num_kv_heads, self.head_dim)
-        return self.attend(x_ND, self.k_up(c_NL).reshape(shape), self.v_up(c_NL).reshape(shape), ctx, xsa)
+        return self.attend(x_ND, self.k_up(c_NL, ctx).reshape(shape), self.v_up(c_NL, ctx).reshape(shape), ctx, xsa)

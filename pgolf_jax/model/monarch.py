@@ -40,7 +40,8 @@ class MonarchLinear(nnx.Module):
         self.L = param(lf, **spec)
         self.tap = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, ctx=None) -> jax.Array:
+        del ctx  # no position, and nothing GPTQ calibrates (hessian=False)
         b, p, q, s = self.blocks, self.p, self.q, self.s
         lead = x.shape[:-1]
         x_Nbp = x.reshape(-1, b, p)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgolf_jax.model.layers import current_position, record_input
+from pgolf_jax.model.layers import OUTSIDE, Pass
 from pgolf_jax.model.params import param
 
 
@@ -56,11 +56,11 @@ class RLMALinear(nnx.Module):
             raise RuntimeError("RLMALinear needs its name (name_taps) to seed its random base")
         return random_base(self.tap, layer, slot, self.out_f, self.in_f, dtype)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        R = self.base(*current_position(), dtype=x.dtype)
-        record_input(self, "V", x)
+    def __call__(self, x: jax.Array, ctx: Pass = OUTSIDE) -> jax.Array:
+        R = self.base(*ctx.position(), dtype=x.dtype)
+        ctx.record(self, "V", x)
         z = jnp.einsum("...i,ri->...r", x, self.V[...].astype(x.dtype))
-        record_input(self, "U", z)
+        ctx.record(self, "U", z)
         y = jnp.einsum("...r,or->...o", z, self.U[...].astype(x.dtype))
         return y + self.alpha[...].astype(x.dtype) * jnp.einsum("...i,oi->...o", x, R)
 

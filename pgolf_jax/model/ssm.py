@@ -73,11 +73,11 @@ class S4DLin(nnx.Module):
 
     def __call__(self, x_ND, ctx, xsa=0.0):
         del xsa  # attention-only (validation keeps XSA layers on attention)
-        B, T = ctx["shape_BT"]
-        gu_BTI = self.in_proj(x_ND).reshape(B, T, 2 * self.inner)
+        B, T = ctx.shape_BT
+        gu_BTI = self.in_proj(x_ND, ctx).reshape(B, T, 2 * self.inner)
         g, u = gu_BTI[..., :self.inner], gu_BTI[..., self.inner:]
         y = jax.nn.sigmoid(g) * causal_conv(u, self.kernel_IL(T))
-        return self.out_proj(y.reshape(B * T, self.inner))
+        return self.out_proj(y.reshape(B * T, self.inner), ctx)
 
 
 class SSMBlock(Block):

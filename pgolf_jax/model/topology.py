@@ -4,8 +4,8 @@
 A block schedule is a tuple of physical layer indices: `lax.scan` walks it over the stacked
 weights, so depth recurrence is a different tuple over the same parameters. A topology creates the
 parameters it needs on the model (`create`) and runs the blocks (`run(gpt, x, x0, ctx, layers,
-tap_fn, slot_deltas) -> (x, aux losses)`); `unet` is the reference's (skips between the halves),
-`plain` a straight stack without skip parameters.
+tap_fn) -> (x, aux losses)`, ctx the pass: layers.Pass); `unet` is the reference's (skips between
+the halves), `plain` a straight stack without skip parameters.
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgolf_jax.model.layers import block_position, capture_linear_inputs
+from pgolf_jax.model.layers import Pass, captured_inputs
 from pgolf_jax.model.params import param, path_name
-
-# slot_deltas keys that are parallel adapter matrices (D, D) rather than weight deltas.
-PARALLEL_ADAPTERS = ("attn_par", "mlp_par")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,55 +54,51 @@ def _gather(tree, idx: tuple[int, ...]):
     return jax.tree.map(lambda a: jnp.take(a, order, axis=0), tree)
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=("state", "adapters", "slot"),
-                   meta_fields=("stack",))
+@functools.partial(jax.tree_util.register_dataclass, data_fields=("state", "slot"), meta_fields=("stack",))
 @dataclasses.dataclass(frozen=True)
 class SlotState:
-    """What one block application reads: its stack's weights (plus test-time deltas), the slot's
-    parallel adapters, the virtual slot index (traced under scan) and which stack (static)."""
+    """What one block application reads: its stack's weights, the virtual slot index (traced under
+    scan) and which stack (static)."""
     state: Any
-    adapters: dict
     slot: Any
     stack: str
 
 
 class BlockRunner:
-    """The stacked blocks as a function of (x, per-slot state, physical layer), with test-time
-    slot deltas added to a slot's weights: what every topology runs. A schedule may cross the
-    segments of a heterogeneous stack (gpt.stacks); a scan then runs once per segment run."""
+    """The stacked blocks as a function of (x, per-slot state, physical layer): what every topology
+    runs. Each application gets the pass narrowed to its (physical layer, virtual slot). A schedule
+    may cross the segments of a heterogeneous stack (gpt.stacks); a scan then runs once per
+    segment run."""
 
-    def __init__(self, gpt, x0, ctx, slot_deltas=None):
+    def __init__(self, gpt, x0, ctx: Pass):
         self.stacks = {name: nnx.split(getattr(gpt, name)) for name in gpt.stacks}
         # physical layer -> (stack, index within it)
         self.where = {layer: (name, i) for name, layers in gpt.stacks.items() for i, layer in enumerate(layers)}
         self.sizes = {name: len(layers) for name, layers in gpt.stacks.items()}
         # Block weights a weight source made for this pass (model/generators) fill their slots in
         # the attention stack (a weight source requires plain attention blocks).
-        generated = ctx.get("generated")
+        generated = ctx.generated
         if generated:
             graphdef, state = self.stacks["blocks"]
             self.stacks["blocks"] = (graphdef, jax.tree_util.tree_map_with_path(
                 lambda p, a: generated.get(path_name(p).removesuffix(".value"), a), state))
         self.x0, self.ctx = x0, ctx
-        self.deltas = slot_deltas or {}
-        self.parallel = {k: v for k, v in self.deltas.items() if k in PARALLEL_ADAPTERS}
         self.block = jax.checkpoint(self.raw) if gpt.cfg.remat else self.raw
 
     def raw(self, x, s: SlotState, layer):
-        with block_position(layer, s.slot):
-            return nnx.merge(self.stacks[s.stack][0], s.state)(x, self.x0, layer, self.ctx, s.adapters)
+        return nnx.merge(self.stacks[s.stack][0], s.state)(x, self.x0, layer, self.ctx.at(layer, s.slot))
+
+    def capture(self, x, s: SlotState, layer):
+        """(the block's output, {"<linear>.<weight>": its input}): the block applied with its
+        linears recording their inputs (GPTQ calibration)."""
+        block = nnx.merge(self.stacks[s.stack][0], s.state)
+        ctx = dataclasses.replace(self.ctx.at(layer, s.slot), capture=True)
+        return captured_inputs(block, x, self.x0, layer, ctx)
 
     def slots(self, stack: str, state, slots) -> SlotState:
-        """Block weights of virtual slots `slots` (an index or a slice) plus their weight deltas,
-        with those slots' parallel adapters and indices."""
-        def add(path, a):
-            d = self.deltas.get(path_name(path).removesuffix(".value"))
-            return a if d is None else a + d[slots].astype(a.dtype)
-
-        if self.deltas:
-            state = jax.tree_util.tree_map_with_path(add, state)
+        """Block weights of virtual slots `slots` (an index or a slice) with those slots' indices."""
         index = jnp.arange(slots.start, slots.stop, dtype=jnp.int32) if isinstance(slots, slice) else slots
-        return SlotState(state, {k: v[slots] for k, v in self.parallel.items()}, index, stack)
+        return SlotState(state, index, stack)
 
     def layer(self, layer: int, slot: int) -> SlotState:
         """The state of one physical layer at one virtual slot."""
@@ -114,8 +107,7 @@ class BlockRunner:
 
     def calibrate(self, x, s: SlotState, layer, tap_fn):
         """Apply the block, then hand tap_fn(index in its stack, stack size, {"<stack>.<input>": x})."""
-        with capture_linear_inputs() as taps:
-            x = self.raw(x, s, layer)
+        x, taps = self.capture(x, s, layer)
         stack, i = self.where[layer]
         tap_fn(i, self.sizes[stack], {f"{stack}.{name}": v for name, v in taps.items()})
         return x
@@ -150,9 +142,9 @@ class UNet:
                           if cfg.skip_gates_enabled else None)
 
     @staticmethod
-    def run(gpt, x, x0, ctx, layers, tap_fn=None, slot_deltas=None):
+    def run(gpt, x, x0, ctx, layers, tap_fn=None):
         n_enc, n_skip = len(layers) // 2, num_skips(layers)
-        run = BlockRunner(gpt, x0, ctx, slot_deltas)
+        run = BlockRunner(gpt, x0, ctx)
         skip_w = gpt.skip_weights[...].astype(x.dtype)
         # Gated skips (spec 4.2): lerp(w*s, x, sigmoid(g)); plain skips: x + w*s.
         skip_g = None if gpt.skip_gates is None else jax.nn.sigmoid(gpt.skip_gates[...].astype(x.dtype))
@@ -204,8 +196,8 @@ class Plain:
         pass
 
     @staticmethod
-    def run(gpt, x, x0, ctx, layers, tap_fn=None, slot_deltas=None):
-        run = BlockRunner(gpt, x0, ctx, slot_deltas)
+    def run(gpt, x, x0, ctx, layers, tap_fn=None):
+        run = BlockRunner(gpt, x0, ctx)
         if tap_fn is not None or not gpt.cfg.scan_layers:
             for j, layer in enumerate(layers):
                 state = run.layer(layer, j)

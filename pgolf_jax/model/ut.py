@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgolf_jax import registry
-from pgolf_jax.model.gpt import MLP, with_adapter
-from pgolf_jax.model.layers import name_taps, rms_norm
+from pgolf_jax.model.gpt import MLP
+from pgolf_jax.model.layers import Pass, name_taps, rms_norm
 from pgolf_jax.model.params import param
 from pgolf_jax.model.topology import BlockRunner
 
@@ -44,13 +44,12 @@ class ParallelBlock(nnx.Module):
         self.rs, self.delta = residual_scale(cfg), cfg.ut_shared.residual == "delta"
         name_taps(self)
 
-    def __call__(self, x_ND, x0_ND, layer, ctx, adapters=None):
+    def __call__(self, x_ND, x0_ND, layer, ctx: Pass):
         del x0_ND, layer  # no x0 mix; no per-layer rules
-        adapters = adapters or {}
         dt = x_ND.dtype
         n_ND = rms_norm(x_ND)
-        b = (self.attn_scale[...].astype(dt) * with_adapter(adapters, "attn_par", n_ND, self.attn(n_ND, ctx))
-             + self.mlp_scale[...].astype(dt) * with_adapter(adapters, "mlp_par", n_ND, self.mlp(n_ND)))
+        b = (self.attn_scale[...].astype(dt) * ctx.output("attn", n_ND, self.attn(n_ND, ctx))
+             + self.mlp_scale[...].astype(dt) * ctx.output("mlp", n_ND, self.mlp(n_ND, ctx)))
         rs = jnp.asarray(self.rs, dt)
         return x_ND + rs * b if self.delta else rs * (x_ND + b)
 
@@ -70,8 +69,8 @@ class UTShared:
         gpt.depth_emb = param(e, group="scalar", quant="other")
 
     @staticmethod
-    def run(gpt, x, x0, ctx, layers, tap_fn=None, slot_deltas=None):
-        run = BlockRunner(gpt, x0, ctx, slot_deltas)
+    def run(gpt, x, x0, ctx, layers, tap_fn=None):
+        run = BlockRunner(gpt, x0, ctx)
         depth = gpt.depth_emb[...].astype(x.dtype)
 
         def apply(x, state, layer):

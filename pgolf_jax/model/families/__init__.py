@@ -4,7 +4,7 @@ LM and the communicating agents.
 
 Every family is an nnx.Module the functional `Model` (model/gpt.py) wraps, with
 `outputs(ids, looped, rng) -> (logits, auxiliary losses, per-position loss weights or None)` for
-training, `__call__(ids, looped, head_lora, slot_deltas) -> logits` for evaluation and
+training, `__call__(ids, looped, hook) -> logits` for evaluation and
 `aux_weights(cfg)`; a family that is not a GPT also has `flops_per_token(cfg, seq_len, looped)`.
 Each parameter declares its optimizer group, so a family chooses its optimizer (all of
 #1589's non-GPT models train on the `adamw` group).
@@ -26,8 +26,8 @@ class Family(nnx.Module):
     def aux_weights(cfg) -> dict[str, float]:
         return {}
 
-    def __call__(self, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None):
-        if head_lora is not None or slot_deltas is not None:
+    def __call__(self, ids_BT, looped: bool = True, hook=None):
+        if hook is not None:
             raise ValueError(f"model.family={self.cfg.family} has no block linears for test-time adapters")
         return self.outputs(ids_BT, looped, None)[0]
 

@@ -33,7 +33,7 @@ from flax import nnx
 from pgolf_jax.model.affine import Affine, torch_uniform
 from pgolf_jax.model.families import layer_norm
 from pgolf_jax.model.gpt import GPT, analytic_flops_per_token, block_matrix_params
-from pgolf_jax.model.layers import capture_linear_inputs, rms_norm, softcap
+from pgolf_jax.model.layers import rms_norm, softcap
 from pgolf_jax.model.params import param
 from pgolf_jax.model.topology import BlockRunner
 
@@ -106,8 +106,7 @@ class SurgeM(GPT):
                 x = x + self.skip_weights[...][layer - n_enc].astype(x.dtype) * skips.pop()
             if layer == cfg.surge_m.layer:
                 h_lower = jax.lax.stop_gradient(x)
-                with capture_linear_inputs() as taps:
-                    x = run.raw(x, run.layer(layer, layer), layer)
+                x, taps = run.capture(x, run.layer(layer, layer), layer)
                 pre_wo, x_surge = taps["attn.proj.weight"], x
             else:
                 x = run.block(x, run.layer(layer, layer), layer)
@@ -132,8 +131,8 @@ class SurgeM(GPT):
         return wy_correction(z_BTD, m.u_head(s_BCS), m.v_head(s_BCS), jax.nn.sigmoid(m.g_head(s_BCS)),
                              jax.nn.sigmoid(m.a_head(s_BCS)), chunk)
 
-    def forward(self, ids_BT, looped: bool = True, head_lora=None, slot_deltas=None, rng=None):
-        if head_lora is not None or slot_deltas is not None:
+    def forward(self, ids_BT, looped: bool = True, hook=None, rng=None):
+        if hook is not None:
             raise ValueError("model.family=surge_m takes no test-time adapters")
         cfg = self.cfg
         B, T = ids_BT.shape

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgolf_jax.model.generators import Generated, attr_name, generated_slots
-from pgolf_jax.model.layers import record_input
+from pgolf_jax.model.layers import OUTSIDE, Pass
 from pgolf_jax.model.params import param
 
 INIT_STD = 0.02
@@ -33,9 +33,9 @@ class BasisLinear(nnx.Module):
         self.zero_init = init == "zeros"
         self.tap = None
 
-    def __call__(self, x):
+    def __call__(self, x, ctx: Pass = OUTSIDE):
         # GPTQ calibrates C on the layer input; the shared U (no per-layer Hessian) is rounded.
-        record_input(self, "C", x)
+        ctx.record(self, "C", x)
         z = jnp.einsum("...i,ri->...r", x, self.C[...].astype(x.dtype))
         return jnp.einsum("...r,or->...o", z, self.U[...].astype(x.dtype))
 
