@@ -18,6 +18,18 @@ from pgolf_jax import dist  # noqa: E402
 dist.keep_freed_host_memory()
 
 ROOT = Path(__file__).resolve().parent.parent
+TINY_PRESET = str(ROOT / "configs" / "tiny.py")  # the tests' tiny CPU preset (2 layers x 64)
+
+
+def perturbed(model, seed=1, scale=0.05):
+    """Init, then nudge every weight (zero-initialized projections carry signal): one compile."""
+    def fn(key):
+        params = model.init(key)
+        leaves, treedef = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.fold_in(key, 100), len(leaves))
+        return jax.tree.unflatten(treedef, [a + scale * jax.random.normal(k, a.shape, a.dtype)
+                                            for a, k in zip(leaves, keys)])
+    return jax.jit(fn)(jax.random.key(seed))
 SAMPLE_DOCS = 800  # docs of the nlp-corpus sample used by the end-to-end tests
 VAL_DOCS = 100
 

@@ -1,4 +1,6 @@
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -6,7 +8,8 @@ import pytest
 from pgolf_jax import config as C
 from pgolf_jax.cli import main as cli_main
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.py"))
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*.py"))
 
 # train_gpt.py's Hyperparameters defaults (reference-spec.md section 3.1), under our section names.
 REFERENCE_DEFAULTS = {
@@ -83,10 +86,35 @@ def test_overrides_are_typed():
     ("data.source=sample:wiki", "unknown sample corpus; choose from sample:brown, sample:nlp-corpus"),
     ("train.run_id=../x", "train.run_id='../x': use letters"),
     ("model.num_layers", "not of the form"),
+    ("model.mla.latent_dim=16", r"model.mla.\* is set but model.attention does not select mla"),
+    ("model.mla_latent=16", "'model.mla_latent' was renamed: use 'model.mla.latent_dim'"),
+    ("model.linear_rank=16", "use 'model.lowrank.rank' or 'model.rlma.rank'"),
+    ("model.nope.rank=1", "unknown config key 'model.nope.rank'"),
+    ("eval.final_modes=plain,nope", "'nope' is not registered; choose from plain, sliding, ttt, lora_ttt"),
+    ("quant.scheme=int4", "quant.scheme='int4' is not registered; choose from int8_per_row, gptq, rtn"),
 ])
 def test_bad_overrides_name_the_culprit(item, match):
     with pytest.raises(C.ConfigError, match=match):
         C.override(C.Config(), [item])
+
+
+def test_variant_options_follow_their_variant(tmp_path):
+    """Options inherited from a BASE are dropped with their variant; old config.json keys load."""
+    base = tmp_path / "base.py"
+    base.write_text("OVERRIDES = {'model.attention': 'mla', 'model.mla.latent_dim': 64}\n")
+    child = tmp_path / "child.py"
+    child.write_text("BASE = 'base.py'\nOVERRIDES = {'model.attention': 'gqa'}\n")
+    assert C.load(base).model.mla.latent_dim == 64
+    cfg = C.load(child)
+    assert cfg.model.options == () and C.to_dict(cfg)["model"].get("mla") is None
+    old = C.to_dict(C.Config())
+    old["model"].update({"attention": "mla", "mla_latent": 32, "linear_rank": 7, "surge_layer": 2})
+    old["eval"].update({"final_modes": "lora_ttt", "lora_rank": 5, "ttt_momentum": 0.5})
+    loaded = C.from_dict(old)
+    assert loaded.model.mla.latent_dim == 32 and loaded.eval.lora_ttt.rank == 5
+    assert loaded.eval.lora_ttt.momentum == 0.5 and loaded.model.options == (("mla", loaded.model.mla),)
+    assert C.from_dict(C.to_dict(loaded)) == loaded
+    assert C.flat_dict(loaded)["eval.lora_ttt.rank"] == 5
 
 
 def test_preset_chain_and_errors(tmp_path):
@@ -125,3 +153,18 @@ def test_dry_run_prints_resolved_config_and_params(capsys):
 def test_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         C.Config().model.num_layers = 3
+
+
+def test_validation_imports_no_jax():
+    """Every preset in configs/ and every sweep row resolves and validates without importing JAX."""
+    code = ("import glob, sys\n"
+            "from pgolf_jax import config as C\n"
+            "from pgolf_jax.sweep.spec import load_sweep\n"
+            "n = sum(1 for p in sorted(glob.glob('configs/**/*.py', recursive=True)) if C.load(p))\n"
+            "rows = sum(len(load_sweep(p).rows) for p in sorted(glob.glob('sweeps/*.py')))\n"
+            "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax'))[:5]\n"
+            "print(n, rows)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    presets, rows = map(int, out.stdout.split())
+    assert presets >= 40 and rows >= 40

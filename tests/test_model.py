@@ -9,16 +9,11 @@ from pgolf_jax import registry
 from pgolf_jax.config import ModelConfig
 from pgolf_jax.model import attention, kernels, layers
 from pgolf_jax.model import gpt as M
+from conftest import perturbed  # noqa: E402
 
 TINY = ModelConfig(vocab_size=96, num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2)
 
 
-def perturbed(model, seed=1, scale=0.05):
-    """Init, then nudge every weight so zero-initialized projections carry signal."""
-    params = jax.jit(model.init)(jax.random.key(seed))
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
-    return jax.tree.unflatten(treedef, [a + scale * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)])
 
 
 def test_baseline_parameter_count():

@@ -26,18 +26,11 @@ from pgolf_jax.quant.export import dequantize_mixed, quantize_mixed
 from pgolf_jax.quant.gptq import hessian_error
 from pgolf_jax.quant.qat import fake_quant_tensor, straight_through
 from pgolf_jax.quant.interop import flatten_params, split_layers
+from conftest import perturbed  # noqa: E402
 
 TINY = C.ModelConfig(vocab_size=96, num_layers=3, model_dim=64, num_heads=4, num_kv_heads=2, attention_impl="xla")
 
 
-def perturbed(model, seed=1, scale=0.05):
-    def fn(key):
-        params = model.init(key)
-        leaves, treedef = jax.tree.flatten(params)
-        keys = jax.random.split(jax.random.fold_in(key, 100), len(leaves))
-        return jax.tree.unflatten(treedef, [a + scale * jax.random.normal(k, a.shape, a.dtype)
-                                            for a, k in zip(leaves, keys)])
-    return jax.jit(fn)(jax.random.key(seed))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from pgolf_jax.model.generators import generated_slots
 from pgolf_jax.model.gpt import build_model, count_params
 from pgolf_jax.model.topology import BlockRunner
 from pgolf_jax.quant.interop import flatten_params
-from test_seams import ids, perturbed  # noqa: E402  (the same tiny ids and nudged init)
+from conftest import perturbed  # noqa: E402
+from test_seams import ids  # noqa: E402  (the same tiny ids)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = C.ModelConfig(vocab_size=96, num_layers=3, model_dim=64, num_heads=4, num_kv_heads=2, attention_impl="xla")

@@ -24,18 +24,11 @@ from pgolf_jax.optim.schedule import warmdown_multiplier
 from pgolf_jax.quant import artifact
 from pgolf_jax.quant.export import quantize_mixed
 from pgolf_jax.quant.interop import flatten_params
+from conftest import perturbed  # noqa: E402
 
 UT = C.ModelConfig().replace(vocab_size=96, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=1, attention_impl='xla', topology='ut_shared', tied_embed_init_std=0.02, ut_shared=dict(iterations=3))
 
 
-def perturbed(model, seed=1, scale=0.05):
-    def fn(key):
-        params = model.init(key)
-        leaves, treedef = jax.tree.flatten(params)
-        keys = jax.random.split(jax.random.fold_in(key, 100), len(leaves))
-        return jax.tree.unflatten(treedef, [a + scale * jax.random.normal(k, a.shape, a.dtype)
-                                            for a, k in zip(leaves, keys)])
-    return jax.jit(fn)(jax.random.key(seed))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pgolf_jax.model.embeddings import BigramHash, SmearGateV1, SmearGateV2, big
 from pgolf_jax.model.gpt import build_model, count_params
 from pgolf_jax.model.layers import Pass, apply_rotary, leaky_relu2, rms_norm, rotary_tables
 from pgolf_jax.model.topology import num_skips, repeat_in_place_layers, unet_layers
+from conftest import perturbed  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STACK = C.ModelConfig(vocab_size=96, num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2, mlp_mult=4.0,
@@ -23,11 +24,6 @@ STACK = C.ModelConfig(vocab_size=96, num_layers=5, model_dim=64, num_heads=4, nu
                       parallel_residual_start=3, ortho_init=True, attention_impl="xla")
 
 
-def perturbed(model, seed=1, scale=0.05):
-    params = jax.jit(model.init)(jax.random.key(seed))
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed + 7), len(leaves))
-    return jax.tree.unflatten(tree, [a + scale * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)])
 
 
 def test_record_presets_parameter_counts(capsys):

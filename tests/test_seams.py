@@ -25,20 +25,12 @@ from pgolf_jax.quant.export import quantize_mixed
 from pgolf_jax.quant.interop import flatten_params
 from pgolf_jax.train.objectives import CrossEntropy, Distill
 from pgolf_jax.train.step import TrainState, initial_rng, make_train_step
+from conftest import TINY_PRESET, perturbed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = C.ModelConfig(vocab_size=96, num_layers=3, model_dim=64, num_heads=4, num_kv_heads=2, attention_impl="xla")
 
 
-def perturbed(model, seed=1, scale=0.05):
-    """Init, then nudge every weight (zero-initialized projections carry signal): one compile."""
-    def fn(key):
-        params = model.init(key)
-        leaves, treedef = jax.tree.flatten(params)
-        keys = jax.random.split(jax.random.fold_in(key, 100), len(leaves))
-        return jax.tree.unflatten(treedef, [a + scale * jax.random.normal(k, a.shape, a.dtype)
-                                            for a, k in zip(leaves, keys)])
-    return jax.jit(fn)(jax.random.key(seed))
 
 
 def ids(B=2, T=32, seed=0, vocab=96):
@@ -294,7 +286,6 @@ def test_distill_with_alpha_one_is_ce_and_the_teacher_gets_no_gradient():
 # ---------------------------------------------------------------------------------------------
 # Every new entry through run.py: train, quantize, pack, round-trip
 
-TINY_PRESET = str(ROOT / "configs" / "tiny.py")
 
 
 def _run(sample_data, out, run_id, *extra):
