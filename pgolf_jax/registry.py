@@ -101,13 +101,25 @@ QUANT_SCHEMES = {
     "rtn": "pgolf_jax.quant.schemes:RTN",
 }
 
+# train.lr_schedule: the lr multiplier's decay (the warm-up ramp goes on top of either).
+SCHEDULES = {
+    "warmdown": "pgolf_jax.optim.schedule:warmdown_multiplier",
+    "cosine": "pgolf_jax.optim.schedule:cosine_multiplier",
+}
+# data.loader: the order training reads the train shards in.
+LOADERS = {
+    "sequential": "pgolf_jax.data.shards:sequential_loader",
+    "shuffled": "pgolf_jax.data.shards:ShuffledSequenceLoader",
+}
+
 # config field -> registry (what config validation checks, and what selects a variant's options).
 FIELDS = {
     "model.family": FAMILIES, "model.topology": TOPOLOGIES, "model.block_schedule": BLOCK_SCHEDULES,
     "model.attention": ATTENTION, "model.linear": LINEAR, "model.mlp_linear": LINEAR, "model.mixers": MIXERS,
     "model.activation": ACTIVATIONS, "model.weight_source": WEIGHT_SOURCES,
     "optim.orthogonalizer": ORTHOGONALIZERS, "train.objective": OBJECTIVES,
-    "eval.final_modes": EVAL_MODES, "quant.scheme": QUANT_SCHEMES,
+    "eval.final_modes": EVAL_MODES, "quant.scheme": QUANT_SCHEMES, "train.lr_schedule": SCHEDULES,
+    "data.loader": LOADERS,
 }
 # Fields that name several entries: comma-separated, each optionally `name*count`; "" = none.
 LIST_FIELDS = ("model.mixers", "eval.final_modes")

@@ -28,7 +28,6 @@ class DataConfig(Section):
     options: tuple = ()
     SECTION = "data"
     RANGES = {"num_val_docs": ">= 1", "tokenizer_train_docs": ">= 0", "loader_seed": SEED_RANGE}
-    CHOICES = {"loader": ("sequential", "shuffled")}
 
     def check(self, cfg) -> None:
         super().check(cfg)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pgolf_jax import registry
 from pgolf_jax.fsio import atomic_output
 
 MAGIC = 20240520
@@ -360,14 +361,16 @@ class ShuffledSequenceLoader:
         self.rng = _rng_from(state["rng"])
 
 
+def sequential_loader(pattern: str, num_spans: int, seq_len: int, seed: int, vocab_size: int) -> TokenLoader:
+    """data.loader=sequential: the baseline's one contiguous stream (no seed: the order is the files')."""
+    del seq_len, seed
+    return TokenLoader(pattern, num_spans, vocab_size)
+
+
 def make_loader(kind: str, pattern: str, num_spans: int, seq_len: int, seed: int = 0, vocab_size: int = 0):
-    """data.loader: "sequential" (the baseline's stream) or "shuffled" (the SP8192 records').
-    vocab_size > 0: every shard is checked to hold only ids below it when first opened."""
-    if kind == "sequential":
-        return TokenLoader(pattern, num_spans, vocab_size)
-    if kind == "shuffled":
-        return ShuffledSequenceLoader(pattern, num_spans, seq_len, seed, vocab_size)
-    raise ValueError(f"unknown data.loader {kind!r}; expected sequential or shuffled")
+    """data.loader (registry.LOADERS). vocab_size > 0: every shard is checked to hold only ids below
+    it when first opened."""
+    return registry.resolve(registry.LOADERS, kind)(pattern, num_spans, seq_len, seed, vocab_size)
 
 
 def load_val_tokens(pattern: str, seq_len: int, limit_tokens: int = 0, vocab_size: int = 0) -> np.ndarray:

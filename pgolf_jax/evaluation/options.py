@@ -92,7 +92,18 @@ class LoRATTT:
     CHOICES = {"optimizer": ("sgd", "adam")}
 
     def check(self, cfg):
-        bad = [t for t in self.targets.split(",") if t not in LORA_TARGET_NAMES]
+        targets = self.targets.split(",")
+        bad = [t for t in targets if t not in LORA_TARGET_NAMES]
         if bad:
             raise ConfigError(f"eval.lora_ttt.targets={self.targets!r}: unknown {', '.join(bad)}; "
                               f"choose from {', '.join(LORA_TARGET_NAMES)}")
+        # q..mlp_out add a low-rank delta to a stored dense weight; o_par, mlp_par and head do not need one.
+        m = cfg.model
+        sites = {"attention": ({"q", "k", "v", "o"}, m.linear if m.attention == "gqa" else m.attention),
+                 "MLP": ({"mlp", "mlp_out"}, m.mlp_linear or m.linear)}
+        for site, (names, kind) in sites.items():
+            hit = sorted(names & set(targets))
+            if hit and kind != "dense":
+                raise ConfigError(f"eval.lora_ttt.targets={self.targets!r}: {', '.join(hit)} adapt the {site}'s "
+                                  f"stored dense weights, which {kind} does not have; use o_par, mlp_par, head "
+                                  "(or eval.final_modes=ttt)")

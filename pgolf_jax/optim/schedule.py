@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from pgolf_jax import registry
 from pgolf_jax.config import TrainConfig
 
 
@@ -53,8 +54,7 @@ def cosine_multiplier(step: int, elapsed_ms: float, t: TrainConfig) -> float:
 
 def schedule_multiplier(step: int, elapsed_ms: float, t: TrainConfig) -> float:
     """The configured decay (train.lr_schedule), without the warm-up ramp: what late QAT watches."""
-    fn = cosine_multiplier if t.lr_schedule == "cosine" else warmdown_multiplier
-    return fn(step, elapsed_ms, t)
+    return registry.resolve(registry.SCHEDULES, t.lr_schedule)(step, elapsed_ms, t)
 
 
 def warmup_factor(step: int, t: TrainConfig) -> float:

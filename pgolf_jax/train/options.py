@@ -62,7 +62,7 @@ class TrainConfig(Section):
         "train_log_every": ">= 0", "batch_spans": ">= 1", "microbatch_tokens": ">= 0", "checkpoint_every": ">= 0",
         "checkpoint_every_seconds": ">= 0", "checkpoint_keep": ">= 1", "num_processes": ">= 0", "process_id": ">= -1",
     }
-    CHOICES = {"lr_schedule": ("warmdown", "cosine"), "param_sharding": ("replicated", "fsdp")}
+    CHOICES = {"param_sharding": ("replicated", "fsdp")}
 
     def check(self, cfg) -> None:
         if self.iterations < 1:  # the one range with a hint
