@@ -273,7 +273,9 @@ class GPT(nnx.Module):
     def outputs(self, ids_BT, looped: bool, rng, logit_softcap=None):
         """What training reads (every family has this): (logits, auxiliary losses, per-position
         loss weights or None)."""
-        logits, aux = self.forward(ids_BT, looped, rng=rng, logit_softcap=logit_softcap)
+        # Only when given: a subclass's forward (surge) may not take it.
+        extra = {} if logit_softcap is None else {"logit_softcap": logit_softcap}
+        logits, aux = self.forward(ids_BT, looped, rng=rng, **extra)
         return logits, aux, None
 
     def input_hessians(self, ids_BT, looped: bool = True) -> dict:
