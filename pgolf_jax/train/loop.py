@@ -93,9 +93,9 @@ def train_members(members: Members, logs: list[RunLog], train_pattern: str, eval
     objective, teacher = make_objective(cfg)
     if teacher is not None:
         teacher = dist.replicate(teacher, mesh)
-        for log in logs:
-            log(f"objective:{cfg.train.objective} teacher:{cfg.train.teacher} alpha:{t.distill_alpha} "
-                f"temperature:{t.distill_temperature}")
+        for c, log in zip(members.cfgs, logs):
+            log(f"objective:{c.train.objective} teacher:{c.train.teacher} alpha:{c.train.distill_alpha} "
+                f"temperature:{c.train.distill_temperature}")
     step_fns = members.step_functions(cfg, state, mesh, objective)
     ckpt = Checkpointer(run_dir / "checkpoints", t.checkpoint_keep) if run_dir is not None else None
     n_params = count_params(members.get(state, 0))
