@@ -1,15 +1,17 @@
-"""Traced hyperparameters: the scalar config values a vmapped group of runs varies (learning rates,
-momenta, weight decays, the logit softcap, ...), read through `value` at the few places the model
-or optimizer use them, so one compiled program trains K variants (sweep/group.py).
+"""Traced hyperparameters: the scalar config values a group of runs varies (learning rates,
+momenta, weight decays, the logit softcap, ...), so one compiled program trains K variants
+(train/group.py). A member's values travel as an explicit argument, a {key: scalar} dict the step
+hands to the optimizer, the objective and the model's forward, read there through `get`.
 
-Outside `traced(...)` every `value(key, default)` is just `default` (the config's own number), so a
-normal run is unchanged. Config fields that only set an initial value (qk_gain_init,
-tied_embed_init_std, the seed) need no tracing: each variant is initialised on its own.
+A plain run passes None: every `get(None, key, default)` is `default` (the config's own number, a
+Python constant of the graph), so it is unchanged. Config fields that only set an initial value
+(qk_gain_init, tied_embed_init_std, the seed) need no tracing: each variant is initialised on its own.
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Mapping
+from typing import Any
 
 # Fields a vmapped group may vary: they only enter arithmetic, never shapes or control flow.
 TRACED = (
@@ -33,21 +35,13 @@ def after_training(key: str, cfg) -> bool:
         return key not in EVAL_DURING_TRAINING
     return section == "quant" and not cfg.quant.qat
 
-_SCOPES: list[dict] = []
+
+# A member's traced values, {TRACED key: scalar}, or None (a plain run: the config's numbers).
+Traced = Mapping[str, Any] | None
 
 
-@contextlib.contextmanager
-def traced(values: dict):
-    """Inside, value(key, ...) returns values[key] (a tracer of the vmapped hyperparameter)."""
-    _SCOPES.append(values)
-    try:
-        yield
-    finally:
-        _SCOPES.pop()
-
-
-def value(key: str, default):
-    for scope in reversed(_SCOPES):
-        if key in scope:
-            return scope[key]
+def get(traced: Traced, key: str, default):
+    """traced[key] where the group traces that field, else `default` (the config's own value)."""
+    if traced is not None and key in traced:
+        return traced[key]
     return default

@@ -35,7 +35,7 @@ CASES = {
     "denseformer": {"model.topology": "denseformer"},
     "monarch_geglu": {"model.mlp_linear": "monarch", "model.monarch.blocks": 4, "model.activation": "geglu"},
     "ut_rlma": {"model.topology": "ut_shared", "model.num_layers": 3, "model.ut_shared.iterations": 2,
-                "model.linear": "rlma", "model.lowrank.rank": 8},
+                "model.linear": "rlma", "model.rlma.rank": 8},
     "adamw_qat_affine": {"optim.matrix_optimizer": "adamw", "quant.qat": True, "quant.grid": "affine",
                          "quant.scheme": "rtn"},
     "basis": {"model.weight_source": "basis", "model.basis.rank": 8},

@@ -27,11 +27,11 @@ COUNTS = {
 # Tiny shapes for each family (the sample data's paths come from the sample_data fixture).
 COMMON = {"train.train_seq_len": 64, "train.train_batch_tokens": 1024, "train.iterations": 4, "train.warmup_steps": 1,
           "train.max_wallclock_seconds": 0.0, "train.train_log_every": 1, "eval.val_batch_size": 4096,
-          "eval.val_tokens_limit": 16384, "eval.val_loss_every": 0, "quant.keep_float_max_numel": 1024,
-          "quant.gptq.calibration_batches": 2}
+          "eval.val_tokens_limit": 16384, "eval.val_loss_every": 0, "quant.keep_float_max_numel": 1024}
+GPTQ = {"quant.scheme": "gptq", "quant.gptq.calibration_batches": 2}
 TINY_1227 = {**COMMON, "model.num_layers": 3, "model.model_dim": 48, "model.num_heads": 3, "model.num_kv_heads": 3}
 TINY_2114 = {**COMMON, "model.vocab_size": 1024, "model.model_dim": 32, "model.num_heads": 2, "model.num_kv_heads": 1,
-             "model.mlp_mult": 2.0, "model.lowrank.rank": 4, "model.ut_shared.iterations": 2, "train.lr_warmup_steps": 2,
+             "model.mlp_mult": 2.0, "model.rlma.rank": 4, "model.ut_shared.iterations": 2, "train.lr_warmup_steps": 2,
              "train.warmdown_iters": 2, "eval.attention_window": 16}
 
 
@@ -71,14 +71,14 @@ def _quant_meta(run_dir: Path) -> dict:
 # (run id, preset, extra overrides): the default runs cover every new entry between them.
 RUNS = [
     # s4d_lin mixer, GEGLU, AdamW on matrices, cosine; Monarch MLP under GPTQ (its RTN fallback).
-    ("ssm_monarch", PR1227 / "ssm2_hybrid.py", {"model.mlp_linear": "monarch", "quant.scheme": "gptq",
+    ("ssm_monarch", PR1227 / "ssm2_hybrid.py", {"model.mlp_linear": "monarch", **GPTQ,
                                                 "train.lr_warmup_steps": 1}),
     # DenseFormer, QAT on the affine int5 grid that the RTN export stores.
     ("denseformer_qat_int5", PR1227 / "denseformer.py", {"quant.qat": True, "quant.grid": "affine",
                                                          "quant.scheme": "rtn", "quant.mlp_bits": 5}),
-    ("qat_nf5_gptq", PR1227 / "qat_nf5.py", {"quant.scheme": "gptq"}),
+    ("qat_nf5_gptq", PR1227 / "qat_nf5.py", GPTQ),
     # ut_shared + RLMA with GPTQ on U/V, the 16-token eval window, the contraction residual.
-    ("ut7_contraction_gptq", PR2114 / "ut7_rlma320.py", {"model.ut_shared.residual": "contraction", "quant.scheme": "gptq"}),
+    ("ut7_contraction_gptq", PR2114 / "ut7_rlma320.py", {"model.ut_shared.residual": "contraction", **GPTQ}),
 ]
 SLOW_RUNS = [(p.stem, p, {}) for p in (PR1227 / "local.py", PR1227 / "ssm2_hybrid.py", PR1227 / "denseformer.py",
                                        PR1227 / "monarch_mlp.py", PR1227 / "qat_int5.py", PR2114 / "ut7_rlma320.py",

@@ -241,6 +241,37 @@ def test_rows_differing_only_after_training_share_one_training():
     assert group_key(C.override(base, {"train.max_wallclock_seconds": 60.0})) is None  # a time budget runs alone
 
 
+def test_a_group_passes_only_the_fields_its_members_vary_as_traced_arguments():
+    """hyper keeps no state: a member's traced values are an argument (train/group.py traced_values)
+    holding the TRACED fields the members set differently, read by the optimizer (and the objective
+    and model); a plain run passes None and gets the config's own numbers."""
+    import jax
+    import jax.numpy as jnp
+
+    from pgolf_jax import config as C
+    from pgolf_jax import hyper
+    from pgolf_jax.model.gpt import build_model
+    from pgolf_jax.train.group import traced_values
+    from pgolf_jax.train.members import optimizer
+
+    base = C.load(TINY)
+    hot = C.override(base, {"optim.matrix_lr": 2 * base.optim.matrix_lr, "model.logit_softcap": 20.0, "train.seed": 7})
+    a, b = traced_values([base, hot])
+    assert sorted(a) == sorted(b) == ["model.logit_softcap", "optim.matrix_lr"]
+    assert not [k for k, v in vars(hyper).items() if isinstance(v, (list, dict, set)) and not k.startswith("__")]
+    model = build_model(base.model)
+    params = model.init(jax.random.key(0))
+    grads = jax.tree.map(jnp.ones_like, params)
+
+    def updates(traced):
+        tx = optimizer(base, model, traced)
+        return jax.tree.leaves(tx.update(grads, tx.init(params), params)[0])
+
+    ratios = {round(float(jnp.max(jnp.abs(t)) / jnp.max(jnp.abs(p))), 5)
+              for p, t in zip(updates(None), updates(b)) if float(jnp.max(jnp.abs(p))) > 0}
+    assert ratios == {1.0, 2.0}  # the matrices step with the member's lr, the other groups as configured
+
+
 def test_killed_row_resumes_only_from_a_finished_checkpoint(tmp_path, monkeypatch):
     """A sweep killed mid-save leaves only orbax's `<step>.orbax-checkpoint-tmp-*` folder: the row
     starts over (its run dir set aside) instead of failing on a resume with nothing to restore."""

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgolf_jax import hyper, registry
+from pgolf_jax import registry
 from pgolf_jax.config import ModelConfig, layer_mixers
 from pgolf_jax.model import pause
 from pgolf_jax.model.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
@@ -248,7 +248,7 @@ class GPT(nnx.Module):
             return jnp.einsum("btd,vd->btv", h_BTD, self.tok_emb.weight[...].astype(h_BTD.dtype))
         return self.lm_head(h_BTD)
 
-    def forward(self, ids_BT, looped: bool = True, hook=None, rng=None):
+    def forward(self, ids_BT, looped: bool = True, hook=None, rng=None, logit_softcap=None):
         """(soft-capped logits (B, T, V) in fp32, auxiliary losses). hook: eval-time adapters
         (layers.LinearHook) on the block linears, the sublayer outputs and the head ("head")."""
         h_BTD, aux = self.hidden_and_aux(ids_BT, looped, hook, rng)
@@ -256,17 +256,19 @@ class GPT(nnx.Module):
         if hook is not None:
             logits = hook.output("head", h_BTD, logits, None)
         # The cap is applied in fp32 (the reference applies it to the bf16 logits before .float());
-        # a vmapped sweep group traces it (hyper.py).
-        cap = hyper.value("model.logit_softcap", self.cfg.logit_softcap)
+        # a group of runs may pass its member's traced cap (hyper.py).
+        cap = self.cfg.logit_softcap if logit_softcap is None else logit_softcap
         return softcap(logits.astype(jnp.float32), cap), aux
 
     def __call__(self, ids_BT, looped: bool = True, hook=None):
         return self.forward(ids_BT, looped, hook)[0]
 
-    def outputs(self, ids_BT, looped: bool, rng):
+    def outputs(self, ids_BT, looped: bool, rng, logit_softcap=None):
         """What training reads (every family has this): (logits, auxiliary losses, per-position
         loss weights or None)."""
-        logits, aux = self.forward(ids_BT, looped, rng=rng)
+        # Only when given: a subclass's forward (surge) may not take it.
+        extra = {} if logit_softcap is None else {"logit_softcap": logit_softcap}
+        logits, aux = self.forward(ids_BT, looped, rng=rng, **extra)
         return logits, aux, None
 
     def input_hessians(self, ids_BT, looped: bool = True) -> dict:
@@ -345,11 +347,13 @@ class Model:
     def logits(self, params, ids_BT, looped: bool = True, hook=None):
         return self.module(params)(ids_BT, looped, hook)
 
-    def forward(self, params, ids_BT, looped: bool = True, rng=None):
+    def forward(self, params, ids_BT, looped: bool = True, rng=None, logit_softcap=None):
         """(logits (B, T, V), auxiliary losses {name: scalar}, per-position loss weights (B, T) or
         None): what the training objective reads. rng: the train step's key for stochastic parts
-        (None: deterministic, as in evaluation)."""
-        return self.module(params).outputs(ids_BT, looped, rng)
+        (None: deterministic, as in evaluation); logit_softcap: a group member's traced one
+        (hyper.py; only families that take it: the others refuse it, and such a group runs row by row)."""
+        extra = {} if logit_softcap is None else {"logit_softcap": logit_softcap}
+        return self.module(params).outputs(ids_BT, looped, rng, **extra)
 
     def num_slots(self, looped: bool = True) -> int:
         """Virtual layer slots of a schedule (what a hook's per-slot adapters are indexed by)."""

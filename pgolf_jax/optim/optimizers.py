@@ -107,15 +107,16 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda p: optax.EmptyState(), update)
 
 
-def make_optimizer(cfg: Config, muon_dtype, labels) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(cfg: Config, muon_dtype, labels,
+                   traced: hyper.Traced = None) -> optax.GradientTransformationExtraArgs:
     """Adam(W) for the embedding, head and scalars, Muon (or AdamW) for matrices, one lr multiplier; `labels`
     is the tree of each parameter's declared group (labels_from_specs). Weight decay is decoupled
-    and uses the scheduled lr: p <- p - lr_t (u + wd p). Inside hyper.traced(...) (a vmapped sweep
-    group) the scalar hyperparameters are the group's traced values."""
+    and uses the scheduled lr: p <- p - lr_t (u + wd p). `traced`: a group member's traced scalar
+    hyperparameters (hyper.py), which replace the config's numbers."""
     o, m = cfg.optim, cfg.model
 
     def h(name: str):
-        return hyper.value(f"optim.{name}", getattr(o, name))
+        return hyper.get(traced, f"optim.{name}", getattr(o, name))
 
     def group(direction, lr, wd=0.0):
         # A traced wd is always applied (its value may be 0 for some members of the group).

@@ -32,15 +32,16 @@ class CrossEntropy:
     def __init__(self, cfg: Config):
         self.cfg = cfg
 
-    def terms(self, model: Model, params, x_BT, y_BT, looped: bool, rng):
-        logits, aux, weights = model.forward(params, x_BT, looped, rng)
+    def terms(self, model: Model, params, x_BT, y_BT, looped: bool, rng, traced: hyper.Traced = None):
+        logits, aux, weights = model.forward(params, x_BT, looped, rng,
+                                             logit_softcap=hyper.get(traced, "model.logit_softcap", None))
         ce = weighted_mean(token_nll(logits, y_BT), weights)
         total = ce + sum(model.aux_weights[k] * v for k, v in aux.items())
         return total, logits, weights, {"ce": ce, **aux}
 
-    def __call__(self, model: Model, params, x_BT, y_BT, looped: bool, rng, teacher=None):
-        """(loss, metrics {name: scalar}) of one micro-batch."""
-        total, _, _, metrics = self.terms(model, params, x_BT, y_BT, looped, rng)
+    def __call__(self, model: Model, params, x_BT, y_BT, looped: bool, rng, teacher=None, traced: hyper.Traced = None):
+        """(loss, metrics {name: scalar}) of one micro-batch; traced: a group member's values (hyper.py)."""
+        total, _, _, metrics = self.terms(model, params, x_BT, y_BT, looped, rng, traced)
         return total, metrics
 
 
@@ -57,10 +58,11 @@ class Distill(CrossEntropy):
         self.teacher_model = teacher_model
         self.alpha, self.T = cfg.train.distill.alpha, cfg.train.distill.temperature
 
-    def __call__(self, model: Model, params, x_BT, y_BT, looped: bool, rng, teacher=None):
-        total, logits, weights, metrics = self.terms(model, params, x_BT, y_BT, looped, rng)
-        # Traced in a vmapped sweep group (hyper.py), the config's numbers otherwise.
-        alpha, T = hyper.value("train.distill.alpha", self.alpha), hyper.value("train.distill.temperature", self.T)
+    def __call__(self, model: Model, params, x_BT, y_BT, looped: bool, rng, teacher=None, traced: hyper.Traced = None):
+        total, logits, weights, metrics = self.terms(model, params, x_BT, y_BT, looped, rng, traced)
+        # A group member's traced values (hyper.py), the config's numbers otherwise.
+        alpha = hyper.get(traced, "train.distill.alpha", self.alpha)
+        T = hyper.get(traced, "train.distill.temperature", self.T)
         t_logits = jax.lax.stop_gradient(self.teacher_model.logits(teacher, x_BT))
         t_logp = jax.nn.log_softmax(t_logits / T, axis=-1)
         s_logp = jax.nn.log_softmax(logits / T, axis=-1)

@@ -26,39 +26,42 @@ class TrainState(NamedTuple):
 
 def make_train_step(model: Model, tx: optax.GradientTransformationExtraArgs, objective=None, looped: bool = True,
                     ema_decay: float = 0.0, qat: QuantConfig | None = None):
-    """(state, x_MBT, y_MBT, lr_mul, qat_on, teacher) -> (state, metrics); M micro-batches are
+    """(state, x_MBT, y_MBT, lr_mul, qat_on, teacher, traced) -> (state, metrics); M micro-batches are
     accumulated. `objective` (train.objectives) gives the loss and its terms; `looped` picks the
     block schedule (static: the plain and looped steps are two compiles); with a QuantConfig, the
     loss sees fake-quantized weights while the traced qat_on is 1. teacher: the frozen teacher's
-    weights for objectives that need one (an argument, never a captured constant)."""
+    weights for objectives that need one (an argument, never a captured constant). traced: a group
+    member's traced hyperparameters for the objective and model (hyper.py; `tx` is built with them
+    by the caller), None in a plain run."""
     specs = model.param_specs() if qat is not None else None
     objective = objective or CrossEntropy(None)
 
-    def grad_of(params, x, y, qat_on, key, teacher):
+    def grad_of(params, x, y, qat_on, key, teacher, traced):
         def loss(p):
             p = fake_quantize(p, qat, qat_on, specs) if qat is not None else p
-            return objective(model, p, x, y, looped, key, teacher)
+            # A plain run calls the objective as before (an objective of a plugin may not take traced).
+            return objective(model, p, x, y, looped, key, teacher, **({} if traced is None else {"traced": traced}))
         (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
         return {**metrics, "train_loss": value}, grads
 
-    def train_step(state: TrainState, x_MBT, y_MBT, lr_mul, qat_on=0.0, teacher=None):
+    def train_step(state: TrainState, x_MBT, y_MBT, lr_mul, qat_on=0.0, teacher=None, traced=None):
         n_micro = x_MBT.shape[0]
         # A state built without a key (tests) draws from a fixed one, still new every step.
         base = jax.random.wrap_key_data(state.rng) if state.rng is not None else \
             jax.random.fold_in(jax.random.key(0), state.step)
         key, step_key = jax.random.split(base)
         if n_micro == 1:
-            metrics, grads = grad_of(state.params, x_MBT[0], y_MBT[0], qat_on, step_key, teacher)
+            metrics, grads = grad_of(state.params, x_MBT[0], y_MBT[0], qat_on, step_key, teacher, traced)
         else:
             # Accumulate in fp32 (the reference sums .grad in the parameter dtype).
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-            m0 = jax.eval_shape(lambda: grad_of(state.params, x_MBT[0], y_MBT[0], qat_on, step_key, teacher)[0])
+            m0 = jax.eval_shape(lambda: grad_of(state.params, x_MBT[0], y_MBT[0], qat_on, step_key, teacher, traced)[0])
             m_zero = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), m0)
 
             def micro(carry, xs):
                 m_sum, g_sum = carry
                 i, x, y = xs
-                m, g = grad_of(state.params, x, y, qat_on, jax.random.fold_in(step_key, i), teacher)
+                m, g = grad_of(state.params, x, y, qat_on, jax.random.fold_in(step_key, i), teacher, traced)
                 return (jax.tree.map(lambda a, b: a + b, m_sum, m),
                         jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)), None
 
