@@ -112,7 +112,6 @@ MUTATORS = {"append", "extend", "insert", "pop", "popitem", "remove", "clear", "
 # everything their value depends on (so a second call sees what a first would compute), written
 # from host code that no jax transformation traces.
 GLOBAL_WRITES_ALLOWED = {
-    ("hyper", "_SCOPES"): "removed by the loop branch",
     ("data.shards", "_MANIFESTS"): "memo: (manifest path, mtime) -> its checksums",
     ("data.shards", "_CHECKED"): "memo: (shard path, size, mtime, inode) -> its max token id, checked once",
     ("hardware.target", "_TOPOLOGIES"): "memo: (n, target text) -> compile-only device descriptions",
