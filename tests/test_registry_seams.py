@@ -16,7 +16,8 @@ from pgolf_jax.cli import main
 
 # Each run names the entries it is for; together they cover every registry entry (checked below).
 RUNS = {
-    "base": {"model.mlp_linear": "dense", "model.mixers": "attn"},
+    "base": {"model.mlp_linear": "dense", "model.mixers": "attn", "eval.final_modes": "plain,lora_ttt",
+             "eval.lora_ttt.rank": 2, "eval.lora_ttt.batch_docs": 4},
     "mla_lowrank": {"model.attention": "mla", "model.mla.latent_dim": 16, "model.linear": "lowrank",
                     "model.lowrank.rank": 8, "model.activation": "geglu", "optim.orthogonalizer": "gram_newton_schulz",
                     "quant.scheme": "gptq", "quant.gptq.calibration_batches": 1, "eval.final_modes": "plain,sliding",
@@ -26,8 +27,7 @@ RUNS = {
                     "quant.scheme": "rtn", "eval.final_modes": "ttt", "eval.ttt.chunk_tokens": 4096,
                     "eval.ttt.epochs": 1, "train.lr_schedule": "cosine", "data.loader": "shuffled"},
     "ut_rlma": {"model.topology": "ut_shared", "model.num_layers": 3, "model.ut_shared.iterations": 2,
-                "model.linear": "rlma", "model.rlma.rank": 8, "model.mlp_linear": "lowrank", "model.lowrank.rank": 8,
-                "eval.final_modes": "lora_ttt", "eval.lora_ttt.rank": 2, "eval.lora_ttt.batch_docs": 4},
+                "model.linear": "rlma", "model.rlma.rank": 8, "model.mlp_linear": "lowrank", "model.lowrank.rank": 8},
     "act_monarch_mlp": {"model.topology": "act", "model.num_layers": 1, "model.act.max_steps": 3,
                         "model.mlp_linear": "monarch", "model.monarch.blocks": 4},
     "denseformer_recur": {"model.topology": "denseformer", "model.block_schedule": "repeat_in_place",
