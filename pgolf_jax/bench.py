@@ -19,7 +19,7 @@ from pgolf_jax import dist, registry
 from pgolf_jax.config import Config
 from pgolf_jax.errors import arg_parser, non_negative_int, positive_int
 from pgolf_jax.model import attention as attention_lib
-from pgolf_jax.model.gpt import analytic_flops_per_token
+from pgolf_jax.model.flops import analytic_flops_per_token
 from pgolf_jax.quant.interop import reference_gpt_kwargs
 
 
