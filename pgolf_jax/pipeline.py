@@ -195,7 +195,8 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
         log(f"final_score mode:{list(finals)[-1]} val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
     if not finals:  # the round trip is the scored eval: its time, and its projection like final_evals'
         T = cfg.train.train_seq_len
-        finals_time = {"plain": {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "eval_seconds": round(res.seconds, 2),
+        finals_time = {"plain": {"val_loss": res.val_loss, "val_bpb": res.val_bpb,
+                                 "eval_seconds": round(res.seconds, 2),
                                  "bound_8xH100_seconds": h100x8_seconds_bound(cfg, T, res.val_tokens)}}
     else:
         finals_time = finals

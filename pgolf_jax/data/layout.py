@@ -87,7 +87,8 @@ def dataset_problem(root: Path, manifest: dict | None, variant: str) -> tuple[di
     """(tokenizer entry, dataset entry, what is wrong) for a variant in root; the entries are None
     when the manifest does not list it, and the problem None when every listed file is intact."""
     ds_name = dataset_dir_for_variant(variant)
-    ds = next((d for d in (manifest or {}).get("datasets", []) if isinstance(d, dict) and d.get("name") == ds_name), None)
+    ds = next((d for d in (manifest or {}).get("datasets", []) if isinstance(d, dict) and d.get("name") == ds_name),
+              None)
     on_disk = [p for p in (root / "datasets" / ds_name, tokenizer_file(root, variant)) if p.exists()]
     if ds is None:
         return None, None, (f"{on_disk[0]} exists but {root / 'manifest.json'} does not list {ds_name}"
