@@ -19,7 +19,7 @@ from pgolf_jax import dist, registry
 from pgolf_jax.config import Config
 from pgolf_jax.errors import arg_parser, non_negative_int, positive_int
 from pgolf_jax.model import attention as attention_lib
-from pgolf_jax.model.gpt import analytic_flops_per_token
+from pgolf_jax.model.flops import analytic_flops_per_token
 from pgolf_jax.quant.interop import reference_gpt_kwargs
 
 
@@ -246,7 +246,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--micro", type=positive_int, default=1, help="micro-batches accumulated per step (default 1; the "
                    "challenge's per-GPU step: --batch 64 --micro 8 at seq 1024)")
     p.add_argument("--vs-torch-reference", metavar="TRAIN_GPT_PY", help="also time the reference PyTorch GPT")
-    p.add_argument("--torch-compile", action="store_true", help="torch.compile the reference (as the challenge runs it)")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="torch.compile the reference (as the challenge runs it)")
     p.add_argument("--attention", metavar="IMPL[,IMPL]", help="also time one layer's attention per "
                    "implementation (xla, flash, fused_cpu, ...), min of 30")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
@@ -279,7 +280,8 @@ def main(argv: list[str]) -> int:
     # FLOPs (which dominate at small batches) are counted against their own dtype's peak.
     busy = model_flops / compute_peak + ns / ns_peak
     print(f"gemm_peak:fp32 {peak32 / 1e9:.1f}GFLOP/s bf16 {peak16 / 1e9:.1f}GFLOP/s "
-          f"achieved_model:{model_flops / r['step_s'] / 1e9:.1f}GFLOP/s mfu:{100 * model_flops / r['step_s'] / compute_peak:.1f}% "
+          f"achieved_model:{model_flops / r['step_s'] / 1e9:.1f}GFLOP/s "
+          f"mfu:{100 * model_flops / r['step_s'] / compute_peak:.1f}% "
           f"with_optimizer:{100 * busy / r['step_s']:.1f}%")
     if a.parts:
         parts = time_parts(cfg, a.batch, seq, a.steps)

@@ -67,6 +67,7 @@ def eval_command(argv: list[str]) -> int:
     """Scores only: it writes no file (its log is console-only), so it has no output path to guard."""
     from pgolf_jax import config as config_lib
     from pgolf_jax import dist, pipeline
+    from pgolf_jax.data.source import dataset_paths
     from pgolf_jax.model.gpt import build_model
     from pgolf_jax.quant import artifact, interop
     from pgolf_jax.quant.export import dequantize
@@ -92,7 +93,7 @@ def eval_command(argv: list[str]) -> int:
     import jax
     template = jax.eval_shape(model.init, jax.random.key(0))
     params = interop.unflatten_params(named, template, source=str(source))
-    data_path, tok_path = pipeline.dataset_paths(cfg)
+    data_path, tok_path = dataset_paths(cfg)
     log = RunLog(None)
     factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log)
     mesh = dist.make_mesh()
@@ -123,10 +124,12 @@ def quantize_command(argv: list[str]) -> int:
     from pgolf_jax import config as config_lib
     from pgolf_jax import dist, pipeline
     from pgolf_jax.config import ConfigError
+    from pgolf_jax.data.source import dataset_paths
     from pgolf_jax.fsio import write_json
     from pgolf_jax.model.gpt import build_model
     from pgolf_jax.quant.interop import unflatten_params
     from pgolf_jax.runlog import RunLog
+    from pgolf_jax.train.run_dir import new_run_id
 
     args = _quantize_parser().parse_args(argv)
     run_dir = Path(args.run)
@@ -147,13 +150,13 @@ def quantize_command(argv: list[str]) -> int:
         raise ValueError(f"{npz}: not a readable weights file ({exc})") from None
     # The one write into a run directory the CLI allows: a new subfolder of the run it derives from
     # (a fresh random id, so never an existing folder).
-    out = run_dir / f"quantize-{pipeline.new_run_id()}"
+    out = run_dir / f"quantize-{new_run_id()}"
     log = RunLog(out)
     try:
         write_json(out / "config.json", config_lib.to_dict(cfg))
         log(config_lib.to_json(cfg), console=False)
         log(f"quantize run:{run_dir} overrides:{' '.join(args.overrides) or '-'}")
-        data_path, tok_path = pipeline.dataset_paths(cfg, log)
+        data_path, tok_path = dataset_paths(cfg, log)
         mesh = dist.make_mesh()
         factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log)
         evaluator = factory(model, mesh)
@@ -167,83 +170,6 @@ def quantize_command(argv: list[str]) -> int:
         raise
     finally:
         log.close()
-    return 0
-
-
-def _sweep_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="run.py sweep", description="Run every (variant, seed) row of a sweep file "
-                                "through the main job, then write results.csv, results.md and plots.")
-    p.add_argument("file", help="a sweep file, e.g. sweeps/pr1589.py")
-    p.add_argument("--out", help="the sweep folder (default runs/sweeps/<file stem>)")
-    p.add_argument("--shard", metavar="I/N", help="run rows I, I+N, ... only (machines sharing --out merge rows)")
-    p.add_argument("--retry-failed", action="store_true", help="run failed rows again")
-    p.add_argument("--no-vmap", action="store_true", help="run every row as its own process")
-    p.add_argument("--group-mode", choices=("auto", "vmap", "loop"), default="auto",
-                   help="how a group's one compiled step runs its members: jax.vmap over stacked states, or "
-                        "a loop over them (auto: loop on CPU, where vmapped products are slower; vmap elsewhere)")
-    p.add_argument("--report-only", action="store_true", help="rebuild the tables and plots from the rows present")
-    p.add_argument("--dry-run", action="store_true", help="list the rows and how they would be batched")
-    p.add_argument("--force", action="store_true", help="write into a folder another sweep file made, or over "
-                   "tables this sweep did not make (rows are still reused only for the same inputs)")
-    p.add_argument("--rerun-changed", action="store_true", help="rows made from other inputs (config, data, code) "
-                   "or recording none: move them to <out>/replaced/ and run them again")
-    p.add_argument("--allow-code-change", action="store_true", help="reuse rows that other pgolf_jax code made")
-    p.add_argument("--accept-unkeyed", action="store_true", help="reuse rows that record no inputs (made before "
-                   "sweep rows were keyed) as they are")
-    return p
-
-
-def sweep_command(argv: list[str]) -> int:
-    from pgolf_jax.sweep.spec import load_sweep, parse_shard
-
-    args = _sweep_parser().parse_args(argv)
-    sweep = load_sweep(args.file)  # every row's config is checked before anything runs
-    shard = parse_shard(args.shard)
-    from pgolf_jax.sweep import group, report, runner
-
-    if args.no_vmap and args.group_mode != "auto":
-        from pgolf_jax.config import ConfigError
-
-        raise ConfigError(f"--group-mode {args.group_mode} groups rows, and --no-vmap runs every row alone: pick one")
-    out = Path(args.out) if args.out else runner.default_out(sweep)
-    if args.dry_run:
-        mode = group.resolve_mode(args.group_mode)
-        for batch in (group.plan(sweep.shard(*shard)) if not args.no_vmap else [[r] for r in sweep.shard(*shard)]):
-            print((f"one group ({mode}): " if len(batch) > 1 else "") + ", ".join(r.run_id for r in batch))
-        return 0
-    if args.report_only and not (out / "rows").is_dir():
-        from pgolf_jax.config import ConfigError
-
-        # A wrong --out must not get an empty table written over whatever results.md it holds.
-        raise ConfigError(f"--report-only: {out} holds no rows/ folder: not a sweep folder (check --out)")
-    runner.check_folder(sweep, out, args.force)  # another sweep's folder, or tables it did not make: refused
-    if not args.report_only:
-        reuse = runner.Reuse(args.rerun_changed, args.allow_code_change, args.accept_unkeyed)
-        res = runner.run_sweep(sweep, out, shard, args.retry_failed, vmap=not args.no_vmap, group_mode=args.group_mode,
-                               reuse=reuse, force=args.force)
-        print(f"sweep:{sweep.name} ran:{res['ran']} skipped:{res['skipped']} failed:{res['failed']}")
-    rep = report.write_report(sweep, out, "run.py sweep " + " ".join(argv))
-    print(f"sweep:{sweep.name} rows:{len(rep['rows'])} results:{out / 'results.md'}")
-    return 0
-
-
-def plot_command(argv: list[str]) -> int:
-    from pgolf_jax.config import ConfigError
-    from pgolf_jax.fsio import check_output
-    from pgolf_jax.plots import is_own_png, plot_curves
-
-    p = _Parser(prog="run.py plot", description="Overlay the loss curves of runs in one PNG.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default="curves.png", help="the PNG to write, outside any run (default curves.png); "
-                                                       "an existing file is replaced only if a plot wrote it")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file this command did not write")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":  # a typo'd --out must not land on a log or weights file
-        raise ConfigError(f"--out {out}: name a .png file")
-    check_output(out, "--out", force=args.force, ours=is_own_png)
-    path = plot_curves([Path(r) for r in args.runs], out, require_train=True)
-    print(f"plot:{path} runs:{len(args.runs)}")
     return 0
 
 
@@ -366,8 +292,10 @@ def _main(argv: list[str], packed_config: dict | None) -> int:
         if argv and argv[0] == "quantize":
             return quantize_command(argv[1:])
         if argv and argv[0] == "sweep":
+            from pgolf_jax.sweep.command import sweep_command
             return sweep_command(argv[1:])
         if argv and argv[0] == "plot":
+            from pgolf_jax.plots import plot_command
             return plot_command(argv[1:])
         if argv and argv[0] == "submit":
             return submit_command(argv[1:])

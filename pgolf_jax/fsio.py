@@ -130,7 +130,8 @@ def check_output(path, flag: str, force: bool = False, ours=None, allow_inside: 
     if path.is_dir():
         raise OutputRefused(f"{flag} {path}: is a directory; name a file")
     run = run_dir_holding(path.parent)
-    if run is not None and not (allow_inside is not None and path.resolve().is_relative_to(Path(allow_inside).resolve())):
+    allowed = allow_inside is not None and path.resolve().is_relative_to(Path(allow_inside).resolve())
+    if run is not None and not allowed:
         raise OutputRefused(f"{flag} {path}: inside run directory {run}, which holds a run's scored files; "
                             "write it outside the run")
     if path.exists() and not force and not (ours is not None and ours(path)):

@@ -12,9 +12,7 @@ import datetime
 import hashlib
 import importlib
 import math
-import os
 import platform
-import secrets
 import shutil
 import sys
 import time
@@ -27,21 +25,20 @@ from pgolf_jax import config as config_lib
 from pgolf_jax import dist, provenance, registry
 from pgolf_jax.config import Config
 from pgolf_jax.data.shards import load_val_tokens, open_shard
+from pgolf_jax.data.source import dataset_paths
 from pgolf_jax.data.tokenizer import build_luts
 from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, unigram_bpb, with_window
 from pgolf_jax.fsio import atomic_output, write_bytes, write_json
+from pgolf_jax.model.flops import h100x8_seconds_bound
 from pgolf_jax.model.gpt import Model, build_model, count_params
 from pgolf_jax.model.params import flat_specs
 from pgolf_jax.quant import artifact, pack
 from pgolf_jax.quant.export import check_finite, dequantize
 from pgolf_jax.quant.interop import flatten_params, unflatten_params
 from pgolf_jax.runlog import RunLog
+from pgolf_jax.train.run_dir import claim_run_dir, new_run_id, resume_config
 
 UNIGRAM_TOKENS = 10_000_000
-
-
-def new_run_id() -> str:
-    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def final_eval_modules(cfg: Config) -> list[str]:
@@ -53,43 +50,6 @@ def final_eval_modules(cfg: Config) -> list[str]:
 
 def source_hash() -> str:
     return provenance.code_version()
-
-
-def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
-    """(data_path, tokenizer_path). With data.source set, the dataset is prepared from it on first
-    use (and checked to have been built from it with these settings after); the paths must be
-    where that source puts them, which is checked before anything is read or written."""
-    d = cfg.data
-    data_path, tok_path = Path(d.data_path), Path(d.tokenizer_path)
-    if not d.source:
-        if data_path.is_dir() and tok_path.is_file():
-            return data_path, tok_path
-        missing = data_path if not data_path.is_dir() else tok_path
-        raise FileNotFoundError(
-            f"{missing} not found: download the challenge data (`python run.py data download --variant sp1024`) "
-            f"or set data.source to a docs_selected.jsonl or sample:<name>")
-    from pgolf_jax.data import prepare  # only a run that builds its data ships the builder
-    variant = "byte260" if tok_path.suffix == ".json" else f"sp{cfg.model.vocab_size}"
-    root = data_path.parent.parent
-    want_data = root / "datasets" / prepare.dataset_dir_for_variant(variant)
-    want_tok = prepare.tokenizer_file(root, variant)
-    if want_data.resolve() != data_path.resolve() or want_tok.resolve() != tok_path.resolve():
-        raise config_lib.ConfigError(
-            f"data.source={d.source!r} prepares {variant} under {root} (two levels above data.data_path) as "
-            f"{want_data} and {want_tok}, but data.data_path={data_path} and data.tokenizer_path={tok_path}: "
-            "fix the paths (nothing was written)")
-    kwargs = dict(num_val_docs=d.num_val_docs, tokenizer_train_docs=d.tokenizer_train_docs or None)
-    if not d.source.startswith("sample:") and not Path(d.source).is_file() and data_path.is_dir() and tok_path.is_file():
-        log(f"data:source {d.source} not found; using {data_path} as it is (its build is not re-checked)")
-        return data_path, tok_path
-    if d.source.startswith("sample:"):
-        from pgolf_jax.data import samples
-
-        samples.ensure_sample_dataset(d.source[len("sample:"):], root, variant=variant, **kwargs)
-    else:
-        prepare.prepare_from_docs(Path(d.source), root, variants=(variant,), verbose=False, **kwargs)
-    log(f"data:source:{d.source} variant:{variant} root:{root}")
-    return data_path, tok_path
 
 
 def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
@@ -152,22 +112,6 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
             results[name] = {"val_loss": loss, "val_bpb": b, "ngram_tokens_per_s": round(tok_s)}
             log.metric(f"final_{name}", **results[name])
     return results
-
-
-# bf16 dense tensor-core peak of one H100 SXM (the projection's denominator, times eval.h100_mfu).
-H100_BF16_FLOPS = 989e12
-
-
-def h100x8_seconds_bound(cfg: Config, seq_len: int, forward_tokens: float, train_tokens: float = 0) -> float:
-    """A lower bound on an eval's time on 8xH100: its analytic FLOPs (forward passes, plus
-    forward+backward of any test-time training) at eval.h100_mfu of the bf16 peak. Launches, host
-    work and communication are not counted, so a real eval takes longer."""
-    from pgolf_jax.model.gpt import analytic_flops_per_token
-
-    window = cfg.eval.attention_window or cfg.model.attention_window
-    fl = analytic_flops_per_token(dataclasses.replace(cfg.model, attention_window=window), seq_len)
-    fwd_per_token = (fl["matmul"] + fl["attn_causal"]) / 3
-    return (fwd_per_token * forward_tokens + 3 * fwd_per_token * train_tokens) / (8 * H100_BF16_FLOPS * cfg.eval.h100_mfu)
 
 
 def save_float_weights(params, run_dir: Path, log) -> Path:
@@ -251,7 +195,8 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
         log(f"final_score mode:{list(finals)[-1]} val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
     if not finals:  # the round trip is the scored eval: its time, and its projection like final_evals'
         T = cfg.train.train_seq_len
-        finals_time = {"plain": {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "eval_seconds": round(res.seconds, 2),
+        finals_time = {"plain": {"val_loss": res.val_loss, "val_bpb": res.val_bpb,
+                                 "eval_seconds": round(res.seconds, 2),
                                  "bound_8xH100_seconds": h100x8_seconds_bound(cfg, T, res.val_tokens)}}
     else:
         finals_time = finals
@@ -279,44 +224,8 @@ def log_header(cfg: Config, log: RunLog, preset: str | None) -> None:
         f"backend:{jax.default_backend()} devices:{jax.devices()}", console=False)
 
 
-def _resume_config(cfg: Config, run_dir: Path) -> Config:
-    """The run's saved config; the command line must not change it (a resume continues exactly)."""
-    saved = config_lib.load_run_config(run_dir)
-    ignore = {"train.run_id", "train.out_dir", "train.process_id"}
-    now, then = config_lib.flat_dict(cfg), config_lib.flat_dict(saved)
-    diff = [f"{k}: run has {then.get(k)!r}, command line gives {now.get(k)!r}"
-            for k in sorted(set(now) | set(then)) if k not in ignore and now.get(k) != then.get(k)]
-    if diff:
-        raise config_lib.ConfigError(f"--resume {run_dir}: the config differs from the run's: " + "; ".join(diff))
-    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, process_id=cfg.train.process_id))
-
-
 class AlreadyFinished(Exception):
     """--resume of a run that wrote its submission.json: there is nothing left to do."""
-
-
-def _claim_run_dir(run_dir: Path, cfg: Config) -> None:
-    """Create the run directory and take it in one atomic step (config.json created exclusively),
-    so two runs can never share one; an empty directory left by nothing may be reused. Never inside
-    another run's directory (its files are that run's evidence)."""
-    from pgolf_jax.errors import OutputRefused
-    from pgolf_jax.fsio import run_dir_holding
-
-    inside = run_dir_holding(run_dir.parent)
-    if inside is not None:
-        raise OutputRefused(f"train.out_dir={cfg.train.out_dir}: inside run directory {inside}; "
-                            "write runs elsewhere (runs never nest)")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(run_dir / "config.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        raise FileExistsError(f"run directory {run_dir} already holds a run; pick another train.run_id "
-                              "(or continue it with --resume)") from None
-    try:
-        write_json(run_dir / "config.json", config_lib.to_dict(cfg))
-    except BaseException:
-        (run_dir / "config.json").unlink(missing_ok=True)
-        raise
 
 
 def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = None,
@@ -329,7 +238,7 @@ def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = 
     restore = None
     if resume:
         run_dir = Path(resume)
-        cfg = _resume_config(cfg, run_dir)
+        cfg = resume_config(cfg, run_dir)
         run_id = cfg.train.run_id
         if (run_dir / "submission.json").is_file():
             raise AlreadyFinished(f"{run_dir} finished already (its submission.json is written); nothing to resume")
@@ -348,7 +257,7 @@ def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = 
         cfg = config_lib.override(cfg, {"train.run_id": run_id})
         run_dir = Path(cfg.train.out_dir) / run_id
         if main:
-            _claim_run_dir(run_dir, cfg)
+            claim_run_dir(run_dir, cfg)
     log = RunLog(run_dir if main else None, echo=main)  # process 0 logs and writes; all compute
     try:
         log_header(cfg, log, preset)

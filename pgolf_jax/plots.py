@@ -271,3 +271,25 @@ def plot_scatter(names: list[str], x: list[float], y: list[float], out: Path, xl
                         textcoords="offset points", va="bottom", ha="right" if f else "left",
                         arrowprops=dict(arrowstyle="-", lw=0.4, color="0.6", shrinkA=0, shrinkB=2) if moved else None)
     return _save(fig, Path(out), names)
+
+
+def plot_command(argv: list[str]) -> int:
+    """`run.py plot RUN_DIR ...`: the loss curves of runs overlaid in one PNG."""
+    from pgolf_jax.config import ConfigError
+    from pgolf_jax.errors import arg_parser
+    from pgolf_jax.fsio import check_output
+
+    parser = arg_parser()
+    p = parser(prog="run.py plot", description="Overlay the loss curves of runs in one PNG.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="curves.png", help="the PNG to write, outside any run (default curves.png); "
+                                                       "an existing file is replaced only if a plot wrote it")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file this command did not write")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":  # a typo'd --out must not land on a log or weights file
+        raise ConfigError(f"--out {out}: name a .png file")
+    check_output(out, "--out", force=args.force, ours=is_own_png)
+    path = plot_curves([Path(r) for r in args.runs], out, require_train=True)
+    print(f"plot:{path} runs:{len(args.runs)}")
+    return 0

@@ -22,7 +22,8 @@ _MOPT = "pgolf_jax.model.options"
 # model.family: builds the parameters and returns logits, auxiliary losses and loss weights.
 FAMILIES = {
     "gpt": f"{_MODEL}.gpt:GPT",
-    "surge_m": Variant(f"{_MODEL}.families.surge:SurgeM", f"{_MOPT}:SurgeM"),  # a GPT whose SURGE layer a meta-network corrects
+    # a GPT whose SURGE layer a meta-network corrects
+    "surge_m": Variant(f"{_MODEL}.families.surge:SurgeM", f"{_MOPT}:SurgeM"),
     "mps": Variant(f"{_MODEL}.families.mps:MPS", f"{_MOPT}:MPS"),
     "hopfield": Variant(f"{_MODEL}.families.hopfield:Hopfield", f"{_MOPT}:Hopfield"),
     "agents": Variant(f"{_MODEL}.families.agents:Agents", f"{_MOPT}:Agents"),

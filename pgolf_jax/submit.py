@@ -49,7 +49,8 @@ class Run:
         self.code = self.path / "train_gpt.py"
         for f in (self.log, self.code):
             if not f.is_file():
-                raise FileNotFoundError(f"{f} not found: {self.path} is not a complete run (re-run it with this version)")
+                raise FileNotFoundError(f"{f} not found: {self.path} is not a complete run "
+                                        "(re-run it with this version)")
         want = sub.get("code_sha256")
         if want and hashlib.sha256(self.code.read_bytes()).hexdigest() != want:
             raise ValueError(f"{self.code}: differs from the code the run counted (sha256 in its submission.json)")
@@ -143,7 +144,8 @@ def technique_summary(cfg: Config) -> str:
     bits = [f"SP{m.vocab_size}", f"{m.num_layers}L x {m.model_dim}d"]
     if m.family != "gpt":
         bits.append(f"family {m.family}")
-    for label, on in [(f"topology {m.topology}", m.topology != "unet"), (f"attention {m.attention}", m.attention != "gqa"),
+    for label, on in [(f"topology {m.topology}", m.topology != "unet"),
+                      (f"attention {m.attention}", m.attention != "gqa"),
                       (f"{m.linear} linears", m.linear != "dense"), (f"{m.activation}", m.activation != "relu2"),
                       (f"depth recurrence x{m.num_loops + 1} (L{m.loop_start}-{m.loop_end})", m.num_loops > 0),
                       (f"parallel residuals (L{m.parallel_residual_start}+)", m.parallel_residual_start >= 0),
@@ -285,7 +287,8 @@ def submit(run_dirs: list[Path], name: str, author: str, github_id: str, track: 
         "hardware": r0.get("hardware", ""),
         "jax_version": r0.get("jax_version", ""),
         "technique_summary": technique_summary(cfg),
-        "bytes": {"model": r0["bytes_model"], "code": r0["bytes_code"], "total_max": max(r.sub["bytes_total"] for r in runs)},
+        "bytes": {"model": r0["bytes_model"], "code": r0["bytes_code"],
+                  "total_max": max(r.sub["bytes_total"] for r in runs)},
         "compliance": compliance(runs),
         "attribution": {"implementation": "pgolf_jax (JAX/Flax reimplementation of openai/parameter-golf)"},
     }

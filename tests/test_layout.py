@@ -264,3 +264,47 @@ def fine(_TAPS):
     assert found == sorted([("_POSITION", ".append()"), ("_POSITION", ".pop()"), ("_TAPS", "item assignment"),
                             ("COUNT", "global statement"), ("Reg", "attribute .items assignment"),
                             ("Reg", "setattr()"), ("cls", "attribute .last assignment")]), found
+
+
+# ---------------------------------------------------------------------------------------------
+# Size limits: a module, a function and a line stay small enough to read whole (issue 24).
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_LINE_CHARS = 400, 100, 120
+# Modules (paths under pgolf_jax/) the check skips for now, each with why.
+SIZE_EXEMPT: dict[str, str] = {}  # module path under pgolf_jax -> why it may be over the limits
+
+
+def size_problems(root: Path = PKG) -> list[str]:
+    """'path: what' for every module, function (method, nested function) or line over its limit."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in SIZE_EXEMPT:
+            continue
+        text = path.read_text()
+        lines = text.splitlines()
+        if len(lines) > MAX_MODULE_LINES:
+            out.append(f"{rel}: {len(lines)} lines (max {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                n = node.end_lineno - first + 1
+                if n > MAX_FUNCTION_LINES:
+                    out.append(f"{rel}:{node.lineno}: function {node.name} is {n} lines (max {MAX_FUNCTION_LINES})")
+        out.extend(f"{rel}:{i}: line of {len(line)} characters (max {MAX_LINE_CHARS})"
+                   for i, line in enumerate(lines, 1) if len(line) > MAX_LINE_CHARS)
+    return out
+
+
+def test_modules_functions_and_lines_stay_small():
+    bad = size_problems()
+    assert not bad, "\n".join(bad)
+
+
+def test_the_size_check_finds_each_kind(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(100))
+    (tmp_path / "big.py").write_text(f"def long():\n{body}\n" + "\n" * 300 + "y = '" + "a" * 120 + "'\n")
+    (tmp_path / "ok.py").write_text("def short():\n    return 1\n")
+    found = size_problems(tmp_path)
+    assert [f.split(":")[0] for f in found] == ["big.py"] * 3, found
+    assert "function long is 101 lines" in found[1] and "line of 126 characters" in found[2], found

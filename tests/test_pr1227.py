@@ -15,7 +15,8 @@ import scipy.linalg
 from flax import nnx
 
 from pgolf_jax import config as C
-from pgolf_jax.model.gpt import MLP, analytic_flops_per_token, build_model, count_params, layer_matmul_weights
+from pgolf_jax.model.flops import analytic_flops_per_token, layer_matmul_weights
+from pgolf_jax.model.gpt import MLP, build_model, count_params
 from pgolf_jax.model.monarch import MonarchLinear
 from pgolf_jax.model.params import flat_specs
 from pgolf_jax.model.ssm import RATE_MAX, RATE_MIN, causal_conv, decay_kernel

@@ -73,7 +73,7 @@ def test_hypernet_real_size_is_109m_in_its_heads():
 
 def test_flops_count_what_a_token_multiplies():
     """Generated weights cost what stored ones do; basis sharing runs factored (U and C per layer)."""
-    from pgolf_jax.model.gpt import analytic_flops_per_token
+    from pgolf_jax.model.flops import analytic_flops_per_token
 
     load = lambda name: C.load(ROOT / "configs" / "pr1589" / f"{name}.py").model  # noqa: E731
     base = analytic_flops_per_token(load("baseline"), 1024)["n_matmul_params"]

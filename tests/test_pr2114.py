@@ -14,7 +14,8 @@ from flax import nnx
 
 from pgolf_jax import config as C
 from pgolf_jax.model import attention
-from pgolf_jax.model.gpt import analytic_flops_per_token, build_model, count_params, layer_matmul_weights
+from pgolf_jax.model.flops import analytic_flops_per_token, layer_matmul_weights
+from pgolf_jax.model.gpt import build_model, count_params
 from pgolf_jax.model.layers import Pass, rotary_tables
 from pgolf_jax.model.params import flat_specs
 from pgolf_jax.model.rlma import RLMALinear, name_seed, random_base

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pgolf_jax.data import commands, hub, prepare
+from pgolf_jax.data import commands, hub, layout, prepare
 from pgolf_jax.data.shards import (
     ShardError,
     list_shards,
@@ -189,7 +189,7 @@ def test_shard_checksums_are_recorded_and_checked(tmp_path, write_jsonl):
                                          r"recorded in .*manifest\.json"):
         open_shard(shard, 260)
     with pytest.raises(ShardError, match="checksum"):
-        prepare.verify_dataset(ds)
+        layout.verify_dataset(ds)
 
 
 def _hub_from(prepared, tmp_path) -> Path:

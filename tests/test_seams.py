@@ -18,7 +18,8 @@ from pgolf_jax.data.tokenizer import ByteLuts
 from pgolf_jax.evaluation.evaluate import Evaluator
 from pgolf_jax.model import pause
 from pgolf_jax.model.act import ACT
-from pgolf_jax.model.gpt import analytic_flops_per_token, build_model, count_params
+from pgolf_jax.model.flops import analytic_flops_per_token
+from pgolf_jax.model.gpt import build_model, count_params
 from pgolf_jax.model.params import flat_specs
 from pgolf_jax.model.topology import BlockRunner
 from pgolf_jax.quant.export import quantize_mixed

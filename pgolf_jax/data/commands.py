@@ -11,13 +11,8 @@ from pathlib import Path
 
 from pgolf_jax.data import hub, samples
 from pgolf_jax.data.hub import REMOTE_ROOT
-from pgolf_jax.data.prepare import (
-    DEFAULT_NAME,
-    NUM_VAL_DOCS,
-    SHARD_SIZE,
-    prepare_from_docs,
-    verify_dataset,
-)
+from pgolf_jax.data.layout import DEFAULT_NAME, verify_dataset
+from pgolf_jax.data.prepare import NUM_VAL_DOCS, SHARD_SIZE, prepare_from_docs
 from pgolf_jax.data.samples import SAMPLE_SHARD_SIZE
 
 

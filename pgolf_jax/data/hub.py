@@ -11,12 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from pgolf_jax.data.prepare import (
-    PROGRESS_EVERY,
-    dataset_dir_for_variant,
-    dataset_problem,
-    read_manifest,
-)
+from pgolf_jax.data.layout import dataset_dir_for_variant, dataset_problem, read_manifest
+from pgolf_jax.data.prepare import PROGRESS_EVERY
 from pgolf_jax.data.shards import (
     CHECKSUM_KEY,
     ShardError,

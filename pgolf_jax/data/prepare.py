@@ -1,23 +1,16 @@
-"""Datasets in the challenge layout from a docs_selected.jsonl: tokenizers, shards and manifest;
-checks of a prepared dataset; and the `run.py data ...` command.
+"""Datasets in the challenge layout (data/layout.py) from a docs_selected.jsonl (data/docs.py):
+each variant's tokenizer trained (or written), the docs encoded into val/train shards, and both
+renamed into the root with the manifest written last.
 
-The published shards are downloaded by pgolf_jax.hub, the embedded sample corpora built by
-pgolf_jax.samples (both import this module, never the reverse at import time).
-
-Layout (as the reference's data/ directory):
-  <root>/manifest.json
-  <root>/tokenizers/fineweb_<V>_bpe.{model,vocab} | fineweb_pure_byte_260.json
-  <root>/datasets/fineweb10B_<variant>/fineweb_{val,train}_NNNNNN.bin
-The manifest is always written last, so its presence means the files it lists are complete.
+Everything is built in a staging directory inside the root, so a failure leaves the root as it
+was. The published shards are downloaded by data/hub.py, the embedded sample corpora built by
+data/samples.py (both import this module, never the reverse at import time).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -25,114 +18,30 @@ from pathlib import Path
 
 import numpy as np
 
-from pgolf_jax.data.shards import (
-    CHECKSUM_KEY,
-    file_checksum,
-    open_shard,
-    read_num_tokens,
-    recorded_checksum,
-    write_shard,
+from pgolf_jax.data.docs import count_docs, docs_fingerprint, iter_docs, load_sidecar, sidecar_path
+from pgolf_jax.data.layout import (
+    DEFAULT_NAME,
+    dataset_problem,
+    parse_variant,
+    read_manifest,
+    relativize,
+    source_differences,
 )
+from pgolf_jax.data.shards import CHECKSUM_KEY, file_checksum, write_shard
 from pgolf_jax.data.tokenizer import (
     PureByteTokenizer,
     load_tokenizer,
     train_sentencepiece,
 )
-from pgolf_jax.fsio import read_json, write_json
+from pgolf_jax.fsio import write_json
 from pgolf_jax.provenance import code_version
 from pgolf_jax.runlog import Progress
 
 NUM_VAL_DOCS = 50_000
 SHARD_SIZE = 10**8
 APPEND_EOS = False
-DEFAULT_NAME = "fineweb10B"
 ENCODE_BATCH_DOCS = 1024
-SIDECAR_SUFFIX = ".source_manifest.json"
 PROGRESS_EVERY = 3.0  # seconds between progress lines of the data commands off a terminal
-
-
-# ----------------------------------------------------------------------------------------------
-# docs_selected.jsonl
-
-
-def iter_docs(path: Path, limit: int | None = None):
-    """Texts of a docs jsonl in order; a bad line raises naming the file and line number."""
-    # Bytes split on \n (as count_docs counts documents), decoded line by line so that a bad byte is
-    # reported with its line, not as a bare codec error.
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if limit is not None and lineno > limit:
-                return
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
-                                 f"{exc.start + 1})") from None
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not a JSON object ({exc.msg})") from None
-            text = obj.get("text") if isinstance(obj, dict) else None
-            if not isinstance(text, str):
-                got = "missing" if not isinstance(obj, dict) or "text" not in obj else type(text).__name__
-                raise ValueError(f"{path}:{lineno}: field 'text' must be a string (got {got})")
-            yield text
-
-
-def count_docs(path: Path) -> int:
-    """Number of lines (= documents) in a jsonl file."""
-    n, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-    return n + (last != b"\n")
-
-
-def sidecar_path(docs_jsonl: Path) -> Path:
-    return docs_jsonl.with_name(docs_jsonl.stem + SIDECAR_SUFFIX)
-
-
-def load_sidecar(docs_jsonl: Path) -> dict | None:
-    """The optional docs_selected.source_manifest.json beside the jsonl (num_docs, docs_val, ...)."""
-    path = sidecar_path(docs_jsonl)
-    if not path.is_file():
-        return None
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg})") from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: docs sidecar must be a JSON object")
-    for key in ("num_docs", "docs_val"):
-        if payload.get(key) is not None and (not isinstance(payload[key], int) or payload[key] < 0):
-            raise ValueError(f"{path}: {key} must be a non-negative integer, got {payload[key]!r}")
-    return payload
-
-
-# ----------------------------------------------------------------------------------------------
-# variants, tokenizers, shards
-
-
-def parse_variant(variant: str) -> tuple[str, int]:
-    """'sp<V>' -> ('sp', V); 'byte260' -> ('byte', 260)."""
-    if variant == "byte260":
-        return "byte", 260
-    m = re.fullmatch(r"sp(\d+)", variant)
-    if not m or not 0 < int(m.group(1)) <= 2**16:
-        raise ValueError(f"unsupported variant {variant!r}: expected sp<VOCAB_SIZE> (e.g. sp1024) or byte260")
-    return "sp", int(m.group(1))
-
-
-def tokenizer_file(output_root: Path, variant: str) -> Path:
-    kind, vocab = parse_variant(variant)
-    name = f"fineweb_{vocab}_bpe.model" if kind == "sp" else "fineweb_pure_byte_260.json"
-    return Path(output_root) / "tokenizers" / name
-
-
-def dataset_dir_for_variant(variant: str) -> str:
-    parse_variant(variant)
-    return f"{DEFAULT_NAME}_{variant}"
 
 
 def bigram_vocab(vocab_size: int) -> int:
@@ -237,91 +146,6 @@ def export_shards(docs_jsonl: Path, tok, output_dir: Path, *, num_val_docs: int,
     flush()
     progress.finish(stats["docs_total"])
     return stats
-
-
-def _relativize(value, root: Path):
-    """Absolute paths under root become root-relative POSIX strings (as the reference manifest)."""
-    if isinstance(value, dict):
-        return {k: _relativize(v, root) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_relativize(v, root) for v in value]
-    if isinstance(value, str) and os.path.isabs(value):
-        with contextlib.suppress(ValueError):
-            return Path(value).relative_to(root).as_posix()
-    return value
-
-
-SMALL_DOCS_BYTES = 1 << 30  # docs files up to this size are identified by their sha256
-
-
-def docs_fingerprint(docs_jsonl: Path, sidecar: dict | None) -> dict:
-    """What identifies the docs a dataset was built from: the sidecar's sha256 (the challenge's
-    export has one), else the sha256 of a small file, else (path, size, mtime) of a big one."""
-    st = docs_jsonl.stat()
-    sha = sidecar.get("docs_sha256") if sidecar else None
-    if not sha and st.st_size <= SMALL_DOCS_BYTES:
-        h = hashlib.sha256()
-        with open(docs_jsonl, "rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
-        sha = h.hexdigest()
-    return {"docs_jsonl": str(docs_jsonl), "docs_bytes": st.st_size, "docs_mtime_ns": st.st_mtime_ns,
-            "docs_sha256": sha}
-
-
-def source_differences(old: dict | None, new: dict) -> list[str]:
-    """How the recorded build settings of a dataset differ from a new prepare's ([] = the same)."""
-    if not old:
-        return ["it has no build record (downloaded, or prepared by an older version)"]
-    diffs = []
-    if old.get("docs_sha256") and new.get("docs_sha256"):
-        if old["docs_sha256"] != new["docs_sha256"]:
-            diffs.append(f"docs sha256 {old['docs_sha256'][:12]}... vs {new['docs_sha256'][:12]}...")
-    elif any(old.get(k) != new.get(k) for k in ("docs_jsonl", "docs_bytes", "docs_mtime_ns")):
-        diffs.append(f"docs {old.get('docs_jsonl')} ({old.get('docs_bytes')} bytes) vs {new['docs_jsonl']} "
-                     f"({new['docs_bytes']} bytes, or a newer mtime)")
-    for k in ("num_docs", "num_val_docs", "shard_size", "tokenizer_train_docs", "trainer_overrides", "append_eos"):
-        if old.get(k) != new.get(k):
-            diffs.append(f"{k} {old.get(k)!r} vs {new.get(k)!r}")
-    return diffs
-
-
-def read_manifest(root: Path) -> dict | None:
-    """root/manifest.json, or None when there is none; an unreadable one is an error naming it."""
-    path = root / "manifest.json"
-    if not path.exists():
-        return None
-    manifest = read_json(path, "the dataset root's manifest")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("datasets", []), list):
-        raise ValueError(f"{path}: not a dataset manifest (expected an object with a 'datasets' list)")
-    return manifest
-
-
-def dataset_problem(root: Path, manifest: dict | None, variant: str) -> tuple[dict | None, dict | None, str | None]:
-    """(tokenizer entry, dataset entry, what is wrong) for a variant in root; the entries are None
-    when the manifest does not list it, and the problem None when every listed file is intact."""
-    ds_name = dataset_dir_for_variant(variant)
-    ds = next((d for d in (manifest or {}).get("datasets", []) if isinstance(d, dict) and d.get("name") == ds_name), None)
-    on_disk = [p for p in (root / "datasets" / ds_name, tokenizer_file(root, variant)) if p.exists()]
-    if ds is None:
-        return None, None, (f"{on_disk[0]} exists but {root / 'manifest.json'} does not list {ds_name}"
-                            if on_disk else None)
-    tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == ds.get("tokenizer_name")), None)
-    try:
-        if tok is None:
-            raise ValueError(f"tokenizer {ds.get('tokenizer_name')!r} is not listed")
-        for k in ("model_path", "vocab_path", "path"):
-            if tok.get(k) and not (root / tok[k]).is_file():
-                raise ValueError(f"{root / tok[k]} is missing")
-        st = ds["stats"]
-        for split in ("val", "train"):
-            got = sum(read_num_tokens(root / ds["path"] / f"fineweb_{split}_{i:06d}.bin")
-                      for i in range(st[f"files_{split}"]))
-            if got != st[f"tokens_{split}"]:
-                raise ValueError(f"its {split} shards hold {got} tokens, the manifest says {st[f'tokens_{split}']}")
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        return tok, ds, f"{ds_name} in {root} is damaged: {exc}"
-    return tok, ds, None
 
 
 @contextlib.contextmanager
@@ -432,7 +256,7 @@ def _prepare_locked(docs_jsonl: Path, root: Path, variants: list[str], sidecar: 
     build = []
     for variant in variants:  # decide everything before building anything
         tok, ds, problem = dataset_problem(root, old, variant)
-        diffs = source_differences(ds.get("source"), _relativize(source, root)) if ds else []
+        diffs = source_differences(ds.get("source"), relativize(source, root)) if ds else []
         if ds is not None and problem is None and not diffs:
             if verbose:
                 print(f"prepare: {ds['name']} in {root} is up to date (same docs and settings)", file=sys.stderr)
@@ -515,53 +339,8 @@ def _build_and_swap(docs_jsonl: Path, root: Path, staging: Path, build: list[str
     keep = [i for i, t in enumerate(manifest["tokenizers"]) if t.get("name") in used]
     manifest["tokenizers"] = [manifest["tokenizers"][i] for i in keep]
     manifest["tokenizer_specs"] = [manifest["tokenizer_specs"][i] for i in keep]
-    manifest = _relativize(manifest, root)
+    manifest = relativize(manifest, root)
     trash = staging / "replaced"
     trash.mkdir()
     _swap_in(moves, trash, manifest_path, manifest)
     return manifest
-
-
-# ----------------------------------------------------------------------------------------------
-# checks and the `data` command
-
-
-def verify_dataset(dataset_dir, vocab_size: int = 0, structure_only: bool = False) -> dict:
-    """Validate every shard of a dataset dir (header, recorded checksum, and token ids < vocab_size
-    if given); returns counts. A shard no manifest records a checksum for cannot have its contents
-    checked: that is an error unless `structure_only` asks for headers and token ids alone."""
-    d = Path(dataset_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"dataset directory not found: {d}")
-    counts = {}
-    for split in ("val", "train"):
-        files = sorted(d.glob(f"fineweb_{split}_*.bin"))
-        expected = [f"fineweb_{split}_{i:06d}.bin" for i in range(len(files))]
-        if [f.name for f in files] != expected:
-            missing = sorted(set(expected) - {f.name for f in files})
-            raise ValueError(f"{d}: {split} shards are not numbered 0..{len(files) - 1} (missing {missing[:3]})")
-        tokens = 0
-        for f in files:  # header, the manifest's checksum when it records one, ids < vocab_size
-            tokens += len(open_shard(f, vocab_size))
-        counts[f"files_{split}"], counts[f"tokens_{split}"] = len(files), tokens
-    if counts["files_val"] + counts["files_train"] == 0:
-        raise FileNotFoundError(f"no fineweb_{{val,train}}_*.bin shards in {d}")
-    unrecorded = [f for f in sorted(d.glob("fineweb_*_*.bin")) if recorded_checksum(f)[0] is None]
-    if unrecorded and not structure_only:
-        manifest = d.parent.parent / "manifest.json"
-        why = "does not exist" if not manifest.is_file() else f"records no checksum for {d.name}'s shards"
-        raise ValueError(f"{d}: {len(unrecorded)} shard(s) ({unrecorded[0].name}, ...) have no recorded checksum "
-                         f"({manifest} {why}), so their contents cannot be checked; pass --structure-only to "
-                         "check headers and token ids alone")
-    counts["unchecked_contents"] = len(unrecorded)
-    # Cross-check with the manifest two levels up when it describes this dataset.
-    with contextlib.suppress(OSError, json.JSONDecodeError, StopIteration, KeyError):
-        manifest = json.loads((d.parent.parent / "manifest.json").read_text(encoding="utf-8"))
-        st = next(x for x in manifest["datasets"] if x["name"] == d.name)["stats"]
-        if (counts["files_val"], counts["tokens_val"]) != (st["files_val"], st["tokens_val"]):
-            raise ValueError(f"{d}: val has {counts['files_val']} files / {counts['tokens_val']} tokens, manifest says "
-                             f"{st['files_val']} / {st['tokens_val']}")
-        if counts["files_train"] > st["files_train"]:
-            raise ValueError(f"{d}: {counts['files_train']} train shards, manifest lists only {st['files_train']}")
-        counts["manifest_files_train"] = st["files_train"]
-    return counts

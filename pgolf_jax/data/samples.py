@@ -16,11 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf_jax.data.prepare import (
-    dataset_dir_for_variant,
-    prepare_from_docs,
-    tokenizer_file,
-)
+from pgolf_jax.data.layout import dataset_dir_for_variant, tokenizer_file
+from pgolf_jax.data.prepare import prepare_from_docs
 from pgolf_jax.fsio import atomic_output
 
 

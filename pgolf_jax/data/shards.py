@@ -361,15 +361,13 @@ class ShuffledSequenceLoader:
         self.rng = _rng_from(state["rng"])
 
 
-def sequential_loader(pattern: str, num_spans: int, seq_len: int, seed: int, vocab_size: int) -> TokenLoader:
+def sequential_loader(pattern: str, num_spans: int, _seq_len: int, _seed: int, vocab_size: int) -> TokenLoader:
     """data.loader=sequential: the baseline's one contiguous stream (no seed: the order is the files')."""
-    del seq_len, seed
     return TokenLoader(pattern, num_spans, vocab_size)
 
 
 def make_loader(kind: str, pattern: str, num_spans: int, seq_len: int, seed: int = 0, vocab_size: int = 0):
-    """data.loader (registry.LOADERS). vocab_size > 0: every shard is checked to hold only ids below
-    it when first opened."""
+    """data.loader (registry.LOADERS); vocab_size > 0: each shard's ids are checked when first opened."""
     return registry.resolve(registry.LOADERS, kind)(pattern, num_spans, seq_len, seed, vocab_size)
 
 

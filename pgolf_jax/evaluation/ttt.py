@@ -210,7 +210,8 @@ def lora_init(key, params, targets: tuple[str, ...], rank: int, n_docs: int, hea
     if head:
         V, D = params["tok_emb"]["weight"].shape
         key, sub = jax.random.split(key)
-        lora["head"] = {"A": jax.random.uniform(sub, (n_docs, rank, D), jnp.float32, -1 / math.sqrt(D), 1 / math.sqrt(D)),
+        bound = 1 / math.sqrt(D)
+        lora["head"] = {"A": jax.random.uniform(sub, (n_docs, rank, D), jnp.float32, -bound, bound),
                         "B": jnp.zeros((n_docs, V, rank), jnp.float32)}
     return lora
 
@@ -294,7 +295,8 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     docs = documents(ev.tokens)
     nd = cfg.lora_ttt.batch_docs
     frontier_docs = 0
-    boundaries = [round(cfg.lora_ttt.phase_prefix_docs * (i + 1) / cfg.lora_ttt.phases) for i in range(cfg.lora_ttt.phases)]
+    phases = cfg.lora_ttt.phases
+    boundaries = [round(cfg.lora_ttt.phase_prefix_docs * (i + 1) / phases) for i in range(phases)]
     place = _Placer(ev.sharding)
     score, train = lora_functions(model, cfg, place)
 
@@ -304,7 +306,8 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     frontier, warm_a = _Frontier(), None
     forward_tokens = train_tokens = 0  # for the eval's FLOP count (each chunk re-reads its window)
     base, buf = place.replicated(params), None  # a copy: phases update it in place (donated)
-    sgd = make_sgd_step(model, cfg.lora_ttt.momentum, cfg.lora_ttt.phase_grad_clip, place) if cfg.lora_ttt.phases else None
+    sgd = (make_sgd_step(model, cfg.lora_ttt.momentum, cfg.lora_ttt.phase_grad_clip, place)
+           if cfg.lora_ttt.phases else None)
     log(f"lora_ttt:start docs:{len(docs)} rank:{cfg.lora_ttt.rank} targets:{cfg.lora_ttt.targets} chunk:{C} "
         f"phases:{cfg.lora_ttt.phases}")
     for d0 in range(0, len(docs), nd):

@@ -14,7 +14,7 @@ from pgolf_jax import dist
 from pgolf_jax.config import Config
 from pgolf_jax.evaluation import ttt
 from pgolf_jax.evaluation.evaluate import batch_windows, jit_score, with_window
-from pgolf_jax.model.gpt import analytic_flops_per_token
+from pgolf_jax.model.flops import analytic_flops_per_token
 from pgolf_jax.train.loop import build, step_functions
 from pgolf_jax.train.objectives import make_objective
 from pgolf_jax.train.step import train_batch_shape

@@ -73,7 +73,9 @@ def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale):
     for s0 in range(0, T, BLOCK):
         s1 = min(s0 + BLOCK, T)
         off, diag = _block_logits(q, k, s0, s1, R)
-        m = diag.max(-1, keepdims=True) if off is None else jnp.maximum(diag.max(-1, keepdims=True), off.max(-1, keepdims=True))
+        m = diag.max(-1, keepdims=True)
+        if off is not None:
+            m = jnp.maximum(m, off.max(-1, keepdims=True))
         e = jnp.exp(diag - m)
         z = e.sum(-1, keepdims=True)
         acc = jnp.einsum("bgqs,bgsk->bgqk", e.astype(v.dtype), v[:, :, s0:s1]).astype(jnp.float32)

@@ -82,8 +82,10 @@ class ModelConfig(Section):
         m, kinds = self, layer_mixers(self)
         head_dim = m.model_dim // m.num_heads
         rules = [
-            (m.model_dim % m.num_heads == 0, f"model.model_dim={m.model_dim} is not divisible by model.num_heads={m.num_heads}"),
-            (m.num_heads % m.num_kv_heads == 0, f"model.num_heads={m.num_heads} is not divisible by model.num_kv_heads={m.num_kv_heads}"),
+            (m.model_dim % m.num_heads == 0,
+             f"model.model_dim={m.model_dim} is not divisible by model.num_heads={m.num_heads}"),
+            (m.num_heads % m.num_kv_heads == 0,
+             f"model.num_heads={m.num_heads} is not divisible by model.num_kv_heads={m.num_kv_heads}"),
             (head_dim % 2 == 0, f"head_dim={head_dim} must be even for RoPE"),
             (0 <= m.rope_dims <= head_dim and m.rope_dims % 2 == 0,
              f"model.rope_dims={m.rope_dims} must be an even number in [0, head_dim={head_dim}]"),
@@ -98,7 +100,8 @@ class ModelConfig(Section):
             (not (m.mixers and m.topology in ("act", "ut_shared")),
              f"model.mixers is for stacks of distinct layers; model.topology={m.topology} builds its own"),
             (not m.xsa_last_n or all(k == "attn" for k in kinds[m.num_layers - m.xsa_last_n:]),
-             f"model.xsa_last_n={m.xsa_last_n} reaches layers whose mixer is not attention (model.mixers={m.mixers!r})"),
+             f"model.xsa_last_n={m.xsa_last_n} reaches layers whose mixer is not attention "
+             f"(model.mixers={m.mixers!r})"),
         ]
         for ok, message in rules:
             if not ok:
@@ -368,7 +371,7 @@ class SurgeM:
                  "model.skip_gates_enabled": (m.skip_gates_enabled, (False,))}
         for key, (value, allowed) in fixed.items():
             if value not in allowed:
-                raise ConfigError(f"model.family=surge_m runs its SURGE layer in the plain layer order: {key}={value!r} "
-                                  f"is not supported (use {' or '.join(map(repr, allowed))})")
+                raise ConfigError(f"model.family=surge_m runs its SURGE layer in the plain layer order: "
+                                  f"{key}={value!r} is not supported (use {' or '.join(map(repr, allowed))})")
         if "lora_ttt" in cfg.eval.final_modes.split(","):
             raise ConfigError("eval.final_modes=lora_ttt does not reach SURGE-M's corrected pass; use ttt or plain")

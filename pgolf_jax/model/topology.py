@@ -120,7 +120,8 @@ class BlockRunner:
             run = tuple(run)
             stop = start + len(run)
             local = tuple(self.where[layer][1] for layer in run)
-            state = self.slots(stack, _gather(self.stacks[stack][1], local), slice(first_slot + start, first_slot + stop))
+            state = self.slots(stack, _gather(self.stacks[stack][1], local),
+                               slice(first_slot + start, first_slot + stop))
             x, ys = jax.lax.scan(fn, x, (state, jnp.asarray(run, jnp.int32)) + tuple(e[start:stop] for e in extra))
             outs.append(ys)
             start = stop

@@ -65,7 +65,8 @@ class UTShared:
 
     @staticmethod
     def create(gpt, cfg, rngs) -> None:
-        e = cfg.tied_embed_init_std * jax.random.normal(rngs.params(), (cfg.ut_shared.iterations, cfg.model_dim), jnp.float32)
+        shape = (cfg.ut_shared.iterations, cfg.model_dim)
+        e = cfg.tied_embed_init_std * jax.random.normal(rngs.params(), shape, jnp.float32)
         gpt.depth_emb = param(e, group="scalar", quant="other")
 
     @staticmethod

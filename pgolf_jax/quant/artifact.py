@@ -83,7 +83,8 @@ def _brotli():
     try:
         import brotli
     except ImportError:
-        raise ArtifactError("quant.compressor=brotli needs the brotli package: pip install 'pgolf_jax[brotli]'") from None
+        raise ArtifactError("quant.compressor=brotli needs the brotli package: "
+                            "pip install 'pgolf_jax[brotli]'") from None
     return brotli
 
 

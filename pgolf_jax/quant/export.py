@@ -206,7 +206,8 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
         report["tensors"][name] = {"group": group, "bits": bits, "error_fro": err}
     if no_hessian and log:
         log(f"gptq:round-to-nearest for {len(no_hessian)} tensors without a calibration Hessian (declared so, or "
-            f"outside the blocks the calibration sees): {', '.join(no_hessian[:4])}{' ...' if len(no_hessian) > 4 else ''}")
+            f"outside the blocks the calibration sees): "
+            f"{', '.join(no_hessian[:4])}{' ...' if len(no_hessian) > 4 else ''}")
     report["no_hessian"] = no_hessian
     if q.lqer_rank > 0:
         worst = sorted(report["tensors"], key=lambda n: -report["tensors"][n]["error_fro"])[: q.lqer_top_k]

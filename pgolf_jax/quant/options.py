@@ -57,7 +57,8 @@ class QuantConfig(Section):
     def check(self, cfg) -> None:
         super().check(cfg)
         q = self
-        check_registered("quant.grid", q.grid, list(importlib.import_module("pgolf_jax.quant.grid").GRIDS))  # this stage's
+        grids = importlib.import_module("pgolf_jax.quant.grid").GRIDS  # this stage's own table
+        check_registered("quant.grid", q.grid, list(grids))
         for key in ("attn_bits", "mlp_bits", "embed_bits", "other_bits"):
             if not 2 <= getattr(q, key) <= 8:
                 raise ConfigError(f"quant.{key}={getattr(q, key)} must be in 2..8 (values are stored as int8)")

@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 
 from pgolf_jax import pipeline
+from pgolf_jax.data.source import dataset_paths
 from pgolf_jax.runlog import RunLog
 from pgolf_jax.sweep import keys
 from pgolf_jax.sweep.rows import TRAINING, _set_aside, result_row, run_row, write_row_preset
 from pgolf_jax.sweep.spec import Row
 from pgolf_jax.train.group import group_key, resolve_mode, train_group, training_key
+from pgolf_jax.train.run_dir import claim_run_dir
 
 MAX_GROUP = 8  # members per program: memory grows with K, the compile does not
 
@@ -94,11 +96,11 @@ def _run_group(rows: list[Row], cfgs: list, run_dirs: list[Path], out: Path, say
     logs = []
     try:
         for cfg, d in zip(cfgs, run_dirs):
-            pipeline._claim_run_dir(d, cfg)
+            claim_run_dir(d, cfg)
             logs.append(RunLog(d, echo=False))
             pipeline.log_header(cfg, logs[-1], f"sweep {out.name} (a group of {len(rows)} rows)")
         t0 = time.perf_counter()
-        data_path, tok_path = pipeline.dataset_paths(cfgs[0], logs[0])
+        data_path, tok_path = dataset_paths(cfgs[0], logs[0])
         factory = pipeline.make_evaluator_factory(cfgs[0], data_path, tok_path, logs[0])
         pattern = str(data_path / cfgs[0].data.train_files)
         # Rows whose training is identical (they differ only in the export or the final evals)

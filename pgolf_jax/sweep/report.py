@@ -77,7 +77,8 @@ def summarize(sweep: Sweep, rows: list[dict]) -> list[dict]:
         if mine:
             v = vals[name]
             s.update(mean=statistics.fmean(v), sd=statistics.stdev(v) if len(v) > 1 else None,
-                     params=mine[0]["params"], artifact_bytes=round(statistics.fmean(r["artifact_bytes"] for r in mine)),
+                     params=mine[0]["params"],
+                     artifact_bytes=round(statistics.fmean(r["artifact_bytes"] for r in mine)),
                      step_ms=statistics.fmean(r["step_ms"] for r in mine if r["step_ms"]),
                      vmapped=max(r.get("vmap_group", 1) for r in mine),
                      # rows written before the mode was recorded say "group"

@@ -157,5 +157,6 @@ def run_row(row: Row, out: Path, say, key: dict | None = None) -> dict:
     code = run_child(cmd, log_path, lambda pid: say(f"sweep: {row.run_id}: training (pid {pid}, output in {log_path})"))
     if code == 0 and sub.is_file():
         return result_row(row, run_dir, out, read_json(sub))
-    lines = [ln for ln in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.startswith("error:")]
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.startswith("error:")]
     return failed_row(row, code, lines[-1] if lines else f"exit code {code} (see {log_path})")

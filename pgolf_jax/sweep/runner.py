@@ -120,14 +120,14 @@ def _problem(out: Path, row: Row, key: dict, reuse: Reuse) -> str | None:
 
 def _prepare_data(rows: list[Row]) -> None:
     """Every dataset the rows read, prepared now (data.source), so its checksums key the rows."""
-    from pgolf_jax import pipeline
+    from pgolf_jax.data.source import dataset_paths
 
     seen = set()
     for row in rows:
         data = repr(row.cfg.data)
         if data not in seen:
             seen.add(data)
-            pipeline.dataset_paths(row.cfg, lambda *a, **k: None)
+            dataset_paths(row.cfg, lambda *a, **k: None)
 
 
 def _triage(sweep: Sweep, out: Path, rows: list[Row], row_keys: dict, retry_failed: bool, reuse: Reuse):

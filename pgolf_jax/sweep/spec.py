@@ -132,7 +132,8 @@ def load_sweep(path: str | Path) -> Sweep:
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{path}: BASE must name a preset file (relative to the sweep file)")
     if not isinstance(variants, dict) or not variants:
-        raise ConfigError(f"{path}: VARIANTS must be a non-empty dict {{name: {{'section.field': value}} or 'preset.py'}}")
+        raise ConfigError(f"{path}: VARIANTS must be a non-empty dict "
+                          f"{{name: {{'section.field': value}} or 'preset.py'}}")
     overrides = get("OVERRIDES", {})
     if not isinstance(overrides, dict):
         raise ConfigError(f"{path}: OVERRIDES must be a dict of 'section.field': value")

@@ -85,7 +85,8 @@ def load_teacher(path: str | Path) -> tuple[Model, dict]:
     if path.is_dir():
         weights = path / "final_model.npz"
         if not weights.is_file():
-            raise FileNotFoundError(f"train.distill.teacher={path}: {weights} not found (has the teacher run finished?)")
+            raise FileNotFoundError(f"train.distill.teacher={path}: {weights} not found "
+                                    "(has the teacher run finished?)")
         with np.load(weights) as z:
             named = {k: z[k] for k in z.files}
         source = weights

@@ -71,7 +71,8 @@ class TrainConfig(Section):
         super().check(cfg)
         t, span = self, self.train_batch_tokens // self.batch_spans
         if t.run_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", t.run_id):
-            raise ConfigError(f"train.run_id={t.run_id!r}: use letters, digits, '.', '_' and '-' (it names a directory)")
+            raise ConfigError(f"train.run_id={t.run_id!r}: use letters, digits, '.', '_' and '-' "
+                              "(it names a directory)")
         if not t.out_dir.strip():
             raise ConfigError("train.out_dir must not be empty")
         if t.max_wallclock_seconds > 0 and t.gptq_reserve_seconds >= t.max_wallclock_seconds:

@@ -32,7 +32,8 @@ from flax import nnx
 
 from pgolf_jax.model.affine import Affine, torch_uniform
 from pgolf_jax.model.families import layer_norm
-from pgolf_jax.model.gpt import GPT, analytic_flops_per_token, block_matrix_params
+from pgolf_jax.model.flops import analytic_flops_per_token, block_matrix_params
+from pgolf_jax.model.gpt import GPT
 from pgolf_jax.model.layers import rms_norm, softcap
 from pgolf_jax.model.params import param
 from pgolf_jax.model.topology import BlockRunner

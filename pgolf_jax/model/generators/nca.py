@@ -69,7 +69,8 @@ class NCA(Source):
         slots = generated_slots(gpt)
         total = sum(L * o * i for L, o, i in slots.values())
         cells = -(-total // cfg.nca.channels)
-        start = STATE_STD * jax.random.normal(jax.random.key(cfg.nca.generator_seed), (cells, cfg.nca.channels), jnp.float32)
+        start = STATE_STD * jax.random.normal(jax.random.key(cfg.nca.generator_seed), (cells, cfg.nca.channels),
+                                              jnp.float32)
         key = None if rng is None else jax.random.fold_in(rng, 0x0CA)
         final = run(gpt.gen, start, cfg.nca.steps, cfg.nca.update_prob, key)
         return split_flat(final.reshape(-1), slots)
