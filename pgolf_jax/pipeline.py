@@ -148,7 +148,7 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     check_finite(obj, flatten_params(params))
     tag = registry.resolve(registry.QUANT_SCHEMES, q.scheme).tag
     art_path = out_dir / f"final_model.{tag}.{q.compressor}"
-    blob = artifact.pack(obj, q.compressor, q.level, q.byte_shuffle)
+    blob = artifact.pack(obj, q.compressor, q.zstd.level, q.byte_shuffle)
     model_bytes = len(blob)
     # Everything the rest of the run imports is imported now, so the packed code holds it all.
     for mod in final_eval_modules(cfg):
@@ -161,7 +161,7 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
         f"({len(shipped)} files the run imported; counting {q.code_bytes})")
     rules = flat_specs(model.param_specs(), params)
     breakdown = artifact.size_report(obj, lambda name, slot: slot if slot in ("passthrough", "lqer") else
-                                     rules[name].quant if name in rules else "other", q.compressor, q.level,
+                                     rules[name].quant if name in rules else "other", q.compressor, q.zstd.level,
                                      q.byte_shuffle)
     for g, b in breakdown.items():
         log(f"bytes:{g} raw:{b['raw']} compressed:{b['compressed']}")

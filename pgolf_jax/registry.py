@@ -113,6 +113,13 @@ LOADERS = {
     "shuffled": "pgolf_jax.data.shards:ShuffledSequenceLoader",
 }
 
+# quant.compressor: the artifact payload's codec (its id goes in the artifact header).
+COMPRESSORS = {
+    "zstd": Variant("pgolf_jax.quant.codecs:Zstd", "pgolf_jax.quant.options:Zstd"),
+    "zlib": "pgolf_jax.quant.codecs:Zlib",
+    "brotli": "pgolf_jax.quant.codecs:Brotli",
+}
+
 # config field -> registry (what config validation checks, and what selects a variant's options).
 FIELDS = {
     "model.family": FAMILIES, "model.topology": TOPOLOGIES, "model.block_schedule": BLOCK_SCHEDULES,
@@ -120,7 +127,7 @@ FIELDS = {
     "model.activation": ACTIVATIONS, "model.weight_source": WEIGHT_SOURCES,
     "optim.orthogonalizer": ORTHOGONALIZERS, "train.objective": OBJECTIVES,
     "eval.final_modes": EVAL_MODES, "quant.scheme": QUANT_SCHEMES, "train.lr_schedule": SCHEDULES,
-    "data.loader": LOADERS,
+    "data.loader": LOADERS, "quant.compressor": COMPRESSORS,
 }
 # Fields that name several entries: comma-separated, each optionally `name*count`; "" = none.
 LIST_FIELDS = ("model.mixers", "eval.final_modes")

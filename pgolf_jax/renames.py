@@ -36,6 +36,7 @@ _TABLES = [
              ttt_chunk_tokens="phase_chunk_tokens", ttt_batch_seqs="phase_batch_seqs",
              ttt_grad_clip="phase_grad_clip"),
     _variant("quant", "gptq", "gptq_", "calibration_batches block_size damp act_order"),
+    _variant("quant", "zstd", "", "level"),
     _variant("train", "distill", "distill_", "alpha temperature", teacher="teacher"),
 ]
 

@@ -109,7 +109,7 @@ def test_variant_options_follow_their_variant(tmp_path):
     assert cfg.model.options == () and C.to_dict(cfg)["model"].get("mla") is None
     old = C.to_dict(C.Config())
     old["model"].update({"attention": "mla", "mla_latent": 32, "linear_rank": 7, "surge_layer": 2})
-    old["eval"].update({"final_modes": "lora_ttt", "lora_rank": 5, "ttt_momentum": 0.5})
+    old["eval"].update({"final_modes": "lora_ttt", "lora_rank": 5, "ttt_momentum": 0.5, "lora_targets": "q,o,head"})
     loaded = C.from_dict(old)
     assert loaded.model.mla.latent_dim == 32 and loaded.eval.lora_ttt.rank == 5
     assert loaded.eval.lora_ttt.momentum == 0.5 and loaded.model.options == (("mla", loaded.model.mla),)
@@ -168,3 +168,17 @@ def test_validation_imports_no_jax():
     assert out.returncode == 0, out.stderr[-2000:]
     presets, rows = map(int, out.stdout.split())
     assert presets >= 40 and rows >= 40
+
+
+@pytest.mark.parametrize("items,match", [
+    (["model.linear=rlma", "eval.final_modes=lora_ttt"], "k, o, q, v adapt the attention's stored dense weights, "
+                                                          "which rlma does not have"),
+    (["model.mlp_linear=monarch", "eval.final_modes=lora_ttt", "eval.lora_ttt.targets=q,mlp"],
+     "mlp adapt the MLP's stored dense weights, which monarch does not have"),
+    (["model.attention=mla", "model.mla.latent_dim=16", "eval.final_modes=lora_ttt"], "mla has no K / V weights"),
+])
+def test_lora_targets_need_the_weights_they_adapt(items, match):
+    """Before, these ended in an internal KeyError at the first adapted document."""
+    with pytest.raises(C.ConfigError, match=match):
+        C.override(C.Config(), items)
+    assert C.override(C.Config(), items[:-1] + ["eval.final_modes=lora_ttt", "eval.lora_ttt.targets=o_par,head"])

@@ -33,9 +33,9 @@ RUNS = {
     "denseformer_recur": {"model.topology": "denseformer", "model.block_schedule": "repeat_in_place",
                           "model.num_loops": 1, "model.loop_start": 0, "model.loop_end": 1,
                           "model.mlp_linear": "rlma", "model.rlma.rank": 8},
-    "basis": {"model.weight_source": "basis", "model.basis.rank": 8},
+    "basis": {"model.weight_source": "basis", "model.basis.rank": 8, "quant.compressor": "zlib"},
     "hypernet": {"model.weight_source": "hypernet", "model.hypernet.rank": 4, "model.hypernet.hidden": 16,
-                 "model.hypernet.embed_dim": 8},
+                 "model.hypernet.embed_dim": 8, "quant.compressor": "brotli"},
     "siren": {"model.weight_source": "siren", "model.siren.hidden": 16, "model.siren.chunk": 8192},
     "nca": {"model.weight_source": "nca", "model.nca.steps": 3, "model.nca.hidden": 16},
     "seed": {"model.weight_source": "seed", "model.seed.dim": 16, "model.seed.chunk": 8192},
@@ -103,6 +103,9 @@ def check_seam(field: str, name: str, run_dir: Path, sub: dict, log: str) -> Non
     if field == "quant.scheme":  # the artifact carries the scheme's tag
         tag = registry.resolve(registry.QUANT_SCHEMES, name).tag
         assert (run_dir / f"final_model.{tag}.{cfg.quant.compressor}").is_file()
+    if field == "quant.compressor":  # the artifact's name and header carry the codec
+        artifact = next(run_dir.glob(f"final_model.*.{name}"))
+        assert artifact.read_bytes()[8] == registry.resolve(registry.COMPRESSORS, name).id
     if field == "train.objective":
         assert f"objective:{name}" in log or name == "ce"
 

@@ -52,5 +52,5 @@ OVERRIDES = {
     "quant.mlp_clip_sigmas": 12.85,
     "quant.embed_clip_sigmas": 12.85,
     "quant.compressor": "zstd",
-    "quant.level": 22,
+    "quant.zstd.level": 22,
 }

@@ -99,8 +99,11 @@ class LoRATTT:
                               f"choose from {', '.join(LORA_TARGET_NAMES)}")
         # q..mlp_out add a low-rank delta to a stored dense weight; o_par, mlp_par and head do not need one.
         m = cfg.model
-        sites = {"attention": ({"q", "k", "v", "o"}, m.linear if m.attention == "gqa" else m.attention),
-                 "MLP": ({"mlp", "mlp_out"}, m.mlp_linear or m.linear)}
+        # MLA keeps Q and the output projection full rank; K and V come from its latent.
+        sites = {"attention": ({"q", "k", "v", "o"}, m.linear), "MLP": ({"mlp", "mlp_out"}, m.mlp_linear or m.linear)}
+        if m.attention == "mla" and {"k", "v"} & set(targets):
+            raise ConfigError(f"eval.lora_ttt.targets={self.targets!r}: model.attention=mla has no K / V weights "
+                              "to adapt (they come from its latent); drop k and v")
         for site, (names, kind) in sites.items():
             hit = sorted(names & set(targets))
             if hit and kind != "dense":

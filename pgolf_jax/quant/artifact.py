@@ -3,7 +3,7 @@
 File layout (all integers little-endian):
 
     magic     8 bytes  b"PGJXART1"
-    codec     1 byte   1 = zlib (level 9, the reference's codec), 2 = zstd, 3 = brotli (quality 11)
+    codec     1 byte   the codec's id (quant/codecs.py): 1 = zlib (level 9, the reference's), 2 = zstd, 3 = brotli
     reserved  3 bytes  zero
     raw_len   8 bytes  length of the decompressed payload
     crc32     4 bytes  of the decompressed payload
@@ -32,11 +32,11 @@ import ml_dtypes
 import numpy as np
 import zstandard
 
+from pgolf_jax import registry
 from pgolf_jax.errors import ArtifactError, ArtifactTooLarge  # noqa: F401  (raised here, caught by cli)
 from pgolf_jax.fsio import write_bytes
 
 MAGIC = b"PGJXART1"
-CODECS = {"zlib": 1, "zstd": 2, "brotli": 3}
 _HEADER = struct.Struct("<8sB3sQI")  # magic, codec, reserved (zero), raw_len, crc32
 _SLOTS = ("quantized", "scales", "passthrough", "lqer", "offsets")  # offsets: min-max grids' row minima
 _DTYPES = {"int8", "uint8", "int16", "int32", "int64", "uint16", "float16", "float32", "float64", "bfloat16", "bool"}
@@ -79,28 +79,20 @@ def serialize(obj: dict, byte_shuffle: bool = True) -> bytes:
     return struct.pack("<I", len(manifest)) + manifest + b"".join(blobs)
 
 
-def _brotli():
+def _codec(name: str):
     try:
-        import brotli
-    except ImportError:
-        raise ArtifactError("quant.compressor=brotli needs the brotli package: "
-                            "pip install 'pgolf_jax[brotli]'") from None
-    return brotli
+        return registry.resolve(registry.COMPRESSORS, name)
+    except KeyError:
+        raise ArtifactError(f"unknown codec {name!r} (expected one of {', '.join(registry.COMPRESSORS)})") from None
 
 
 def compress(raw: bytes, codec: str, level: int = 22) -> bytes:
-    if codec == "zlib":
-        return zlib.compress(raw, 9)
-    if codec == "zstd":
-        return zstandard.ZstdCompressor(level=level).compress(raw)
-    if codec == "brotli":
-        return _brotli().compress(raw, quality=11)
-    raise ArtifactError(f"unknown codec {codec!r} (expected one of {sorted(CODECS)})")
+    return _codec(codec).compress(raw, level)
 
 
 def pack(obj: dict, codec: str = "zstd", level: int = 22, byte_shuffle: bool = True) -> bytes:
     raw = serialize(obj, byte_shuffle)
-    return _HEADER.pack(MAGIC, CODECS[codec], bytes(3), len(raw), zlib.crc32(raw)) + compress(raw, codec, level)
+    return _HEADER.pack(MAGIC, _codec(codec).id, bytes(3), len(raw), zlib.crc32(raw)) + compress(raw, codec, level)
 
 
 def write(path: Path, data: bytes) -> None:
@@ -119,14 +111,10 @@ def unpack(data: bytes, source: str = "artifact") -> dict:
         raise ArtifactError(f"{source}: corrupt header (reserved bytes {reserved!r} are not zero)")
     body = data[_HEADER.size:]
     try:
-        if codec_id == CODECS["zlib"]:
-            raw = zlib.decompress(body)
-        elif codec_id == CODECS["zstd"]:
-            raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=raw_len)
-        elif codec_id == CODECS["brotli"]:
-            raw = _brotli().decompress(body)
-        else:
+        codec = next((c for c in map(_codec, registry.COMPRESSORS) if c.id == codec_id), None)
+        if codec is None:
             raise ArtifactError(f"{source}: unknown codec id {codec_id}")
+        raw = codec.decompress(body, raw_len)
     except ArtifactError:
         raise
     except Exception as exc:  # zlib.error, zstandard.ZstdError, brotli.error: all mean a bad body

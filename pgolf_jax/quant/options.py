@@ -37,8 +37,7 @@ class QuantConfig(Section):
     qat: bool = False  # straight-through fake quantization in training, with the export's rule
     qat_lr_threshold: float = 1.0  # QAT is on while the lr multiplier <= this (1 = from the start)
     byte_shuffle: bool = True  # group bytes by significance in multi-byte tensors before compressing
-    compressor: str = "zstd"  # zstd (ours) | zlib (the reference's format) | brotli (the records')
-    level: int = 22  # zstd level (zlib always uses 9, brotli 11 like the references)
+    compressor: str = "zstd"  # registry.COMPRESSORS: zstd (ours, quant.zstd.level) | zlib (the reference's) | brotli
     # Which code size counts toward the cap: packed (the run's train_gpt.py: its imported modules
     # minified, lzma, base85, as the records ship theirs), raw (those .py files as they are) or
     # compressed (them zstd-22 as one stream).
@@ -49,10 +48,9 @@ class QuantConfig(Section):
     SECTION = "quant"
     RANGES = {"clip_percentile": "(0, 100]", "keep_float_max_numel": ">= 0", "attn_clip_sigmas": "> 0",
               "mlp_clip_sigmas": "> 0", "embed_clip_sigmas": "> 0", "other_clip_sigmas": "> 0",
-              "lqer_rank": ">= 0", "lqer_top_k": ">= 1", "qat_lr_threshold": "[0, 1]", "level": "[1, 22]",
+              "lqer_rank": ">= 0", "lqer_top_k": ">= 1", "qat_lr_threshold": "[0, 1]",
               "max_artifact_bytes": ">= 1"}
-    CHOICES = {"scale_method": ("sdclip", "percentile", "search"), "compressor": ("zstd", "zlib", "brotli"),
-               "code_bytes": ("packed", "raw", "compressed")}
+    CHOICES = {"scale_method": ("sdclip", "percentile", "search"), "code_bytes": ("packed", "raw", "compressed")}
 
     def check(self, cfg) -> None:
         super().check(cfg)
@@ -67,6 +65,13 @@ class QuantConfig(Section):
                               "(int8_per_row is the reference's own format)")
         if q.qat and q.scheme != "int8_per_row" and q.scale_method == "search" and q.grid == "symmetric":
             raise ConfigError("quant.qat follows the export scales: use quant.scale_method sdclip or percentile")
+
+
+@dataclass(frozen=True)
+class Zstd:
+    """compressor=zstd: its level (zlib always uses 9 and brotli 11, as the references do)."""
+    level: int = 22
+    RANGES = {"level": "[1, 22]"}
 
 
 @dataclass(frozen=True)
