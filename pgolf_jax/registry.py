@@ -113,6 +113,12 @@ LOADERS = {
     "shuffled": "pgolf_jax.data.shards:ShuffledSequenceLoader",
 }
 
+# quant.grid: the grid of every low-bit row (export, GPTQ and QAT alike).
+GRIDS = {
+    "symmetric": "pgolf_jax.quant.grid:Symmetric",
+    "affine": "pgolf_jax.quant.grid:Affine",
+    "nf": "pgolf_jax.quant.grid:NF",
+}
 # quant.compressor: the artifact payload's codec (its id goes in the artifact header).
 COMPRESSORS = {
     "zstd": Variant("pgolf_jax.quant.codecs:Zstd", "pgolf_jax.quant.options:Zstd"),
@@ -128,6 +134,7 @@ FIELDS = {
     "optim.orthogonalizer": ORTHOGONALIZERS, "train.objective": OBJECTIVES,
     "eval.final_modes": EVAL_MODES, "quant.scheme": QUANT_SCHEMES, "train.lr_schedule": SCHEDULES,
     "data.loader": LOADERS, "quant.compressor": COMPRESSORS,
+    "quant.grid": GRIDS,
 }
 # Fields that name several entries: comma-separated, each optionally `name*count`; "" = none.
 LIST_FIELDS = ("model.mixers", "eval.final_modes")

@@ -188,7 +188,7 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
                 raise ValueError(f"GPTQ needs a calibration Hessian for {name}")
             method = "rtn"
             no_hessian.append(name)
-        if q.grid == "symmetric":
+        if not grids.grid_of(q.grid).minmax:
             s = row_scales(w32, bits, q.scale_method, k, q.clip_percentile)
             codec = None
         else:  # a min-max grid: fixed (lo, step) per row, stored beside the codes
@@ -230,7 +230,7 @@ def _dequant(obj: dict, name: str) -> np.ndarray:
     """float32 rows of a quantized tensor (before any LQER correction), on its grid."""
     qt, s = obj["quantized"][name], np.asarray(obj["scales"][name])
     grid = obj["qmeta"].get(name, {}).get("grid", "symmetric")
-    if grid == "symmetric":
+    if not grids.grid_of(grid).minmax:
         return qt.astype(np.float32) * s.astype(np.float32)[:, None]
     return grids.decode(qt, np.asarray(obj["offsets"][name])[:, None], s[:, None], grid, obj["qmeta"][name]["bits"])
 

@@ -8,6 +8,8 @@ import statistics
 
 import numpy as np
 
+from pgolf_jax import registry
+
 SEARCH_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)  # GPTQ-lite's candidates (03-22)
 
 
@@ -73,11 +75,53 @@ def row_scales(w32: np.ndarray, bits: int, method: str, clip_sigmas: float, perc
 # (lo, step) are stored fp16 and the codes c - 2^(bits-1) in int8 containers. Written once for
 # NumPy and jax.numpy (`xp`).
 
-GRIDS = {
-    "symmetric": "codes -qmax..qmax times the row's scale (quant.scale_method)",
-    "affine": "#1227: 2^bits levels evenly from the row's min to its max",
-    "nf": "#1227's NormalFloat: standard-normal quantiles at (i + 0.5) / 2^bits, min-max rescaled to the row",
-}
+# The grids are registry.GRIDS entries: Symmetric (no per-row offset) or a min-max grid with
+# `step(span, bits)`, `codes(u, bits, levels, xp)` (u = (w - lo) / step) and `values(c, bits, levels, xp)`.
+
+class Symmetric:
+    """Codes -qmax..qmax times the row's scale (quant.scale_method)."""
+    minmax = False
+
+
+class Affine:
+    """#1227: 2^bits levels evenly from the row's min to its max."""
+    minmax = True
+
+    @staticmethod
+    def step(span, bits: int):
+        return span / (2 ** bits - 1)
+
+    @staticmethod
+    def codes(u, bits: int, levels, xp):
+        return xp.clip(xp.round(u), 0, 2 ** bits - 1)
+
+    @staticmethod
+    def values(c, bits: int, levels, xp):
+        return c.astype(xp.float32)
+
+
+class NF:
+    """#1227's NormalFloat: standard-normal quantiles at (i + 0.5) / 2^bits, min-max rescaled to the row
+    (levels in [0, 1], so the step is the row's span); `levels` overrides the codebook (QAT's learned one)."""
+    minmax = True
+
+    @staticmethod
+    def step(span, bits: int):
+        return span
+
+    @staticmethod
+    def codes(u, bits: int, levels, xp):
+        lv = nf_levels(bits) if levels is None else levels
+        return xp.searchsorted((lv[1:] + lv[:-1]) / 2, u)  # the nearest level (levels sorted)
+
+    @staticmethod
+    def values(c, bits: int, levels, xp):
+        return xp.take(nf_levels(bits) if levels is None else levels, c)
+
+
+def grid_of(name: str):
+    """The registered grid (registry.GRIDS) named by quant.grid or an artifact's qmeta."""
+    return registry.resolve(registry.GRIDS, name)
 
 
 @functools.lru_cache(maxsize=8)
@@ -92,8 +136,7 @@ def minmax_params(w32, grid: str, bits: int, xp=np):
     """Per-row (lo, step) of a min-max grid, as fp16: lo = min, step = (max - min) / (2^bits - 1)
     for affine, max - min for nf (whose levels live in [0, 1])."""
     lo, hi = w32.min(axis=-1), w32.max(axis=-1)
-    span = hi - lo
-    step = span / (2 ** bits - 1) if grid == "affine" else span
+    step = grid_of(grid).step(hi - lo, bits)
     return lo.astype(xp.float16), step.astype(xp.float16)
 
 
@@ -101,17 +144,12 @@ def encode(w32, lo, step, grid: str, bits: int, xp=np, levels=None):
     """Signed codes of w on a min-max grid with (lo, step) broadcast against w (float32 math)."""
     lo, step = lo.astype(xp.float32), step.astype(xp.float32)
     u = xp.where(step != 0, (w32 - lo) / xp.where(step != 0, step, 1.0), 0.0)
-    if grid == "affine":
-        c = xp.clip(xp.round(u), 0, 2 ** bits - 1)
-    else:
-        lv = nf_levels(bits) if levels is None else levels
-        c = xp.searchsorted((lv[1:] + lv[:-1]) / 2, u)  # the nearest level (levels sorted)
+    c = grid_of(grid).codes(u, bits, levels, xp)
     return (c - 2 ** (bits - 1)).astype(xp.int8)
 
 
 def decode(codes, lo, step, grid: str, bits: int, xp=np, levels=None):
     """float32 values of signed codes on a min-max grid."""
     c = codes.astype(xp.int32) + 2 ** (bits - 1)
-    lv = (nf_levels(bits) if levels is None else levels) if grid == "nf" else None
-    v = c.astype(xp.float32) if grid == "affine" else xp.take(lv, c)
+    v = grid_of(grid).values(c, bits, levels, xp)
     return v * step.astype(xp.float32) + lo.astype(xp.float32)

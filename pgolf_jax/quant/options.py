@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 from pgolf_jax.errors import ConfigError
-from pgolf_jax.options import Section, check_registered
+from pgolf_jax.options import Section
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ class QuantConfig(Section):
     embed_clip_sigmas: float = 20.0
     other_clip_sigmas: float = 20.0
     scale_method: str = "sdclip"  # sdclip (k std(row) / qmax) | percentile | search (GPTQ-lite)
-    # The low-bit grid of every quantized row (export, GPTQ and QAT alike; quant/grid.py GRIDS):
+    # The low-bit grid of every quantized row (export, GPTQ and QAT alike; registry.GRIDS):
     # symmetric (the scale_method's scale, codes -qmax..qmax), affine (#1227: min-max over 2^bits
     # levels) or nf (#1227's NormalFloat: standard-normal quantiles at (i + 0.5) / 2^bits, min-max).
     grid: str = "symmetric"
@@ -55,8 +54,6 @@ class QuantConfig(Section):
     def check(self, cfg) -> None:
         super().check(cfg)
         q = self
-        grids = importlib.import_module("pgolf_jax.quant.grid").GRIDS  # this stage's own table
-        check_registered("quant.grid", q.grid, list(grids))
         for key in ("attn_bits", "mlp_bits", "embed_bits", "other_bits"):
             if not 2 <= getattr(q, key) <= 8:
                 raise ConfigError(f"quant.{key}={getattr(q, key)} must be in 2..8 (values are stored as int8)")

@@ -28,7 +28,7 @@ def export_rule(spec: ParamSpec, per_layer_shape: tuple, q: QuantConfig):
     if q.scheme == "int8_per_row":
         return 8, "int8_per_row", q.clip_percentile
     group = "embed" if spec.quant == "lookup" else spec.quant if spec.quant in ("attn", "mlp", "embed") else "other"
-    if q.grid != "symmetric":  # a min-max grid: no clip, the grid's name is the method
+    if grids.grid_of(q.grid).minmax:  # a min-max grid: no clip, the grid's name is the method
         return getattr(q, f"{group}_bits"), q.grid, 0.0
     if q.scale_method == "search":
         raise ValueError("QAT follows the export scales: use quant.scale_method sdclip or percentile with QAT")
