@@ -16,12 +16,12 @@ from pgolf_jax.quant import artifact
 from conftest import TINY_PRESET  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-PRESETS = ROOT / "configs" / "pr1589"
+CONFIGS = ROOT / "configs"
+PR1589 = CONFIGS / "pr1589"
 
 
 # ---------------------------------------------------------------------------------------------
-# --dry-run parameter counts
+# --dry-run parameter counts (each checked against the spec / the PR's arithmetic)
 
 
 @pytest.mark.parametrize("preset,count", [("baseline", 17_059_912), ("mla128", 15_880_264), ("mla64", 15_290_440),
@@ -87,6 +87,7 @@ def test_every_pr1589_preset_resolves():
         assert count_params(jax.eval_shape(build_model(m).init, jax.random.key(0))) > 0, path.name
 
 
+# Tiny shapes for each family (the sample data's paths come from the sample_data fixture).
 COMMON = {"train.train_seq_len": 64, "train.train_batch_tokens": 1024, "train.iterations": 4, "train.warmup_steps": 1,
           "train.max_wallclock_seconds": 0.0, "train.train_log_every": 1, "eval.val_batch_size": 4096,
           "eval.val_tokens_limit": 16384, "eval.val_loss_every": 0, "quant.keep_float_max_numel": 1024,
@@ -165,8 +166,9 @@ class TestTinyPresetEntries:
 def test_distill_preset_shape_end_to_end(sample_data, tmp_path):
     """A teacher run, then a student distilled from it (its run dir as train.distill.teacher)."""
     _run_tiny(sample_data, tmp_path, "teacher", "model.num_layers=3")
-    sub = _run_tiny(sample_data, tmp_path, "student", "train.objective=distill", f"train.distill.teacher={tmp_path / 'teacher'}",
-               "model.model_dim=32", "model.num_heads=2", "model.num_kv_heads=1")
+    sub = _run_tiny(sample_data, tmp_path, "student", "train.objective=distill",
+                    f"train.distill.teacher={tmp_path / 'teacher'}", "model.model_dim=32", "model.num_heads=2",
+                    "model.num_kv_heads=1")
     log = (tmp_path / "student" / "log.txt").read_text()
     assert "objective:distill teacher:" in log and re.search(r"kl:[\d.]+", log)
     # The teacher may also be a packed artifact (config.json beside it): its dequantized weights.
@@ -197,6 +199,8 @@ def _quant_meta(run_dir: Path) -> dict:
     return artifact.read(next(run_dir.glob("final_model.*.zstd")))["qmeta"]
 
 
+
+# (run id, preset, extra overrides): the default runs cover every new entry between them.
 RUNS = [
     # s4d_lin mixer, GEGLU, AdamW on matrices, cosine; Monarch MLP under GPTQ (its RTN fallback).
     ("ssm_monarch", PR1227 / "ssm2_hybrid.py", {"model.mlp_linear": "monarch", "quant.scheme": "gptq",
@@ -237,6 +241,7 @@ def test_new_entries_run_end_to_end(run_id, preset, extra, sample_data, tmp_path
 # ---------------------------------------------------------------------------------------------
 # end to end: every #1589 preset of issue 13 (shapes shrunk by overrides)
 
+# configs/tiny.py's shapes and schedule (its data paths come from the sample_data fixture).
 TINY_1589 = {"model.num_layers": 2, "model.model_dim": 64, "model.num_heads": 4, "model.num_kv_heads": 2,
         "train.train_seq_len": 64, "train.train_batch_tokens": 1024, "train.iterations": 4, "train.warmdown_iters": 2,
         "train.warmup_steps": 1, "train.max_wallclock_seconds": 0.0, "train.train_log_every": 1,
@@ -262,7 +267,7 @@ SHAPES = {
 
 def run_preset(name, sample_data, out, *extra, code=0):
     overrides = {**TINY_1589, **sample_data["overrides"], **SHAPES[name], "train.out_dir": out, "train.run_id": name}
-    argv = ["--config", str(PRESETS / f"{name}.py"), *[f"{k}={v}" for k, v in overrides.items()], *extra]
+    argv = ["--config", str(PR1589 / f"{name}.py"), *[f"{k}={v}" for k, v in overrides.items()], *extra]
     assert main(argv) == code
     return out / name
 
