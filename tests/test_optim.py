@@ -19,7 +19,7 @@ from pgolf_jax.optim.optimizers import (
     scale_by_muon,
 )
 from pgolf_jax.optim.orthogonalize import ORTHOGONALIZERS, newton_schulz
-from pgolf_jax.optim.schedule import warmdown_multiplier
+from pgolf_jax.optim.schedule import cosine_multiplier, schedule_multiplier, warmdown_multiplier, warmup_factor
 
 
 def ns5_numpy(G, steps=5, eps=1e-7):
@@ -281,3 +281,62 @@ def test_warmdown_fraction_with_floor_and_reserve():
     steps = dataclasses.replace(t, max_wallclock_seconds=0.0, iterations=100, min_lr=0.0)
     assert warmdown_multiplier(64, 0.0, steps) == pytest.approx(0.5)
     assert warmdown_multiplier(100, 0.0, steps) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# AdamW on matrices, the cosine schedule, the adamw group and the warmdown fix
+
+
+def test_matrix_optimizer_adamw_steps_matrices_like_adamw():
+    cfg = C.Config(optim=C.OptimConfig(matrix_optimizer="adamw", matrix_lr=0.01, muon_wd=0.1, beta2=0.999))
+    params = {"blocks": {"w": jnp.ones((1, 4, 6), jnp.float32)}}
+    grads = {"blocks": {"w": jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 6)), jnp.float32)}}
+    tx = make_optimizer(cfg, jnp.float32, {"blocks": {"w": "matrix"}})
+    upd, _ = tx.update(grads, tx.init(params), params, lr_mul=0.5)
+    g = np.asarray(grads["blocks"]["w"])
+    want = -0.01 * 0.5 * (g / (np.abs(g) + 1e-8) + 0.1 * 1.0)  # Adam's first step is g / |g|; decoupled wd
+    np.testing.assert_allclose(np.asarray(upd["blocks"]["w"]), want, rtol=1e-5)
+    muon = make_optimizer(C.Config(), jnp.float32, {"blocks": {"w": "matrix"}})
+    assert not np.allclose(np.asarray(muon.update(grads, muon.init(params), params)[0]["blocks"]["w"]), want)
+
+
+def test_cosine_schedule_with_linear_warmup():
+    t = C.TrainConfig(iterations=110, lr_schedule="cosine", lr_warmup_steps=10, min_lr=0.1, max_wallclock_seconds=0.0)
+    assert [warmup_factor(s, t) for s in (0, 4, 9, 50)] == [0.1, 0.5, 1.0, 1.0]
+    assert cosine_multiplier(10, 0.0, t) == pytest.approx(1.0)
+    assert cosine_multiplier(60, 0.0, t) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert cosine_multiplier(110, 0.0, t) == pytest.approx(0.1)
+    torch_like = dataclasses.replace(t, lr_warmup_steps=0, min_lr=0.0, iterations=1500)  # CosineAnnealingLR(T_max)
+    assert schedule_multiplier(375, 0.0, torch_like) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    capped = dataclasses.replace(t, max_wallclock_seconds=100.0)
+    assert cosine_multiplier(3, 50_000.0, capped) == pytest.approx(0.1 + 0.9 * 0.5)  # by the time budget
+
+
+def test_adamw_group_has_its_own_lr_decay_and_clip():
+    from pgolf_jax.optim.optimizers import make_optimizer
+
+    cfg = C.Config(optim=C.OptimConfig(adamw_lr=0.1, adamw_wd=0.5, adamw_beta2=0.99, adamw_clip=1.0, scalar_lr=0.0))
+    params = {"a": jnp.ones((3,)), "s": jnp.ones((2,))}
+    tx = make_optimizer(cfg, jnp.float32, {"a": "adamw", "s": "scalar"})
+    g = {"a": jnp.asarray([3.0, 4.0, 0.0]), "s": jnp.asarray([100.0, 100.0])}
+    upd, _ = tx.update(g, tx.init(params), params, lr_mul=1.0)
+    # One Adam step is sign(g) (bias-corrected moments); then decoupled decay, both at lr 0.1. The
+    # clip (norm 5 -> 1) sees only this group's gradients and does not change an Adam first step.
+    np.testing.assert_allclose(np.asarray(upd["a"]), -0.1 * (np.sign([3.0, 4.0, 0.0]) + 0.5), rtol=1e-4)
+    assert float(jnp.abs(upd["s"]).max()) == 0.0  # scalar_lr 0
+    everything = make_optimizer(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, adamw_all=True)),
+                                jnp.float32, {"a": "adamw", "s": "scalar"})
+    upd, _ = everything.update(g, everything.init(params), params, lr_mul=1.0)
+    assert float(jnp.abs(upd["s"]).max()) > 0  # relabelled onto adamw
+
+
+def test_capped_run_that_stops_on_iterations_ends_at_the_floor():
+    t = C.TrainConfig(iterations=100, warmdown_iters=20, max_wallclock_seconds=600.0, min_lr=0.1)
+    step_ms = 10.0  # the cap (600 s) is far away: the iteration limit binds
+    muls = [warmdown_multiplier(s, s * step_ms, t) for s in range(100)]
+    assert muls[79] == 1.0 and muls[90] == pytest.approx(0.5) and muls[-1] == pytest.approx(0.1)
+    # The wall-clock branch alone (the reference's rule) never decays this run.
+    assert warmdown_multiplier(99, 99 * step_ms, dataclasses.replace(t, iterations=10**9, min_lr=0.0)) == 1.0
+    # When the cap binds first both branches agree: the reference's schedule is unchanged.
+    ref = dataclasses.replace(t, iterations=20_000, warmdown_iters=1200, min_lr=0.0)
+    assert warmdown_multiplier(12874, 560_000.0, ref) == pytest.approx(40_000 / (1200 * 560_000 / 12874), rel=1e-9)

@@ -4,13 +4,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
 
+from pgolf_jax import config as C
 from pgolf_jax.quant import artifact
-from pgolf_jax.quant.export import dequantize_int8, quantize_int8
+from pgolf_jax.quant import grid as grids
+from pgolf_jax.quant.export import dequantize_int8, dequantize_mixed, quantize_int8, quantize_mixed
+from pgolf_jax.quant.gptq import hessian_error
 from pgolf_jax.quant.grid import quantile_rows
+from pgolf_jax.quant.qat import fake_quant_tensor, straight_through
 
 
 def named_state(seed=0):
@@ -152,3 +158,63 @@ print(json.dumps({"before": [f.name for f in before], "extra": [str(f) for f in 
     extra = [Path(f) for f in r["extra"]]
     assert "hub.py" in {f.name for f in extra} and "bench.py" not in {f.name for f in extra}
     assert r["n_after"] - r["n_before"] == sum(f.stat().st_size for f in extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# QAT grids: affine min-max and NormalFloat, the export storing the same grid
+
+
+def test_affine_grid_is_1227s_minmax_formula_and_ships_as_trained():
+    w = np.random.default_rng(0).normal(size=(6, 40)).astype(np.float32)
+    fq = np.asarray(fake_quant_tensor(jnp.asarray(w), 5, "affine", 0.0))
+    lo, step = grids.minmax_params(w, "affine", 5)
+    lo32, s32 = lo.astype(np.float32)[:, None], step.astype(np.float32)[:, None]
+    np.testing.assert_allclose(s32[:, 0], (w.max(1) - w.min(1)) / 31, rtol=1e-3)  # s = (max - min) / (2^b - 1)
+    want = np.clip(np.round((w - lo32) / s32), 0, 31) * s32 + lo32  # q = clamp(round((w - min) / s)), w = q s + min
+    np.testing.assert_allclose(fq, want, rtol=1e-6, atol=1e-6)
+    assert max(len(np.unique(r)) for r in fq) <= 32
+    q = C.QuantConfig(scheme="rtn", grid="affine", mlp_bits=5, keep_float_max_numel=0)
+    obj, _ = quantize_mixed({"blocks.0.mlp.fc.weight": w}, q)
+    np.testing.assert_allclose(dequantize_mixed(obj)["blocks.0.mlp.fc.weight"], fq, rtol=1e-6, atol=1e-6)
+    assert obj["quantized"]["blocks.0.mlp.fc.weight"].dtype == np.int8 and "blocks.0.mlp.fc.weight" in obj["offsets"]
+
+
+def test_nf5_levels_and_gptq_on_the_grid():
+    lv = grids.nf_levels(5)
+    z0 = -2.1538746940614555  # Phi^-1(0.5 / 32)
+    assert lv[0] == 0 and lv[-1] == 1 and np.all(np.diff(lv) > 0)
+    np.testing.assert_allclose(lv + lv[::-1], 1.0, atol=1e-6)  # symmetric quantiles
+    assert lv[16] == pytest.approx((0.03917608550309764 - z0) / (-2 * z0), rel=1e-6)  # Phi^-1(16.5 / 32)
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(8, 48)).astype(np.float32)
+    X = rng.normal(size=(256, 48)) @ rng.normal(size=(48, 48)) * 0.3
+    H = X.T @ X
+    rtn, _ = quantize_mixed({"blocks.0.attn.c_q.weight": w}, C.QuantConfig(scheme="rtn", grid="nf", attn_bits=5,
+                                                                             keep_float_max_numel=0))
+    gq, _ = quantize_mixed({"blocks.0.attn.c_q.weight": w}, C.QuantConfig(scheme="gptq", grid="nf", attn_bits=5,
+                                                                            keep_float_max_numel=0),
+                           {"blocks.0.attn.c_q.weight": H})
+    d_rtn, d_gq = (dequantize_mixed(o)["blocks.0.attn.c_q.weight"] for o in (rtn, gq))
+    np.testing.assert_allclose(d_rtn, np.asarray(fake_quant_tensor(jnp.asarray(w), 5, "nf", 0.0)), atol=1e-6)
+    lo, step = grids.minmax_params(w, "nf", 5)
+    on_grid = (d_gq - lo.astype(np.float32)[:, None]) / step.astype(np.float32)[:, None]
+    assert np.abs(on_grid[..., None] - lv).min(-1).max() < 1e-5  # GPTQ moves codes, never off the grid
+    assert hessian_error(w, d_gq, H) < hessian_error(w, d_rtn, H)
+
+
+def test_learned_nf_centroids_get_exactly_zero_gradient():
+    """#1227's 'learned centroid' QAT: the lookup sits inside the straight-through stop-gradient,
+    so the centroids never move (hence no such option); without the STE they would."""
+    w = jnp.asarray(np.random.default_rng(2).normal(size=(4, 32)), jnp.float32)
+    target = jnp.asarray(np.random.default_rng(3).normal(size=(4, 32)), jnp.float32)
+
+    def loss(levels, ste=True):
+        fq = fake_quant_tensor(w, 5, "nf", 0.0, levels=levels)
+        return jnp.sum((straight_through(w, fq) if ste else fq) * target)
+
+    levels = jnp.asarray(grids.nf_levels(5))
+    g = jax.grad(loss)(levels)
+    assert np.all(np.asarray(g) == 0.0)
+    assert np.abs(np.asarray(jax.grad(lambda c: loss(c, ste=False))(levels))).sum() > 0
+    g_w = jax.grad(lambda w_: jnp.sum(straight_through(w_, fake_quant_tensor(w_, 5, "nf", 0.0)) * target))(w)
+    np.testing.assert_array_equal(np.asarray(g_w), np.asarray(target))  # the weights get the identity gradient

@@ -1,0 +1,302 @@
+"""Seam: the presets (configs/): --dry-run parameter counts, validity at tiny shapes, config errors, and
+end-to-end runs through run.py (train, quantize, pack, round-trip)."""
+
+import json
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from pgolf_jax import config as C
+from pgolf_jax.cli import main
+from pgolf_jax.model.gpt import build_model, count_params
+from pgolf_jax.quant import artifact
+from conftest import TINY_PRESET  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+PR1589 = CONFIGS / "pr1589"
+
+
+# ---------------------------------------------------------------------------------------------
+# --dry-run parameter counts (each checked against the spec / the PR's arithmetic)
+
+
+@pytest.mark.parametrize("preset,count", [("baseline", 17_059_912), ("mla128", 15_880_264), ("mla64", 15_290_440),
+                                          ("pause4x64", 17_061_960), ("eigen_r64", 4_382_152),
+                                          ("eigen_r128", 8_219_464), ("eigen_r256", 15_894_088)])
+def test_pr1589_preset_parameter_counts(preset, count, capsys):
+    assert main(["--config", str(ROOT / "configs" / "pr1589" / f"{preset}.py"), "--dry-run"]) == 0
+    assert f"model_params:{count}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset,count", [
+    ("basis_r128", 5_066_824), ("basis_r64", 2_805_832), ("hypernet_r32", 110_106_248), ("siren_h256", 677_833),
+    ("nca_50", 569_672), ("seed_d2048", 546_888), ("mps_b64", 4_238_720), ("hopfield_e128", 638_978),
+    ("agents_m64", 1_269_760), ("surge_m_v2_twopass", 5_131_174), ("surge_m_v2_single", 5_131_174)])
+def test_issue13_preset_parameter_counts(preset, count, capsys):
+    assert main(["--config", str(ROOT / "configs" / "pr1589" / f"{preset}.py"), "--dry-run"]) == 0
+    assert f"model_params:{count}" in capsys.readouterr().out
+
+
+def test_record_presets_parameter_counts(capsys):
+    from pgolf_jax.cli import main
+    assert main(["--config", str(CONFIGS / "record_1809.py"), "--dry-run"]) == 0
+    assert "model_params:35944536" in capsys.readouterr().out
+    r1493 = C.load(CONFIGS / "record_1493.py")
+    assert (r1493.optim.ns_coefficients, r1493.optim.muon_backend_steps, r1493.train.min_lr) == ("ns5", 5, 0.0)
+    assert r1493.model == C.load(CONFIGS / "record_1809.py").model
+
+
+def test_param_count_matches_record_inventory():
+    """reference-spec.md 5.8 inventory, for the #1809 shapes (no banks, no gates)."""
+    cfg = C.load(CONFIGS / "record_1809.py").model
+    shapes = jax.eval_shape(build_model(cfg).init, jax.random.key(0))
+    per_layer = 512 * 512 * 2 + 256 * 512 * 2 + 2048 * 512 * 2
+    assert count_params(shapes) == 8192 * 512 + 11 * per_layer + 11 * (8 + 512 + 512 + 1024) + 2 * 8 * 512
+
+
+PR1227, PR2114 = ROOT / "configs" / "pr1227", ROOT / "configs" / "pr2114"
+
+
+COUNTS = {
+    PR1227 / "local.py": 2_413_092, PR1227 / "ssm2_hybrid.py": 2_340_120, PR1227 / "denseformer.py": 2_413_134,
+    PR1227 / "monarch_mlp.py": 1_210_404, PR1227 / "qat_int5.py": 2_413_092, PR1227 / "qat_nf5.py": 2_413_092,
+    PR2114 / "ut7_rlma320.py": 23_146_538,  # the PR's count
+    PR2114 / "residual_delta.py": 20_197_418, PR2114 / "residual_contraction.py": 20_197_418,  # its ablation log's
+}
+
+
+def test_preset_parameter_counts(capsys):
+    for preset, count in COUNTS.items():
+        assert main(["--config", str(preset), "--dry-run"]) == 0
+        assert f"model_params:{count}" in capsys.readouterr().out, preset.name
+    assert set(COUNTS) == set(PR2114.glob("*.py")) | (set(PR1227.glob("*.py")) - {PR1227 / "teacher.py",
+                                                                                   PR1227 / "distill.py"})
+
+
+# ---------------------------------------------------------------------------------------------
+# presets valid at tiny shapes; config errors
+
+
+def test_every_pr1589_preset_resolves():
+    for path in sorted((ROOT / "configs" / "pr1589").glob("*.py")):
+        m = C.load(path).model
+        assert count_params(jax.eval_shape(build_model(m).init, jax.random.key(0))) > 0, path.name
+
+
+# Tiny shapes for each family (the sample data's paths come from the sample_data fixture).
+COMMON = {"train.train_seq_len": 64, "train.train_batch_tokens": 1024, "train.iterations": 4, "train.warmup_steps": 1,
+          "train.max_wallclock_seconds": 0.0, "train.train_log_every": 1, "eval.val_batch_size": 4096,
+          "eval.val_tokens_limit": 16384, "eval.val_loss_every": 0, "quant.keep_float_max_numel": 1024}
+GPTQ = {"quant.scheme": "gptq", "quant.gptq.calibration_batches": 2}
+
+
+TINY_1227 = {**COMMON, "model.num_layers": 3, "model.model_dim": 48, "model.num_heads": 3, "model.num_kv_heads": 3}
+
+
+TINY_2114 = {**COMMON, "model.vocab_size": 1024, "model.model_dim": 32, "model.num_heads": 2, "model.num_kv_heads": 1,
+             "model.mlp_mult": 2.0, "model.rlma.rank": 4, "model.ut_shared.iterations": 2, "train.lr_warmup_steps": 2,
+             "train.warmdown_iters": 2, "eval.attention_window": 16}
+
+
+def tiny(preset: Path) -> dict:
+    return TINY_1227 if preset.parent == PR1227 else TINY_2114
+
+
+def test_every_preset_is_valid_at_tiny_shapes():
+    for preset in COUNTS:
+        cfg = C.load(preset, tiny(preset))
+        assert 0 < count_params(jax.eval_shape(build_model(cfg.model).init, jax.random.key(0))) < 200_000, preset.name
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.family": "mps", "model.pause_tokens": 2}, "is not a GPT: model.pause_tokens"),
+    ({"model.family": "hopfield", "quant.scheme": "gptq"}, "use quant.scheme=rtn"),
+    ({"model.family": "agents", "eval.final_modes": "lora_ttt"}, "lora_ttt adapts a GPT"),
+    ({"model.weight_source": "seed", "model.linear": "lowrank"}, "makes the block linears itself"),
+    ({"model.weight_source": "nca", "eval.final_modes": "lora_ttt"}, "stores none"),
+    ({"model.family": "surge_m", "model.num_loops": 1, "model.loop_end": 1}, "model.num_loops=1 is not supported"),
+    ({"model.family": "surge_m", "model.surge_m.layer": 9}, "model.surge_m.layer=9"),
+    ({"model.family": "mps", "train.train_seq_len": 2048, "train.train_batch_tokens": 16384},
+     "model.mps.max_len=1024"),
+    ({"model.weight_source": "nope"}, "is not registered"),
+])
+def test_issue13_config_errors_name_the_field(overrides, message):
+    with pytest.raises(C.ConfigError, match=message.replace("(", r"\(")):
+        C.override(C.Config(), overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: the seams' first entries on configs/tiny.py
+
+
+def _run_tiny(sample_data, out, run_id, *extra):
+    argv = ["--config", TINY_PRESET, *[f"{k}={v}" for k, v in sample_data["overrides"].items()],
+            f"train.out_dir={out}", f"train.run_id={run_id}", "train.iterations=6", "train.progress=false", *extra]
+    assert main(argv) == 0
+    sub = json.loads((out / run_id / "submission.json").read_text())
+    assert np.isfinite(sub["val_bpb"]) and sub["val_bpb"] < 8
+    return sub
+
+
+class TestTinyPresetEntries:
+    """A class only so that this test keeps its name, which the #1227 / #2114 runs below also bear."""
+
+    @pytest.mark.parametrize("name,extra", [
+        ("mla", ["model.attention=mla", "model.mla.latent_dim=16"]),
+        ("lowrank_gptq", ["model.linear=lowrank", "model.lowrank.rank=8", "quant.scheme=gptq",
+                          "quant.gptq.calibration_batches=2"]),
+        ("pause", ["model.pause_tokens=2", "model.pause_interval=16"]),
+        ("act", ["model.topology=act", "model.num_layers=1", "model.act.max_steps=3"]),
+        ("plain", ["model.topology=plain"]),
+    ])
+    def test_new_entries_run_end_to_end(self, name, extra, sample_data, tmp_path):
+        sub = _run_tiny(sample_data, tmp_path, name, *extra)
+        log = (tmp_path / name / "log.txt").read_text()
+        assert "final_roundtrip_exact" in log
+        if name == "act":
+            assert re.search(r"step:6/6 train_loss:[\d.]+ ce:[\d.]+ ponder:[\d.]+", log)
+        if name == "lowrank_gptq":
+            assert "quant:mlp" in log and sub["bytes_model"] > 0
+
+
+def test_distill_preset_shape_end_to_end(sample_data, tmp_path):
+    """A teacher run, then a student distilled from it (its run dir as train.distill.teacher)."""
+    _run_tiny(sample_data, tmp_path, "teacher", "model.num_layers=3")
+    sub = _run_tiny(sample_data, tmp_path, "student", "train.objective=distill",
+                    f"train.distill.teacher={tmp_path / 'teacher'}", "model.model_dim=32", "model.num_heads=2",
+                    "model.num_kv_heads=1")
+    log = (tmp_path / "student" / "log.txt").read_text()
+    assert "objective:distill teacher:" in log and re.search(r"kl:[\d.]+", log)
+    # The teacher may also be a packed artifact (config.json beside it): its dequantized weights.
+    from pgolf_jax.train.objectives import load_teacher
+    _, from_dir = load_teacher(tmp_path / "teacher")
+    _, from_art = load_teacher(next((tmp_path / "teacher").glob("final_model.int8.*")))
+    for a, b in zip(jax.tree.leaves(from_dir), jax.tree.leaves(from_art)):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=0.02)
+    assert sub["model_params"] < json.loads((tmp_path / "teacher" / "submission.json").read_text())["model_params"]
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: the #1227 and #2114 presets (the remaining ones as-is under `slow`)
+
+
+def _run_1227_2114(sample_data, out: Path, run_id: str, preset: Path, extra: dict) -> tuple[dict, str]:
+    overrides = {**tiny(preset), **sample_data["overrides"], **extra, "train.out_dir": str(out),
+                 "train.run_id": run_id, "train.progress": False}
+    assert main(["--config", str(preset), *[f"{k}={v}" for k, v in overrides.items()]]) == 0
+    sub = json.loads((out / run_id / "submission.json").read_text())
+    assert np.isfinite(sub["val_bpb"]) and sub["val_bpb"] < 8
+    log = (out / run_id / "log.txt").read_text()
+    assert "final_roundtrip_exact" in log
+    return sub, log
+
+
+def _quant_meta(run_dir: Path) -> dict:
+    return artifact.read(next(run_dir.glob("final_model.*.zstd")))["qmeta"]
+
+
+
+# (run id, preset, extra overrides): the default runs cover every new entry between them.
+RUNS = [
+    # s4d_lin mixer, GEGLU, AdamW on matrices, cosine; Monarch MLP under GPTQ (its RTN fallback).
+    ("ssm_monarch", PR1227 / "ssm2_hybrid.py", {"model.mlp_linear": "monarch", **GPTQ,
+                                                "train.lr_warmup_steps": 1}),
+    # DenseFormer, QAT on the affine int5 grid that the RTN export stores.
+    ("denseformer_qat_int5", PR1227 / "denseformer.py", {"quant.qat": True, "quant.grid": "affine",
+                                                         "quant.scheme": "rtn", "quant.mlp_bits": 5}),
+    ("qat_nf5_gptq", PR1227 / "qat_nf5.py", GPTQ),
+    # ut_shared + RLMA with GPTQ on U/V, the 16-token eval window, the contraction residual.
+    ("ut7_contraction_gptq", PR2114 / "ut7_rlma320.py", {"model.ut_shared.residual": "contraction", **GPTQ}),
+]
+SLOW_RUNS = [(p.stem, p, {}) for p in (PR1227 / "local.py", PR1227 / "ssm2_hybrid.py", PR1227 / "denseformer.py",
+                                       PR1227 / "monarch_mlp.py", PR1227 / "qat_int5.py", PR2114 / "ut7_rlma320.py",
+                                       PR2114 / "residual_delta.py", PR2114 / "residual_contraction.py")]
+
+
+@pytest.mark.parametrize("run_id,preset,extra", RUNS + [pytest.param(*r, marks=pytest.mark.slow) for r in SLOW_RUNS],
+                         ids=[r[0] for r in RUNS] + [f"as_is-{r[0]}" for r in SLOW_RUNS])
+def test_new_entries_run_end_to_end(run_id, preset, extra, sample_data, tmp_path):
+    sub, log = _run_1227_2114(sample_data, tmp_path, run_id, preset, extra)
+    run_dir = tmp_path / run_id
+    if run_id == "ssm_monarch":
+        meta = _quant_meta(run_dir)
+        assert meta["blocks_s4d_lin.0.ssm.in_proj.weight"]["method"] == "gptq"
+        assert meta["blocks.0.mlp.gate.R"]["method"] == "rtn"
+        assert "gptq:round-to-nearest for 18 tensors" in log  # R and L of gate, fc and proj in 3 layers
+    if run_id == "denseformer_qat_int5":
+        assert "qat:enabled step:0" in log
+        assert {m["grid"] for m in _quant_meta(run_dir).values()} == {"affine"}
+    if run_id == "qat_nf5_gptq":
+        assert {(m["grid"], m["method"]) for n, m in _quant_meta(run_dir).items() if ".mlp." in n} == {("nf", "gptq")}
+    if run_id == "ut7_contraction_gptq":
+        assert "eval:attention_window:16" in log and "round-to-nearest for" not in log
+        assert re.search(r"quant:attn \d+ tensors int8 gptq", log)
+        assert not any(".R" in name for name in _quant_meta(run_dir))
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: every #1589 preset of issue 13 (shapes shrunk by overrides)
+
+# configs/tiny.py's shapes and schedule (its data paths come from the sample_data fixture).
+TINY_1589 = {"model.num_layers": 2, "model.model_dim": 64, "model.num_heads": 4, "model.num_kv_heads": 2,
+        "train.train_seq_len": 64, "train.train_batch_tokens": 1024, "train.iterations": 4, "train.warmdown_iters": 2,
+        "train.warmup_steps": 1, "train.max_wallclock_seconds": 0.0, "train.train_log_every": 1,
+        "train.progress": "false", "eval.val_batch_size": 4096, "eval.val_loss_every": 0,
+        "eval.val_tokens_limit": 8192}
+SHAPES = {
+    "basis_r128": {"model.basis.rank": 8, "quant.scheme": "gptq", "quant.gptq.calibration_batches": 1},
+    "basis_r64": {"model.basis.rank": 4},
+    "hypernet_r32": {"model.hypernet.rank": 4, "model.hypernet.hidden": 32, "model.hypernet.embed_dim": 8},
+    "siren_h256": {"model.siren.hidden": 16, "model.siren.chunk": 8192},
+    "nca_50": {"model.nca.steps": 4, "model.nca.hidden": 16},
+    "seed_d2048": {"model.seed.dim": 64, "model.seed.chunk": 8192},
+    "mps_b64": {"model.mps.bond_dim": 8, "model.mps.pos_dim": 8, "model.mps.max_len": 64, "quant.scheme": "rtn"},
+    "hopfield_e128": {"model.model_dim": 64, "model.num_layers": 2},
+    "agents_m64": {"model.model_dim": 64, "model.num_layers": 2, "model.agents.local_ctx": 4,
+                   "model.agents.decoder_hidden": 32, "model.agents.loss_stride": 8},
+    "surge_m_v2_twopass": {"model.num_layers": 3, "model.surge_m.layer": 1, "model.surge_m.chunk": 16,
+                           "model.surge_m.d_err": 8, "model.surge_m.d_state": 8},
+    "surge_m_v2_single": {"model.num_layers": 3, "model.surge_m.layer": 1, "model.surge_m.chunk": 16,
+                          "model.surge_m.d_err": 8, "model.surge_m.d_state": 8},
+}
+
+
+def run_preset(name, sample_data, out, *extra, code=0):
+    overrides = {**TINY_1589, **sample_data["overrides"], **SHAPES[name], "train.out_dir": out, "train.run_id": name}
+    argv = ["--config", str(PR1589 / f"{name}.py"), *[f"{k}={v}" for k, v in overrides.items()], *extra]
+    assert main(argv) == code
+    return out / name
+
+
+@pytest.mark.parametrize("name", [
+    "basis_r128", "seed_d2048", "mps_b64", "agents_m64", "surge_m_v2_twopass",
+    *[pytest.param(n, marks=pytest.mark.slow) for n in ("basis_r64", "hypernet_r32", "siren_h256", "nca_50",
+                                                         "hopfield_e128", "surge_m_v2_single")]])
+def test_pr1589_presets_run_end_to_end(name, sample_data, tmp_path):
+    run_dir = run_preset(name, sample_data, tmp_path)
+    sub = json.loads((run_dir / "submission.json").read_text())
+    log = (run_dir / "log.txt").read_text()
+    assert np.isfinite(sub["val_bpb"]) and sub["val_bpb"] < 8 and "final_roundtrip_exact" in log
+    assert re.search(r"step:4/4 train_loss:[\d.]+", log)
+    with np.load(run_dir / "final_model.npz") as z:
+        names = set(z.files)
+    # Generated block weights are never parameters: nothing of them is saved or packed.
+    if name in ("hypernet_r32", "siren_h256", "nca_50", "seed_d2048"):
+        assert not any(re.fullmatch(r"blocks\.\d+\.(attn|mlp)\.\w+\.weight", n) for n in names)
+        assert any(n.startswith("gen.") for n in names)
+    if SHAPES[name].get("quant.scheme") == "gptq":
+        assert "gptq:round-to-nearest for" in log  # the generator's / shared basis' tensors: RTN
+    if name == "basis_r128":
+        assert "blocks.0.attn.c_q.C" in names and "gen.attn_c_q" in names
+
+
+def test_hypernet_over_the_cap_is_the_clear_size_error(sample_data, tmp_path, capsys):
+    """At #1589's shapes the hypernetwork holds ~110 M parameters; the artifact check refuses it with
+    its one-line size error (exit 3), here forced by a small cap at tiny shapes."""
+    run_preset("hypernet_r32", sample_data, tmp_path, "quant.max_artifact_bytes=100000", code=3)
+    err = capsys.readouterr().err
+    assert re.search(r"artifact is [\d,]+ bytes .* over the 100,000-byte cap", err) and "Traceback" not in err
