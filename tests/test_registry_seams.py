@@ -3,6 +3,7 @@ point (cli.main, in-process), quantizes, packs and round-trips; orthogonal entri
 variant registered at runtime from its own module is picked up the same way (the test of the seam)."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ RUNS = {
     "denseformer_recur": {"model.topology": "denseformer", "model.block_schedule": "repeat_in_place",
                           "model.num_loops": 1, "model.loop_start": 0, "model.loop_end": 1,
                           "model.mlp_linear": "rlma", "model.rlma.rank": 8},
-    "basis": {"model.weight_source": "basis", "model.basis.rank": 8, "quant.compressor": "zlib"},
+    "basis": {"model.weight_source": "basis", "model.basis.rank": 8, "quant.compressor": "zlib",
+              "quant.scheme": "gptq", "quant.gptq.calibration_batches": 1},
     "hypernet": {"model.weight_source": "hypernet", "model.hypernet.rank": 4, "model.hypernet.hidden": 16,
                  "model.hypernet.embed_dim": 8, "quant.compressor": "brotli"},
     "siren": {"model.weight_source": "siren", "model.siren.hidden": 16, "model.siren.chunk": 8192},
@@ -110,6 +112,13 @@ def check_seam(field: str, name: str, run_dir: Path, sub: dict, log: str) -> Non
     if field == "quant.compressor":  # the artifact's name and header carry the codec
         artifact = next(run_dir.glob(f"final_model.*.{name}"))
         assert artifact.read_bytes()[8] == registry.resolve(registry.COMPRESSORS, name).id
+    if field == "model.weight_source" and name != "params":  # generated block weights are never parameters
+        with np.load(run_dir / "final_model.npz") as z:
+            names = set(z.files)
+        assert any(n.startswith("gen.") for n in names)
+        assert not any(re.fullmatch(r"blocks\.\d+\.(attn|mlp)\.\w+\.weight", n) for n in names)
+        if cfg.quant.scheme == "gptq":  # the generator's / shared basis' tensors take RTN, and say so
+            assert "gptq:round-to-nearest for" in log
     if field == "train.objective":
         assert f"objective:{name}" in log or name == "ce"
 
