@@ -229,24 +229,25 @@ def to_dict(cfg: Config) -> dict:
     return out
 
 
-def flat_dict(cfg: Config) -> dict:
-    """{"section.field": value, "section.variant.field": value} of to_dict."""
-    flat = {}
-    for s, sec in to_dict(cfg).items():
-        for k, v in sec.items():
-            flat.update({f"{s}.{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {f"{s}.{k}": v})
-    return flat
-
-
-def from_dict(d: dict) -> Config:
-    """Inverse of to_dict (a run's config.json); keys of before the options moved into their
-    variants load through the rename map; unknown keys are errors."""
+def _flatten(d: dict) -> dict:
+    """{"section.field": value, "section.variant.field": value} of a to_dict-shaped dict."""
     flat = {}
     for s, sec in (d or {}).items():
         if not isinstance(sec, dict):
             raise ConfigError(f"section {s!r} is not an object")
         for k, v in sec.items():
             flat.update({f"{s}.{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {f"{s}.{k}": v})
+    return flat
+
+
+def flat_dict(cfg: Config) -> dict:
+    return _flatten(to_dict(cfg))
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of to_dict (a run's config.json); keys of before the options moved into their
+    variants load through the rename map; unknown keys are errors."""
+    flat = _flatten(d)
     for old in [k for k in flat if k in RENAMES]:
         value = flat.pop(old)
         for new in RENAMES[old]:

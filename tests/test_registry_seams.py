@@ -2,6 +2,7 @@
 point (cli.main, in-process), quantizes, packs and round-trips; orthogonal entries share a run. A
 variant registered at runtime from its own module is picked up the same way (the test of the seam)."""
 
+import functools
 import json
 import re
 import sys
@@ -56,7 +57,13 @@ STEPS = {"train.iterations": 2, "train.warmdown_iters": 1, "train.train_log_ever
 
 
 def _resolved(overrides: dict) -> C.Config:
-    return C.load(TINY_PRESET, {k: ("resolved-later" if v == "<base>" else v) for k, v in overrides.items()})
+    """The run's config (validated), loaded once per distinct overrides."""
+    return _load(tuple(sorted((k, "resolved-later" if v == "<base>" else v) for k, v in overrides.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _load(items: tuple) -> C.Config:
+    return C.load(TINY_PRESET, dict(items))
 
 
 def seam_cases() -> list[tuple[str, str]]:

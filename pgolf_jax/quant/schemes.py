@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pgolf_jax.quant.export import quantize_int8, quantize_mixed
+from pgolf_jax.quant.grid import grid_of
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class RTN:
         groups = {}
         for r in report["tensors"].values():
             groups.setdefault((r["group"], r["bits"]), []).append(r["error_fro"])
-        grid = f"scale:{q.scale_method}" if q.grid == "symmetric" else f"grid:{q.grid} (per-row min-max)"
+        minmax = grid_of(q.grid).minmax
+        grid = f"grid:{q.grid} (per-row min-max)" if minmax else f"scale:{q.scale_method}"
         for (g, bits), errs in sorted(groups.items()):
             ctx.log(f"quant:{g} {len(errs)} tensors int{bits} {q.scheme} {grid} mean_error_fro:{np.mean(errs):.4f}")
         return obj, info
