@@ -49,9 +49,16 @@ def main(argv=None) -> int:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--check", action="store_true", help="report only; exit 1 if a file would change")
     args = parser.parse_args(argv)
+    texts = {}
+    for path in args.files:  # every file read before any is written: a bad one changes nothing
+        try:
+            texts[path] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: migrate_config_keys: {path}: {getattr(exc, 'strerror', None) or exc}; nothing changed",
+                  file=sys.stderr)
+            return 2
     changed = False
-    for path in args.files:
-        text = path.read_text()
+    for path, text in texts.items():
         new, changes = migrate(text)
         for old, key in changes:
             print(f"{path}: {old} -> {key}")
@@ -59,7 +66,7 @@ def main(argv=None) -> int:
             changed = True
             if not args.check:
                 tmp = path.with_name(path.name + ".migrating")
-                tmp.write_text(new)
+                tmp.write_text(new, encoding="utf-8")
                 tmp.replace(path)
     return 1 if (changed and args.check) else 0
 

@@ -182,3 +182,19 @@ def test_lora_targets_need_the_weights_they_adapt(items, match):
     with pytest.raises(C.ConfigError, match=match):
         C.override(C.Config(), items)
     assert C.override(C.Config(), items[:-1] + ["eval.final_modes=lora_ttt", "eval.lora_ttt.targets=o_par,head"])
+
+
+def test_migrate_config_keys_rewrites_a_preset_and_refuses_a_missing_file(tmp_path):
+    """scripts/migrate_config_keys.py: old keys -> their variant options (the file then loads); a missing
+    file is one line and changes no file."""
+    preset = tmp_path / "old.py"
+    preset.write_text("OVERRIDES = {'model.linear': 'rlma', 'model.linear_rank': 16, 'eval.final_modes': 'ttt', "
+                      "'eval.ttt_lr': 0.01}\n")
+    script = [sys.executable, str(ROOT / "scripts" / "migrate_config_keys.py")]
+    before = preset.read_text()
+    bad = subprocess.run([*script, str(preset), str(tmp_path / "missing.py")], capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "missing.py" in bad.stderr
+    assert preset.read_text() == before
+    assert subprocess.run([*script, str(preset)], capture_output=True, text=True).returncode == 0
+    cfg = C.load(preset)
+    assert cfg.model.rlma.rank == 16 and cfg.eval.ttt.lr == 0.01
