@@ -1,5 +1,5 @@
 """Command line: `run.py --config PRESET [section.field=value ...]` runs the main job; the verbs
-`data`, `eval`, `quantize`, `bench`, `sweep`, `plot`, `submit` and `export` are subcommands. Only this module reads
+`data`, `eval`, `quantize`, `bench`, `sweep`, `plot`, `submit`, `export`, `compile` and `pack` are subcommands. Only this module reads
 sys.argv."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from pgolf_jax.errors import arg_parser  # JAX-free
 
 _Parser = arg_parser()
-VERBS = ("data", "eval", "quantize", "bench", "sweep", "plot", "submit", "export", "compile")
+VERBS = ("data", "eval", "quantize", "bench", "sweep", "plot", "submit", "export", "compile", "pack")
 
 
 def _main_parser(packed: bool = False) -> argparse.ArgumentParser:
@@ -127,6 +127,7 @@ def quantize_command(argv: list[str]) -> int:
     from pgolf_jax.data.source import dataset_paths
     from pgolf_jax.fsio import write_json
     from pgolf_jax.model.gpt import build_model
+    from pgolf_jax.packing import select
     from pgolf_jax.quant.interop import unflatten_params
     from pgolf_jax.runlog import RunLog
     from pgolf_jax.train.run_dir import new_run_id
@@ -161,7 +162,8 @@ def quantize_command(argv: list[str]) -> int:
         factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log)
         evaluator = factory(model, mesh)
         summary = pipeline.export_and_roundtrip(cfg, params, model, out, evaluator,
-                                                str(data_path / cfg.data.train_files), log, factory, mesh)
+                                                str(data_path / cfg.data.train_files), log,
+                                                select.package_tooling(), factory, mesh)
         write_json(out / "summary.json", summary)
         log(f"quantize_dir:{out}")
     except BaseException:
@@ -216,13 +218,24 @@ def export_command(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, packed_config: dict | None = None) -> int:
-    """The command line; packed_config is the config a packed train_gpt.py embeds (quant/pack.py).
-    SIGTERM is handled as ^C is (every command's cleanup runs, exit 128+signal)."""
+def main(argv: list[str] | None = None) -> int:
+    """The command line. SIGTERM is handled as ^C is (every command's cleanup runs, exit 128+signal)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "data":  # NumPy and SentencePiece only: no JAX to import (seconds)
+        return _with_sigterm(lambda: _data_command(argv[1:]))
+    return _with_sigterm(lambda: guarded(lambda: _dispatch(argv)))
+
+
+def packed_main(argv: list[str], config: dict) -> int:
+    """The main job of a packed train_gpt.py (packing/file.py): the config it embeds, with the
+    command line's overrides on top. The only entry the packed file holds."""
+    return _with_sigterm(lambda: guarded(lambda: _packed_job(list(argv), config)))
+
+
+def _with_sigterm(run) -> int:
     old = _terminate_as_interrupt()
     try:
-        return _main(argv, packed_config)
+        return run()
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
@@ -247,66 +260,91 @@ def interrupted_line(exc: BaseException) -> str:
     return "SIGTERM" if signum_of(exc) == signal.SIGTERM else "^C"
 
 
-def _main(argv: list[str], packed_config: dict | None) -> int:
+def _data_command(argv: list[str]) -> int:
+    from pgolf_jax.data import commands
     from pgolf_jax.errors import UsageError
 
-    if argv and argv[0] == "data":  # NumPy and SentencePiece only: no JAX to import (seconds)
-        from pgolf_jax.data import commands
-        p = _Parser(prog="run.py data", description="Prepare or download datasets.")
-        commands.add_data_args(p)
-        try:
-            args = p.parse_args(argv[1:])
-        except UsageError as exc:
-            print(f"error: {_one_line(exc)}", file=sys.stderr)
-            return 2
-        return commands.data_command(args)
+    p = _Parser(prog="run.py data", description="Prepare or download datasets.")
+    commands.add_data_args(p)
+    try:
+        args = p.parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    return commands.data_command(args)
+
+
+def _packed_job(argv: list[str], config: dict) -> int:
     from pgolf_jax import config as config_lib
     from pgolf_jax.config import ConfigError
-    from pgolf_jax.errors import ArtifactError, ArtifactTooLarge, Interrupted
+
+    # The config is checked before JAX is imported: a bad value costs no seconds.
+    args = _main_parser(packed=True).parse_args(argv)
+    if args.config is not None:
+        raise ConfigError(f"--config {args.config}: refused, this train_gpt.py trains the config it was "
+                          "packed with (overrides such as train.seed=2 still apply)")
+    cfg = config_lib.override(config_lib.from_dict(config), args.overrides)
+    from pgolf_jax.pipeline import Tooling
+
+    return _main_job("<packed>", cfg, args, Tooling(code=_this_file))
+
+
+def _this_file(cfg) -> tuple[bytes, dict[str, bytes]]:
+    """A packed file's code is itself: a run of it writes a copy of it."""
+    import pgolf_jax
+
+    data = Path(pgolf_jax.__packed__).read_bytes()
+    return data, {"train_gpt.py": data}
+
+
+def _main_job(config_name: str, cfg, args, tooling) -> int:
+    from pgolf_jax import dist, pipeline
+
+    dist.keep_freed_host_memory()
+    _persistent_compile_cache()
+    return pipeline.main_job(config_name, cfg, tooling, dry=args.dry_run, resume=args.resume,
+                             allow_code_change=args.allow_code_change)
+
+
+def _dispatch(argv: list[str]) -> int:
+    from pgolf_jax import config as config_lib
+
+    if not argv or argv[0] not in VERBS:
+        # The main job's config is checked before JAX is imported: a bad value costs no seconds.
+        args = _main_parser().parse_args(argv)
+        from pgolf_jax.packing.select import package_tooling
+        cfg = config_lib.load(args.config, args.overrides)
+        return _main_job(args.config, cfg, args, package_tooling())
+    if argv[0] == "compile":  # before anything imports jax: it sets JAX_PLATFORMS=cpu
+        from pgolf_jax.hardware import command
+        return command.run(argv[1:])  # its errors end in guarded's handlers
+    if argv[0] == "pack":  # no JAX: only the config and the package's sources
+        from pgolf_jax.packing.command import pack_command
+        return pack_command(argv[1:])
+    from pgolf_jax import dist
+    dist.keep_freed_host_memory()
+    _persistent_compile_cache()
+    verbs = {"eval": eval_command, "quantize": quantize_command, "submit": submit_command,
+             "export": export_command, "sweep": _lazy("pgolf_jax.sweep.command", "sweep_command"),
+             "plot": _lazy("pgolf_jax.plots", "plot_command"), "bench": _lazy("pgolf_jax.bench", "main")}
+    return verbs[argv[0]](argv[1:])
+
+
+def _lazy(module: str, attr: str):
+    """A verb whose module is imported only when that verb runs."""
+    def run(argv):
+        import importlib
+        return getattr(importlib.import_module(module), attr)(argv)
+    return run
+
+
+def guarded(run) -> int:
+    """Run a command; bad input, interrupts and errors become one `error:` line and an exit code."""
+    from pgolf_jax.config import ConfigError
+    from pgolf_jax.errors import ArtifactError, ArtifactTooLarge, Interrupted, UsageError
 
     try:
-        cfg = None
-        if packed_config is not None or not argv or argv[0] not in VERBS:
-            # The main job's config is checked before JAX is imported: a bad value costs no seconds.
-            args = _main_parser(packed_config is not None).parse_args(argv)
-            if packed_config is not None and args.config is not None:
-                raise ConfigError(f"--config {args.config}: refused, this train_gpt.py trains the config it was "
-                                  "packed with (overrides such as train.seed=2 still apply)")
-            if args.config:
-                cfg = config_lib.load(args.config, args.overrides)
-            else:
-                cfg = config_lib.override(config_lib.from_dict(packed_config), args.overrides)
-                args.config = "<packed>"
-        if argv and argv[0] == "compile":  # before anything imports jax: it sets JAX_PLATFORMS=cpu
-            from pgolf_jax.hardware import command
-            return command.run(argv[1:])  # its errors end in the handlers below
-        from pgolf_jax import dist
-        dist.keep_freed_host_memory()
-        _persistent_compile_cache()
-        if packed_config is not None:
-            from pgolf_jax import pipeline
-            return pipeline.main_job(args.config, cfg, dry=args.dry_run, resume=args.resume,
-                                     allow_code_change=args.allow_code_change)
-        if argv and argv[0] == "eval":
-            return eval_command(argv[1:])
-        if argv and argv[0] == "quantize":
-            return quantize_command(argv[1:])
-        if argv and argv[0] == "sweep":
-            from pgolf_jax.sweep.command import sweep_command
-            return sweep_command(argv[1:])
-        if argv and argv[0] == "plot":
-            from pgolf_jax.plots import plot_command
-            return plot_command(argv[1:])
-        if argv and argv[0] == "submit":
-            return submit_command(argv[1:])
-        if argv and argv[0] == "export":
-            return export_command(argv[1:])
-        if argv and argv[0] == "bench":
-            from pgolf_jax import bench
-            return bench.main(argv[1:])
-        from pgolf_jax import pipeline
-        return pipeline.main_job(args.config, cfg, dry=args.dry_run, resume=args.resume,
-                             allow_code_change=args.allow_code_change)
+        return run()
     except UsageError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -10,16 +10,17 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import importlib
 import math
 import platform
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
+import zstandard
 
 from pgolf_jax import config as config_lib
 from pgolf_jax import dist, provenance, registry
@@ -32,20 +33,13 @@ from pgolf_jax.fsio import atomic_output, write_bytes, write_json
 from pgolf_jax.model.flops import h100x8_seconds_bound
 from pgolf_jax.model.gpt import Model, build_model, count_params
 from pgolf_jax.model.params import flat_specs
-from pgolf_jax.quant import artifact, pack
+from pgolf_jax.quant import artifact
 from pgolf_jax.quant.export import check_finite, dequantize
 from pgolf_jax.quant.interop import flatten_params, unflatten_params
 from pgolf_jax.runlog import RunLog
 from pgolf_jax.train.run_dir import claim_run_dir, new_run_id, resume_config
 
 UNIGRAM_TOKENS = 10_000_000
-
-
-def final_eval_modules(cfg: Config) -> list[str]:
-    """The modules final_evals imports for cfg's final modes (each mode's registered module)."""
-    modes = registry.names("eval.final_modes", cfg.eval.final_modes)
-    return ([registry.module_of(registry.EVAL_MODES, m) for m in modes]
-            + (["pgolf_jax.evaluation.ngram"] if cfg.eval.ngram_order else []))
 
 
 def source_hash() -> str:
@@ -128,6 +122,14 @@ def save_float_weights(params, run_dir: Path, log) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class Tooling:
+    """What the package adds around a run and a packed train_gpt.py leaves out (passed in, so that
+    the packed file never holds it): how the run's train_gpt.py is made, and the loss-curve picture."""
+    code: Callable  # (cfg) -> (the bytes of train_gpt.py, {path: source} of what it holds)
+    curves: Callable | None = None  # (run_dir, cfg) -> None
+
+
 def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evaluator, log) -> tuple[dict, dict]:
     """(quant object, info) under cfg.quant's scheme (registry.QUANT_SCHEMES)."""
     from pgolf_jax.quant.schemes import QuantContext
@@ -138,7 +140,7 @@ def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evalu
 
 
 def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evaluator, train_pattern: str, log,
-                         factory=None, mesh=None) -> dict:
+                         tooling: Tooling, factory=None, mesh=None) -> dict:
     """Evaluate the float weights, quantize, pack, write, read back, dequantize, evaluate: the
     round-trip number is the one that counts."""
     q = cfg.quant
@@ -150,15 +152,12 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     art_path = out_dir / f"final_model.{tag}.{q.compressor}"
     blob = artifact.pack(obj, q.compressor, q.zstd.level, q.byte_shuffle)
     model_bytes = len(blob)
-    # Everything the rest of the run imports is imported now, so the packed code holds it all.
-    for mod in final_eval_modules(cfg):
-        importlib.import_module(mod)
-    shipped = artifact.code_files()
-    code_raw, code_zst = artifact.code_bytes(mode="raw"), artifact.code_bytes(mode="compressed")
-    packed = pack.packed_code(shipped, artifact.repo_root(), config_lib.to_dict(cfg))
+    packed, shipped = tooling.code(cfg)
+    code_raw = sum(len(b) for b in shipped.values())
+    code_zst = len(zstandard.ZstdCompressor(level=22).compress(b"".join(shipped.values())))
     code = {"raw": code_raw, "compressed": code_zst, "packed": len(packed)}[q.code_bytes]
     log(f"Code size: {code_raw} bytes raw, {code_zst} bytes zstd-22, {len(packed)} bytes packed as train_gpt.py "
-        f"({len(shipped)} files the run imported; counting {q.code_bytes})")
+        f"({len(shipped)} files; counting {q.code_bytes})")
     rules = flat_specs(model.param_specs(), params)
     breakdown = artifact.size_report(obj, lambda name, slot: slot if slot in ("passthrough", "lqer") else
                                      rules[name].quant if name in rules else "other", q.compressor, q.zstd.level,
@@ -205,7 +204,7 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
             "pre_quant_val_bpb": pre.val_bpb, "bytes_total": total, "bytes_code": code, "bytes_model": model_bytes,
             "bytes_code_raw": code_raw, "bytes_code_compressed": code_zst, "bytes_by_group": breakdown,
             "artifact": art_path.name, "val_tokens": res.val_tokens, "val_bytes": res.val_bytes,
-            "code_files": [f.relative_to(shipped[-1].parent).as_posix() for f in shipped],
+            "code_files": sorted(shipped),
             "code_sha256": hashlib.sha256(packed).hexdigest(), "bytes_code_packed": len(packed), **info}
 
 
@@ -228,7 +227,7 @@ class AlreadyFinished(Exception):
     """--resume of a run that wrote its submission.json: there is nothing left to do."""
 
 
-def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = None,
+def run_job(cfg: Config, tooling: Tooling, preset: str | None = None, resume: str | Path | None = None,
             allow_code_change: bool = False) -> dict:
     from pgolf_jax.train.checkpoint import Checkpointer
     from pgolf_jax.train.loop import train
@@ -272,7 +271,7 @@ def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = 
         t0 = time.perf_counter()
         train_pattern = str(data_path / cfg.data.train_files)
         result = train(cfg, log, train_pattern, factory, run_dir=run_dir, restore=restore)
-        return finish_run(cfg, result, run_dir, log, preset, factory, train_pattern, t0)
+        return finish_run(cfg, result, run_dir, log, preset, factory, train_pattern, t0, tooling)
     except BaseException:
         if main and not resume and not log.events.get("train"):
             # Failed before its first training step (bad data, a compile error, ^C): nothing worth
@@ -285,7 +284,7 @@ def run_job(cfg: Config, preset: str | None = None, resume: str | Path | None = 
 
 
 def finish_run(cfg: Config, result, run_dir: Path, log: RunLog, preset: str | None, factory, train_pattern: str,
-               t0: float, **extra) -> dict:
+               t0: float, tooling: Tooling, **extra) -> dict:
     """After training: float weights, quantize, pack, round-trip, submission.json and the loss-curve
     picture (curves.png) of one run; returns the summary."""
     main = dist.is_main()
@@ -294,7 +293,7 @@ def finish_run(cfg: Config, result, run_dir: Path, log: RunLog, preset: str | No
     if main:
         save_float_weights(params, run_dir, log)
     summary = export_and_roundtrip(cfg, params, result.model, run_dir, result.evaluator, train_pattern, log,
-                                   factory, mesh)
+                                   tooling, factory, mesh)
     summary.update(
         name=cfg.train.run_id, date=datetime.datetime.now().isoformat(timespec="seconds"), config=preset,
         steps=result.steps, train_time_ms=round(result.train_time_ms, 1),
@@ -307,11 +306,9 @@ def finish_run(cfg: Config, result, run_dir: Path, log: RunLog, preset: str | No
         ck = run_dir / "checkpoints"  # a run that never checkpointed leaves no empty folder
         if ck.is_dir() and not any(ck.iterdir()):
             ck.rmdir()
-        if not pack.packed_path():  # a packed file ships the run, not the plotting
+        if tooling.curves is not None:
             try:  # a picture is a convenience: it never fails a finished run
-                from pgolf_jax.plots import plot_curves
-
-                plot_curves([run_dir], run_dir / "curves.png", [cfg.train.run_id])
+                tooling.curves(run_dir, cfg)
             except Exception as exc:  # noqa: BLE001
                 log(f"plot:skipped curves.png ({type(exc).__name__}: {exc})")
     log(f"run_dir:{run_dir}")
@@ -327,13 +324,13 @@ def dry_run(cfg: Config, preset: str | None = None) -> int:
     return 0
 
 
-def main_job(preset: str, cfg: Config, dry: bool = False, resume: str | None = None,
+def main_job(preset: str, cfg: Config, tooling: Tooling, dry: bool = False, resume: str | None = None,
              allow_code_change: bool = False) -> int:
     """The main job of a loaded config (its preset path is logged); 0 on success."""
     if dry:
         return dry_run(cfg, preset)
     try:
-        summary = run_job(cfg, preset, resume, allow_code_change)
+        summary = run_job(cfg, tooling, preset, resume, allow_code_change)
     except AlreadyFinished as exc:
         print(f"resume: {exc}", file=sys.stderr)
         return 0

@@ -17,7 +17,7 @@ from conftest import tree_sums
 from test_submit import GUARD
 
 from pgolf_jax import config as config_lib
-from pgolf_jax.quant import pack
+from pgolf_jax.packing import file as pack
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,9 +1,3 @@
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -134,34 +128,6 @@ def test_size_cap():
     with pytest.raises(artifact.ArtifactTooLarge, match="over the 16,000,000-byte cap by 1"):
         artifact.check_size(15_100_001, 900_000, 16_000_000, False)
     assert artifact.check_size(15_100_001, 900_000, 16_000_000, True) == 16_000_001
-
-
-def test_code_bytes_count_what_the_run_imports():
-    """Only the modules a process imported are shipped and counted: a module the run does not
-    import (the hub download) costs nothing; importing it adds exactly its bytes. Tooling around
-    runs (bench, sweeps) is never counted, imported or not."""
-    script = """
-import json
-from pgolf_jax import pipeline  # what the main job imports
-from pgolf_jax.quant import artifact
-before, n_before = artifact.code_files(), artifact.code_bytes()
-import pgolf_jax.data.hub
-import pgolf_jax.bench
-after, n_after = artifact.code_files(), artifact.code_bytes()
-print(json.dumps({"before": [f.name for f in before], "extra": [str(f) for f in set(after) - set(before)],
-                  "n_before": n_before, "n_after": n_after}))
-"""
-    r = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                                  env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout)
-    assert "pipeline.py" in r["before"] and "run.py" in r["before"] and "export.py" in r["before"]
-    assert not {"bench.py", "hub.py", "commands.py"} & set(r["before"])
-    extra = [Path(f) for f in r["extra"]]
-    assert "hub.py" in {f.name for f in extra} and "bench.py" not in {f.name for f in extra}
-    assert r["n_after"] - r["n_before"] == sum(f.stat().st_size for f in extra)
-
-
-# ---------------------------------------------------------------------------------------------
-# QAT grids: affine min-max and NormalFloat, the export storing the same grid
 
 
 def test_affine_grid_is_1227s_minmax_formula_and_ships_as_trained():

@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 import zlib
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
-import zstandard
 
 from pgolf_jax import registry
 from pgolf_jax.errors import ArtifactError, ArtifactTooLarge  # noqa: F401  (raised here, caught by cli)
@@ -168,51 +166,6 @@ def size_report(obj: dict, group_of, codec: str, level: int = 22, byte_shuffle: 
         raw = sum(np.asarray(a).nbytes for tensors in slots.values() for a in tensors.values())
         report[group] = {"raw": int(raw), "compressed": len(compress(serialize(slots, byte_shuffle), codec, level))}
     return report
-
-
-# Tooling a process may have imported that no run needs (a sweep trains its runs in-process).
-_TOOLING = ("sweep", "bench.py", "plots.py", "__main__.py", "train/group.py")
-
-
-def repo_root() -> Path:
-    """The folder holding pgolf_jax/ and run.py (where the package runs from)."""
-    return Path(__file__).resolve().parents[2]
-
-
-def code_files(root: Path | None = None) -> list[Path]:
-    """The source a run ships and counts: the package modules this process has imported (so a
-    variant the run does not use costs it nothing) but the tooling around runs, the native
-    kernel's C++ when it was loaded, and run.py."""
-    from pgolf_jax.quant.pack import packed_path
-
-    if packed_path():  # running from a packed train_gpt.py: that one file is the code
-        return [Path(packed_path())]
-    root = Path(root) if root else Path(__file__).resolve().parents[2]
-    pkg = (root / "pgolf_jax").resolve()
-    files = set()
-    for module in list(sys.modules.values()):
-        f = getattr(module, "__file__", None)
-        if f and Path(f).suffix == ".py" and Path(f).resolve().is_relative_to(pkg):
-            rel = Path(f).resolve().relative_to(pkg).as_posix()
-            if not rel.startswith(_TOOLING):
-                files.add(Path(f).resolve())
-    kernels = sys.modules.get("pgolf_jax.model.kernels")
-    if kernels is not None and kernels.loaded():
-        files.add(kernels.SOURCE.resolve())
-    out = sorted(files)
-    if (root / "run.py").is_file():
-        out.append(root / "run.py")
-    return out
-
-
-def code_bytes(root: Path | None = None, mode: str = "raw") -> int:
-    """Bytes of the shipped source. "raw" counts the files as they are, as the early records count
-    train_gpt.py; "compressed" counts them zstd-22 compressed as one stream, like the later
-    records' minified+lzma self-extracting wrapper (a loader stub of a few hundred bytes aside)."""
-    files = [f.read_bytes() for f in code_files(root)]
-    if mode == "raw":
-        return sum(len(b) for b in files)
-    return len(zstandard.ZstdCompressor(level=22).compress(b"".join(files)))
 
 
 def check_size(model_bytes: int, code: int, cap: int, allow_oversize: bool) -> int:

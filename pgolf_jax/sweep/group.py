@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pgolf_jax import pipeline
 from pgolf_jax.data.source import dataset_paths
+from pgolf_jax.packing.select import package_tooling
 from pgolf_jax.runlog import RunLog
 from pgolf_jax.sweep import keys
 from pgolf_jax.sweep.rows import TRAINING, _set_aside, result_row, run_row, write_row_preset
@@ -116,13 +117,14 @@ def _run_group(rows: list[Row], cfgs: list, run_dirs: list[Path], out: Path, say
         trained = train_group([cfgs[m[0]] for m in members], [Tee([logs[k] for k in m], on_line) for m in members],
                               pattern, factory, mode=mode)
         results = [None] * len(cfgs)
+        tooling = package_tooling()
         for m, res in zip(members, trained):
             for k in m:
                 results[k] = res
         rows_out = []
         for row, cfg, d, log, res in zip(rows, cfgs, run_dirs, logs, results):
             try:
-                summary = pipeline.finish_run(cfg, res, d, log, None, factory, pattern, t0,
+                summary = pipeline.finish_run(cfg, res, d, log, None, factory, pattern, t0, tooling,
                                               vmap_group=len(members), group_mode=trained_mode)
                 rows_out.append(result_row(row, d, out, summary) | {"group_mode": trained_mode})
             except Exception as exc:  # noqa: BLE001  one member's export failing fails that row only

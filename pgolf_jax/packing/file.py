@@ -26,8 +26,6 @@ import base64
 import hashlib
 import json
 import lzma
-import sys
-from pathlib import Path
 
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
@@ -52,8 +50,8 @@ class F:
 sys.meta_path.insert(0,F())
 import pgolf_jax
 pgolf_jax.__packed__=os.path.abspath(__file__)
-from pgolf_jax.cli import main
-sys.exit(main(sys.argv[1:],packed_config=C))
+from pgolf_jax.cli import packed_main
+sys.exit(packed_main(sys.argv[1:],C))
 """
 
 
@@ -109,25 +107,9 @@ def packed_file(payload: bytes) -> bytes:
     return _STUB + b"".join(b"#" + line + b"\n" for line in [hashlib.sha256(text).hexdigest().encode(), *lines])
 
 
-def packed_path() -> str | None:
-    """The packed file this process runs from, or None when it runs from the package."""
-    return getattr(sys.modules.get("pgolf_jax"), "__packed__", None)
-
-
 def run_config(config: dict) -> dict:
     """What a packed file embeds: the run's config without its identity (a rerun makes a new run)."""
     out = {s: dict(v) for s, v in config.items()}
     out["train"]["run_id"] = ""
     out["train"]["out_dir"] = "runs"
     return out
-
-
-def packed_code(code_files: list[Path], root: Path, config: dict) -> bytes:
-    """train_gpt.py for this process's code: a copy of the packed file it runs from, or the files
-    it imported packed with config."""
-    src = packed_path()
-    if src:
-        return Path(src).read_bytes()
-    files = {f.resolve().relative_to(root.resolve()).as_posix(): f.read_bytes() for f in code_files
-             if f.resolve().is_relative_to((root / "pgolf_jax").resolve())}
-    return pack(files, run_config(config))

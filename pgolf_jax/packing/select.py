@@ -1,0 +1,115 @@
+"""Which code a run's packed train_gpt.py holds: the entry (cli.packed_main), the registry entries
+the config selects (the registry itself is packed with only those), the attention kernels the
+target platform can pick, and whatever of the package that code reaches (shake.py). The native CPU
+kernel's C++ goes in only for a CPU file whose run can pick that kernel. No JAX."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgolf_jax import registry
+from pgolf_jax.packing import file, shake
+
+PLATFORMS = ("gpu", "cpu")
+ENTRY = ("pgolf_jax.cli", "packed_main")
+# What "auto" attention resolves to on each platform (model/attention.py resolve_impl); flash is the
+# fallback everywhere (the GPU file also runs on a CPU, as the tests run it).
+_AUTO_IMPLS = {"gpu": ("cudnn", "flash"), "cpu": ("fused_cpu", "flash")}
+KERNEL_SOURCE = "pgolf_jax/model/kernels/causal_attention_cpu.cc"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The registry entries a packed file keeps: registry variable name -> its kept keys."""
+    entries: dict[str, tuple[str, ...]]
+    native_kernel: bool
+
+
+def _registry_names() -> dict[int, str]:
+    return {id(v): k for k, v in vars(registry).items() if isinstance(v, dict) and k.isupper()}
+
+
+def select(cfg, platform: str) -> Selection:
+    """The entries cfg selects, for a run on platform ("gpu" or "cpu")."""
+    if platform not in PLATFORMS:
+        raise ValueError(f"--platform {platform!r}: choose from {', '.join(PLATFORMS)}")
+    by_id, keep = _registry_names(), {}
+    for key, reg in registry.FIELDS.items():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(cfg, section), name)
+        keep.setdefault(by_id[id(reg)], set()).update(registry.names(key, value))
+    # registry.OPTIONAL_FIELDS left empty select their default entry
+    if not cfg.model.mlp_linear:
+        keep["LINEAR"].add(cfg.model.linear)
+    if not cfg.model.mixers:
+        keep["MIXERS"].add("attn")
+    impl = cfg.model.attention_impl
+    impls = set(_AUTO_IMPLS[platform]) if impl == "auto" else {impl}
+    keep["ATTENTION_IMPLS"] = impls
+    entries = {name: tuple(sorted(keys)) for name, keys in keep.items()}
+    return Selection(entries, native_kernel="fused_cpu" in impls)
+
+
+def registry_source(text: str, selection: Selection) -> str:
+    """registry.py's text with each selected registry reduced to its kept entries, written out as
+    plain strings (so the shaker reads every "module:attr" target as a reference)."""
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
+    out, pos = [], 0
+    for stmt in tree.body:
+        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                and stmt.targets[0].id in selection.entries):
+            name = stmt.targets[0].id
+            live = getattr(registry, name)
+            body = ", ".join(f"{k!r}: {live[k]!r}" for k in selection.entries[name])
+            out.extend(lines[pos:stmt.lineno - 1])
+            out.append(f"{name} = {{{body}}}\n")
+            pos = stmt.end_lineno
+    out.extend(lines[pos:])
+    return "".join(out)
+
+
+def packed_sources(cfg, platform: str, root: Path) -> dict[str, bytes]:
+    """{path relative to root: contents} of everything the packed file for cfg on platform holds."""
+    selection = select(cfg, platform)
+    sources = shake.package_sources(root)
+    reg = sources["pgolf_jax.registry"]
+    sources["pgolf_jax.registry"] = shake.Source(reg.name, reg.rel, registry_source(reg.text, selection))
+    kept = shake.shake(sources, [ENTRY])
+    files = {sources[m].rel: text.encode("utf-8") for m, text in kept.items()}
+    if selection.native_kernel and "pgolf_jax.model.kernels" in kept:
+        files[KERNEL_SOURCE] = (Path(root) / KERNEL_SOURCE).read_bytes()
+    return files
+
+
+def repo_root() -> Path:
+    """The folder holding pgolf_jax/ (where the package runs from)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def pack_config(cfg, platform: str, root: Path | None = None) -> tuple[bytes, dict[str, bytes]]:
+    """The train_gpt.py a run of cfg on platform writes, and {path: source} of what it holds."""
+    from pgolf_jax import config as config_lib
+
+    files = packed_sources(cfg, platform, root or repo_root())
+    return file.pack(files, file.run_config(config_lib.to_dict(cfg))), files
+
+
+def code_for_run(cfg) -> tuple[bytes, dict[str, bytes]]:
+    """pack_config for the platform this process runs on."""
+    import jax
+
+    return pack_config(cfg, "cpu" if jax.default_backend() == "cpu" else "gpu")
+
+
+def package_tooling():
+    """Running from the package: the run packs its own train_gpt.py and draws its loss curves."""
+    from pgolf_jax.pipeline import Tooling
+
+    def curves(run_dir, cfg):
+        from pgolf_jax.plots import plot_curves
+        plot_curves([run_dir], run_dir / "curves.png", [cfg.train.run_id])
+
+    return Tooling(code=code_for_run, curves=curves)

@@ -1,0 +1,243 @@
+"""Tree shaking for the packed train_gpt.py: from the function a run starts at, keep the package
+modules and the top-level definitions it can reach, drop the rest. Pure Python (ast), no JAX.
+
+Names resolve as Python resolves them at module level: a name used in module M is M's own
+definition or the binding of one of M's imports; `mod.attr` (an imported module's attribute, also
+through a dotted chain) is that module's definition. A string that names code keeps it: a
+"module:attr" target (the registry's entries) keeps that definition, a module path kept as a plain
+string ("pgolf_jax.x.y", read with importlib) keeps that whole module, an identifier keeps the
+definition of that name in the same module (getattr by a literal name). Statements that are not
+definitions (a call at import time, an `if` at top level) always stay with their module. Classes
+stay whole: methods are reached through instances that libraries call (flax's `__call__`, pytree
+hooks), which no scan of names can follow. Function annotations are not references (the minifier
+drops them and nothing evaluates them); class annotations are (dataclasses and typing read them).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# A string that can name code: an identifier, a dotted module path, or a "module:attr" target.
+_NAME_LIKE = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*)(?::([A-Za-z_][A-Za-z0-9_]*))?")
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+class ShakeError(ValueError):
+    pass
+
+
+@dataclass
+class Source:
+    """One module of the package: its dotted name, path relative to the repo root, and text."""
+    name: str
+    rel: str
+    text: str
+    tree: ast.Module = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.tree = ast.parse(self.text, filename=self.rel)
+
+
+def _alias_binding(alias: ast.alias, stmt: ast.stmt) -> str:
+    if alias.asname:
+        return alias.asname
+    return alias.name.split(".")[0] if isinstance(stmt, ast.Import) else alias.name
+
+
+def _bindings(stmt: ast.stmt) -> list[str] | None:
+    """The names a top-level statement binds when it can be dropped; None = it always stays."""
+    if isinstance(stmt, _DEFS):
+        return [stmt.name]
+    if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
+        return [t.id for t in stmt.targets]
+    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+        return [stmt.target.id]
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)) and getattr(stmt, "module", "") != "__future__":
+        return [_alias_binding(a, stmt) for a in stmt.names]
+    return None
+
+
+def _is_type_checking(stmt: ast.stmt) -> bool:
+    """`if TYPE_CHECKING:` blocks never run: what they import is not a reference."""
+    return isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Name) and stmt.test.id == "TYPE_CHECKING"
+
+
+def _walk(node: ast.AST):
+    """ast.walk without function annotations."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        if isinstance(n, _FUNCS):
+            args = n.args
+            stack.extend([*args.defaults, *(d for d in args.kw_defaults if d is not None), *n.decorator_list, *n.body])
+        elif isinstance(n, ast.Lambda):
+            stack.extend([*n.args.defaults, *(d for d in n.args.kw_defaults if d is not None), n.body])
+        else:
+            stack.extend(ast.iter_child_nodes(n))
+
+
+class _Shaker:
+    def __init__(self, sources: dict[str, Source]):
+        self.sources = sources
+        self.modules: set[str] = set()
+        self.kept: set[tuple[str, str]] = set()
+        self.pending: list[tuple[str, ast.AST]] = []
+        self.binders: dict[str, dict[str, list[ast.stmt]]] = {}
+        for name, src in sources.items():
+            table: dict[str, list[ast.stmt]] = {}
+            for stmt in src.tree.body:
+                for b in _bindings(stmt) or ():
+                    table.setdefault(b, []).append(stmt)
+            self.binders[name] = table
+
+    def module(self, name: str) -> None:
+        """Import a module: its parents first, then every statement of it that always runs."""
+        if name in self.modules or name not in self.sources:
+            return
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            self.module(".".join(parts[:i]))
+        self.modules.add(name)
+        for stmt in self.sources[name].tree.body:
+            if _bindings(stmt) is None and not _is_type_checking(stmt):
+                self.pending.append((name, stmt))
+
+    def keep(self, mod: str, name: str) -> None:
+        """Keep module mod's definition of name (an import binding keeps what it imports)."""
+        self.module(mod)
+        if (mod, name) in self.kept or name not in self.binders.get(mod, {}):
+            return
+        self.kept.add((mod, name))
+        for stmt in self.binders[mod][name]:
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                for a in stmt.names:
+                    if _alias_binding(a, stmt) == name:
+                        self.imported(stmt, a)
+            else:
+                self.pending.append((mod, stmt))
+
+    def imported(self, stmt: ast.stmt, alias: ast.alias) -> None:
+        if isinstance(stmt, ast.Import):
+            self.module(alias.name)
+        elif stmt.level:
+            raise ShakeError(f"relative import of {stmt.module!r} at line {stmt.lineno}: use the absolute name")
+        elif f"{stmt.module}.{alias.name}" in self.sources:
+            self.module(f"{stmt.module}.{alias.name}")
+        else:
+            self.keep(stmt.module, alias.name)
+
+    def target(self, mod: str, binding: str) -> str | None:
+        """The module a name bound in mod stands for, when it is one of the package's modules."""
+        for stmt in self.binders.get(mod, {}).get(binding, []):
+            for a in getattr(stmt, "names", []):
+                if _alias_binding(a, stmt) != binding:
+                    continue
+                if isinstance(stmt, ast.Import):
+                    return a.name if a.asname else a.name.split(".")[0]
+                if isinstance(stmt, ast.ImportFrom) and f"{stmt.module}.{a.name}" in self.sources:
+                    return f"{stmt.module}.{a.name}"
+        return None
+
+    def scan(self, mod: str, node: ast.AST) -> None:
+        local: dict[str, str] = {}  # names that imports inside this statement bind to modules
+        for n in _walk(node):
+            if isinstance(n, (ast.Import, ast.ImportFrom)) and n is not node:
+                for a in n.names:
+                    self.imported(n, a)
+                    if isinstance(n, ast.Import):
+                        local[_alias_binding(a, n)] = a.name if a.asname else a.name.split(".")[0]
+                    elif f"{n.module}.{a.name}" in self.sources:
+                        local[_alias_binding(a, n)] = f"{n.module}.{a.name}"
+        for n in _walk(node):
+            if isinstance(n, ast.Name):
+                self.keep(mod, n.id)
+            elif isinstance(n, ast.Attribute):
+                self.attribute(mod, n, local)
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                self.string(mod, n.value)
+
+    def attribute(self, mod: str, node: ast.Attribute, local: dict[str, str]) -> None:
+        chain = []
+        while isinstance(node, ast.Attribute):
+            chain.append(node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            return
+        base = local.get(node.id) or self.target(mod, node.id)
+        if base is None:
+            return
+        for attr in reversed(chain):
+            if f"{base}.{attr}" in self.sources:
+                base = f"{base}.{attr}"
+                self.module(base)
+            else:
+                self.keep(base, attr)
+                return
+
+    def string(self, mod: str, text: str) -> None:
+        m = _NAME_LIKE.fullmatch(text)
+        if not m:
+            return
+        path, attr = m.groups()
+        if attr:
+            self.keep(path, attr)
+        elif path in self.sources:  # a module read by name (importlib): all of it
+            self.module(path)
+            for name in self.binders[path]:
+                self.keep(path, name)
+        elif "." not in path:
+            self.keep(mod, path)
+
+    def run(self, roots: list[tuple[str, str]]) -> None:
+        for mod, name in roots:
+            if mod not in self.sources or name not in self.binders[mod]:
+                raise ShakeError(f"{mod}:{name} is not defined in the package")
+            self.keep(mod, name)
+        while self.pending:
+            self.scan(*self.pending.pop())
+
+
+def shake(sources: dict[str, Source], roots: list[tuple[str, str]]) -> dict[str, str]:
+    """{module name: Source} and the (module, name) definitions a run starts at -> {module name: its
+    kept text} for every module the run can reach."""
+    s = _Shaker(sources)
+    s.run(roots)
+    return {name: _render(sources[name], {n for m, n in s.kept if m == name}) for name in sorted(s.modules)}
+
+
+def _render(src: Source, kept: set[str]) -> str:
+    """The module's text with its dropped statements cut out (a trimmed import is re-written)."""
+    lines = src.text.splitlines(keepends=True)
+    out, pos = [], 0
+    for stmt in src.tree.body:
+        bound = _bindings(stmt)
+        start = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
+        out.extend(lines[pos:start - 1])
+        pos = stmt.end_lineno
+        if _is_type_checking(stmt):
+            continue
+        if bound is None or all(b in kept for b in bound):
+            out.extend(lines[start - 1:stmt.end_lineno])
+        elif isinstance(stmt, (ast.Import, ast.ImportFrom)) and any(b in kept for b in bound):
+            names = [a for a in stmt.names if _alias_binding(a, stmt) in kept]
+            out.append(ast.unparse(ast.copy_location(type(stmt)(**{**vars(stmt), "names": names}), stmt)) + "\n")
+        elif any(b in kept for b in bound):
+            out.extend(lines[start - 1:stmt.end_lineno])
+    out.extend(lines[pos:])
+    return "".join(out)
+
+
+def package_sources(root: Path) -> dict[str, Source]:
+    """Every module of the package under root (the folder holding pgolf_jax/)."""
+    out = {}
+    for f in sorted((Path(root) / "pgolf_jax").rglob("*.py")):
+        rel = f.relative_to(root).as_posix()
+        name = rel[:-3].replace("/", ".")
+        name = name[:-len(".__init__")] if name.endswith(".__init__") else name
+        out[name] = Source(name, rel, f.read_text(encoding="utf-8"))
+    return out
