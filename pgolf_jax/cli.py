@@ -284,9 +284,10 @@ def _packed_job(argv: list[str], config: dict) -> int:
         raise ConfigError(f"--config {args.config}: refused, this train_gpt.py trains the config it was "
                           "packed with (overrides such as train.seed=2 still apply)")
     cfg = config_lib.override(config_lib.from_dict(config), args.overrides)
+    from pgolf_jax.data.source import prepared_dataset
     from pgolf_jax.pipeline import Tooling
 
-    return _main_job("<packed>", cfg, args, Tooling(code=_this_file))
+    return _main_job("<packed>", cfg, args, Tooling(code=_this_file, dataset=prepared_dataset))
 
 
 def _this_file(cfg) -> tuple[bytes, dict[str, bytes]]:

@@ -26,7 +26,6 @@ from pgolf_jax import config as config_lib
 from pgolf_jax import dist, provenance, registry
 from pgolf_jax.config import Config
 from pgolf_jax.data.shards import load_val_tokens, open_shard
-from pgolf_jax.data.source import dataset_paths
 from pgolf_jax.data.tokenizer import build_luts
 from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, unigram_bpb, with_window
 from pgolf_jax.fsio import atomic_output, write_bytes, write_json
@@ -127,6 +126,7 @@ class Tooling:
     """What the package adds around a run and a packed train_gpt.py leaves out (passed in, so that
     the packed file never holds it): how the run's train_gpt.py is made, and the loss-curve picture."""
     code: Callable  # (cfg) -> (the bytes of train_gpt.py, {path: source} of what it holds)
+    dataset: Callable  # (cfg, log) -> (data_path, tokenizer_path), prepared from data.source or not
     curves: Callable | None = None  # (run_dir, cfg) -> None
 
 
@@ -262,7 +262,7 @@ def run_job(cfg: Config, tooling: Tooling, preset: str | None = None, resume: st
         log_header(cfg, log, preset)
         for skipped in (restore.skipped if restore else ()):
             log(f"resume:skipped checkpoint {skipped}")
-        data_path, tok_path = dataset_paths(cfg, log)
+        data_path, tok_path = tooling.dataset(cfg, log)
         if main:  # what this run is made from, for a later --resume (and a sweep row) to compare
             provenance.record(run_dir, cfg)
         factory = make_evaluator_factory(cfg, data_path, tok_path, log)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 from pgolf_jax.errors import ConfigError
@@ -32,7 +31,9 @@ class DataConfig(Section):
     def check(self, cfg) -> None:
         super().check(cfg)
         if self.source.startswith("sample:"):
-            names = sorted(importlib.import_module("pgolf_jax.data.samples").SAMPLES)  # this stage's table
+            from pgolf_jax.data.samples import SAMPLES  # this stage's table
+
+            names = sorted(SAMPLES)
             if self.source[len("sample:"):] not in names:
                 raise ConfigError(f"data.source={self.source!r}: unknown sample corpus; choose from "
                                   + ", ".join(f"sample:{n}" for n in names))

@@ -9,6 +9,20 @@ from pgolf_jax import config as config_lib
 from pgolf_jax.config import Config
 
 
+def prepared_dataset(cfg: Config, log=print) -> tuple[Path, Path]:
+    """(data_path, tokenizer_path) as they are: what a packed train_gpt.py reads (it never prepares
+    data); one line naming what is missing."""
+    data_path, tok_path = Path(cfg.data.data_path), Path(cfg.data.tokenizer_path)
+    if data_path.is_dir() and tok_path.is_file():
+        return data_path, tok_path
+    missing = data_path if not data_path.is_dir() else tok_path
+    how = ("prepare it with the package (`python run.py data ...`, or a run of data.source="
+           f"{cfg.data.source!r}); a packed train_gpt.py never prepares data" if cfg.data.source else
+           "download the challenge data (`python run.py data download --variant sp1024`) or set data.source to a "
+           "docs_selected.jsonl or sample:<name>")
+    raise FileNotFoundError(f"{missing} not found: {how}")
+
+
 def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
     """(data_path, tokenizer_path). With data.source set, the dataset is prepared from it on first
     use (and checked to have been built from it with these settings after); the paths must be
@@ -16,12 +30,7 @@ def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
     d = cfg.data
     data_path, tok_path = Path(d.data_path), Path(d.tokenizer_path)
     if not d.source:
-        if data_path.is_dir() and tok_path.is_file():
-            return data_path, tok_path
-        missing = data_path if not data_path.is_dir() else tok_path
-        raise FileNotFoundError(
-            f"{missing} not found: download the challenge data (`python run.py data download --variant sp1024`) "
-            f"or set data.source to a docs_selected.jsonl or sample:<name>")
+        return prepared_dataset(cfg)
     # Only a run that builds its data imports (and ships) the layout and the builder.
     from pgolf_jax.data import layout, prepare
 

@@ -4,7 +4,6 @@ run of that preset would write, without training, and say how big it is and what
 from __future__ import annotations
 
 import argparse
-import lzma
 
 from pgolf_jax.errors import arg_parser
 from pgolf_jax.packing import file, select
@@ -34,10 +33,11 @@ def pack_command(argv: list[str]) -> int:
     if args.out:
         check_output(args.out, "--out", args.force)
     data, files = select.pack_config(cfg, args.platform)
+    if args.out:
+        write_bytes(args.out, data)
     for line in report(data, files):
         print(line)
     if args.out:
-        write_bytes(args.out, data)
         print(f"pack: wrote {args.out}")
     return 0
 
@@ -45,10 +45,12 @@ def pack_command(argv: list[str]) -> int:
 def report(data: bytes, files: dict[str, bytes]) -> list[str]:
     """The file's size, then its largest files: minified bytes and each one's bytes compressed alone
     (a file's share of the whole is a little less: the files compress together)."""
+    import brotli
+
     rows = []
     for rel, raw in files.items():
         body = file.minify(raw.decode("utf-8"), rel).encode("utf-8") if rel.endswith(".py") else raw
-        rows.append((len(lzma.compress(body, format=lzma.FORMAT_RAW, filters=file._FILTERS)), len(body), rel))
+        rows.append((len(brotli.compress(body, quality=11, lgwin=24)), len(body), rel))
     rows.sort(reverse=True)
     out = [f"pack: train_gpt.py {len(data):,} bytes ({len(files)} files, {sum(r[1] for r in rows):,} bytes minified)"]
     out += [f"pack:file {rel} minified:{n:,} alone_compressed:{c:,}" for c, n, rel in rows[:TOP]]

@@ -22,12 +22,8 @@ stub's own code, or to the `#` that starts a line (Python's SyntaxError then quo
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import lzma
-
-_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 # The payload, decompressed: this importer, then the config (JSON), then one entry per file
 # ("path\ncontents"), all separated by NUL bytes (sources carry no escapes this way; NUL never
@@ -62,27 +58,56 @@ def minify(source: str, filename: str) -> str:
                                   hoist_literals=False, remove_asserts=False, remove_debug=False)
 
 
-# The five base85 characters one bit away from a line break, a carriage return or NUL ('*' '-' '@'
-# 'J' 'M'), swapped in the file for five characters base85 does not use: a one-bit flip of a
-# payload character then never ends a comment line early or puts a NUL in the source.
-_UNSAFE, _SAFE = b"*-@JM", b",./:["
-_WIDTH = 99  # payload characters per line, after its '#'
-# The checksum is the sha256 of the payload text as it stands in the file (its comment lines
-# joined, '#' and line ends dropped): checked first, it catches every damage to that text (a bad
-# base85 character too) with one comparison, before any decoder sees corrupt input; LZMA's raw
-# format carries no check of its own.
-# The stub spells _SAFE and _UNSAFE out (tests check that they agree).
+# The payload's alphabet: the 231 byte values more than one bit away from a line break, a carriage
+# return and NUL (so a one-bit flip of a payload byte never ends a comment line early or puts a NUL
+# in the source; every ASCII whitespace byte is among the excluded ones). The compressed payload is
+# written in base 231, 128 bytes to a block of 131 digits (231**131 > 256**128): 2.3% over the
+# bytes themselves, where base85 adds 25%.
+ALPHABET = bytes(b for b in range(256) if min(bin(b ^ t).count("1") for t in (0, 10, 13)) > 1)
+_BLOCK, _DIGITS = 128, 131
+_WIDTH = 2000  # payload bytes per comment line
+# The checksum line: the sha256 of the payload text as it stands in the file (its comment lines
+# joined, '#' and line ends dropped) and the compressed length. Checked first, it catches every
+# damage to that text with one comparison, before any decoder sees corrupt input. brotli-11 packs
+# our sources ~3% smaller than LZMA (BENCHMARKS.md); a file without brotli installed says so.
 _STUB = b"""#coding:latin-1
-import sys,hashlib as H,lzma as L,base64 as B
+import sys,hashlib as H
+try:import brotli
+except ImportError:sys.exit("error: train_gpt.py needs the brotli package (pip install brotli)")
 def V(p):
  try:
-  h,*d=[l[1:].strip()for l in open(p,"rb")if l[:1]==b"#"][1:];d=b"".join(d)
+  h,*d=[l[1:].strip()for l in open(p,"rb")if l[:1]==b"#"][1:];d=b"".join(d);h,n=h.split();n=int(n);o=b""
   if H.sha256(d).hexdigest().encode()!=h:raise ValueError("payload checksum mismatch")
-  return L.decompress(B.b85decode(d.translate(bytes.maketrans(b",./:[",b"*-@JM"))),\
-format=L.FORMAT_RAW,filters=[{"id":L.FILTER_LZMA2}])
+  I={c:i for i,c in enumerate(b for b in range(256)if min(bin(b^t).count("1")for t in(0,10,13))>1)}
+  for i in range(0,len(d),131):
+   v=0
+   for c in d[i:i+131]:v=v*231+I[c]
+   o+=v.to_bytes(min(128,n-len(o)),"big")
+  return brotli.decompress(o)
  except Exception as e:sys.exit(f"error: corrupt packed file {p}: {e}")
 Z=V(__file__).split(b"\\0");exec(Z[0])
 """
+
+
+def encode(data: bytes) -> bytes:
+    """data in ALPHABET, base 231 by blocks (the last block with as many digits as its bytes need)."""
+    out = bytearray()
+    for i in range(0, len(data), _BLOCK):
+        block = data[i:i + _BLOCK]
+        v, n = int.from_bytes(block, "big"), _digits(len(block))
+        digits = bytearray(n)
+        for k in range(n - 1, -1, -1):
+            v, digits[k] = divmod(v, len(ALPHABET))
+        out += digits.translate(bytes(ALPHABET) + bytes(256 - len(ALPHABET)))
+    return bytes(out)
+
+
+def _digits(nbytes: int) -> int:
+    """The fewest base-231 digits that hold any nbytes-byte number."""
+    n = 0
+    while len(ALPHABET) ** n < 256 ** nbytes:
+        n += 1
+    return n
 
 
 def pack(files: dict[str, bytes], config: dict) -> bytes:
@@ -100,11 +125,14 @@ def pack(files: dict[str, bytes], config: dict) -> bytes:
 
 
 def packed_file(payload: bytes) -> bytes:
-    """The file for a payload: the stub, the checksum line, the compressed payload in short lines."""
-    text = base64.b85encode(lzma.compress(payload, format=lzma.FORMAT_RAW, filters=_FILTERS))
-    text = text.translate(bytes.maketrans(_UNSAFE, _SAFE))
+    """The file for a payload: the stub, the checksum line, the compressed payload in comment lines."""
+    import brotli
+
+    body = brotli.compress(payload, quality=11, lgwin=24)
+    text = encode(body)
     lines = [text[i:i + _WIDTH] for i in range(0, len(text), _WIDTH)]
-    return _STUB + b"".join(b"#" + line + b"\n" for line in [hashlib.sha256(text).hexdigest().encode(), *lines])
+    head = f"{hashlib.sha256(text).hexdigest()} {len(body)}".encode()
+    return _STUB + b"".join(b"#" + line + b"\n" for line in [head, *lines])
 
 
 def run_config(config: dict) -> dict:

@@ -35,11 +35,14 @@ def select(cfg, platform: str) -> Selection:
     """The entries cfg selects, for a run on platform ("gpu" or "cpu")."""
     if platform not in PLATFORMS:
         raise ValueError(f"--platform {platform!r}: choose from {', '.join(PLATFORMS)}")
+    from pgolf_jax.config import Config
+
+    # The defaults stay too: the packed file builds the default Config before it applies its own.
     by_id, keep = _registry_names(), {}
     for key, reg in registry.FIELDS.items():
         section, _, name = key.partition(".")
-        value = getattr(getattr(cfg, section), name)
-        keep.setdefault(by_id[id(reg)], set()).update(registry.names(key, value))
+        for c in (cfg, Config()):
+            keep.setdefault(by_id[id(reg)], set()).update(registry.names(key, getattr(getattr(c, section), name)))
     # registry.OPTIONAL_FIELDS left empty select their default entry
     if not cfg.model.mlp_linear:
         keep["LINEAR"].add(cfg.model.linear)
@@ -71,13 +74,17 @@ def registry_source(text: str, selection: Selection) -> str:
     return "".join(out)
 
 
-def packed_sources(cfg, platform: str, root: Path) -> dict[str, bytes]:
-    """{path relative to root: contents} of everything the packed file for cfg on platform holds."""
+def packed_sources(cfg, platform: str, root: Path, sources: dict[str, shake.Source] | None = None) -> dict[str, bytes]:
+    """{path relative to root: contents} of everything the packed file for cfg on platform holds
+    (sources: the package's parsed modules, to reuse across calls)."""
     selection = select(cfg, platform)
-    sources = shake.package_sources(root)
+    sources = dict(sources or shake.package_sources(root))
     reg = sources["pgolf_jax.registry"]
     sources["pgolf_jax.registry"] = shake.Source(reg.name, reg.rel, registry_source(reg.text, selection))
     kept = shake.shake(sources, [ENTRY])
+    problems = shake.unresolved(kept, sources)
+    if problems:  # a bug of the shaker, never of the config: the file would fail when it runs
+        raise shake.ShakeError(f"the packed code is not closed: {'; '.join(problems[:5])}")
     files = {sources[m].rel: text.encode("utf-8") for m, text in kept.items()}
     if selection.native_kernel and "pgolf_jax.model.kernels" in kept:
         files[KERNEL_SOURCE] = (Path(root) / KERNEL_SOURCE).read_bytes()
@@ -106,10 +113,11 @@ def code_for_run(cfg) -> tuple[bytes, dict[str, bytes]]:
 
 def package_tooling():
     """Running from the package: the run packs its own train_gpt.py and draws its loss curves."""
+    from pgolf_jax.data.source import dataset_paths
     from pgolf_jax.pipeline import Tooling
 
     def curves(run_dir, cfg):
         from pgolf_jax.plots import plot_curves
         plot_curves([run_dir], run_dir / "curves.png", [cfg.train.run_id])
 
-    return Tooling(code=code_for_run, curves=curves)
+    return Tooling(code=code_for_run, dataset=dataset_paths, curves=curves)

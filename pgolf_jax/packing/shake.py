@@ -241,3 +241,44 @@ def package_sources(root: Path) -> dict[str, Source]:
         name = name[:-len(".__init__")] if name.endswith(".__init__") else name
         out[name] = Source(name, rel, f.read_text(encoding="utf-8"))
     return out
+
+
+
+def unresolved(kept: dict[str, str], sources: dict[str, Source]) -> list[str]:
+    """What kept code names in the package that the kept text does not hold: `from pgolf_jax.x
+    import y` and `import pgolf_jax.x` of a module or name that was dropped, a "module:attr" string
+    whose definition was, and a name the module defined but no longer binds. [] when closed."""
+    trees = {m: ast.parse(t) for m, t in kept.items()}
+    bound = {m: {b for s in t.body for b in (_bindings(s) or [])} for m, t in trees.items()}
+    out = []
+    for m, tree in trees.items():
+        dropped = {b for s in sources[m].tree.body for b in (_bindings(s) or [])} - bound[m] - _locals(tree)
+        for n in _walk(tree):
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("pgolf_jax"):
+                out += [f"{m}: from {n.module} import {a.name}" for a in n.names
+                        if f"{n.module}.{a.name}" not in kept and a.name not in bound.get(n.module, ())]
+            elif isinstance(n, ast.Import):
+                out += [f"{m}: import {a.name}" for a in n.names if a.name.startswith("pgolf_jax") and a.name not in kept]
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                g = _NAME_LIKE.fullmatch(n.value)
+                if g and g[2] and g[1].startswith("pgolf_jax") and g[2] not in bound.get(g[1], ()):
+                    out.append(f"{m}: {n.value!r}")
+            elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in dropped:
+                out.append(f"{m}: {n.id}")
+    return sorted(set(out))
+
+
+def _locals(tree: ast.Module) -> set[str]:
+    """Names bound below the top level (function locals, loop targets, comprehension variables,
+    imports inside functions): a use of one of them is not a use of a dropped global."""
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            out.add(n.id)
+        elif isinstance(n, ast.arg):
+            out.add(n.arg)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)) and n not in tree.body:
+            out.update(_alias_binding(a, n) for a in n.names)
+        elif isinstance(n, _DEFS) and n not in tree.body:
+            out.add(n.name)
+    return out

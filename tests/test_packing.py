@@ -1,0 +1,182 @@
+"""The packed train_gpt.py holds what its run reaches and nothing else: the tree shaker's rules on a
+toy package, every preset packed for both platforms closed (no import, registry target or name
+left dangling) and free of tooling, `run.py pack`, and the GPU-packed record stack run in a clean
+folder (no pgolf_jax, empty HOME) through GPTQ, sliding and TTT to the package's own score."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_submit import GUARD
+
+from pgolf_jax import config as config_lib
+from pgolf_jax.cli import main
+from pgolf_jax.packing import select, shake
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.py"))
+# Tooling around runs that no packed file may hold (a run never needs them).
+TOOLING = ("pgolf_jax/sweep/", "pgolf_jax/plots.py", "pgolf_jax/bench.py", "pgolf_jax/submit.py",
+           "pgolf_jax/data/hub.py", "pgolf_jax/data/prepare.py", "pgolf_jax/data/commands.py",
+           "pgolf_jax/hardware/", "pgolf_jax/packing/", "pgolf_jax/__main__.py", "pgolf_jax/data/docs.py")
+
+TOY = {
+    "pgolf_jax/__init__.py": "",
+    "pgolf_jax/a.py": """
+        from __future__ import annotations
+        import json
+        from typing import TYPE_CHECKING
+        from pgolf_jax.b import used, unused_b
+        import pgolf_jax.c as c_mod
+        if TYPE_CHECKING:
+            from pgolf_jax import e
+        TARGET = "pgolf_jax.d:g"
+        SIDE = print("a imported")
+        def entry(x: e.Thing) -> int:
+            import importlib
+            mod, _, attr = TARGET.partition(":")
+            return used() + c_mod.f() + getattr(importlib.import_module(mod), attr)()
+        def dead():
+            return unused_b() + json.dumps(0)
+        class Kept:
+            def method(self):
+                return helper_of_method()
+        def helper_of_method():
+            return 5
+        print(Kept().method())
+    """,
+    "pgolf_jax/b.py": """
+        def used():
+            return helper()
+        def helper():
+            return 1
+        def unused_b():
+            return 2
+    """,
+    "pgolf_jax/c.py": "def f():\n    return 3\ndef g2():\n    return 4\n",
+    "pgolf_jax/d.py": "def g():\n    return 10\ndef h():\n    return 11\n",
+    "pgolf_jax/e.py": "Thing = int\n",
+}
+
+
+def _toy(tmp_path: Path) -> dict[str, shake.Source]:
+    for rel, text in TOY.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(textwrap.dedent(text))
+    return shake.package_sources(tmp_path)
+
+
+def test_shake_keeps_what_the_entry_reaches(tmp_path):
+    sources = _toy(tmp_path)
+    kept = shake.shake(sources, [("pgolf_jax.a", "entry")])
+    assert sorted(kept) == ["pgolf_jax", "pgolf_jax.a", "pgolf_jax.b", "pgolf_jax.c", "pgolf_jax.d"]  # not e
+    a = kept["pgolf_jax.a"]
+    assert "def entry" in a and "def dead" not in a and "import json" not in a and "TYPE_CHECKING:" not in a
+    assert "from pgolf_jax.b import used\n" in a  # the import lost its unused name
+    assert "SIDE = print" not in a  # an unused assignment goes ...
+    assert "print(Kept().method())" in a and "def helper_of_method" in a  # ... a top-level call stays
+    assert "def helper" in kept["pgolf_jax.b"] and "unused_b" not in kept["pgolf_jax.b"]
+    assert "def g2" not in kept["pgolf_jax.c"]
+    assert "def g(" in kept["pgolf_jax.d"] and "def h(" not in kept["pgolf_jax.d"]  # the "module:attr" target
+    assert shake.unresolved(kept, sources) == []
+    # The shaken package runs: only the kept text, imported from a fresh folder.
+    out = tmp_path / "shaken"
+    for name, text in kept.items():
+        rel = sources[name].rel
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    code = "import pgolf_jax.a as a; print(a.entry(0))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(out)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["5", "14"]
+
+
+def test_unresolved_names_what_a_wrong_cut_would_break(tmp_path):
+    sources = _toy(tmp_path)
+    kept = shake.shake(sources, [("pgolf_jax.a", "entry")])
+    kept["pgolf_jax.b"] = "def used():\n    return helper()\n"  # helper cut out
+    del kept["pgolf_jax.c"]
+    assert shake.unresolved(kept, sources) == ["pgolf_jax.a: import pgolf_jax.c", "pgolf_jax.b: helper"]
+    with pytest.raises(shake.ShakeError, match="relative import"):
+        sources["pgolf_jax.c"] = shake.Source("pgolf_jax.c", "pgolf_jax/c.py", "from .d import g\n")
+        shake.shake(sources, [("pgolf_jax.c", "g")])
+
+
+@pytest.fixture(scope="module")
+def package():
+    return shake.package_sources(ROOT)
+
+
+@pytest.mark.parametrize("platform", select.PLATFORMS)
+def test_every_preset_packs_closed_and_without_tooling(package, platform):
+    """Each preset's file holds its selected entries' modules, nothing a run never needs, and (for a
+    CPU file whose attention can pick it) the native kernel's C++; the check that every kept
+    reference resolves runs inside packed_sources."""
+    for preset in PRESETS:
+        cfg = config_lib.load(ROOT / preset)
+        files = select.packed_sources(cfg, platform, ROOT, package)
+        tooling = [f for f in files if f.startswith(TOOLING)]
+        assert not tooling, (preset, tooling)
+        assert (select.KERNEL_SOURCE in files) == (platform == "cpu" and cfg.model.attention_impl in ("auto", "fused_cpu"))
+        assert "pgolf_jax/model/mla.py" in files if cfg.model.attention == "mla" else "pgolf_jax/model/mla.py" not in files
+        gptq = b"def gptq_quantize" in files.get("pgolf_jax/quant/gptq.py", b"")
+        assert gptq if cfg.quant.scheme == "gptq" else not gptq if cfg.quant.scheme == "int8_per_row" else True, preset
+        assert ("pgolf_jax/evaluation/ttt.py" in files) == ("ttt" in cfg.eval.final_modes), preset
+
+
+def test_pack_command_writes_the_file_and_names_its_largest_parts(tmp_path, capsys):
+    out = tmp_path / "train_gpt.py"
+    assert main(["pack", "--config", str(ROOT / "configs/record_1809.py"), "--platform", "gpu",
+                 "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    size = out.stat().st_size
+    assert lines[0].startswith(f"pack: train_gpt.py {size:,} bytes")
+    assert len([ln for ln in lines if ln.startswith("pack:file pgolf_jax/")]) == 10
+    assert lines[-1] == f"pack: wrote {out}"
+    assert main(["pack", "--config", str(ROOT / "configs/record_1809.py"), "--out", str(out)]) == 1  # exists
+    assert out.stat().st_size == size
+
+
+# The record stack at CPU-test size: record_1809's code paths (GPTQ, sliding window, TTT, looping,
+# parallel residuals, XSA, brotli) on 2 layers x 64 for 3 steps.
+TINY_RECORD = ["model.num_layers=3", "model.model_dim=64", "model.num_heads=2", "model.num_kv_heads=1",
+               "model.xsa_last_n=3", "model.loop_start=1", "model.loop_end=1", "model.parallel_residual_start=2",
+               "model.vocab_size=1024", "model.rope_train_seq_len=64", "train.train_seq_len=64",
+               "train.train_batch_tokens=512", "train.iterations=3", "train.warmup_steps=0",
+               "train.max_wallclock_seconds=0", "train.gptq_reserve_seconds=0", "train.train_log_every=1",
+               "eval.val_tokens_limit=2048", "eval.val_batch_size=2048", "eval.eval_seq_len=64",
+               "eval.eval_stride=32", "eval.ttt.epochs=1", "eval.ttt.chunk_tokens=1024",
+               "quant.gptq.calibration_batches=2", "train.progress=false", "data.loader=sequential"]
+
+
+def test_gpu_packed_record_stack_runs_clean_to_the_package_score(sample_data, tmp_path):
+    data = [f"{k}={v}" for k, v in sample_data["overrides"].items()]
+    packed = tmp_path / "train_gpt.py"
+    assert main(["pack", "--config", str(ROOT / "configs/record_1809.py"), "--platform", "gpu",
+                 "--out", str(packed), *TINY_RECORD]) == 0
+    # The package in-process with the attention the clean run's "auto" resolves to without the kernel.
+    assert main(["--config", str(ROOT / "configs/record_1809.py"), *TINY_RECORD, *data, "model.attention_impl=flash",
+                 f"train.out_dir={tmp_path / 'pkg'}", "train.run_id=pkg"]) == 0
+    want = json.loads((tmp_path / "pkg" / "pkg" / "submission.json").read_text())
+    clean, home = tmp_path / "records_folder", tmp_path / "home"
+    clean.mkdir()
+    home.mkdir()
+    (clean / "train_gpt.py").write_bytes(packed.read_bytes())
+    (clean / "guard.py").write_text(GUARD)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JAX_COMPILATION_CACHE_DIR")}
+    env.update(JAX_PLATFORMS="cpu", PGOLF_NO_NATIVE_KERNELS="1", HOME=str(home), XDG_CACHE_HOME=str(home))
+    proc = subprocess.run([sys.executable, "guard.py", "train_gpt.py", *data, "train.run_id=clean"], cwd=clean,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = json.loads((clean / "runs" / "clean" / "submission.json").read_text())
+    assert list(got["final_modes"]) == ["sliding", "ttt"]
+    assert got["val_bpb"] == want["val_bpb"] and got["pre_quant_val_bpb"] == want["pre_quant_val_bpb"]
+    assert (clean / "runs" / "clean" / "train_gpt.py").read_bytes() == packed.read_bytes()
+    assert got["bytes_code"] == packed.stat().st_size
