@@ -1,6 +1,6 @@
 """Command line: `run.py --config PRESET [section.field=value ...]` runs the main job; the verbs
-`data`, `eval`, `quantize`, `bench`, `sweep`, `plot`, `submit`, `export`, `compile` and `pack` are subcommands. Only this module reads
-sys.argv."""
+`data`, `eval`, `quantize`, `bench`, `sweep`, `plot`, `submit`, `export`, `compile` and `pack` are
+subcommands. Only this module reads sys.argv; a packed train_gpt.py enters at `packed_main`."""
 
 from __future__ import annotations
 

@@ -244,15 +244,19 @@ def flat_dict(cfg: Config) -> dict:
     return _flatten(to_dict(cfg))
 
 
-def from_dict(d: dict) -> Config:
-    """Inverse of to_dict (a run's config.json); keys of before the options moved into their
-    variants load through the rename map; unknown keys are errors."""
+def from_dict(d: dict, renames: dict | None = None) -> Config:
+    """Inverse of to_dict; renames (old key -> new keys) loads a config.json written before keys
+    moved; unknown keys are errors. Only the result is checked: a packed train_gpt.py registers
+    only the entries its config selects, which need not include the defaults'."""
     flat = _flatten(d)
-    for old in [k for k in flat if k in RENAMES]:
+    for old in [k for k in flat if k in (renames or {})]:
         value = flat.pop(old)
-        for new in RENAMES[old]:
+        for new in renames[old]:
             flat.setdefault(new, value)
-    return override(Config(), flat, lenient=True)
+    defaults = object.__new__(Config)  # the default sections, not validated on their own
+    for f in dataclasses.fields(Config):
+        object.__setattr__(defaults, f.name, f.default_factory())
+    return override(defaults, flat, lenient=True)
 
 
 def to_json(cfg: Config) -> str:
@@ -268,6 +272,6 @@ def load_run_config(run_dir) -> Config:
     try:
         if not isinstance(data, dict):
             raise ConfigError("expected a JSON object of config sections")
-        return from_dict(data)
+        return from_dict(data, RENAMES)
     except (ConfigError, AttributeError, TypeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None

@@ -70,7 +70,7 @@ ATTENTION_IMPLS = {
     "xla": f"{_MODEL}.attention:xla_attention",
     "flash": f"{_MODEL}.attention:flash_attention",
     "cudnn": f"{_MODEL}.attention:cudnn_attention",
-    "fused_cpu": f"{_MODEL}.attention:fused_cpu_attention",
+    "fused_cpu": f"{_MODEL}.fused_cpu:fused_cpu_attention",
 }
 # model.activation: the MLP nonlinearity.
 ACTIVATIONS = {

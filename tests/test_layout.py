@@ -7,7 +7,7 @@ PKG = Path(__file__).resolve().parent.parent / "pgolf_jax"
 # Lower stages never import higher ones; train and evaluation sit side by side (neither imports the
 # other); the rank-0 foundation modules may use each other (the cycle test still applies).
 RANK = {"config": 0, "registry": 0, "errors": 0, "options": 0, "renames": 0, "fsio": 0, "runlog": 0, "dist": 0, "provenance": 0, "data": 1, "model": 2, "optim": 3,
-        "quant": 4, "train": 5, "evaluation": 5, "pipeline": 6, "bench": 7, "sweep": 7, "submit": 7, "hardware": 7, "cli": 8, "hyper": 0, "plots": 0,
+        "quant": 4, "train": 5, "evaluation": 5, "pipeline": 6, "packing": 6.5, "bench": 7, "sweep": 7, "submit": 7, "hardware": 7, "cli": 8, "hyper": 0, "plots": 0,
         "__main__": 9}
 
 

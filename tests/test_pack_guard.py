@@ -6,6 +6,7 @@ clean folder with pgolf_jax unimportable (test_submit's guard)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import subprocess
@@ -49,14 +50,35 @@ def _payload_span(data: bytes) -> tuple[int, int]:
     return data.index(b"\n", start) + 1, len(data)
 
 
-def test_layout_short_lines_and_a_flip_proof_alphabet(packed):
-    assert packed.startswith(pack._STUB) and b'maketrans(b"' + pack._SAFE + b'",b"' + pack._UNSAFE in pack._STUB
+def test_layout_and_a_flip_proof_alphabet(packed):
+    """The stub, a checksum line (sha256 and compressed length), then the payload in comment lines of
+    bytes from an alphabet no one-bit flip can turn into a line end, a carriage return or NUL."""
+    assert packed.startswith(pack._STUB)
     lines = packed[len(pack._STUB):].split(b"\n")
-    assert lines[-1] == b"" and all(ln.startswith(b"#") and len(ln) <= 100 for ln in lines[:-1])
-    assert len(lines[0]) == 65  # '#' + the sha256 hex digest
-    # No payload character is one bit away from what would end a comment line or put a NUL in the source.
-    text = set(b"".join(ln[1:] for ln in lines))
-    assert not {c ^ (1 << b) for c in text for b in range(8)} & {0, ord("\n"), ord("\r")}
+    assert lines[-1] == b"" and all(ln.startswith(b"#") and len(ln) <= pack._WIDTH + 1 for ln in lines[:-1])
+    digest, length = lines[0][1:].split()
+    assert len(digest) == 64 and int(length) > 0
+    text = set(b"".join(ln[1:] for ln in lines[1:]))
+    assert text <= set(pack.ALPHABET) and len(pack.ALPHABET) == 231
+    assert not {c ^ (1 << b) for c in pack.ALPHABET for b in range(8)} & {0, ord("\n"), ord("\r")}
+
+
+def test_base231_blocks_round_trip(tmp_path):
+    """The encoder and the stub's decoder (run from the stub's own text) agree on every tail length."""
+    import brotli
+
+    stub = pack._STUB.decode("latin-1")
+    decoder = stub[stub.index("def V(p):"):stub.index("Z=V(")]
+    for n in (1, 2, 127, 128, 129, 300, 1000):
+        body = bytes((i * 37 + n) % 256 for i in range(n))
+        text = pack.encode(body)
+        assert set(text) <= set(pack.ALPHABET)
+        ns = {"sys": sys, "H": hashlib, "brotli": type("B", (), {"decompress": staticmethod(bytes)})}
+        exec(decoder, ns)
+        f = tmp_path / f"b231_{n}.py"
+        f.write_bytes(b"#x\n#" + f"{hashlib.sha256(text).hexdigest()} {n}".encode() + b"\n#" + text + b"\n")
+        assert ns["V"](str(f)) == body
+    assert brotli.decompress(brotli.compress(b"x")) == b"x"
 
 
 def _corruptions(data: bytes, seed: int = 23) -> list[tuple[str, bytes]]:
@@ -73,7 +95,7 @@ def _corruptions(data: bytes, seed: int = 23) -> list[tuple[str, bytes]]:
             pos = rng.randrange(lo, hi)
         cases.append((f"flip@{pos}", pos))
     for _ in range(2):
-        cases.append(("checksum-flip", rng.randrange(start - 65, start - 1)))
+        cases.append(("checksum-flip", rng.randrange(len(pack._STUB) + 1, start - 1)))
     for at in (start + (end - start) // 3, start + 2 * (end - start) // 3):  # a line end: two lines become one
         cases.append(("line-end-flip", data.index(b"\n", at)))
     out = []

@@ -97,3 +97,9 @@ def test_ensure_sample_dataset_prepares_once(tmp_path, monkeypatch, write_jsonl)
                               force=True)
     assert samples.ensure_sample_dataset("brown", root, variant="byte260", num_val_docs=6) == (ds_dir, tok)
     assert len(built) == 2
+
+
+def test_the_config_knows_every_sample_by_name():
+    from pgolf_jax.data.options import SAMPLE_NAMES
+
+    assert SAMPLE_NAMES == tuple(sorted(samples.SAMPLES))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 # The payload, decompressed: this importer, then the config (JSON), then one entry per file
 # ("path\ncontents"), all separated by NUL bytes (sources carry no escapes this way; NUL never
@@ -56,6 +57,17 @@ def minify(source: str, filename: str) -> str:
 
     return python_minifier.minify(source, filename=filename, remove_literal_statements=True, rename_globals=False,
                                   hoist_literals=False, remove_asserts=False, remove_debug=False)
+
+
+# C++ comments and string/char literals, matched together so a comment marker inside a literal stays.
+_CPP_TOKENS = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|//[^\n]*|/\*.*?\*/', re.S)
+
+
+def minify_cpp(source: str) -> str:
+    """C++ without comments, indentation or blank lines (line breaks stay: preprocessor lines end
+    at them)."""
+    text = _CPP_TOKENS.sub(lambda m: "" if m[0][:2] in ("//", "/*") else m[0], source)
+    return "\n".join(line.strip() for line in text.splitlines() if line.strip()) + "\n"
 
 
 # The payload's alphabet: the 231 byte values more than one bit away from a line break, a carriage
@@ -117,7 +129,8 @@ def pack(files: dict[str, bytes], config: dict) -> bytes:
     for rel, raw in sorted(files.items()):
         if not rel.startswith("pgolf_jax/"):
             continue
-        body = minify(raw.decode("utf-8"), rel).encode("utf-8") if rel.endswith(".py") else raw
+        body = minify(raw.decode("utf-8"), rel).encode("utf-8") if rel.endswith(".py") else \
+            minify_cpp(raw.decode("utf-8")).encode("utf-8") if rel.endswith(".cc") else raw
         if b"\0" in body:
             raise ValueError(f"{rel}: a NUL byte cannot be packed")
         entries.append(rel.encode() + b"\n" + body)

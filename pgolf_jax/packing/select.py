@@ -35,14 +35,10 @@ def select(cfg, platform: str) -> Selection:
     """The entries cfg selects, for a run on platform ("gpu" or "cpu")."""
     if platform not in PLATFORMS:
         raise ValueError(f"--platform {platform!r}: choose from {', '.join(PLATFORMS)}")
-    from pgolf_jax.config import Config
-
-    # The defaults stay too: the packed file builds the default Config before it applies its own.
     by_id, keep = _registry_names(), {}
     for key, reg in registry.FIELDS.items():
         section, _, name = key.partition(".")
-        for c in (cfg, Config()):
-            keep.setdefault(by_id[id(reg)], set()).update(registry.names(key, getattr(getattr(c, section), name)))
+        keep.setdefault(by_id[id(reg)], set()).update(registry.names(key, getattr(getattr(cfg, section), name)))
     # registry.OPTIONAL_FIELDS left empty select their default entry
     if not cfg.model.mlp_linear:
         keep["LINEAR"].add(cfg.model.linear)

@@ -258,7 +258,8 @@ def unresolved(kept: dict[str, str], sources: dict[str, Source]) -> list[str]:
                 out += [f"{m}: from {n.module} import {a.name}" for a in n.names
                         if f"{n.module}.{a.name}" not in kept and a.name not in bound.get(n.module, ())]
             elif isinstance(n, ast.Import):
-                out += [f"{m}: import {a.name}" for a in n.names if a.name.startswith("pgolf_jax") and a.name not in kept]
+                out += [f"{m}: import {a.name}" for a in n.names
+                        if a.name.startswith("pgolf_jax") and a.name not in kept]
             elif isinstance(n, ast.Constant) and isinstance(n.value, str):
                 g = _NAME_LIKE.fullmatch(n.value)
                 if g and g[2] and g[1].startswith("pgolf_jax") and g[2] not in bound.get(g[1], ()):
