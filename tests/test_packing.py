@@ -131,6 +131,17 @@ def test_every_preset_packs_closed_and_without_tooling(package, platform):
         assert ("pgolf_jax/evaluation/ttt.py" in files) == ("ttt" in cfg.eval.final_modes), preset
 
 
+# Issue 27 asks for <= 32,000 bytes (record_1809 on GPUs) and <= 40,000 (the README main job); until
+# then these bounds (today's sizes + ~3%) keep them from growing unnoticed.
+SIZE_BOUNDS = {("configs/record_1809.py", "gpu"): 50_500, ("configs/cpu.py", "cpu"): 51_500}
+
+
+@pytest.mark.parametrize("preset,platform", sorted(SIZE_BOUNDS))
+def test_packed_size_stays_bounded(package, preset, platform):
+    data, files = select.pack_config(config_lib.load(ROOT / preset), platform, ROOT, package)
+    assert len(data) <= SIZE_BOUNDS[preset, platform], (len(data), sorted(files))
+
+
 def test_pack_command_writes_the_file_and_names_its_largest_parts(tmp_path, capsys):
     out = tmp_path / "train_gpt.py"
     assert main(["pack", "--config", str(ROOT / "configs/record_1809.py"), "--platform", "gpu",

@@ -49,7 +49,7 @@ def report(data: bytes, files: dict[str, bytes]) -> list[str]:
 
     rows = []
     for rel, raw in files.items():
-        body = file.minify(raw.decode("utf-8"), rel).encode("utf-8") if rel.endswith(".py") else raw
+        body = file.minify_source(rel, raw)
         rows.append((len(brotli.compress(body, quality=11, lgwin=24)), len(body), rel))
     rows.sort(reverse=True)
     out = [f"pack: train_gpt.py {len(data):,} bytes ({len(files)} files, {sum(r[1] for r in rows):,} bytes minified)"]

@@ -1,27 +1,28 @@
 """The code of a run packed as one self-contained Python file, `train_gpt.py`, as the records ship
-theirs (minified source, lzma, base85, a short `exec` stub): the pgolf_jax modules the run imported
-(and the native kernel's C++ when it was loaded), the run's config, and a small importer that
-serves those modules from memory. Run inside a records folder with only the third-party
-requirements installed, it trains and evaluates the config it was packed for (command-line
-overrides such as `train.seed=42` still apply) and writes the same logs. Its size is what the
-artifact's code bytes count (quant.code_bytes=packed).
+theirs (minified source, compressed, encoded as text, a short `exec` stub): the files
+packing/select.py picks for the run (and the native kernel's C++ in a CPU file), the run's config,
+and a small importer that serves those modules from memory. Run inside a records folder with only
+the third-party requirements installed, it trains and evaluates the config it was packed for
+(command-line overrides such as `train.seed=42` still apply) and writes the same logs. Its size is
+what the artifact's code bytes count (quant.code_bytes=packed).
 
 Minification (python-minifier) drops docstrings, comments and annotations and renames locals;
 module-level names keep their names, since modules import them from each other.
 
-The file: a stub (`_STUB`), a checksum line, then the payload as comment lines of at most 100
-characters. The stub reads the comment lines of its own file and checks them before it decodes
+The file: a stub (`_STUB`), a checksum line, then the brotli-compressed payload in base 231 as
+comment lines. The stub reads the comment lines of its own file and checks them before it decodes
 anything, so a damaged copy stops with one line, `error: corrupt packed file <path>: <what>`
 (exit 1), before anything heavy is imported. Comment lines keep the file valid Python when it is
-truncated anywhere in the payload or a payload character changes (the `#coding:latin-1` line
-makes any byte legal in a comment); what Python itself would still refuse before the stub runs
-is a byte turned into a line break or NUL, and the payload's alphabet is chosen so that no
-one-bit flip of a payload character or line end can make one. Left to Python: damage to the
-stub's own code, or to the `#` that starts a line (Python's SyntaxError then quotes that short line).
+truncated anywhere in the payload or a payload byte changes (the `#coding:latin-1` line makes any
+byte legal in a comment); what Python itself would still refuse before the stub runs is a byte
+turned into a line break or NUL, and the payload's alphabet is chosen so that no one-bit flip of a
+payload byte or line end can make one. Left to Python: damage to the stub's own code, or to the
+`#` that starts a line (Python's SyntaxError then quotes that line).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -52,6 +53,14 @@ sys.exit(packed_main(sys.argv[1:],C))
 """
 
 
+def minify_source(rel: str, raw: bytes) -> bytes:
+    """A file as it goes into the payload: Python and C++ minified, anything else as it is."""
+    if rel.endswith(".py"):
+        return minify(raw.decode("utf-8"), rel).encode("utf-8")
+    return minify_cpp(raw.decode("utf-8")).encode("utf-8") if rel.endswith(".cc") else raw
+
+
+@functools.lru_cache(maxsize=512)  # pure and slow (~0.1 s a module): a process packing often reuses it
 def minify(source: str, filename: str) -> str:
     import python_minifier
 
@@ -129,8 +138,7 @@ def pack(files: dict[str, bytes], config: dict) -> bytes:
     for rel, raw in sorted(files.items()):
         if not rel.startswith("pgolf_jax/"):
             continue
-        body = minify(raw.decode("utf-8"), rel).encode("utf-8") if rel.endswith(".py") else \
-            minify_cpp(raw.decode("utf-8")).encode("utf-8") if rel.endswith(".cc") else raw
+        body = minify_source(rel, raw)
         if b"\0" in body:
             raise ValueError(f"{rel}: a NUL byte cannot be packed")
         entries.append(rel.encode() + b"\n" + body)

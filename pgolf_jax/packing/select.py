@@ -92,11 +92,11 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def pack_config(cfg, platform: str, root: Path | None = None) -> tuple[bytes, dict[str, bytes]]:
+def pack_config(cfg, platform: str, root: Path | None = None, sources=None) -> tuple[bytes, dict[str, bytes]]:
     """The train_gpt.py a run of cfg on platform writes, and {path: source} of what it holds."""
     from pgolf_jax import config as config_lib
 
-    files = packed_sources(cfg, platform, root or repo_root())
+    files = packed_sources(cfg, platform, root or repo_root(), sources)
     return file.pack(files, file.run_config(config_lib.to_dict(cfg))), files
 
 

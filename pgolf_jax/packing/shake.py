@@ -16,6 +16,7 @@ drops them and nothing evaluates them); class annotations are (dataclasses and t
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +39,33 @@ class Source:
     text: str
     tree: ast.Module = field(init=False, repr=False)
 
+    _uses: dict = field(init=False, repr=False, default_factory=dict)
+
     def __post_init__(self):
         self.tree = ast.parse(self.text, filename=self.rel)
+
+    def uses(self, node: ast.AST) -> tuple[list, list[str], list[tuple[str, tuple[str, ...]]], list[str]]:
+        """What a statement of this module refers to (computed once: packing every preset reuses it):
+        its nested imports (statement, alias), names, attribute chains on a name (base, attrs outward)
+        and string constants."""
+        if id(node) not in self._uses:
+            imports, names, chains, strings = [], [], [], []
+            for n in _walk(node):
+                if isinstance(n, (ast.Import, ast.ImportFrom)) and n is not node:
+                    imports += [(n, a) for a in n.names]
+                elif isinstance(n, ast.Name):
+                    names.append(n.id)
+                elif isinstance(n, ast.Attribute):
+                    chain, base = [], n
+                    while isinstance(base, ast.Attribute):
+                        chain.append(base.attr)
+                        base = base.value
+                    if isinstance(base, ast.Name):
+                        chains.append((base.id, tuple(reversed(chain))))
+                elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                    strings.append(n.value)
+            self._uses[id(node)] = (imports, sorted(set(names)), sorted(set(chains)), sorted(set(strings)))
+        return self._uses[id(node)]
 
 
 def _alias_binding(alias: ast.alias, stmt: ast.stmt) -> str:
@@ -144,34 +170,27 @@ class _Shaker:
         return None
 
     def scan(self, mod: str, node: ast.AST) -> None:
+        imports, names, chains, strings = self.sources[mod].uses(node)
         local: dict[str, str] = {}  # names that imports inside this statement bind to modules
-        for n in _walk(node):
-            if isinstance(n, (ast.Import, ast.ImportFrom)) and n is not node:
-                for a in n.names:
-                    self.imported(n, a)
-                    if isinstance(n, ast.Import):
-                        local[_alias_binding(a, n)] = a.name if a.asname else a.name.split(".")[0]
-                    elif f"{n.module}.{a.name}" in self.sources:
-                        local[_alias_binding(a, n)] = f"{n.module}.{a.name}"
-        for n in _walk(node):
-            if isinstance(n, ast.Name):
-                self.keep(mod, n.id)
-            elif isinstance(n, ast.Attribute):
-                self.attribute(mod, n, local)
-            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
-                self.string(mod, n.value)
+        for n, a in imports:
+            self.imported(n, a)
+            if isinstance(n, ast.Import):
+                local[_alias_binding(a, n)] = a.name if a.asname else a.name.split(".")[0]
+            elif f"{n.module}.{a.name}" in self.sources:
+                local[_alias_binding(a, n)] = f"{n.module}.{a.name}"
+        for name in names:
+            self.keep(mod, name)
+        for base_name, chain in chains:
+            self.attribute(mod, base_name, chain, local)
+        for text in strings:
+            self.string(mod, text)
 
-    def attribute(self, mod: str, node: ast.Attribute, local: dict[str, str]) -> None:
-        chain = []
-        while isinstance(node, ast.Attribute):
-            chain.append(node.attr)
-            node = node.value
-        if not isinstance(node, ast.Name):
-            return
-        base = local.get(node.id) or self.target(mod, node.id)
+    def attribute(self, mod: str, base_name: str, chain: tuple[str, ...], local: dict[str, str]) -> None:
+        """`base_name.a.b...`: when base_name stands for a package module, what the chain reaches."""
+        base = local.get(base_name) or self.target(mod, base_name)
         if base is None:
             return
-        for attr in reversed(chain):
+        for attr in chain:
             if f"{base}.{attr}" in self.sources:
                 base = f"{base}.{attr}"
                 self.module(base)
@@ -243,30 +262,44 @@ def package_sources(root: Path) -> dict[str, Source]:
     return out
 
 
-
 def unresolved(kept: dict[str, str], sources: dict[str, Source]) -> list[str]:
     """What kept code names in the package that the kept text does not hold: `from pgolf_jax.x
     import y` and `import pgolf_jax.x` of a module or name that was dropped, a "module:attr" string
-    whose definition was, and a name the module defined but no longer binds. [] when closed."""
-    trees = {m: ast.parse(t) for m, t in kept.items()}
-    bound = {m: {b for s in t.body for b in (_bindings(s) or [])} for m, t in trees.items()}
+    whose definition was, and a name the module defined but no longer binds. [] when closed. The
+    kept text is parsed again: this checks what the file will hold, not the shaker's bookkeeping."""
+    facts = {m: _facts(m, t, frozenset(b for s in sources[m].tree.body for b in (_bindings(s) or [])))
+             for m, t in kept.items()}
     out = []
-    for m, tree in trees.items():
-        dropped = {b for s in sources[m].tree.body for b in (_bindings(s) or [])} - bound[m] - _locals(tree)
-        for n in _walk(tree):
-            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("pgolf_jax"):
-                out += [f"{m}: from {n.module} import {a.name}" for a in n.names
-                        if f"{n.module}.{a.name}" not in kept and a.name not in bound.get(n.module, ())]
-            elif isinstance(n, ast.Import):
-                out += [f"{m}: import {a.name}" for a in n.names
-                        if a.name.startswith("pgolf_jax") and a.name not in kept]
-            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
-                g = _NAME_LIKE.fullmatch(n.value)
-                if g and g[2] and g[1].startswith("pgolf_jax") and g[2] not in bound.get(g[1], ()):
-                    out.append(f"{m}: {n.value!r}")
-            elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in dropped:
-                out.append(f"{m}: {n.id}")
+    for m, (bound, imported, modules, targets, dropped_uses) in facts.items():
+        out += [f"{m}: from {mod} import {name}" for mod, name in imported
+                if f"{mod}.{name}" not in kept and name not in facts.get(mod, ((),))[0]]
+        out += [f"{m}: import {mod}" for mod in modules if mod not in kept]
+        out += [f"{m}: '{mod}:{name}'" for mod, name in targets if name not in facts.get(mod, ((),))[0]]
+        out += [f"{m}: {name}" for name in dropped_uses]
     return sorted(set(out))
+
+
+@functools.lru_cache(maxsize=1024)
+def _facts(module: str, text: str, original: frozenset) -> tuple:
+    """One kept module's text: (its top-level names, the package names it imports (module, name),
+    the package modules it imports whole, its "module:attr" strings, the names it uses that it
+    defined before shaking but no longer binds). Cached: presets share most kept modules."""
+    tree = ast.parse(text)
+    bound = frozenset(b for s in tree.body for b in (_bindings(s) or []))
+    dropped = original - bound - _locals(tree)
+    imported, modules, targets, uses = set(), set(), set(), set()
+    for n in _walk(tree):
+        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("pgolf_jax"):
+            imported.update((n.module, a.name) for a in n.names)
+        elif isinstance(n, ast.Import):
+            modules.update(a.name for a in n.names if a.name.startswith("pgolf_jax"))
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+            g = _NAME_LIKE.fullmatch(n.value)
+            if g and g[2] and g[1].startswith("pgolf_jax"):
+                targets.add((g[1], g[2]))
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in dropped:
+            uses.add(n.id)
+    return bound, sorted(imported), sorted(modules), sorted(targets), sorted(uses)
 
 
 def _locals(tree: ast.Module) -> set[str]:
