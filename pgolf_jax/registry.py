@@ -112,6 +112,11 @@ SCHEDULES = {
     "warmdown": "pgolf_jax.optim.schedule:warmdown_multiplier",
     "cosine": "pgolf_jax.optim.schedule:cosine_multiplier",
 }
+# optim.wd_schedule: the multiplier of the matrix group's weight decay (optim.muon_wd) over training.
+WD_SCHEDULES = {
+    "constant": "pgolf_jax.optim.schedule:constant_wd",
+    "taper": Variant("pgolf_jax.optim.schedule:taper_wd", "pgolf_jax.optim.options:Taper"),
+}
 # data.loader: the order training reads the train shards in.
 LOADERS = {
     "sequential": "pgolf_jax.data.shards:sequential_loader",
@@ -138,6 +143,7 @@ FIELDS = {
     "model.activation": ACTIVATIONS, "model.weight_source": WEIGHT_SOURCES,
     "optim.orthogonalizer": ORTHOGONALIZERS, "train.objective": OBJECTIVES,
     "eval.final_modes": EVAL_MODES, "quant.scheme": QUANT_SCHEMES, "train.lr_schedule": SCHEDULES,
+    "optim.wd_schedule": WD_SCHEDULES,
     "data.loader": LOADERS, "quant.compressor": COMPRESSORS,
     "quant.grid": GRIDS,
 }
