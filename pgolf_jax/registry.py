@@ -139,7 +139,8 @@ COMPRESSORS = {
 # config field -> registry (what config validation checks, and what selects a variant's options).
 FIELDS = {
     "model.family": FAMILIES, "model.topology": TOPOLOGIES, "model.block_schedule": BLOCK_SCHEDULES,
-    "model.parallel_residual": PARALLEL_RESIDUALS, "model.attention": ATTENTION, "model.linear": LINEAR, "model.mlp_linear": LINEAR, "model.mixers": MIXERS,
+    "model.parallel_residual": PARALLEL_RESIDUALS,
+    "model.attention": ATTENTION, "model.linear": LINEAR, "model.mlp_linear": LINEAR, "model.mixers": MIXERS,
     "model.activation": ACTIVATIONS, "model.weight_source": WEIGHT_SOURCES,
     "optim.orthogonalizer": ORTHOGONALIZERS, "train.objective": OBJECTIVES,
     "eval.final_modes": EVAL_MODES, "quant.scheme": QUANT_SCHEMES, "train.lr_schedule": SCHEDULES,

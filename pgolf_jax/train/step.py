@@ -27,12 +27,12 @@ class TrainState(NamedTuple):
 def make_train_step(model: Model, tx: optax.GradientTransformationExtraArgs, objective=None, looped: bool = True,
                     ema_decay: float = 0.0, qat: QuantConfig | None = None):
     """(state, x_MBT, y_MBT, lr_mul, qat_on, teacher, traced) -> (state, metrics); M micro-batches are
-    accumulated; lr_mul may be a pair (lr, WD multipliers: `rates`). `objective` (train.objectives) gives the loss and its terms; `looped` picks the
-    block schedule (static: the plain and looped steps are two compiles); with a QuantConfig, the
-    loss sees fake-quantized weights while the traced qat_on is 1. teacher: the frozen teacher's
-    weights for objectives that need one (an argument, never a captured constant). traced: a group
-    member's traced hyperparameters for the objective and model (hyper.py; `tx` is built with them
-    by the caller), None in a plain run."""
+    accumulated; lr_mul may be a pair (lr, WD multipliers: `rates`). `objective` (train.objectives)
+    gives the loss and its terms; `looped` picks the block schedule (static: the plain and looped
+    steps are two compiles); with a QuantConfig, the loss sees fake-quantized weights while the
+    traced qat_on is 1. teacher: the frozen teacher's weights for objectives that need one (an
+    argument, never a captured constant). traced: a group member's traced hyperparameters for the
+    objective and model (hyper.py; `tx` is built with them by the caller), None in a plain run."""
     specs = model.param_specs() if qat is not None else None
     objective = objective or CrossEntropy(None)
 
