@@ -135,7 +135,8 @@ class BlockRunner:
 class UNet:
     """The reference's topology: the first half's outputs are added back, in reverse, to the
     second half's inputs through learned per-channel skip weights (sigmoid-gated lerps with
-    model.skip_gates_enabled, #1493)."""
+    model.skip_gates_enabled, #1493). Under model.parallel_residual=two_lane the second half carries
+    the lanes and the skips feed lane0 (model/lanes.py)."""
 
     @staticmethod
     def create(gpt, cfg, rngs) -> None:
