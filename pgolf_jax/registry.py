@@ -54,6 +54,11 @@ BLOCK_SCHEDULES = {
     "unet": f"{_MODEL}.topology:unet_layers",
     "repeat_in_place": f"{_MODEL}.topology:repeat_in_place_layers",
 }
+# model.parallel_residual: the residual stream's lanes (one, or #1530's attention and MLP lanes).
+PARALLEL_RESIDUALS = {
+    "one_lane": f"{_MODEL}.lanes:OneLane",
+    "two_lane": Variant(f"{_MODEL}.lanes:TwoLane", f"{_MOPT}:TwoLane"),
+}
 # model.attention: the attention module of a block.
 ATTENTION = {"gqa": f"{_MODEL}.attention:GQA", "mla": Variant(f"{_MODEL}.mla:MLA", f"{_MOPT}:MLA")}
 # model.linear (and model.mlp_linear): how a block linear's weight is stored and materialized.
@@ -107,6 +112,11 @@ SCHEDULES = {
     "warmdown": "pgolf_jax.optim.schedule:warmdown_multiplier",
     "cosine": "pgolf_jax.optim.schedule:cosine_multiplier",
 }
+# optim.wd_schedule: the multiplier of the matrix group's weight decay (optim.muon_wd) over training.
+WD_SCHEDULES = {
+    "constant": "pgolf_jax.optim.schedule:constant_wd",
+    "taper": Variant("pgolf_jax.optim.schedule:taper_wd", "pgolf_jax.optim.options:Taper"),
+}
 # data.loader: the order training reads the train shards in.
 LOADERS = {
     "sequential": "pgolf_jax.data.shards:sequential_loader",
@@ -129,10 +139,12 @@ COMPRESSORS = {
 # config field -> registry (what config validation checks, and what selects a variant's options).
 FIELDS = {
     "model.family": FAMILIES, "model.topology": TOPOLOGIES, "model.block_schedule": BLOCK_SCHEDULES,
+    "model.parallel_residual": PARALLEL_RESIDUALS,
     "model.attention": ATTENTION, "model.linear": LINEAR, "model.mlp_linear": LINEAR, "model.mixers": MIXERS,
     "model.activation": ACTIVATIONS, "model.weight_source": WEIGHT_SOURCES,
     "optim.orthogonalizer": ORTHOGONALIZERS, "train.objective": OBJECTIVES,
     "eval.final_modes": EVAL_MODES, "quant.scheme": QUANT_SCHEMES, "train.lr_schedule": SCHEDULES,
+    "optim.wd_schedule": WD_SCHEDULES,
     "data.loader": LOADERS, "quant.compressor": COMPRESSORS,
     "quant.grid": GRIDS,
 }

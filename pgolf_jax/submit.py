@@ -148,7 +148,8 @@ def technique_summary(cfg: Config) -> str:
                       (f"attention {m.attention}", m.attention != "gqa"),
                       (f"{m.linear} linears", m.linear != "dense"), (f"{m.activation}", m.activation != "relu2"),
                       (f"depth recurrence x{m.num_loops + 1} (L{m.loop_start}-{m.loop_end})", m.num_loops > 0),
-                      (f"parallel residuals (L{m.parallel_residual_start}+)", m.parallel_residual_start >= 0),
+                      (f"{'two-lane ' * (m.parallel_residual == 'two_lane')}parallel residuals "
+                       f"(L{m.parallel_residual_start}+)", m.parallel_residual_start >= 0),
                       (f"partial RoPE {m.rope_dims}", m.rope_dims > 0), (f"XSA last {m.xsa_last_n}", m.xsa_last_n > 0),
                       ("layerwise LN scale", m.ln_scale), ("gated U-Net skips", m.skip_gates_enabled),
                       (f"QK-gain {m.qk_gain_init}", m.qk_gain_init != 1.5),
@@ -156,6 +157,7 @@ def technique_summary(cfg: Config) -> str:
                       (f"SmearGate {m.smear_gate}", bool(m.smear_gate)),
                       (f"{o.orthogonalizer}", o.orthogonalizer != "newton_schulz"),
                       ("MuonEq-R", o.muon_row_normalize), (f"WD {o.muon_wd}", o.muon_wd > 0),
+                      (f"WD {o.wd_schedule}", o.wd_schedule != "constant"),
                       (f"EMA {t.ema_decay}", t.ema_decay > 0), (f"objective {t.objective}", t.objective != "ce"),
                       ("QAT", q.qat)]:
         if on:

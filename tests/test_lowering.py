@@ -49,6 +49,9 @@ CASES = {
     "hopfield": {"model.family": "hopfield", "model.hopfield.refine_steps": 2},
     "agents": {"model.family": "agents", "model.agents.msg_dim": 8, "model.agents.local_ctx": 4,
                "model.agents.decoder_hidden": 16, "model.agents.loss_stride": 8},
+    "two_lane_taper": {"model.parallel_residual": "two_lane", "model.parallel_residual_start": 1,
+                       "model.num_loops": 1, "model.loop_start": 0, "model.loop_end": 0,
+                       "optim.wd_schedule": "taper", "optim.muon_wd": 0.04},
     "surge_m": {"model.family": "surge_m", "model.num_layers": 3, "model.surge_m.layer": 1, "model.surge_m.chunk": 16,
                 "model.surge_m.d_err": 8, "model.surge_m.d_state": 8, "model.surge_m.uv_init_std": 0.01},
 }
@@ -76,8 +79,10 @@ def test_train_and_eval_steps_lower_for_cuda(name):
     batch = jax.ShapeDtypeStruct((1, 2, 64), jnp.int32)
     disabled = [export.DisabledSafetyCheck.custom_call(c) for c in CUDNN_CALLS]
     step = make_train_step(model, tx, CrossEntropy(cfg), qat=qat)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    mul = scalar if cfg.optim.wd_schedule == "constant" else (scalar, scalar)  # (lr, WD): train/step.rates
     train = export.export(jax.jit(step), platforms=["cuda"], disabled_checks=disabled)(
-        state, batch, batch, jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32))
+        state, batch, batch, mul, scalar)
     assert train.platforms == ("cuda",)
     if cfg.model.family != "mps":  # the tensor-network LM runs in fp32 (it does not read compute_dtype)
         assert "bf16" in train.mlir_module()

@@ -24,7 +24,11 @@ RUNS = {
                     "model.lowrank.rank": 8, "model.activation": "geglu", "optim.orthogonalizer": "gram_newton_schulz",
                     "quant.scheme": "gptq", "quant.gptq.calibration_batches": 1, "quant.grid": "nf",
                     "eval.final_modes": "plain,sliding",
-                    "eval.eval_stride": 32},
+                    "eval.eval_stride": 32,
+                    # two lanes through a looped U-Net (decoder slots 0, 1: below and from the start)
+                    "model.parallel_residual": "two_lane", "model.parallel_residual_start": 1,
+                    "model.num_loops": 1, "model.loop_start": 0, "model.loop_end": 0,
+                    "optim.wd_schedule": "taper", "optim.muon_wd": 0.04},
     "monarch_ssm": {"model.topology": "plain", "model.linear": "monarch", "model.monarch.blocks": 4,
                     "model.mixers": "s4d_lin*1", "model.s4d_lin.kernel": 8, "model.activation": "leaky_relu2",
                     "quant.scheme": "rtn", "quant.grid": "affine", "eval.final_modes": "ttt", "eval.ttt.chunk_tokens": 4096,

@@ -21,6 +21,7 @@ from flax import nnx
 from pgolf_jax import registry
 from pgolf_jax.config import ModelConfig, layer_mixers
 from pgolf_jax.model import pause
+from pgolf_jax.model.lanes import pick
 from pgolf_jax.model.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
 from pgolf_jax.model.layers import (
     OUTSIDE,
@@ -80,6 +81,13 @@ class Block(nnx.Module):
                                quant="control")
         self.num_layers, self.ln_scale = cfg.num_layers, cfg.ln_scale
         self.xsa_last_n, self.parallel_start = cfg.xsa_last_n, cfg.parallel_residual_start
+        if cfg.parallel_residual == "two_lane":
+            # #1530: outside the lanes (the U-Net's encoder) blocks are sequential, as the record's.
+            self.lane_start, self.parallel_start = cfg.parallel_residual_start, -1
+            # Per layer, as the record's (L, 2) / (L, 2, 2) tensors: scalar Adam, kept fp32 (control).
+            self.resid_lambda = param(jnp.full((2,), cfg.two_lane.resid_init, jnp.float32), group="scalar",
+                                      quant="control")
+            self.post_lambda = param(jnp.ones((2, 2), jnp.float32), group="scalar", quant="control")
         name_taps(self)
 
     def make_mixer(self, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
@@ -92,13 +100,12 @@ class Block(nnx.Module):
         """`layer` is the physical layer index (a traced int under scan) the per-layer rules use.
         Each sublayer's output passes the pass's hook sites "attn" / "mlp" (with the sublayer's
         normalized input) before its branch scale: where test-time parallel adapters attach."""
+        if isinstance(x_ND, tuple):
+            return self.two_lane(x_ND, x0_ND, layer, ctx)
         dt = x_ND.dtype
         mix = self.resid_mix[...].astype(dt)
         x_ND = mix[0] * x_ND + mix[1] * x0_ND
-        # Layerwise LN scale 1/sqrt(i+1) on both norm outputs, by physical index (spec 4.7).
-        c = jax.lax.rsqrt(jnp.asarray(layer, jnp.float32) + 1.0).astype(dt) if self.ln_scale else None
-        norm = (lambda h: rms_norm(h) * c) if self.ln_scale else rms_norm
-        xsa = _ge(layer, self.num_layers - self.xsa_last_n) if self.xsa_last_n else 0.0
+        norm, xsa = self.norm_and_xsa(layer, dt)
         n_ND = norm(x_ND)
         attn_out = x_ND + self.attn_scale[...].astype(dt) * ctx.output("attn", n_ND, self.mix(n_ND, ctx, xsa))
         # Sequential blocks feed the MLP the post-attention stream; GPT-J parallel blocks
@@ -108,6 +115,36 @@ class Block(nnx.Module):
             mlp_in = jnp.where(_ge(layer, self.parallel_start), x_ND, attn_out)
         n_ND = norm(mlp_in)
         return attn_out + self.mlp_scale[...].astype(dt) * ctx.output("mlp", n_ND, self.mlp(n_ND, ctx))
+
+    def norm_and_xsa(self, layer, dt):
+        """The pre-norm (with the layerwise LN scale 1/sqrt(i+1) by physical index, spec 4.7) and
+        the XSA flag of physical layer `layer`."""
+        c = jax.lax.rsqrt(jnp.asarray(layer, jnp.float32) + 1.0).astype(dt) if self.ln_scale else None
+        norm = (lambda h: rms_norm(h) * c) if self.ln_scale else rms_norm
+        xsa = _ge(layer, self.num_layers - self.xsa_last_n) if self.xsa_last_n else 0.0
+        return norm, xsa
+
+    def two_lane(self, lanes, x0_ND, layer, ctx: Pass):
+        """#1530's block on (lane0, lane1): from the start layer attention reads lane0 (mixed with
+        x0), the MLP lane1, and lane_i <- resid_lambda[i] lane_i + post[0][i] attn + post[1][i] mlp;
+        below it the block is sequential on lane0 and both lanes take its output. One attention and
+        one MLP either way (the rule is selected, not both computed, under scan)."""
+        lane0, lane1 = lanes
+        dt = lane0.dtype
+        par = _ge(layer, self.lane_start)
+        mix = self.resid_mix[...].astype(dt)
+        x_ND = mix[0] * lane0 + mix[1] * x0_ND
+        norm, xsa = self.norm_and_xsa(layer, dt)
+        n_ND = norm(x_ND)
+        attn = self.attn_scale[...].astype(dt) * ctx.output("attn", n_ND, self.mix(n_ND, ctx, xsa))
+        n_ND = norm(pick(par, lane1, x_ND + attn))
+        mlp = self.mlp_scale[...].astype(dt) * ctx.output("mlp", n_ND, self.mlp(n_ND, ctx))
+        # Sequential: both lanes = x + attn + mlp, i.e. resid = 1 on the mixed input and post = 1.
+        resid, post = self.resid_lambda[...].astype(dt), self.post_lambda[...].astype(dt)
+        one = jnp.ones((), dt)
+        out = tuple(pick(par, resid[i] * lane, x_ND) + pick(par, post[0, i], one) * attn
+                    + pick(par, post[1, i], one) * mlp for i, lane in enumerate((lane0, lane1)))
+        return out
 
 
 def block_stacks(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -49,6 +49,9 @@ class ModelConfig(Section):
     mlp_linear: str = ""  # the MLP's own parameterization ("" = model.linear), e.g. monarch (#1227)
     weight_source: str = "params"  # #1589: stored, or generated each pass (basis, hypernet, siren, nca, seed)
     block_schedule: str = "unet"
+    # one_lane (one stream: sequential / GPT-J parallel blocks) | two_lane (#1530: attention and MLP
+    # lanes from model.parallel_residual_start); an option of the parallel residual (model/lanes.py).
+    parallel_residual: str = "one_lane"
     # Heterogeneous layers (#1227): the mixer of the first layers, as comma-separated registry.MIXERS
     # keys with optional counts ("s4d_lin*2" = the first two layers S4D-Lin, the rest attention).
     # Each mixer's layers are their own stacked segment (`blocks_<mixer>`), so counts stay honest.
@@ -180,6 +183,28 @@ class S4DLin:
 
 
 @dataclass(frozen=True)
+class TwoLane:
+    """parallel_residual=two_lane (#1530): lanes from physical layer model.parallel_residual_start
+    (U-Net: in the decoder only, as the record; encoder blocks stay sequential); resid_lambda
+    initialised to resid_init (the record's 1.1), post to 1; the head reads final_lane (mean of
+    the lanes, or the attention / MLP lane alone)."""
+    resid_init: float = 1.1
+    final_lane: str = "mean"
+    CHOICES = {"final_lane": ("mean", "attn", "mlp")}
+
+    def check(self, cfg):
+        m = cfg.model
+        if not 0 <= m.parallel_residual_start < m.num_layers:
+            raise ConfigError(f"model.parallel_residual=two_lane needs its start layer: set "
+                              f"model.parallel_residual_start in 0..{m.num_layers - 1} "
+                              f"(got {m.parallel_residual_start})")
+        if m.family != "gpt" or m.topology not in ("unet", "plain"):
+            raise ConfigError(f"model.parallel_residual=two_lane carries its lanes through the unet and plain "
+                              f"topologies of model.family=gpt (got model.family={m.family}, "
+                              f"model.topology={m.topology})")
+
+
+@dataclass(frozen=True)
 class ACT:
     """topology=act: one shared block applied up to max_steps times per token; halting head
     sigmoid(w x + b), b initialised to halt_bias; a token stops once its cumulated halting reaches
@@ -292,8 +317,8 @@ class Seed(_Generator):
 # Fields only a GPT reads (its blocks, their variants and sequence transforms): a family that is
 # not a GPT refuses them instead of ignoring them.
 GPT_ONLY = ("topology", "block_schedule", "attention", "linear", "weight_source", "num_loops", "pause_tokens",
-            "bigram_vocab_size", "smear_gate", "xsa_last_n", "parallel_residual_start", "ln_scale", "rope_dims",
-            "skip_gates_enabled", "ortho_init", "enable_looping_at")
+            "bigram_vocab_size", "smear_gate", "xsa_last_n", "parallel_residual_start", "parallel_residual", "ln_scale",
+            "rope_dims", "skip_gates_enabled", "ortho_init", "enable_looping_at")
 
 
 class _NonGPT:

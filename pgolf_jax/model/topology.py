@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pgolf_jax import registry
+from pgolf_jax.model.lanes import on_lane0
 from pgolf_jax.model.layers import Pass, captured_inputs
 from pgolf_jax.model.params import param, path_name
 
@@ -133,7 +135,8 @@ class BlockRunner:
 class UNet:
     """The reference's topology: the first half's outputs are added back, in reverse, to the
     second half's inputs through learned per-channel skip weights (sigmoid-gated lerps with
-    model.skip_gates_enabled, #1493)."""
+    model.skip_gates_enabled, #1493). Under model.parallel_residual=two_lane the second half carries
+    the lanes and the skips feed lane0 (model/lanes.py)."""
 
     @staticmethod
     def create(gpt, cfg, rngs) -> None:
@@ -146,6 +149,7 @@ class UNet:
     def run(gpt, x, x0, ctx, layers, tap_fn=None):
         n_enc, n_skip = len(layers) // 2, num_skips(layers)
         run = BlockRunner(gpt, x0, ctx)
+        lanes = registry.resolve(registry.PARALLEL_RESIDUALS, gpt.cfg.parallel_residual)
         skip_w = gpt.skip_weights[...].astype(x.dtype)
         # Gated skips (spec 4.2): lerp(w*s, x, sigmoid(g)); plain skips: x + w*s.
         skip_g = None if gpt.skip_gates is None else jax.nn.sigmoid(gpt.skip_gates[...].astype(x.dtype))
@@ -159,14 +163,17 @@ class UNet:
             # records each block's linear inputs under the block's physical index.
             skips = []
             for j, layer in enumerate(layers):
+                if j == n_enc:
+                    x = lanes.open(x)
                 if j >= n_enc and skips:
                     i = j - n_enc
-                    x = add_skip(x, skip_w[i], None if skip_g is None else skip_g[i], skips.pop())
+                    w, g = skip_w[i], None if skip_g is None else skip_g[i]
+                    x = on_lane0(x, lambda h: add_skip(h, w, g, skips.pop()))  # noqa: B023 (called at once)
                 state = run.layer(layer, j)
                 x = run.block(x, state, layer) if tap_fn is None else run.calibrate(x, state, layer, tap_fn)
                 if j < n_enc:
                     skips.append(x)
-            return x, {}
+            return lanes.close(x, gpt.cfg), {}
 
         def enc_step(x, xs):
             x = run.block(x, xs[0], xs[1])
@@ -174,19 +181,20 @@ class UNet:
 
         def dec_skip_step(x, xs):
             state, layer, w, skip, *g = xs
-            return run.block(add_skip(x, w, g[0] if g else None, skip), state, layer), None
+            return run.block(on_lane0(x, lambda h: add_skip(h, w, g[0] if g else None, skip)), state, layer), None
 
         def dec_step(x, xs):
             return run.block(x, xs[0], xs[1]), None
 
         x, skips = run.scan(enc_step, x, 0, layers[:n_enc])
+        x = lanes.open(x)  # two lanes (#1530) run in the decoder only, as the record's
         dec = layers[n_enc:]
         if n_skip:
             # Decoder step i pops the skip pushed by encoder step n_enc - 1 - i.
             extra = (skip_w[:n_skip], skips[::-1][:n_skip]) + (() if skip_g is None else (skip_g[:n_skip],))
             x, _ = run.scan(dec_skip_step, x, n_enc, dec[:n_skip], *extra)
         x, _ = run.scan(dec_step, x, n_enc + n_skip, dec[n_skip:])
-        return x, {}
+        return lanes.close(x, gpt.cfg), {}
 
 
 class Plain:
@@ -199,10 +207,12 @@ class Plain:
     @staticmethod
     def run(gpt, x, x0, ctx, layers, tap_fn=None):
         run = BlockRunner(gpt, x0, ctx)
+        lanes = registry.resolve(registry.PARALLEL_RESIDUALS, gpt.cfg.parallel_residual)
+        x = lanes.open(x)
         if tap_fn is not None or not gpt.cfg.scan_layers:
             for j, layer in enumerate(layers):
                 state = run.layer(layer, j)
                 x = run.block(x, state, layer) if tap_fn is None else run.calibrate(x, state, layer, tap_fn)
-            return x, {}
+            return lanes.close(x, gpt.cfg), {}
         x, _ = run.scan(lambda x, xs: (run.block(x, xs[0], xs[1]), None), x, 0, tuple(layers))
-        return x, {}
+        return lanes.close(x, gpt.cfg), {}

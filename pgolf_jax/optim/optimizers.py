@@ -6,7 +6,8 @@ vectors, scalars, control tensors, skip weights (Adam, scalar_lr); plus `adamw` 
 adamw_lr / adamw_wd / adamw_beta2 / adamw_clip) for what #1589's models put there. Each parameter
 declares its group where the model creates it (model.params).
 The wall-clock LR multiplier is passed to `update` as the extra argument `lr_mul`; it scales
-every group's step together, as the reference's `group["lr"] = base_lr * scale`.
+every group's step together, as the reference's `group["lr"] = base_lr * scale`. Under a WD
+schedule (optim.wd_schedule) the matrix group's decay also takes `wd_mul`.
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ def scale_by_lr(base_lr: float) -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+def add_scheduled_decay(wd) -> optax.GradientTransformationExtraArgs:
+    """u -> u + wd * wd_mul * p, with wd_mul an extra argument of `update` (default 1): decoupled
+    weight decay under optim.wd_schedule (the train step passes the schedule's multiplier)."""
+
+    def update(updates, state, params=None, *, wd_mul=1.0, **extra):
+        del extra
+        coef = wd * jnp.asarray(wd_mul, jnp.float32)
+        return jax.tree.map(lambda u, p: u + (coef * p).astype(u.dtype), updates, params), state
+
+    return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
+
+
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     """torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1."""
 
@@ -118,10 +131,11 @@ def make_optimizer(cfg: Config, muon_dtype, labels,
     def h(name: str):
         return hyper.get(traced, f"optim.{name}", getattr(o, name))
 
-    def group(direction, lr, wd=0.0):
+    def group(direction, lr, wd=0.0, scheduled=False):
         # A traced wd is always applied (its value may be 0 for some members of the group).
         decay = not isinstance(wd, (int, float)) or wd != 0
-        return optax.chain(direction, *([optax.add_decayed_weights(wd)] if decay else []), scale_by_lr(lr))
+        decayed = add_scheduled_decay(wd) if scheduled else optax.add_decayed_weights(wd)
+        return optax.chain(direction, *([decayed] if decay else []), scale_by_lr(lr))
 
     adam = functools.partial(optax.scale_by_adam, h("beta1"), h("beta2"), h("adam_eps"))
     muon = scale_by_muon(
@@ -134,7 +148,8 @@ def make_optimizer(cfg: Config, muon_dtype, labels,
         "head": group(adam(), h("head_lr")),
         "scalar": group(adam(), h("scalar_lr"), h("adam_wd")),
         # #1227 runs AdamW on the matrices too (optim.matrix_optimizer=adamw).
-        "matrix": group(muon if o.matrix_optimizer == "muon" else adam(), h("matrix_lr"), h("muon_wd")),
+        "matrix": group(muon if o.matrix_optimizer == "muon" else adam(), h("matrix_lr"), h("muon_wd"),
+                        scheduled=o.wd_schedule != "constant"),
         # Its clip sees only this group's gradients (multi_transform hands it its own leaves).
         "adamw": optax.chain(*([clip_by_global_norm(o.adamw_clip)] if o.adamw_clip > 0 else []),
                              group(optax.scale_by_adam(h("beta1"), h("adamw_beta2"), h("adam_eps")), h("adamw_lr"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from pgolf_jax.errors import ConfigError
 from pgolf_jax.options import Section, check_registered
 
 
@@ -34,6 +35,8 @@ class OptimConfig(Section):
     grad_clip_norm: float = 0.0
     # Decoupled weight decay with the scheduled lr: p <- p (1 - lr_t wd) (0 = off, the baseline).
     muon_wd: float = 0.0
+    # muon_wd's multiplier over training (registry.WD_SCHEDULES): constant, or taper (#1729).
+    wd_schedule: str = "constant"
     embed_wd: float = 0.0
     adam_wd: float = 0.0
     # The `adamw` group (parameters that declare it: #1589's meta-networks, generators and non-GPT
@@ -59,3 +62,17 @@ class OptimConfig(Section):
         # The coefficient table is this stage's plain-Python module (no JAX).
         check_registered("optim.ns_coefficients", self.ns_coefficients,
                      list(importlib.import_module("pgolf_jax.optim.coefficients").COEFFICIENTS))
+
+
+@dataclass(frozen=True)
+class Taper:
+    """wd_schedule=taper (#1729): optim.muon_wd (the matrix group's decay; the record's Muon group, the
+    other groups keep theirs) x 1 until start_frac of training, then linear to end_factor x at the
+    end; progress is the lr schedule's training fraction (wall-clock when capped)."""
+    start_frac: float = 0.7
+    end_factor: float = 0.5
+    RANGES = {"start_frac": "[0, 1]", "end_factor": ">= 0"}
+
+    def check(self, cfg):
+        if cfg.optim.muon_wd <= 0:
+            raise ConfigError("optim.wd_schedule=taper tapers optim.muon_wd, which is 0 (no decay to taper)")

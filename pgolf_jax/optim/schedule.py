@@ -1,13 +1,14 @@
 """The lr multiplier over training: the reference's warmdown (steps, or wall-clock with the running
 mean step time; with both limits, whichever ends first: #2114's fix), the record stacks' fractional
-warmdown with a floor, #1227's cosine, and a linear lr warm-up on top of any of them."""
+warmdown with a floor, #1227's cosine, and a linear lr warm-up on top of any of them; and the
+multiplier of the matrix group's weight decay (optim.wd_schedule: constant, or #1729's taper)."""
 
 from __future__ import annotations
 
 import math
 
 from pgolf_jax import registry
-from pgolf_jax.config import TrainConfig
+from pgolf_jax.config import Config, OptimConfig, TrainConfig
 
 
 def training_fraction(step: int, elapsed_ms: float, t: TrainConfig) -> float:
@@ -61,3 +62,22 @@ def warmup_factor(step: int, t: TrainConfig) -> float:
     """train.lr_warmup_steps: (step + 1) / N for the first N steps, so step 0 already moves the
     weights (#2114 uses step / N, whose first step is a no-op)."""
     return min((step + 1) / t.lr_warmup_steps, 1.0) if t.lr_warmup_steps > 0 else 1.0
+
+
+def constant_wd(frac: float, o: OptimConfig) -> float:
+    """optim.muon_wd as configured, all of training."""
+    return 1.0
+
+
+def taper_wd(frac: float, o: OptimConfig) -> float:
+    """#1729: 1 until optim.taper.start_frac of training, then linear to end_factor at the end."""
+    start, end = o.taper.start_frac, o.taper.end_factor
+    if frac <= start or start >= 1.0:
+        return 1.0
+    return 1.0 + (end - 1.0) * min((frac - start) / (1.0 - start), 1.0)
+
+
+def wd_multiplier(step: int, elapsed_ms: float, cfg: Config) -> float:
+    """The configured WD schedule (optim.wd_schedule) at the lr schedule's training fraction."""
+    frac = training_fraction(step, elapsed_ms, cfg.train)
+    return registry.resolve(registry.WD_SCHEDULES, cfg.optim.wd_schedule)(frac, cfg.optim)

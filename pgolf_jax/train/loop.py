@@ -20,7 +20,7 @@ from pgolf_jax.config import Config
 from pgolf_jax.data.shards import make_loader
 from pgolf_jax.errors import Interrupted
 from pgolf_jax.model.gpt import Model, count_params, schedule
-from pgolf_jax.optim.schedule import schedule_multiplier, training_fraction, warmup_factor
+from pgolf_jax.optim.schedule import schedule_multiplier, training_fraction, warmup_factor, wd_multiplier
 from pgolf_jax.runlog import Progress, RunLog
 from pgolf_jax.train.checkpoint import Checkpointer, Restore
 # build and step_functions stay importable from here (bench, hardware/programs, tests)
@@ -286,8 +286,10 @@ class _Loop:
         if qat_on and not self.qat_was_on:
             self.log(f"qat:enabled step:{step} lr_mul:{lr_mul:.3f}")
         self.qat_was_on = qat_on
+        # A WD schedule's multiplier rides with the lr's (train/step.rates); the default passes lr_mul alone.
+        mul = lr_mul if cfg.optim.wd_schedule == "constant" else (lr_mul, wd_multiplier(step, elapsed_ms, cfg))
         self.state, metrics = self.members.apply(self.step_fns[self.looped], self.state, *self.next_batch(self.loader),
-                                                 lr_mul, qat_on, self.teacher)
+                                                 mul, qat_on, self.teacher)
         self.step += 1
         if self.pending:
             self.flush()

@@ -27,12 +27,12 @@ class TrainState(NamedTuple):
 def make_train_step(model: Model, tx: optax.GradientTransformationExtraArgs, objective=None, looped: bool = True,
                     ema_decay: float = 0.0, qat: QuantConfig | None = None):
     """(state, x_MBT, y_MBT, lr_mul, qat_on, teacher, traced) -> (state, metrics); M micro-batches are
-    accumulated. `objective` (train.objectives) gives the loss and its terms; `looped` picks the
-    block schedule (static: the plain and looped steps are two compiles); with a QuantConfig, the
-    loss sees fake-quantized weights while the traced qat_on is 1. teacher: the frozen teacher's
-    weights for objectives that need one (an argument, never a captured constant). traced: a group
-    member's traced hyperparameters for the objective and model (hyper.py; `tx` is built with them
-    by the caller), None in a plain run."""
+    accumulated; lr_mul may be a pair (lr, WD multipliers: `rates`). `objective` (train.objectives)
+    gives the loss and its terms; `looped` picks the block schedule (static: the plain and looped
+    steps are two compiles); with a QuantConfig, the loss sees fake-quantized weights while the
+    traced qat_on is 1. teacher: the frozen teacher's weights for objectives that need one (an
+    argument, never a captured constant). traced: a group member's traced hyperparameters for the
+    objective and model (hyper.py; `tx` is built with them by the caller), None in a plain run."""
     specs = model.param_specs() if qat is not None else None
     objective = objective or CrossEntropy(None)
 
@@ -68,7 +68,7 @@ def make_train_step(model: Model, tx: optax.GradientTransformationExtraArgs, obj
             (metrics, grads), _ = jax.lax.scan(micro, (m_zero, zeros), (jnp.arange(n_micro), x_MBT, y_MBT))
             metrics = jax.tree.map(lambda m: m / n_micro, metrics)
             grads = jax.tree.map(lambda g, p: (g / n_micro).astype(p.dtype), grads, state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, lr_mul=lr_mul)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, **rates(lr_mul))
         params = optax.apply_updates(state.params, updates)
         ema = state.ema
         if ema_decay:  # e <- d e + (1 - d) w after every optimizer step, in fp32 (spec 4.13)
@@ -77,6 +77,12 @@ def make_train_step(model: Model, tx: optax.GradientTransformationExtraArgs, obj
         return TrainState(state.step + 1, params, opt_state, ema, rng), metrics
 
     return train_step
+
+
+def rates(lr_mul) -> dict:
+    """The optimizer's extra arguments from a step's `lr_mul`: the lr multiplier, or the pair
+    (lr multiplier, WD multiplier) a run with a WD schedule (optim.wd_schedule) passes."""
+    return dict(zip(("lr_mul", "wd_mul"), lr_mul)) if isinstance(lr_mul, tuple) else {"lr_mul": lr_mul}
 
 
 def initial_rng(seed: int):

@@ -1,0 +1,57 @@
+"""The residual stream's lanes (registry.PARALLEL_RESIDUALS, model.parallel_residual).
+
+one_lane: one stream; blocks are sequential, or GPT-J parallel (attention and MLP read the same
+input) from physical layer model.parallel_residual_start.
+two_lane (#1529 / #1530+): from the topology's `open` on (the U-Net's decoder, a plain stack's
+start) the stream is a pair (lane0, lane1). A block at physical layer >= parallel_residual_start
+reads attention from lane0 (mixed with x0) and the MLP from lane1, and both lanes update:
+lane_i <- resid_lambda[i] lane_i + post[0][i] attn + post[1][i] mlp. A block below the start runs
+sequentially on lane0 and both lanes take its output (so lanes stay equal until the first parallel
+block, as the record's single stream). U-Net skips add to lane0; `close` gives the head the mean.
+
+Two lanes are an option of the parallel residual, not a topology or a block schedule: they change
+what a block reads and writes, while the U-Net / plain wiring and any depth-recurrent schedule stay
+the same (lanes are one more carried value of the same scan).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+class OneLane:
+    """Today's single residual stream: every method is the identity."""
+
+    @staticmethod
+    def open(x):
+        return x
+
+    @staticmethod
+    def close(x, cfg):
+        return x
+
+
+class TwoLane:
+    """#1530's two lanes, carried as a tuple (lane0, lane1)."""
+
+    @staticmethod
+    def open(x):
+        return (x, x)
+
+    @staticmethod
+    def close(x, cfg):
+        lane0, lane1 = x
+        final = cfg.two_lane.final_lane
+        return lane0 if final == "attn" else lane1 if final == "mlp" else 0.5 * (lane0 + lane1)
+
+
+def on_lane0(x, fn):
+    """fn applied to the stream a U-Net skip feeds: lane0 of two lanes, else the one stream."""
+    return (fn(x[0]), x[1]) if isinstance(x, tuple) else fn(x)
+
+
+def pick(cond, a, b):
+    """a where cond else b: a Python choice for a static layer, jnp.where for a traced one (scan)."""
+    if isinstance(cond, bool):
+        return a if cond else b
+    return jnp.where(cond, a, b)
