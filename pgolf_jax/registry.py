@@ -23,10 +23,10 @@ _MOPT = "pgolf_jax.model.options"
 FAMILIES = {
     "gpt": f"{_MODEL}.gpt:GPT",
     # a GPT whose SURGE layer a meta-network corrects
-    "surge_m": Variant(f"{_MODEL}.families.surge:SurgeM", f"{_MOPT}:SurgeM"),
-    "mps": Variant(f"{_MODEL}.families.mps:MPS", f"{_MOPT}:MPS"),
-    "hopfield": Variant(f"{_MODEL}.families.hopfield:Hopfield", f"{_MOPT}:Hopfield"),
-    "agents": Variant(f"{_MODEL}.families.agents:Agents", f"{_MOPT}:Agents"),
+    "surge_m": Variant(f"{_MODEL}.families.surge:SurgeM", "pgolf_jax.model.family_options:SurgeM"),
+    "mps": Variant(f"{_MODEL}.families.mps:MPS", "pgolf_jax.model.family_options:MPS"),
+    "hopfield": Variant(f"{_MODEL}.families.hopfield:Hopfield", "pgolf_jax.model.family_options:Hopfield"),
+    "agents": Variant(f"{_MODEL}.families.agents:Agents", "pgolf_jax.model.family_options:Agents"),
 }
 # Families that are not GPTs: no blocks, so the GPT's block variants, LoRA TTT and GPTQ calibration
 # do not apply to them (config validation refuses those).

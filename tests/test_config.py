@@ -7,6 +7,7 @@ import pytest
 
 from pgolf_jax import config as C
 from pgolf_jax.cli import main as cli_main
+from pgolf_jax.renames import RENAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
@@ -110,7 +111,9 @@ def test_variant_options_follow_their_variant(tmp_path):
     old = C.to_dict(C.Config())
     old["model"].update({"attention": "mla", "mla_latent": 32, "linear_rank": 7, "surge_layer": 2})
     old["eval"].update({"final_modes": "lora_ttt", "lora_rank": 5, "ttt_momentum": 0.5, "lora_targets": "q,o,head"})
-    loaded = C.from_dict(old)
+    with pytest.raises(C.ConfigError, match="'model.mla_latent' was renamed"):  # a packed file's config is current
+        C.from_dict(old)
+    loaded = C.from_dict(old, RENAMES)  # what loading a run directory's config.json does
     assert loaded.model.mla.latent_dim == 32 and loaded.eval.lora_ttt.rank == 5
     assert loaded.eval.lora_ttt.momentum == 0.5 and loaded.model.options == (("mla", loaded.model.mla),)
     assert C.from_dict(C.to_dict(loaded)) == loaded

@@ -48,9 +48,9 @@ def test_every_module_belongs_to_a_ranked_stage():
 
 
 def _rank(module: str) -> int:
-    """A stage's options module (its config section and variant options, JAX-free) is rank 0: config
-    imports it, and it imports only rank-0 modules."""
-    return 0 if module.endswith(".options") else RANK[module.split(".")[0]]
+    """A stage's options modules (`options.py`, `<kind>_options.py`: its config section and variant
+    options, JAX-free) are rank 0: config imports them, and they import only rank-0 modules."""
+    return 0 if module.endswith("options") else RANK[module.split(".")[0]]
 
 
 def test_imports_go_one_way():
@@ -71,9 +71,9 @@ def test_config_layer_reaches_no_stage():
     bad = []
     for path in PKG.rglob("*.py"):
         module = _module(path)
-        if module not in ("config", "options", "renames") and not module.endswith(".options"):
+        if module not in ("config", "options", "renames") and not module.endswith("options"):
             continue
-        own = module.split(".")[0] if module.endswith(".options") else None
+        own = module.split(".")[0] if module.endswith("options") else None
         for dep in (_imports(path) | _strings(path)) - {""}:
             if _rank(dep) and dep.split(".")[0] != own:
                 bad.append(f"{module} -> {dep}")

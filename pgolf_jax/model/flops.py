@@ -12,7 +12,8 @@ from flax import nnx
 
 from pgolf_jax import registry
 from pgolf_jax.config import Config, ModelConfig, layer_mixers
-from pgolf_jax.model.gpt import build_model, schedule
+from pgolf_jax.model.gpt import build_model
+from pgolf_jax.model.topology import schedule
 
 
 def analytic_flops_per_token(cfg: ModelConfig, seq_len: int, looped: bool = True) -> dict[str, float]:

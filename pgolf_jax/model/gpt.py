@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgolf_jax import registry
-from pgolf_jax.config import ModelConfig, layer_mixers
+from pgolf_jax.config import ModelConfig
 from pgolf_jax.model import pause
 from pgolf_jax.model.lanes import pick
 from pgolf_jax.model.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
@@ -36,6 +36,7 @@ from pgolf_jax.model.layers import (
     softcap,
 )
 from pgolf_jax.model.params import param, specs
+from pgolf_jax.model.topology import block_class, block_stacks, schedule
 
 
 def resolve_dtype(name: str):
@@ -145,32 +146,6 @@ class Block(nnx.Module):
         out = tuple(pick(par, resid[i] * lane, x_ND) + pick(par, post[0, i], one) * attn
                     + pick(par, post[1, i], one) * mlp for i, lane in enumerate((lane0, lane1)))
         return out
-
-
-def block_stacks(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """{GPT attribute: the physical layers it stacks}: `blocks` holds the attention layers and each
-    other mixer's layers are their own segment `blocks_<mixer>` (model.mixers), so a layer holds
-    only its own mixer's parameters."""
-    stacks: dict[str, list[int]] = {}
-    for layer, kind in enumerate(layer_mixers(cfg)):
-        stacks.setdefault("blocks" if kind == "attn" else f"blocks_{kind}", []).append(layer)
-    return {name: tuple(layers) for name, layers in stacks.items()}
-
-
-def block_class(cfg: ModelConfig, stack: str):
-    """The block of a stack: the topology's own (ut_shared's parallel blocks), else its mixer's."""
-    topology = registry.resolve(registry.TOPOLOGIES, cfg.topology)
-    if hasattr(topology, "block"):
-        return topology.block
-    return registry.resolve(registry.MIXERS, stack.removeprefix("blocks_") if stack != "blocks" else "attn")
-
-
-def schedule(cfg: ModelConfig) -> tuple[int, ...]:
-    """The virtual layer order of the configured topology (its own, or model.block_schedule's)."""
-    topology = registry.resolve(registry.TOPOLOGIES, cfg.topology)
-    if hasattr(topology, "layers"):
-        return topology.layers(cfg)
-    return registry.resolve(registry.BLOCK_SCHEDULES, cfg.block_schedule)(cfg)
 
 
 class GPT(nnx.Module):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgolf_jax import registry
+from pgolf_jax.config import ModelConfig, layer_mixers
 from pgolf_jax.model.lanes import on_lane0
 from pgolf_jax.model.layers import Pass, captured_inputs
 from pgolf_jax.model.params import param, path_name
@@ -216,3 +217,31 @@ class Plain:
             return lanes.close(x, gpt.cfg), {}
         x, _ = run.scan(lambda x, xs: (run.block(x, xs[0], xs[1]), None), x, 0, tuple(layers))
         return lanes.close(x, gpt.cfg), {}
+
+
+# Which blocks a GPT stacks and the order its topology walks them.
+
+def block_stacks(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """{GPT attribute: the physical layers it stacks}: `blocks` holds the attention layers and each
+    other mixer's layers are their own segment `blocks_<mixer>` (model.mixers), so a layer holds
+    only its own mixer's parameters."""
+    stacks: dict[str, list[int]] = {}
+    for layer, kind in enumerate(layer_mixers(cfg)):
+        stacks.setdefault("blocks" if kind == "attn" else f"blocks_{kind}", []).append(layer)
+    return {name: tuple(layers) for name, layers in stacks.items()}
+
+
+def block_class(cfg: ModelConfig, stack: str):
+    """The block of a stack: the topology's own (ut_shared's parallel blocks), else its mixer's."""
+    topology = registry.resolve(registry.TOPOLOGIES, cfg.topology)
+    if hasattr(topology, "block"):
+        return topology.block
+    return registry.resolve(registry.MIXERS, stack.removeprefix("blocks_") if stack != "blocks" else "attn")
+
+
+def schedule(cfg: ModelConfig) -> tuple[int, ...]:
+    """The virtual layer order of the configured topology (its own, or model.block_schedule's)."""
+    topology = registry.resolve(registry.TOPOLOGIES, cfg.topology)
+    if hasattr(topology, "layers"):
+        return topology.layers(cfg)
+    return registry.resolve(registry.BLOCK_SCHEDULES, cfg.block_schedule)(cfg)

@@ -19,7 +19,8 @@ from pgolf_jax import dist, hyper
 from pgolf_jax.config import Config
 from pgolf_jax.data.shards import make_loader
 from pgolf_jax.errors import Interrupted
-from pgolf_jax.model.gpt import Model, count_params, schedule
+from pgolf_jax.model.gpt import Model, count_params
+from pgolf_jax.model.topology import schedule
 from pgolf_jax.optim.schedule import schedule_multiplier, training_fraction, warmup_factor, wd_multiplier
 from pgolf_jax.runlog import Progress, RunLog
 from pgolf_jax.train.checkpoint import Checkpointer, Restore
