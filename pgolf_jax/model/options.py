@@ -44,6 +44,7 @@ class ModelConfig(Section):
     family: str = "gpt"
     topology: str = "unet"  # unet (the reference's skips) | plain | act | denseformer | ut_shared
     attention: str = "gqa"
+    attn_gate: str = ""  # "" (none) | output_gate (#1667) | gated_attn (#1736) | sparse_gate (#1787)
     activation: str = "relu2"
     linear: str = "dense"  # how a block linear's weight is stored (lowrank, monarch, rlma, ...)
     mlp_linear: str = ""  # the MLP's own parameterization ("" = model.linear), e.g. monarch (#1227)
@@ -132,6 +133,43 @@ class MLA:
     def check(self, cfg):
         if self.latent_dim > cfg.model.model_dim:
             raise ConfigError(f"model.mla.latent_dim={self.latent_dim} exceeds model.model_dim={cfg.model.model_dim}")
+
+
+class _AttnGate:
+    """What every model.attn_gate entry checks: there is attention to gate, and n has `width` channels."""
+
+    def check(self, cfg):
+        m = cfg.model
+        if "attn" not in layer_mixers(m):
+            raise ConfigError(f"model.attn_gate={m.attn_gate} gates attention; model.mixers={m.mixers!r} leaves "
+                              "no attention layer")
+        width = getattr(self, "width", 0)
+        if width > m.model_dim:
+            raise ConfigError(f"model.{m.attn_gate}.width={width} exceeds model.model_dim={m.model_dim}")
+
+
+@dataclass(frozen=True)
+class OutputGate(_AttnGate):
+    """attn_gate=output_gate (#1667): y_h <- 2 sigmoid(W_h . n[:width]) y_h, W zero-init (identity)."""
+    width: int = 12
+    RANGES = {"width": ">= 1"}
+
+
+@dataclass(frozen=True)
+class GatedAttn(_AttnGate):
+    """attn_gate=gated_attn (#1736, Qwen's gated attention): y_h <- sigmoid(W_h . n) y_h, W (heads,
+    model_dim) ~ N(0, init_std^2); #1736 ran 0.005."""
+    init_std: float = 0.005
+    RANGES = {"init_std": ">= 0"}
+
+
+@dataclass(frozen=True)
+class SparseGate(_AttnGate):
+    """attn_gate=sparse_gate (#1787): y_h <- sigmoid(scale W_h . n[:width]) y_h, W zero-init (0.5 at
+    init); #1787 ran scale 1.0, #1855 0.5."""
+    width: int = 12
+    scale: float = 1.0
+    RANGES = {"width": ">= 1", "scale": "> 0"}
 
 
 @dataclass(frozen=True)
@@ -293,7 +331,7 @@ class Seed(_Generator):
 # not a GPT refuses them instead of ignoring them.
 GPT_ONLY = ("topology", "block_schedule", "attention", "linear", "weight_source", "num_loops", "pause_tokens",
             "bigram_vocab_size", "smear_gate", "xsa_last_n", "parallel_residual_start", "ln_scale", "rope_dims",
-            "skip_gates_enabled", "ortho_init", "enable_looping_at")
+            "skip_gates_enabled", "ortho_init", "enable_looping_at", "attn_gate")
 
 
 class _NonGPT:
