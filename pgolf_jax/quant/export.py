@@ -66,8 +66,8 @@ def _store_gate(obj: dict, name: str, t: np.ndarray) -> int:
     """A gate tensor into a quant object as per-row int8 (both formats read it back as q * s); its bytes."""
     q, s = quantize_gate_rows(t)
     obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = q, s, dtype_name(t)
-    obj["qmeta"][name] = {"scheme": "per_row", "axis": 0, "bits": 8, "group": "gate", "method": "rowmax",
-                          "grid": "symmetric"}
+    obj["qmeta"][name] = {"scheme": "per_row", "axis": 0}  # as the int8 format's rows; the mixed one reads
+    # a missing grid as symmetric (q * s), and the manifest stays small: a gate tensor is a few hundred bytes
     return int(q.nbytes + s.nbytes)
 
 
