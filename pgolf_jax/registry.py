@@ -60,9 +60,9 @@ ATTENTION = {"gqa": f"{_MODEL}.attention:GQA", "mla": Variant(f"{_MODEL}.mla:MLA
 # of model.attention: it composes with every attention entry and kernel (it sits after the kernel
 # and XSA, before the projection), and one field makes the records' "at most one gate" structural.
 ATTN_GATES = {
-    "output_gate": Variant(f"{_MODEL}.gates:OutputGate", f"{_MOPT}:OutputGate"),  # #1667
-    "gated_attn": Variant(f"{_MODEL}.gates:GatedAttn", f"{_MOPT}:GatedAttn"),  # #1736
-    "sparse_gate": Variant(f"{_MODEL}.gates:SparseGate", f"{_MOPT}:SparseGate"),  # #1787, #1855
+    "output_gate": Variant(f"{_MODEL}.gates:OutputGate", f"{_MODEL}.gate_options:OutputGate"),  # #1667
+    "gated_attn": Variant(f"{_MODEL}.gates:GatedAttn", f"{_MODEL}.gate_options:GatedAttn"),  # #1736
+    "sparse_gate": Variant(f"{_MODEL}.gates:SparseGate", f"{_MODEL}.gate_options:SparseGate"),  # #1787, #1855
 }
 # model.linear (and model.mlp_linear): how a block linear's weight is stored and materialized.
 LINEAR = {
