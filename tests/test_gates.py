@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from pgolf_jax import config as C
+from pgolf_jax.model import kernels
 from pgolf_jax.model.attention import GQA
 from pgolf_jax.model.gates import GatedAttn, SparseGate
 from pgolf_jax.model.gpt import build_model
@@ -87,6 +88,17 @@ def test_the_gate_acts_after_xsa_and_before_the_projection():
         plain.proj.weight[...] = attn.proj.weight[...]
         y = np.linalg.solve(P, np.asarray(plain(n, ctx, xsa=xsa), np.float64).T).T.reshape(B * T, 4, 16)
         np.testing.assert_allclose(y_gate, np.asarray(attn.attn_gate(n))[..., None] * y, rtol=2e-3, atol=2e-4)
+
+
+def test_every_cpu_attention_kernel_takes_the_gate():
+    """The gate sits outside the kernel: flash (and the native kernel where it builds) give the
+    xla path's gated output; cudnn is lowered in tests/test_lowering.py."""
+    cfg = TINY.replace(attn_gate="gated_attn", gated_attn=dict(init_std=0.5))
+    attn, ctx, n = _attention(cfg)
+    want = np.asarray(attn(n, ctx, xsa=1.0))
+    for impl in ("flash", "fused_cpu") if kernels.available() else ("flash",):
+        attn.impl = impl
+        np.testing.assert_allclose(np.asarray(attn(n, ctx, xsa=1.0)), want, rtol=1e-4, atol=1e-5, err_msg=impl)
 
 
 def test_gate_weights_are_scalar_adam_with_the_gate_rule():
