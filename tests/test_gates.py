@@ -18,7 +18,7 @@ from pgolf_jax.model.gpt import build_model
 from pgolf_jax.model.layers import Pass, rotary_tables
 from pgolf_jax.model.params import ParamSpec, flat_specs
 from pgolf_jax.quant import artifact
-from pgolf_jax.quant.export import dequantize, quantize_gate_rows, quantize_int8, quantize_mixed
+from pgolf_jax.quant.export import dequantize, name_rules, quantize_gate_rows, quantize_int8, quantize_mixed
 from pgolf_jax.quant.interop import flatten_params
 from conftest import TINY_PRESET  # noqa: E402
 
@@ -186,6 +186,13 @@ def test_gates_are_control_tensors_in_the_int8_format_unless_quant_gate():
     assert int8["quantized"][n].dtype == np.int8 and int8["qmeta"][n]["scheme"] == "per_row"
     step = np.asarray(int8["scales"][n], np.float32)[:, None]
     assert np.all(np.abs(dequantize(int8)[n] - named[n]) <= 0.5 * step + 1e-9)
+
+
+def test_the_records_gate_tensors_take_the_gate_rule_by_name():
+    """A record's own state dict (no specs): attn_gate_proj / attn_gate_w are gates, as QuantGate finds them."""
+    rules = name_rules({"blocks.0.attn.attn_gate_w": 0, "blocks.0.attn.attn_gate_proj.weight": 0,
+                        "blocks.0.attn_scale": 0})
+    assert [r.quant for r in rules.values()] == ["gate", "gate", "control"]
 
 
 # ---------------------------------------------------------------------------------------------
