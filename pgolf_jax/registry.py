@@ -61,6 +61,14 @@ PARALLEL_RESIDUALS = {
 }
 # model.attention: the attention module of a block.
 ATTENTION = {"gqa": f"{_MODEL}.attention:GQA", "mla": Variant(f"{_MODEL}.mla:MLA", f"{_MOPT}:MLA")}
+# model.attn_gate: a per-head gate on the attention output ("" = none). Its own field, not options
+# of model.attention: it composes with every attention entry and kernel (it sits after the kernel
+# and XSA, before the projection), and one field makes the records' "at most one gate" structural.
+ATTN_GATES = {
+    "output_gate": Variant(f"{_MODEL}.gates:OutputGate", f"{_MODEL}.gate_options:OutputGate"),  # #1667
+    "gated_attn": Variant(f"{_MODEL}.gates:GatedAttn", f"{_MODEL}.gate_options:GatedAttn"),  # #1736
+    "sparse_gate": Variant(f"{_MODEL}.gates:SparseGate", f"{_MODEL}.gate_options:SparseGate"),  # #1787, #1855
+}
 # model.linear (and model.mlp_linear): how a block linear's weight is stored and materialized.
 LINEAR = {
     "dense": f"{_MODEL}.layers:DenseLinear",
@@ -146,11 +154,11 @@ FIELDS = {
     "eval.final_modes": EVAL_MODES, "quant.scheme": QUANT_SCHEMES, "train.lr_schedule": SCHEDULES,
     "optim.wd_schedule": WD_SCHEDULES,
     "data.loader": LOADERS, "quant.compressor": COMPRESSORS,
-    "quant.grid": GRIDS,
+    "quant.grid": GRIDS, "model.attn_gate": ATTN_GATES,
 }
 # Fields that name several entries: comma-separated, each optionally `name*count`; "" = none.
 LIST_FIELDS = ("model.mixers", "eval.final_modes")
-OPTIONAL_FIELDS = ("model.mlp_linear", "model.mixers")  # "" selects nothing (the default applies)
+OPTIONAL_FIELDS = ("model.mlp_linear", "model.mixers", "model.attn_gate")  # "" selects nothing (the default applies)
 
 
 def names(key: str, value: str) -> list[str]:

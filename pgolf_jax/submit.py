@@ -155,6 +155,7 @@ def technique_summary(cfg: Config) -> str:
                       (f"QK-gain {m.qk_gain_init}", m.qk_gain_init != 1.5),
                       (f"BigramHash {m.bigram_vocab_size}", m.bigram_vocab_size > 0),
                       (f"SmearGate {m.smear_gate}", bool(m.smear_gate)),
+                      (f"attention gate {m.attn_gate}", bool(m.attn_gate)), ("QuantGate", q.gate_int8),
                       (f"{o.orthogonalizer}", o.orthogonalizer != "newton_schulz"),
                       ("MuonEq-R", o.muon_row_normalize), (f"WD {o.muon_wd}", o.muon_wd > 0),
                       (f"WD {o.wd_schedule}", o.wd_schedule != "constant"),

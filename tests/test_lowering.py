@@ -18,20 +18,23 @@ from pgolf_jax.train.step import TrainState, initial_rng, make_train_step
 CUDNN_CALLS = ("__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward")
 TINY = {"model.num_layers": 2, "model.model_dim": 64, "model.num_heads": 2, "model.num_kv_heads": 1,
         "model.vocab_size": 128, "model.compute_dtype": "bfloat16", "model.attention_impl": "cudnn"}
-# One case per registry entry (and per seed preset's distinctive piece), at tiny shapes.
+# One case per registry entry (and per seed preset's distinctive piece), at tiny shapes; the attention
+# gates ride on cases that have XSA, MLA and a mixed stack.
 CASES = {
     "baseline": {},
     "record_stack": {"model.rope_dims": 16, "model.ln_scale": True, "model.xsa_last_n": 2,
                      "model.skip_gates_enabled": True, "model.parallel_residual_start": 1, "model.num_loops": 1,
                      "model.loop_start": 0, "model.loop_end": 1, "model.activation": "leaky_relu2",
-                     "optim.orthogonalizer": "gram_newton_schulz", "optim.gram_ns_min_aspect": 1.5},
-    "mla": {"model.attention": "mla", "model.mla.latent_dim": 16},
+                     "optim.orthogonalizer": "gram_newton_schulz", "optim.gram_ns_min_aspect": 1.5,
+                     "model.attn_gate": "output_gate"},
+    "mla": {"model.attention": "mla", "model.mla.latent_dim": 16, "model.attn_gate": "gated_attn"},
     "lowrank": {"model.linear": "lowrank", "model.lowrank.rank": 8},
     "pause": {"model.pause_tokens": 2, "model.pause_interval": 16},
     "act": {"model.topology": "act", "model.num_layers": 1, "model.act.max_steps": 3},
     "plain_repeat_in_place": {"model.topology": "plain", "model.block_schedule": "repeat_in_place",
                               "model.num_loops": 1, "model.loop_start": 1, "model.loop_end": 1},
-    "ssm_hybrid": {"model.mixers": "s4d_lin*1", "model.s4d_lin.kernel": 16},
+    "ssm_hybrid": {"model.mixers": "s4d_lin*1", "model.s4d_lin.kernel": 16, "model.attn_gate": "sparse_gate",
+                   "model.sparse_gate.scale": 0.5},
     "denseformer": {"model.topology": "denseformer"},
     "monarch_geglu": {"model.mlp_linear": "monarch", "model.monarch.blocks": 4, "model.activation": "geglu"},
     "ut_rlma": {"model.topology": "ut_shared", "model.num_layers": 3, "model.ut_shared.iterations": 2,

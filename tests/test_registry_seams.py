@@ -20,7 +20,8 @@ from pgolf_jax.cli import main
 RUNS = {
     "base": {"model.mlp_linear": "dense", "model.mixers": "attn", "eval.final_modes": "plain,lora_ttt",
              "eval.lora_ttt.rank": 2, "eval.lora_ttt.batch_docs": 4},
-    "mla_lowrank": {"model.attention": "mla", "model.mla.latent_dim": 16, "model.linear": "lowrank",
+    "mla_lowrank": {"model.attention": "mla", "model.mla.latent_dim": 16, "model.attn_gate": "gated_attn",
+                    "quant.gate_int8": True, "model.linear": "lowrank",
                     "model.lowrank.rank": 8, "model.activation": "geglu", "optim.orthogonalizer": "gram_newton_schulz",
                     "quant.scheme": "gptq", "quant.gptq.calibration_batches": 1, "quant.grid": "nf",
                     "eval.final_modes": "plain,sliding",
@@ -31,6 +32,7 @@ RUNS = {
                     "optim.wd_schedule": "taper", "optim.muon_wd": 0.04},
     "monarch_ssm": {"model.topology": "plain", "model.linear": "monarch", "model.monarch.blocks": 4,
                     "model.mixers": "s4d_lin*1", "model.s4d_lin.kernel": 8, "model.activation": "leaky_relu2",
+                    "model.attn_gate": "sparse_gate", "model.sparse_gate.scale": 0.5, "quant.gate_int8": True,
                     "quant.scheme": "rtn", "quant.grid": "affine", "eval.final_modes": "ttt", "eval.ttt.chunk_tokens": 4096,
                     "eval.ttt.epochs": 1, "train.lr_schedule": "cosine", "data.loader": "shuffled"},
     "ut_rlma": {"model.topology": "ut_shared", "model.num_layers": 3, "model.ut_shared.iterations": 2,
@@ -43,6 +45,7 @@ RUNS = {
     "basis": {"model.weight_source": "basis", "model.basis.rank": 8, "quant.compressor": "zlib",
               "quant.scheme": "gptq", "quant.gptq.calibration_batches": 1},
     "hypernet": {"model.weight_source": "hypernet", "model.hypernet.rank": 4, "model.hypernet.hidden": 16,
+                 "model.attn_gate": "output_gate",
                  "model.hypernet.embed_dim": 8, "quant.compressor": "brotli"},
     "siren": {"model.weight_source": "siren", "model.siren.hidden": 16, "model.siren.chunk": 8192},
     "nca": {"model.weight_source": "nca", "model.nca.steps": 3, "model.nca.hidden": 16},
@@ -130,6 +133,9 @@ def check_seam(field: str, name: str, run_dir: Path, sub: dict, log: str) -> Non
         assert not any(re.fullmatch(r"blocks\.\d+\.(attn|mlp)\.\w+\.weight", n) for n in names)
         if cfg.quant.scheme == "gptq":  # the generator's / shared basis' tensors take RTN, and say so
             assert "gptq:round-to-nearest for" in log
+    if field == "model.attn_gate":  # one gate weight per attention layer, saved with the model
+        with np.load(run_dir / "final_model.npz") as z:
+            assert any(n.endswith(".attn.attn_gate.weight") for n in z.files)
     if field == "train.objective":
         assert f"objective:{name}" in log or name == "ce"
 

@@ -204,8 +204,8 @@ def exclusive_self_attention(y_BTHK, v_BTGK):
 
 
 class GQA(nnx.Module):
-    """Grouped-query attention with QK RMSNorm, (partial) RoPE, a learned per-head query gain
-    and optional XSA."""
+    """Grouped-query attention with QK RMSNorm, (partial) RoPE, a learned per-head query gain,
+    optional XSA and an optional output gate (model.attn_gate)."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         D, H, G = cfg.model_dim, cfg.num_heads, cfg.num_kv_heads
@@ -216,6 +216,8 @@ class GQA(nnx.Module):
         self.make_kv(cfg, D, kv, rngs)
         self.proj = block_linear(cfg, D, D, site="attn", init="zeros", rngs=rngs)
         self.q_gain = param(jnp.full((H,), cfg.qk_gain_init, jnp.float32), group="scalar", quant="control")
+        # model.attn_gate (registry.ATTN_GATES): made last, so without one the rng stream is unchanged.
+        self.attn_gate = registry.resolve(registry.ATTN_GATES, cfg.attn_gate)(cfg, rngs=rngs) if cfg.attn_gate else None
 
     def make_kv(self, cfg, D: int, kv: int, rngs: nnx.Rngs) -> None:
         """The K and V projections (D -> kv each); variants that make K/V differently override this."""
@@ -243,5 +245,7 @@ class GQA(nnx.Module):
         y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.impl, window=ctx.window)
         if not (isinstance(xsa, (int, float)) and xsa == 0):
             y_BTHK = jnp.where(jnp.asarray(xsa) > 0, exclusive_self_attention(y_BTHK, v_BTGK), y_BTHK)
+        if self.attn_gate is not None:  # per token and head, after XSA, before the projection (#1667, #1736)
+            y_BTHK = y_BTHK * self.attn_gate(x_ND).reshape(B, T, H, 1).astype(y_BTHK.dtype)
         return self.proj(y_BTHK.reshape(B * T, H * K), ctx)
 

@@ -14,7 +14,7 @@ from pgolf_jax.errors import ConfigError
 # not a GPT refuses them instead of ignoring them.
 GPT_ONLY = ("topology", "block_schedule", "attention", "linear", "weight_source", "num_loops", "pause_tokens",
             "bigram_vocab_size", "smear_gate", "xsa_last_n", "parallel_residual_start", "parallel_residual", "ln_scale",
-            "rope_dims", "skip_gates_enabled", "ortho_init", "enable_looping_at")
+            "rope_dims", "skip_gates_enabled", "ortho_init", "enable_looping_at", "attn_gate")
 
 
 class _NonGPT:

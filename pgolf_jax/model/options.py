@@ -44,6 +44,7 @@ class ModelConfig(Section):
     family: str = "gpt"
     topology: str = "unet"  # unet (the reference's skips) | plain | act | denseformer | ut_shared
     attention: str = "gqa"
+    attn_gate: str = ""  # "" (none) | output_gate (#1667) | gated_attn (#1736) | sparse_gate (#1787)
     activation: str = "relu2"
     linear: str = "dense"  # how a block linear's weight is stored (lowrank, monarch, rlma, ...)
     mlp_linear: str = ""  # the MLP's own parameterization ("" = model.linear), e.g. monarch (#1227)

@@ -32,8 +32,9 @@ def layer_names(name: str, n: int) -> list[str]:
 GROUPS = ("embed", "head", "matrix", "scalar", "adamw")
 # Quantization rules: a low-bit group (its width and clip are quant.<rule>_bits / _clip_sigmas),
 # `lookup` (a table no activation multiplies: round-to-nearest on the embed grid), `control`
-# (kept fp32 by the reference int8 export) or `other`.
-QUANT_RULES = ("attn", "mlp", "embed", "lookup", "other", "control")
+# (kept fp32 by the reference int8 export), `other`, or `gate` (an attention gate's weight: a
+# control tensor, or int8 rows with quant.gate_int8, #1736's QuantGate).
+QUANT_RULES = ("attn", "mlp", "embed", "lookup", "other", "control", "gate")
 
 
 @dataclass(frozen=True)

@@ -52,13 +52,38 @@ def quantize_float_tensor(t: np.ndarray, clip_q: float) -> tuple[np.ndarray, np.
     return q, np.asarray(scale, np.float32)
 
 
+def quantize_gate_rows(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """QuantGate (#1736): symmetric int8 rows, scale = max|row| / 127 stored fp16, no clipping (a
+    gate row is 12..model_dim values, all of which matter). A row whose scale is 0 in fp16 stores 0."""
+    w = np.asarray(t, np.float32)
+    s = (np.abs(w).max(axis=1) / np.float32(127.0)).astype(np.float16)
+    s32 = s.astype(np.float32)[:, None]
+    q = np.where(s32 > 0, np.round(w / np.where(s32 > 0, s32, 1)), 0)
+    return np.clip(q, -127, 127).astype(np.int8), s
+
+
+def _store_gate(obj: dict, name: str, t: np.ndarray) -> int:
+    """A gate tensor into a quant object as per-row int8 (both formats read it back as q * s); its bytes."""
+    q, s = quantize_gate_rows(t)
+    obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = q, s, dtype_name(t)
+    obj["qmeta"][name] = {"scheme": "per_row", "axis": 0}  # as the int8 format's rows; the mixed one reads
+    # a missing grid as symmetric (q * s), and the manifest stays small: a gate tensor is a few hundred bytes
+    return int(q.nbytes + s.nbytes)
+
+
+def _gate_int8(t: np.ndarray, spec: ParamSpec, gate_int8: bool) -> bool:
+    return gate_int8 and spec.quant == "gate" and t.ndim == 2
+
+
 # A float16 cast that overflows is reported by check_finite (naming the tensor), not as a warning.
 @np.errstate(over="ignore")
 def quantize_int8(named: dict[str, np.ndarray], clip_percentile: float = 99.99984,
-                  keep_float_max_numel: int = 65_536, rules: dict[str, ParamSpec] | None = None) -> tuple[dict, dict]:
+                  keep_float_max_numel: int = 65_536, rules: dict[str, ParamSpec] | None = None,
+                  gate_int8: bool = False) -> tuple[dict, dict]:
     """Reference-named float state dict -> (quant object, stats), as quantize_state_dict_int8;
     rules (model.params.flat_specs, else name_rules) say which small tensors are control tensors
-    (kept fp32) and which are quantized however small (always_quantize)."""
+    (kept fp32: `control`, and `gate` unless gate_int8 makes it int8 rows) and which are quantized
+    however small (always_quantize)."""
     rules = rules or name_rules(named)
     clip_q = clip_percentile / 100.0
     obj = {"__quant_format__": FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {},
@@ -75,8 +100,12 @@ def quantize_int8(named: dict[str, np.ndarray], clip_percentile: float = 99.9998
             obj["passthrough"][name] = t
             stats["int8_payload_bytes"] += int(t.nbytes)
             continue
+        if _gate_int8(t, rules[name], gate_int8):
+            stats["num_float_tensors"] += 1
+            stats["int8_payload_bytes"] += _store_gate(obj, name, t)
+            continue
         if t.size <= keep_float_max_numel and not (t.ndim == 2 and rules[name].always_quantize):
-            if rules[name].quant == "control":
+            if rules[name].quant in ("control", "gate"):
                 kept = t.astype(np.float32)
             elif dtype_name(t) in ("float32", "bfloat16"):
                 obj["passthrough_orig_dtypes"][name] = dtype_name(t)
@@ -131,6 +160,8 @@ def name_rules(named: dict) -> dict[str, ParamSpec]:
     reference's own files): the reference's control-name patterns, its row lookups, and the
     tensor group by name. Our models declare theirs (model.params.flat_specs)."""
     def rule(name):
+        if "attn_gate" in name:  # the records' attn_gate_proj / attn_gate_w
+            return "gate"
         if any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS):
             return "control"
         if _LOOKUP_TABLE.search(name) and (name != "tok_emb.weight" or "lm_head.weight" in named):
@@ -154,7 +185,8 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
     of their rule's width and clip, then GPTQ (scheme "gptq", needs hessians[name]) or
     round-to-nearest (rule "lookup": no activation multiplies it; and the tensors outside the
     blocks the calibration pass cannot see, a weight generator's or meta-network's, logged); smaller
-    float tensors pass through in fp16 (every record stores them so). Then optional LQER. rules:
+    float tensors pass through in fp16 (every record stores them so), except gates under
+    quant.gate_int8 (int8 rows, quantize_gate_rows; no LQER). Then optional LQER. rules:
     {name: ParamSpec} (model.params.flat_specs), else name_rules."""
     rules = rules or name_rules(named)
     groups = {g: (getattr(q, f"{g}_bits"), getattr(q, f"{g}_clip_sigmas")) for g in ("attn", "mlp", "embed", "other")}
@@ -166,6 +198,9 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
         t = np.asarray(t)
         if dtype_name(t) not in _FLOAT_DTYPES:
             obj["passthrough"][name] = t
+            continue
+        if _gate_int8(t, rules[name], q.gate_int8):  # before the size test: gates are small
+            _store_gate(obj, name, t)
             continue
         if not _quantized(t, rules[name], q.keep_float_max_numel):
             if dtype_name(t) != "float16":

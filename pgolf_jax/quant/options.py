@@ -35,6 +35,9 @@ class QuantConfig(Section):
     lqer_asym: bool = True  # factors as int2 (one scale) x int4 (per-64 scales), else int4 per row
     qat: bool = False  # straight-through fake quantization in training, with the export's rule
     qat_lr_threshold: float = 1.0  # QAT is on while the lr multiplier <= this (1 = from the start)
+    # QuantGate (#1736): the attention gates' weights (quant rule "gate") as int8 rows, scale =
+    # max|row| / 127 in fp16, instead of passing through (fp16; fp32 in the int8_per_row format).
+    gate_int8: bool = False
     byte_shuffle: bool = True  # group bytes by significance in multi-byte tensors before compressing
     compressor: str = "zstd"  # registry.COMPRESSORS: zstd (ours, quant.zstd.level) | zlib (the reference's) | brotli
     # Which code size counts toward the cap: packed (the run's train_gpt.py: its imported modules
@@ -60,6 +63,9 @@ class QuantConfig(Section):
         if q.grid != "symmetric" and q.scheme == "int8_per_row":
             raise ConfigError(f"quant.grid={q.grid} is a low-bit export grid: use quant.scheme rtn or gptq "
                               "(int8_per_row is the reference's own format)")
+        if q.gate_int8 and not cfg.model.attn_gate:
+            raise ConfigError("quant.gate_int8 stores the attention gates as int8 rows; "
+                              "model.attn_gate='' selects none")
         if q.qat and q.scheme != "int8_per_row" and q.scale_method == "search" and q.grid == "symmetric":
             raise ConfigError("quant.qat follows the export scales: use quant.scale_method sdclip or percentile")
 

@@ -38,7 +38,7 @@ class Int8PerRow:
     @staticmethod
     def quantize(ctx: QuantContext):
         q = ctx.cfg.quant
-        obj, stats = quantize_int8(ctx.named, q.clip_percentile, q.keep_float_max_numel, ctx.rules)
+        obj, stats = quantize_int8(ctx.named, q.clip_percentile, q.keep_float_max_numel, ctx.rules, q.gate_int8)
         return obj, {"payload_bytes": stats["int8_payload_bytes"]}
 
 
