@@ -13,6 +13,7 @@ import numpy as np
 from pgolf_jax import hyper
 from pgolf_jax.config import Config, load_run_config
 from pgolf_jax.model.gpt import Model, build_model, token_nll
+from pgolf_jax.model.layers import softcap
 
 
 def weighted_mean(nll_BT, weights_BT):
@@ -43,6 +44,50 @@ class CrossEntropy:
         """(loss, metrics {name: scalar}) of one micro-batch; traced: a group member's values (hyper.py)."""
         total, _, _, metrics = self.terms(model, params, x_BT, y_BT, looped, rng, traced)
         return total, metrics
+
+
+def chunked_token_nll(head, h_BTD, y_BT, cap, chunk: int):
+    """token_nll(softcap(head(h) in fp32, cap), y), shape (B, T), computed `chunk` positions of every
+    row at a time: a scan whose body is rematerialized, so the backward pass recomputes each chunk's
+    logits from its hidden states and no (B, T, V) tensor is ever live, only (B, chunk, V). The
+    batch axis stays whole in every chunk, so a batch-sharded step stays sharded without collectives.
+    T is padded to whole chunks; the padded positions are dropped before anything reads them."""
+    B, T, D = h_BTD.shape
+    chunk = min(chunk, T)
+    n = -(-T // chunk)
+    if n * chunk != T:
+        h_BTD = jnp.pad(h_BTD, ((0, 0), (0, n * chunk - T), (0, 0)))
+        y_BT = jnp.pad(y_BT, ((0, 0), (0, n * chunk - T)))
+    h_nBCD = jnp.moveaxis(h_BTD.reshape(B, n, chunk, D), 1, 0)
+    y_nBC = jnp.moveaxis(y_BT.reshape(B, n, chunk), 1, 0)
+
+    @jax.checkpoint
+    def one(h_BCD, y_BC):
+        # The same ops as the full path (GPT.forward, token_nll): head in the compute dtype, cap in fp32.
+        return token_nll(softcap(head(h_BCD).astype(jnp.float32), cap), y_BC)
+
+    _, nll_nBC = jax.lax.scan(lambda carry, xs: (carry, one(*xs)), None, (h_nBCD, y_nBC))
+    return jnp.moveaxis(nll_nBC, 0, 1).reshape(B, n * chunk)[:, :T]
+
+
+class ChunkedCrossEntropy(CrossEntropy):
+    """train.objective=ce_chunked: ce's loss (and gradients, within float tolerance) without the
+    (B, T, V) fp32 logits: the GPT's hidden states go through the head and the soft-cap a chunk of
+    train.ce_chunked.chunk_len positions at a time (chunked_token_nll). GPT family only (its check)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.chunk = cfg.train.ce_chunked.chunk_len
+
+    def terms(self, model: Model, params, x_BT, y_BT, looped: bool, rng, traced: hyper.Traced = None):
+        module = model.module(params)
+        h_BTD, aux = module.hidden_and_aux(x_BT, looped, rng=rng)
+        cap = hyper.get(traced, "model.logit_softcap", None)
+        cap = model.cfg.logit_softcap if cap is None else cap
+        # The GPT gives no per-position weights: the plain mean, as ce takes it.
+        ce = jnp.mean(chunked_token_nll(module.head, h_BTD, y_BT, cap, self.chunk))
+        total = ce + sum(model.aux_weights[k] * v for k, v in aux.items())
+        return total, None, None, {"ce": ce, **aux}
 
 
 class Distill(CrossEntropy):
