@@ -14,7 +14,7 @@ from pgolf_jax.model.layers import softcap
 from pgolf_jax.train.objectives import ChunkedCrossEntropy, CrossEntropy, chunked_token_nll
 from conftest import perturbed  # noqa: E402
 
-TINY = C.ModelConfig(vocab_size=96, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, attention_impl="xla")
+TINY = C.ModelConfig(vocab_size=96, num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1, attention_impl="xla")
 
 
 def full_nll(h, w, y, cap):
@@ -45,9 +45,11 @@ def objectives(**model):
     return cfg, CrossEntropy(cfg), ChunkedCrossEntropy(cfg)
 
 
-@pytest.mark.parametrize("model", [{}, {"tie_embeddings": False, "logit_softcap": 5.0}],
-                         ids=["tied", "untied_cap5"])
-def test_objective_equals_ce_in_loss_and_every_parameter_gradient(model):
+@pytest.mark.parametrize("model,tol", [({}, 1e-6), ({"tie_embeddings": False, "logit_softcap": 5.0}, 1e-6),
+                                       ({"compute_dtype": "bfloat16"}, 1e-2)], ids=["tied", "untied_cap5", "bf16"])
+def test_objective_equals_ce_in_loss_and_every_parameter_gradient(model, tol):
+    """bf16 (the GPU's logit dtype before the fp32 cap): the head's matmul rounds per chunk as in the
+    full path, but the head's gradient sums over chunks in fp32, so only close, not equal."""
     cfg, ce, lean = objectives(**model)
     m = build_model(cfg.model)
     p = perturbed(m)
@@ -57,10 +59,10 @@ def test_objective_equals_ce_in_loss_and_every_parameter_gradient(model):
         return [jax.value_and_grad(lambda q, o=o: o(m, q, x, y, True, None), has_aux=True)(p) for o in (ce, lean)]
 
     ((l0, m0), g0), ((l1, m1), g1) = jax.jit(both)(p)
-    np.testing.assert_allclose(l1, l0, rtol=1e-6)
-    np.testing.assert_allclose(m1["ce"], m0["ce"], rtol=1e-6)
+    np.testing.assert_allclose(l1, l0, rtol=tol)
+    np.testing.assert_allclose(m1["ce"], m0["ce"], rtol=tol)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+        np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=200 * tol, atol=tol)
 
 
 def test_the_loss_and_grad_temp_bytes_drop_by_at_least_the_fp32_logits():
