@@ -23,10 +23,10 @@ def full_nll(h, w, y, cap):
 
 
 def lean_nll(h, w, y, cap, chunk):
-    return chunked_token_nll(lambda h_: jnp.einsum("btd,vd->btv", h_, w), h, y, cap, chunk)
+    return chunked_token_nll(h, w, y, cap, chunk)
 
 
-@pytest.mark.parametrize("chunk", [5, 16, 64])  # a ragged last chunk, exact chunks, one chunk (> T)
+@pytest.mark.parametrize("chunk", [5, 8, 40])  # vocabulary rows per chunk; 40: one chunk
 def test_nll_and_its_gradients_in_hidden_states_and_head_equal_the_full_path(chunk):
     kh, kw, ky = jax.random.split(jax.random.key(0), 3)
     h, w = jax.random.normal(kh, (3, 16, 8)), 2.0 * jax.random.normal(kw, (40, 8))
@@ -41,7 +41,7 @@ def test_nll_and_its_gradients_in_hidden_states_and_head_equal_the_full_path(chu
 
 def objectives(**model):
     cfg = C.Config(model=dataclasses.replace(TINY, **model),
-                   train=C.TrainConfig().replace(objective="ce_chunked", ce_chunked=dict(chunk_len=12)))
+                   train=C.TrainConfig().replace(objective="ce_chunked", ce_chunked=dict(vocab_chunk=32)))
     return cfg, CrossEntropy(cfg), ChunkedCrossEntropy(cfg)
 
 
@@ -67,8 +67,8 @@ def test_objective_equals_ce_in_loss_and_every_parameter_gradient(model, tol):
 
 def test_the_loss_and_grad_temp_bytes_drop_by_at_least_the_fp32_logits():
     """XLA's own memory analysis (CPU): at B*T = 2048, V = 8192 the full path holds the fp32 logits
-    (and their softmax) at once; the chunked one a (B, chunk, V) slice at a time."""
-    B, T, D, V, chunk = 4, 512, 32, 8192, 64
+    (and their softmax) at once; the chunked one a (B, T, chunk) slice at a time."""
+    B, T, D, V, chunk = 4, 512, 32, 8192, 1024
     h, w = jax.ShapeDtypeStruct((B, T, D), jnp.float32), jax.ShapeDtypeStruct((V, D), jnp.float32)
     y = jax.ShapeDtypeStruct((B, T), jnp.int32)
 
@@ -81,6 +81,8 @@ def test_the_loss_and_grad_temp_bytes_drop_by_at_least_the_fp32_logits():
     assert full - lean >= B * T * V * 4, (full, lean)
 
 
-def test_other_families_are_refused_in_one_line():
+def test_other_families_and_a_chunk_that_does_not_divide_the_vocabulary_are_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"train.objective=ce_chunked needs model.family=gpt; got 'mps'"):
         C.override(C.Config(), {"train.objective": "ce_chunked", "model.family": "mps"})
+    with pytest.raises(ConfigError, match=r"^train.ce_chunked.vocab_chunk=1000 must divide model.vocab_size=1024$"):
+        C.override(C.Config(), {"train.objective": "ce_chunked", "train.ce_chunked.vocab_chunk": 1000})

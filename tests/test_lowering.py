@@ -51,7 +51,7 @@ CASES = {
                "model.agents.decoder_hidden": 16, "model.agents.loss_stride": 8},
     "surge_m": {"model.family": "surge_m", "model.num_layers": 3, "model.surge_m.layer": 1, "model.surge_m.chunk": 16,
                 "model.surge_m.d_err": 8, "model.surge_m.d_state": 8, "model.surge_m.uv_init_std": 0.01},
-    "ce_chunked": {"train.objective": "ce_chunked", "train.ce_chunked.chunk_len": 24},
+    "ce_chunked": {"train.objective": "ce_chunked", "train.ce_chunked.vocab_chunk": 32},
 }
 
 

@@ -33,7 +33,7 @@ RUNS = {
                 "model.linear": "rlma", "model.rlma.rank": 8, "model.mlp_linear": "lowrank", "model.lowrank.rank": 8},
     "act_monarch_mlp": {"model.topology": "act", "model.num_layers": 1, "model.act.max_steps": 3,
                         "model.mlp_linear": "monarch", "model.monarch.blocks": 4,
-                        "train.objective": "ce_chunked", "train.ce_chunked.chunk_len": 24},
+                        "train.objective": "ce_chunked", "train.ce_chunked.vocab_chunk": 256},
     "denseformer_recur": {"model.topology": "denseformer", "model.block_schedule": "repeat_in_place",
                           "model.num_loops": 1, "model.loop_start": 0, "model.loop_end": 1,
                           "model.mlp_linear": "rlma", "model.rlma.rank": 8},

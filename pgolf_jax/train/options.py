@@ -102,14 +102,17 @@ class Distill:
 
 @dataclass(frozen=True)
 class CEChunked:
-    """ce_chunked: today's softcapped cross-entropy computed chunk_len sequence positions at a time
-    (every row of the micro-batch together), each chunk's logits recomputed in the backward pass,
-    so no (B, T, V) logits tensor is ever held."""
-    chunk_len: int = 256
-    RANGES = {"chunk_len": ">= 1"}
+    """ce_chunked: today's softcapped cross-entropy computed vocab_chunk vocabulary rows at a time,
+    each chunk's logits recomputed in the backward pass, so no (B, T, V) logits tensor is ever held
+    (a chunk holds B x T x vocab_chunk)."""
+    vocab_chunk: int = 1024
+    RANGES = {"vocab_chunk": ">= 1"}
 
     def check(self, cfg):
         # It reads the GPT's hidden states and head directly; other families compute their
         # logits their own way (surge_m corrects them, mps/hopfield/agents have no such head).
         if cfg.model.family != "gpt":
             raise ConfigError(f"train.objective=ce_chunked needs model.family=gpt; got {cfg.model.family!r}")
+        if cfg.model.vocab_size % self.vocab_chunk:
+            raise ConfigError(f"train.ce_chunked.vocab_chunk={self.vocab_chunk} must divide "
+                              f"model.vocab_size={cfg.model.vocab_size}")
