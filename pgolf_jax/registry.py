@@ -100,6 +100,9 @@ ORTHOGONALIZERS = {
 OBJECTIVES = {
     "ce": "pgolf_jax.train.objectives:CrossEntropy",
     "distill": Variant("pgolf_jax.train.objectives:Distill", "pgolf_jax.train.options:Distill"),
+    # The same loss as ce without the (B, T, V) logits. An entry rather than an option of ce: ce
+    # keeps no options, so every existing config (and its config.json) stays as it is.
+    "ce_chunked": Variant("pgolf_jax.train.objectives:ChunkedCrossEntropy", "pgolf_jax.train.options:CEChunked"),
 }
 # eval.final_modes: the evaluations of the round-tripped artifact, in order (the last one is the score).
 EVAL_MODES = {

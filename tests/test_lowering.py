@@ -10,9 +10,9 @@ import pytest
 from jax import export
 
 from pgolf_jax import config as C
+from pgolf_jax import registry
 from pgolf_jax.model.gpt import build_model
 from pgolf_jax.optim.optimizers import labels_from_specs, make_optimizer
-from pgolf_jax.train.objectives import CrossEntropy
 from pgolf_jax.train.step import TrainState, initial_rng, make_train_step
 
 CUDNN_CALLS = ("__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward")
@@ -57,6 +57,7 @@ CASES = {
                        "optim.wd_schedule": "taper", "optim.muon_wd": 0.04},
     "surge_m": {"model.family": "surge_m", "model.num_layers": 3, "model.surge_m.layer": 1, "model.surge_m.chunk": 16,
                 "model.surge_m.d_err": 8, "model.surge_m.d_state": 8, "model.surge_m.uv_init_std": 0.01},
+    "ce_chunked": {"train.objective": "ce_chunked", "train.ce_chunked.vocab_chunk": 32},
 }
 
 
@@ -81,7 +82,7 @@ def test_train_and_eval_steps_lower_for_cuda(name):
     state = jax.eval_shape(init, jax.random.key(0))
     batch = jax.ShapeDtypeStruct((1, 2, 64), jnp.int32)
     disabled = [export.DisabledSafetyCheck.custom_call(c) for c in CUDNN_CALLS]
-    step = make_train_step(model, tx, CrossEntropy(cfg), qat=qat)
+    step = make_train_step(model, tx, registry.resolve(registry.OBJECTIVES, cfg.train.objective)(cfg), qat=qat)
     scalar = jax.ShapeDtypeStruct((), jnp.float32)
     mul = scalar if cfg.optim.wd_schedule == "constant" else (scalar, scalar)  # (lr, WD): train/step.rates
     train = export.export(jax.jit(step), platforms=["cuda"], disabled_checks=disabled)(

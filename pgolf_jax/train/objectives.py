@@ -13,6 +13,7 @@ import numpy as np
 from pgolf_jax import hyper
 from pgolf_jax.config import Config, load_run_config
 from pgolf_jax.model.gpt import Model, build_model, token_nll
+from pgolf_jax.model.layers import softcap
 
 
 def weighted_mean(nll_BT, weights_BT):
@@ -43,6 +44,62 @@ class CrossEntropy:
         """(loss, metrics {name: scalar}) of one micro-batch; traced: a group member's values (hyper.py)."""
         total, _, _, metrics = self.terms(model, params, x_BT, y_BT, looped, rng, traced)
         return total, metrics
+
+
+def chunked_token_nll(h_BTD, w_VD, y_BT, cap, chunk: int):
+    """token_nll(softcap(h @ w.T in h's dtype, then fp32, cap), y), shape (B, T), computed over `chunk`
+    vocabulary rows at a time: a scan with an online log-sum-exp whose body is rematerialized, so the
+    backward pass recomputes each chunk's logits and no (B, T, V) tensor is ever live, only (B, T, chunk).
+    Chunking the vocabulary, not the tokens, keeps the batch-sharded axis whole: the head's gradient is
+    one (chunk, D) slice per step, reduced over the batch once, as the full path reduces it."""
+    V, D = w_VD.shape
+    f32 = jnp.float32
+
+    @jax.checkpoint
+    def step(carry, xs):
+        m_BT, s_BT, tgt_BT = carry
+        w_CD, off = xs
+        # The same ops as the full path (GPT.head, GPT.forward): the matmul in h's dtype, the cap in fp32.
+        z_BTC = softcap(jnp.einsum("btd,vd->btv", h_BTD, w_CD.astype(h_BTD.dtype)).astype(f32), cap)
+        # The running max only keeps exp in range; the log-sum-exp does not depend on it, so no gradient.
+        m_new = jax.lax.stop_gradient(jnp.maximum(m_BT, jnp.max(z_BTC, axis=-1)))
+        s_BT = s_BT * jnp.exp(m_BT - m_new) + jnp.sum(jnp.exp(z_BTC - m_new[..., None]), axis=-1)
+        idx = y_BT - off
+        inside = (idx >= 0) & (idx < chunk)
+        z_y = jnp.take_along_axis(z_BTC, jnp.clip(idx, 0, chunk - 1)[..., None], axis=-1)[..., 0]
+        return (m_new, s_BT, tgt_BT + jnp.where(inside, z_y, 0.0)), None
+
+    zeros = jnp.zeros(y_BT.shape, f32)
+    # -1e30, not -inf: exp(m - m_new) is then exactly 0 in the first step, with no inf - inf anywhere.
+    init = (jnp.full(y_BT.shape, -1e30, f32), zeros, zeros)
+    xs = (w_VD.reshape(V // chunk, chunk, D), jnp.arange(0, V, chunk, dtype=y_BT.dtype))
+    (m_BT, s_BT, tgt_BT), _ = jax.lax.scan(step, init, xs)
+    return m_BT + jnp.log(s_BT) - tgt_BT
+
+
+def head_weight(module):
+    """The GPT's (V, D) output head, as GPT.head reads it: the tied embedding or lm_head's weight."""
+    return (module.tok_emb if module.lm_head is None else module.lm_head).weight[...]
+
+
+class ChunkedCrossEntropy(CrossEntropy):
+    """train.objective=ce_chunked: ce's loss (and gradients, within float tolerance) without the
+    (B, T, V) fp32 logits: the GPT's hidden states go through the head and the soft-cap
+    train.ce_chunked.vocab_chunk vocabulary rows at a time (chunked_token_nll). GPT family only."""
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.chunk = cfg.train.ce_chunked.vocab_chunk
+
+    def terms(self, model: Model, params, x_BT, y_BT, looped: bool, rng, traced: hyper.Traced = None):
+        module = model.module(params)
+        h_BTD, aux = module.hidden_and_aux(x_BT, looped, rng=rng)
+        cap = hyper.get(traced, "model.logit_softcap", None)
+        cap = model.cfg.logit_softcap if cap is None else cap
+        # The GPT gives no per-position weights: the plain mean, as ce takes it.
+        ce = jnp.mean(chunked_token_nll(h_BTD, head_weight(module), y_BT, cap, self.chunk))
+        total = ce + sum(model.aux_weights[k] * v for k, v in aux.items())
+        return total, None, None, {"ce": ce, **aux}
 
 
 class Distill(CrossEntropy):

@@ -41,7 +41,7 @@ class TrainConfig(Section):
     batch_spans: int = 8
     microbatch_tokens: int = 0  # split each span further for memory (0 = whole span)
     out_dir: str = "runs"
-    objective: str = "ce"  # the training loss (registry.OBJECTIVES): ce | distill (train.distill.*)
+    objective: str = "ce"  # the training loss (registry.OBJECTIVES): ce | ce_chunked | distill (train.distill.*)
     progress: bool = True  # progress bar with ETA on stderr
     # Checkpoints under <run>/checkpoints (also written on SIGTERM/SIGINT); `--resume <run>`.
     checkpoint_every: int = 0  # steps (0 = off)
@@ -98,3 +98,21 @@ class Distill:
     def check(self, cfg):
         if not self.teacher:
             raise ConfigError("train.objective=distill needs train.distill.teacher (a run directory or an artifact)")
+
+
+@dataclass(frozen=True)
+class CEChunked:
+    """ce_chunked: today's softcapped cross-entropy computed vocab_chunk vocabulary rows at a time,
+    each chunk's logits recomputed in the backward pass, so no (B, T, V) logits tensor is ever held
+    (a chunk holds B x T x vocab_chunk)."""
+    vocab_chunk: int = 1024
+    RANGES = {"vocab_chunk": ">= 1"}
+
+    def check(self, cfg):
+        # It reads the GPT's hidden states and head directly; other families compute their
+        # logits their own way (surge_m corrects them, mps/hopfield/agents have no such head).
+        if cfg.model.family != "gpt":
+            raise ConfigError(f"train.objective=ce_chunked needs model.family=gpt; got {cfg.model.family!r}")
+        if cfg.model.vocab_size % self.vocab_chunk:
+            raise ConfigError(f"train.ce_chunked.vocab_chunk={self.vocab_chunk} must divide "
+                              f"model.vocab_size={cfg.model.vocab_size}")
