@@ -24,7 +24,7 @@ RUNS = {
                     "model.lowrank.rank": 8, "model.activation": "geglu", "optim.orthogonalizer": "gram_newton_schulz",
                     "quant.scheme": "gptq", "quant.gptq.calibration_batches": 1, "quant.grid": "nf",
                     "eval.final_modes": "plain,sliding",
-                    "eval.eval_stride": 32},
+                    "eval.eval_stride": 32, "eval.ngram_tilt": "token_tilt"},
     "monarch_ssm": {"model.topology": "plain", "model.linear": "monarch", "model.monarch.blocks": 4,
                     "model.mixers": "s4d_lin*1", "model.s4d_lin.kernel": 8, "model.activation": "leaky_relu2",
                     "quant.scheme": "rtn", "quant.grid": "affine", "eval.final_modes": "ttt", "eval.ttt.chunk_tokens": 4096,
@@ -126,6 +126,9 @@ def check_seam(field: str, name: str, run_dir: Path, sub: dict, log: str) -> Non
         assert not any(re.fullmatch(r"blocks\.\d+\.(attn|mlp)\.\w+\.weight", n) for n in names)
         if cfg.quant.scheme == "gptq":  # the generator's / shared basis' tensors take RTN, and say so
             assert "gptq:round-to-nearest for" in log
+    if field == "eval.ngram_tilt":  # a tilted score on top of each final mode
+        for mode in registry.names("eval.final_modes", cfg.eval.final_modes):
+            assert f"final_{mode}+tilt val_loss:" in log and f"{mode}+tilt" in sub["final_modes"]
     if field == "train.objective":
         assert f"objective:{name}" in log or name == "ce"
 
