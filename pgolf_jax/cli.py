@@ -100,7 +100,7 @@ def eval_command(argv: list[str]) -> int:
     res = pipeline.finite_result(factory(model, mesh)(params), f"eval of {source}")
     print(f"eval source:{source} {res.line()}")
     print(f"eval_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
-    if cfg.eval.final_modes != "plain" or cfg.eval.ngram_order:
+    if cfg.eval.final_modes != "plain" or cfg.eval.ngram_order or cfg.eval.ngram_tilt:
         pipeline.final_evals(cfg, model, params, factory, mesh, log)
     return 0
 

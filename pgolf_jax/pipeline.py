@@ -76,14 +76,15 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
 
 def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
     """Every eval.final_modes (registry.EVAL_MODES) on the round-tripped weights (and n-gram mixing
-    on top), each with its wall time and a bound on its 8xH100 time from its analytic FLOPs; the
-    last one is the score."""
+    and the n-gram tilt on top), each with its wall time and a bound on its 8xH100 time from its
+    analytic FLOPs; the last one is the score."""
     from pgolf_jax.evaluation.modes import ModeContext
 
     e = cfg.eval
     T = e.eval_seq_len or cfg.train.train_seq_len
+    tilt = registry.resolve(registry.NGRAM_TILTS, e.ngram_tilt)(getattr(e, e.ngram_tilt)) if e.ngram_tilt else None
     ctx = ModeContext(cfg, model, params, lambda stride: factory(model, mesh, T, stride, e.eval_batch_seqs), T, log,
-                      cfg.train.progress and dist.is_main(), bool(e.ngram_order))
+                      cfg.train.progress and dist.is_main(), bool(e.ngram_order), tilt and tilt.target_hints)
     results = {}
     for mode in registry.names("eval.final_modes", e.final_modes):
         out = registry.resolve(registry.EVAL_MODES, mode)(ctx)
@@ -104,6 +105,11 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
             log(f"final_{name} val_loss:{loss:.4f} val_bpb:{b:.4f} ngram_tokens_per_s:{tok_s:.0f} (host)")
             results[name] = {"val_loss": loss, "val_bpb": b, "ngram_tokens_per_s": round(tok_s)}
             log.metric(f"final_{name}", **results[name])
+        if tilt:  # the tilt of the mode's own (score-first) nll; with mixing on too, this one is last
+            results[f"{mode}+tilt"] = r = tilt.report(out.nll, out.logp_hint, out.ev.tokens, out.ev.byte_count)
+            log(f"final_{mode}+tilt val_loss:{r['val_loss']:.4f} val_bpb:{r['val_bpb']:.4f} hints:{r['hint_rate']:.4f} "
+                f"hits:{r['hit_rate']:.4f} hint_tokens_per_s:{r['hint_tokens_per_s']} (host)")
+            log.metric(f"final_{mode}+tilt", **r)
     return results
 
 
@@ -186,7 +192,7 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     log.metric("final_roundtrip", val_loss=res.val_loss, val_bpb=res.val_bpb, val_tokens=res.val_tokens,
                val_bytes=res.val_bytes, eval_seconds=res.seconds, pre_quant_val_bpb=pre.val_bpb)
     finals = {}
-    if cfg.eval.final_modes != "plain" or cfg.eval.ngram_order or cfg.eval.eval_seq_len:
+    if cfg.eval.final_modes != "plain" or cfg.eval.ngram_order or cfg.eval.ngram_tilt or cfg.eval.eval_seq_len:
         finals = final_evals(cfg, model, restored, factory, mesh, log)
         last = list(finals.values())[-1]
         res = finite_result(dataclasses.replace(res, val_loss=last["val_loss"], val_bpb=last["val_bpb"]),

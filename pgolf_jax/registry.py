@@ -111,6 +111,10 @@ EVAL_MODES = {
     "ttt": Variant("pgolf_jax.evaluation.ttt_modes:full_ttt", "pgolf_jax.evaluation.options:TTT"),
     "lora_ttt": Variant("pgolf_jax.evaluation.ttt_modes:lora_ttt", "pgolf_jax.evaluation.options:LoRATTT"),
 }
+# eval.ngram_tilt: an eval-time n-gram tilt of each final mode's distribution ("" = none).
+NGRAM_TILTS = {
+    "token_tilt": Variant("pgolf_jax.evaluation.tilt:TokenTilt", "pgolf_jax.evaluation.options:TokenTilt"),
+}
 # quant.scheme: how the trained weights become the artifact's integers.
 QUANT_SCHEMES = {
     "int8_per_row": "pgolf_jax.quant.schemes:Int8PerRow",
@@ -157,11 +161,12 @@ FIELDS = {
     "eval.final_modes": EVAL_MODES, "quant.scheme": QUANT_SCHEMES, "train.lr_schedule": SCHEDULES,
     "optim.wd_schedule": WD_SCHEDULES,
     "data.loader": LOADERS, "quant.compressor": COMPRESSORS,
-    "quant.grid": GRIDS, "model.attn_gate": ATTN_GATES,
+    "quant.grid": GRIDS, "model.attn_gate": ATTN_GATES, "eval.ngram_tilt": NGRAM_TILTS,
 }
 # Fields that name several entries: comma-separated, each optionally `name*count`; "" = none.
 LIST_FIELDS = ("model.mixers", "eval.final_modes")
-OPTIONAL_FIELDS = ("model.mlp_linear", "model.mixers", "model.attn_gate")  # "" selects nothing (the default applies)
+# "" selects nothing (the default applies)
+OPTIONAL_FIELDS = ("model.mlp_linear", "model.mixers", "model.attn_gate", "eval.ngram_tilt")
 
 
 def names(key: str, value: str) -> list[str]:

@@ -165,7 +165,8 @@ def technique_summary(cfg: Config) -> str:
             bits.append(label)
     bits.append(registry.resolve(registry.QUANT_SCHEMES, q.scheme).describe(q) + f" + {q.compressor}")
     modes = e.final_modes.replace(",", " -> ")
-    bits.append(f"eval {modes}" + (f" + {e.ngram_order}-gram mixing" if e.ngram_order else ""))
+    bits.append(f"eval {modes}" + (f" + {e.ngram_order}-gram mixing" if e.ngram_order else "")
+                + (" + n-gram token tilt" if e.ngram_tilt else ""))
     return " + ".join(bits)
 
 
@@ -208,7 +209,7 @@ def compliance(runs: list[Run]) -> dict:
         "eval_time_basis": "measured" if on_h100 or not projected else
         f"a lower bound for 8xH100 from analytic FLOPs at MFU {cfg.eval.h100_mfu}, not a measured time (ran on {hw})",
         "score_first_ttt": bool(modes & {"ttt", "lora_ttt"}),  # the TTT code scores every chunk before adapting
-        "no_ngram_cache": cfg.eval.ngram_order == 0,
+        "no_ngram_cache": cfg.eval.ngram_order == 0 and not cfg.eval.ngram_tilt,
         "no_pre_quant_ttt": True,  # TTT runs on the round-tripped artifact only
         "three_seeds": len(runs) >= 3,
     }

@@ -238,7 +238,8 @@ def test_final_modes_through_the_main_job(sample_data, tmp_path, capsys):
     assert main(["--config", TINY, *over, f"train.out_dir={tmp_path}", "train.run_id=e", "train.iterations=4",
                  "eval.final_modes=plain,sliding,ttt,lora_ttt", "eval.eval_stride=32", "eval.ttt.chunk_tokens=2048",
                  "eval.ttt.batch_seqs=8", "eval.ttt.epochs=1", "eval.lora_ttt.chunk_tokens=32", "eval.lora_ttt.batch_docs=8",
-                 "eval.ngram_order=4", "eval.val_tokens_limit=4096", "train.progress=true"]) == 0
+                 "eval.ngram_order=4", "eval.val_tokens_limit=4096", "train.progress=true",
+                 "eval.ngram_tilt=token_tilt", "eval.token_tilt.min_order=2"]) == 0
     err = capsys.readouterr().err
     for label in ("eval:plain [", "eval:sliding [", "eval:ttt [", "eval:lora_ttt ["):  # progress with an ETA
         assert label in err, label
@@ -246,8 +247,12 @@ def test_final_modes_through_the_main_job(sample_data, tmp_path, capsys):
     for mode in ("plain", "sliding", "ttt", "lora_ttt"):
         assert re.search(rf"final_{mode} val_loss:[\d.]+ val_bpb:[\d.]+ .*bound_8xH100:[\d.]+s", log), mode
         assert re.search(rf"final_{mode}\+ngram4 val_loss:[\d.]+ val_bpb:[\d.]+ ngram_tokens_per_s:\d+", log), mode
+        hints = re.search(rf"final_{mode}\+tilt val_loss:[\d.]+ val_bpb:[\d.]+ hints:([\d.]+) hits:[\d.]+ ", log)
+        assert hints and float(hints.group(1)) > 0, mode
     sub = json.loads((tmp_path / "e" / "submission.json").read_text())
-    assert sub["val_bpb"] == pytest.approx(sub["final_modes"]["lora_ttt+ngram4"]["val_bpb"])
+    assert "lora_ttt+ngram4" in sub["final_modes"]
+    assert sub["val_bpb"] == pytest.approx(sub["final_modes"]["lora_ttt+tilt"]["val_bpb"])  # the tilt comes last
+    assert sub["final_modes"]["plain+tilt"]["val_bpb"] != sub["final_modes"]["plain"]["val_bpb"]
     plain = float(re.search(r"final_plain_exact val_loss:[\d.]+ val_bpb:([\d.]+)", log).group(1))
     rt = float(re.search(r"final_roundtrip_exact val_loss:[\d.]+ val_bpb:([\d.]+)", log).group(1))
     assert plain == pytest.approx(rt, abs=1e-7)  # plain at the same length is the round-trip eval

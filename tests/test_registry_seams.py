@@ -25,7 +25,7 @@ RUNS = {
                     "model.lowrank.rank": 8, "model.activation": "geglu", "optim.orthogonalizer": "gram_newton_schulz",
                     "quant.scheme": "gptq", "quant.gptq.calibration_batches": 1, "quant.grid": "nf",
                     "eval.final_modes": "plain,sliding",
-                    "eval.eval_stride": 32,
+                    "eval.eval_stride": 32, "eval.ngram_tilt": "token_tilt",
                     # two lanes through a looped U-Net (decoder slots 0, 1: below and from the start)
                     "model.parallel_residual": "two_lane", "model.parallel_residual_start": 1,
                     "model.num_loops": 1, "model.loop_start": 0, "model.loop_end": 0,
@@ -131,12 +131,16 @@ def check_seam(field: str, name: str, run_dir: Path, sub: dict, log: str) -> Non
         with np.load(run_dir / "final_model.npz") as z:
             names = set(z.files)
         assert any(n.startswith("gen.") for n in names)
-        assert not any(re.fullmatch(r"blocks\.\d+\.(attn|mlp)\.\w+\.weight", n) for n in names)
+        # (an attention gate is a stored parameter of its own, not a generated block linear)
+        assert not any(re.fullmatch(r"blocks\.\d+\.(attn|mlp)\.(?!attn_gate\.)\w+\.weight", n) for n in names)
         if cfg.quant.scheme == "gptq":  # the generator's / shared basis' tensors take RTN, and say so
             assert "gptq:round-to-nearest for" in log
     if field == "model.attn_gate":  # one gate weight per attention layer, saved with the model
         with np.load(run_dir / "final_model.npz") as z:
             assert any(n.endswith(".attn.attn_gate.weight") for n in z.files)
+    if field == "eval.ngram_tilt":  # a tilted score on top of each final mode
+        for mode in registry.names("eval.final_modes", cfg.eval.final_modes):
+            assert f"final_{mode}+tilt val_loss:" in log and f"{mode}+tilt" in sub["final_modes"]
     if field == "train.objective":
         assert f"objective:{name}" in log or name == "ce"
 

@@ -95,11 +95,12 @@ def batch_windows(batch_tokens: int, seq_len: int, num_windows: int, num_devices
     return max(num_devices, per_batch // num_devices * num_devices)
 
 
-def jit_score(model, looped: bool, per_token: bool, data_sharding=None):
+def jit_score(model, looped: bool, per_token: bool, data_sharding=None, hints: bool = False):
     """The jitted (params, x, y, lo, hi) -> masked NLL sums per window (and per-token NLL,
-    entropy in bits): what every evaluation runs over its windows."""
+    entropy in bits): what every evaluation runs over its windows. hints: it also takes a hint
+    token per position (-1 = none) and returns log p(hint) there (the n-gram tilt's input)."""
 
-    def score(params, x_BT, y_BT, lo_B, hi_B):
+    def score(params, x_BT, y_BT, lo_B, hi_B, h_BT=None):
         logits = model.logits(params, x_BT, looped)
         logz = jax.nn.logsumexp(logits, axis=-1)
         nll = logz - jnp.take_along_axis(logits, y_BT[..., None], axis=-1)[..., 0]
@@ -109,7 +110,9 @@ def jit_score(model, looped: bool, per_token: bool, data_sharding=None):
             return sums
         logp = logits - logz[..., None]
         entropy_bits = -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
-        return sums, nll, entropy_bits
+        if not hints:
+            return sums, nll, entropy_bits
+        return sums, nll, entropy_bits, jnp.take_along_axis(logp, jnp.maximum(h_BT, 0)[..., None], axis=-1)[..., 0]
 
     # Replicated outputs: every process of a multi-host run reads the sums on the host.
     out = None if data_sharding is None else NamedSharding(data_sharding.mesh, P())
@@ -134,21 +137,25 @@ class Evaluator:
         self.sharding = data_sharding
         self._fns: dict = {}
 
-    def _fn(self, looped: bool, per_token: bool):
-        """(params, x, y, lo, hi) -> masked NLL sums per window (and per-token NLL, entropy)."""
-        key = (looped, per_token)
+    def _fn(self, looped: bool, per_token: bool, hints: bool = False):
+        """(params, x, y, lo, hi[, h]) -> masked NLL sums per window (and per-token NLL, entropy[, log p(h)])."""
+        key = (looped, per_token, hints)
         if key not in self._fns:
-            self._fns[key] = jit_score(self.model, looped, per_token, self.sharding)
+            self._fns[key] = jit_score(self.model, looped, per_token, self.sharding, hints)
         return self._fns[key]
 
-    def score(self, params, window_ids=None, looped: bool = True, per_token: bool = False, progress=None):
+    def score(self, params, window_ids=None, looped: bool = True, per_token: bool = False, progress=None,
+              hints=None):
         """Sum of scored NLL (float64) over the given windows (default all); with per_token also
-        (nll, entropy_bits) arrays over target positions (zeros where not scored)."""
+        (nll, entropy_bits) arrays over target positions (zeros where not scored); with hints (a
+        hint token per target position, -1 = none; implies per_token) also log p(hint) per target."""
         ids = np.arange(len(self.windows)) if window_ids is None else np.asarray(window_ids)
         T, bs, w = self.seq_len, self.batch_seqs, self.windows
-        fn = self._fn(looped, per_token)
+        per_token = per_token or hints is not None
+        fn = self._fn(looped, per_token, hints is not None)
         nll_all = np.zeros(self.total, np.float32) if per_token else None
         ent_all = np.zeros(self.total, np.float32) if per_token else None
+        hint_all = np.zeros(self.total, np.float32) if hints is not None else None
         loss_sum, pending, done = 0.0, [], 0
 
         def collect(item):
@@ -160,11 +167,11 @@ class Evaluator:
             sums = out[0] if per_token else out
             loss_sum += float(np.asarray(sums, np.float64)[:len(batch)].sum())
             if per_token:
-                nll, ent = np.asarray(out[1]), np.asarray(out[2])
+                arrays = [np.asarray(o) for o in out[1:]]
                 for r, k in enumerate(batch):
                     a, b = w.starts[k] + w.score_from[k], w.starts[k] + w.lengths[k]
-                    nll_all[a:b] = nll[r, w.score_from[k]:w.lengths[k]]
-                    ent_all[a:b] = ent[r, w.score_from[k]:w.lengths[k]]
+                    for dst, src in zip((nll_all, ent_all, hint_all), arrays):
+                        dst[a:b] = src[r, w.score_from[k]:w.lengths[k]]
 
         for i in range(0, len(ids), bs):
             batch = ids[i:i + bs]
@@ -172,17 +179,23 @@ class Evaluator:
             y = np.zeros((bs, T), np.int32)
             lo = np.zeros(bs, np.int32)
             hi = np.zeros(bs, np.int32)
+            h = np.full((bs, T), -1, np.int32) if hints is not None else None
             for r, k in enumerate(batch):
                 ws, n = w.starts[k], w.lengths[k]
                 x[r, :n], y[r, :n] = self.tokens[ws:ws + n], self.tokens[ws + 1:ws + n + 1]
                 lo[r], hi[r] = w.score_from[k], n
+                if h is not None:
+                    h[r, :n] = hints[ws:ws + n]
+            inputs = (x, y, lo, hi) if h is None else (x, y, lo, hi, h)
             if self.sharding is not None:
-                x, y, lo, hi = (dist.global_array(a, self.sharding) for a in (x, y, lo, hi))
-            pending.append((batch, fn(params, x, y, lo, hi)))
+                inputs = tuple(dist.global_array(a, self.sharding) for a in inputs)
+            pending.append((batch, fn(params, *inputs)))
             if len(pending) > 2:  # keep the device busy while summing earlier batches on the host
                 collect(pending.pop(0))
         for item in pending:
             collect(item)
+        if hints is not None:
+            return loss_sum, nll_all, ent_all, hint_all
         return (loss_sum, nll_all, ent_all) if per_token else loss_sum
 
     def __call__(self, params, looped: bool = True) -> EvalResult:

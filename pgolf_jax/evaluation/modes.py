@@ -15,7 +15,9 @@ from pgolf_jax.runlog import Progress
 class ModeContext:
     """What a mode gets: the config, the round-tripped model and weights, a factory of evaluators
     over the val tokens (`evaluator(stride)`, windows of seq_len), the log and whether it shows
-    progress. per_token: return each token's nll and entropy too (n-gram mixing reads them)."""
+    progress. per_token: return each token's nll and entropy too (n-gram mixing reads them).
+    hints: None, or (val tokens) -> a hint token per target position (-1 = none): return each
+    target's log p(hint) too (the n-gram tilt reads it)."""
     cfg: object
     model: object
     params: object
@@ -24,6 +26,7 @@ class ModeContext:
     log: object
     progress: bool
     per_token: bool
+    hints: object = None
 
 
 @dataclass
@@ -33,19 +36,23 @@ class ModeResult:
     nll: object = None
     ent: object = None
     extra: dict = field(default_factory=dict)  # forward_tokens / train_tokens for the 8xH100 bound
+    logp_hint: object = None  # log p(hint) per target where ModeContext.hints gave hints
 
 
 def _score(ctx: ModeContext, name: str, stride: int) -> ModeResult:
     ev, t0 = ctx.evaluator(stride), time.perf_counter()
     prog = Progress(f"eval:{name}", len(ev.windows), enabled=ctx.progress, unit="windows")
-    if ctx.per_token:
+    logp_hint = None
+    if ctx.hints is not None:
+        loss_sum, nll, ent, logp_hint = ev.score(ctx.params, progress=prog, hints=ctx.hints(ev.tokens))
+    elif ctx.per_token:
         loss_sum, nll, ent = ev.score(ctx.params, per_token=True, progress=prog)
     else:
         loss_sum, nll, ent = ev.score(ctx.params, progress=prog), None, None
     prog.close()
     res = EvalResult(loss_sum / ev.total, bpb(loss_sum, ev.byte_count), ev.total, ev.byte_count,
                      time.perf_counter() - t0)
-    return ModeResult(res, ev, nll, ent)
+    return ModeResult(res, ev, nll, ent, logp_hint=logp_hint)
 
 
 def plain(ctx: ModeContext) -> ModeResult:

@@ -25,6 +25,9 @@ class EvalConfig(Section):
     ngram_order: int = 0  # eval-time n-gram mixing of order 2..8 on top of each final mode (0 = off)
     ngram_mix: str = "entropy"  # entropy (adaptive weight) | fixed
     ngram_lambda: float = 0.1  # the fixed mixing weight
+    # eval-time n-gram tilt on top of each final mode (registry.NGRAM_TILTS): "" (off) | token_tilt
+    # (#1514, eval.token_tilt.*)
+    ngram_tilt: str = ""
     h100_mfu: float = 0.4  # assumed utilization for the 8xH100 time projection of each eval
     options: tuple = ()
     SECTION = "eval"
@@ -41,6 +44,26 @@ class EvalConfig(Section):
             raise ConfigError(f"eval.eval_stride={self.eval_stride} must be in 1..eval_seq_len")
         if self.ngram_order and not 2 <= self.ngram_order <= 8:
             raise ConfigError(f"eval.ngram_order={self.ngram_order} must be 0 (off) or 2..8")
+
+@dataclass(frozen=True)
+class TokenTilt:
+    """token_tilt (#1514): the token expert of #1420's context mixer. Orders min_order..max_order
+    every order_stride (the record: 8, 10, .., 16) give a hint from the highest order whose context
+    is confident enough (orders 8-10: best/count >= 0.70 * threshold_scale and count >= 3; 11-13:
+    0.60, 2; 14-16: 0.50, 2); the hint's logit gains base_beta * confidence."""
+    base_beta: float = 2.0
+    min_order: int = 8
+    max_order: int = 16
+    order_stride: int = 2
+    threshold_scale: float = 1.0
+    RANGES = {"base_beta": ">= 0", "min_order": "[1, 32]", "max_order": "[1, 32]", "order_stride": ">= 1",
+              "threshold_scale": "> 0"}
+
+    def check(self, cfg):
+        if self.min_order > self.max_order:
+            raise ConfigError(f"eval.token_tilt.min_order={self.min_order} must be <= "
+                              f"eval.token_tilt.max_order={self.max_order}")
+
 
 # lora_ttt's adapter sites: q, k, v, o (attn.proj), mlp (fc), mlp_out (mlp.proj), head, and the
 # records' parallel o_par / mlp_par (D -> D from the sublayer's normalized input).

@@ -107,8 +107,10 @@ def train_sequences(tokens, first: int, end: int, seq_len: int, batch: int):
         yield a, a + k * seq_len, chunk[:-1].reshape(k, seq_len), chunk[1:].reshape(k, seq_len)
 
 
-def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False, progress=None):
-    """Chunked score-first TTT over all weights; returns (EvalResult, per-target nll, entropy)."""
+def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False, progress=None,
+             hints=None):
+    """Chunked score-first TTT over all weights; returns (EvalResult, per-target nll, entropy, extra);
+    with hints (per target, -1 = none) extra["logp_hint"] holds the score-first log p(hint)."""
     t0 = time.perf_counter()
     w, total, T = ev.windows, ev.total, ev.seq_len
     n_chunks = -(-total // cfg.ttt.chunk_tokens)
@@ -118,19 +120,24 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     buf = place.replicated(jax.tree.map(lambda p: np.zeros(p.shape, np.float32), params))
     step = make_sgd_step(model, cfg.ttt.momentum, cfg.ttt.grad_clip, place)
     frontier = _Frontier()
-    loss_sum, nll_all, ent_all, steps = 0.0, None, None, 0
+    loss_sum, nll_all, ent_all, hint_all, steps = 0.0, None, None, None, 0
+    per_token = per_token or hints is not None
     if per_token:
         nll_all, ent_all = np.zeros(total, np.float32), np.zeros(total, np.float32)
+    if hints is not None:
+        hint_all = np.zeros(total, np.float32)
     log(f"ttt:start chunks:{n_chunks} windows:{len(w)} lr:{cfg.ttt.lr} epochs:{cfg.ttt.epochs}")
     for c in range(n_chunks):
         ids = np.flatnonzero(chunk_of == c)
         if len(ids):
-            out = ev.score(params, ids, per_token=per_token)
+            out = ev.score(params, ids, per_token=per_token, hints=hints)
             if per_token:
-                s, nll, ent = out
+                s, nll, ent = out[:3]
                 for k in ids:
                     a, b = w.starts[k] + w.score_from[k], w.starts[k] + w.lengths[k]
                     nll_all[a:b], ent_all[a:b] = nll[a:b], ent[a:b]
+                    if hints is not None:
+                        hint_all[a:b] = out[3][a:b]
                 loss_sum += s
             else:
                 loss_sum += out
@@ -149,7 +156,8 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     seconds = time.perf_counter() - t0
     log(f"ttt:done chunks:{n_chunks} sgd_steps:{steps} time:{seconds:.1f}s")
     res = EvalResult(loss_sum / total, bpb(loss_sum, ev.byte_count), total, ev.byte_count, seconds)
-    return res, nll_all, ent_all, {"train_steps": steps, "train_tokens": steps * cfg.ttt.batch_seqs * T}
+    extra = {"train_steps": steps, "train_tokens": steps * cfg.ttt.batch_seqs * T}
+    return res, nll_all, ent_all, extra | ({"logp_hint": hint_all} if hints is not None else {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,15 +274,18 @@ def lora_functions(model, cfg: EvalConfig, place: _Placer):
     def doc_logits(p, lora_doc, x_T):
         return model.logits(p, x_T[None], True, hook=lora_hook(lora_doc, scale, head))[0]
 
-    def nll_of(p, lora, x_BT, y_BT):
+    def nll_of(p, lora, x_BT, y_BT, h_BT=None):
         logits = jax.vmap(doc_logits, in_axes=(None, 0, 0))(p, lora, x_BT)
         logz = jax.nn.logsumexp(logits, axis=-1)
         nll = logz - jnp.take_along_axis(logits, y_BT[..., None], axis=-1)[..., 0]
         logp = logits - logz[..., None]
-        return nll, -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
+        ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
+        if h_BT is None:
+            return nll, ent
+        return nll, ent, jnp.take_along_axis(logp, jnp.maximum(h_BT, 0)[..., None], axis=-1)[..., 0]
 
     def chunk_loss(lora, p, x, y, lo, hi):
-        nll, _ = nll_of(p, lora, x, y)
+        nll, _ = nll_of(p, lora, x, y)[:2]
         pos = jnp.arange(x.shape[1])[None]
         mask = (pos >= lo[:, None]) & (pos < hi[:, None])
         # Each document's adapter sees only its own mean chunk loss (the sum decouples them).
@@ -287,7 +298,8 @@ def lora_functions(model, cfg: EvalConfig, place: _Placer):
     return place.jit(nll_of), jax.jit(train)
 
 
-def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False, progress=None):
+def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False, progress=None,
+             hints=None):
     """Per-document score-first LoRA TTT (optionally phased); returns like full_ttt."""
     t0 = time.perf_counter()
     T, total, C = ev.seq_len, ev.total, cfg.lora_ttt.chunk_tokens
@@ -301,8 +313,10 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     score, train = lora_functions(model, cfg, place)
 
     loss_sum, key = 0.0, jax.random.key(0)
+    per_token = per_token or hints is not None
     nll_all = np.zeros(total, np.float32) if per_token else None
     ent_all = np.zeros(total, np.float32) if per_token else None
+    hint_all = np.zeros(total, np.float32) if hints is not None else None
     frontier, warm_a = _Frontier(), None
     forward_tokens = train_tokens = 0  # for the eval's FLOP count (each chunk re-reads its window)
     base, buf = place.replicated(params), None  # a copy: phases update it in place (donated)
@@ -324,7 +338,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
         for ci in range(n_chunks):
             x, y = np.zeros((nd, T), np.int32), np.zeros((nd, T), np.int32)
             lo, hi, start = np.zeros(nd, np.int32), np.zeros(nd, np.int32), np.zeros(nd, np.int64)
-            spans = []
+            spans, h = [], (np.full((nd, T), -1, np.int32) if hints is not None else None)
             for r, (a, b) in enumerate(batch):
                 ca, cb = a + ci * C, min(a + (ci + 1) * C, b)
                 if ca >= cb:
@@ -332,15 +346,20 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                 ws = max(a, cb - T)  # in-document context only, at most T tokens
                 x[r, :cb - ws], y[r, :cb - ws] = ev.tokens[ws:cb], ev.tokens[ws + 1:cb + 1]
                 lo[r], hi[r], start[r] = ca - ws, cb - ws, ws
+                if h is not None:
+                    h[r, :cb - ws] = hints[ws:cb]
                 spans.append((r, ca, cb, ws))
             x, y = place.batched(x), place.batched(y)
-            nll, ent = (np.asarray(v) for v in score(base, lora, x, y))
+            out = [np.asarray(v) for v in score(base, lora, x, y, *([] if h is None else [place.batched(h)]))]
+            nll, ent = out[:2]
             forward_tokens += nd * T
             for r, ca, cb, ws in spans:
                 loss_sum += float(nll[r, ca - ws:cb - ws].astype(np.float64).sum())
                 scored[r].scored_through(cb)
                 if per_token:
                     nll_all[ca:cb], ent_all[ca:cb] = nll[r, ca - ws:cb - ws], ent[r, ca - ws:cb - ws]
+                if h is not None:
+                    hint_all[ca:cb] = out[2][r, ca - ws:cb - ws]
             # Score-first, checked on what the step will train on: each row's mask [lo, hi) of
             # its window must lie behind the targets that row has had scored.
             for r in range(nd):
@@ -373,4 +392,5 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     seconds = time.perf_counter() - t0
     log(f"lora_ttt:done docs:{frontier_docs} time:{seconds:.1f}s")
     res = EvalResult(loss_sum / total, bpb(loss_sum, ev.byte_count), total, ev.byte_count, seconds)
-    return res, nll_all, ent_all, {"forward_tokens": forward_tokens, "train_tokens": train_tokens}
+    extra = {"forward_tokens": forward_tokens, "train_tokens": train_tokens}
+    return res, nll_all, ent_all, extra | ({"logp_hint": hint_all} if hints is not None else {})

@@ -80,17 +80,17 @@ def eval_programs(cfg: Config, mesh, model, state) -> list[Program]:
     modes = [m for m in e.final_modes.split(",") if m]
     out: list[Program] = []
 
-    def score(name: str, seq: int, batch_tokens: int, per_token: bool):
+    def score(name: str, seq: int, batch_tokens: int, per_token: bool, hints: bool = False):
         bs = batch_windows(batch_tokens, seq, MANY_WINDOWS, n)
         x, lo = _ids((bs, seq), batch), _ids((bs,), batch)
         flops, attn = _flops(ev_model.cfg, seq, True, bs * seq // n, 1 / 3)
-        out.append(Program(name, jit_score(ev_model, True, per_token, batch), (params, x, x, lo, lo),
-                           bs * seq // n, flops, attn))
+        out.append(Program(name, jit_score(ev_model, True, per_token, batch, hints),
+                           (params, x, x, lo, lo) + ((x,) if hints else ()), bs * seq // n, flops, attn))
 
     # pipeline.make_evaluator_factory's batch for the periodic val of train_seq_len windows
     score("val", t.train_seq_len, e.val_batch_size // max(1, t.batch_spans // n), False)
     if {"plain", "sliding", "ttt"} & set(modes):
-        score("eval_score", T, e.eval_batch_seqs * T, bool(e.ngram_order))
+        score("eval_score", T, e.eval_batch_seqs * T, bool(e.ngram_order), bool(e.ngram_tilt))
     place = ttt._Placer(batch)
 
     def rows(k: int):  # _Placer.batched: split over the devices when they divide the rows
