@@ -212,7 +212,7 @@ def _same_numbers(a: Path, b: Path) -> None:
     assert _columns(a, column) == _columns(b, column) and len(_columns(a)) == 2, column
 
 
-@pytest.mark.parametrize("mode,wait_for", [  # 2 cores: ~42 s loop, 49-65 s the others (three sweeps each)
+@pytest.mark.parametrize("mode,wait_for", [  # three sweeps each (two in this process): ~40-90 s on 2 cores
     pytest.param(["--no-vmap"], "sweep: a-s2: training", marks=pytest.mark.slow),  # the 2nd row's process, training
     (["--group-mode", "loop"], ": training (as one group)"),
     pytest.param(["--group-mode", "vmap"], ": training (as one group)", marks=pytest.mark.slow),
