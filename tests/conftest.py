@@ -1,5 +1,5 @@
-"""Test setup: CPU only, a persistent compile cache, a small prepared sample dataset, and helpers of the
-data tests."""
+"""Test setup: CPU only, a fresh persistent compile cache per session, a small prepared sample dataset, and
+helpers of the data tests."""
 
 import json
 import os
@@ -7,11 +7,37 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+
+def _session_compile_cache() -> str:
+    """A persistent compile cache of this session's own, shared by this process and every process a test
+    starts (they inherit the environment): the tests compile the same tiny programs in many processes.
+    Every program is kept (no minimum compile time or size). Never the user's cache: a session starts
+    empty, as CI does, so its time and behaviour do not depend on what an earlier session left. JAX
+    writes entries without a lock (its lock, on with a size limit, cost ~10 s on test_bad_input alone);
+    a process that meets an entry another is still writing recompiles, and its warning is silenced
+    because the one-error-line tests read stderr."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="pgolf_jax_test_cache_")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ.pop("PGOLF_NO_COMPILE_CACHE", None)
+    os.environ.update(JAX_ENABLE_COMPILATION_CACHE="true", JAX_COMPILATION_CACHE_DIR=path,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    quiet = "ignore:Error reading persistent compilation cache entry:UserWarning"
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
+    return path
+
+
+COMPILE_CACHE = _session_compile_cache()
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "pgolf_jax" / "jax_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)  # also set here: jax may have been imported first
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 from pgolf_jax import dist  # noqa: E402
 

@@ -58,7 +58,9 @@ RUNS = {
     "hopfield": {"model.family": "hopfield", "model.hopfield.refine_steps": 1},
     "agents": {"model.family": "agents", "model.agents.local_ctx": 4, "model.agents.decoder_hidden": 32,
                "model.agents.loss_stride": 8},
-    "distill": {"train.objective": "distill", "train.distill.teacher": "<base>"},
+    # a student of another shape than its teacher (the base run), as the distill presets have
+    "distill": {"train.objective": "distill", "train.distill.teacher": "<base>", "model.model_dim": 32,
+                "model.num_heads": 2, "model.num_kv_heads": 1},
 }
 STEPS = {"train.iterations": 2, "train.warmdown_iters": 1, "train.train_log_every": 1, "train.progress": False,
          "eval.val_tokens_limit": 8192}
@@ -143,6 +145,8 @@ def check_seam(field: str, name: str, run_dir: Path, sub: dict, log: str) -> Non
             assert f"final_{mode}+tilt val_loss:" in log and f"{mode}+tilt" in sub["final_modes"]
     if field == "train.objective":
         assert f"objective:{name}" in log or name == "ce"
+    if field == "model.topology" and name == "act":  # the loss line splits CE and the ponder cost
+        assert re.search(r"step:\d+/\d+ train_loss:[\d.]+ ce:[\d.]+ ponder:[\d.]+", log)
 
 
 def test_every_seam_run_is_a_valid_config():
@@ -159,6 +163,22 @@ def test_every_seam_run_is_a_valid_config():
 def test_registry_entry_runs_end_to_end(field, name, seam_runs):
     run = covering_run(field, name, RUNS)
     check_seam(field, name, *seam_runs(run))
+
+
+def test_distill_student_of_another_shape(seam_runs):
+    """The distill run's student (32 wide) learns from the base run (64 wide, its run dir as
+    train.distill.teacher); a teacher may also be a packed artifact: its dequantized weights."""
+    import jax
+
+    from pgolf_jax.train.objectives import load_teacher
+
+    (teacher, base, _), (_, sub, log) = seam_runs("base"), seam_runs("distill")
+    assert "objective:distill teacher:" in log and re.search(r"kl:[\d.]+", log)
+    assert sub["model_params"] < base["model_params"]
+    _, from_dir = load_teacher(teacher)
+    _, from_art = load_teacher(next(teacher.glob("final_model.int8.*")))
+    for a, b in zip(jax.tree.leaves(from_dir), jax.tree.leaves(from_art)):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=0.02)
 
 
 TOY_MODULE = '''

@@ -164,7 +164,7 @@ def _npz(path: Path) -> dict:
         return {k: z[k] for k in z.files}
 
 
-def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path):
+def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path, capfd, monkeypatch):
     """2 variants x 2 seeds of the tiny preset through run.py, trained as one group (a loop over one
     compiled step on CPU, and as one vmapped program); the same rows run one by one give the same weights; a rerun skips every finished row. With an EMA
     (whose fp32 copy of fp32 params must not share their buffers: the step donates both)."""
@@ -174,14 +174,26 @@ def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path
                             "'model.logit_softcap': 20.0, 'model.qk_gain_init': 2.0}}\nSEEDS = [1, 2]\n"
                             "REFERENCE = {'base': 1.31, 'hot': 1.30}\n")
 
+    from pgolf_jax.cli import main
+
+    def here(*argv):
+        """run.py's entry point in this process (no interpreter start; compiles shared): (code, stdout, stderr)."""
+        monkeypatch.chdir(ROOT)
+        capfd.readouterr()
+        code = main([str(a) for a in argv])
+        return (code, *capfd.readouterr())
+
     def sweep(*extra):
-        proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), *extra], cwd=ROOT,
-                              capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        return proc.stdout + proc.stderr
+        code, got, err = here("sweep", path, *extra)
+        assert code == 0, got[-2000:] + err[-3000:]
+        return got + err
 
     out = tmp_path / "out"
-    log = sweep("--out", str(out))
+    # The first sweep as a user runs it: run.py in its own process; the others through its entry point here.
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
     assert "training 4 rows as one compiled group (loop)" in log and "the group failed" not in log
     rows = {p.stem: json.loads(p.read_text()) for p in (out / "rows").glob("*.json")}
     assert sorted(rows) == ["base-s1", "base-s2", "hot-s1", "hot-s2"] and all(r["status"] == "ok" for r in rows.values())
@@ -193,13 +205,10 @@ def test_tiny_sweep_end_to_end_vmapped_equals_separate_runs_and_resumes(tmp_path
     assert sorted(png_series(out / "pareto.png")) == ["base", "hot"]
     # Every run draws its own curves; `run.py plot` overlays runs; a folder that is no run is one line.
     assert png_series(out / "runs" / "hot-s2" / "curves.png") == ["hot-s2"]
-    plot = [sys.executable, str(ROOT / "run.py"), "plot", str(out / "runs" / "base-s1"), str(out / "runs" / "hot-s1"),
-            "--out", str(tmp_path / "overlay.png")]
-    assert subprocess.run(plot, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
+    assert here("plot", out / "runs" / "base-s1", out / "runs" / "hot-s1", "--out", tmp_path / "overlay.png")[0] == 0
     assert png_series(tmp_path / "overlay.png") == ["base-s1", "hot-s1"]
-    bad = subprocess.run(plot[:3] + [str(tmp_path), "--out", str(tmp_path / "bad.png")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "metrics.jsonl not found" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    code, _, err = here("plot", tmp_path, "--out", tmp_path / "bad.png")
+    assert code != 0 and "metrics.jsonl not found" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "bad.png").exists()
     # Resume: every row is done, nothing runs.
     assert "to_run:0" in sweep("--out", str(out))
