@@ -449,3 +449,22 @@ def test_corrupt_newest_checkpoint_falls_back(world, tmp_path, capfd):
     r = ck.select()
     ck.close()
     assert r.step == 1 and re.fullmatch(r"2 \(state/.* does not match its checksum\)", r.skipped[0])
+
+
+def test_a_checksum_record_that_lost_a_file_is_not_trusted(world, tmp_path):
+    """A record damaged so that it still parses but names one file twice (a flipped character in a
+    name turning it into another file's) no longer vouches for every file: the step is skipped."""
+    from pgolf_jax.train.checkpoint import CHECKSUMS, Checkpointer
+
+    run = tmp_path / "ck"
+    shutil.copytree(world / "runs" / "ck", run)
+    record = run / "checkpoints" / "2" / CHECKSUMS
+    sums = json.loads(record.read_text())
+    first, second = sorted(sums)[:2]
+    text = record.read_text().replace(json.dumps(first), json.dumps(second), 1)  # two entries for `second`
+    record.write_text(text)
+    assert json.loads(text) == {k: v for k, v in sums.items() if k != first} | {second: sums[second]}
+    ck = Checkpointer(run / "checkpoints")
+    r = ck.select()
+    ck.close()
+    assert r.step == 1 and r.skipped == [f"2 ({first} has no checksum in {CHECKSUMS})"]

@@ -149,7 +149,11 @@ class Checkpointer:
                 return f"{rel} is missing"
             if file_checksum(path) != want:
                 return f"{rel} does not match its checksum"
-        return None
+        # A file the record does not name: a damaged record (a flipped name can duplicate another
+        # entry and drop one) or a foreign file; either way the step is not vouched for.
+        unrecorded = sorted(p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*")
+                            if p.is_file() and p.name != CHECKSUMS and p.relative_to(step_dir).as_posix() not in sums)
+        return f"{unrecorded[0]} has no checksum in {CHECKSUMS}" if unrecorded else None
 
     def select(self) -> Restore:
         """The newest intact checkpoint (its meta read), naming each newer one skipped and why."""
