@@ -138,7 +138,7 @@ def override(cfg: Config, items: dict | list[str] | tuple[str, ...], lenient: bo
         cls = registry.load(path) if path else None
         if cls is None or parts[2] not in field_types(cls):
             raise _unknown(key)
-        current = opts[section].get(name) or getattr(getattr(cfg, section), name)
+        current = opts[section].get(name) or cls()  # (the result may select it; cfg need not)
         opts[section][name] = dataclasses.replace(current, **{parts[2]: coerce(key, value, field_types(cls)[parts[2]])})
         mentioned.add((section, name))
     sections = {}

@@ -156,7 +156,10 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     check_finite(obj, flatten_params(params))
     tag = registry.resolve(registry.QUANT_SCHEMES, q.scheme).tag
     art_path = out_dir / f"final_model.{tag}.{q.compressor}"
-    blob = artifact.pack(obj, q.compressor, q.zstd.level, q.byte_shuffle)
+    # Only zstd takes a level, and its option exists only where zstd is selected (a packed file
+    # registers no other codec's options); the other codecs ignore it.
+    level = q.zstd.level if q.compressor == "zstd" else None
+    blob = artifact.pack(obj, q.compressor, level, q.byte_shuffle)
     model_bytes = len(blob)
     packed, shipped = tooling.code(cfg)
     code_raw = sum(len(b) for b in shipped.values())
@@ -166,7 +169,7 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
         f"({len(shipped)} files; counting {q.code_bytes})")
     rules = flat_specs(model.param_specs(), params)
     breakdown = artifact.size_report(obj, lambda name, slot: slot if slot in ("passthrough", "lqer") else
-                                     rules[name].quant if name in rules else "other", q.compressor, q.zstd.level,
+                                     rules[name].quant if name in rules else "other", q.compressor, level,
                                      q.byte_shuffle)
     for g, b in breakdown.items():
         log(f"bytes:{g} raw:{b['raw']} compressed:{b['compressed']}")
