@@ -98,8 +98,6 @@ class Section:
         path = registry.options_path(self.SECTION, name)
         if path is None:
             raise AttributeError(f"{type(self).__name__} has no field or variant options {name!r}")
-        if name not in self.selected():  # a packed file does not even register it: reading it is a bug
-            raise AttributeError(f"{self.SECTION}.{name}.* is read but {name} is not selected")
         return registry.load(path)()
 
     def selected(self) -> set[str]:
