@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import perturbed
 from pgolf_jax import config as C
 from pgolf_jax.data.tokenizer import ByteLuts
 from pgolf_jax.evaluation import tilt
@@ -122,10 +123,7 @@ LUTS = ByteLuts(np.ones(64, np.int16), np.zeros(64, bool), np.zeros(64, bool))
 @pytest.fixture(scope="module")
 def tiny():
     model = build_model(MODEL)
-    params = jax.jit(model.init)(jax.random.key(0))
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    return model, jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+    return model, perturbed(model, seed=0, scale=0.1)
 
 
 def _hints_for(tokens):
