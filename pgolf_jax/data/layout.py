@@ -5,6 +5,7 @@ Layout (as the reference's data/ directory):
   <root>/manifest.json
   <root>/tokenizers/fineweb_<V>_bpe.{model,vocab} | fineweb_pure_byte_260.json
   <root>/datasets/fineweb10B_<variant>/fineweb_{val,train}_NNNNNN.bin
+  (CaseOps variants also fineweb_val_bytes_NNNNNN.bin: the original bytes of each val token)
 The manifest is always written last, so its presence means the files it lists are complete.
 """
 
@@ -16,31 +17,49 @@ import os
 import re
 from pathlib import Path
 
-from pgolf_jax.data.shards import open_shard, read_num_tokens, recorded_checksum
+from pgolf_jax.data.shards import SIDECAR_TAG, open_shard, read_num_tokens, recorded_checksum
 from pgolf_jax.fsio import read_json
 
 DEFAULT_NAME = "fineweb10B"
 
 
+# A CaseOps variant (sp<V>_caseops, or the records' long spelling): SentencePiece trained on the
+# text after the data/caseops.py transform, its files named as the records' published set names them.
+CASEOPS_SUFFIX = "_lossless_caps_caseops_v1_reserved"
+
+
 def parse_variant(variant: str) -> tuple[str, int]:
-    """'sp<V>' -> ('sp', V); 'byte260' -> ('byte', 260)."""
+    """'sp<V>' (or a CaseOps 'sp<V>_caseops') -> ('sp', V); 'byte260' -> ('byte', 260)."""
     if variant == "byte260":
         return "byte", 260
-    m = re.fullmatch(r"sp(\d+)", variant)
+    m = re.fullmatch(rf"sp(\d+)(_caseops|{CASEOPS_SUFFIX})?", variant)
     if not m or not 0 < int(m.group(1)) <= 2**16:
-        raise ValueError(f"unsupported variant {variant!r}: expected sp<VOCAB_SIZE> (e.g. sp1024) or byte260")
+        raise ValueError(f"unsupported variant {variant!r}: expected sp<VOCAB_SIZE> (e.g. sp1024), "
+                         "sp<VOCAB_SIZE>_caseops or byte260")
     return "sp", int(m.group(1))
+
+
+def is_caseops(variant: str) -> bool:
+    """Whether a (valid) variant tokenizes the CaseOps-transformed text."""
+    parse_variant(variant)
+    return variant.endswith(("_caseops", CASEOPS_SUFFIX))
+
+
+def variant_stem(variant: str) -> str:
+    """The variant as its files spell it: sp<V>, byte260 or sp<V> + CASEOPS_SUFFIX."""
+    kind, vocab = parse_variant(variant)
+    return f"sp{vocab}{CASEOPS_SUFFIX}" if is_caseops(variant) else variant
 
 
 def tokenizer_file(output_root: Path, variant: str) -> Path:
     kind, vocab = parse_variant(variant)
-    name = f"fineweb_{vocab}_bpe.model" if kind == "sp" else "fineweb_pure_byte_260.json"
+    suffix = CASEOPS_SUFFIX if is_caseops(variant) else ""
+    name = f"fineweb_{vocab}_bpe{suffix}.model" if kind == "sp" else "fineweb_pure_byte_260.json"
     return Path(output_root) / "tokenizers" / name
 
 
 def dataset_dir_for_variant(variant: str) -> str:
-    parse_variant(variant)
-    return f"{DEFAULT_NAME}_{variant}"
+    return f"{DEFAULT_NAME}_{variant_stem(variant)}"
 
 
 def relativize(value, root: Path):
@@ -111,6 +130,22 @@ def dataset_problem(root: Path, manifest: dict | None, variant: str) -> tuple[di
     return tok, ds, None
 
 
+def _verify_sidecars(d: Path, files_val: int) -> int:
+    """Check the val byte sidecars of a dataset dir, if it has any: one per val shard, each as long
+    as its shard (and its recorded checksum); returns how many there are."""
+    sidecars = sorted(d.glob(f"fineweb_val{SIDECAR_TAG}*.bin"))
+    if not sidecars:
+        return 0
+    expected = [f"fineweb_val{SIDECAR_TAG}{i:06d}.bin" for i in range(files_val)]
+    if [f.name for f in sidecars] != expected:
+        raise ValueError(f"{d}: {len(sidecars)} val byte sidecars for {files_val} val shards (expected {expected[:2]}...)")
+    for f in sidecars:
+        shard = f.with_name(f.name.replace(SIDECAR_TAG, "_"))
+        if len(open_shard(f)) != read_num_tokens(shard):
+            raise ValueError(f"{f}: {read_num_tokens(f)} byte counts for the {read_num_tokens(shard)} tokens of {shard.name}")
+    return len(sidecars)
+
+
 def verify_dataset(dataset_dir, vocab_size: int = 0, structure_only: bool = False) -> dict:
     """Validate every shard of a dataset dir (header, recorded checksum, and token ids < vocab_size
     if given); returns counts. A shard no manifest records a checksum for cannot have its contents
@@ -120,7 +155,7 @@ def verify_dataset(dataset_dir, vocab_size: int = 0, structure_only: bool = Fals
         raise FileNotFoundError(f"dataset directory not found: {d}")
     counts = {}
     for split in ("val", "train"):
-        files = sorted(d.glob(f"fineweb_{split}_*.bin"))
+        files = sorted(f for f in d.glob(f"fineweb_{split}_*.bin") if SIDECAR_TAG not in f.name)
         expected = [f"fineweb_{split}_{i:06d}.bin" for i in range(len(files))]
         if [f.name for f in files] != expected:
             missing = sorted(set(expected) - {f.name for f in files})
@@ -131,6 +166,7 @@ def verify_dataset(dataset_dir, vocab_size: int = 0, structure_only: bool = Fals
         counts[f"files_{split}"], counts[f"tokens_{split}"] = len(files), tokens
     if counts["files_val"] + counts["files_train"] == 0:
         raise FileNotFoundError(f"no fineweb_{{val,train}}_*.bin shards in {d}")
+    counts["files_val_bytes"] = _verify_sidecars(d, counts["files_val"])
     unrecorded = [f for f in sorted(d.glob("fineweb_*_*.bin")) if recorded_checksum(f)[0] is None]
     if unrecorded and not structure_only:
         manifest = d.parent.parent / "manifest.json"

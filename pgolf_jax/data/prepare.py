@@ -20,14 +20,18 @@ import numpy as np
 
 from pgolf_jax.data.docs import count_docs, docs_fingerprint, iter_docs, load_sidecar, sidecar_path
 from pgolf_jax.data.layout import (
+    CASEOPS_SUFFIX,
     DEFAULT_NAME,
     dataset_problem,
+    is_caseops,
     parse_variant,
     read_manifest,
     relativize,
     source_differences,
+    tokenizer_file,
+    variant_stem,
 )
-from pgolf_jax.data.shards import CHECKSUM_KEY, file_checksum, write_shard
+from pgolf_jax.data.shards import CHECKSUM_KEY, file_checksum, sidecar_for, write_shard
 from pgolf_jax.data.tokenizer import (
     PureByteTokenizer,
     load_tokenizer,
@@ -60,6 +64,14 @@ def _build_tokenizer(variant: str, docs_jsonl: Path, docs_total: int, tokenizers
         name, kind_name = spec["name"], "byte"
     else:
         spec = {"name": f"sp_bpe_{vocab}", "dataset_suffix": variant, "vocab_size": vocab}
+        transform = (lambda text: text)
+        if is_caseops(variant):  # the records' CaseOps tokenizer spec: its names, the operators reserved
+            from pgolf_jax.data import caseops
+
+            transform = caseops.encode
+            spec = {"name": f"sp_bpe_{vocab}{CASEOPS_SUFFIX}", "dataset_suffix": f"sp{vocab}{CASEOPS_SUFFIX}",
+                    "vocab_size": vocab, "text_transform": caseops.NAME, "reserve_text_transform_controls": True}
+            trainer_overrides = _with_operators(trainer_overrides, caseops.OPERATORS)
         if tokenizer_train_docs is not None:
             spec["tokenizer_train_docs"] = int(tokenizer_train_docs)
         if trainer_overrides:
@@ -70,12 +82,16 @@ def _build_tokenizer(variant: str, docs_jsonl: Path, docs_total: int, tokenizers
         def texts():
             for i, text in enumerate(iter_docs(docs_jsonl, limit=tokenizer_train_docs), 1):
                 progress.update(i)
-                yield text
+                yield transform(text)
 
-        model = train_sentencepiece(texts(), vocab, tokenizers_dir / f"fineweb_{vocab}_bpe", trainer_overrides)
+        model = train_sentencepiece(texts(), vocab, tokenizer_file(tokenizers_dir.parent, variant).with_suffix(""),
+                                    trainer_overrides)
         progress.finish(n)
         tok = load_tokenizer(model)
         files = {"model_path": str(model), "vocab_path": str(model.with_suffix(".vocab"))}
+        if is_caseops(variant):
+            tok = caseops.CaseOpsTokenizer(model)
+            files["text_transform"] = caseops.NAME
         name, kind_name = spec["name"], "sentencepiece_bpe"
     entry = {"name": name, "kind": kind_name, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id,
              "eos_id": tok.eos_id, "recommended_bigram_vocab_size": bigram_vocab(tok.vocab_size),
@@ -83,9 +99,21 @@ def _build_tokenizer(variant: str, docs_jsonl: Path, docs_total: int, tokenizers
     return tok, entry, spec
 
 
+def _with_operators(overrides: dict | None, operators) -> dict:
+    """Trainer overrides with the transform's operators appended to user_defined_symbols (as the
+    records' exporter merges them: given symbols first, each operator once)."""
+    out = dict(overrides or {})
+    given = out.get("user_defined_symbols") or []
+    given = [x for x in given.split(",") if x] if isinstance(given, str) else [str(x) for x in given]
+    out["user_defined_symbols"] = given + [op for op in operators if op not in given]
+    return out
+
+
 def export_shards(docs_jsonl: Path, tok, output_dir: Path, *, num_val_docs: int, shard_size: int,
                   docs_total: int, label: str) -> dict:
-    """Tokenize every doc as [BOS] + ids into val/train shards of shard_size tokens; returns stats."""
+    """Tokenize every doc as [BOS] + ids into val/train shards of shard_size tokens; returns stats.
+    A tokenizer with encode_with_byte_counts (CaseOps) also gets each val shard's byte sidecar:
+    the original UTF-8 bytes of every token, 0 for BOS."""
     output_dir.mkdir(parents=True, exist_ok=True)
     vocab = int(tok.vocab_size)
     if vocab > 2**16:
@@ -93,13 +121,17 @@ def export_shards(docs_jsonl: Path, tok, output_dir: Path, *, num_val_docs: int,
     stats = dict.fromkeys(("docs_total", "docs_val", "docs_train", "files_total", "files_val", "files_train",
                            "tokens_total", "tokens_val", "tokens_train"), 0)
     buf = np.empty(shard_size, dtype=np.uint16)
+    sides = np.zeros(shard_size, dtype=np.uint16) if hasattr(tok, "encode_with_byte_counts") else None
     fill, split = 0, "val"
     progress = Progress(label, docs_total, every=PROGRESS_EVERY, unit="docs")
 
     def flush():
         nonlocal fill
         if fill:
-            write_shard(output_dir / f"fineweb_{split}_{stats[f'files_{split}']:06d}.bin", buf[:fill])
+            shard = output_dir / f"fineweb_{split}_{stats[f'files_{split}']:06d}.bin"
+            write_shard(shard, buf[:fill])
+            if sides is not None and split == "val":
+                write_shard(sidecar_for(shard), sides[:fill])
             stats["files_total"] += 1
             stats[f"files_{split}"] += 1
             fill = 0
@@ -115,7 +147,9 @@ def export_shards(docs_jsonl: Path, tok, output_dir: Path, *, num_val_docs: int,
             yield batch
 
     for texts in batches():
-        for ids in tok.encode_batch(texts):
+        n_val = min(len(texts), max(0, num_val_docs - stats["docs_total"])) if sides is not None else 0
+        encoded = tok.encode_with_byte_counts(texts[:n_val]) + [(ids, None) for ids in tok.encode_batch(texts[n_val:])]
+        for ids, counts in encoded:
             doc_split = "val" if stats["docs_total"] < num_val_docs else "train"
             if doc_split != split:
                 flush()  # the last val shard is short: splits never share a shard
@@ -130,6 +164,10 @@ def export_shards(docs_jsonl: Path, tok, output_dir: Path, *, num_val_docs: int,
             toks[1:1 + ids.size] = ids
             if APPEND_EOS:
                 toks[-1] = tok.eos_id
+            nbytes = None
+            if counts is not None:
+                nbytes = np.zeros(toks.size, dtype=np.uint16)  # BOS (and EOS) stand for no bytes
+                nbytes[1:1 + ids.size] = counts
             stats["docs_total"] += 1
             stats[f"docs_{split}"] += 1
             stats["tokens_total"] += toks.size
@@ -138,6 +176,8 @@ def export_shards(docs_jsonl: Path, tok, output_dir: Path, *, num_val_docs: int,
             while pos < toks.size:
                 k = min(shard_size - fill, toks.size - pos)
                 buf[fill:fill + k] = toks[pos:pos + k]
+                if nbytes is not None:
+                    sides[fill:fill + k] = nbytes[pos:pos + k]
                 fill += k
                 pos += k
                 if fill == shard_size:
@@ -279,7 +319,7 @@ def _prepare_locked(docs_jsonl: Path, root: Path, variants: list[str], sidecar: 
                 "shuffle_seed": sidecar.get("shuffle_seed") if sidecar else None,
                 "shard_size": shard, "append_eos": APPEND_EOS, "docs_jsonl": str(docs_jsonl),
                 "docs_meta": docs_meta, "tokenizer_specs": [], "tokenizers": [], "datasets": []}
-    rebuilt = {f"{name}_{v}" for v in build}
+    rebuilt = {f"{name}_{variant_stem(v)}" for v in build}
     for ds in (old or {}).get("datasets", []):  # every other variant the manifest had stays listed
         if isinstance(ds, dict) and ds.get("name") not in rebuilt:
             tok = old_tokens.get(ds.get("tokenizer_name"))
@@ -304,7 +344,7 @@ def _build_and_swap(docs_jsonl: Path, root: Path, staging: Path, build: list[str
     manifest_path = root / "manifest.json"
     moves = []
     for variant in build:
-        ds_name = f"{name}_{variant}"
+        ds_name = f"{name}_{variant_stem(variant)}"
         tok, tok_entry, spec = _build_tokenizer(variant, docs_jsonl, n_docs, staging / "tokenizers",
                                                 source["tokenizer_train_docs"], source["trainer_overrides"])
         for key in ("model_path", "vocab_path", "path"):  # staged now; the manifest names the final place
@@ -328,12 +368,16 @@ def _build_and_swap(docs_jsonl: Path, root: Path, staging: Path, build: list[str
             "val_glob": str(final_dir / "fineweb_val_*.bin"), "vocab_size": tok_entry["vocab_size"],
             "bos_id": tok_entry["bos_id"], "eos_id": tok_entry["eos_id"],
             "recommended_bigram_vocab_size": tok_entry["recommended_bigram_vocab_size"], "stats": stats,
+            **({"val_bytes_glob": str(final_dir / "fineweb_val_bytes_*.bin"), "text_transform": tok.text_transform}
+               if hasattr(tok, "encode_with_byte_counts") else {}),
             "source": source, CHECKSUM_KEY: {f.name: file_checksum(f) for f in sorted(staged_ds.glob("*.bin"))},
             # Beside the key, not in it: the shards are checked by their checksums, and a code change
             # that does not touch tokenization must not force a rebuild of a 10B-token dataset.
             "prepared_with": code_version()})
+        side = " with byte sidecars" if hasattr(tok, "encode_with_byte_counts") else ""
         print(f"prepare: {ds_name}: {stats['files_val']} val + {stats['files_train']} train shards, "
-              f"{stats['tokens_val']} val + {stats['tokens_train']} train tokens", file=sys.stderr, flush=True)
+              f"{stats['tokens_val']} val + {stats['tokens_train']} train tokens; val = the first "
+              f"{stats['docs_val']} docs{side}", file=sys.stderr, flush=True)
     # Tokenizers of replaced variants that no kept dataset uses are dropped from the listing.
     used = {d["tokenizer_name"] for d in manifest["datasets"]}
     keep = [i for i, t in enumerate(manifest["tokenizers"]) if t.get("name") in used]
