@@ -25,7 +25,7 @@ import zstandard
 from pgolf_jax import config as config_lib
 from pgolf_jax import dist, provenance, registry
 from pgolf_jax.config import Config
-from pgolf_jax.data.shards import load_val_tokens, open_shard
+from pgolf_jax.data.shards import load_val_bytes, load_val_tokens, open_shard
 from pgolf_jax.data.tokenizer import build_luts
 from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, unigram_bpb, with_window
 from pgolf_jax.fsio import atomic_output, write_bytes, write_json
@@ -45,6 +45,18 @@ def source_hash() -> str:
     return provenance.code_version()
 
 
+def val_byte_counts(cfg: Config, pattern: str, tokens: dict) -> dict | None:
+    """{seq_len: the val tokens' byte sidecar} under data.val_byte_sidecar, or None for the tables."""
+    mode = cfg.data.val_byte_sidecar
+    found = None if mode == "off" else {seq: load_val_bytes(pattern, len(t)) for seq, t in tokens.items()}
+    if found is None or any(v is None for v in found.values()):
+        if mode == "on":
+            raise FileNotFoundError(f"data.val_byte_sidecar='on' but the val shards {pattern} have no byte sidecars "
+                                    "(fineweb_val_bytes_*.bin)")
+        return None
+    return found
+
+
 def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
     """Load val tokens and byte tables once; returns factory(model, mesh, seq_len=None, stride=None)
     -> Evaluator (plain windows of train_seq_len by default; val tokens reloaded per length)."""
@@ -53,12 +65,16 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
     tokens = {cfg.train.train_seq_len: load_val_tokens(pattern, cfg.train.train_seq_len, cfg.eval.val_tokens_limit, V)}
     val_tokens = tokens[cfg.train.train_seq_len]
     log(f"val_bpb:enabled tokenizer_path:{tok_path}")
+    val_bytes = val_byte_counts(cfg, pattern, tokens)
+    if val_bytes is not None:  # the records' line: bpb counts the original bytes of each token
+        log("val_bpb:byte_sidecar:enabled")
     log(f"val_loader:shards pattern={pattern} tokens:{len(val_tokens) - 1}")
     if cfg.eval.attention_window:
         log(f"eval:attention_window:{cfg.eval.attention_window} (the sliding causal mask of every evaluation)")
     train_files = sorted(data_path.glob(cfg.data.train_files))
     if train_files:  # a reference point for "learns visibly": the unigram floor, from one shard
-        uni = unigram_bpb(open_shard(train_files[0], V)[:UNIGRAM_TOKENS], val_tokens, luts, cfg.model.vocab_size)
+        uni = unigram_bpb(open_shard(train_files[0], V)[:UNIGRAM_TOKENS], val_tokens, luts, cfg.model.vocab_size,
+                          None if val_bytes is None else val_bytes[cfg.train.train_seq_len])
         log(f"val_unigram_bpb:{uni:.4f} (add-one unigram fit on {train_files[0].name})")
 
     def factory(model: Model, mesh, seq_len: int | None = None, stride: int | None = None, batch_seqs: int = 0):
@@ -66,10 +82,13 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
         seq = seq_len or cfg.train.train_seq_len
         if seq not in tokens:
             tokens[seq] = load_val_tokens(pattern, seq, cfg.eval.val_tokens_limit, V)
+            if val_bytes is not None:
+                val_bytes[seq] = load_val_bytes(pattern, len(tokens[seq]))
         batch_tokens = batch_seqs * seq or cfg.eval.val_batch_size // max(1, cfg.train.batch_spans // n)
         return Evaluator(with_window(model, cfg.eval.attention_window), tokens[seq], luts, seq, batch_tokens,
                          data_sharding=dist.batch_sharding(mesh),
-                         num_devices=n, stride=stride or seq)
+                         num_devices=n, stride=stride or seq,
+                         val_bytes=None if val_bytes is None else val_bytes[seq])
 
     return factory
 

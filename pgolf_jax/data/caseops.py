@@ -27,69 +27,52 @@ from pgolf_jax.data.tokenizer import SentencePieceTokenizer
 NAME = "lossless_caps_caseops_v1"  # the records' text_transform name (manifest field)
 TITLE, ALLCAPS, CAPNEXT, ESC = "\ue001", "\ue002", "\ue003", "\ue004"
 OPERATORS = (TITLE, ALLCAPS, CAPNEXT, ESC)  # SentencePiece user_defined_symbols, in this order
-_WORD_OR_OPERATOR = re.compile("[A-Za-z]+|[\ue001-\ue004]")
+# What encode rewrites: a literal operator, and a letter run from its first capital to the run's
+# end (a pattern that starts on a capital keeps the regex scan fast; lowercase runs are skipped).
+_OPERATOR = re.compile("[\ue001-\ue004]")
+_FROM_CAPITAL = re.compile("[A-Z][A-Za-z]*")
+# What decode rewrites: an escape, an ALLCAPS word, a TITLE or CAPNEXT letter.
+_OPERATION = re.compile("\ue004(.)|\ue002([a-z]+)|[\ue001\ue003]([a-z])", re.DOTALL)
 
 
 class CaseOpsError(ValueError):
     """An encoded stream that no text encodes to (a misplaced or dangling operator)."""
 
 
-def _encode_word(word: str) -> str:
-    low = word.lower()
-    if word == low:
-        return word
+def _capnext(letters: str) -> str:
+    """Lowercase ASCII letters with CAPNEXT before each capital."""
+    return letters if letters.islower() else "".join(CAPNEXT + c.lower() if c < "a" else c for c in letters)
+
+
+def _encode_cased(m: re.Match) -> str:
+    word, at = m.group(), m.start()
+    if at and ("a" <= m.string[at - 1] <= "z"):  # inside a run that starts lowercase: inner capitals only
+        return _capnext(word)
     if len(word) >= 2 and word.isupper():
-        return ALLCAPS + low
-    head = TITLE if word[0].isupper() else ""
-    if word[1:] == low[1:]:
-        return head + low
-    return head + low[0] + "".join(CAPNEXT + c.lower() if c.isupper() else c for c in word[1:])
+        return ALLCAPS + word.lower()
+    return TITLE + word[0].lower() + _capnext(word[1:])
 
 
 def encode(text: str) -> str:
     """The CaseOps form of text (a lowercase letter stream plus operators)."""
-    return _WORD_OR_OPERATOR.sub(lambda m: ESC + m.group() if m.group() in OPERATORS else _encode_word(m.group()),
-                                 text)
+    return _FROM_CAPITAL.sub(_encode_cased, _OPERATOR.sub(lambda m: ESC + m.group(), text))
+
+
+def _undo(m: re.Match) -> str:
+    escaped, allcaps, capital = m.groups()
+    return escaped if escaped is not None else (allcaps or capital).upper()
 
 
 def decode(encoded: str) -> str:
-    """The text `encoded` came from; CaseOpsError when no text encodes to it."""
-    out = []
-    mode = ""  # "" | TITLE | ALLCAPS: a word mode waiting for the next word's first letter
-    capnext = escaped = in_word = allcaps = False
-    for ch in encoded:
-        if escaped:
-            out.append(ch)
-            escaped = in_word = allcaps = False
-        elif ch == ESC:
-            if mode or capnext:
-                raise CaseOpsError("an escape where a capitalisation operator wants a letter")
-            escaped = True
-        elif ch in (TITLE, ALLCAPS):
-            if mode or capnext or in_word:
-                raise CaseOpsError(f"operator U+{ord(ch):04X} not at the start of a word")
-            mode = ch
-        elif ch == CAPNEXT:
-            if mode or capnext or not in_word:
-                raise CaseOpsError("CAPNEXT not inside a word")
-            capnext = True
-        elif "a" <= ch <= "z":
-            if not in_word:
-                allcaps, in_word = mode == ALLCAPS, True
-                out.append(ch.upper() if mode else ch)
-            else:
-                out.append(ch.upper() if allcaps or capnext else ch)
-            mode, capnext = "", False
-        elif "A" <= ch <= "Z":
-            raise CaseOpsError(f"a capital letter {ch!r} in an encoded stream")
-        else:
-            if mode or capnext:
-                raise CaseOpsError(f"a capitalisation operator followed by {ch!r}, not a letter")
-            out.append(ch)
-            in_word = allcaps = False
-    if mode or capnext or escaped:
-        raise CaseOpsError("the stream ends on an operator")
-    return "".join(out)
+    """The text `encoded` came from; CaseOpsError when no text encodes to it (checked by encoding
+    the result again: the transform is one-to-one, so only its own output comes back unchanged)."""
+    text = _OPERATION.sub(_undo, encoded)
+    again = encode(text)
+    if again != encoded:
+        at = next((i for i, (a, b) in enumerate(zip(again, encoded)) if a != b), min(len(again), len(encoded)))
+        raise CaseOpsError(f"no text encodes to this stream: misplaced operator or capital near character {at} "
+                           f"({encoded[max(0, at - 8):at + 8]!r})")
+    return text
 
 
 def original_byte_counts(pieces: Iterable[str]) -> list[int]:

@@ -138,11 +138,13 @@ def _verify_sidecars(d: Path, files_val: int) -> int:
         return 0
     expected = [f"fineweb_val{SIDECAR_TAG}{i:06d}.bin" for i in range(files_val)]
     if [f.name for f in sidecars] != expected:
-        raise ValueError(f"{d}: {len(sidecars)} val byte sidecars for {files_val} val shards (expected {expected[:2]}...)")
+        raise ValueError(f"{d}: {len(sidecars)} val byte sidecars for {files_val} val shards "
+                         f"(expected {expected[:2]}...)")
     for f in sidecars:
         shard = f.with_name(f.name.replace(SIDECAR_TAG, "_"))
         if len(open_shard(f)) != read_num_tokens(shard):
-            raise ValueError(f"{f}: {read_num_tokens(f)} byte counts for the {read_num_tokens(shard)} tokens of {shard.name}")
+            raise ValueError(f"{f}: {read_num_tokens(f)} byte counts for the {read_num_tokens(shard)} tokens "
+                             f"of {shard.name}")
     return len(sidecars)
 
 

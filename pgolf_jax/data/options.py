@@ -29,9 +29,14 @@ class DataConfig(Section):
     # independent of train.seed.
     loader: str = "sequential"
     loader_seed: int = 0
+    # bpb's byte count: "auto" takes the val shards' byte sidecars (fineweb_val_bytes_*.bin, as the
+    # CaseOps variants ship them) when they are there, else the tokenizer's byte tables; "off" always
+    # the tables; "on" the sidecars or an error.
+    val_byte_sidecar: str = "auto"
     options: tuple = ()
     SECTION = "data"
     RANGES = {"num_val_docs": ">= 1", "tokenizer_train_docs": ">= 0", "loader_seed": SEED_RANGE}
+    CHOICES = {"val_byte_sidecar": ("auto", "off", "on")}
 
     def check(self, cfg) -> None:
         super().check(cfg)

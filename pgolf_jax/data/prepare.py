@@ -148,7 +148,8 @@ def export_shards(docs_jsonl: Path, tok, output_dir: Path, *, num_val_docs: int,
 
     for texts in batches():
         n_val = min(len(texts), max(0, num_val_docs - stats["docs_total"])) if sides is not None else 0
-        encoded = tok.encode_with_byte_counts(texts[:n_val]) + [(ids, None) for ids in tok.encode_batch(texts[n_val:])]
+        encoded = tok.encode_with_byte_counts(texts[:n_val]) if n_val else []
+        encoded += [(ids, None) for ids in tok.encode_batch(texts[n_val:])]
         for ids, counts in encoded:
             doc_split = "val" if stats["docs_total"] < num_val_docs else "train"
             if doc_split != split:

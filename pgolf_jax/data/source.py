@@ -35,6 +35,8 @@ def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
     from pgolf_jax.data import layout, prepare
 
     variant = "byte260" if tok_path.suffix == ".json" else f"sp{cfg.model.vocab_size}"
+    if data_path.name.endswith(layout.CASEOPS_SUFFIX):  # a CaseOps dataset is built as one
+        variant += "_caseops"
     root = data_path.parent.parent
     want_data = root / "datasets" / layout.dataset_dir_for_variant(variant)
     want_tok = layout.tokenizer_file(root, variant)

@@ -2,7 +2,8 @@
 
 bpb = sum(nll in nats) / (ln 2 * sum(bytes)), summed in float64 over non-overlapping sequences of
 the val stream, bytes per target from the tokenizer's lookup tables (tokenizer.ByteLuts): the
-piece's UTF-8 length, plus one for a leading '▁' unless the previous token is a boundary.
+piece's UTF-8 length, plus one for a leading '▁' unless the previous token is a boundary; or,
+where the val shards ship byte sidecars (CaseOps), the original bytes each token stands for.
 """
 
 from __future__ import annotations
@@ -48,13 +49,16 @@ def bpb(loss_sum: float, byte_count: float) -> float:
     return loss_sum / (math.log(2.0) * byte_count)
 
 
-def unigram_bpb(train_tokens: np.ndarray, val_tokens: np.ndarray, luts: ByteLuts, vocab_size: int) -> float:
-    """bpb of an add-one unigram model fit on train tokens: the floor a trained model must beat."""
+def unigram_bpb(train_tokens: np.ndarray, val_tokens: np.ndarray, luts: ByteLuts, vocab_size: int,
+                val_bytes: np.ndarray | None = None) -> float:
+    """bpb of an add-one unigram model fit on train tokens: the floor a trained model must beat
+    (val_bytes: the val tokens' byte sidecar, when bpb counts from one)."""
     counts = np.bincount(np.asarray(train_tokens, np.int64), minlength=vocab_size)[:vocab_size] + 1.0
     logp = np.log(counts / counts.sum())
     val = np.asarray(val_tokens, np.int64)
     nll = -logp[np.minimum(val[1:], vocab_size - 1)].sum()
-    return float(nll / (math.log(2.0) * token_bytes(luts, val[:-1], val[1:]).astype(np.float64).sum()))
+    nbytes = token_bytes(luts, val[:-1], val[1:]) if val_bytes is None else np.asarray(val_bytes)[1:len(val)]
+    return float(nll / (math.log(2.0) * nbytes.astype(np.float64).sum()))
 
 
 @dataclass(frozen=True)
@@ -121,10 +125,12 @@ def jit_score(model, looped: bool, per_token: bool, data_sharding=None, hints: b
 
 class Evaluator:
     """val_loss/val_bpb of the val stream in windows of seq_len (stride = seq_len: plain
-    non-overlapping sequences; smaller: sliding windows). One compiled function per schedule."""
+    non-overlapping sequences; smaller: sliding windows). One compiled function per schedule.
+    val_bytes (one per val token, from the byte sidecars) replaces the byte tables: a target's
+    bytes are its own entry, as the records count them."""
 
     def __init__(self, model, val_tokens: np.ndarray, luts: ByteLuts, seq_len: int, batch_tokens: int,
-                 data_sharding=None, num_devices: int = 1, stride: int = 0):
+                 data_sharding=None, num_devices: int = 1, stride: int = 0, val_bytes: np.ndarray | None = None):
         self.model, self.seq_len, self.stride = model, seq_len, stride or seq_len
         self.tokens = np.asarray(val_tokens, dtype=np.int32)
         self.total = len(self.tokens) - 1
@@ -132,7 +138,10 @@ class Evaluator:
             raise ValueError(f"validation split has {len(self.tokens)} tokens: shorter than one sequence of {seq_len}")
         self.windows = plan_windows(self.total, seq_len, self.stride)
         self.batch_seqs = batch_windows(batch_tokens, seq_len, len(self.windows), num_devices)
-        self.target_bytes = token_bytes(luts, self.tokens[:-1], self.tokens[1:]).astype(np.int64)
+        if val_bytes is not None and len(val_bytes) != len(self.tokens):
+            raise ValueError(f"{len(val_bytes)} val byte counts for {len(self.tokens)} val tokens")
+        self.target_bytes = (token_bytes(luts, self.tokens[:-1], self.tokens[1:]) if val_bytes is None
+                             else np.asarray(val_bytes)[1:]).astype(np.int64)
         self.byte_count = int(self.target_bytes.sum())
         self.sharding = data_sharding
         self._fns: dict = {}
