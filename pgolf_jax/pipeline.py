@@ -50,9 +50,11 @@ def val_byte_counts(cfg: Config, pattern: str, tokens: dict) -> dict | None:
     mode = cfg.data.val_byte_sidecar
     found = None if mode == "off" else {seq: load_val_bytes(pattern, len(t)) for seq, t in tokens.items()}
     if found is None or any(v is None for v in found.values()):
-        if mode == "on":
-            raise FileNotFoundError(f"data.val_byte_sidecar='on' but the val shards {pattern} have no byte sidecars "
-                                    "(fineweb_val_bytes_*.bin)")
+        caseops = mode == "auto" and "caseops" in Path(pattern).parent.name  # its tables count operators as bytes
+        if mode == "on" or caseops:
+            why = "data.val_byte_sidecar='on'" if mode == "on" else f"{Path(pattern).parent.name} is a CaseOps set"
+            raise FileNotFoundError(f"{why} but the val shards {pattern} have no byte sidecars (fineweb_val_bytes_*"
+                                    ".bin); data.val_byte_sidecar='off' counts the tokenizer's bytes")
         return None
     return found
 

@@ -179,3 +179,51 @@ def test_val_byte_sidecar_on_without_sidecars_is_one_line(sample_data):
     cfg = C.load(TINY, {**sample_data["overrides"], "data.val_byte_sidecar": "on"})
     with pytest.raises(FileNotFoundError, match=r"data.val_byte_sidecar='on' but the val shards .* no byte sidecars"):
         make_evaluator_factory(cfg, Path(cfg.data.data_path), Path(cfg.data.tokenizer_path), lambda *a: None)
+
+
+def _records_hub(caseops_sample, repo: Path) -> Path:
+    """A hub repo laid out like romeerp/parameter-golf-caseops-v1 (datasets/manifest.json,
+    datasets/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved/, datasets/tokenizers/),
+    made from the sp1024 CaseOps sample renamed to the published sp8192 names, its manifest
+    without the keys only our prepare writes."""
+    root = caseops_sample[0]
+    shutil.copytree(root, repo / "datasets", ignore=shutil.ignore_patterns("manifest.json"))
+    for old in [*(repo / "datasets" / "datasets").iterdir(), *(repo / "datasets" / "tokenizers").iterdir()]:
+        old.rename(old.with_name(old.name.replace("1024", "8192")))
+    manifest = json.loads((root / "manifest.json").read_text())
+    for ds in manifest["datasets"]:
+        for key in ("checksums", "source", "prepared_with"):
+            ds.pop(key)
+    text = json.dumps(manifest).replace("sp1024", "sp8192").replace("fineweb_1024_bpe", "fineweb_8192_bpe")
+    (repo / "datasets" / "manifest.json").write_text(text.replace("sp_bpe_1024", "sp_bpe_8192"))
+    return repo
+
+
+def test_download_of_the_records_caseops_layout(caseops_sample, tmp_path, fake_hub):
+    from pgolf_jax.data import hub
+
+    url = fake_hub(_records_hub(caseops_sample, tmp_path / "repo"))
+    out = tmp_path / "data"
+    name = "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
+    ds_dir = hub.download("sp8192_caseops", 1, out, endpoint=url)
+    assert ds_dir == out / "datasets" / name
+    src = tmp_path / "repo" / "datasets" / "datasets" / name
+    n_val = caseops_sample[1]["datasets"][0]["stats"]["files_val"]
+    sides = [f"fineweb_val_bytes_{i:06d}.bin" for i in range(n_val)]
+    assert sorted(p.name for p in ds_dir.glob("*_bytes_*")) == sides
+    for f in sides + ["fineweb_train_000000.bin"]:
+        assert (ds_dir / f).read_bytes() == (src / f).read_bytes()
+    assert (out / "tokenizers" / "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model").is_file()
+    entry = json.loads((out / "manifest.json").read_text())["datasets"][0]
+    assert entry["source"]["hub_repo_id"] == "romeerp/parameter-golf-caseops-v1"
+    assert set(sides) <= set(entry["checksums"])  # sidecars checked against the manifest like shards
+    assert layout.verify_dataset(ds_dir)["files_val_bytes"] == n_val
+    pattern = str(ds_dir / "fineweb_val_*.bin")
+    tokens = load_val_tokens(pattern, 64)
+    assert load_val_bytes(pattern, len(tokens)).sum() > 0
+    # The records' long spelling is the same dataset; a repo missing a sidecar is one clear error.
+    (src / sides[-1]).unlink()
+    shutil.rmtree(ds_dir)
+    with pytest.raises(RuntimeError, match=rf"cannot download datasets/datasets/{name}/{sides[-1]} from "
+                                           r"romeerp/parameter-golf-caseops-v1: \w+: 404"):
+        hub.download("sp8192_lossless_caps_caseops_v1_reserved", 0, out, endpoint=url)

@@ -35,7 +35,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("prepare", help="tokenize a docs jsonl (or a sample corpus) into the challenge layout")
     p.add_argument("--docs", required=True, help="docs_selected.jsonl, or sample:brown / sample:nlp-corpus")
     p.add_argument("--out", default="./data", help="output root (gets tokenizers/, datasets/, manifest.json)")
-    p.add_argument("--variants", default="sp1024", help="comma list of sp<V> and/or byte260")
+    p.add_argument("--variants", default="sp1024", help="comma list of sp<V>, sp<V>_caseops (SentencePiece on the "
+                   "CaseOps-transformed text, with val byte sidecars) and/or byte260")
     p.add_argument("--num-val-docs", type=int, default=None,
                    help=f"first N docs are val (default: sidecar docs_val, the sample's default, or {NUM_VAL_DOCS})")
     p.add_argument("--shard-size", type=int, default=None, help=f"tokens per shard (default {SHARD_SIZE}; "
@@ -47,7 +48,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--sp-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra SentencePiece trainer option (repeatable), e.g. max_sentence_length=32768")
     d = sub.add_parser("download", help="download published challenge shards (manifest-driven)")
-    d.add_argument("--variant", default="sp1024", help="sp1024, sp4096, sp8192 or byte260")
+    d.add_argument("--variant", default="sp1024", help="sp1024, sp4096, sp8192, byte260 or sp8192_caseops (the "
+                   "records' CaseOps set, alias sp8192_lossless_caps_caseops_v1_reserved, with its val byte sidecars)")
     d.add_argument("--train-shards", type=int, default=80, help="number of train shards (100M tokens each)")
     d.add_argument("--out", default="./data", help="output root")
     d.add_argument("--repo-id", default=None, help="Hugging Face dataset repo (default depends on the variant)")

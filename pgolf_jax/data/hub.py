@@ -11,13 +11,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from pgolf_jax.data.layout import dataset_dir_for_variant, dataset_problem, read_manifest
+from pgolf_jax.data.layout import dataset_dir_for_variant, dataset_problem, is_caseops, read_manifest
 from pgolf_jax.data.prepare import PROGRESS_EVERY
 from pgolf_jax.data.shards import (
     CHECKSUM_KEY,
     ShardError,
     file_checksum,
     read_num_tokens,
+    sidecar_for,
 )
 from pgolf_jax.fsio import atomic_output, read_json, write_error, write_json
 from pgolf_jax.runlog import Progress
@@ -25,6 +26,7 @@ from pgolf_jax.runlog import Progress
 DEFAULT_REPO_ID = "willdepueoai/parameter-golf"
 LARGE_VOCAB_REPO_ID = "kevclark/parameter-golf"  # hosts sp4096 and sp8192
 LARGE_VOCAB_VARIANTS = ("sp4096", "sp8192")
+CASEOPS_REPO_ID = "romeerp/parameter-golf-caseops-v1"  # the records' CaseOps set (#1729), byte sidecars included
 REMOTE_ROOT = "datasets"
 
 
@@ -119,7 +121,8 @@ def download(variant: str, train_shards: int, output_root, repo_id: str | None =
     if int(train_shards) < 0:
         raise ValueError(f"train_shards must be >= 0, got {train_shards}")
     if repo_id is None:
-        repo_id = LARGE_VOCAB_REPO_ID if variant in LARGE_VOCAB_VARIANTS else DEFAULT_REPO_ID
+        repo_id = (CASEOPS_REPO_ID if is_caseops(variant) else
+                   LARGE_VOCAB_REPO_ID if variant in LARGE_VOCAB_VARIANTS else DEFAULT_REPO_ID)
     root = Path(output_root).expanduser().resolve()
     src = _Source(repo_id, source, revision, endpoint)
     prefix = f"{remote_root}/" if remote_root else ""
@@ -160,6 +163,8 @@ def download(variant: str, train_shards: int, output_root, repo_id: str | None =
         raise ValueError(f"tokenizer entry {tok_entry.get('name')!r} in {manifest_remote} lists no files")
 
     shard_names = [f"fineweb_val_{i:06d}.bin" for i in range(files_val)]
+    if entry.get("val_bytes_glob") or is_caseops(variant):  # bpb of a CaseOps set needs its byte sidecars
+        shard_names += [sidecar_for(Path(name)).name for name in shard_names]
     shard_names += [f"fineweb_train_{i:06d}.bin" for i in range(int(train_shards))]
     progress = Progress(f"download: {ds_name}", len(shard_names), every=PROGRESS_EVERY, unit="shards")
     checksums = dict((ds_old or {}).get(CHECKSUM_KEY) or {})
