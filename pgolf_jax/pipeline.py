@@ -25,7 +25,8 @@ import zstandard
 from pgolf_jax import config as config_lib
 from pgolf_jax import dist, provenance, registry
 from pgolf_jax.config import Config
-from pgolf_jax.data.shards import load_val_bytes, load_val_tokens, open_shard
+from pgolf_jax.data.shards import load_val_tokens, open_shard
+from pgolf_jax.data.sidecars import load_val_bytes
 from pgolf_jax.data.tokenizer import build_luts
 from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, unigram_bpb, with_window
 from pgolf_jax.fsio import atomic_output, write_bytes, write_json

@@ -12,7 +12,8 @@ import pytest
 
 from pgolf_jax.data import caseops, layout, prepare
 from pgolf_jax.data.caseops import ALLCAPS, CAPNEXT, ESC, TITLE
-from pgolf_jax.data.shards import list_shards, load_shard, load_val_bytes, load_val_tokens, sidecar_for, write_shard
+from pgolf_jax.data.shards import list_shards, load_shard, load_val_tokens, write_shard
+from pgolf_jax.data.sidecars import load_val_bytes, sidecar_for
 
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
 

@@ -18,8 +18,8 @@ from pgolf_jax.data.shards import (
     ShardError,
     file_checksum,
     read_num_tokens,
-    sidecar_for,
 )
+from pgolf_jax.data.sidecars import sidecar_for
 from pgolf_jax.fsio import atomic_output, read_json, write_error, write_json
 from pgolf_jax.runlog import Progress
 

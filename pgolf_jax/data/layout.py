@@ -17,7 +17,8 @@ import os
 import re
 from pathlib import Path
 
-from pgolf_jax.data.shards import SIDECAR_TAG, open_shard, read_num_tokens, recorded_checksum
+from pgolf_jax.data.shards import open_shard, read_num_tokens, recorded_checksum
+from pgolf_jax.data.sidecars import SIDECAR_TAG
 from pgolf_jax.fsio import read_json
 
 DEFAULT_NAME = "fineweb10B"

@@ -31,7 +31,8 @@ from pgolf_jax.data.layout import (
     tokenizer_file,
     variant_stem,
 )
-from pgolf_jax.data.shards import CHECKSUM_KEY, file_checksum, sidecar_for, write_shard
+from pgolf_jax.data.shards import CHECKSUM_KEY, file_checksum, write_shard
+from pgolf_jax.data.sidecars import sidecar_for
 from pgolf_jax.data.tokenizer import (
     PureByteTokenizer,
     load_tokenizer,

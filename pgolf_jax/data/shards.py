@@ -138,19 +138,9 @@ def write_shard(path: str | os.PathLike, tokens) -> None:
         np.ascontiguousarray(toks, dtype=TOKEN_DTYPE).tofile(f)
 
 
-SIDECAR_TAG = "_bytes_"  # fineweb_val_bytes_NNNNNN.bin: a val shard's byte sidecar, never a token shard
-
-
-def sidecar_for(shard: Path) -> Path:
-    """The byte sidecar beside a val token shard: fineweb_val_000000.bin -> fineweb_val_bytes_000000.bin."""
-    head, sep, index = shard.name.rpartition("_")
-    return shard.with_name(f"{head}{SIDECAR_TAG}{index}" if sep else f"{SIDECAR_TAG}{shard.name}")
-
-
 def list_shards(pattern: str) -> list[Path]:
-    """Token shards matching a glob, in sorted (= data) order, byte sidecars left out (the default
-    fineweb_val_*.bin also matches fineweb_val_bytes_*.bin); FileNotFoundError when there are none."""
-    files = [Path(p) for p in sorted(glob.glob(str(pattern))) if SIDECAR_TAG not in Path(p).name]
+    """Token shards matching a glob, never a byte sidecar (data/sidecars.py), sorted; FileNotFoundError if none."""
+    files = [Path(p) for p in sorted(glob.glob(str(pattern))) if "_bytes_" not in Path(p).name]
     if not files:
         raise FileNotFoundError(f"no shard files match {pattern}")
     return files
@@ -407,31 +397,4 @@ def load_val_tokens(pattern: str, seq_len: int, limit_tokens: int = 0, vocab_siz
         if k:
             out[filled:filled + k] = open_shard(f, vocab_size)[:k]
             filled += k
-    return out
-
-
-def load_val_bytes(pattern: str, length: int) -> np.ndarray | None:
-    """The first `length` entries of the byte sidecars of the val shards matching pattern (int64:
-    the original UTF-8 bytes each val token stands for), or None when the shards have none. Every
-    shard needs its sidecar, as long as the shard itself."""
-    files = list_shards(pattern)
-    sides = [sidecar_for(f) for f in files]
-    have = [s.is_file() for s in sides]
-    if not any(have):
-        return None
-    if not all(have):
-        raise FileNotFoundError(f"{sides[have.index(False)]} not found: the val shards matching {pattern} have byte "
-                                "sidecars for some shards only")
-    out, filled = np.empty(length, np.int64), 0
-    for f, side in zip(files, sides):
-        if filled >= length:
-            break
-        n = read_num_tokens(f)
-        if read_num_tokens(side) != n:
-            raise ShardError(f"{side}: {read_num_tokens(side)} byte counts for the {n} tokens of {f.name}")
-        k = min(n, length - filled)
-        out[filled:filled + k] = open_shard(side)[:k]
-        filled += k
-    if filled < length:
-        raise ValueError(f"the byte sidecars of {pattern} hold {filled} entries, fewer than {length} val tokens")
     return out
