@@ -38,7 +38,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default="sp1024", help="comma list of sp<V>, sp<V>_caseops (SentencePiece on the "
                    "CaseOps-transformed text, with val byte sidecars) and/or byte260")
     p.add_argument("--num-val-docs", type=int, default=None,
-                   help=f"first N docs are val (default: sidecar docs_val, the sample's default, or {NUM_VAL_DOCS})")
+                   help=f"first N docs are val (default: sidecar docs_val, the sample's default, or {NUM_VAL_DOCS}, "
+                   "as the challenge and the published CaseOps set; the records' prepare_caseops_data.py uses 10000)")
     p.add_argument("--shard-size", type=int, default=None, help=f"tokens per shard (default {SHARD_SIZE}; "
                                                                 f"samples {SAMPLE_SHARD_SIZE})")
     p.add_argument("--tokenizer-train-docs", type=int, default=None, help="train tokenizers on the first N docs")
