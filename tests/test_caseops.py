@@ -12,7 +12,7 @@ import pytest
 
 from pgolf_jax.data import caseops, layout, prepare
 from pgolf_jax.data.caseops import ALLCAPS, CAPNEXT, ESC, TITLE
-from pgolf_jax.data.shards import list_shards, load_shard, load_val_tokens, write_shard
+from pgolf_jax.data.shards import ShardError, list_shards, load_shard, load_val_tokens, write_shard
 from pgolf_jax.data.sidecars import load_val_bytes, sidecar_for
 
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
@@ -74,7 +74,15 @@ def test_globs_skip_byte_sidecars(tmp_path):
     assert sidecar_for(tmp_path / "fineweb_val_000001.bin").name == "fineweb_val_bytes_000001.bin"
     with pytest.raises(FileNotFoundError, match="fineweb_val_bytes_000001.bin not found"):
         load_val_bytes(str(tmp_path / "fineweb_val_*.bin"), 10)
+    write_shard(tmp_path / "fineweb_val_bytes_000001.bin", np.arange(4))
+    with pytest.raises(ShardError, match="fineweb_val_bytes_000001.bin: 4 byte counts for the 5 tokens"):
+        load_val_bytes(str(tmp_path / "fineweb_val_*.bin"), 10)
+    with pytest.raises(ValueError, match="fineweb_val_bytes_000001.bin: 4 byte counts for the 5 tokens"):
+        layout.verify_dataset(tmp_path, structure_only=True)
+    write_shard(tmp_path / "fineweb_val_bytes_000001.bin", np.arange(5))
+    assert load_val_bytes(str(tmp_path / "fineweb_val_*.bin"), 8).tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
     (tmp_path / "fineweb_val_bytes_000000.bin").unlink()
+    (tmp_path / "fineweb_val_bytes_000001.bin").unlink()
     assert load_val_bytes(str(tmp_path / "fineweb_val_*.bin"), 10) is None  # no sidecars: the byte tables count
 
 

@@ -92,6 +92,8 @@ def data_command(args: argparse.Namespace) -> int:
         elif args.action == "verify":
             c = verify_dataset(args.dir, args.vocab_size, args.structure_only)
             extra = f" (manifest lists {c['manifest_files_train']} train shards)" if "manifest_files_train" in c else ""
+            if c["files_val_bytes"]:
+                extra += f"; {c['files_val_bytes']} val byte sidecars"
             if c["unchecked_contents"]:
                 extra += f"; structure only: {c['unchecked_contents']} shard(s) have no recorded checksum"
             print(f"verify {args.dir}: OK val {c['files_val']} files {c['tokens_val']} tokens, "
