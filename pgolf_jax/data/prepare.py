@@ -257,7 +257,7 @@ def prepare_from_docs(docs_jsonl, output_root, variants=("sp1024",), num_val_doc
         raise ValueError("prepare_from_docs: no variants given")
     for v in variants:
         parse_variant(v)
-    if len(set(variants)) != len(variants):
+    if len({variant_stem(v) for v in variants}) != len(variants):  # sp1024_caseops = its long spelling
         raise ValueError(f"duplicate variants in {variants}")
     if int(shard_size) <= 0:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
