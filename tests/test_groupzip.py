@@ -101,3 +101,28 @@ def test_a_missing_lrzip_is_one_line_naming_it(monkeypatch, refused, tmp_path):
             r"quant\.compressor=pergroup needs the lrzip binary \(ZPAQ\): apt-get install -y lrzip$", [tmp_path])
     with pytest.raises(ArtifactError, match="apt-get install -y lrzip"):
         groupzip.compress(artifact.serialize({"quantized": {"tok_emb.weight": np.ones((4, 4), np.int8)}}))
+
+
+def test_the_packed_file_holds_the_codec_only_when_selected():
+    from pgolf_jax.packing import select, shake
+
+    sources = shake.package_sources(select.repo_root())
+    for codec in ("pergroup", "brotli"):
+        cfg = C.load(TINY_PRESET, {"quant.compressor": codec})
+        files = select.packed_sources(cfg, "cpu", select.repo_root(), sources)
+        assert ("pgolf_jax/quant/groupzip.py" in files) == (codec == "pergroup"), codec
+
+
+def test_a_records_folder_says_the_binary_is_needed():
+    from types import SimpleNamespace
+
+    from pgolf_jax.submit import _readme, _requirements
+
+    run = SimpleNamespace(seed=1, sub={"val_bpb": 2.0, "bytes_total": 10, "bytes_model": 8, "bytes_code": 2,
+                                       "artifact": "final_model.int8.pergroup"})
+    sub = {"val_bpb": 2.0, "val_bpb_std": 0.0, "hardware": "cpu", "technique_summary": "", "compliance": {}}
+    for codec in ("pergroup", "zstd"):
+        cfg = C.load(TINY_PRESET, {"quant.compressor": codec})
+        readme = _readme("x", [run], sub, cfg, None)
+        assert ("apt-get install -y lrzip" in readme) == (codec == "pergroup"), codec
+        assert any(r.startswith("brotli") for r in _requirements(cfg)) == (codec == "pergroup"), codec
