@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TINY_PRESET
 from pgolf_jax import config as C
-from pgolf_jax.errors import ArtifactError
+from pgolf_jax.errors import ArtifactError, ConfigError
 from pgolf_jax.quant import artifact, groupzip
 
 needs_lrzip = pytest.mark.skipif(shutil.which("lrzip") is None, reason="needs the lrzip binary (apt-get install lrzip)")
@@ -92,6 +92,13 @@ def test_the_stored_permutation_restores_row_order():
     assert artifact.unpack(blob)["quantized"]["blocks.0.mlp.fc.weight"].tobytes() == codes.tobytes()
     flags, streams = groupzip._split(blob[artifact._HEADER.size:])
     assert streams[-1] and not any(streams[:5])  # only the fc group and the permutations are filled
+
+
+def test_pergroup_options_are_checked():
+    with pytest.raises(ConfigError, match=r"quant\.pergroup\.level=10 must be in \[1, 9\]"):
+        C.load(TINY_PRESET, {"quant.compressor": "pergroup", "quant.pergroup.level": 10})
+    with pytest.raises(ConfigError, match=r"quant\.pergroup\.\* is set but quant\.compressor does not select pergroup"):
+        C.load(TINY_PRESET, {"quant.pergroup.lgwin": 22})
 
 
 def test_a_missing_lrzip_is_one_line_naming_it(monkeypatch, refused, tmp_path):

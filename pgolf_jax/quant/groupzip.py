@@ -63,7 +63,7 @@ def nearest_neighbour_order(codes: np.ndarray) -> np.ndarray:
 
 
 def _role(name: str) -> str | None:
-    if name in GROUPS[:1]:
+    if name == GROUPS[0]:  # tok_emb: one matrix, outside the blocks
         return name
     parts = name.split(".", 2)
     if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] in GROUPS[1:]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 
 from pgolf_jax.errors import ConfigError
@@ -94,8 +95,7 @@ class Pergroup:
     RANGES = {"level": "[1, 9]", "lgwin": "[10, 24]"}
 
     def check(self, cfg) -> None:
-        import shutil  # (checked with the config: a run must not train for minutes, then fail to pack)
-
+        # Checked with the config: a run must not train for minutes, then fail to pack.
         if shutil.which("lrzip") is None:
             raise ConfigError(LRZIP_MISSING)
 
