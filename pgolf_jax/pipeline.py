@@ -178,9 +178,9 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     check_finite(obj, flatten_params(params))
     tag = registry.resolve(registry.QUANT_SCHEMES, q.scheme).tag
     art_path = out_dir / f"final_model.{tag}.{q.compressor}"
-    # Only zstd takes a level, and its option exists only where zstd is selected (a packed file
-    # registers no other codec's options); the other codecs ignore it.
-    level = q.zstd.level if q.compressor == "zstd" else None
+    # Only zstd (its level) and pergroup (its options) take a setting, and their options exist only
+    # where they are selected (a packed file registers no other codec's options); the others ignore it.
+    level = q.zstd.level if q.compressor == "zstd" else q.pergroup if q.compressor == "pergroup" else None
     blob = artifact.pack(obj, q.compressor, level, q.byte_shuffle)
     model_bytes = len(blob)
     packed, shipped = tooling.code(cfg)

@@ -149,6 +149,8 @@ COMPRESSORS = {
     "zstd": Variant("pgolf_jax.quant.codecs:Zstd", "pgolf_jax.quant.options:Zstd"),
     "zlib": "pgolf_jax.quant.codecs:Zlib",
     "brotli": "pgolf_jax.quant.codecs:Brotli",
+    # #1855: lrzip (ZPAQ) per role group of int8 codes, brotli for the rest (needs the lrzip binary)
+    "pergroup": Variant("pgolf_jax.quant.groupzip:Pergroup", "pgolf_jax.quant.options:Pergroup"),
 }
 
 # config field -> registry (what config validation checks, and what selects a variant's options).

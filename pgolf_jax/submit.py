@@ -172,7 +172,7 @@ def technique_summary(cfg: Config) -> str:
 
 def _requirements(cfg: Config) -> list[str]:
     names = ["jax", "flax", "optax", "orbax-checkpoint", "sentencepiece", "zstandard", "numpy", "ml_dtypes"]
-    if cfg.quant.compressor == "brotli":
+    if cfg.quant.compressor in ("brotli", "pergroup"):  # pergroup: brotli for all but the int8 groups
         names.append("brotli")
     out = []
     for n in names:
@@ -246,8 +246,10 @@ def _readme(name: str, runs: list[Run], sub: dict, cfg: Config, sig: dict | None
             lines.append(f"{key}={v!r}")
     lines += ["```", "", "## Compliance", ""]
     lines += [f"- {k}: {v}" for k, v in sub["compliance"].items()]
-    lines += ["", "## Reproduction", "", "```bash", "pip install -r requirements.txt   # + jax[cuda12] on GPUs",
-              "# data in the challenge layout under ./data (python data/cached_challenge_fineweb.py ...)"]
+    lines += ["", "## Reproduction", "", "```bash", "pip install -r requirements.txt   # + jax[cuda12] on GPUs"]
+    if cfg.quant.compressor == "pergroup":  # the artifact's int8 groups are lrzip (ZPAQ) streams
+        lines.append("apt-get install -y lrzip   # the lrzip binary is needed to write and to load the artifact")
+    lines.append("# data in the challenge layout under ./data (python data/cached_challenge_fineweb.py ...)")
     lines += [f"python train_gpt.py train.seed={r.seed}" for r in runs]
     lines += ["```", "", "`train_gpt.py` embeds the config above; `section.field=value` arguments override it.", "",
               "## Included files", "", "- `README.md`", "- `submission.json`", "- `train_gpt.py`",

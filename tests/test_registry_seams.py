@@ -60,7 +60,9 @@ RUNS = {
                "model.agents.loss_stride": 8},
     # a student of another shape than its teacher (the base run), as the distill presets have
     "distill": {"train.objective": "distill", "train.distill.teacher": "<base>", "model.model_dim": 32,
-                "model.num_heads": 2, "model.num_kv_heads": 1},
+                "model.num_heads": 2, "model.num_kv_heads": 1,
+                # every matrix as int8 codes, so that pergroup's lrzip groups are filled
+                "quant.compressor": "pergroup", "quant.keep_float_max_numel": 0},
 }
 STEPS = {"train.iterations": 2, "train.warmdown_iters": 1, "train.train_log_every": 1, "train.progress": False,
          "eval.val_tokens_limit": 8192}

@@ -3,7 +3,8 @@
 File layout (all integers little-endian):
 
     magic     8 bytes  b"PGJXART1"
-    codec     1 byte   the codec's id (quant/codecs.py): 1 = zlib (level 9, the reference's), 2 = zstd, 3 = brotli
+    codec     1 byte   the codec's id (quant/codecs.py): 1 = zlib (level 9, the reference's), 2 = zstd, 3 = brotli,
+                       4 = pergroup (quant/groupzip.py: lrzip per group of int8 codes, brotli for the rest)
     reserved  3 bytes  zero
     raw_len   8 bytes  length of the decompressed payload
     crc32     4 bytes  of the decompressed payload

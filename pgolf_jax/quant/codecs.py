@@ -1,6 +1,6 @@
 """Compressors of the artifact's payload (registry.COMPRESSORS, quant.compressor). A codec has the
-id the artifact header stores, `compress(raw, level)` (level: quant.zstd.level, for the codecs that
-take one) and `decompress(body, raw_len)`."""
+id the artifact header stores, `compress(raw, level)` (level: the codec's setting where it has one:
+quant.zstd.level, or the quant.pergroup options of quant/groupzip.py) and `decompress(body, raw_len)`."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 
 from pgolf_jax.errors import ConfigError
@@ -39,7 +40,8 @@ class QuantConfig(Section):
     # max|row| / 127 in fp16, instead of passing through (fp16; fp32 in the int8_per_row format).
     gate_int8: bool = False
     byte_shuffle: bool = True  # group bytes by significance in multi-byte tensors before compressing
-    compressor: str = "zstd"  # registry.COMPRESSORS: zstd (ours, quant.zstd.level) | zlib (the reference's) | brotli
+    # registry.COMPRESSORS: zstd (ours, quant.zstd.level) | zlib (the reference's) | brotli | pergroup (#1855)
+    compressor: str = "zstd"
     # Which code size counts toward the cap: packed (the run's train_gpt.py: its imported modules
     # minified, lzma, base85, as the records ship theirs), raw (those .py files as they are) or
     # compressed (them zstd-22 as one stream).
@@ -75,6 +77,27 @@ class Zstd:
     """compressor=zstd: its level (zlib always uses 9 and brotli 11, as the references do)."""
     level: int = 22
     RANGES = {"level": "[1, 22]"}
+
+
+LRZIP_MISSING = "quant.compressor=pergroup needs the lrzip binary (ZPAQ): apt-get install -y lrzip"
+
+
+@dataclass(frozen=True)
+class Pergroup:
+    """compressor=pergroup (#1855, quant/groupzip.py): the int8 codes of each role (tok_emb, c_k, c_q,
+    c_v, proj, fc, mlp.proj) across layers through `lrzip -z -L level` (ZPAQ), the rest brotli-11 at
+    a 2^lgwin window; reorder: rows of tok_emb, c_q and fc in greedy L1 nearest-neighbour order (the
+    permutation stored); transpose: each matrix stored column by column. Needs the lrzip binary."""
+    level: int = 9
+    lgwin: int = 24
+    reorder: bool = True
+    transpose: bool = True
+    RANGES = {"level": "[1, 9]", "lgwin": "[10, 24]"}
+
+    def check(self, cfg) -> None:
+        # Checked with the config: a run must not train for minutes, then fail to pack.
+        if shutil.which("lrzip") is None:
+            raise ConfigError(LRZIP_MISSING)
 
 
 @dataclass(frozen=True)
