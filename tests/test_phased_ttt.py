@@ -2,6 +2,8 @@
 the length-sorted queue, the phase boundaries, document-bounded windows, a fresh optimizer per phase
 and score-first, at tiny shapes."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -14,12 +16,13 @@ from pgolf_jax.model.embeddings import BOS_ID
 from pgolf_jax.model.gpt import build_model
 
 MODEL = C.ModelConfig(vocab_size=64, num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1, attention_impl="xla")
-LUTS = ByteLuts(np.r_[np.zeros(4, np.int16), np.ones(60, np.int16)], np.zeros(64, bool), np.r_[np.ones(4, bool), np.zeros(60, bool)])
+LUTS = ByteLuts(np.r_[np.zeros(4, np.int16), np.ones(60, np.int16)], np.zeros(64, bool),
+                np.r_[np.ones(4, bool), np.zeros(60, bool)])
 LENGTHS = [40, 90, 25, 130, 60, 75, 110, 35, 50, 95, 70, 45]  # 12 documents of distinct lengths
 # P = 9 documents in 3 phases (the records' 2500 / 3 scaled to the sample): phases at 3, 6 and 9 documents.
 CFG = C.EvalConfig().replace(lora_ttt=dict(
     chunk_tokens=32, batch_docs=1, lr=0.05, rank=2, alpha=2.0, phases=3, phase_prefix_docs=9, phase_style="records",
-    phase_chunk_tokens=128, phase_batch_seqs=2, phase_lr=0.05))
+    phase_chunk_tokens=128, phase_batch_seqs=4, phase_lr=0.05))  # a step: 2 sequences of 64, 4 rows
 
 
 def doc_tokens(lengths=LENGTHS, seed=0):
@@ -64,7 +67,7 @@ def test_global_sgd_windows_never_cross_a_document(tiny):
     flat = tokens[src]
     T = 32
     x, y, w, y0, w0 = ttt.doc_rows(flat, T, 4)
-    assert x.shape[0] % 4 == 0 and x.shape[1] <= T
+    assert x.shape[0] >= 4 and x.shape[1] <= T
     for r in range(len(x)):
         n = int(w[r].sum())
         assert n == 0 or not np.any(x[r, 1:n] == BOS_ID), x[r]
@@ -115,20 +118,19 @@ def phased(tiny, request):
 def test_phases_trigger_at_their_boundaries_with_a_fresh_optimizer(phased):
     res, _, extra, logs, zero = phased
     phases = [line for line in logs if line.startswith("lora_ttt:phase")]
-    assert [line.split(" after ")[1] for line in phases] == ["3 docs", "6 docs", "9 docs"], phases
-    assert [line.split(" over ")[1].split(" scored")[0] for line in phases] == ["3", "6", "9"]
+    assert [re.search(r"after (\d+) docs", line)[1] for line in phases] == ["3", "6", "9"], phases
+    assert [re.search(r"over (\d+) scored docs", line)[1] for line in phases] == ["3", "6", "9"]
     # a fresh momentum buffer at each phase's first step only (momentum carried would give one zero)
     assert zero.count(True) == 3 and zero[0] and len(zero) > 3, zero
     assert extra["train_tokens"] > 0 and np.isfinite(res.val_bpb)
 
 
-def test_one_phase_at_most_per_document_batch(tiny):
-    """With batches of 4 documents and boundaries at 1, 2, 3, the records pause once per batch (one
-    chunk a phase: no step, as the records never train the last chunk)."""
-    logs = []
-    run(*tiny, doc_tokens(), CFG.replace(lora_ttt=dict(batch_docs=4, phase_prefix_docs=3, phase_chunk_tokens=10**6)), logs)
-    assert [line.split(" after ")[1] for line in logs if line.startswith("lora_ttt:phase")] == \
-        ["4 docs", "8 docs", "12 docs"]
+def test_one_phase_at_most_per_document_batch():
+    """A batch that passes two boundaries runs one phase; the next batch runs the other (the records
+    pause once per batch, then compare the new count with the next boundary)."""
+    assert ttt.records_phase_points([4, 4, 4], [1, 2, 3]) == [4, 8, 12]
+    assert ttt.records_phase_points([64] * 40, [833, 1666, 2500]) == [896, 1728, 2560]  # #1855, 64 a batch
+    assert ttt.records_phase_points([5, 5], [3, 6, 9]) == [5, 10]  # the queue ends before the third
 
 
 def test_no_token_is_trained_on_before_it_is_scored(tiny, phased):

@@ -321,6 +321,18 @@ def records_phase_boundaries(prefix_docs: int, phases: int, n_docs: int) -> list
     return [p * k // phases for k in range(1, phases + 1)]
 
 
+def records_phase_points(batch_sizes, boundaries) -> list[int]:
+    """The completed-document counts after which the records run their phases: the first count that
+    reaches each boundary, at most one phase per batch (a batch passing two boundaries runs one; the
+    next batch runs the other)."""
+    points, done = [], 0
+    for n in batch_sizes:
+        done += n
+        if len(points) < len(boundaries) and done >= boundaries[len(points)]:
+            points.append(done)
+    return points
+
+
 def doc_stream(docs, picked) -> np.ndarray:
     """Stream positions of the picked documents' tokens, concatenated as the records do: each document
     from its BOS through its closing BOS (so at each seam one document's closing BOS meets the next's)."""
@@ -351,13 +363,22 @@ def doc_segments(x: np.ndarray, T: int) -> list[tuple[int, int]]:
     return [(p, min(p + T, e)) for s, e in zip(starts, starts[1:] + [len(x)]) for p in range(s, e, T)]
 
 
+def _bucket(n: int, base: int) -> int:
+    """The least of base x (1, 1.25, 1.5, 1.75, 2, 2.5, ...) that holds n (four sizes an octave): few
+    shapes to compile, at most a quarter of the rows padding once n > base."""
+    size = base
+    while size < n:
+        size += max(1, base * (1 << (size // base).bit_length() - 1) // 4)
+    return size
+
+
 def doc_rows(flat: np.ndarray, T: int, min_rows: int):
     """One step's batch of the document-bounded pass over flat tokens (inputs flat[:-1], targets
     flat[1:]): each of doc_segments' segments a row of its own, left-aligned, padding weighted 0, so
     no window crosses a document. A one-token segment whose token also starts the next (longer)
     segment (a seam's lone BOS) rides on that row as a second target at position 0: same input, no
     context, so the same logits. Returns x, y, w (R, W) and y0, w0 (R,); W is a power of two <= T
-    and R min_rows times a power of two (few shapes to compile)."""
+    and R one of _bucket's sizes over min_rows (few shapes to compile)."""
     x, y = flat[:-1], flat[1:]
     segs = doc_segments(x, T)
     rows, extra = [], {}
@@ -368,7 +389,7 @@ def doc_rows(flat: np.ndarray, T: int, min_rows: int):
         else:
             rows.append(k)
     W = min(T, 1 << (max(e - s for s, e in segs) - 1).bit_length())
-    R = min_rows * (1 << (-(-len(rows) // min_rows) - 1).bit_length())
+    R = _bucket(len(rows), min_rows)
     xs, ys, w = np.zeros((R, W), np.int32), np.zeros((R, W), np.int32), np.zeros((R, W), np.float32)
     y0, w0 = np.zeros(R, np.int32), np.zeros(R, np.float32)
     for r, k in enumerate(rows):
@@ -403,15 +424,17 @@ class _ScoredTargets:
         self.mask[a:b] = True
 
     def check(self, tokens, src):
-        """Training on the pairs src[i] -> src[i + 1] of a concatenation: a stream pair's target must
-        be scored; a seam pair (one document's closing BOS, the next one's BOS) is no stream target."""
+        """Training on the pairs src[i] -> src[i + 1] of a concatenation: a stream pair's target must be
+        scored; a seam pair (a document's last token, the next one's BOS) must predict that BOS; and every
+        token other than BOS read at all (input or target) must have been scored as the target before it.
+        (BOS carries no information here: the queue orders documents by length before anything is scored.)"""
         a, b = src[:-1], src[1:]
-        stream = b == a + 1
-        ok = np.where(stream, self.mask[np.minimum(a, len(self.mask) - 1)],
-                      (tokens[a] == BOS_ID) & (tokens[b] == BOS_ID))
-        bad = np.flatnonzero(~ok)
+        last = len(self.mask) - 1
+        ok = np.where(b == a + 1, self.mask[np.minimum(a, last)], tokens[b] == BOS_ID)
+        read = src[tokens[src] != BOS_ID]
+        bad = np.r_[a[~ok], read[(read < 1) | ~self.mask[np.clip(read - 1, 0, last)]] - 1]
         if len(bad):
-            raise AssertionError(f"score-first violated: training on targets [{a[bad[0]]}, {a[bad[0]] + 1}) "
+            raise AssertionError(f"score-first violated: training on targets [{bad[0]}, {bad[0] + 1}) "
                                  f"({len(bad)} such) but they are not scored")
 
 
@@ -464,6 +487,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     if records:
         queue = length_sorted_queue(docs, nd)
         boundaries = records_phase_boundaries(L.phase_prefix_docs, phases, len(docs))
+        points = dict(zip(records_phase_points([len(ids) for _, ids in queue], boundaries), boundaries))
     else:
         queue = [(k, list(range(d0, min(d0 + nd, len(docs))))) for k, d0 in enumerate(range(0, len(docs), nd))]
         boundaries = [round(L.phase_prefix_docs * (i + 1) / phases) for i in range(phases)]
@@ -532,15 +556,16 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                     train_tokens += nd * T
         warm_a = {t: jax.device_get(ab["A"]) for t, ab in lora.items()} if L.warm_start_a else None
         done += len(batch)
-        if records and boundaries:  # one phase at most per batch, as the records
+        if records and points:
             scored_docs += [(orig, pos, d) for pos, d in enumerate(ids)]
-            if done >= boundaries[0]:
+            if done in points:
                 # The scored documents in ascending queue order, the first P k // n of them (the records' pick).
-                picked = [d for *_, d in sorted(scored_docs)[:boundaries.pop(0)]]
+                picked, tp = [d for *_, d in sorted(scored_docs)[:points.pop(done)]], time.perf_counter()
+                boundaries.pop(0)  # (what is left: phases - len(boundaries) have run)
                 base, n = records_phase(sgd, base, ev, cfg, place, docs, picked, seen)
                 train_tokens += n
                 log(f"lora_ttt:phase {phases - len(boundaries)}/{phases} global SGD over {len(picked)} scored docs "
-                    f"({n} targets, fresh momentum) after {done} docs")
+                    f"({n} targets, fresh momentum) after {done} docs time:{time.perf_counter() - tp:.1f}s")
                 warm_a = None  # a new phase starts from fresh adapters
         elif not records:
             frontier.scored_through(batch[-1][1])
