@@ -159,3 +159,20 @@ def test_training_on_unscored_targets_is_caught(tiny, monkeypatch):
     monkeypatch.setattr(ttt._ScoredTargets, "scored", lambda self, a, b: None)
     with pytest.raises(AssertionError, match=r"score-first violated: training on targets \[\d+, \d+\)"):
         run(*tiny, doc_tokens())
+
+
+def test_scored_check_reads_inputs_and_targets():
+    """Stream pairs need their target scored, every non-BOS token read needs to have been scored, and a
+    seam (a document's last token, then another document's BOS) may only predict that BOS."""
+    tokens = np.array([BOS_ID, 5, 6, BOS_ID, 7, 8, 9], np.int32)  # documents [0, 3) and [3, 6) (cut: no BOS)
+    seen = ttt._ScoredTargets(len(tokens) - 1)
+    seen.scored(3, 6)
+    seen.check(tokens, np.r_[3:7, 3])  # document 2 through its last token, then a seam to a BOS
+    seen.check(tokens, np.r_[4:7])  # inputs 7, 8 were scored as targets 3, 4
+    for src in (np.r_[3:7, 1], np.r_[0:4]):  # a seam to an ordinary token; document 1's unscored targets
+        with pytest.raises(AssertionError, match="score-first violated"):
+            seen.check(tokens, src)
+    seen = ttt._ScoredTargets(len(tokens) - 1)
+    seen.scored(4, 6)  # targets 4, 5 scored, but token 4 (the target of 3) was never scored
+    with pytest.raises(AssertionError, match=r"training on targets \[3, 4\)"):
+        seen.check(tokens, np.r_[4:7])

@@ -12,7 +12,9 @@ lora_ttt (#1227, and the records' phased variant, spec 4.18): per document, a fr
 adapter on the attention/MLP projections (and the head) is trained chunk by chunk after each
 chunk is scored; documents run in batches, each with its own adapter. With phases, after each
 phase boundary of scored documents the base weights take one global SGD pass over the
-already-scored documents.
+already-scored documents: in stream order over the stream prefix (phase_style=stream), or as the
+records run it (phase_style=records, #1610 / #1626 / #1855): a length-sorted queue, a fresh optimizer
+each phase, windows that never cross a document, checked against a mask of scored targets.
 """
 
 from __future__ import annotations
