@@ -478,6 +478,19 @@ def stream_phases(sgd, base, buf, ev: Evaluator, cfg: EvalConfig, place: _Placer
     return base, buf, tokens, ran
 
 
+def _phase_plan(docs, cfg: EvalConfig):
+    """(the queue of (batch index, document ids), the phase boundaries, {documents done: boundary} of
+    the records' phases) for either phase_style."""
+    L = cfg.lora_ttt
+    if L.phase_style == "records":
+        queue = length_sorted_queue(docs, L.batch_docs)
+        boundaries = records_phase_boundaries(L.phase_prefix_docs, L.phases, len(docs))
+        return queue, boundaries, dict(zip(records_phase_points([len(i) for _, i in queue], boundaries), boundaries))
+    nd = L.batch_docs
+    queue = [(k, list(range(d0, min(d0 + nd, len(docs))))) for k, d0 in enumerate(range(0, len(docs), nd))]
+    return queue, [round(L.phase_prefix_docs * (i + 1) / L.phases) for i in range(L.phases)], {}
+
+
 def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token: bool = False, progress=None,
              hints=None):
     """Per-document score-first LoRA TTT (optionally phased); returns like full_ttt."""
@@ -486,13 +499,7 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     targets, head = lora_targets(cfg)
     docs = documents(ev.tokens)
     nd, phases, records = L.batch_docs, L.phases, L.phase_style == "records"
-    if records:
-        queue = length_sorted_queue(docs, nd)
-        boundaries = records_phase_boundaries(L.phase_prefix_docs, phases, len(docs))
-        points = dict(zip(records_phase_points([len(ids) for _, ids in queue], boundaries), boundaries))
-    else:
-        queue = [(k, list(range(d0, min(d0 + nd, len(docs))))) for k, d0 in enumerate(range(0, len(docs), nd))]
-        boundaries = [round(L.phase_prefix_docs * (i + 1) / phases) for i in range(phases)]
+    queue, boundaries, points = _phase_plan(docs, cfg)
     place = _Placer(ev.sharding)
     score, train = lora_functions(model, cfg, place)
 
