@@ -19,7 +19,10 @@ from pgolf_jax.cli import main
 # Each run names the entries it is for; together they cover every registry entry (checked below).
 RUNS = {
     "base": {"model.mlp_linear": "dense", "model.mixers": "attn", "eval.final_modes": "plain,lora_ttt",
-             "eval.lora_ttt.rank": 2, "eval.lora_ttt.batch_docs": 4},
+             "eval.lora_ttt.rank": 2, "eval.lora_ttt.batch_docs": 4,
+             # the records' phased global SGD (#1610: one phase at 2000 documents; here at 2 of the sample's 7)
+             "eval.lora_ttt.phases": 1, "eval.lora_ttt.phase_style": "records", "eval.lora_ttt.phase_prefix_docs": 2,
+             "eval.lora_ttt.phase_chunk_tokens": 2048, "eval.lora_ttt.phase_batch_seqs": 32},
     "mla_lowrank": {"model.attention": "mla", "model.mla.latent_dim": 16, "model.attn_gate": "gated_attn",
                     "quant.gate_int8": True, "model.linear": "lowrank",
                     "model.lowrank.rank": 8, "model.activation": "geglu", "optim.orthogonalizer": "gram_newton_schulz",
@@ -125,6 +128,9 @@ def check_seam(field: str, name: str, run_dir: Path, sub: dict, log: str) -> Non
     assert "final_roundtrip_exact" in log
     if field == "eval.final_modes":  # each mode scores the round-tripped weights, in order
         assert f"final_{name}_exact val_loss:" in log and name in sub["final_modes"]
+    if field == "eval.final_modes" and name == "lora_ttt" and cfg.eval.lora_ttt.phase_style == "records":
+        trained = re.findall(r"lora_ttt:phase \d+/\d+ global SGD over \d+ scored docs \((\d+) targets", log)
+        assert len(trained) == cfg.eval.lora_ttt.phases and int(trained[0]) > 0, trained
     if field == "quant.scheme":  # the artifact carries the scheme's tag
         tag = registry.resolve(registry.QUANT_SCHEMES, name).tag
         assert (run_dir / f"final_model.{tag}.{cfg.quant.compressor}").is_file()

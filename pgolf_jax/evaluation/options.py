@@ -86,8 +86,16 @@ class TTT:
 
 @dataclass(frozen=True)
 class LoRATTT:
-    """lora_ttt: per-document LoRA adapters trained score-first on each chunk. The records' phased
-    variant (spec 4.18) adds global SGD passes over already-scored documents (phase_*)."""
+    """lora_ttt: per-document LoRA adapters trained score-first on each chunk. The phased variant
+    (spec 4.18) adds global SGD passes of the base weights over already-scored documents (phase_*),
+    in one of two styles. stream (pgolf_jax's first one): documents in stream order, the passes over
+    the stream prefix in plain windows (they may cross documents), one momentum buffer (`momentum`)
+    over all phases, boundaries round(P k / n). records (#1610 one phase, #1626 three, #1855 prefix
+    2500): the records' queue (documents sorted by length, batches of batch_docs, longest batch
+    first); at P k // n completed documents (P = min(phase_prefix_docs, documents)) a pass over the
+    scored documents (the first P k // n of them in ascending length order) concatenated, with a
+    fresh optimizer (phase_momentum), windows cut at every BOS and every eval_seq_len tokens of a
+    document, the last chunk not trained (as the records); at most one phase per document batch."""
     rank: int = 8
     alpha: float = 8.0  # adapter output scale alpha / rank
     targets: str = "q,k,v,o,mlp,head"  # of LORA_TARGET_NAMES (the records: q,k,v,o_par,mlp_par,head)
@@ -108,11 +116,15 @@ class LoRATTT:
     phase_chunk_tokens: int = 32_768  # the global passes: chunks, windows per step, momentum, clip
     phase_batch_seqs: int = 32
     phase_grad_clip: float = 1.0
+    phase_style: str = "stream"  # stream | records (see above)
+    phase_momentum: float = 0.9  # records style: each phase's fresh SGD momentum (stream uses `momentum`)
+    phase_epochs: int = 1  # passes over the scored documents per phase (#1610: 3, #1626 on: 1)
     RANGES = {"rank": ">= 1", "alpha": "> 0", "lr": ">= 0", "momentum": "[0, 1)", "beta1": "[0, 1)",
               "beta2": "[0, 1)", "eps": "> 0", "wd": ">= 0", "steps": ">= 0", "chunk_tokens": ">= 1",
               "batch_docs": ">= 1", "phases": ">= 0", "phase_prefix_docs": ">= 1", "phase_lr": ">= 0",
-              "phase_chunk_tokens": ">= 1", "phase_batch_seqs": ">= 1", "phase_grad_clip": ">= 0"}
-    CHOICES = {"optimizer": ("sgd", "adam")}
+              "phase_chunk_tokens": ">= 1", "phase_batch_seqs": ">= 1", "phase_grad_clip": ">= 0",
+              "phase_momentum": "[0, 1)", "phase_epochs": ">= 1"}
+    CHOICES = {"optimizer": ("sgd", "adam"), "phase_style": ("stream", "records")}
 
     def check(self, cfg):
         targets = self.targets.split(",")

@@ -99,12 +99,18 @@ def eval_programs(cfg: Config, mesh, model, state) -> list[Program]:
     if "ttt" in modes or ("lora_ttt" in modes and e.lora_ttt.phases):
         sgd = e.ttt if "ttt" in modes else None
         k = sgd.batch_seqs if sgd else e.lora_ttt.phase_batch_seqs
-        step = ttt.make_sgd_step(ev_model, sgd.momentum if sgd else e.lora_ttt.momentum,
-                                 sgd.grad_clip if sgd else e.lora_ttt.phase_grad_clip, place)
+        # the records' phases: document-bounded rows (weights, a second target at position 0), at their
+        # fewest (k rows; a step of short documents has more)
+        records = sgd is None and e.lora_ttt.phase_style == "records"
+        momentum = sgd.momentum if sgd else e.lora_ttt.phase_momentum if records else e.lora_ttt.momentum
+        step = ttt.make_sgd_step(ev_model, momentum, sgd.grad_clip if sgd else e.lora_ttt.phase_grad_clip, place,
+                                 ttt.rows_loss(ev_model) if records else None)
         buf = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32, sharding=repl), params)
         flops, attn = _flops(ev_model.cfg, T, True, k * T // (n if k % n == 0 else 1), 1.0)
-        out.append(Program("ttt_sgd_step", step, (params, buf, _ids((k, T), rows(k)), _ids((k, T), rows(k)), 0.01),
-                           k * T // (n if k % n == 0 else 1), flops, attn))
+        f32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rows(k))  # noqa: E731
+        extra = (f32((k, T)), _ids((k,), rows(k)), f32((k,))) if records else ()
+        out.append(Program("ttt_sgd_step", step, (params, buf, _ids((k, T), rows(k)), _ids((k, T), rows(k)), 0.01)
+                           + extra, k * T // (n if k % n == 0 else 1), flops, attn))
     if "lora_ttt" in modes:
         out += _lora_programs(cfg, ev_model, params, place, rows, T)
     return out
@@ -113,7 +119,7 @@ def eval_programs(cfg: Config, mesh, model, state) -> list[Program]:
 def _lora_programs(cfg: Config, ev_model, params, place, rows, T: int) -> list[Program]:
     e = cfg.eval
     nd = e.lora_ttt.batch_docs
-    targets, head = ttt.lora_ttt.targets(e)
+    targets, head = ttt.lora_targets(e)  # (was ttt.lora_ttt.targets: no such attribute since the options moved)
     sh = rows(nd)
     lora = jax.eval_shape(lambda k: ttt.lora_init(k, params, targets, e.lora_ttt.rank, nd, head, ev_model.num_slots()),
                           jax.random.key(0))
