@@ -15,13 +15,17 @@ def _session_compile_cache() -> str:
     empty, as CI does, so its time and behaviour do not depend on what an earlier session left. JAX
     writes entries without a lock (its lock, on with a size limit, cost ~10 s on test_bad_input alone);
     a process that meets an entry another is still writing recompiles, and its warning is silenced
-    because the one-error-line tests read stderr."""
+    because the one-error-line tests read stderr. pytest-xdist's workers find the folder in
+    PGOLF_TEST_COMPILE_CACHE (set by the first process) and share it."""
     import atexit
     import shutil
     import tempfile
 
-    path = tempfile.mkdtemp(prefix="pgolf_jax_test_cache_")
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    path = os.environ.get("PGOLF_TEST_COMPILE_CACHE", "")
+    if not os.path.isdir(path):  # the first process of the session (pytest-xdist's workers inherit its folder)
+        path = tempfile.mkdtemp(prefix="pgolf_jax_test_cache_")
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        os.environ["PGOLF_TEST_COMPILE_CACHE"] = path
     os.environ.pop("PGOLF_NO_COMPILE_CACHE", None)
     os.environ.update(JAX_ENABLE_COMPILATION_CACHE="true", JAX_COMPILATION_CACHE_DIR=path,
                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
@@ -31,6 +35,14 @@ def _session_compile_cache() -> str:
 
 
 COMPILE_CACHE = _session_compile_cache()
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker per core, at most one per 6 GiB of memory (a worker and the runs it starts
+    peak near 4.6 GB)."""
+    cores = len(os.sched_getaffinity(0))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(cores, memory // (6 << 30)))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
