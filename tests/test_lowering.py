@@ -99,7 +99,7 @@ def test_train_and_eval_steps_lower_for_cuda(name):
 def test_records_phase_sgd_step_lowers_for_cuda():
     """The records' phased global SGD step (eval.lora_ttt.phase_style=records: document-bounded rows,
     weights and a second target at position 0) lowers for cuda like the train step."""
-    from pgolf_jax.evaluation import ttt
+    from pgolf_jax.evaluation import phases, ttt
 
     cfg = C.override(C.Config(), TINY)
     model = build_model(cfg.model)
@@ -107,7 +107,7 @@ def test_records_phase_sgd_step_lowers_for_cuda():
     buf = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32), params)
     ids, vec = jax.ShapeDtypeStruct((4, 64), jnp.int32), jax.ShapeDtypeStruct((4,), jnp.int32)
     w, w0 = jax.ShapeDtypeStruct((4, 64), jnp.float32), jax.ShapeDtypeStruct((4,), jnp.float32)
-    step = ttt.make_sgd_step(model, 0.9, 1.0, loss_fn=ttt.rows_loss(model))
+    step = ttt.make_sgd_step(model, 0.9, 1.0, loss_fn=phases.rows_loss(model))
     disabled = [export.DisabledSafetyCheck.custom_call(c) for c in CUDNN_CALLS]
     out = export.export(step, platforms=["cuda"], disabled_checks=disabled)(
         params, buf, ids, ids, jax.ShapeDtypeStruct((), jnp.float32), w, vec, w0)

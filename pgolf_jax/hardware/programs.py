@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from pgolf_jax import dist
 from pgolf_jax.config import Config
-from pgolf_jax.evaluation import ttt
+from pgolf_jax.evaluation import phases, ttt
 from pgolf_jax.evaluation.evaluate import batch_windows, jit_score, with_window
 from pgolf_jax.model.flops import analytic_flops_per_token
 from pgolf_jax.train.loop import build, step_functions
@@ -104,7 +104,7 @@ def eval_programs(cfg: Config, mesh, model, state) -> list[Program]:
         records = sgd is None and e.lora_ttt.phase_style == "records"
         momentum = sgd.momentum if sgd else e.lora_ttt.phase_momentum if records else e.lora_ttt.momentum
         step = ttt.make_sgd_step(ev_model, momentum, sgd.grad_clip if sgd else e.lora_ttt.phase_grad_clip, place,
-                                 ttt.rows_loss(ev_model) if records else None)
+                                 phases.rows_loss(ev_model) if records else None)
         buf = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32, sharding=repl), params)
         flops, attn = _flops(ev_model.cfg, T, True, k * T // (n if k % n == 0 else 1), 1.0)
         f32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rows(k))  # noqa: E731
