@@ -102,12 +102,18 @@ def test_corrupt_shard_names_the_file(sample_data, tmp_path, capsys):
     assert bad.name in err and "truncated" in err
 
 
-def test_bench_prints_the_numbers(capsys):
-    assert main(["bench", "--config", TINY, "--batch", "2", "--seq", "64", "--steps", "1", "--warmup", "1"]) == 0
+def test_bench_prints_the_numbers_and_the_gram_ns_saving(capsys):
+    """The numbers, and with --parts and Gram-NS on, plain NS timed beside it with the FLOP saving (issue 3
+    evidence): one bench run, one train-step compile."""
+    assert main(["bench", "--config", TINY, "--batch", "2", "--seq", "64", "--steps", "1", "--warmup", "1",
+                 "--parts", "optim.gram_ns_min_aspect=1.5"]) == 0
     out = capsys.readouterr().out
     for key in ("compile_time:", "step_time:", "tokens_per_s:", "peak_memory:", "flops_per_token_analytic:",
                 "flops_per_token_xla:", "gemm_peak:", "mfu:"):
         assert key in out, key
+    line = next(l for l in out.splitlines() if l.startswith("gram_ns:"))
+    gram, plain = (float(v.rstrip("G")) for v in re.findall(r"([\d.]+G)", line)[:2])
+    assert gram < plain, line
 
 
 def test_bench_times_attention_per_implementation(capsys):
@@ -118,12 +124,3 @@ def test_bench_times_attention_per_implementation(capsys):
     assert all(float(re.search(r"fwd_bwd:([\d.]+)ms", l).group(1)) > 0 for l in lines)
     assert main(["bench", "--config", TINY, "--steps", "1", "--no-xla-flops", "--attention", "nope"]) == 2
     assert "unknown implementation" in capsys.readouterr().err
-
-
-def test_bench_parts_report_gram_ns_saving(capsys):
-    """--parts with Gram-NS on also times plain NS and prints the FLOP saving (issue 3 evidence)."""
-    assert main(["bench", "--config", TINY, "--batch", "2", "--seq", "64", "--steps", "1", "--warmup", "1",
-                 "--parts", "--no-xla-flops", "optim.gram_ns_min_aspect=1.5"]) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("gram_ns:"))
-    gram, plain = (float(v.rstrip("G")) for v in re.findall(r"([\d.]+G)", line)[:2])
-    assert gram < plain, line
