@@ -44,8 +44,8 @@ def test_pause_inserts_floor_t_over_i_slots():
     assert len(pause.layout(1024, 4, 64)[0]) == 1088 and len(pause.layout(1024, 8, 32)[0]) == 1280
     model = build_model(PAUSE)
     params = perturbed(model)
-    assert model.module(params).embed(ids()).shape == (2, 32 + 4 * 3, 64)
-    assert model.logits(params, ids()).shape == (2, 32, 96)  # real positions only
+    assert jax.eval_shape(lambda p, x: model.module(p).embed(x), params, ids()).shape == (2, 32 + 4 * 3, 64)
+    assert jax.eval_shape(model.logits, params, ids()).shape == (2, 32, 96)  # real positions only
     assert model.param_specs()["pause"].group == "scalar"
 
 
