@@ -50,6 +50,51 @@ def test_record_presets_parameter_counts(capsys):
     assert r1493.model == C.load(CONFIGS / "record_1809.py").model
 
 
+# The frontier records (issue 25 item 10): the model_params line of each record's own train log.
+FRONTIER_COUNTS = {"record_1530": 35_944_602, "record_1736": 35_989_658, "record_1787": 35_945_658,
+                   "record_1855": 35_945_671}
+
+
+@pytest.mark.parametrize("preset,count", sorted(FRONTIER_COUNTS.items()))
+def test_frontier_preset_parameter_counts(preset, count, capsys):
+    assert main(["--config", str(CONFIGS / f"{preset}.py"), "--dry-run"]) == 0
+    assert f"model_params:{count}" in capsys.readouterr().out
+
+
+def test_record_1855_is_1787_plus_its_nine_hyperparameters_and_pieces():
+    """#1855's README: nine hyperparameters over #1787, plus SmearGate (BOS fix), LQER and per-group
+    compression; nothing else differs."""
+    base, top = C.flat_dict(C.load(CONFIGS / "record_1787.py")), C.flat_dict(C.load(CONFIGS / "record_1855.py"))
+    nine = {"optim.beta2": 0.99, "eval.lora_ttt.beta2": 0.99, "eval.lora_ttt.wd": 0.5, "eval.lora_ttt.rank": 80,
+            "train.warmdown_frac": 0.85, "quant.mlp_clip_sigmas": 11.5, "quant.embed_clip_sigmas": 14.0,
+            "model.sparse_gate.scale": 0.5, "eval.lora_ttt.phase_prefix_docs": 2500}
+    pieces = {"model.smear_gate": "v2", "quant.lqer_rank": 4, "quant.compressor": "pergroup"}
+    changed = {k: v for k, v in top.items() if base.get(k) != v and not k.startswith("quant.pergroup.")}
+    assert changed == {**nine, **pieces}
+
+
+# The frontier presets at tiny shapes: 3 layers x 64 (two lanes in the decoder's last layer, layer 1
+# looped), GPTQ, LQER and per-group compression on real int codes, 3 records-style TTT phases over 3
+# of the 5 val documents. With the sample data's overrides each runs 2 steps end to end through
+# run.py in about 2 CPU minutes (issue 25 item 10's check, run by hand: too slow for the suite).
+TINY_FRONTIER = {"model.num_layers": 3, "model.model_dim": 64, "model.num_heads": 2, "model.num_kv_heads": 1,
+                 "model.xsa_last_n": 3, "model.loop_start": 1, "model.loop_end": 1,
+                 "model.parallel_residual_start": 2, "model.vocab_size": 1024, "model.rope_train_seq_len": 64,
+                 "train.train_seq_len": 64, "train.train_batch_tokens": 512, "train.iterations": 2,
+                 "train.warmup_steps": 0, "train.max_wallclock_seconds": 0.0, "train.gptq_reserve_seconds": 0.0,
+                 "eval.val_tokens_limit": 6144, "eval.val_batch_size": 2048, "eval.eval_seq_len": 64,
+                 "eval.eval_stride": 32, "eval.lora_ttt.rank": 4, "eval.lora_ttt.batch_docs": 2,
+                 "eval.lora_ttt.phase_prefix_docs": 3, "eval.lora_ttt.phase_chunk_tokens": 512,
+                 "eval.lora_ttt.phase_batch_seqs": 4, "data.val_byte_sidecar": "auto",
+                 "quant.keep_float_max_numel": 1024, "quant.gptq.calibration_batches": 2}
+
+
+@pytest.mark.parametrize("preset", sorted(FRONTIER_COUNTS))
+def test_frontier_presets_are_valid_at_tiny_shapes(preset):
+    cfg = C.load(CONFIGS / f"{preset}.py", TINY_FRONTIER)
+    assert 0 < count_params(jax.eval_shape(build_model(cfg.model).init, jax.random.key(0))) < 250_000
+
+
 def test_param_count_matches_record_inventory():
     """reference-spec.md 5.8 inventory, for the #1809 shapes (no banks, no gates)."""
     cfg = C.load(CONFIGS / "record_1809.py").model
