@@ -302,6 +302,7 @@ def _main_job(config_name: str, cfg, args, tooling) -> int:
     from pgolf_jax import dist, pipeline
 
     dist.keep_freed_host_memory()
+    dist.claim_device_memory()
     _persistent_compile_cache()
     return pipeline.main_job(config_name, cfg, tooling, dry=args.dry_run, resume=args.resume,
                              allow_code_change=args.allow_code_change)
@@ -324,6 +325,7 @@ def _dispatch(argv: list[str]) -> int:
         return pack_command(argv[1:])
     from pgolf_jax import dist
     dist.keep_freed_host_memory()
+    dist.claim_device_memory()
     _persistent_compile_cache()
     verbs = {"eval": eval_command, "quantize": quantize_command, "submit": submit_command,
              "export": export_command, "sweep": _lazy("pgolf_jax.sweep.command", "sweep_command"),

@@ -30,8 +30,6 @@ def default_target(jax_version: str | None = None) -> Path:
 
 
 DEFAULT_TARGET = default_target()
-# jax's own default share of device memory for its allocator; run.py sets no other.
-DEFAULT_MEM_FRACTION = 0.75
 H100_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak of an H100 SXM
 H100_PEAK_BYTES = 3.35e12  # HBM3 bandwidth, bytes/s
 
@@ -114,7 +112,9 @@ def memory_fraction() -> tuple[float, str]:
     """The share of device memory jax's allocator may use, and where it comes from."""
     raw = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
     if raw is None:
-        return DEFAULT_MEM_FRACTION, "XLA_PYTHON_CLIENT_MEM_FRACTION unset: jax's default 0.75 (run.py sets none)"
+        from pgolf_jax.dist import DEVICE_MEM_FRACTION  # (imports jax: the compile command has set the platform)
+
+        return DEVICE_MEM_FRACTION, f"XLA_PYTHON_CLIENT_MEM_FRACTION unset: run.py's {DEVICE_MEM_FRACTION} (dist.py)"
     try:
         value = float(raw)
     except ValueError:
