@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from pgolf_jax import registry
+from pgolf_jax.model.embeddings import BOS_ID
 from pgolf_jax.model.layers import Pass, apply_rotary, block_linear, linear_init, rms_norm
 from pgolf_jax.model.params import param
 
@@ -19,13 +20,28 @@ from pgolf_jax.model.params import param
 BLOCK = 128
 
 
-def xla_attention(q_BTHK, k_BTGK, v_BTGK, scale):
-    """Reference path: full T x T logits with a causal mask, softmax in fp32; the test oracle."""
+def segment_ids(ids_BT, split_len: int = 0):
+    """model.doc_mask's attention segments (the records' cu_seqlens as per-token ids): a segment
+    starts at every BOS and, with split_len, every split_len tokens within a document; the id is
+    the segment's first position (tokens before a row's first BOS form the segment at 0). Derived
+    from the tokens alone, so every caller of the model (training, each eval mode, TTT) gets them."""
+    t_BT = jnp.broadcast_to(jnp.arange(ids_BT.shape[1], dtype=jnp.int32), ids_BT.shape)
+    doc_BT = jax.lax.cummax(jnp.where(ids_BT == BOS_ID, t_BT, 0), axis=1)
+    if split_len:
+        doc_BT = doc_BT + (t_BT - doc_BT) // split_len * split_len
+    return doc_BT
+
+
+def xla_attention(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
+    """Reference path: full T x T logits with a causal mask, softmax in fp32; the test oracle.
+    seg_BT (segment_ids): a query sees only keys of its own segment too."""
     B, T, H, K = q_BTHK.shape
     G = k_BTGK.shape[2]
     q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
     logits_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK).astype(jnp.float32) * scale
     mask_TS = jnp.tril(jnp.ones((T, T), dtype=bool))
+    if seg_BT is not None:
+        mask_TS = (mask_TS & (seg_BT[:, :, None] == seg_BT[:, None, :]))[:, None, None]
     logits_BGRTS = jnp.where(mask_TS, logits_BGRTS, -jnp.inf)
     probs = jax.nn.softmax(logits_BGRTS, axis=-1).astype(v_BTGK.dtype)
     out_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", probs, v_BTGK)
@@ -150,10 +166,11 @@ def resolve_impl(impl: str, dtype) -> str:
     return "flash"
 
 
-def windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window: int):
+def windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window: int, seg_BT=None):
     """Causal attention over a sliding window: query t sees keys t - window < s <= t (#2114's eval
     mask). Exact, by query blocks of BLOCK: each block reads only its own keys and the halo of
-    ceil((window - 1) / BLOCK) blocks before it, so the cost is T (window + BLOCK), not T^2."""
+    ceil((window - 1) / BLOCK) blocks before it, so the cost is T (window + BLOCK), not T^2.
+    seg_BT (segment_ids): and only keys of its own segment."""
     B, T, H, K = q_BTHK.shape
     G = k_BTGK.shape[2]
     blk = min(BLOCK, T)
@@ -168,23 +185,39 @@ def windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window: int):
     q_pos = np.arange(nb)[:, None, None] * blk + np.arange(blk)[None, :, None]
     k_pos = span[:, None, :] - halo
     visible = (k_pos <= q_pos) & (k_pos > q_pos - window) & (k_pos >= 0)  # (nb, q, S)
-    logits = jnp.where(visible[None, :, None, None], logits, -jnp.inf)
+    visible = visible[None, :, None, None]
+    if seg_BT is not None:  # padded keys get segment -1 (never a query's), padded queries -2
+        seg_k = jnp.pad(seg_BT, ((0, 0), (halo, pad)), constant_values=-1)[:, span]  # (B, nb, S)
+        seg_q = jnp.pad(seg_BT, ((0, 0), (0, pad)), constant_values=-2).reshape(B, nb, blk)
+        visible = visible & (seg_q[:, :, None, None, :, None] == seg_k[:, :, None, None, None, :])
+    logits = jnp.where(visible, logits, -jnp.inf)
     probs = jax.nn.softmax(logits, axis=-1).astype(v_BTGK.dtype)
     out = jnp.einsum("bngrqs,bnsgk->bnqgrk", probs, v_win)
     return out.reshape(B, nb * blk, H, K)[:, :T]
 
 
-def causal_attention(q_BTHK, k_BTGK, v_BTGK, impl: str = "auto", scale: float | None = None, window: int = 0):
+def causal_attention(q_BTHK, k_BTGK, v_BTGK, impl: str = "auto", scale: float | None = None, window: int = 0,
+                     seg_BT=None):
     """softmax(q k^T * scale + causal mask) v with GQA (query head h reads kv head h // (H/G));
-    with a window (< T), each query sees only its `window` most recent keys (itself included)."""
+    with a window (< T), each query sees only its `window` most recent keys (itself included);
+    with seg_BT (segment_ids, model.doc_mask), only keys of its own segment."""
     scale = 1.0 / math.sqrt(q_BTHK.shape[-1]) if scale is None else scale
     impl = resolve_impl(impl, q_BTHK.dtype)
+    if seg_BT is not None:
+        return _segmented(q_BTHK, k_BTGK, v_BTGK, impl, scale, window, seg_BT)
     if window and window < q_BTHK.shape[1]:
         if impl == "cudnn":
             return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, scale=scale, is_causal=True,
                                                 local_window_size=(window - 1, 0), implementation="cudnn")
         return windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window)
     return registry.resolve(registry.ATTENTION_IMPLS, impl)(q_BTHK, k_BTGK, v_BTGK, scale)
+
+
+def _segmented(q_BTHK, k_BTGK, v_BTGK, impl, scale, window, seg_BT):
+    """causal_attention with document segments: each kernel takes them as its `seg_BT` argument."""
+    if window and window < q_BTHK.shape[1]:
+        return windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window, seg_BT)
+    return registry.resolve(registry.ATTENTION_IMPLS, impl)(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=seg_BT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +275,7 @@ class GQA(nnx.Module):
         q_BTHK = apply_rotary(q_BTHK, cos, sin)
         k_BTGK = apply_rotary(k_BTGK, cos, sin)
         q_BTHK = q_BTHK * self.q_gain[...].astype(q_BTHK.dtype)[:, None]
-        y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.impl, window=ctx.window)
+        y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.impl, window=ctx.window, seg_BT=ctx.segments)
         if not (isinstance(xsa, (int, float)) and xsa == 0):
             y_BTHK = jnp.where(jnp.asarray(xsa) > 0, exclusive_self_attention(y_BTHK, v_BTGK), y_BTHK)
         if self.attn_gate is not None:  # per token and head, after XSA, before the projection (#1667, #1736)

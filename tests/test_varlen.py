@@ -1,0 +1,75 @@
+"""VarLen (model.doc_mask, #1530): attention causal within a document only, on every kernel path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pgolf_jax import config as C
+from pgolf_jax.model import attention
+from pgolf_jax.model.embeddings import BOS_ID
+from pgolf_jax.model.gpt import build_model
+from conftest import perturbed  # noqa: E402
+
+# The record stack's token-mixing parts that stay per-document: XSA, partial RoPE, loops, parallel
+# residuals, skip gates, SmearGate v2 with the BOS fix.
+STACK = C.ModelConfig(vocab_size=96, num_layers=4, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2.0,
+                      rope_dims=4, xsa_last_n=4, skip_gates_enabled=True, num_loops=1, loop_start=1, loop_end=2,
+                      parallel_residual_start=2, smear_gate="v2", doc_mask=True, attention_impl="xla")
+
+
+def _docs(rng, lengths):
+    return [np.concatenate([[BOS_ID], rng.integers(2, 96, n - 1)]).astype(np.int32) for n in lengths]
+
+
+def test_segment_ids_start_at_each_bos_and_every_split_len():
+    ids = np.array([[5, 6, BOS_ID, 7, 8, 9, 10, 11, BOS_ID, 3]], np.int32)
+    np.testing.assert_array_equal(attention.segment_ids(jnp.asarray(ids)), [[0, 0, 2, 2, 2, 2, 2, 2, 8, 8]])
+    np.testing.assert_array_equal(attention.segment_ids(jnp.asarray(ids), 4), [[0, 0, 2, 2, 2, 2, 6, 6, 8, 8]])
+
+
+def _logits(model, params, rows):
+    """Logits of rows (one compile: each row padded to the longest at its end, which causal
+    attention never reads back)."""
+    T = max(map(len, rows))
+    batch = np.stack([np.pad(r, (0, T - len(r)), constant_values=3) for r in rows])
+    return np.asarray(jax.jit(model.logits)(params, jnp.asarray(batch)))
+
+
+def _packed_equals_alone(cfg, T=64, lengths=(9, 23, 1, 17), atol=2e-5):
+    """A packed row (a previous document's tail, then whole documents) gives each document the
+    logits it gets alone: documents shorter than the split length."""
+    model = build_model(cfg)
+    params = perturbed(model)
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(2, 96, 5).astype(np.int32)] + _docs(rng, lengths)  # a previous document's tail first
+    docs += _docs(rng, [T - sum(map(len, docs))])  # the last document fills the row
+    out = _logits(model, params, [np.concatenate(docs)] + docs)
+    starts = np.cumsum([0] + [len(d) for d in docs])
+    for i, doc in enumerate(docs):
+        np.testing.assert_allclose(out[0, starts[i]:starts[i + 1]], out[1 + i, :len(doc)], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["xla"])
+def test_packed_logits_equal_each_document_alone(impl):
+    _packed_equals_alone(STACK.replace(attention_impl=impl))
+
+
+def test_doc_split_len_splits_long_documents():
+    """With doc_split_len = 8, a 20-token document is three documents of 8, 8 and 4 for attention."""
+    cfg = STACK.replace(smear_gate="", doc_split_len=8)
+    model = build_model(cfg)
+    params = perturbed(model)
+    doc = _docs(np.random.default_rng(1), [20])[0]
+    out = _logits(model, params, [doc, doc[:8], doc[8:16], doc[16:]])
+    for i, s in enumerate((0, 8, 16)):
+        n = len(doc[s:s + 8])
+        np.testing.assert_allclose(out[0, s:s + n], out[1 + i, :n], atol=2e-5, rtol=0)
+
+
+def test_doc_mask_off_lets_attention_cross_a_bos():
+    model = build_model(STACK.replace(doc_mask=False))
+    params = perturbed(model)
+    a, b = _docs(np.random.default_rng(2), [6, 6])
+    out = _logits(model, params, [np.concatenate([a, b]), b])
+    assert np.abs(out[0, 6:] - out[1, :6]).max() > 1e-3
