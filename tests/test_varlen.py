@@ -73,3 +73,23 @@ def test_doc_mask_off_lets_attention_cross_a_bos():
     a, b = _docs(np.random.default_rng(2), [6, 6])
     out = _logits(model, params, [np.concatenate([a, b]), b])
     assert np.abs(out[0, 6:] - out[1, :6]).max() > 1e-3
+
+
+@pytest.mark.parametrize("item, match", [
+    ("model.mixers=s4d_lin", "model.mixers='s4d_lin' .an S4D-Lin scan"),
+    ("model.bigram_vocab_size=64", "model.bigram_vocab_size=64 .BigramHash"),
+    ("model.smear_gate=v1", "model.smear_gate='v1'"),
+    ("model.smear_gate_bos_fix=false", "model.smear_gate_bos_fix=false"),
+    ("model.pause_tokens=2", "model.pause_tokens=2"),
+    ("model.family=mps", "model.family='mps'"),
+])
+def test_doc_mask_refuses_what_mixes_across_a_bos(item, match):
+    items = ["model.doc_mask=true", item] + (["model.smear_gate=v2"] if "bos_fix" in item else [])
+    with pytest.raises(C.ConfigError, match=r"^model.doc_mask=true does not combine with " + match):
+        C.override(C.Config(), items)
+    C.override(C.Config(), items[1:])  # each alone is fine
+
+
+def test_doc_split_len_needs_doc_mask():
+    with pytest.raises(C.ConfigError, match=r"^model.doc_split_len=8 needs model.doc_mask=true$"):
+        C.override(C.Config(), ["model.doc_split_len=8"])

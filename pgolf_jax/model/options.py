@@ -115,6 +115,26 @@ class ModelConfig(Section):
         for ok, message in rules:
             if not ok:
                 raise ConfigError(message)
+        if m.doc_mask or m.doc_split_len:
+            _check_doc_mask(m, kinds)
+
+
+def _check_doc_mask(m: ModelConfig, kinds: tuple[str, ...]) -> None:
+    """model.doc_mask masks attention only: refuse every part that mixes tokens across a BOS on its own."""
+    crossing = [
+        (m.family != "gpt", f"model.family={m.family!r} (only the gpt family passes document segments on)"),
+        ("s4d_lin" in kinds, f"model.mixers={m.mixers!r} (an S4D-Lin scan runs across documents)"),
+        (m.bigram_vocab_size > 0, f"model.bigram_vocab_size={m.bigram_vocab_size} (BigramHash hashes the "
+                                  "previous document's last token into a BOS)"),
+        (m.smear_gate == "v1", "model.smear_gate='v1' (it smears the previous document into a BOS; v2 has the BOS fix)"),
+        (m.smear_gate == "v2" and not m.smear_gate_bos_fix, "model.smear_gate_bos_fix=false (v2 smears into a BOS)"),
+        (m.pause_tokens > 0, f"model.pause_tokens={m.pause_tokens} (pause slots sit across documents)"),
+    ]
+    for bad, what in crossing:
+        if bad:
+            raise ConfigError(f"model.doc_mask=true does not combine with {what}: it mixes tokens across a BOS")
+    if not m.doc_mask:
+        raise ConfigError(f"model.doc_split_len={m.doc_split_len} needs model.doc_mask=true")
 
 
 def layer_mixers(m: ModelConfig) -> tuple[str, ...]:
