@@ -136,6 +136,8 @@ WD_SCHEDULES = {
 LOADERS = {
     "sequential": "pgolf_jax.data.shards:sequential_loader",
     "shuffled": "pgolf_jax.data.shards:ShuffledSequenceLoader",
+    # #1530's document-packing loader: spans from each shard's first BOS, for model.doc_mask
+    "doc_packed": "pgolf_jax.data.doc_packing:doc_packed_loader",
 }
 
 # quant.grid: the grid of every low-bit row (export, GPTQ and QAT alike).

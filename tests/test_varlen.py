@@ -93,3 +93,26 @@ def test_doc_mask_refuses_what_mixes_across_a_bos(item, match):
 def test_doc_split_len_needs_doc_mask():
     with pytest.raises(C.ConfigError, match=r"^model.doc_split_len=8 needs model.doc_mask=true$"):
         C.override(C.Config(), ["model.doc_split_len=8"])
+
+
+def test_doc_packed_loader_starts_at_the_first_bos_and_skips_shard_tails(tmp_path):
+    """Spans from each shard's first BOS, consecutive; a shard whose rest cannot hold a whole step is
+    left for the next one, and the files wrap around; state/restore continue exactly."""
+    from pgolf_jax.data.doc_packing import DocPackingLoader
+    from pgolf_jax.data.shards import write_shard
+    a = np.array([7, 8, BOS_ID] + list(range(10, 40)), np.uint16)  # first BOS at 2
+    b = np.array([BOS_ID] + list(range(50, 70)), np.uint16)  # first BOS at 0
+    write_shard(tmp_path / "t_000.bin", a)
+    write_shard(tmp_path / "t_001.bin", b)
+    loader = DocPackingLoader(str(tmp_path / "t_*.bin"), num_spans=2, seq_len=4)
+    x, y = loader.next_batch(16, 4)  # 2 spans x (8 + 1) tokens = 18 a step
+    assert x.shape == (2, 2, 4)
+    np.testing.assert_array_equal(x[0].ravel(), a[2:10]) and np.testing.assert_array_equal(y[0].ravel(), a[3:11])
+    np.testing.assert_array_equal(x[1].ravel(), a[11:19])
+    saved = loader.state()
+    x2, _ = loader.next_batch(16, 4)  # a has 13 tokens left < 18: on to b, from its BOS
+    np.testing.assert_array_equal(x2[0].ravel(), b[0:8])
+    x3, _ = loader.next_batch(16, 4)  # b has 3 left: wrap around to a's first BOS
+    np.testing.assert_array_equal(x3[0].ravel(), a[2:10])
+    loader.restore(saved)
+    np.testing.assert_array_equal(loader.next_batch(16, 4)[0], x2)
