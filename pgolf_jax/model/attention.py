@@ -66,18 +66,25 @@ def _unfold(x_BGQK, T):
     return x_BGQK.reshape(B, G, T, R, K).transpose(0, 2, 1, 3, 4).reshape(B, T, G * R, K)
 
 
-def _block_logits(q_BGQK, k_BGSK, s0, s1, R):
-    """Logits of queries [s0, s1): off-diagonal keys [0, s0) (None when s0 = 0), masked diagonal."""
+def _block_logits(q_BGQK, k_BGSK, s0, s1, R, seg=None):
+    """Logits of queries [s0, s1): off-diagonal keys [0, s0) (None when s0 = 0), masked diagonal.
+    seg: None, or the segment ids (B, T) (model.doc_mask): keys of other segments masked too."""
     q = q_BGQK[:, :, s0 * R:s1 * R]
     f32 = dict(preferred_element_type=jnp.float32)
     diag = jnp.einsum("bgqk,bgsk->bgqs", q, k_BGSK[:, :, s0:s1], **f32)
     n = s1 - s0
-    diag = jnp.where(jnp.arange(n)[None, :] <= (jnp.arange(n * R) // R)[:, None], diag, -jnp.inf)
+    visible = jnp.arange(n)[None, :] <= (jnp.arange(n * R) // R)[:, None]
+    seg_q = None if seg is None else jnp.repeat(seg[:, s0:s1], R, axis=1)[:, None, :, None]  # rows as q's
+    if seg is not None:
+        visible = visible & (seg_q == seg[:, None, None, s0:s1])
+    diag = jnp.where(visible, diag, -jnp.inf)
     off = jnp.einsum("bgqk,bgsk->bgqs", q, k_BGSK[:, :, :s0], **f32) if s0 else None
+    if off is not None and seg is not None:
+        off = jnp.where(seg_q == seg[:, None, None, :s0], off, -jnp.inf)
     return off, diag
 
 
-def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale):
+def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
     T, G = q_BTHK.shape[1], k_BTGK.shape[2]
     R = q_BTHK.shape[2] // G
     q = _fold(q_BTHK, G) * jnp.asarray(scale, q_BTHK.dtype)
@@ -85,8 +92,8 @@ def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale):
     outs, lses = [], []
     for s0 in range(0, T, BLOCK):
         s1 = min(s0 + BLOCK, T)
-        off, diag = _block_logits(q, k, s0, s1, R)
-        m = diag.max(-1, keepdims=True)
+        off, diag = _block_logits(q, k, s0, s1, R, seg_BT)
+        m = diag.max(-1, keepdims=True)  # finite: a query always sees itself
         if off is not None:
             m = jnp.maximum(m, off.max(-1, keepdims=True))
         e = jnp.exp(diag - m)
@@ -99,16 +106,17 @@ def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale):
         outs.append((acc / z).astype(v.dtype))
         lses.append(m + jnp.log(z))
     o = jnp.concatenate(outs, axis=2)
-    return _unfold(o, T), (q, k, v, o, jnp.concatenate(lses, axis=2))
+    return _unfold(o, T), (q, k, v, o, jnp.concatenate(lses, axis=2), seg_BT)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def flash_attention(q_BTHK, k_BTGK, v_BTGK, scale):
-    return _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale)[0]
+def flash_attention(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
+    """seg_BT: None, or segment ids (B, T) (segment_ids): attention within a segment only."""
+    return _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT)[0]
 
 
 def _flash_backward(scale, res, do_BTHK):
-    q, k, v, o, lse = res
+    q, k, v, o, lse, seg = res
     G, T = k.shape[1], k.shape[2]
     R = q.shape[2] // T
     do = _fold(do_BTHK, G)
@@ -126,7 +134,7 @@ def _flash_backward(scale, res, do_BTHK):
         s1 = min(s0 + BLOCK, T)
         rows = slice(s0 * R, s1 * R)
         qc, doc, lse_c, d = q[:, :, rows], do[:, :, rows], lse[:, :, rows], delta[:, :, rows]
-        off, diag = _block_logits(q, k, s0, s1, R)
+        off, diag = _block_logits(q, k, s0, s1, R, seg)
         dv, dk, dq = grads(jnp.exp(diag - lse_c), qc, doc, k[:, :, s0:s1], v[:, :, s0:s1], d)
         dv_parts[i].append(dv)
         dk_parts[i].append(dk)
@@ -140,7 +148,7 @@ def _flash_backward(scale, res, do_BTHK):
     dq = _unfold(jnp.concatenate(dq_parts, axis=2) * jnp.asarray(scale, q.dtype), T)
     dk = jnp.concatenate([sum(p) for p in dk_parts], axis=2).transpose(0, 2, 1, 3)
     dv = jnp.concatenate([sum(p) for p in dv_parts], axis=2).transpose(0, 2, 1, 3)
-    return dq, dk, dv
+    return dq, dk, dv, None  # no cotangent for the integer segment ids
 
 
 flash_attention.defvjp(_flash_forward, _flash_backward)
