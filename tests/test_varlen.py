@@ -139,3 +139,24 @@ def test_doc_packed_loader_starts_at_the_first_bos_and_skips_shard_tails(tmp_pat
     np.testing.assert_array_equal(x3[0].ravel(), a[2:10])
     loader.restore(saved)
     np.testing.assert_array_equal(loader.next_batch(16, 4)[0], x2)
+
+
+@pytest.mark.parametrize("stride", [64, 16], ids=["plain", "sliding"])
+def test_eval_scores_of_a_document_ignore_the_documents_before_it(stride):
+    """Plain and sliding eval of a doc-masked model: rewriting one document leaves the scores of the
+    next one (every target whose input lies in it) unchanged, windows crossing the seam included."""
+    from pgolf_jax.data.tokenizer import ByteLuts
+    from pgolf_jax.evaluation.evaluate import Evaluator
+    luts = ByteLuts(np.ones(96, np.int16), np.zeros(96, bool), np.zeros(96, bool))
+    cfg = C.ModelConfig(vocab_size=96, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1,
+                        attention_impl="xla", doc_mask=True)
+    model = build_model(cfg)
+    params = perturbed(model)
+    tokens = np.random.default_rng(4).integers(2, 96, 601).astype(np.int32)
+    tokens[::150] = BOS_ID
+    changed = tokens.copy()
+    changed[151:300] = (changed[151:300] * 7 + 3) % 90 + 2
+    nll = [Evaluator(model, t, luts, 64, 64 * 4, stride=stride).score(params, per_token=True)[1]
+           for t in (tokens, changed)]
+    np.testing.assert_allclose(nll[1][300:450], nll[0][300:450], atol=1e-5, rtol=0)
+    assert np.abs(nll[1][151:299] - nll[0][151:299]).max() > 1e-3
