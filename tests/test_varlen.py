@@ -50,22 +50,27 @@ def _packed_equals_alone(cfg, T=64, lengths=(9, 23, 1, 17), atol=2e-5):
         np.testing.assert_allclose(out[0, starts[i]:starts[i + 1]], out[1 + i, :len(doc)], atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("impl", ["xla", "flash"])
+@pytest.mark.parametrize("impl", ["xla", "flash", "fused_cpu"])
 def test_packed_logits_equal_each_document_alone(impl):
+    if impl == "fused_cpu" and not attention.registry.resolve(attention.registry.ATTENTION_IMPLS, impl).available():
+        pytest.skip("the native CPU kernel does not build here")
     _packed_equals_alone(STACK.replace(attention_impl=impl))
 
 
-@pytest.mark.parametrize("impl", ["flash"])
+@pytest.mark.parametrize("impl", ["flash", "fused_cpu"])
 def test_segmented_kernel_and_its_gradients_match_the_xla_oracle(impl, monkeypatch):
     """Forward and q/k/v gradients of a kernel with segments equal the masked xla path's (several
-    query blocks, so off-diagonal blocks are masked too)."""
-    monkeypatch.setattr(attention, "BLOCK", 16)
-    B, T, H, G, K = 2, 40, 4, 2, 8
+    query blocks, so off-diagonal blocks are masked and skipped too: the CPU kernel's tiles are 64)."""
+    fn = attention.registry.resolve(attention.registry.ATTENTION_IMPLS, impl)
+    if impl == "fused_cpu" and not fn.available():
+        pytest.skip("the native CPU kernel does not build here")
+    monkeypatch.setattr(attention, "BLOCK", 64)
+    B, T, H, G, K = 2, 200, 4, 2, 8
     rng = np.random.default_rng(3)
     q, k, v = (jnp.asarray(rng.standard_normal((B, T, n, K)), jnp.float32) for n in (H, G, G))
     ids = rng.integers(2, 96, (B, T))
-    ids[0, [0, 7, 20, 21]] = BOS_ID
-    ids[1, [13, 30]] = BOS_ID
+    ids[0, [0, 7, 20, 21, 150]] = BOS_ID  # 21-149 spans two 64-key tiles; 150 skips two
+    ids[1, [13, 30, 190]] = BOS_ID
     seg = attention.segment_ids(jnp.asarray(ids))
     w = jnp.asarray(rng.standard_normal((B, T, H, K)), jnp.float32)
 
@@ -73,7 +78,7 @@ def test_segmented_kernel_and_its_gradients_match_the_xla_oracle(impl, monkeypat
         f = jax.value_and_grad(lambda q, k, v: jnp.sum(w * fn(q, k, v, 0.3, seg_BT=seg)), argnums=(0, 1, 2))
         return jax.jit(f)(q, k, v)
 
-    want, got = loss(attention.xla_attention), loss(attention.registry.resolve(attention.registry.ATTENTION_IMPLS, impl))
+    want, got = loss(attention.xla_attention), loss(fn)
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5, rtol=1e-5)
 
