@@ -165,3 +165,10 @@ def test_eval_scores_of_a_document_ignore_the_documents_before_it(stride):
            for t in (tokens, changed)]
     np.testing.assert_allclose(nll[1][300:450], nll[0][300:450], atol=1e-5, rtol=0)
     assert np.abs(nll[1][151:299] - nll[0][151:299]).max() > 1e-3
+
+
+def test_packed_segments_are_the_records_cu_seqlens_per_row():
+    seg = attention.segment_ids(jnp.asarray([[5, BOS_ID, 7, 8, BOS_ID, 3], [BOS_ID, 4, 4, 4, 4, 4]], jnp.int32), 3)
+    lengths, offsets = attention.packed_segments(seg)
+    np.testing.assert_array_equal(lengths, [[1, 3, 2, -1, -1, -1], [3, 3, -1, -1, -1, -1]])
+    np.testing.assert_array_equal(offsets, [[0, 1, 4, -1, -1, -1, -1], [0, 3, -1, -1, -1, -1, -1]])

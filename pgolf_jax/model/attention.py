@@ -154,10 +154,30 @@ def _flash_backward(scale, res, do_BTHK):
 flash_attention.defvjp(_flash_forward, _flash_backward)
 
 
-def cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale):
-    """Flash attention through cuDNN (GPU, bf16/fp16); skips the masked half, handles GQA."""
-    return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, scale=scale, is_causal=True,
-                                        implementation="cudnn")
+def cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
+    """Flash attention through cuDNN (GPU, bf16/fp16); skips the masked half, handles GQA. With
+    seg_BT (segment_ids) cuDNN's packed-sequence layout: every segment its own causal sequence."""
+    if seg_BT is None:
+        return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, scale=scale, is_causal=True,
+                                            implementation="cudnn")
+    # jax.nn does not take segment offsets; jax 0.10's cuDNN wrapper does (Hopper or later).
+    from jax._src.cudnn.fused_attention_stablehlo import MaskType, dot_product_attention
+    lengths, offsets = packed_segments(seg_BT)
+    return dot_product_attention(q_BTHK, k_BTGK, v_BTGK, None, None, lengths, lengths, offsets, offsets,
+                                 scale=scale, mask_type=MaskType.PADDING_CAUSAL, qkv_layout="BTNH")
+
+
+def packed_segments(seg_BT):
+    """cuDNN's packed layout of segment_ids' segments (the records' cu_seqlens per row): lengths
+    (B, T) and first positions (B, T + 1) of each row's segments, the unused slots -1. A row has at
+    most T segments, so T slots always suffice (a static shape, like the records' padded cu_seqlens)."""
+    B, T = seg_BT.shape
+    t = jnp.arange(T, dtype=jnp.int32)
+    starts = jnp.sort(jnp.where(seg_BT == t, t, T), axis=1)  # the row's segment starts, then T's
+    ends = jnp.concatenate([starts[:, 1:], jnp.full((B, 1), T, jnp.int32)], axis=1)
+    lengths = jnp.where(starts < T, ends - starts, -1).astype(jnp.int32)
+    offsets = jnp.concatenate([jnp.where(starts < T, starts, -1), jnp.full((B, 1), -1, jnp.int32)], axis=1)
+    return lengths, offsets.astype(jnp.int32)
 
 
 def resolve_impl(impl: str, dtype) -> str:
