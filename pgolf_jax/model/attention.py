@@ -12,7 +12,6 @@ import numpy as np
 from flax import nnx
 
 from pgolf_jax import registry
-from pgolf_jax.model.embeddings import BOS_ID
 from pgolf_jax.model.layers import Pass, apply_rotary, block_linear, linear_init, rms_norm
 from pgolf_jax.model.params import param
 
@@ -20,21 +19,9 @@ from pgolf_jax.model.params import param
 BLOCK = 128
 
 
-def segment_ids(ids_BT, split_len: int = 0):
-    """model.doc_mask's attention segments (the records' cu_seqlens as per-token ids): a segment
-    starts at every BOS and, with split_len, every split_len tokens within a document; the id is
-    the segment's first position (tokens before a row's first BOS form the segment at 0). Derived
-    from the tokens alone, so every caller of the model (training, each eval mode, TTT) gets them."""
-    t_BT = jnp.broadcast_to(jnp.arange(ids_BT.shape[1], dtype=jnp.int32), ids_BT.shape)
-    doc_BT = jax.lax.cummax(jnp.where(ids_BT == BOS_ID, t_BT, 0), axis=1)
-    if split_len:
-        doc_BT = doc_BT + (t_BT - doc_BT) // split_len * split_len
-    return doc_BT
-
-
 def xla_attention(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
     """Reference path: full T x T logits with a causal mask, softmax in fp32; the test oracle.
-    seg_BT (segment_ids): a query sees only keys of its own segment too."""
+    seg_BT (varlen.segment_ids): a query sees only keys of its own segment too."""
     B, T, H, K = q_BTHK.shape
     G = k_BTGK.shape[2]
     q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
@@ -68,7 +55,7 @@ def _unfold(x_BGQK, T):
 
 def _block_logits(q_BGQK, k_BGSK, s0, s1, R, seg=None):
     """Logits of queries [s0, s1): off-diagonal keys [0, s0) (None when s0 = 0), masked diagonal.
-    seg: None, or the segment ids (B, T) (model.doc_mask): keys of other segments masked too."""
+    seg: None, or varlen.segment_ids: keys of other segments masked too."""
     q = q_BGQK[:, :, s0 * R:s1 * R]
     f32 = dict(preferred_element_type=jnp.float32)
     diag = jnp.einsum("bgqk,bgsk->bgqs", q, k_BGSK[:, :, s0:s1], **f32)
@@ -111,7 +98,6 @@ def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def flash_attention(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
-    """seg_BT: None, or segment ids (B, T) (segment_ids): attention within a segment only."""
     return _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT)[0]
 
 
@@ -154,30 +140,10 @@ def _flash_backward(scale, res, do_BTHK):
 flash_attention.defvjp(_flash_forward, _flash_backward)
 
 
-def cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
-    """Flash attention through cuDNN (GPU, bf16/fp16); skips the masked half, handles GQA. With
-    seg_BT (segment_ids) cuDNN's packed-sequence layout: every segment its own causal sequence."""
-    if seg_BT is None:
-        return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, scale=scale, is_causal=True,
-                                            implementation="cudnn")
-    # jax.nn does not take segment offsets; jax 0.10's cuDNN wrapper does (Hopper or later).
-    from jax._src.cudnn.fused_attention_stablehlo import MaskType, dot_product_attention
-    lengths, offsets = packed_segments(seg_BT)
-    return dot_product_attention(q_BTHK, k_BTGK, v_BTGK, None, None, lengths, lengths, offsets, offsets,
-                                 scale=scale, mask_type=MaskType.PADDING_CAUSAL, qkv_layout="BTNH")
-
-
-def packed_segments(seg_BT):
-    """cuDNN's packed layout of segment_ids' segments (the records' cu_seqlens per row): lengths
-    (B, T) and first positions (B, T + 1) of each row's segments, the unused slots -1. A row has at
-    most T segments, so T slots always suffice (a static shape, like the records' padded cu_seqlens)."""
-    B, T = seg_BT.shape
-    t = jnp.arange(T, dtype=jnp.int32)
-    starts = jnp.sort(jnp.where(seg_BT == t, t, T), axis=1)  # the row's segment starts, then T's
-    ends = jnp.concatenate([starts[:, 1:], jnp.full((B, 1), T, jnp.int32)], axis=1)
-    lengths = jnp.where(starts < T, ends - starts, -1).astype(jnp.int32)
-    offsets = jnp.concatenate([jnp.where(starts < T, starts, -1), jnp.full((B, 1), -1, jnp.int32)], axis=1)
-    return lengths, offsets.astype(jnp.int32)
+def cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale):
+    """Flash attention through cuDNN (GPU, bf16/fp16); skips the masked half, handles GQA."""
+    return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, scale=scale, is_causal=True,
+                                        implementation="cudnn")
 
 
 def resolve_impl(impl: str, dtype) -> str:
@@ -198,7 +164,7 @@ def windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window: int, seg_BT=None):
     """Causal attention over a sliding window: query t sees keys t - window < s <= t (#2114's eval
     mask). Exact, by query blocks of BLOCK: each block reads only its own keys and the halo of
     ceil((window - 1) / BLOCK) blocks before it, so the cost is T (window + BLOCK), not T^2.
-    seg_BT (segment_ids): and only keys of its own segment."""
+    seg_BT (varlen.segment_ids): and only keys of its own segment."""
     B, T, H, K = q_BTHK.shape
     G = k_BTGK.shape[2]
     blk = min(BLOCK, T)
@@ -228,24 +194,17 @@ def causal_attention(q_BTHK, k_BTGK, v_BTGK, impl: str = "auto", scale: float | 
                      seg_BT=None):
     """softmax(q k^T * scale + causal mask) v with GQA (query head h reads kv head h // (H/G));
     with a window (< T), each query sees only its `window` most recent keys (itself included);
-    with seg_BT (segment_ids, model.doc_mask), only keys of its own segment."""
+    with seg_BT (varlen.segment_ids), only keys of its own segment."""
     scale = 1.0 / math.sqrt(q_BTHK.shape[-1]) if scale is None else scale
     impl = resolve_impl(impl, q_BTHK.dtype)
     if seg_BT is not None:
-        return _segmented(q_BTHK, k_BTGK, v_BTGK, impl, scale, window, seg_BT)
+        return registry.resolve(registry.VARLEN, "attention")(q_BTHK, k_BTGK, v_BTGK, impl, scale, window, seg_BT)
     if window and window < q_BTHK.shape[1]:
         if impl == "cudnn":
             return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, scale=scale, is_causal=True,
                                                 local_window_size=(window - 1, 0), implementation="cudnn")
         return windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window)
     return registry.resolve(registry.ATTENTION_IMPLS, impl)(q_BTHK, k_BTGK, v_BTGK, scale)
-
-
-def _segmented(q_BTHK, k_BTGK, v_BTGK, impl, scale, window, seg_BT):
-    """causal_attention with document segments: each kernel takes them as its `seg_BT` argument."""
-    if window and window < q_BTHK.shape[1]:
-        return windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window, seg_BT)
-    return registry.resolve(registry.ATTENTION_IMPLS, impl)(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=seg_BT)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,28 +43,21 @@ def _batch_partitioned(name, rule, out_shapes):
     return wrapped
 
 
-_FUSED = {  # fwd (q, k, v) -> (o, lse); bwd (q, k, v, o, lse, do) -> (dq, dk, dv)
+# fwd (q, k, v, lo) -> (o, lse); bwd (q, k, v, o, lse, do, lo) -> (dq, dk, dv). lo: each query's
+# first visible key (zeros, or model.doc_mask's segment starts).
+_FUSED = {
     "pgolf_causal_attention_fwd": _batch_partitioned(
-        "pgolf_causal_attention_fwd", "b t h k, b s g k, b s g k -> b t h k, b h t",
-        (lambda q, k, v: q, lambda q, k, v: (q[0], q[2], q[1]))),
+        "pgolf_causal_attention_fwd", "b t h k, b s g k, b s g k, b t -> b t h k, b h t",
+        (lambda q, *_: q, lambda q, *_: (q[0], q[2], q[1]))),
     "pgolf_causal_attention_bwd": _batch_partitioned(
         "pgolf_causal_attention_bwd",
-        "b t h k, b s g k, b s g k, b t h k, b h t, b t h k -> b t h k, b s g k, b s g k",
-        (lambda q, *_: q, lambda q, k, *_: k, lambda q, k, v, *_: v)),
-    # model.doc_mask: lo (B, T) int32 = each query's first visible key (attention.segment_ids)
-    "pgolf_causal_attention_seg_fwd": _batch_partitioned(
-        "pgolf_causal_attention_seg_fwd", "b t h k, b s g k, b s g k, b t -> b t h k, b h t",
-        (lambda q, k, v, lo: q, lambda q, k, v, lo: (q[0], q[2], q[1]))),
-    "pgolf_causal_attention_seg_bwd": _batch_partitioned(
-        "pgolf_causal_attention_seg_bwd",
         "b t h k, b s g k, b s g k, b t h k, b h t, b t h k, b t -> b t h k, b s g k, b s g k",
         (lambda q, *_: q, lambda q, k, *_: k, lambda q, k, v, *_: v)),
 }
 
 
 def _fused_call(name, *args, scale):
-    """The kernel on fp32 operands (int32 segment starts stay int32); under vmap the mapped axis is
-    folded into the batch dim."""
+    """The kernel on fp32 operands; under vmap the mapped axis is folded into the batch dim."""
     kernels.require()
 
     @jax.custom_batching.custom_vmap
@@ -77,31 +70,24 @@ def _fused_call(name, *args, scale):
         outs = call(*(x.reshape(-1, *x.shape[2:]) for x in xs))
         return tuple(o.reshape(axis_size, -1, *o.shape[1:]) for o in outs), (True,) * len(outs)
 
-    return call(*(a if a.dtype == jnp.int32 else a.astype(jnp.float32) for a in args))
+    return call(*(a.astype(jnp.float32 if a.dtype != jnp.int32 else a.dtype) for a in args))
 
 
 def _fused_forward(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
-    if seg_BT is None:
-        o_BTHK, lse_BHT = _fused_call("pgolf_causal_attention_fwd", q_BTHK, k_BTGK, v_BTGK, scale=scale)
-    else:
-        o_BTHK, lse_BHT = _fused_call("pgolf_causal_attention_seg_fwd", q_BTHK, k_BTGK, v_BTGK,
-                                      seg_BT.astype(jnp.int32), scale=scale)
-    return o_BTHK.astype(q_BTHK.dtype), (q_BTHK, k_BTGK, v_BTGK, o_BTHK, lse_BHT, seg_BT)
+    lo = jnp.zeros(q_BTHK.shape[:2], jnp.int32) if seg_BT is None else seg_BT.astype(jnp.int32)
+    o_BTHK, lse_BHT = _fused_call("pgolf_causal_attention_fwd", q_BTHK, k_BTGK, v_BTGK, lo, scale=scale)
+    return o_BTHK.astype(q_BTHK.dtype), (q_BTHK, k_BTGK, v_BTGK, o_BTHK, lse_BHT, lo)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def fused_cpu_attention(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
-    """seg_BT: None, or attention.segment_ids (each token's segment start): attention within it."""
+    """seg_BT: None, or varlen.segment_ids (each token's segment start): attention within it."""
     return _fused_forward(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT)[0]
 
 
 def _fused_backward(scale, res, do_BTHK):
-    q, k, v, o, lse, seg = res
-    if seg is None:
-        dq, dk, dv = _fused_call("pgolf_causal_attention_bwd", q, k, v, o, lse, do_BTHK, scale=scale)
-    else:
-        dq, dk, dv = _fused_call("pgolf_causal_attention_seg_bwd", q, k, v, o, lse, do_BTHK,
-                                 seg.astype(jnp.int32), scale=scale)
+    q, k, v, o, lse, lo = res
+    dq, dk, dv = _fused_call("pgolf_causal_attention_bwd", q, k, v, o, lse, do_BTHK, lo, scale=scale)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 

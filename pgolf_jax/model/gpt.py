@@ -21,7 +21,6 @@ from flax import nnx
 from pgolf_jax import registry
 from pgolf_jax.config import ModelConfig
 from pgolf_jax.model import pause
-from pgolf_jax.model.attention import segment_ids
 from pgolf_jax.model.lanes import pick
 from pgolf_jax.model.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
 from pgolf_jax.model.layers import (
@@ -221,13 +220,13 @@ class GPT(nnx.Module):
     def _context(self, T: int, B: int, rng=None, hook=None, ids_BT=None) -> Pass:
         """What every block reads: rotary tables, the batch shape, the generated block weights
         (made once per forward pass; rng: the train step's key, None in evaluation), the
-        eval-time adapters' hook (a layers.LinearHook or None) and, with model.doc_mask, the
-        attention segments of ids_BT (RoPE positions stay the row's: attention reads only their
-        differences, as in the records)."""
+        eval-time adapters' hook (a layers.LinearHook or None) and model.doc_mask's segments of
+        ids_BT (RoPE keeps the row's positions, as the records do: attention reads differences)."""
         cfg = self.cfg
         head_dim = cfg.model_dim // cfg.num_heads
         rope = rotary_tables(T, cfg.rope_dims or head_dim, cfg.rope_base, self.compute_dtype, cfg.rope_train_seq_len)
-        segments = segment_ids(ids_BT, cfg.doc_split_len) if cfg.doc_mask and ids_BT is not None else None
+        segments = (registry.resolve(registry.VARLEN, "segments")(ids_BT, cfg.doc_split_len)
+                    if cfg.doc_mask and ids_BT is not None else None)
         return Pass(shape_BT=(B, T), rope=rope, window=cfg.attention_window, segments=segments,
                     generated=self.weight_source.generate(self, rng), hook=hook)
 

@@ -120,19 +120,17 @@ class ModelConfig(Section):
 
 
 def _check_doc_mask(m: ModelConfig, kinds: tuple[str, ...]) -> None:
-    """model.doc_mask masks attention only: refuse every part that mixes tokens across a BOS on its own."""
-    crossing = [
-        (m.family != "gpt", f"model.family={m.family!r} (only the gpt family passes document segments on)"),
-        ("s4d_lin" in kinds, f"model.mixers={m.mixers!r} (an S4D-Lin scan runs across documents)"),
-        (m.bigram_vocab_size > 0, f"model.bigram_vocab_size={m.bigram_vocab_size} (BigramHash hashes the "
-                                  "previous document's last token into a BOS)"),
-        (m.smear_gate == "v1", "model.smear_gate='v1' (it smears the previous document into a BOS; v2 has the BOS fix)"),
-        (m.smear_gate == "v2" and not m.smear_gate_bos_fix, "model.smear_gate_bos_fix=false (v2 smears into a BOS)"),
-        (m.pause_tokens > 0, f"model.pause_tokens={m.pause_tokens} (pause slots sit across documents)"),
-    ]
-    for bad, what in crossing:
+    """model.doc_mask masks attention only: refuse the parts that mix tokens across a BOS on their own
+    (S4D-Lin scans, BigramHash, SmearGate without the BOS fix, pause slots; families other than gpt)."""
+    for bad, what in [(m.family != "gpt", f"model.family={m.family!r}"),
+                      ("s4d_lin" in kinds, f"model.mixers={m.mixers!r}"),
+                      (m.bigram_vocab_size, f"model.bigram_vocab_size={m.bigram_vocab_size}"),
+                      (m.smear_gate == "v1", "model.smear_gate='v1'"),
+                      (m.smear_gate == "v2" and not m.smear_gate_bos_fix, "model.smear_gate_bos_fix=false"),
+                      (m.pause_tokens, f"model.pause_tokens={m.pause_tokens}")]:
         if bad:
-            raise ConfigError(f"model.doc_mask=true does not combine with {what}: it mixes tokens across a BOS")
+            raise ConfigError(f"model.doc_mask=true does not combine with {what}: "
+                              "it would mix tokens across documents")
     if not m.doc_mask:
         raise ConfigError(f"model.doc_split_len={m.doc_split_len} needs model.doc_mask=true")
 

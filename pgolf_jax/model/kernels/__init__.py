@@ -18,10 +18,7 @@ import jax
 
 SOURCE = Path(__file__).with_name("causal_attention_cpu.cc")
 TARGETS = {"pgolf_causal_attention_fwd": "PgolfCausalAttentionFwd",
-           "pgolf_causal_attention_bwd": "PgolfCausalAttentionBwd",
-           # with document segments (model.doc_mask): an extra lo (B, T) int32 operand
-           "pgolf_causal_attention_seg_fwd": "PgolfCausalAttentionSegFwd",
-           "pgolf_causal_attention_seg_bwd": "PgolfCausalAttentionSegBwd"}
+           "pgolf_causal_attention_bwd": "PgolfCausalAttentionBwd"}
 # -march=native: the library is built on, and cached for, the machine that runs it (the cache key
 # holds the CPU's feature flags), so it may use AVX-512 where present and AVX2 elsewhere.
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
