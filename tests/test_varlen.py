@@ -173,3 +173,23 @@ def test_packed_segments_are_the_records_cu_seqlens_per_row():
     lengths, offsets = varlen.packed_segments(seg)
     np.testing.assert_array_equal(lengths, [[1, 3, 2, -1, -1, -1], [3, 3, -1, -1, -1, -1]])
     np.testing.assert_array_equal(offsets, [[0, 1, 4, -1, -1, -1, -1], [0, 3, -1, -1, -1, -1, -1]])
+
+
+def test_windowed_attention_with_segments_is_both_masks(monkeypatch):
+    """A sliding window (model/eval.attention_window) and document segments together: query i sees
+    key j iff i - window < j <= i and both lie in one segment (blocks of 16, T not a multiple)."""
+    monkeypatch.setattr(attention, "BLOCK", 16)
+    B, T, H, G, K, window = 2, 50, 4, 2, 8, 12
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((B, T, n, K)).astype(np.float32) for n in (H, G, G))
+    ids = rng.integers(2, 96, (B, T))
+    ids[0, [9, 30, 31]] = BOS_ID
+    seg = np.asarray(varlen.segment_ids(jnp.asarray(ids)))
+    got = np.asarray(jax.jit(attention.windowed_attention, static_argnums=(3, 4))(q, k, v, 0.5, window, seg))
+    i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+    mask = (j <= i) & (j > i - window) & (seg[:, :, None] == seg[:, None, :])  # (B, T, T)
+    kq, vq = (np.repeat(a, H // G, axis=2) for a in (k, v))
+    logits = np.where(mask[:, None], np.einsum("bthk,bshk->bhts", q, kq) * 0.5, -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    want = np.einsum("bhts,bshk->bthk", p / p.sum(-1, keepdims=True), vq)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
