@@ -85,6 +85,9 @@ ATTENTION_IMPLS = {
     "cudnn": f"{_MODEL}.attention:cudnn_attention",
     "fused_cpu": f"{_MODEL}.fused_cpu:fused_cpu_attention",
 }
+# model.doc_mask (VarLen, #1530): document segments and the attention over them; a packed file keeps
+# these only when the run masks documents (packing/select.py).
+VARLEN = {"segments": f"{_MODEL}.varlen:segment_ids", "attention": f"{_MODEL}.varlen:segmented_attention"}
 # model.activation: the MLP nonlinearity.
 ACTIVATIONS = {
     "relu2": f"{_MODEL}.layers:relu2",
@@ -136,6 +139,8 @@ WD_SCHEDULES = {
 LOADERS = {
     "sequential": "pgolf_jax.data.shards:sequential_loader",
     "shuffled": "pgolf_jax.data.shards:ShuffledSequenceLoader",
+    # #1530's document-packing loader: spans from each shard's first BOS, for model.doc_mask
+    "doc_packed": "pgolf_jax.data.doc_packing:doc_packed_loader",
 }
 
 # quant.grid: the grid of every low-bit row (export, GPTQ and QAT alike).

@@ -58,6 +58,8 @@ CASES = {
     "surge_m": {"model.family": "surge_m", "model.num_layers": 3, "model.surge_m.layer": 1, "model.surge_m.chunk": 16,
                 "model.surge_m.d_err": 8, "model.surge_m.d_state": 8, "model.surge_m.uv_init_std": 0.01},
     "ce_chunked": {"train.objective": "ce_chunked", "train.ce_chunked.vocab_chunk": 32},
+    # VarLen (#1530): cuDNN's packed-sequence layout (Hopper or later: the fixture below says H100)
+    "doc_mask": {"model.doc_mask": True, "model.xsa_last_n": 1},
 }
 
 
@@ -66,6 +68,7 @@ def fake_cudnn_version(monkeypatch):
     """cuDNN's lowering asks the local CUDA plugin for its version; with no GPU here, answer 9.10."""
     import jax._src.cudnn.fused_attention_stablehlo as fa
     monkeypatch.setattr(fa, "check_cudnn_version", lambda: 91000)
+    monkeypatch.setattr(fa, "check_compute_capability", lambda capability: capability <= "9.0")  # an H100
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -94,6 +97,8 @@ def test_train_and_eval_steps_lower_for_cuda(name):
     ev = export.export(jax.jit(lambda p, a, b: model.token_nll(p, a, b).sum(-1)), platforms=["cuda"],
                        disabled_checks=disabled)(state.params, ids, ids)
     assert ev.platforms == ("cuda",)
+    if cfg.model.doc_mask:  # cuDNN's packed layout, a slot for each of a row's up to 64 segments
+        assert "max_seg_per_batch\\22: 64" in ev.mlir_module() and "max_seg_per_batch" in train.mlir_module()
 
 
 def test_records_phase_sgd_step_lowers_for_cuda():

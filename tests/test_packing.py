@@ -133,7 +133,9 @@ def test_every_preset_packs_closed_and_without_tooling(package, platform):
 
 # Issue 27 asks for <= 32,000 bytes (record_1809 on GPUs) and <= 40,000 (the README main job); until
 # then these bounds (2026-12-06's sizes, 50,375 and 51,505, + ~2%) keep them from growing unnoticed.
-SIZE_BOUNDS = {("configs/record_1809.py", "gpu"): 51_400, ("configs/cpu.py", "cpu"): 52_500}
+# VarLen (model.doc_mask) added ~700 / ~450 bytes that every file carries (the kernels' segment masks,
+# the config check); its own module goes in only when selected: 52,101 -> 52,797 and 51,068 -> 51,509.
+SIZE_BOUNDS = {("configs/record_1809.py", "gpu"): 51_700, ("configs/cpu.py", "cpu"): 53_000}
 
 
 @pytest.mark.parametrize("preset,platform", sorted(SIZE_BOUNDS))

@@ -22,7 +22,9 @@ RUNS = {
              "eval.lora_ttt.rank": 2, "eval.lora_ttt.batch_docs": 4,
              # the records' phased global SGD (#1610: one phase at 2000 documents; here at 2 of the sample's 7)
              "eval.lora_ttt.phases": 1, "eval.lora_ttt.phase_style": "records", "eval.lora_ttt.phase_prefix_docs": 2,
-             "eval.lora_ttt.phase_chunk_tokens": 2048, "eval.lora_ttt.phase_batch_seqs": 32},
+             "eval.lora_ttt.phase_chunk_tokens": 2048, "eval.lora_ttt.phase_batch_seqs": 32,
+             # VarLen (#1530): document-masked attention in training, eval and TTT, on packed spans
+             "model.doc_mask": True, "data.loader": "doc_packed"},
     "mla_lowrank": {"model.attention": "mla", "model.mla.latent_dim": 16, "model.attn_gate": "gated_attn",
                     "quant.gate_int8": True, "model.linear": "lowrank",
                     "model.lowrank.rank": 8, "model.activation": "geglu", "optim.orthogonalizer": "gram_newton_schulz",

@@ -19,13 +19,16 @@ from pgolf_jax.model.params import param
 BLOCK = 128
 
 
-def xla_attention(q_BTHK, k_BTGK, v_BTGK, scale):
-    """Reference path: full T x T logits with a causal mask, softmax in fp32; the test oracle."""
+def xla_attention(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
+    """Reference path: full T x T logits with a causal mask, softmax in fp32; the test oracle.
+    seg_BT (varlen.segment_ids): a query sees only keys of its own segment too."""
     B, T, H, K = q_BTHK.shape
     G = k_BTGK.shape[2]
     q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
     logits_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK).astype(jnp.float32) * scale
     mask_TS = jnp.tril(jnp.ones((T, T), dtype=bool))
+    if seg_BT is not None:
+        mask_TS = (mask_TS & (seg_BT[:, :, None] == seg_BT[:, None, :]))[:, None, None]
     logits_BGRTS = jnp.where(mask_TS, logits_BGRTS, -jnp.inf)
     probs = jax.nn.softmax(logits_BGRTS, axis=-1).astype(v_BTGK.dtype)
     out_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", probs, v_BTGK)
@@ -50,18 +53,25 @@ def _unfold(x_BGQK, T):
     return x_BGQK.reshape(B, G, T, R, K).transpose(0, 2, 1, 3, 4).reshape(B, T, G * R, K)
 
 
-def _block_logits(q_BGQK, k_BGSK, s0, s1, R):
-    """Logits of queries [s0, s1): off-diagonal keys [0, s0) (None when s0 = 0), masked diagonal."""
+def _block_logits(q_BGQK, k_BGSK, s0, s1, R, seg=None):
+    """Logits of queries [s0, s1): off-diagonal keys [0, s0) (None when s0 = 0), masked diagonal.
+    seg: None, or varlen.segment_ids: keys of other segments masked too."""
     q = q_BGQK[:, :, s0 * R:s1 * R]
     f32 = dict(preferred_element_type=jnp.float32)
     diag = jnp.einsum("bgqk,bgsk->bgqs", q, k_BGSK[:, :, s0:s1], **f32)
     n = s1 - s0
-    diag = jnp.where(jnp.arange(n)[None, :] <= (jnp.arange(n * R) // R)[:, None], diag, -jnp.inf)
+    visible = jnp.arange(n)[None, :] <= (jnp.arange(n * R) // R)[:, None]
+    seg_q = None if seg is None else jnp.repeat(seg[:, s0:s1], R, axis=1)[:, None, :, None]  # rows as q's
+    if seg is not None:
+        visible = visible & (seg_q == seg[:, None, None, s0:s1])
+    diag = jnp.where(visible, diag, -jnp.inf)
     off = jnp.einsum("bgqk,bgsk->bgqs", q, k_BGSK[:, :, :s0], **f32) if s0 else None
+    if off is not None and seg is not None:
+        off = jnp.where(seg_q == seg[:, None, None, :s0], off, -jnp.inf)
     return off, diag
 
 
-def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale):
+def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
     T, G = q_BTHK.shape[1], k_BTGK.shape[2]
     R = q_BTHK.shape[2] // G
     q = _fold(q_BTHK, G) * jnp.asarray(scale, q_BTHK.dtype)
@@ -69,8 +79,8 @@ def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale):
     outs, lses = [], []
     for s0 in range(0, T, BLOCK):
         s1 = min(s0 + BLOCK, T)
-        off, diag = _block_logits(q, k, s0, s1, R)
-        m = diag.max(-1, keepdims=True)
+        off, diag = _block_logits(q, k, s0, s1, R, seg_BT)
+        m = diag.max(-1, keepdims=True)  # finite: a query always sees itself
         if off is not None:
             m = jnp.maximum(m, off.max(-1, keepdims=True))
         e = jnp.exp(diag - m)
@@ -83,16 +93,16 @@ def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale):
         outs.append((acc / z).astype(v.dtype))
         lses.append(m + jnp.log(z))
     o = jnp.concatenate(outs, axis=2)
-    return _unfold(o, T), (q, k, v, o, jnp.concatenate(lses, axis=2))
+    return _unfold(o, T), (q, k, v, o, jnp.concatenate(lses, axis=2), seg_BT)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def flash_attention(q_BTHK, k_BTGK, v_BTGK, scale):
-    return _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale)[0]
+def flash_attention(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
+    return _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT)[0]
 
 
 def _flash_backward(scale, res, do_BTHK):
-    q, k, v, o, lse = res
+    q, k, v, o, lse, seg = res
     G, T = k.shape[1], k.shape[2]
     R = q.shape[2] // T
     do = _fold(do_BTHK, G)
@@ -110,7 +120,7 @@ def _flash_backward(scale, res, do_BTHK):
         s1 = min(s0 + BLOCK, T)
         rows = slice(s0 * R, s1 * R)
         qc, doc, lse_c, d = q[:, :, rows], do[:, :, rows], lse[:, :, rows], delta[:, :, rows]
-        off, diag = _block_logits(q, k, s0, s1, R)
+        off, diag = _block_logits(q, k, s0, s1, R, seg)
         dv, dk, dq = grads(jnp.exp(diag - lse_c), qc, doc, k[:, :, s0:s1], v[:, :, s0:s1], d)
         dv_parts[i].append(dv)
         dk_parts[i].append(dk)
@@ -124,7 +134,7 @@ def _flash_backward(scale, res, do_BTHK):
     dq = _unfold(jnp.concatenate(dq_parts, axis=2) * jnp.asarray(scale, q.dtype), T)
     dk = jnp.concatenate([sum(p) for p in dk_parts], axis=2).transpose(0, 2, 1, 3)
     dv = jnp.concatenate([sum(p) for p in dv_parts], axis=2).transpose(0, 2, 1, 3)
-    return dq, dk, dv
+    return dq, dk, dv, None  # no cotangent for the integer segment ids
 
 
 flash_attention.defvjp(_flash_forward, _flash_backward)
@@ -150,10 +160,11 @@ def resolve_impl(impl: str, dtype) -> str:
     return "flash"
 
 
-def windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window: int):
+def windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window: int, seg_BT=None):
     """Causal attention over a sliding window: query t sees keys t - window < s <= t (#2114's eval
     mask). Exact, by query blocks of BLOCK: each block reads only its own keys and the halo of
-    ceil((window - 1) / BLOCK) blocks before it, so the cost is T (window + BLOCK), not T^2."""
+    ceil((window - 1) / BLOCK) blocks before it, so the cost is T (window + BLOCK), not T^2.
+    seg_BT (varlen.segment_ids): and only keys of its own segment."""
     B, T, H, K = q_BTHK.shape
     G = k_BTGK.shape[2]
     blk = min(BLOCK, T)
@@ -168,17 +179,26 @@ def windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window: int):
     q_pos = np.arange(nb)[:, None, None] * blk + np.arange(blk)[None, :, None]
     k_pos = span[:, None, :] - halo
     visible = (k_pos <= q_pos) & (k_pos > q_pos - window) & (k_pos >= 0)  # (nb, q, S)
-    logits = jnp.where(visible[None, :, None, None], logits, -jnp.inf)
+    visible = visible[None, :, None, None]
+    if seg_BT is not None:  # padded keys get segment -1 (never a query's), padded queries -2
+        seg_k = jnp.pad(seg_BT, ((0, 0), (halo, pad)), constant_values=-1)[:, span]  # (B, nb, S)
+        seg_q = jnp.pad(seg_BT, ((0, 0), (0, pad)), constant_values=-2).reshape(B, nb, blk)
+        visible = visible & (seg_q[:, :, None, None, :, None] == seg_k[:, :, None, None, None, :])
+    logits = jnp.where(visible, logits, -jnp.inf)
     probs = jax.nn.softmax(logits, axis=-1).astype(v_BTGK.dtype)
     out = jnp.einsum("bngrqs,bnsgk->bnqgrk", probs, v_win)
     return out.reshape(B, nb * blk, H, K)[:, :T]
 
 
-def causal_attention(q_BTHK, k_BTGK, v_BTGK, impl: str = "auto", scale: float | None = None, window: int = 0):
+def causal_attention(q_BTHK, k_BTGK, v_BTGK, impl: str = "auto", scale: float | None = None, window: int = 0,
+                     seg_BT=None):
     """softmax(q k^T * scale + causal mask) v with GQA (query head h reads kv head h // (H/G));
-    with a window (< T), each query sees only its `window` most recent keys (itself included)."""
+    with a window (< T), each query sees only its `window` most recent keys (itself included);
+    with seg_BT (varlen.segment_ids), only keys of its own segment."""
     scale = 1.0 / math.sqrt(q_BTHK.shape[-1]) if scale is None else scale
     impl = resolve_impl(impl, q_BTHK.dtype)
+    if seg_BT is not None:
+        return registry.resolve(registry.VARLEN, "attention")(q_BTHK, k_BTGK, v_BTGK, impl, scale, window, seg_BT)
     if window and window < q_BTHK.shape[1]:
         if impl == "cudnn":
             return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, scale=scale, is_causal=True,
@@ -242,7 +262,7 @@ class GQA(nnx.Module):
         q_BTHK = apply_rotary(q_BTHK, cos, sin)
         k_BTGK = apply_rotary(k_BTGK, cos, sin)
         q_BTHK = q_BTHK * self.q_gain[...].astype(q_BTHK.dtype)[:, None]
-        y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.impl, window=ctx.window)
+        y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.impl, window=ctx.window, seg_BT=ctx.segments)
         if not (isinstance(xsa, (int, float)) and xsa == 0):
             y_BTHK = jnp.where(jnp.asarray(xsa) > 0, exclusive_self_attention(y_BTHK, v_BTGK), y_BTHK)
         if self.attn_gate is not None:  # per token and head, after XSA, before the projection (#1667, #1736)

@@ -43,13 +43,15 @@ def _batch_partitioned(name, rule, out_shapes):
     return wrapped
 
 
-_FUSED = {  # fwd (q, k, v) -> (o, lse); bwd (q, k, v, o, lse, do) -> (dq, dk, dv)
+# fwd (q, k, v, lo) -> (o, lse); bwd (q, k, v, o, lse, do, lo) -> (dq, dk, dv). lo: each query's
+# first visible key (zeros, or model.doc_mask's segment starts).
+_FUSED = {
     "pgolf_causal_attention_fwd": _batch_partitioned(
-        "pgolf_causal_attention_fwd", "b t h k, b s g k, b s g k -> b t h k, b h t",
-        (lambda q, k, v: q, lambda q, k, v: (q[0], q[2], q[1]))),
+        "pgolf_causal_attention_fwd", "b t h k, b s g k, b s g k, b t -> b t h k, b h t",
+        (lambda q, *_: q, lambda q, *_: (q[0], q[2], q[1]))),
     "pgolf_causal_attention_bwd": _batch_partitioned(
         "pgolf_causal_attention_bwd",
-        "b t h k, b s g k, b s g k, b t h k, b h t, b t h k -> b t h k, b s g k, b s g k",
+        "b t h k, b s g k, b s g k, b t h k, b h t, b t h k, b t -> b t h k, b s g k, b s g k",
         (lambda q, *_: q, lambda q, k, *_: k, lambda q, k, v, *_: v)),
 }
 
@@ -68,23 +70,25 @@ def _fused_call(name, *args, scale):
         outs = call(*(x.reshape(-1, *x.shape[2:]) for x in xs))
         return tuple(o.reshape(axis_size, -1, *o.shape[1:]) for o in outs), (True,) * len(outs)
 
-    return call(*(a.astype(jnp.float32) for a in args))
+    return call(*(a.astype(jnp.float32 if a.dtype != jnp.int32 else a.dtype) for a in args))
 
 
-def _fused_forward(q_BTHK, k_BTGK, v_BTGK, scale):
-    o_BTHK, lse_BHT = _fused_call("pgolf_causal_attention_fwd", q_BTHK, k_BTGK, v_BTGK, scale=scale)
-    return o_BTHK.astype(q_BTHK.dtype), (q_BTHK, k_BTGK, v_BTGK, o_BTHK, lse_BHT)
+def _fused_forward(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
+    lo = jnp.zeros(q_BTHK.shape[:2], jnp.int32) if seg_BT is None else seg_BT.astype(jnp.int32)
+    o_BTHK, lse_BHT = _fused_call("pgolf_causal_attention_fwd", q_BTHK, k_BTGK, v_BTGK, lo, scale=scale)
+    return o_BTHK.astype(q_BTHK.dtype), (q_BTHK, k_BTGK, v_BTGK, o_BTHK, lse_BHT, lo)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def fused_cpu_attention(q_BTHK, k_BTGK, v_BTGK, scale):
-    return _fused_forward(q_BTHK, k_BTGK, v_BTGK, scale)[0]
+def fused_cpu_attention(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
+    """seg_BT: None, or varlen.segment_ids (each token's segment start): attention within it."""
+    return _fused_forward(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT)[0]
 
 
 def _fused_backward(scale, res, do_BTHK):
-    q, k, v, o, lse = res
-    dq, dk, dv = _fused_call("pgolf_causal_attention_bwd", q, k, v, o, lse, do_BTHK, scale=scale)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+    q, k, v, o, lse, lo = res
+    dq, dk, dv = _fused_call("pgolf_causal_attention_bwd", q, k, v, o, lse, do_BTHK, lo, scale=scale)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
 fused_cpu_attention.defvjp(_fused_forward, _fused_backward)

@@ -217,14 +217,17 @@ class GPT(nnx.Module):
             x_BTD = self.smear(x_BTD)
         return x_BTD
 
-    def _context(self, T: int, B: int, rng=None, hook=None) -> Pass:
+    def _context(self, T: int, B: int, rng=None, hook=None, ids_BT=None) -> Pass:
         """What every block reads: rotary tables, the batch shape, the generated block weights
-        (made once per forward pass; rng: the train step's key, None in evaluation) and the
-        eval-time adapters' hook (a layers.LinearHook or None)."""
+        (made once per forward pass; rng: the train step's key, None in evaluation), the
+        eval-time adapters' hook (a layers.LinearHook or None) and model.doc_mask's segments of
+        ids_BT (RoPE keeps the row's positions, as the records do: attention reads differences)."""
         cfg = self.cfg
         head_dim = cfg.model_dim // cfg.num_heads
         rope = rotary_tables(T, cfg.rope_dims or head_dim, cfg.rope_base, self.compute_dtype, cfg.rope_train_seq_len)
-        return Pass(shape_BT=(B, T), rope=rope, window=cfg.attention_window,
+        segments = (registry.resolve(registry.VARLEN, "segments")(ids_BT, cfg.doc_split_len)
+                    if cfg.doc_mask and ids_BT is not None else None)
+        return Pass(shape_BT=(B, T), rope=rope, window=cfg.attention_window, segments=segments,
                     generated=self.weight_source.generate(self, rng), hook=hook)
 
     def _real(self, h_BTD, T: int):
@@ -245,7 +248,7 @@ class GPT(nnx.Module):
         # The residual stream is kept flat, (B*T, D): the gradient of a (D,) parameter broadcast
         # over (1, T, D) is a middle-axis reduction that XLA:CPU runs ~40x slower than over (N, D).
         x_ND = x_BTD.reshape(B * Tx, self.cfg.model_dim)
-        x_ND, aux = self.topology.run(self, x_ND, x_ND, self._context(Tx, B, rng, hook),
+        x_ND, aux = self.topology.run(self, x_ND, x_ND, self._context(Tx, B, rng, hook, ids_BT),
                                       self.layers if looped else self.plain_layers)
         return self._real(rms_norm(x_ND).reshape(B, Tx, self.cfg.model_dim), T), aux
 
@@ -308,7 +311,7 @@ class GPT(nnx.Module):
             add(name, x_in)
         Tx = x_BTD.shape[1]
         x_ND = x_BTD.reshape(B * Tx, cfg.model_dim)
-        x_ND, _ = self.topology.run(self, x_ND, x_ND, self._context(Tx, B),
+        x_ND, _ = self.topology.run(self, x_ND, x_ND, self._context(Tx, B, ids_BT=ids_BT),
                                     self.layers if looped else self.plain_layers, tap_fn=tap_fn)
         h = self._real(rms_norm(x_ND).reshape(B, Tx, cfg.model_dim), T)
         add("tok_emb.weight" if self.lm_head is None else "lm_head.weight", h)

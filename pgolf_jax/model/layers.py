@@ -145,18 +145,21 @@ class LinearHook:
         return y
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=("rope", "generated", "layer", "slot", "hook"),
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=("rope", "segments", "generated", "layer", "slot", "hook"),
                    meta_fields=("shape_BT", "window", "capture"))
 @dataclasses.dataclass(frozen=True)
 class Pass:
     """shape_BT: (B, T) of the flat (B*T, D) residual stream; rope: the rotary (cos, sin) tables;
-    window: the sliding attention window (0: full causal); generated: a weight source's block
+    window: the sliding attention window (0: full causal); segments: model.doc_mask's (B, T)
+    segment ids or None; generated: a weight source's block
     weights {"attn.c_q.weight": (L, ...)}; layer / slot: the physical layer and virtual slot of the
     block being applied (traced ints under scan; RLMA's random base depends on them); hook: a
     LinearHook or None; capture: linears sow their inputs (GPTQ calibration, `captured_inputs`)."""
     shape_BT: tuple | None = None
     rope: tuple | None = None
     window: int = 0
+    segments: Any = None
     generated: dict = dataclasses.field(default_factory=dict)
     layer: Any = None
     slot: Any = None

@@ -61,6 +61,10 @@ class ModelConfig(Section):
     pause_tokens: int = 0
     pause_interval: int = 64
     attention_window: int = 0  # sliding causal attention window in tokens (0 = full causal)
+    # VarLen (#1530): attention causal within a document only (segments start at each BOS), and
+    # documents longer than doc_split_len split into segments of that length (0 = only the row's).
+    doc_mask: bool = False
+    doc_split_len: int = 0
     attention_impl: str = "auto"  # auto | a registry.ATTENTION_IMPLS key
     scan_layers: bool = True  # lax.scan over the stacked blocks (False = Python loop)
     remat: bool = False
@@ -76,6 +80,7 @@ class ModelConfig(Section):
         "rope_train_seq_len": ">= 0", "logit_softcap": "> 0", "xsa_last_n": ">= 0", "parallel_residual_start": ">= -1",
         "num_loops": ">= 0", "loop_start": ">= 0", "loop_end": ">= 0", "enable_looping_at": "[0, 1)",
         "bigram_dim": ">= 1", "pause_tokens": ">= 0", "pause_interval": ">= 1", "attention_window": ">= 0",
+        "doc_split_len": ">= 0",
     }
     CHOICES = {"smear_gate": ("", "v1", "v2"), "compute_dtype": ("auto", "float32", "bfloat16"),
                "embed_dtype": ("auto", "float32", "bfloat16")}
@@ -110,6 +115,24 @@ class ModelConfig(Section):
         for ok, message in rules:
             if not ok:
                 raise ConfigError(message)
+        if m.doc_mask or m.doc_split_len:
+            _check_doc_mask(m, kinds)
+
+
+def _check_doc_mask(m: ModelConfig, kinds: tuple[str, ...]) -> None:
+    """model.doc_mask masks attention only: refuse the parts that mix tokens across a BOS on their own
+    (S4D-Lin scans, BigramHash, SmearGate without the BOS fix, pause slots; families other than gpt)."""
+    for bad, what in [(m.family != "gpt", f"model.family={m.family!r}"),
+                      ("s4d_lin" in kinds, f"model.mixers={m.mixers!r}"),
+                      (m.bigram_vocab_size, f"model.bigram_vocab_size={m.bigram_vocab_size}"),
+                      (m.smear_gate == "v1", "model.smear_gate='v1'"),
+                      (m.smear_gate == "v2" and not m.smear_gate_bos_fix, "model.smear_gate_bos_fix=false"),
+                      (m.pause_tokens, f"model.pause_tokens={m.pause_tokens}")]:
+        if bad:
+            raise ConfigError(f"model.doc_mask=true does not combine with {what}: "
+                              "it would mix tokens across documents")
+    if not m.doc_mask:
+        raise ConfigError(f"model.doc_split_len={m.doc_split_len} needs model.doc_mask=true")
 
 
 def layer_mixers(m: ModelConfig) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ def select(cfg, platform: str) -> Selection:
     impl = cfg.model.attention_impl
     impls = set(_AUTO_IMPLS[platform]) if impl == "auto" else {impl}
     keep["ATTENTION_IMPLS"] = impls
+    keep["VARLEN"] = set(registry.VARLEN) if cfg.model.doc_mask else set()
     entries = {name: tuple(sorted(keys)) for name, keys in keep.items()}
     return Selection(entries, native_kernel="fused_cpu" in impls)
 

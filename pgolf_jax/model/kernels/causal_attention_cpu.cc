@@ -11,7 +11,8 @@
 // Layouts (row-major, fp32): q/o/do/dq (B, T, H, K); k/v/dk/dv (B, T, G, K); lse (B, H, T).
 // Query head h reads kv head h / (H / G). Work is split over (batch, head) in the forward and
 // over (batch, kv head) in the backward (so dK/dV of a group accumulate without races), on the
-// intra-op thread pool XLA hands to the call.
+// intra-op thread pool XLA hands to the call. lo (B, T) int32: each query's first visible key (0, or
+// its document's start under model.doc_mask; nondecreasing in t): keys below it are masked too.
 
 #include <algorithm>
 #include <atomic>
@@ -179,8 +180,13 @@ inline void scale_row(float* x, int64_t n, float c) {
   for (int64_t j = 0; j < n; j += W) store(x + j, load(x + j) * c);
 }
 
+// Columns of key tile j0 below query t's lo (padded rows t >= T: none).
+inline int64_t below(const int32_t* lo, const Dims& s, int64_t b, int64_t t, int64_t j0) {
+  return t < s.T ? std::min<int64_t>(BK, std::max<int64_t>(0, lo[b * s.T + t] - j0)) : 0;
+}
+
 void forward_head(const Dims& s, float scale, const float* q, const float* k, const float* v,
-                  float* o, float* lse, int64_t b, int64_t h) {
+                  float* o, float* lse, int64_t b, int64_t h, const int32_t* lo) {
   const int64_t Kp = s.Kp, Tp = s.Tp, g = h / (s.H / s.G);
   Buf Q(Tp * Kp), Kt(Kp * Tp), V(Tp * Kp), O(Tp * Kp), S(BQ * BK);
   pack_rows(Q.p, q, s, s.H, b, h, scale);
@@ -191,17 +197,21 @@ void forward_head(const Dims& s, float scale, const float* q, const float* k, co
     std::fill(m, m + BQ, -INFINITY);
     std::fill(l, l + BQ, 0.0f);
     float* acc = O.p + i0 * Kp;
-    for (int64_t j0 = 0; j0 <= i0; j0 += BK) {
+    for (int64_t j0 = lo[b * s.T + i0] / BK * BK; j0 <= i0; j0 += BK) {
       gemm<false>(S.p, BK, Q.p + i0 * Kp, Kp, 1, Kt.p + j0, Tp, BQ, BK, Kp);  // S = Q K^T
       const bool diag = j0 == i0;
       for (int64_t r = 0; r < BQ; ++r) {
         float* row = S.p + r * BK;
+        const int64_t n = below(lo, s, b, i0 + r, j0);
+        if (n == BK) { std::fill(row, row + BK, 0.0f); continue; }  // no weight, no rescale
+        std::fill(row, row + n, -INFINITY);
         if (diag) for (int64_t c = r + 1; c < BK; ++c) row[c] = -INFINITY;
         vf x[NV];
         float mx = -INFINITY;
         for (int j = 0; j < NV; ++j) { x[j] = load(row + W * j); mx = std::max(mx, hmax(x[j])); }
         const float mnew = std::max(m[r], mx), alpha = std::exp(m[r] - mnew);
         for (int j = 0; j < NV; ++j) store(row + W * j, vexp(x[j] - mnew));
+        std::fill(row, row + n, 0.0f);
         if (diag) for (int64_t c = r + 1; c < BK; ++c) row[c] = 0.0f;
         vf sum = {};
         for (int j = 0; j < NV; ++j) sum += load(row + W * j);
@@ -221,7 +231,7 @@ void forward_head(const Dims& s, float scale, const float* q, const float* k, co
 
 void backward_group(const Dims& s, float scale, const float* q, const float* k, const float* v,
                     const float* o, const float* lse, const float* dout, float* dq, float* dk,
-                    float* dv, int64_t b, int64_t g) {
+                    float* dv, int64_t b, int64_t g, const int32_t* lo) {
   const int64_t Kp = s.Kp, Tp = s.Tp, R = s.H / s.G;
   Buf Kt(Kp * Tp), Kr(Tp * Kp), Vt(Kp * Tp), Q(Tp * Kp), dO(Tp * Kp), Ob(Tp * Kp), dQ(Tp * Kp),
       dK(Tp * Kp), dV(Tp * Kp), P(BQ * BK), dS(BQ * BK), L(Tp), D(Tp);
@@ -241,7 +251,7 @@ void backward_group(const Dims& s, float scale, const float* q, const float* k, 
       D.p[t] = hsum(acc);
     }
     for (int64_t i0 = 0; i0 < Tp; i0 += BQ) {
-      for (int64_t j0 = 0; j0 <= i0; j0 += BK) {
+      for (int64_t j0 = lo[b * s.T + i0] / BK * BK; j0 <= i0; j0 += BK) {
         gemm<false>(P.p, BK, Q.p + i0 * Kp, Kp, 1, Kt.p + j0, Tp, BQ, BK, Kp);    // S = Q K^T
         gemm<false>(dS.p, BK, dO.p + i0 * Kp, Kp, 1, Vt.p + j0, Tp, BQ, BK, Kp);  // dP = dO V^T
         const bool diag = j0 == i0;
@@ -253,6 +263,9 @@ void backward_group(const Dims& s, float scale, const float* q, const float* k, 
             store(dS.p + r * BK + W * j, p * (load(dS.p + r * BK + W * j) - dr));
           }
           if (diag) for (int64_t c = r + 1; c < BK; ++c) { P.p[r * BK + c] = 0.0f; dS.p[r * BK + c] = 0.0f; }
+          const int64_t n = below(lo, s, b, i0 + r, j0);
+          std::fill(P.p + r * BK, P.p + r * BK + n, 0.0f);
+          std::fill(dS.p + r * BK, dS.p + r * BK + n, 0.0f);
         }
         gemm<true>(dV.p + j0 * Kp, Kp, P.p, 1, BK, dO.p + i0 * Kp, Kp, BK, Kp, BQ);   // dV += P^T dO
         gemm<true>(dK.p + j0 * Kp, Kp, dS.p, 1, BK, Q.p + i0 * Kp, Kp, BK, Kp, BQ);   // dK += dS^T Q
@@ -282,21 +295,21 @@ ffi::Error check(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k,
 }
 
 ffi::Error attention_fwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                         ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> o,
+                         ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> lo, ffi::ResultBuffer<ffi::F32> o,
                          ffi::ResultBuffer<ffi::F32> lse, float scale) {
   Dims s;
   if (auto err = check(q, k, v, &s); err.failure()) return err;
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   float *op = o->typed_data(), *lp = lse->typed_data();
   parallel_for(pool, s.B * s.H, [&](int64_t i) {
-    forward_head(s, scale, qp, kp, vp, op, lp, i / s.H, i % s.H);
+    forward_head(s, scale, qp, kp, vp, op, lp, i / s.H, i % s.H, lo.typed_data());
   });
   return ffi::Error::Success();
 }
 
 ffi::Error attention_bwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                          ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> o,
-                         ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
+                         ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout, ffi::Buffer<ffi::S32> lo,
                          ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
                          ffi::ResultBuffer<ffi::F32> dv, float scale) {
   Dims s;
@@ -305,7 +318,7 @@ ffi::Error attention_bwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buf
   const float *op = o.typed_data(), *lp = lse.typed_data(), *dop = dout.typed_data();
   float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
   parallel_for(pool, s.B * s.G, [&](int64_t i) {
-    backward_group(s, scale, qp, kp, vp, op, lp, dop, dqp, dkp, dvp, i / s.G, i % s.G);
+    backward_group(s, scale, qp, kp, vp, op, lp, dop, dqp, dkp, dvp, i / s.G, i % s.G, lo.typed_data());
   });
   return ffi::Error::Success();
 }
@@ -317,6 +330,7 @@ using F32 = ffi::Buffer<ffi::F32>;
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PgolfCausalAttentionFwd, attention_fwd,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()
                                   .Arg<F32>().Arg<F32>().Arg<F32>()  // q, k, v
+                                  .Arg<ffi::Buffer<ffi::S32>>()      // lo
                                   .Ret<F32>().Ret<F32>()             // o, lse
                                   .Attr<float>("scale"));
 
@@ -324,5 +338,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PgolfCausalAttentionBwd, attention_bwd,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()
                                   .Arg<F32>().Arg<F32>().Arg<F32>()  // q, k, v
                                   .Arg<F32>().Arg<F32>().Arg<F32>()  // o, lse, do
+                                  .Arg<ffi::Buffer<ffi::S32>>()      // lo
                                   .Ret<F32>().Ret<F32>().Ret<F32>()  // dq, dk, dv
                                   .Attr<float>("scale"));
