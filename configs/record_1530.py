@@ -13,8 +13,11 @@ elementwise part, the numbers are the same).
 Data: `python run.py data download --variant sp8192 --train-shards 128`."""
 
 BASE = "record_1809.py"
-# VarLen: model.doc_mask=true, data.loader=doc_packed (added when item 2 lands)
 OVERRIDES = {
+    # VarLen: attention within a document (documents longer than a 2048-token row are cut at the row, as
+    # the records cut them every 2048 tokens), batches from the doc-packing loader
+    "model.doc_mask": True,
+    "data.loader": "doc_packed",
     "model.qk_gain_init": 5.0,
     "model.parallel_residual": "two_lane",
     "model.parallel_residual_start": 8,

@@ -12,7 +12,6 @@ queue, fresh-momentum global SGD lr 1e-3 over 32,768-token chunks between them; 
 Data: `python run.py data download --variant sp8192_caseops --train-shards 80` (the log's 80 shards)."""
 
 BASE = "record_1530.py"
-# VarLen: model.doc_mask=true, data.loader=doc_packed (added when item 2 lands)
 OVERRIDES = {
     "data.data_path": "./data/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved",
     "data.tokenizer_path": "./data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model",

@@ -11,7 +11,6 @@ model_params:35945658 (#1530's 35,944,602 + 11 gates of 8 x 12).
 Data: `python run.py data download --variant sp8192_caseops --train-shards 80`."""
 
 BASE = "record_1736.py"
-# VarLen: model.doc_mask=true, data.loader=doc_packed (added when item 2 lands)
 OVERRIDES = {
     "model.attn_gate": "sparse_gate",
     "model.sparse_gate.width": 12,  # GATE_WINDOW

@@ -15,7 +15,6 @@ rope_yarn False.
 Data: `python run.py data download --variant sp8192_caseops --train-shards 80`; `apt-get install lrzip`."""
 
 BASE = "record_1787.py"
-# VarLen: model.doc_mask=true, data.loader=doc_packed (added when item 2 lands)
 OVERRIDES = {
     "model.smear_gate": "v2",  # SMEAR_GATE_ENABLED=1, GATE_WINDOW=12
     "model.smear_gate_bos_fix": True,

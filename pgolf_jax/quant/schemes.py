@@ -83,7 +83,8 @@ class GPTQ(RTN):
         t, g = cfg.train, cfg.quant.gptq
         hessians, seconds = collect_hessians(ctx.model, ctx.params, ctx.train_pattern, g.calibration_batches,
                                              t.train_batch_tokens, t.train_seq_len, ctx.sharding, log=ctx.log,
-                                             loader=cfg.data.loader, loader_seed=cfg.data.loader_seed,
+                                             loader=_calibration_loader(cfg.data.loader),
+                                             loader_seed=cfg.data.loader_seed,
                                              vocab_size=cfg.model.vocab_size)
         info["calibration_seconds"] = round(seconds, 2)
         # The records count calibration on training data against the 600 s training budget.
@@ -95,3 +96,10 @@ class GPTQ(RTN):
         else:
             ctx.log(f"gptq:calibration_time:{seconds:.1f}s (no wall-clock cap: no budget to count it against)")
         return super().quantize(ctx, hessians, info)
+
+
+def _calibration_loader(loader: str) -> str:
+    """The records that train from the doc-packing loader (#1530 onward) still calibrate GPTQ on a fresh
+    ShuffledSequenceLoader; every other loader calibrates on its own kind. (Their calibration forward also
+    attends across documents; ours keeps model.doc_mask.)"""
+    return "shuffled" if loader == "doc_packed" else loader
