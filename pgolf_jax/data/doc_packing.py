@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from pgolf_jax.data.shards import ShardError, list_shards, open_shard, read_num_tokens, span_tokens
-from pgolf_jax.model.embeddings import BOS_ID
+
+BOS_ID = 1  # <s> in the challenge's tokenizers (data/tokenizer.py; model/embeddings.py: the same id)
 
 
 class DocPackingLoader:

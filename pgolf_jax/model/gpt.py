@@ -1,14 +1,12 @@
 """The GPT family (the reference train_gpt.py's model) as Flax NNX modules, plus the functional
 `Model` wrapper every stage uses.
 
-Blocks are created stacked (one leading L axis on every block parameter) and run by the configured
-topology (model/topology.py, model/act.py) along a block schedule: a tuple of physical layer
-indices that `lax.scan` walks, so depth recurrence is a different tuple over the same stacked
-weights. Per-layer rules (layerwise norm scale, XSA, parallel residual) follow the physical index,
-which the scan passes to the block. Parameters leave this module as a plain nested dict of arrays
-(`Model.init`), which is what optax, quantization and checkpoints see; what each one is (optimizer
-group, quantization rule) is `Model.param_specs()`.
-"""
+Blocks are created stacked (one leading L axis on every block parameter) and run by the configured topology
+(model/topology.py, model/act.py) along a block schedule: a tuple of physical layer indices that `lax.scan`
+walks, so depth recurrence is a different tuple over the same stacked weights. Per-layer rules (layerwise
+norm scale, XSA, parallel residual) follow the physical index, which the scan passes to the block.
+Parameters leave this module as a plain nested dict of arrays (`Model.init`), which is what optax,
+quantization and checkpoints see; what each one is (optimizer group, quant rule): `Model.param_specs()`."""
 
 from __future__ import annotations
 
@@ -218,13 +216,12 @@ class GPT(nnx.Module):
         return x_BTD
 
     def _context(self, T: int, B: int, rng=None, hook=None, ids_BT=None) -> Pass:
-        """What every block reads: rotary tables, the batch shape, the generated block weights
-        (made once per forward pass; rng: the train step's key, None in evaluation), the
-        eval-time adapters' hook (a layers.LinearHook or None) and model.doc_mask's segments of
-        ids_BT (RoPE keeps the row's positions, as the records do: attention reads differences)."""
+        """What every block reads: rotary tables, the batch shape, the generated block weights (made once per
+        pass; rng: the train step's key, None in evaluation), the eval-time adapters' hook (a LinearHook or
+        None), model.doc_mask's segments of ids_BT (RoPE keeps row positions as the records do)."""
         cfg = self.cfg
-        head_dim = cfg.model_dim // cfg.num_heads
-        rope = rotary_tables(T, cfg.rope_dims or head_dim, cfg.rope_base, self.compute_dtype, cfg.rope_train_seq_len)
+        rope = rotary_tables(T, cfg.rope_dims or cfg.model_dim // cfg.num_heads, cfg.rope_base, self.compute_dtype,
+                             cfg.rope_train_seq_len)
         segments = (registry.resolve(registry.VARLEN, "segments")(ids_BT, cfg.doc_split_len)
                     if cfg.doc_mask and ids_BT is not None else None)
         return Pass(shape_BT=(B, T), rope=rope, window=cfg.attention_window, segments=segments,
