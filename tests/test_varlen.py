@@ -168,13 +168,6 @@ def test_eval_scores_of_a_document_ignore_the_documents_before_it(stride):
     assert np.abs(nll[1][151:299] - nll[0][151:299]).max() > 1e-3
 
 
-def test_packed_segments_are_the_records_cu_seqlens_per_row():
-    seg = varlen.segment_ids(jnp.asarray([[5, BOS_ID, 7, 8, BOS_ID, 3], [BOS_ID, 4, 4, 4, 4, 4]], jnp.int32), 3)
-    lengths, offsets = varlen.packed_segments(seg)
-    np.testing.assert_array_equal(lengths, [[1, 3, 2, -1, -1, -1], [3, 3, -1, -1, -1, -1]])
-    np.testing.assert_array_equal(offsets, [[0, 1, 4, -1, -1, -1, -1], [0, 3, -1, -1, -1, -1, -1]])
-
-
 def test_windowed_attention_with_segments_is_both_masks(monkeypatch):
     """A sliding window (model/eval.attention_window) and document segments together: query i sees
     key j iff i - window < j <= i and both lie in one segment (blocks of 16, T not a multiple)."""
