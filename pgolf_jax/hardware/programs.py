@@ -31,6 +31,7 @@ class Program:
     tokens: int  # token positions per device per call
     analytic_flops: float | None  # per device per call (None: no analytic count for this program)
     attention_flops: float  # analytic causal attention FLOPs per device per call (what cuDNN does)
+    backward: bool = False  # a gradient step (its analytic count is forward + backward)
 
 
 def _abstract(tree, sharding):
@@ -64,7 +65,7 @@ def train_programs(cfg: Config, mesh) -> tuple[list[Program], Any, Any]:
     for looped, fn in fns.items():
         name = "train_looped" if looped and len(fns) > 1 else "train"
         flops, attn = _flops(cfg.model, T, looped, tokens, 1.0)
-        out.append(Program(name, fn, (state, x, x, 1.0, 0.0, teacher), tokens, flops, attn))
+        out.append(Program(name, fn, (state, x, x, 1.0, 0.0, teacher), tokens, flops, attn, backward=True))
     return out, model, state
 
 
@@ -110,7 +111,7 @@ def eval_programs(cfg: Config, mesh, model, state) -> list[Program]:
         f32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rows(k))  # noqa: E731
         extra = (f32((k, T)), _ids((k,), rows(k)), f32((k,))) if records else ()
         out.append(Program("ttt_sgd_step", step, (params, buf, _ids((k, T), rows(k)), _ids((k, T), rows(k)), 0.01)
-                           + extra, k * T // (n if k % n == 0 else 1), flops, attn))
+                           + extra, k * T // (n if k % n == 0 else 1), flops, attn, backward=True))
     if "lora_ttt" in modes:
         out += _lora_programs(cfg, ev_model, params, place, rows, T)
     return out
