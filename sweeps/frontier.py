@@ -16,14 +16,14 @@ Chosen so that each row differs from the control by its piece alone, and the con
 comparable with RESULTS.md's record_cpu numbers; CaseOps is the piece under test in its own row, and
 #1855 ran on CaseOps data. bpb counts the original UTF-8 bytes (sidecars on CaseOps, the tokenizer's
 byte tables on plain data; the two agree on plain data), so the rows compare. One difference stays:
-eval.val_tokens_limit keeps the first 131,072 tokens, which covers fewer documents of CaseOps
-tokens than of plain ones (the plain prefix starts 216 of the 500 val documents).
+eval.val_tokens_limit keeps the first 131,072 tokens, which start 216 of the 500 val documents as plain
+tokens and 196 as CaseOps tokens (the sample's val split: 302,978 plain, 333,468 CaseOps tokens).
 
 Scaled values: two lanes from layer 3 of 4 (#1530: 8 of 11; record_cpu's parallel start);
 ce_chunked in 8 chunks of 128 (the records: 8192 / 1024); the phased TTT prefix against the sample's
 val documents: the records score 50,000 val documents and run phases over the first 2,000 (#1626,
 4 %) or 2,500 (#1855, 5 %) of the length-sorted queue, so here 9 (`phased_ttt`) and 11
-(`frontier_1855`) of the ~216 documents the TTT scores, three phases; documents are scored 3 at a
+(`frontier_1855`) of the 216 (196 CaseOps) documents the TTT scores, three phases; documents are scored 3 at a
 time (eval.lora_ttt.batch_docs, #1530: 64) so that the phases fall at their boundaries (3 / 6 / 9)
 rather than after whole 64-document batches (the records: one phase per batch at most). The LoRA
 TTT hyperparameters are #1855's (rank 80, alpha 144, AdamW 1e-4, betas (0, 0.99), wd 0.5, warm A,
@@ -33,9 +33,11 @@ the GPTQ reserve (0: no wall clock here); the rest is record_cpu's shapes and bu
 
 Bytes: `quantgate` (vs `gated_attn`) and `pergroup` (vs the control's seed 1337 in the per-run table:
 compression is lossless, so its val_bpb equals that run's) are byte pieces: read artifact_bytes.
-Run (about 2.5-3 h of 2 shared CPU cores in all; three sessions of ~1 h):
-`python run.py sweep sweeps/frontier.py --shard I/3` for I = 0, 1, 2 (same --out), then
-`python run.py sweep sweeps/frontier.py --report-only`."""
+Run: `python run.py sweep sweeps/frontier.py --shard I/3` for I = 0, 1, 2 (one per session, the same
+default --out runs/sweeps/frontier), then `python run.py sweep sweeps/frontier.py --report-only`. Rows whose
+training is identical train once within a shard (the file's order keeps them together): shard 0 is one
+training and six exports / evals (three LoRA TTT), shard 1 six trainings (CaseOps prepared on first use,
+#1855 with its TTT), shard 2 five trainings (quantgate shares gated_attn's)."""
 
 BASE = "../configs/record_cpu.py"
 OVERRIDES = {}
@@ -75,26 +77,29 @@ _REST_1855 = {
 }
 
 VARIANTS = {
+    # Order: `--shard I/3` takes rows I, I + 3, ...; rows whose training is the control's seed 1337 (they
+    # differ only in export or eval) sit at 0, 3, 6, .. so that shard 0 trains them once, and quantgate
+    # shares gated_attn's training in shard 2. The control's seeds are rows 0-2, one in each shard.
     "record_cpu": {},
+    "pergroup": dict(_PERGROUP),
     "caseops": dict(_CASEOPS),
-    "varlen": dict(_VARLEN),
-    "output_gate": {"model.attn_gate": "output_gate"},
     "gated_attn": {"model.attn_gate": "gated_attn", "model.gated_attn.init_std": 0.005},
-    "sparse_gate": {"model.attn_gate": "sparse_gate", "model.sparse_gate.width": 12, "model.sparse_gate.scale": 1.0},
+    "lora_ttt": dict(_LORA_TTT),
+    "varlen": dict(_VARLEN),
     "quantgate": {"model.attn_gate": "gated_attn", "model.gated_attn.init_std": 0.005, "quant.gate_int8": True},
+    "phased_ttt": {**_LORA_TTT, **_PHASED, "eval.lora_ttt.phase_prefix_docs": 9},
+    "output_gate": {"model.attn_gate": "output_gate"},
+    "sparse_gate": {"model.attn_gate": "sparse_gate", "model.sparse_gate.width": 12, "model.sparse_gate.scale": 1.0},
+    "ngram_tilt": {**_LORA_TTT, "eval.ngram_tilt": "token_tilt"},
     "two_lane": dict(_TWO_LANE),
     "wd_taper": {"optim.wd_schedule": "taper", "optim.taper.start_frac": 0.7, "optim.taper.end_factor": 0.5},
-    "ce_chunked": dict(_CE_CHUNKED),
-    "pergroup": dict(_PERGROUP),
-    "lora_ttt": dict(_LORA_TTT),
-    "phased_ttt": {**_LORA_TTT, **_PHASED, "eval.lora_ttt.phase_prefix_docs": 9},
-    "ngram_tilt": {**_LORA_TTT, "eval.ngram_tilt": "token_tilt"},
     # #1809's own eval (sliding, then score-first full-weight TTT), the control of the #1855 row: both
     # records report post-TTT numbers (1.0800 -> 1.0611).
     "record_1809_ttt": {"eval.final_modes": "sliding,ttt"},
     "frontier_1855": {**_CASEOPS, **_VARLEN, **_TWO_LANE, **_CE_CHUNKED, **_PERGROUP, **_REST_1855,
                       **_LORA_TTT, **_PHASED, "eval.final_modes": "plain,lora_ttt",
                       "eval.lora_ttt.phase_prefix_docs": 11},
+    "ce_chunked": dict(_CE_CHUNKED),
 }
 SEEDS = [1337]
 CONTROL = "record_cpu"
