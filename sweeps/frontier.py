@@ -25,7 +25,8 @@ val documents: the records score 50,000 val documents and run phases over the fi
 4 %) or 2,500 (#1855, 5 %) of the length-sorted queue, so here 9 (`phased_ttt`) and 11
 (`frontier_1855`) of the 216 (196 CaseOps) documents the TTT scores, three phases; documents are scored 3 at a
 time (eval.lora_ttt.batch_docs, #1530: 64) so that the phases fall at their boundaries (3 / 6 / 9)
-rather than after whole 64-document batches (the records: one phase per batch at most). The LoRA
+rather than after whole 64-document batches (the records: one phase per batch at most); the global
+SGD's chunks are 16 windows (16 x 128 tokens; the records' 32,768 = 16 x 2048). The LoRA
 TTT hyperparameters are #1855's (rank 80, alpha 144, AdamW 1e-4, betas (0, 0.99), wd 0.5, warm A,
 48-token chunks, targets q,k,v,o_par,mlp_par,head). The #1855 row takes every key record_1855.py
 sets over record_1809.py except the data paths (the CaseOps sample), parallel_residual_start (3) and
@@ -60,10 +61,12 @@ _LORA_TTT = {"eval.final_modes": "lora_ttt", "eval.lora_ttt.targets": "q,k,v,o_p
              "eval.lora_ttt.lr": 1e-4, "eval.lora_ttt.beta1": 0.0, "eval.lora_ttt.beta2": 0.99,
              "eval.lora_ttt.eps": 1e-10, "eval.lora_ttt.wd": 0.5, "eval.lora_ttt.warm_start_a": True,
              "eval.lora_ttt.steps": 1, "eval.lora_ttt.chunk_tokens": 48, "eval.lora_ttt.batch_docs": 3}
-# Records-style phased global SGD (#1610 / #1626 / #1855), the prefix set per row.
+# Records-style phased global SGD (#1610 / #1626 / #1855), the prefix set per row. Chunks of 16 windows as the
+# records' 32,768 = 16 x 2048, here 16 x 128: at 32,768 a phase over a few hundred-token documents is one chunk,
+# the last, which the records never train (a 2-step check logged "0 targets").
 _PHASED = {"eval.lora_ttt.phases": 3, "eval.lora_ttt.phase_style": "records", "eval.lora_ttt.phase_lr": 1e-3,
            "eval.lora_ttt.phase_momentum": 0.9, "eval.lora_ttt.phase_epochs": 1,
-           "eval.lora_ttt.phase_chunk_tokens": 32_768, "eval.lora_ttt.phase_batch_seqs": 32,
+           "eval.lora_ttt.phase_chunk_tokens": 2048, "eval.lora_ttt.phase_batch_seqs": 32,
            "eval.lora_ttt.phase_grad_clip": 1.0}
 # What #1855 sets over #1809 beyond the pieces above (record_1530/1736/1787/1855.py).
 _REST_1855 = {
