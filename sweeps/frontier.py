@@ -38,7 +38,10 @@ Run: `python run.py sweep sweeps/frontier.py --shard I/3` for I = 0, 1, 2 (one p
 default --out runs/sweeps/frontier), then `python run.py sweep sweeps/frontier.py --report-only`. Rows whose
 training is identical train once within a shard (the file's order keeps them together): shard 0 is one
 training and six exports / evals (three LoRA TTT), shard 1 six trainings (CaseOps prepared on first use,
-#1855 with its TTT), shard 2 five trainings (quantgate shares gated_attn's)."""
+#1855 with its TTT), shard 2 five trainings (quantgate shares gated_attn's). Time, on the 2 shared cores:
+a record_cpu training row is 8-9 min wall (200 steps at 1.4-2.0 s/step plus ~3 min of compile, evals, GPTQ,
+export); a LoRA TTT eval ~8-12 min (92 s for 15 documents / 16,384 tokens with compiles, nice 19); so shard
+0 ~45-65 min, shard 1 ~65-75, shard 2 ~50: about 2.7-3.2 h in all."""
 
 BASE = "../configs/record_cpu.py"
 OVERRIDES = {}
