@@ -116,6 +116,21 @@ def shared_docs():
 
 
 @pytest.fixture(scope="session")
+def shared_texts(shared_docs):
+    """shared_texts(name, n) -> the first n texts of a shared corpus; skips the test when it is absent."""
+    import itertools
+
+    def read(name: str, n: int) -> list[str]:
+        path = shared_docs(name)
+        if path is None:
+            pytest.skip(f"shared {name} corpus not available")
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line)["text"] for line in itertools.islice(f, n)]
+
+    return read
+
+
+@pytest.fixture(scope="session")
 def write_jsonl():
     """write_jsonl(path, texts) -> path: the texts as a docs jsonl, one {"text": ...} object a line."""
 

@@ -87,13 +87,9 @@ def test_globs_skip_byte_sidecars(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def caseops_sample(tmp_path_factory, shared_docs, write_jsonl):
+def caseops_sample(tmp_path_factory, shared_texts, write_jsonl):
     """An sp1024_caseops dataset of 300 nlp-corpus docs (150 val), tokenizer trained on them."""
-    path = shared_docs("nlp-corpus")
-    if path is None:
-        pytest.skip("shared nlp-corpus not available")
-    with open(path, encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for _, line in zip(range(300), f)]
+    texts = shared_texts("nlp-corpus", 300)
     base = tmp_path_factory.mktemp("caseops")
     docs = write_jsonl(base / "docs_selected.jsonl", texts)
     manifest = prepare.prepare_from_docs(docs, base / "root", variants=("sp1024_caseops",), num_val_docs=150,

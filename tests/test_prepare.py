@@ -1,7 +1,6 @@
 """Dataset preparation, download from a hub-like mirror of a prepared tree, and the `data` command."""
 
 import argparse
-import itertools
 import json
 import shutil
 from pathlib import Path
@@ -25,12 +24,8 @@ OVERRIDES = {"max_sentence_length": 1 << 15}  # Brown docs are longer than Sente
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, shared_docs, write_jsonl):
-    path = shared_docs("brown")
-    if path is None:
-        pytest.skip("shared brown corpus not available")
-    with open(path, encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in itertools.islice(f, N_DOCS)]
+def prepared(tmp_path_factory, shared_texts, write_jsonl):
+    texts = shared_texts("brown", N_DOCS)
     base = tmp_path_factory.mktemp("prep")
     docs = write_jsonl(base / "docs_selected.jsonl", texts)
     root = base / "out"
