@@ -6,6 +6,14 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The tests' programs are tiny and most run a few steps, so XLA's compile dominates the suite: LLVM's
+# optimization passes cost more than they save (see README, Tests). Floats may differ in the last digits from
+# a normal run's (no FMA contraction); every comparison in the suite is between programs built with these
+# flags, as every process a test starts inherits them. PGOLF_TEST_FULL_OPT=1 keeps XLA's defaults.
+if os.environ.get("PGOLF_TEST_FULL_OPT") != "1":
+    _fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    if _fast not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_fast}".strip()
 
 
 def _session_compile_cache() -> str:

@@ -59,8 +59,8 @@ def test_two_processes_agree_with_one(sample_data, tmp_path):
     common = ["train.iterations=4", "train.warmup_steps=0", "optim.muon_dtype=float32", "quant.scheme=gptq",
               "quant.gptq.calibration_batches=2", "eval.final_modes=plain,sliding,ttt,lora_ttt", "eval.eval_stride=32",
               "eval.lora_ttt.batch_docs=4"]
-    four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    four = {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"}
+    two = {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"}
     t = time.perf_counter()
     single = run_py(*overrides(sample_data, tmp_path / "single", "train.run_id=r", *common), env_extra=four)
     port = free_port()
