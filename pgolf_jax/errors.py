@@ -22,6 +22,10 @@ class Interrupted(Exception):
         self.step, self.signum = step, signum
 
 
+class AlreadyFinished(Exception):
+    """--resume of a run that wrote its submission.json: there is nothing left to do."""
+
+
 class OutputRefused(FileExistsError):
     """A command was asked to write over a file it did not make, or into a run directory it does
     not own; the message names the flag and the path."""

@@ -37,7 +37,8 @@ from pgolf_jax.quant import artifact
 from pgolf_jax.quant.export import check_finite, dequantize
 from pgolf_jax.quant.interop import flatten_params, unflatten_params
 from pgolf_jax.runlog import RunLog
-from pgolf_jax.train.run_dir import claim_run_dir, new_run_id, resume_config
+from pgolf_jax.errors import AlreadyFinished
+from pgolf_jax.train.run_dir import claim_run_dir, new_run_id
 
 UNIGRAM_TOKENS = 10_000_000
 
@@ -254,13 +255,8 @@ def log_header(cfg: Config, log: RunLog, preset: str | None) -> None:
         f"backend:{jax.default_backend()} devices:{jax.devices()}", console=False)
 
 
-class AlreadyFinished(Exception):
-    """--resume of a run that wrote its submission.json: there is nothing left to do."""
-
-
 def run_job(cfg: Config, tooling: Tooling, preset: str | None = None, resume: str | Path | None = None,
             allow_code_change: bool = False) -> dict:
-    from pgolf_jax.train.checkpoint import Checkpointer
     from pgolf_jax.train.loop import train
 
     dist.initialize(cfg.train)  # before any JAX computation
@@ -268,20 +264,11 @@ def run_job(cfg: Config, tooling: Tooling, preset: str | None = None, resume: st
     restore = None
     if resume:
         run_dir = Path(resume)
-        cfg = resume_config(cfg, run_dir)
+        if "resume" not in registry.CHECKPOINTS:  # a packed file whose run never checkpoints
+            raise config_lib.ConfigError(f"--resume {run_dir}: this train_gpt.py was packed for a run without "
+                                         "checkpoints (train.checkpoint_every and checkpoint_every_seconds are 0)")
+        cfg, restore = registry.resolve(registry.CHECKPOINTS, "resume")(cfg, run_dir, allow_code_change, main)
         run_id = cfg.train.run_id
-        if (run_dir / "submission.json").is_file():
-            raise AlreadyFinished(f"{run_dir} finished already (its submission.json is written); nothing to resume")
-        provenance.check_resume(run_dir, cfg, allow_code_change)  # before the logs are cut back
-        # Pick the checkpoint now (the newest intact one), before any data or compile work, and
-        # cut the logs back to it: the steps after it are run again and must appear once.
-        ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.checkpoint_keep)
-        try:
-            restore = ckpt.select()
-        finally:
-            ckpt.close()
-        if main:
-            RunLog.truncate(run_dir, restore.meta.get("log_offsets"))
     else:
         run_id = cfg.train.run_id or new_run_id()
         cfg = config_lib.override(cfg, {"train.run_id": run_id})

@@ -88,6 +88,12 @@ ATTENTION_IMPLS = {
 # model.doc_mask (VarLen, #1530): document segments and the attention over them; a packed file keeps
 # these only when the run masks documents (packing/select.py).
 VARLEN = {"segments": f"{_MODEL}.varlen:segment_ids", "attention": f"{_MODEL}.varlen:segmented_attention"}
+# train.checkpoint_every(_seconds): a plain run's checkpoints and --resume; a packed file keeps these only
+# when its run checkpoints (packing/select.py), the package always has them (SIGTERM checkpoints too).
+CHECKPOINTS = {"checkpointer": "pgolf_jax.train.checkpoint:Checkpointer", "resume": "pgolf_jax.train.resume:prepare"}
+# data.tokenizer_path: its file's suffix picks the tokenizer (a packed file keeps the one its run reads).
+TOKENIZERS = {".model": "pgolf_jax.data.tokenizer:SentencePieceTokenizer",
+              ".json": "pgolf_jax.data.tokenizer:read_pure_byte"}
 # model.activation: the MLP nonlinearity.
 ACTIVATIONS = {
     "relu2": f"{_MODEL}.layers:relu2",

@@ -193,6 +193,17 @@ def test_resume_refuses_other_code_or_data(sample_data, ck_run, tmp_path, refuse
             r"^error: config: --resume .*done: " + pattern, watch=[run])
 
 
+def test_resume_without_the_checkpoint_code_is_one_line(sample_data, ck_run, tmp_path, refused, monkeypatch):
+    """A packed file holds the checkpoint and resume code only when its run checkpoints (registry.CHECKPOINTS
+    as packing/select.py reduces it): --resume then refuses in one line and leaves the run as it was."""
+    from pgolf_jax import registry
+
+    run = _killed_copy(ck_run, tmp_path / "done")
+    monkeypatch.setattr(registry, "CHECKPOINTS", {})
+    refused([*_tiny(sample_data, ck_run, "train.iterations=3"), "--resume", run], 2,
+            r"^error: config: --resume .*done: this train_gpt.py was packed for a run without checkpoints", watch=[run])
+
+
 def test_resume_with_allowed_code_change(sample_data, ck_run, tmp_path, capfd):
     from pgolf_jax.cli import main
 

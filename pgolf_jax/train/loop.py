@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from pgolf_jax import dist, hyper
+from pgolf_jax import dist, hyper, registry
 from pgolf_jax.config import Config, to_dict
 from pgolf_jax.data.shards import make_loader
 from pgolf_jax.errors import Interrupted
@@ -23,7 +23,6 @@ from pgolf_jax.model.gpt import Model, count_params
 from pgolf_jax.model.topology import schedule
 from pgolf_jax.optim.schedule import schedule_multiplier, training_fraction, warmup_factor, wd_multiplier
 from pgolf_jax.runlog import Progress, RunLog
-from pgolf_jax.train.checkpoint import Checkpointer, Restore
 # build and step_functions stay importable from here (bench, hardware/programs, tests)
 from pgolf_jax.train.members import Members, build, field, step_functions  # noqa: F401
 from pgolf_jax.train.objectives import make_objective
@@ -73,14 +72,14 @@ def _all_finite(tree):
 
 
 def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_dir: Path | None = None,
-          restore: Restore | None = None) -> TrainResult:
+          restore: Any = None) -> TrainResult:
     """Train under cfg; with `restore` (Checkpointer.select() of run_dir's checkpoints) continue
     from that checkpoint exactly."""
     return train_members(Members([cfg]), [log], train_pattern, evaluator_factory, run_dir, restore)[0]
 
 
 def train_members(members: Members, logs: list[RunLog], train_pattern: str, evaluator_factory,
-                  run_dir: Path | None = None, restore: Restore | None = None) -> list[TrainResult]:
+                  run_dir: Path | None = None, restore: Any = None) -> list[TrainResult]:
     """Train every member in one loop, logs[k] getting member k's lines; checkpoints (run_dir) and
     `restore` are a plain run's (a group has none: train/group.py)."""
     cfg = members.cfgs[0]
@@ -102,7 +101,11 @@ def train_members(members: Members, logs: list[RunLog], train_pattern: str, eval
             opts = to_dict(c)["train"].get(c.train.objective, {})
             log(" ".join([f"objective:{c.train.objective}", *(f"{k}:{v}" for k, v in opts.items())]))
     step_fns = members.step_functions(cfg, state, mesh, objective)
-    ckpt = Checkpointer(run_dir / "checkpoints", t.checkpoint_keep) if run_dir is not None else None
+    # A plain run checkpoints (periodically, and on SIGTERM/SIGINT) where its code can: a packed file
+    # holds the checkpointer only when its config checkpoints (packing/select.py).
+    can = run_dir is not None and "checkpointer" in registry.CHECKPOINTS
+    ckpt = registry.resolve(registry.CHECKPOINTS, "checkpointer")(run_dir / "checkpoints", t.checkpoint_keep) \
+        if can else None
     n_params = count_params(members.get(state, 0))
     for k, log in enumerate(logs):
         _header(members, k, log, n_params, evaluators[k], n_dev)
@@ -204,7 +207,7 @@ class _Loop:
         self.state = initial
         self.loader = self.new_loader()
 
-    def resume(self, restore: Restore | None) -> None:
+    def resume(self, restore) -> None:
         """Continue from a plain run's checkpoint: its state, data position, clock and switches."""
         t = self.t  # the progress line's clock starts before the restore
         self.progress = Progress("train" if self.members.K == 1 else f"train x{self.members.K}", t.iterations,
