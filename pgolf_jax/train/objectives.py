@@ -115,6 +115,12 @@ class Distill(CrossEntropy):
         self.teacher_model = teacher_model
         self.alpha, self.T = cfg.train.distill.alpha, cfg.train.distill.temperature
 
+    @staticmethod
+    def teacher(cfg: Config) -> tuple[Model, dict]:
+        """(teacher Model, its weights) of train.distill.teacher (here, not in make_objective: a packed
+        file holds the loading code only with this objective)."""
+        return load_teacher(cfg.train.distill.teacher)
+
     def __call__(self, model: Model, params, x_BT, y_BT, looped: bool, rng, teacher=None, traced: hyper.Traced = None):
         total, logits, weights, metrics = self.terms(model, params, x_BT, y_BT, looped, rng, traced)
         # A group member's traced values (hyper.py), the config's numbers otherwise.
@@ -159,5 +165,5 @@ def make_objective(cfg: Config):
     cls = registry.resolve(registry.OBJECTIVES, cfg.train.objective)
     if not cls.needs_teacher:
         return cls(cfg), None
-    teacher_model, teacher_params = load_teacher(cfg.train.distill.teacher)
+    teacher_model, teacher_params = cls.teacher(cfg)
     return cls(cfg, teacher_model), teacher_params
