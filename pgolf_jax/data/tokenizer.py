@@ -139,6 +139,11 @@ class PureByteTokenizer:
         lo, hi = self.byte_offset, self.byte_offset + self.byte_count
         return bytes(int(i) - lo for i in ids if lo <= int(i) < hi).decode("utf-8", errors="replace")
 
+    def fill_luts(self, base: np.ndarray, space: np.ndarray, boundary: np.ndarray) -> None:
+        """build_luts' tables: every byte id is one byte; no leading spaces; the specials are boundaries."""
+        ids = np.arange(self.byte_offset, self.byte_offset + self.byte_count)
+        base[ids], boundary[ids] = 1, False
+
     def save_json(self, path: str | os.PathLike) -> Path:
         """Write the reference's JSON description (tokenizer_type pure_byte), atomically."""
         path = Path(path)
@@ -193,15 +198,42 @@ class SentencePieceTokenizer:
     def decode(self, ids) -> str:
         return self.sp.decode([int(i) for i in ids])
 
+    def fill_luts(self, base: np.ndarray, space: np.ndarray, boundary: np.ndarray) -> None:
+        """build_luts' tables: each piece's UTF-8 bytes without its leading '▁' (counted apart)."""
+        sp = self.sp
+        # Later records assert this (issue #897): the byte rule needs '▁' to be a piece of its own.
+        if sp.piece_to_id(SPACE_PIECE) == sp.unk_id():
+            raise ValueError(f"{self.path}: the model has no standalone '{SPACE_PIECE}' piece (it maps to <unk>), "
+                             "so leading-space bytes cannot be counted")
+        for i in range(self.vocab_size):
+            if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+                continue
+            boundary[i] = False
+            if sp.is_byte(i):
+                base[i] = 1
+                continue
+            piece = sp.id_to_piece(i)
+            if piece.startswith(SPACE_PIECE):
+                space[i] = True
+                piece = piece[1:]
+            base[i] = len(piece.encode("utf-8"))
+
 
 def load_tokenizer(path: str | os.PathLike):
-    """A tokenizer from a .model (SentencePiece) or .json (pure byte) file."""
+    """A tokenizer from its file, by suffix (registry.TOKENIZERS: .model SentencePiece, .json pure byte)."""
+    from pgolf_jax import registry
+
     path = Path(path)
-    if path.suffix not in (".model", ".json"):
-        raise ValueError(f"{path}: unknown tokenizer file type {path.suffix!r} (expected .model or .json)")
+    if path.suffix not in registry.TOKENIZERS:
+        raise ValueError(f"{path}: unknown tokenizer file type {path.suffix!r} (expected "
+                         f"{' or '.join(registry.TOKENIZERS)})")
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer not found: {path}")
-    return SentencePieceTokenizer(path) if path.suffix == ".model" else PureByteTokenizer.load_json(path)
+    return registry.resolve(registry.TOKENIZERS, path.suffix)(path)
+
+
+def read_pure_byte(path: str | os.PathLike) -> PureByteTokenizer:
+    return PureByteTokenizer.load_json(path)
 
 
 @dataclass(frozen=True, eq=False)
@@ -232,27 +264,7 @@ def build_luts(tokenizer_path: str | os.PathLike, vocab_size: int) -> ByteLuts:
     base = np.zeros(size, dtype=np.int16)
     space = np.zeros(size, dtype=np.bool_)
     boundary = np.ones(size, dtype=np.bool_)
-    if isinstance(tok, PureByteTokenizer):
-        ids = np.arange(tok.byte_offset, tok.byte_offset + tok.byte_count)
-        base[ids], boundary[ids] = 1, False
-        return _frozen_luts(base, space, boundary)
-    sp = tok.sp
-    # Later records assert this (issue #897): the byte rule needs '▁' to be a piece of its own.
-    if sp.piece_to_id(SPACE_PIECE) == sp.unk_id():
-        raise ValueError(f"{path}: the model has no standalone '{SPACE_PIECE}' piece (it maps to <unk>), "
-                         "so leading-space bytes cannot be counted")
-    for i in range(tok.vocab_size):
-        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
-            continue
-        boundary[i] = False
-        if sp.is_byte(i):
-            base[i] = 1
-            continue
-        piece = sp.id_to_piece(i)
-        if piece.startswith(SPACE_PIECE):
-            space[i] = True
-            piece = piece[1:]
-        base[i] = len(piece.encode("utf-8"))
+    tok.fill_luts(base, space, boundary)
     return _frozen_luts(base, space, boundary)
 
 
