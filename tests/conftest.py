@@ -45,6 +45,21 @@ def _session_compile_cache() -> str:
 COMPILE_CACHE = _session_compile_cache()
 
 
+def _session_minify_cache() -> None:
+    """Every run packs its code (python-minifier, ~6 s a process): the session's processes share one
+    fresh cache of minified modules, never the user's (PGOLF_MINIFY_CACHE, inherited like the above)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not os.path.isdir(os.environ.get("PGOLF_MINIFY_CACHE", "")):
+        os.environ["PGOLF_MINIFY_CACHE"] = path = tempfile.mkdtemp(prefix="pgolf_jax_test_minify_")
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+
+_session_minify_cache()
+
+
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: a worker per core, at most one per 6 GiB of memory (a worker and the runs it starts
     peak near 4.6 GB)."""

@@ -25,7 +25,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
+from pathlib import Path
 
 # The payload, decompressed: this importer, then the config (JSON), then one entry per file
 # ("path\ncontents"), all separated by NUL bytes (sources carry no escapes this way; NUL never
@@ -62,10 +64,36 @@ def minify_source(rel: str, raw: bytes) -> bytes:
 
 @functools.lru_cache(maxsize=512)  # pure and slow (~0.1 s a module): a process packing often reuses it
 def minify(source: str, filename: str) -> str:
+    """The module as python-minifier writes it, from the disk cache when this text was minified before
+    (every run packs its code: ~6 s of a new process's run went to minifying the same files again)."""
+    import importlib.metadata
+
     import python_minifier
 
-    return python_minifier.minify(source, filename=filename, remove_literal_statements=True, rename_globals=False,
-                                  hoist_literals=False, remove_asserts=False, remove_debug=False)
+    version = importlib.metadata.version("python-minifier")  # its output is what the cache keeps
+    key = hashlib.sha256(f"{version}\0{filename}\0{source}".encode()).hexdigest()
+    cached = _minify_cache() / f"{key}.py"
+    try:
+        return cached.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        pass
+    out = python_minifier.minify(source, filename=filename, remove_literal_statements=True, rename_globals=False,
+                                 hoist_literals=False, remove_asserts=False, remove_debug=False)
+    try:  # content-addressed, written whole then renamed: concurrent runs never read a partial entry
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{key}.{os.getpid()}.tmp")
+        tmp.write_text(out, encoding="utf-8")
+        os.replace(tmp, cached)
+    except OSError:  # a read-only or full cache only costs the time
+        pass
+    return out
+
+
+def _minify_cache() -> Path:
+    """PGOLF_MINIFY_CACHE, else ~/.cache/pgolf_jax/minify (XDG_CACHE_HOME respected)."""
+    if os.environ.get("PGOLF_MINIFY_CACHE"):
+        return Path(os.environ["PGOLF_MINIFY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pgolf_jax" / "minify"
 
 
 # C++ comments and string/char literals, matched together so a comment marker inside a literal stays.

@@ -80,7 +80,7 @@ def packed_sources(cfg, platform: str, root: Path, sources: dict[str, shake.Sour
     selection = select(cfg, platform)
     sources = dict(sources or shake.package_sources(root))
     reg = sources["pgolf_jax.registry"]
-    sources["pgolf_jax.registry"] = shake.Source(reg.name, reg.rel, registry_source(reg.text, selection))
+    sources["pgolf_jax.registry"] = shake.parsed(reg.name, reg.rel, registry_source(reg.text, selection))
     kept = shake.shake(sources, [ENTRY])
     problems = shake.unresolved(kept, sources)
     if problems:  # a bug of the shaker, never of the config: the file would fail when it runs

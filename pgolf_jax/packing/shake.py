@@ -258,8 +258,15 @@ def package_sources(root: Path) -> dict[str, Source]:
         rel = f.relative_to(root).as_posix()
         name = rel[:-3].replace("/", ".")
         name = name[:-len(".__init__")] if name.endswith(".__init__") else name
-        out[name] = Source(name, rel, f.read_text(encoding="utf-8"))
+        out[name] = parsed(name, rel, f.read_text(encoding="utf-8"))
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def parsed(name: str, rel: str, text: str) -> Source:
+    """Source(name, rel, text), parsed once per process for the same text (every run packs its code:
+    the parse and the references it caches are reused by the next run of the same package)."""
+    return Source(name, rel, text)
 
 
 def unresolved(kept: dict[str, str], sources: dict[str, Source]) -> list[str]:
