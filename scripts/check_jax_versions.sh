@@ -24,6 +24,6 @@ for jv in "${versions[@]}"; do
   out=$(mktemp -d)
   "$v/bin/python" run.py --config configs/tiny.py train.out_dir="$out/tiny"
   "$v/bin/python" -m pytest -q tests/test_lowering.py
-  "$v/bin/python" -m pytest -q -m compile tests/test_compile.py -k 'baseline_sp1024-8 or ffi'
+  PGOLF_TEST_FULL_OPT=1 "$v/bin/python" -m pytest -q -m compile tests/test_compile.py -k 'baseline_sp1024-8 or ffi'
   echo "jax $jv: $((SECONDS - start)) s"
 done
