@@ -28,6 +28,7 @@ from pgolf_jax.config import Config
 from pgolf_jax.data.shards import load_val_tokens, open_shard
 from pgolf_jax.data.sidecars import load_val_bytes
 from pgolf_jax.data.tokenizer import build_luts
+from pgolf_jax.errors import AlreadyFinished
 from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, unigram_bpb, with_window
 from pgolf_jax.fsio import atomic_output, write_bytes, write_json
 from pgolf_jax.model.flops import h100x8_seconds_bound
@@ -37,7 +38,6 @@ from pgolf_jax.quant import artifact
 from pgolf_jax.quant.export import check_finite, dequantize
 from pgolf_jax.quant.interop import flatten_params, unflatten_params
 from pgolf_jax.runlog import RunLog
-from pgolf_jax.errors import AlreadyFinished
 from pgolf_jax.train.run_dir import claim_run_dir, new_run_id
 
 UNIGRAM_TOKENS = 10_000_000

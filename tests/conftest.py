@@ -16,6 +16,21 @@ if os.environ.get("PGOLF_TEST_FULL_OPT") != "1":
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_fast}".strip()
 
 
+def _session_dir(env: str, prefix: str) -> str:
+    """A folder of this session's own, named in os.environ[env]: made (and removed at exit) by the first
+    process of the session; pytest-xdist's workers and the processes tests start inherit it."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = os.environ.get(env, "")
+    if not os.path.isdir(path):
+        path = tempfile.mkdtemp(prefix=prefix)
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        os.environ[env] = path
+    return path
+
+
 def _session_compile_cache() -> str:
     """A persistent compile cache of this session's own, shared by this process and every process a test
     starts (they inherit the environment): the tests compile the same tiny programs in many processes.
@@ -25,15 +40,7 @@ def _session_compile_cache() -> str:
     a process that meets an entry another is still writing recompiles, and its warning is silenced
     because the one-error-line tests read stderr. pytest-xdist's workers find the folder in
     PGOLF_TEST_COMPILE_CACHE (set by the first process) and share it."""
-    import atexit
-    import shutil
-    import tempfile
-
-    path = os.environ.get("PGOLF_TEST_COMPILE_CACHE", "")
-    if not os.path.isdir(path):  # the first process of the session (pytest-xdist's workers inherit its folder)
-        path = tempfile.mkdtemp(prefix="pgolf_jax_test_cache_")
-        atexit.register(shutil.rmtree, path, ignore_errors=True)
-        os.environ["PGOLF_TEST_COMPILE_CACHE"] = path
+    path = _session_dir("PGOLF_TEST_COMPILE_CACHE", "pgolf_jax_test_cache_")
     os.environ.pop("PGOLF_NO_COMPILE_CACHE", None)
     os.environ.update(JAX_ENABLE_COMPILATION_CACHE="true", JAX_COMPILATION_CACHE_DIR=path,
                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
@@ -43,21 +50,9 @@ def _session_compile_cache() -> str:
 
 
 COMPILE_CACHE = _session_compile_cache()
-
-
-def _session_minify_cache() -> None:
-    """Every run packs its code (python-minifier, ~6 s a process): the session's processes share one
-    fresh cache of minified modules, never the user's (PGOLF_MINIFY_CACHE, inherited like the above)."""
-    import atexit
-    import shutil
-    import tempfile
-
-    if not os.path.isdir(os.environ.get("PGOLF_MINIFY_CACHE", "")):
-        os.environ["PGOLF_MINIFY_CACHE"] = path = tempfile.mkdtemp(prefix="pgolf_jax_test_minify_")
-        atexit.register(shutil.rmtree, path, ignore_errors=True)
-
-
-_session_minify_cache()
+# Every run packs its code (python-minifier, ~6 s a process): the session's processes share one fresh cache of
+# minified modules, never the user's.
+_session_dir("PGOLF_MINIFY_CACHE", "pgolf_jax_test_minify_")
 
 
 def pytest_xdist_auto_num_workers(config):

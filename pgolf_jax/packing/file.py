@@ -66,12 +66,9 @@ def minify_source(rel: str, raw: bytes) -> bytes:
 def minify(source: str, filename: str) -> str:
     """The module as python-minifier writes it, from the disk cache when this text was minified before
     (every run packs its code: ~6 s of a new process's run went to minifying the same files again)."""
-    import importlib.metadata
-
     import python_minifier
 
-    version = importlib.metadata.version("python-minifier")  # its output is what the cache keeps
-    key = hashlib.sha256(f"{version}\0{filename}\0{source}".encode()).hexdigest()
+    key = hashlib.sha256(f"{_minifier_version()}\0{filename}\0{source}".encode()).hexdigest()
     cached = _minify_cache() / f"{key}.py"
     try:
         return cached.read_text(encoding="utf-8")
@@ -87,6 +84,14 @@ def minify(source: str, filename: str) -> str:
     except OSError:  # a read-only or full cache only costs the time
         pass
     return out
+
+
+@functools.cache
+def _minifier_version() -> str:
+    """python-minifier's version: its output is what the cache keeps."""
+    import importlib.metadata
+
+    return importlib.metadata.version("python-minifier")
 
 
 def _minify_cache() -> Path:

@@ -30,6 +30,7 @@ from pgolf_jax.train.step import micro_batches
 
 if TYPE_CHECKING:  # built by the caller's factory; evaluation sits beside train, not below it
     from pgolf_jax.evaluation.evaluate import Evaluator
+    from pgolf_jax.train.checkpoint import Restore  # a name only: the shaker drops this block
 
 
 @dataclass
@@ -72,14 +73,14 @@ def _all_finite(tree):
 
 
 def train(cfg: Config, log: RunLog, train_pattern: str, evaluator_factory, run_dir: Path | None = None,
-          restore: Any = None) -> TrainResult:
+          restore: Restore | None = None) -> TrainResult:
     """Train under cfg; with `restore` (Checkpointer.select() of run_dir's checkpoints) continue
     from that checkpoint exactly."""
     return train_members(Members([cfg]), [log], train_pattern, evaluator_factory, run_dir, restore)[0]
 
 
 def train_members(members: Members, logs: list[RunLog], train_pattern: str, evaluator_factory,
-                  run_dir: Path | None = None, restore: Any = None) -> list[TrainResult]:
+                  run_dir: Path | None = None, restore: Restore | None = None) -> list[TrainResult]:
     """Train every member in one loop, logs[k] getting member k's lines; checkpoints (run_dir) and
     `restore` are a plain run's (a group has none: train/group.py)."""
     cfg = members.cfgs[0]
@@ -207,7 +208,7 @@ class _Loop:
         self.state = initial
         self.loader = self.new_loader()
 
-    def resume(self, restore) -> None:
+    def resume(self, restore: Restore | None) -> None:
         """Continue from a plain run's checkpoint: its state, data position, clock and switches."""
         t = self.t  # the progress line's clock starts before the restore
         self.progress = Progress("train" if self.members.K == 1 else f"train x{self.members.K}", t.iterations,
