@@ -260,3 +260,45 @@ def test_final_modes_through_the_main_job(sample_data, tmp_path, capsys):
     # The 8xH100 projections count each mode's forward and training tokens.
     proj = {m: sub["final_modes"][m]["bound_8xH100_seconds"] for m in ("plain", "sliding", "ttt", "lora_ttt")}
     assert proj["plain"] < proj["sliding"] < proj["ttt"] and proj["plain"] < proj["lora_ttt"], proj
+
+
+def test_lora_chunk_head_equals_the_full_logits(tiny):
+    """LoRA TTT's programs run the head on each row's chunk only: their scores and the adapters'
+    gradient equal what the full (B, T, V) logits give at those positions (a short last chunk too)."""
+    from pgolf_jax.evaluation import ttt
+    from pgolf_jax.model.gpt import token_nll
+    model, params = tiny
+    cfg = EVAL.replace(lora_ttt=dict(chunk_tokens=8, targets="q,k,v,o,mlp,head", optimizer="sgd", momentum=0.0))
+    targets, head = ttt.lora_targets(cfg)
+    nd, T = 3, 32
+    lora = ttt.lora_init(jax.random.key(2), params, targets, cfg.lora_ttt.rank, nd, head, model.num_slots())
+    leaves, tree = jax.tree.flatten(lora)  # B starts at 0: make every adapter move the logits
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    lora = jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+    rng = np.random.default_rng(0)
+    x, y = (jnp.asarray(rng.integers(4, 64, (nd, T)), jnp.int32) for _ in range(2))
+    lo, hi = jnp.array([0, 12, 27]), jnp.array([8, 20, 32])  # row 2: 5 targets left in its window
+    score, train = ttt.lora_functions(model, cfg, ttt._Placer(None))
+    nll, ent = score(params, lora, x, y, lo)
+    assert nll.shape == (nd, 8)
+    scale = cfg.lora_ttt.alpha / cfg.lora_ttt.rank
+
+    def full_nll(lora):
+        logits = jax.vmap(lambda lr, xt: model.logits(params, xt[None], True, hook=ttt.lora_hook(lr, scale, head))[0])(
+            lora, x)
+        return token_nll(logits, y)
+
+    ref = full_nll(lora)
+    for r in range(nd):
+        np.testing.assert_allclose(nll[r, :hi[r] - lo[r]], ref[r, lo[r]:hi[r]], rtol=1e-5, atol=1e-6)
+
+    def ref_loss(lora):
+        pos = jnp.arange(T)[None]
+        mask = (pos >= lo[:, None]) & (pos < hi[:, None])
+        return jnp.sum(jnp.sum(jnp.where(mask, full_nll(lora), 0.0), -1) / jnp.sum(mask, -1))
+
+    g_ref = jax.grad(ref_loss)(lora)
+    new, _ = train(lora, jax.tree.map(jnp.zeros_like, lora), params, x, y, lo, hi, 1.0)  # SGD, lr 1: lora - g
+    for a, b, g in zip(jax.tree.leaves(lora), jax.tree.leaves(new), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a - b, g, rtol=1e-4, atol=1e-6)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g_ref)) > 1e-4  # the gradient is not trivially 0

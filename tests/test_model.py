@@ -189,7 +189,10 @@ def test_slot_deltas_are_per_virtual_layer(scan_layers):
     shared = {"mlp.fc.weight": d_L[jnp.asarray(slots)]}
     edited = jax.tree.map(lambda a: a, params)
     edited["blocks"]["mlp"]["fc"]["weight"] = params["blocks"]["mlp"]["fc"]["weight"] + d_L
-    logits = jax.jit(lambda p, i, d: model.logits(p, i, True, hook=SlotAdapters(deltas=d, parallel={})))
+    # a delta d as full-rank factors: A = I, B = d (the hook adds (x A^T) B^T = x d^T)
+    eye = jnp.eye(64)[None].repeat(len(slots), 0)
+    logits = jax.jit(lambda p, i, d: model.logits(p, i, True, hook=SlotAdapters(
+        {k: (eye, v) for k, v in d.items()})))
     np.testing.assert_allclose(logits(params, ids, shared), model.logits(edited, ids), rtol=1e-5, atol=1e-5)
     second_pass = slots.index(1) + 1  # layer 1's second visit
     one = {"mlp.fc.weight": shared["mlp.fc.weight"].at[second_pass].add(0.2)}
@@ -212,7 +215,7 @@ def test_parallel_adapters_read_the_sublayer_input():
     d = 0.1 * jax.random.normal(jax.random.key(2), (D, D))
 
     def hooked(site):  # one virtual slot (0) with a parallel adapter at `site`
-        return dataclasses.replace(ctx.at(0, 0), hook=SlotAdapters(deltas={}, parallel={site: d[None]}))
+        return dataclasses.replace(ctx.at(0, 0), hook=SlotAdapters({site: (jnp.eye(D)[None], d[None])}))
 
     base = block(x, x, 0, ctx)
     with_attn = block(x, x, 0, hooked("attn"))

@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -159,34 +158,28 @@ LORA_TARGETS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.pr
 PARALLEL_LORA = {"o_par": "attn", "mlp_par": "mlp"}
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=("deltas", "parallel", "head"),
-                   meta_fields=("head_scale",))
+@functools.partial(jax.tree_util.register_dataclass, data_fields=("factors",), meta_fields=("scale",))
 @dataclasses.dataclass(frozen=True)
 class SlotAdapters(LinearHook):
-    """Test-time adapters attached to a forward pass as its hook (the blocks take no adapter
-    arguments), one per virtual layer slot so each pass of a looped layer has its own: weight
-    deltas {block weight ("attn.c_q.weight"): (slots, out, in)} added to a dense linear's fp32
-    weight, parallel paths {"attn" / "mlp": (slots, D, D)} adding x d^T (x the sublayer's normalized
-    input) to a sublayer's output, and a low-rank head term head_scale (h A^T) B^T, head = (A (R, D),
-    B (V, R)) or None."""
-    deltas: dict
-    parallel: dict
-    head: Any = None
-    head_scale: float = 1.0
+    """Test-time low-rank adapters attached to a forward pass as its hook (the blocks take no adapter
+    arguments), one per virtual layer slot so each pass of a looped layer has its own. factors {key:
+    (A (slots, R, in), B (slots, out, R))}: each adds scale (x A^T) B^T to an output, a dense block
+    linear's by its weight ("attn.c_q.weight"; x its input), a sublayer's ("attn" / "mlp": a parallel
+    path, x the sublayer's normalized input) or the head's ("head": A (R, D), B (V, R), no slot axis).
+    Two thin matmuls, as the records' batched LoRA: B A is never formed (per document and slot, those
+    products and their gradients were most of the adapter step's memory)."""
+    factors: dict
+    scale: float = 1.0
 
-    def weight(self, name: str, w, slot):
-        d = self.deltas.get(name)
-        return w if d is None else w + d[slot].astype(w.dtype)
+    def linear(self, name: str, x, y, slot):
+        return self.output(name, x, y, slot)
 
     def output(self, site: str, x, y, slot):
-        if site == "head":
-            if self.head is None:
-                return y
-            A, B = self.head
-            h_AR = jnp.einsum("btd,rd->btr", x, A.astype(x.dtype))
-            return y + self.head_scale * jnp.einsum("btr,vr->btv", h_AR, B.astype(x.dtype))
-        d = self.parallel.get(site)
-        return y if d is None else y + x @ d[slot].astype(x.dtype).T
+        f = self.factors.get(site)
+        if f is None:
+            return y
+        A, B = f if site == "head" else (f[0][slot], f[1][slot])
+        return y + self.scale * ((x @ A.astype(x.dtype).T) @ B.astype(x.dtype).T)
 
 
 def lora_init(key, params, targets: tuple[str, ...], rank: int, n_docs: int, head: bool, n_slots: int):
@@ -215,12 +208,12 @@ def lora_init(key, params, targets: tuple[str, ...], rank: int, n_docs: int, hea
 
 
 def lora_hook(lora_doc, scale: float, head: bool) -> SlotAdapters:
-    """One document's adapters as the forward pass's hook: per-slot deltas scale * B A on the block
-    weights and parallel paths, and the head adapter when `head`."""
-    made = {t: scale * jnp.einsum("sor,sri->soi", ab["B"], ab["A"]) for t, ab in lora_doc.items() if t != "head"}
-    return SlotAdapters(deltas={f"{LORA_TARGETS[t]}.weight": d for t, d in made.items() if t not in PARALLEL_LORA},
-                        parallel={PARALLEL_LORA[t]: d for t, d in made.items() if t in PARALLEL_LORA},
-                        head=(lora_doc["head"]["A"], lora_doc["head"]["B"]) if head else None, head_scale=scale)
+    """One document's adapters as the forward pass's hook: the block linears', the parallel paths'
+    and, when `head`, the head's factors."""
+    def site(t):
+        return "head" if t == "head" else PARALLEL_LORA.get(t) or f"{LORA_TARGETS[t]}.weight"
+
+    return SlotAdapters({site(t): (ab["A"], ab["B"]) for t, ab in lora_doc.items() if head or t != "head"}, scale)
 
 
 def lora_update(lora, opt, g, lr, cfg: EvalConfig):
@@ -255,29 +248,34 @@ def lora_targets(cfg: EvalConfig) -> tuple[tuple[str, ...], bool]:
 
 
 def lora_functions(model, cfg: EvalConfig, place: _Placer):
-    """The jitted LoRA TTT programs: score (base, lora, x, y) -> (nll, entropy bits) per position,
-    and train (lora, opt, base, x, y, lo, hi, lr) -> (lora, opt), one adapter step on each
-    document's mean loss over its chunk [lo, hi)."""
+    """The jitted LoRA TTT programs: score (base, lora, x, y, lo) -> (nll, entropy bits) of each row's
+    chunk, (B, C) for window positions lo .. lo + C - 1 (C = chunk_tokens, at most the window), and
+    train (lora, opt, base, x, y, lo, hi, lr) -> (lora, opt), one adapter step on each document's
+    mean loss over its chunk [lo, hi). Only the chunk's positions reach the head: the (B, T, V)
+    logits of every window position were most of the step's memory (over one H100 for #1855)."""
     _, head = lora_targets(cfg)
     scale = cfg.lora_ttt.alpha / cfg.lora_ttt.rank
 
-    def doc_logits(p, lora_doc, x_T):
-        return model.logits(p, x_T[None], True, hook=lora_hook(lora_doc, scale, head))[0]
+    def doc_logits(p, lora_doc, x_T, pos_C):
+        return model.logits(p, x_T[None], True, hook=lora_hook(lora_doc, scale, head), positions_BC=pos_C[None])[0]
 
-    def nll_of(p, lora, x_BT, y_BT, h_BT=None):
-        logits = jax.vmap(doc_logits, in_axes=(None, 0, 0))(p, lora, x_BT)
+    def nll_of(p, lora, x_BT, y_BT, lo_B, h_BT=None):
+        T = x_BT.shape[1]
+        # past a row's hi (a short last chunk) the positions clip to the window's end: never read
+        pos_BC = jnp.minimum(lo_B[:, None] + jnp.arange(min(cfg.lora_ttt.chunk_tokens, T))[None], T - 1)
+        logits = jax.vmap(doc_logits, in_axes=(None, 0, 0, 0))(p, lora, x_BT, pos_BC)
         logz = jax.nn.logsumexp(logits, axis=-1)
-        nll = logz - jnp.take_along_axis(logits, y_BT[..., None], axis=-1)[..., 0]
+        nll = logz - jnp.take_along_axis(logits, jnp.take_along_axis(y_BT, pos_BC, 1)[..., None], axis=-1)[..., 0]
         logp = logits - logz[..., None]
         ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
         if h_BT is None:
             return nll, ent
-        return nll, ent, jnp.take_along_axis(logp, jnp.maximum(h_BT, 0)[..., None], axis=-1)[..., 0]
+        h_BC = jnp.maximum(jnp.take_along_axis(h_BT, pos_BC, 1), 0)
+        return nll, ent, jnp.take_along_axis(logp, h_BC[..., None], axis=-1)[..., 0]
 
     def chunk_loss(lora, p, x, y, lo, hi):
-        nll, _ = nll_of(p, lora, x, y)[:2]
-        pos = jnp.arange(x.shape[1])[None]
-        mask = (pos >= lo[:, None]) & (pos < hi[:, None])
+        nll, _ = nll_of(p, lora, x, y, lo)[:2]
+        mask = jnp.arange(nll.shape[1])[None] < (hi - lo)[:, None]
         # Each document's adapter sees only its own mean chunk loss (the sum decouples them).
         return jnp.sum(jnp.sum(jnp.where(mask, nll, 0.0), -1) / jnp.maximum(jnp.sum(mask, -1), 1))
 
@@ -339,18 +337,19 @@ def lora_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
                     h[r, :cb - ws] = hints[ws:cb]
                 spans.append((r, ca, cb, ws))
             x, y = place.batched(x), place.batched(y)
-            out = [np.asarray(v) for v in score(base, lora, x, y, *([] if h is None else [place.batched(h)]))]
-            nll, ent = out[:2]
+            out = [np.asarray(v) for v in score(base, lora, x, y, place.batched(lo),
+                                                *([] if h is None else [place.batched(h)]))]
+            nll, ent = out[:2]  # (nd, C): row r's chunk from its window position lo[r] = ca - ws
             forward_tokens += nd * T
             for r, ca, cb, ws in spans:
-                loss_sum += float(nll[r, ca - ws:cb - ws].astype(np.float64).sum())
+                loss_sum += float(nll[r, :cb - ca].astype(np.float64).sum())
                 scored[r].scored_through(cb)
                 if seen is not None:
                     seen.scored(ca, cb)
                 if per_token:
-                    nll_all[ca:cb], ent_all[ca:cb] = nll[r, ca - ws:cb - ws], ent[r, ca - ws:cb - ws]
+                    nll_all[ca:cb], ent_all[ca:cb] = nll[r, :cb - ca], ent[r, :cb - ca]
                 if h is not None:
-                    hint_all[ca:cb] = out[2][r, ca - ws:cb - ws]
+                    hint_all[ca:cb] = out[2][r, :cb - ca]
             # Score-first, checked on what the step will train on: each row's mask [lo, hi) of
             # its window must lie behind the targets that row has had scored.
             for r in range(nd):

@@ -130,7 +130,14 @@ def _lora_programs(cfg: Config, ev_model, params, place, rows, T: int) -> list[P
     x, lo = _ids((nd, T), sh), _ids((nd,), sh)
     per_dev = nd * T // (place.n if sh is place.batch else 1)
     flops, attn = _flops(ev_model.cfg, T, True, per_dev, 1 / 3)
-    return [Program("lora_score", score, (params, lora, x, x), per_dev, flops, attn),
+    # The head (2 V D a position) and its adapter run on each row's chunk only (ttt.lora_functions); every
+    # other adapter adds 2 R (in + out) a position and slot (two thin matmuls).
+    m, chunk = ev_model.cfg, min(e.lora_ttt.chunk_tokens, T) / T
+    flops -= 2 * m.vocab_size * m.model_dim * per_dev * (1 - chunk)
+    for t, ab in lora.items():
+        *_, R, n_in = ab["A"].shape
+        flops += per_dev * (chunk if t == "head" else ab["A"].shape[1]) * 2 * R * (n_in + ab["B"].shape[-2])
+    return [Program("lora_score", score, (params, lora, x, x, lo), per_dev, flops, attn),
             Program("lora_adapt_step", train, (lora, opt, params, x, x, lo, lo, 0.01), per_dev, None, attn * 3)]
 
 

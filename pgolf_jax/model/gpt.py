@@ -19,7 +19,7 @@ from flax import nnx
 from pgolf_jax import registry
 from pgolf_jax.config import ModelConfig
 from pgolf_jax.model import pause
-from pgolf_jax.model.lanes import pick
+from pgolf_jax.model.lanes import layer_ge
 from pgolf_jax.model.embeddings import BigramHash, Embedding, SmearGateV1, SmearGateV2
 from pgolf_jax.model.layers import (
     OUTSIDE,
@@ -61,11 +61,6 @@ class MLP(nnx.Module):
         return self.proj(self.act(self.fc(x_ND, ctx)), ctx)
 
 
-def _ge(layer, threshold: int):
-    """layer >= threshold, as a Python bool for a static layer and a traced bool under scan."""
-    return layer >= threshold if isinstance(layer, int) else jnp.asarray(layer) >= threshold
-
-
 class Block(nnx.Module):
     """Pre-norm block with the reference's x0 residual mix and per-channel branch scales; its token
     mixer is the configured attention (other mixers subclass make_mixer / mix)."""
@@ -80,6 +75,7 @@ class Block(nnx.Module):
                                quant="control")
         self.num_layers, self.ln_scale = cfg.num_layers, cfg.ln_scale
         self.xsa_last_n, self.parallel_start = cfg.xsa_last_n, cfg.parallel_residual_start
+        self.lanes = cfg.parallel_residual
         if cfg.parallel_residual == "two_lane":
             # #1530: outside the lanes (the U-Net's encoder) blocks are sequential, as the record's.
             self.lane_start, self.parallel_start = cfg.parallel_residual_start, -1
@@ -99,8 +95,8 @@ class Block(nnx.Module):
         """`layer` is the physical layer index (a traced int under scan) the per-layer rules use.
         Each sublayer's output passes the pass's hook sites "attn" / "mlp" (with the sublayer's
         normalized input) before its branch scale: where test-time parallel adapters attach."""
-        if isinstance(x_ND, tuple):
-            return self.two_lane(x_ND, x0_ND, layer, ctx)
+        if isinstance(x_ND, tuple):  # model.parallel_residual=two_lane (model/lanes.py)
+            return registry.resolve(registry.PARALLEL_RESIDUALS, self.lanes).block(self, x_ND, x0_ND, layer, ctx)
         dt = x_ND.dtype
         mix = self.resid_mix[...].astype(dt)
         x_ND = mix[0] * x_ND + mix[1] * x0_ND
@@ -111,7 +107,7 @@ class Block(nnx.Module):
         # (physical layer >= parallel_residual_start) feed it the block input (spec 4.3).
         mlp_in = attn_out
         if self.parallel_start >= 0:
-            mlp_in = jnp.where(_ge(layer, self.parallel_start), x_ND, attn_out)
+            mlp_in = jnp.where(layer_ge(layer, self.parallel_start), x_ND, attn_out)
         n_ND = norm(mlp_in)
         return attn_out + self.mlp_scale[...].astype(dt) * ctx.output("mlp", n_ND, self.mlp(n_ND, ctx))
 
@@ -120,30 +116,8 @@ class Block(nnx.Module):
         the XSA flag of physical layer `layer`."""
         c = jax.lax.rsqrt(jnp.asarray(layer, jnp.float32) + 1.0).astype(dt) if self.ln_scale else None
         norm = (lambda h: rms_norm(h) * c) if self.ln_scale else rms_norm
-        xsa = _ge(layer, self.num_layers - self.xsa_last_n) if self.xsa_last_n else 0.0
+        xsa = layer_ge(layer, self.num_layers - self.xsa_last_n) if self.xsa_last_n else 0.0
         return norm, xsa
-
-    def two_lane(self, lanes, x0_ND, layer, ctx: Pass):
-        """#1530's block on (lane0, lane1): from the start layer attention reads lane0 (mixed with
-        x0), the MLP lane1, and lane_i <- resid_lambda[i] lane_i + post[0][i] attn + post[1][i] mlp;
-        below it the block is sequential on lane0 and both lanes take its output. One attention and
-        one MLP either way (the rule is selected, not both computed, under scan)."""
-        lane0, lane1 = lanes
-        dt = lane0.dtype
-        par = _ge(layer, self.lane_start)
-        mix = self.resid_mix[...].astype(dt)
-        x_ND = mix[0] * lane0 + mix[1] * x0_ND
-        norm, xsa = self.norm_and_xsa(layer, dt)
-        n_ND = norm(x_ND)
-        attn = self.attn_scale[...].astype(dt) * ctx.output("attn", n_ND, self.mix(n_ND, ctx, xsa))
-        n_ND = norm(pick(par, lane1, x_ND + attn))
-        mlp = self.mlp_scale[...].astype(dt) * ctx.output("mlp", n_ND, self.mlp(n_ND, ctx))
-        # Sequential: both lanes = x + attn + mlp, i.e. resid = 1 on the mixed input and post = 1.
-        resid, post = self.resid_lambda[...].astype(dt), self.post_lambda[...].astype(dt)
-        one = jnp.ones((), dt)
-        out = tuple(pick(par, resid[i] * lane, x_ND) + pick(par, post[0, i], one) * attn
-                    + pick(par, post[1, i], one) * mlp for i, lane in enumerate((lane0, lane1)))
-        return out
 
 
 class GPT(nnx.Module):
@@ -262,13 +236,22 @@ class GPT(nnx.Module):
         """(soft-capped logits (B, T, V) in fp32, auxiliary losses). hook: eval-time adapters
         (layers.LinearHook) on the block linears, the sublayer outputs and the head ("head")."""
         h_BTD, aux = self.hidden_and_aux(ids_BT, looped, hook, rng)
+        return self._capped_head(h_BTD, hook, logit_softcap), aux
+
+    def _capped_head(self, h_BTD, hook, logit_softcap=None):
         logits = self.head(h_BTD)
         if hook is not None:
             logits = hook.output("head", h_BTD, logits, None)
         # The cap is applied in fp32 (the reference applies it to the bf16 logits before .float());
         # a group of runs may pass its member's traced cap (hyper.py).
         cap = self.cfg.logit_softcap if logit_softcap is None else logit_softcap
-        return softcap(logits.astype(jnp.float32), cap), aux
+        return softcap(logits.astype(jnp.float32), cap)
+
+    def logits_at(self, ids_BT, positions_BC, looped: bool = True, hook=None):
+        """Soft-capped logits (B, C, V) at C positions of each row: the whole stack runs, the head only
+        where a loss is read (LoRA TTT's chunk), so no (B, T, V) tensor is made."""
+        h_BTD, _ = self.hidden_and_aux(ids_BT, looped, hook)
+        return self._capped_head(jnp.take_along_axis(h_BTD, positions_BC[..., None], axis=1), hook)
 
     def __call__(self, ids_BT, looped: bool = True, hook=None):
         return self.forward(ids_BT, looped, hook)[0]
@@ -354,8 +337,11 @@ class Model:
         """Training starts on the plain order and switches at model.enable_looping_at."""
         return self.cfg.enable_looping_at > 0 and schedule(self.cfg) != tuple(range(self.cfg.num_layers))
 
-    def logits(self, params, ids_BT, looped: bool = True, hook=None):
-        return self.module(params)(ids_BT, looped, hook)
+    def logits(self, params, ids_BT, looped: bool = True, hook=None, positions_BC=None):
+        """(B, T, V) soft-capped logits, or (B, C, V) at positions_BC (GPT families only)."""
+        if positions_BC is None:
+            return self.module(params)(ids_BT, looped, hook)
+        return self.module(params).logits_at(ids_BT, positions_BC, looped, hook)
 
     def forward(self, params, ids_BT, looped: bool = True, rng=None, logit_softcap=None):
         """(logits (B, T, V), auxiliary losses {name: scalar}, per-position loss weights (B, T) or

@@ -44,10 +44,37 @@ class TwoLane:
         final = cfg.two_lane.final_lane
         return lane0 if final == "attn" else lane1 if final == "mlp" else 0.5 * (lane0 + lane1)
 
+    @staticmethod
+    def block(blk, lanes, x0_ND, layer, ctx):
+        """model/gpt.py's Block on (lane0, lane1): from the start layer attention reads lane0 (mixed
+        with x0), the MLP lane1, and lane_i <- resid_lambda[i] lane_i + post[0][i] attn + post[1][i] mlp;
+        below it the block is sequential on lane0 and both lanes take its output. One attention and
+        one MLP either way (the rule is selected, not both computed, under scan)."""
+        lane0, lane1 = lanes
+        dt = lane0.dtype
+        par = layer_ge(layer, blk.lane_start)
+        mix = blk.resid_mix[...].astype(dt)
+        x_ND = mix[0] * lane0 + mix[1] * x0_ND
+        norm, xsa = blk.norm_and_xsa(layer, dt)
+        n_ND = norm(x_ND)
+        attn = blk.attn_scale[...].astype(dt) * ctx.output("attn", n_ND, blk.mix(n_ND, ctx, xsa))
+        n_ND = norm(pick(par, lane1, x_ND + attn))
+        mlp = blk.mlp_scale[...].astype(dt) * ctx.output("mlp", n_ND, blk.mlp(n_ND, ctx))
+        # Sequential: both lanes = x + attn + mlp, i.e. resid = 1 on the mixed input and post = 1.
+        resid, post = blk.resid_lambda[...].astype(dt), blk.post_lambda[...].astype(dt)
+        one = jnp.ones((), dt)
+        return tuple(pick(par, resid[i] * lane, x_ND) + pick(par, post[0, i], one) * attn
+                     + pick(par, post[1, i], one) * mlp for i, lane in enumerate((lane0, lane1)))
+
 
 def on_lane0(x, fn):
     """fn applied to the stream a U-Net skip feeds: lane0 of two lanes, else the one stream."""
     return (fn(x[0]), x[1]) if isinstance(x, tuple) else fn(x)
+
+
+def layer_ge(layer, threshold: int):
+    """layer >= threshold, as a Python bool for a static layer and a traced bool under scan."""
+    return layer >= threshold if isinstance(layer, int) else jnp.asarray(layer) >= threshold
 
 
 def pick(cond, a, b):

@@ -133,13 +133,13 @@ class StoredWeights:
 
 class LinearHook:
     """Eval-time adapters attached to a pass (Pass.hook) instead of being threaded through every
-    block: `weight` sees each dense block linear's fp32 weight by its block path ("attn.c_q.weight")
-    before the matmul, `output` a hook site's output y with that site's input x: "attn" / "mlp"
+    block: `linear` sees each dense block linear's output y with its input x, by the weight's block
+    path ("attn.c_q.weight"), `output` a hook site's output y with that site's input x: "attn" / "mlp"
     (a block's sublayer outputs before their branch scales, x the sublayer's normalized input) and
     "head" (the logits before the soft-cap, x the final hidden states; slot None). Identity here."""
 
-    def weight(self, name: str, w, slot):
-        return w
+    def linear(self, name: str, x, y, slot):
+        return y
 
     def output(self, site: str, x, y, slot):
         return y
@@ -176,11 +176,11 @@ class Pass:
             raise RuntimeError("this linear needs the block position: it runs only inside a block runner's block")
         return self.layer, self.slot
 
-    def weight(self, linear, name: str, w):
-        """`linear`'s weight `name` as this pass uses it (the hook's view of it, if any)."""
+    def linear(self, linear, name: str, x, y):
+        """`linear`'s output y = x W^T (W its weight `name`) as this pass sees it (the hook's, if any)."""
         if self.hook is None or linear.tap is None:
-            return w
-        return self.hook.weight(f"{linear.tap}.{name}", w, self.slot)
+            return y
+        return self.hook.linear(f"{linear.tap}.{name}", x, y, self.slot)
 
     def output(self, site: str, x, y):
         return y if self.hook is None else self.hook.output(site, x, y, self.slot)
@@ -231,7 +231,7 @@ class DenseLinear(nnx.Module):
 
     def __call__(self, x: jax.Array, ctx: Pass = OUTSIDE) -> jax.Array:
         ctx.record(self, "weight", x)
-        return jnp.einsum("...i,oi->...o", x, ctx.weight(self, "weight", self.weight[...]).astype(x.dtype))
+        return ctx.linear(self, "weight", x, jnp.einsum("...i,oi->...o", x, self.weight[...].astype(x.dtype)))
 
 
 # ---------------------------------------------------------------------------------------------
