@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgolf_jax import provenance
 from pgolf_jax.errors import arg_parser, positive_int
 from pgolf_jax.hardware import target
 
@@ -60,6 +61,10 @@ def parser():
     p.add_argument("--param-sharding", choices=("replicated", "fsdp"), help="sets train.param_sharding")
     p.add_argument("--target-config", help="a GpuTargetConfigProto text file (default: the H100 SXM shipped here)")
     p.add_argument("--benchmarks", default="BENCHMARKS.md", help="with --all: the file whose section is replaced")
+    p.add_argument("--rows", help="a folder keeping each preset's rows, so a stopped run goes on where it was "
+                                  "(--all: runs/compile_all unless given)")
+    p.add_argument("--allow-code-change", action="store_true",
+                   help="reuse kept rows that other pgolf_jax code compiled (--all's table names the versions)")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
     return p
 
@@ -161,6 +166,73 @@ HEADER = ("| preset | GPUs | program | compile s | args GiB | out GiB | alias Gi
           "bound ms |\n" + "|---" * 17 + "|")
 
 
+def compile_jobs(jobs, kept, text: str, budget: float) -> tuple[list[Row], set]:
+    """Every (preset, config, GPU count) job's rows, kept ones reused, with progress and an ETA; and the
+    source versions that made them (None: this code)."""
+    pre = [kept.load(name, cfg, n) if kept else None for name, cfg, n in jobs]
+    todo = sum(p is None for p in pre)
+    rows, versions, t0, done = [], set(), time.perf_counter(), 0
+    for i, ((name, cfg, n), got) in enumerate(zip(jobs, pre)):
+        if got is None:
+            got, version = compile_preset(cfg, name, n, text, budget), None
+            done += 1
+            if kept:
+                kept.save(name, cfg, n, got)
+        else:
+            got, version = got
+            for r in got:
+                print(format_row(r, budget) + " (kept)", flush=True)
+        versions.add(version)
+        rows += got
+        if len(jobs) > 1:
+            eta = (time.perf_counter() - t0) / max(done, 1) * (todo - done)
+            print(f"compile:progress {i + 1}/{len(jobs)} ({name} on {n}) eta:{eta / 60:.0f} min", flush=True)
+    return rows, versions
+
+
+class Kept:
+    """`--all`'s rows, one JSON file per (preset, GPU count), keyed by what decides them: the resolved
+    config, the GPU count, the target config, the budget and jax's version. pgolf_jax's source version
+    is recorded: rows from other code are compiled again unless allow_code_change."""
+
+    def __init__(self, folder: Path, target_text: str, budget: float, allow_code_change: bool):
+        self.folder, self.target_text, self.budget, self.allow = folder, target_text, budget, allow_code_change
+
+    def path(self, preset: str, cfg, gpus: int) -> Path:
+        import hashlib
+
+        import jax
+
+        from pgolf_jax import config as config_lib
+
+        key = "\0".join([config_lib.to_json(cfg), str(gpus), self.target_text, repr(self.budget), jax.__version__])
+        return self.folder / f"{preset.replace('/', '__')}-{gpus}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+    def load(self, preset: str, cfg, gpus: int):
+        """(rows, their source version), or None when none are kept for this key (or other code made them)."""
+        import json
+
+        try:
+            data = json.loads(self.path(preset, cfg, gpus).read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("source") != provenance.code_version() and not self.allow:
+            return None
+        return [Row(**r) for r in data["rows"]], data.get("source")
+
+    def save(self, preset: str, cfg, gpus: int, rows: list[Row]) -> str:
+        import dataclasses
+        import json
+
+        from pgolf_jax.fsio import write_bytes
+
+        version = provenance.code_version()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data = {"source": version, "rows": [dataclasses.asdict(r) for r in rows]}
+        write_bytes(self.path(preset, cfg, gpus), json.dumps(data, indent=1).encode(), fsync=False)
+        return version
+
+
 def presets(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if not p.name.startswith("_"))
 
@@ -208,11 +280,10 @@ def run(argv: list[str]) -> int:
     jax.config.update("jax_enable_compilation_cache", False)  # compile seconds are measured, never loaded
     print(f"compile: {memory / GIB:.2f} GiB per device x {why} = budget {budget / GIB:.2f} GiB", flush=True)
     print(HEADER, flush=True)
-    rows = []
-    for path, cfg in cfgs:
-        name = str(path.with_suffix("")).removeprefix("configs/")
-        for n in args.gpus:
-            rows += compile_preset(cfg, name, n, text, budget)
+    jobs = [(str(p.with_suffix("")).removeprefix("configs/"), cfg, n) for p, cfg in cfgs for n in args.gpus]
+    folder = args.rows or ("runs/compile_all" if args.all else None)
+    kept = Kept(Path(folder), text, budget, args.allow_code_change) if folder else None
+    rows, versions = compile_jobs(jobs, kept, text, budget)
     over = [r for r in rows if not r.error and r.peak > budget]
     if args.all:
         for r in over:
@@ -221,7 +292,9 @@ def run(argv: list[str]) -> int:
         date = datetime.date.today().isoformat()
         cmd = "JAX_PLATFORMS=cpu python run.py compile " + " ".join(shlex.quote(a) for a in argv)
         where = args.target_config or f"pgolf_jax/hardware/{target.DEFAULT_TARGET.name}"  # picked by jax version
-        body = (f"{SECTION}\n\n{date}, jax {jax.__version__}, on a CPU-only machine: `{cmd}`\n\n"
+        code = ", ".join(sorted({v or provenance.code_version() for v in versions}))
+        body = (f"{SECTION}\n\n{date}, jax {jax.__version__}, pgolf_jax source {code}, on a CPU-only machine: "
+                f"`{cmd}`\n\n"
                 f"{legend(budget, why, where)}\n\n{HEADER}\n"
                 + "\n".join(format_row(r, budget) for r in rows) + "\n")
         write_section(Path(args.benchmarks), body)
