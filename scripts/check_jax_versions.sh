@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The other supported jax versions (pyproject: >=0.10.2,<0.13) on Python 3.12 (jax >= 0.11 has no 3.11
 # wheels): for each, a venv with that version's CUDA plugin (.venv-jax011, .venv-jax012; only these checks
-# use them), then the tiny main job, tests/test_lowering.py and the cheapest compile tests that still see
-# what a new XLA changes (the baseline at 8 H100s: SPMD, collectives, memory, FLOPs; the CPU-only FFI case).
-# ~2 min a version once installed. Not in .ci/run yet: with it CI would pass 30 minutes (issue 26 note).
-# Usage: scripts/check_jax_versions.sh [VERSION ...]   (default: 0.11.2 0.12.0.1)
+# use them), then the tiny main job, tests/test_lowering.py and the compile tests that still see what a new
+# XLA changes at little cost (a CPU-only FFI kernel refused by the GPU compiler, the over-memory line, the
+# one-H100 fit of the tiny preset's programs). .ci/run installs while the main suite runs (--install) and
+# checks after its compile step (--check); without a flag the script does both.
+# Usage: scripts/check_jax_versions.sh [--install | --check] [VERSION ...]   (default: 0.11.2 0.12.0.1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export JAX_PLATFORMS=cpu
+install=1 check=1
+case "${1:-}" in
+  --install) check=0; shift ;;
+  --check) install=0; shift ;;
+esac
 versions=("$@")
 [ $# -gt 0 ] || versions=(0.11.2 0.12.0.1)
 py312=
@@ -19,11 +25,19 @@ done
 for jv in "${versions[@]}"; do
   start=$SECONDS
   v=".venv-jax$(echo "$jv" | cut -d. -f1-2 | tr -d .)"  # 0.12.0.1 -> .venv-jax012
-  [ -x "$v/bin/python" ] || "$py312" -m venv "$v"
-  "$v/bin/pip" install -q -e '.[test]' "jax==$jv" "jax-cuda13-plugin==$jv" "jax-cuda13-pjrt==$jv"
+  if [ "$install" = 1 ]; then
+    [ -x "$v/bin/python" ] || "$py312" -m venv "$v"
+    "$v/bin/pip" install -q -e '.[test]' "jax==$jv" "jax-cuda13-plugin==$jv" "jax-cuda13-pjrt==$jv"
+  fi
+  [ "$check" = 1 ] || continue
+  [ -x "$v/bin/python" ] || { echo "error: check_jax_versions: no $v: run it with --install first" >&2; exit 1; }
+  got=$("$v/bin/python" -c "import importlib.metadata as m; print(m.version('jax'))")
+  [ "$got" = "$jv" ] || { echo "error: check_jax_versions: $v has jax $got, not $jv" >&2; exit 1; }
   out=$(mktemp -d)
   "$v/bin/python" run.py --config configs/tiny.py train.out_dir="$out/tiny"
-  "$v/bin/python" -m pytest -q tests/test_lowering.py
-  PGOLF_TEST_FULL_OPT=1 "$v/bin/python" -m pytest -q -m compile tests/test_compile.py -k 'baseline_sp1024-8 or ffi'
+  "$v/bin/python" -m pytest -q -p no:cacheprovider tests/test_lowering.py
+  PGOLF_TEST_FULL_OPT=1 "$v/bin/python" -m pytest -q -p no:cacheprovider -m compile tests/test_compile.py \
+    -k 'ffi or over_memory or tiny_fits'
+  rm -rf "$out"
   echo "jax $jv: $((SECONDS - start)) s"
 done

@@ -147,3 +147,19 @@ def test_kept_rows_let_a_stopped_all_go_on(tmp_path, monkeypatch):
     allowed = command.Kept(tmp_path / "rows", "target text", 7e10, allow_code_change=True)
     got, version = allowed.load("tiny", cfg, 1)
     assert version != "0123456789abcdef" and got[0].peak == 1e9
+
+
+@pytest.mark.compile
+def test_tiny_fits_one_h100(plugin):
+    """Every program of the tiny preset (flash attention, as the GPU runs it) compiles for one H100 and fits:
+    the cheap end-to-end check each supported jax version runs (scripts/check_jax_versions.sh). No FLOPs
+    check at this size: the optimizer's Newton-Schulz and the elementwise work are a quarter of 6N here."""
+    from pgolf_jax import config as config_lib
+    from pgolf_jax.hardware import command
+
+    text, memory = target.read_target(None)
+    budget = memory * target.memory_fraction()[0]
+    rows = command.compile_preset(config_lib.load("configs/tiny.py", ["model.attention_impl=flash"]), "tiny", 1,
+                                  text, budget)
+    assert [r.program for r in rows] == ["train", "val", "eval_score"]
+    assert not [r.error for r in rows if r.error] and all(0 < r.peak <= budget for r in rows)
