@@ -29,7 +29,6 @@ from pgolf_jax.model.options import ModelConfig, layer_mixers
 from pgolf_jax.optim.options import OptimConfig
 from pgolf_jax.options import SEED_RANGE, check_options, coerce, field_types
 from pgolf_jax.quant.options import QuantConfig
-from pgolf_jax.renames import RENAMES
 from pgolf_jax.train.options import TrainConfig
 
 __all__ = ["ConfigError", "Config", "SEED_RANGE", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig",
@@ -95,9 +94,14 @@ def validate(cfg: Config) -> None:
 # ---------------------------------------------------------------------------------------------
 # Overrides
 
+def renames() -> dict:
+    """Old key -> its new keys (registry.TOOLING; {} in a packed file)."""
+    return registry.resolve(registry.TOOLING, "renames") if "renames" in registry.TOOLING else {}
+
+
 def _unknown(key: str) -> ConfigError:
-    if key in RENAMES:
-        return ConfigError(f"config key {key!r} was renamed: use {' or '.join(map(repr, RENAMES[key]))} "
+    if key in renames():
+        return ConfigError(f"config key {key!r} was renamed: use {' or '.join(map(repr, renames()[key]))} "
                            "(scripts/migrate_config_keys.py rewrites preset files)")
     hint = difflib.get_close_matches(key, all_keys(), n=1)
     return ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
@@ -272,6 +276,6 @@ def load_run_config(run_dir) -> Config:
     try:
         if not isinstance(data, dict):
             raise ConfigError("expected a JSON object of config sections")
-        return from_dict(data, RENAMES)
+        return from_dict(data, renames())
     except (ConfigError, AttributeError, TypeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None

@@ -91,6 +91,10 @@ VARLEN = {"segments": f"{_MODEL}.varlen:segment_ids", "attention": f"{_MODEL}.va
 # train.checkpoint_every(_seconds): a plain run's checkpoints and --resume; a packed file keeps these only
 # when its run checkpoints (packing/select.py), the package always has them (SIGTERM checkpoints too).
 CHECKPOINTS = {"checkpointer": "pgolf_jax.train.checkpoint:Checkpointer", "resume": "pgolf_jax.train.resume:prepare"}
+# The package's conveniences around the config that a run does not need: the old key names (renames.py: old
+# run directories load, a typed old key gets its new spelling). A packed file keeps none: its config and
+# its command line are of its own code's keys (packing/select.py).
+TOOLING = {"renames": "pgolf_jax.renames:RENAMES"}
 # data.tokenizer_path: its file's suffix picks the tokenizer (a packed file keeps the one its run reads).
 TOKENIZERS = {".model": "pgolf_jax.data.tokenizer:SentencePieceTokenizer",
               ".json": "pgolf_jax.data.tokenizer:read_pure_byte"}

@@ -51,6 +51,7 @@ def select(cfg, platform: str) -> Selection:
     keep["TOKENIZERS"] = {Path(cfg.data.tokenizer_path).suffix} & set(registry.TOKENIZERS)
     checkpoints = cfg.train.checkpoint_every or cfg.train.checkpoint_every_seconds
     keep["CHECKPOINTS"] = set(registry.CHECKPOINTS) if checkpoints else set()
+    keep["TOOLING"] = set()
     entries = {name: tuple(sorted(keys)) for name, keys in keep.items()}
     return Selection(entries, native_kernel="fused_cpu" in impls)
 
