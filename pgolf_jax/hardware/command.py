@@ -41,6 +41,7 @@ class Row:
     collectives: dict = field(default_factory=dict)
     unknown_trips: int = 0
     error: str = ""
+    same_as: str = ""  # the earlier program of this preset whose lowered module this one repeats
 
     def bound_ms(self) -> float:
         """Roofline lower bound: the larger of compute at peak and memory traffic at peak."""
@@ -69,9 +70,14 @@ def parser():
     return p
 
 
-def compile_program(prog, client, budget: float, full_square: bool = False) -> Row:
+def compile_program(prog, client, budget: float, full_square: bool = False, seen: dict | None = None) -> Row:
     """Lower and compile one program for the mesh its arguments name; measure it. full_square: the
-    program's attention is XLA's own (model.attention_impl=xla), which computes the whole T x T."""
+    program's attention is XLA's own (model.attention_impl=xla), which computes the whole T x T.
+    seen: {lowered module's digest: row} of the preset's earlier programs; a program that lowers to
+    the same module (the periodic val and the final scoring at one shape) takes that row, not a compile."""
+    import dataclasses
+    import hashlib
+
     from jax._src.lib import hlo as hlo_lib
 
     from pgolf_jax.hardware import hlo
@@ -79,10 +85,16 @@ def compile_program(prog, client, budget: float, full_square: bool = False) -> R
     row = Row("", 0, prog.name, tokens=prog.tokens, analytic=prog.analytic_flops)
     t0 = time.perf_counter()
     try:
-        compiled = prog.fn.lower(*prog.args).compile()
+        lowered = prog.fn.lower(*prog.args)
+        key = hashlib.sha256(lowered.as_text().encode()).hexdigest()
+        if seen is not None and key in seen:
+            return dataclasses.replace(seen[key], program=prog.name, seconds=0.0, same_as=seen[key].program)
+        compiled = lowered.compile()
     except Exception as exc:  # XLA's GPU compiler refuses the program: one line naming why
         row.error = compile_error(exc)
         return row
+    if seen is not None:
+        seen[key] = row  # filled in below
     row.seconds = time.perf_counter() - t0
     m = compiled.memory_analysis()
     row.arg, row.out = m.argument_size_in_bytes, m.output_size_in_bytes
@@ -131,9 +143,9 @@ def compile_preset(cfg, preset: str, gpus: int, target_text: str, budget: float)
             progs = programs.programs(cfg, mesh)
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
             return [Row(preset, gpus, "-", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")]
-        rows = []
+        rows, seen = [], {}
         for prog in progs:
-            row = compile_program(prog, client, budget, cfg.model.attention_impl == "xla")
+            row = compile_program(prog, client, budget, cfg.model.attention_impl == "xla", seen)
             row.preset, row.gpus = preset, gpus
             rows.append(row)
             print(format_row(row, budget), flush=True)
@@ -155,7 +167,8 @@ def format_row(r: Row, budget: float) -> str:
     coll = ", ".join(f"{k} {v}" for k, v in sorted(r.collectives.items())) or "none"
     fits = "yes" if r.peak <= budget else "**no: over memory**"
     trips = f" ({r.unknown_trips} loops of unknown trip count counted once)" if r.unknown_trips else ""
-    return (f"| {r.preset} | {r.gpus} | {r.program} | {r.seconds:.1f} | {fmt_gib(r.arg)} | {fmt_gib(r.out)} | "
+    secs = f"= {r.same_as}" if r.same_as else f"{r.seconds:.1f}"
+    return (f"| {r.preset} | {r.gpus} | {r.program} | {secs} | {fmt_gib(r.arg)} | {fmt_gib(r.out)} | "
             f"{fmt_gib(r.alias)} | {fmt_gib(r.temp)} | {fmt_gib(r.peak)}{'' if r.peak_reported else '*'} | {fits} | "
             f"{r.flops / 1e12:.2f} | {per_tok:.1f} | {ana} | {r.bytes_accessed / 1e9:.1f} | {coll} | "
             f"{r.bound_ms():.2f}{trips} |")
