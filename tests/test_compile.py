@@ -164,3 +164,23 @@ def test_tiny_fits_one_h100(plugin):
                                   text, budget)
     assert [r.program for r in rows] == ["train", "val", "eval_score"]
     assert not [r.error for r in rows if r.error] and all(0 < r.peak <= budget for r in rows)
+
+
+def test_a_preset_that_does_not_split_over_the_gpus_is_a_row_of_all_not_a_failure():
+    from pgolf_jax.hardware.command import Row, failures, format_row
+    layout = Row("cpu", 8, "-", error="LayoutError: train.batch_spans=1 must be a multiple of the 8 data devices",
+                 not_applicable=True)
+    broken = Row("x", 1, "train", error="XLA's GPU compiler failed: ...")
+    assert failures([layout, broken], all_presets=True) == [broken]
+    assert failures([layout], all_presets=False) == [layout]  # asked for by name: an error
+    assert format_row(layout, 1e9).startswith("| cpu | 8 | - | does not apply: LayoutError: train.batch_spans=1")
+
+
+@pytest.mark.compile
+def test_a_cpu_preset_on_8_gpus_does_not_apply(plugin):
+    from pgolf_jax import config as config_lib
+    from pgolf_jax.hardware import command
+
+    text, memory = target.read_target(None)
+    rows = command.compile_preset(config_lib.load("configs/cpu.py"), "cpu", 8, text, memory)
+    assert len(rows) == 1 and rows[0].not_applicable and "multiple of the 8 data devices" in rows[0].error

@@ -42,6 +42,7 @@ class Row:
     unknown_trips: int = 0
     error: str = ""
     same_as: str = ""  # the earlier program of this preset whose lowered module this one repeats
+    not_applicable: bool = False  # the preset's batch does not split over this many GPUs (error says why)
 
     def bound_ms(self) -> float:
         """Roofline lower bound: the larger of compute at peak and memory traffic at peak."""
@@ -142,7 +143,10 @@ def compile_preset(cfg, preset: str, gpus: int, target_text: str, budget: float)
         try:
             progs = programs.programs(cfg, mesh)
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
-            return [Row(preset, gpus, "-", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")]
+            row = Row(preset, gpus, "-", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}",
+                      not_applicable=isinstance(exc, programs.LayoutError))
+            print(format_row(row, budget), flush=True)
+            return [row]
         rows, seen = [], {}
         for prog in progs:
             row = compile_program(prog, client, budget, cfg.model.attention_impl == "xla", seen)
@@ -158,7 +162,8 @@ def fmt_gib(b: float) -> str:
 
 def format_row(r: Row, budget: float) -> str:
     if r.error:
-        return f"| {r.preset} | {r.gpus} | {r.program} | error: {r.error} |"
+        what = "does not apply" if r.not_applicable else "error"
+        return f"| {r.preset} | {r.gpus} | {r.program} | {what}: {r.error} |"
     per_tok = r.flops / r.tokens / 1e6 if r.tokens else 0.0
     if r.analytic is not None and r.tokens:
         ana = f"{r.analytic / r.tokens / 1e6:.1f} | {r.flops / r.analytic:.3f}"
@@ -203,6 +208,12 @@ def compile_jobs(jobs, kept, text: str, budget: float) -> tuple[list[Row], set]:
     return rows, versions
 
 
+def failures(rows: list[Row], all_presets: bool) -> list[Row]:
+    """The rows that fail the command: every error, except, for --all, a preset whose batch does not split
+    over that many GPUs (a CPU preset on 8): a row of the table, which a run there would refuse too."""
+    return [r for r in rows if r.error and not (all_presets and r.not_applicable)]
+
+
 class Kept:
     """`--all`'s rows, one JSON file per (preset, GPU count), keyed by what decides them: the resolved
     config, the GPU count, the target config, the budget and jax's version. pgolf_jax's source version
@@ -230,6 +241,8 @@ class Kept:
         except (OSError, ValueError):
             return None
         if data.get("source") != provenance.code_version() and not self.allow:
+            return None
+        if any(r["program"] == "-" for r in data["rows"]):  # no program was built: cheap to redo, never reused
             return None
         return [Row(**r) for r in data["rows"]], data.get("source")
 
@@ -312,7 +325,7 @@ def run(argv: list[str]) -> int:
                 + "\n".join(format_row(r, budget) for r in rows) + "\n")
         write_section(Path(args.benchmarks), body)
         print(f"wrote {args.benchmarks}")
-    failed = [r for r in rows if r.error]
+    failed = failures(rows, args.all)
     if failed:
         print(f"error: {failed[0].preset} on {failed[0].gpus} H100s, {failed[0].program}: {failed[0].error}",
               file=sys.stderr)

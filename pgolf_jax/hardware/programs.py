@@ -23,6 +23,10 @@ from pgolf_jax.train.step import train_batch_shape
 MANY_WINDOWS = 1 << 40
 
 
+class LayoutError(ValueError):
+    """The preset's batch does not split over this many devices (a run there refuses it the same way)."""
+
+
 @dataclass
 class Program:
     name: str
@@ -52,7 +56,7 @@ def train_programs(cfg: Config, mesh) -> tuple[list[Program], Any, Any]:
     """The train step of each block schedule; also (model, abstract state) for the evals."""
     t, n = cfg.train, dist.num_data_devices(mesh)
     if t.batch_spans % n:  # the run refuses this too (train/loop.py)
-        raise ValueError(f"train.batch_spans={t.batch_spans} must be a multiple of the {n} data devices")
+        raise LayoutError(f"train.batch_spans={t.batch_spans} must be a multiple of the {n} data devices")
     model, tx, state = build(cfg, mesh, abstract=True)
     objective, teacher = make_objective(cfg)
     if teacher is not None:
