@@ -20,6 +20,11 @@ from pgolf_jax.hardware import target
 # CI's 2 cores, which also runs the other jax versions' checks within 30 minutes.
 BUDGET_PRESETS = ("baseline_sp1024", "record_1809")
 BUDGET_RUNS = [(p, n) for p in BUDGET_PRESETS for n in (1, 8)] + [("record_1855", 8)]
+# The other record presets, 1 and 8 H100s: the same test, marked every_preset (`.ci/run` deselects them;
+# `pytest -m every_preset tests/test_compile.py` in .venv-compile, ~40 min on 2 cores, or run.py compile --all).
+EVERY_RUN = [pytest.param(p, n, marks=pytest.mark.every_preset)
+             for p in ("record_1493", "record_1530", "record_1736", "record_1787", "record_1855") for n in (1, 8)
+             if (p, n) not in BUDGET_RUNS]
 
 
 def _plugin() -> str | None:
@@ -68,7 +73,7 @@ def test_over_memory_is_one_line_naming_the_bytes(plugin, refused, monkeypatch):
 
 @pytest.mark.compile
 @pytest.mark.slow
-@pytest.mark.parametrize("preset,gpus", BUDGET_RUNS)
+@pytest.mark.parametrize("preset,gpus", BUDGET_RUNS + EVERY_RUN)
 def test_presets_fit_an_h100_and_xla_flops_match_the_analytic_count(plugin, preset, gpus):
     """Full challenge shapes, never shrunk: every program the run compiles (train graphs, val,
     the final modes' steps) fits the budget; the train steps' FLOPs lie within 10% of 6N + attention."""
