@@ -182,10 +182,13 @@ def test_a_preset_that_does_not_split_over_the_gpus_is_a_row_of_all_not_a_failur
 
 
 @pytest.mark.compile
-def test_a_cpu_preset_on_8_gpus_does_not_apply(plugin):
+def test_a_cpu_preset_on_8_gpus_and_a_student_without_its_teacher_do_not_apply(plugin):
     from pgolf_jax import config as config_lib
     from pgolf_jax.hardware import command
 
     text, memory = target.read_target(None)
     rows = command.compile_preset(config_lib.load("configs/cpu.py"), "cpu", 8, text, memory)
     assert len(rows) == 1 and rows[0].not_applicable and "multiple of the 8 data devices" in rows[0].error
+    # distillation needs its teacher's run directory (the teacher's shapes come from its config.json)
+    rows = command.compile_preset(config_lib.load("configs/pr1227/distill.py"), "distill", 1, text, memory)
+    assert len(rows) == 1 and rows[0].not_applicable and "config.json not found" in rows[0].error

@@ -42,7 +42,7 @@ class Row:
     unknown_trips: int = 0
     error: str = ""
     same_as: str = ""  # the earlier program of this preset whose lowered module this one repeats
-    not_applicable: bool = False  # the preset's batch does not split over this many GPUs (error says why)
+    not_applicable: bool = False  # no program to build here: the batch does not split, or a run's input is missing
 
     def bound_ms(self) -> float:
         """Roofline lower bound: the larger of compute at peak and memory traffic at peak."""
@@ -143,8 +143,10 @@ def compile_preset(cfg, preset: str, gpus: int, target_text: str, budget: float)
         try:
             progs = programs.programs(cfg, mesh)
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            # not applicable: a batch that does not split over the GPUs, or an input only a run brings (the
+            # distillation teacher's run directory, whose config gives the teacher's shapes)
             row = Row(preset, gpus, "-", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}",
-                      not_applicable=isinstance(exc, programs.LayoutError))
+                      not_applicable=isinstance(exc, (programs.LayoutError, FileNotFoundError)))
             print(format_row(row, budget), flush=True)
             return [row]
         rows, seen = [], {}
@@ -210,7 +212,8 @@ def compile_jobs(jobs, kept, text: str, budget: float) -> tuple[list[Row], set]:
 
 def failures(rows: list[Row], all_presets: bool) -> list[Row]:
     """The rows that fail the command: every error, except, for --all, a preset whose batch does not split
-    over that many GPUs (a CPU preset on 8): a row of the table, which a run there would refuse too."""
+    over that many GPUs (a CPU preset on 8; a run there refuses it too) or that needs a run's input (the
+    distillation teacher): rows of the table."""
     return [r for r in rows if r.error and not (all_presets and r.not_applicable)]
 
 
