@@ -6,7 +6,10 @@ analytic count, bytes accessed, collectives, and a roofline lower bound on the s
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import hashlib
+import json
 import shlex
 import sys
 import time
@@ -76,9 +79,6 @@ def compile_program(prog, client, budget: float, full_square: bool = False, seen
     program's attention is XLA's own (model.attention_impl=xla), which computes the whole T x T.
     seen: {lowered module's digest: row} of the preset's earlier programs; a program that lowers to
     the same module (the periodic val and the final scoring at one shape) takes that row, not a compile."""
-    import dataclasses
-    import hashlib
-
     from jax._src.lib import hlo as hlo_lib
 
     from pgolf_jax.hardware import hlo
@@ -87,7 +87,7 @@ def compile_program(prog, client, budget: float, full_square: bool = False, seen
     t0 = time.perf_counter()
     try:
         lowered = prog.fn.lower(*prog.args)
-        key = hashlib.sha256(lowered.as_text().encode()).hexdigest()
+        key = hashlib.sha256(lowered.as_text().encode()).hexdigest() if seen is not None else None
         if seen is not None and key in seen:
             return dataclasses.replace(seen[key], program=prog.name, seconds=0.0, same_as=seen[key].program)
         compiled = lowered.compile()
@@ -226,8 +226,6 @@ class Kept:
         self.folder, self.target_text, self.budget, self.allow = folder, target_text, budget, allow_code_change
 
     def path(self, preset: str, cfg, gpus: int) -> Path:
-        import hashlib
-
         import jax
 
         from pgolf_jax import config as config_lib
@@ -237,8 +235,6 @@ class Kept:
 
     def load(self, preset: str, cfg, gpus: int):
         """(rows, their source version), or None when none are kept for this key (or other code made them)."""
-        import json
-
         try:
             data = json.loads(self.path(preset, cfg, gpus).read_text())
         except (OSError, ValueError):
@@ -250,9 +246,6 @@ class Kept:
         return [Row(**r) for r in data["rows"]], data.get("source")
 
     def save(self, preset: str, cfg, gpus: int, rows: list[Row]) -> str:
-        import dataclasses
-        import json
-
         from pgolf_jax.fsio import write_bytes
 
         version = provenance.code_version()
