@@ -142,6 +142,8 @@ def load_teacher(path: str | Path) -> tuple[Model, dict]:
     from pgolf_jax.quant.interop import unflatten_params
 
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"train.distill.teacher={path} not found (a run directory or an artifact inside one)")
     run_dir = path if path.is_dir() else path.parent
     model = build_model(load_run_config(run_dir).model)
     template = jax.eval_shape(model.init, jax.random.key(0))
