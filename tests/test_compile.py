@@ -2,7 +2,7 @@
 challenge shapes (issue 26). Needs the CUDA PJRT plugin, which lives in its own venv
 (.venv-compile: with it installed, a bare `import jax` logs a cuDNN traceback).
 
-Rule: tests marked `compile` need the plugin. The main suite deselects them (.ci/run: -m 'not compile');
+Rule: tests marked `compile` need the plugin. The main suite deselects them (.ci/run: -m 'not compile and not slow');
 .ci/run's compile step selects them in .venv-compile, where a missing plugin with CI=true fails, never skips."""
 
 from __future__ import annotations
