@@ -120,10 +120,9 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
                          "bound_8xH100_seconds": proj}
         log.metric(f"final_{mode}", **results[mode])
         if e.ngram_order:
-            from pgolf_jax.evaluation import ngram
-
-            loss, b, tok_s = ngram.mix_report(out.nll, out.ent, out.ev.tokens, cfg.model.vocab_size, e.ngram_order,
-                                              e.ngram_mix, e.ngram_lambda, out.ev.byte_count)
+            mix = registry.resolve(registry.NGRAM_MIX, "mix")
+            loss, b, tok_s = mix(out.nll, out.ent, out.ev.tokens, cfg.model.vocab_size, e.ngram_order, e.ngram_mix,
+                                 e.ngram_lambda, out.ev.byte_count)
             name = f"{mode}+ngram{e.ngram_order}"
             log(f"final_{name} val_loss:{loss:.4f} val_bpb:{b:.4f} ngram_tokens_per_s:{tok_s:.0f} (host)")
             results[name] = {"val_loss": loss, "val_bpb": b, "ngram_tokens_per_s": round(tok_s)}

@@ -140,6 +140,21 @@ def test_checkpoint_code_is_packed_only_for_a_run_that_checkpoints(package, ever
     assert ("pgolf_jax/train/checkpoint.py" in files) == ("pgolf_jax/train/resume.py" in files) == packed
 
 
+@pytest.mark.parametrize("order", [0, 4])
+def test_ngram_mixing_is_packed_only_for_a_run_that_mixes(package, order, monkeypatch):
+    """registry.NGRAM_MIX as packing/select.py reduces it: a file packed without mixing refuses the override at
+    config time (before any training), in one line."""
+    from pgolf_jax import registry
+
+    files = select.packed_sources(config_lib.load(ROOT / "configs/record_1809.py", [f"eval.ngram_order={order}"]),
+                                  "gpu", ROOT, package)
+    assert ("pgolf_jax/evaluation/ngram.py" in files) == bool(order)
+    monkeypatch.setattr(registry, "NGRAM_MIX", {})
+    with pytest.raises(config_lib.ConfigError, match="eval.ngram_order=4: this train_gpt.py was packed for a run "
+                                                     "without n-gram mixing"):
+        config_lib.load(ROOT / "configs/record_1809.py", ["eval.ngram_order=4"])
+
+
 @pytest.mark.parametrize("path", ["./data/tokenizers/fineweb_1024_bpe.model", "./data/tokenizers/byte260.json"])
 def test_only_the_tokenizer_the_run_reads_is_packed(package, path):
     cfg = config_lib.load(ROOT / "configs/record_1809.py", [f"data.tokenizer_path={path}"])
@@ -152,8 +167,8 @@ def test_only_the_tokenizer_the_run_reads_is_packed(package, path):
 # then these bounds (2026-12-06's sizes + ~2%) keep them from growing unnoticed. 49,141 and 50,277 since the
 # checkpoint / resume code, the distill teacher's loader and the unused tokenizer class went behind registries
 # (51,650 and 52,811 before); 48,568 and 49,572 since the embedded config holds only non-default values;
-# 47,861 and 48,900 without the old-key renames.
-SIZE_BOUNDS = {("configs/record_1809.py", "gpu"): 48_800, ("configs/cpu.py", "cpu"): 49_900}
+# 47,861 and 48,900 without the old-key renames; 47,439 and 48,462 with n-gram mixing behind registry.NGRAM_MIX.
+SIZE_BOUNDS = {("configs/record_1809.py", "gpu"): 48_400, ("configs/cpu.py", "cpu"): 49_450}
 
 
 @pytest.mark.parametrize("preset,platform", sorted(SIZE_BOUNDS))

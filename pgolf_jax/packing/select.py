@@ -48,6 +48,7 @@ def select(cfg, platform: str) -> Selection:
     impls = set(_AUTO_IMPLS[platform]) if impl == "auto" else {impl}
     keep["ATTENTION_IMPLS"] = impls
     keep["VARLEN"] = set(registry.VARLEN) if cfg.model.doc_mask else set()
+    keep["NGRAM_MIX"] = set(registry.NGRAM_MIX) if cfg.eval.ngram_order else set()
     keep["TOKENIZERS"] = {Path(cfg.data.tokenizer_path).suffix} & set(registry.TOKENIZERS)
     checkpoints = cfg.train.checkpoint_every or cfg.train.checkpoint_every_seconds
     keep["CHECKPOINTS"] = set(registry.CHECKPOINTS) if checkpoints else set()
