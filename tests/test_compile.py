@@ -24,8 +24,13 @@ BUDGET_RUNS = [(p, n) for p in BUDGET_PRESETS for n in (1, 8)]
 # The other record presets, 1 and 8 H100s: the same test, marked every_preset (`.ci/run` deselects them;
 # `pytest -m every_preset tests/test_compile.py` in .venv-compile, ~45 min on 2 cores, or run.py compile --all).
 EVERY_RUN = [pytest.param(p, n, marks=pytest.mark.every_preset)
-             for p in ("record_1493", "record_1530", "record_1736", "record_1787", "record_1855") for n in (1, 8)
-             if (p, n) not in BUDGET_RUNS]
+             for p in ("record_1493", "record_1530", "record_1736", "record_1787", "record_1855") for n in (1, 8)]
+
+
+def _target_and_budget() -> tuple[str, float]:
+    """The H100 target config's text and the per-device budget: its memory x the fraction run.py gives JAX."""
+    text, memory = target.read_target(None)
+    return text, memory * target.memory_fraction()[0]
 
 
 def _plugin() -> str | None:
@@ -81,9 +86,7 @@ def test_presets_fit_an_h100_and_xla_flops_match_the_analytic_count(plugin, pres
     from pgolf_jax import config as config_lib
     from pgolf_jax.hardware import command
 
-    text, memory = target.read_target(None)
-    fraction, _ = target.memory_fraction()
-    budget = memory * fraction
+    text, budget = _target_and_budget()
     rows = command.compile_preset(config_lib.load(f"configs/{preset}.py"), preset, gpus, text, budget)
     assert rows and not [r.error for r in rows if r.error]
     over = [f"{r.program}: over memory, peak {int(r.peak)} bytes > {int(budget)}" for r in rows if r.peak > budget]
@@ -105,8 +108,7 @@ def test_frontier_looped_train_step_fits_eight_h100s(plugin):
     from pgolf_jax import config as config_lib, dist
     from pgolf_jax.hardware import command, programs
 
-    text, memory = target.read_target(None)
-    budget = memory * target.memory_fraction()[0]
+    text, budget = _target_and_budget()
     mesh = dist.make_mesh(target.devices(8, text))
     with target.traced_for_gpu(text):
         train, _, _ = programs.train_programs(config_lib.load("configs/record_1855.py"), mesh)
@@ -126,8 +128,7 @@ def test_frontier_lora_ttt_fits_one_h100(plugin):
     from pgolf_jax import config as config_lib, dist
     from pgolf_jax.hardware import command, programs
 
-    text, memory = target.read_target(None)
-    budget = memory * target.memory_fraction()[0]
+    text, budget = _target_and_budget()
     cfg = config_lib.load("configs/record_1855.py")
     mesh = dist.make_mesh(target.devices(1, text))
     with target.traced_for_gpu(text):
@@ -185,8 +186,7 @@ def test_tiny_fits_one_h100(plugin):
     from pgolf_jax import config as config_lib
     from pgolf_jax.hardware import command
 
-    text, memory = target.read_target(None)
-    budget = memory * target.memory_fraction()[0]
+    text, budget = _target_and_budget()
     rows = command.compile_preset(config_lib.load("configs/tiny.py", ["model.attention_impl=flash"]), "tiny", 1,
                                   text, budget)
     assert [r.program for r in rows] == ["train", "val", "eval_score"]

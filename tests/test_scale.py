@@ -103,7 +103,8 @@ def test_gpu_eval_step_lowers_for_cuda(monkeypatch):
     assert "__cudnn$fmhaSoftmax" in exp.mlir_module() and "Backward" not in exp.mlir_module()
 
 
-# (sequential: the shuffled loader's resume holds the sequential one's cursor and more; -m slow runs both)
+# (sequential: slow. The checkpoint / resume path is the loaders' same; the sequential loader's own state and
+# restore are tests/test_shards.py's; -m slow runs both)
 @pytest.mark.parametrize("loader", [pytest.param("sequential", marks=pytest.mark.slow), "shuffled"])
 def test_kill_and_resume_is_bit_identical(loader, sample_data, tmp_path):
     """SIGKILL a run at a random step; --resume from its last checkpoint ends bit-identical."""
