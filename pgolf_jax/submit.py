@@ -171,7 +171,8 @@ def technique_summary(cfg: Config) -> str:
 
 
 def _requirements(cfg: Config) -> list[str]:
-    names = ["jax", "flax", "optax", "orbax-checkpoint", "sentencepiece", "zstandard", "numpy", "ml_dtypes"]
+    # pyppmd: the packed train_gpt.py decompresses its code with it
+    names = ["jax", "flax", "optax", "orbax-checkpoint", "sentencepiece", "zstandard", "numpy", "ml_dtypes", "pyppmd"]
     if cfg.quant.compressor in ("brotli", "pergroup"):  # pergroup: brotli for all but the int8 groups
         names.append("brotli")
     out = []

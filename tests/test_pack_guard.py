@@ -65,7 +65,7 @@ def test_layout_and_a_flip_proof_alphabet(packed):
 
 def test_base231_blocks_round_trip(tmp_path):
     """The encoder and the stub's decoder (run from the stub's own text) agree on every tail length."""
-    import brotli
+    import pyppmd
 
     stub = pack._STUB.decode("latin-1")
     decoder = stub[stub.index("def V(p):"):stub.index("Z=V(")]
@@ -73,12 +73,12 @@ def test_base231_blocks_round_trip(tmp_path):
         body = bytes((i * 37 + n) % 256 for i in range(n))
         text = pack.encode(body)
         assert set(text) <= set(pack.ALPHABET)
-        ns = {"sys": sys, "H": hashlib, "brotli": type("B", (), {"decompress": staticmethod(bytes)})}
+        ns = {"sys": sys, "H": hashlib, "P": type("P", (), {"decompress": staticmethod(lambda o, **_: bytes(o))})}
         exec(decoder, ns)
         f = tmp_path / f"b231_{n}.py"
         f.write_bytes(b"#x\n#" + f"{hashlib.sha256(text).hexdigest()} {n}".encode() + b"\n#" + text + b"\n")
         assert ns["V"](str(f)) == body
-    assert brotli.decompress(brotli.compress(b"x")) == b"x"
+    assert pyppmd.decompress(pack.compress(b"x"), **pack.PPMD) == b"x"
 
 
 def _corruptions(data: bytes, seed: int = 23) -> list[tuple[str, bytes]]:
@@ -138,4 +138,15 @@ def test_config_is_refused_and_overrides_still_apply(packed, tmp_path):
     proc = _run(folder, "--dry-run", "train.seed=7", "model.num_layers=3")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert '"seed": 7' in proc.stdout and '"num_layers": 3' in proc.stdout and "model_params:" in proc.stdout
+    assert tree_sums(folder) == before
+
+
+def test_a_machine_without_pyppmd_is_told_in_one_line(packed, tmp_path):
+    """The stub decompresses its code with pyppmd: where that import fails, one line names the package."""
+    folder = _folder(tmp_path, packed)
+    (folder / "pyppmd.py").write_text('raise ImportError("not installed here")\n')  # shadows the real one
+    before = tree_sums(folder)
+    proc = _run(folder, "--dry-run")
+    assert proc.returncode == 1 and proc.stdout == "", proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == ["error: train_gpt.py needs the pyppmd package (pip install pyppmd)"]
     assert tree_sums(folder) == before
