@@ -87,7 +87,8 @@ ATTENTION_IMPLS = {
 }
 # model.doc_mask (VarLen, #1530): document segments and the attention over them; a packed file keeps
 # these only when the run masks documents (packing/select.py).
-VARLEN = {"segments": f"{_MODEL}.varlen:segment_ids", "attention": f"{_MODEL}.varlen:segmented_attention"}
+VARLEN = {"segments": f"{_MODEL}.varlen:segment_ids", "attention": f"{_MODEL}.varlen:segmented_attention",
+          "check": f"{_MODEL}.varlen_options:check_doc_mask"}
 # eval.ngram_order > 0: eval-time n-gram mixing (#1227) on top of each final mode; a packed file keeps it
 # only when its run mixes (packing/select.py; evaluation/options.py refuses the override in a file without it).
 NGRAM_MIX = {"mix": "pgolf_jax.evaluation.ngram:mix_report"}

@@ -155,6 +155,24 @@ def test_ngram_mixing_is_packed_only_for_a_run_that_mixes(package, order, monkey
         config_lib.load(ROOT / "configs/record_1809.py", ["eval.ngram_order=4"])
 
 
+@pytest.mark.parametrize("mask", [False, True])
+def test_document_masking_and_its_checks_are_packed_only_for_a_run_that_masks(package, mask, monkeypatch):
+    """registry.VARLEN (the segments, their attention, the doc-mask config checks) as packing/select.py reduces
+    it; a file packed without it refuses model.doc_mask at config time, in one line."""
+    from pgolf_jax import registry
+
+    files = select.packed_sources(config_lib.load(ROOT / "configs/record_1809.py", [f"model.doc_mask={mask}"]),
+                                  "gpu", ROOT, package)
+    assert ("pgolf_jax/model/varlen.py" in files) == ("pgolf_jax/model/varlen_options.py" in files) == mask
+    assert (b"does not combine with" in files["pgolf_jax/model/options.py"]) is False
+    with pytest.raises(config_lib.ConfigError, match="model.doc_mask=true does not combine with model.pause_tokens"):
+        config_lib.load(ROOT / "configs/record_1809.py", ["model.doc_mask=true", "model.pause_tokens=4"])
+    monkeypatch.setattr(registry, "VARLEN", {})
+    with pytest.raises(config_lib.ConfigError, match="model.doc_mask / model.doc_split_len: this train_gpt.py was "
+                                                     "packed for a run without document masking"):
+        config_lib.load(ROOT / "configs/record_1809.py", ["model.doc_mask=true"])
+
+
 @pytest.mark.parametrize("path", ["./data/tokenizers/fineweb_1024_bpe.model", "./data/tokenizers/byte260.json"])
 def test_only_the_tokenizer_the_run_reads_is_packed(package, path):
     cfg = config_lib.load(ROOT / "configs/record_1809.py", [f"data.tokenizer_path={path}"])
@@ -168,7 +186,7 @@ def test_only_the_tokenizer_the_run_reads_is_packed(package, path):
 # checkpoint / resume code, the distill teacher's loader and the unused tokenizer class went behind registries
 # (51,650 and 52,811 before); 48,568 and 49,572 since the embedded config holds only non-default values;
 # 47,861 and 48,900 without the old-key renames; 47,439 and 48,462 with n-gram mixing behind registry.NGRAM_MIX;
-# 42,134 and 43,592 with PPMd in place of brotli-11.
+# 42,134 and 43,592 with PPMd in place of brotli-11; 42,036 and 43,488 with the doc-mask checks behind VARLEN.
 SIZE_BOUNDS = {("configs/record_1809.py", "gpu"): 43_000, ("configs/cpu.py", "cpu"): 44_450}
 
 

@@ -115,24 +115,11 @@ class ModelConfig(Section):
         for ok, message in rules:
             if not ok:
                 raise ConfigError(message)
+        if (m.doc_mask or m.doc_split_len) and "check" not in registry.VARLEN:  # before training, not after
+            raise ConfigError("model.doc_mask / model.doc_split_len: this train_gpt.py was packed for a run without "
+                              "document masking")
         if m.doc_mask or m.doc_split_len:
-            _check_doc_mask(m, kinds)
-
-
-def _check_doc_mask(m: ModelConfig, kinds: tuple[str, ...]) -> None:
-    """model.doc_mask masks attention only: refuse the parts that mix tokens across a BOS on their own
-    (S4D-Lin scans, BigramHash, SmearGate without the BOS fix, pause slots; families other than gpt)."""
-    for bad, what in [(m.family != "gpt", f"model.family={m.family!r}"),
-                      ("s4d_lin" in kinds, f"model.mixers={m.mixers!r}"),
-                      (m.bigram_vocab_size, f"model.bigram_vocab_size={m.bigram_vocab_size}"),
-                      (m.smear_gate == "v1", "model.smear_gate='v1'"),
-                      (m.smear_gate == "v2" and not m.smear_gate_bos_fix, "model.smear_gate_bos_fix=false"),
-                      (m.pause_tokens, f"model.pause_tokens={m.pause_tokens}")]:
-        if bad:
-            raise ConfigError(f"model.doc_mask=true does not combine with {what}: "
-                              "it would mix tokens across documents")
-    if not m.doc_mask:
-        raise ConfigError(f"model.doc_split_len={m.doc_split_len} needs model.doc_mask=true")
+            registry.resolve(registry.VARLEN, "check")(m, kinds)
 
 
 def layer_mixers(m: ModelConfig) -> tuple[str, ...]:
