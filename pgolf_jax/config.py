@@ -89,6 +89,10 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{name}.{variant}.* is set but no {name} field selects {variant}")
         for variant in sorted(chosen & set(registry.option_names(name))):
             check_options(f"{name}.{variant}", getattr(sec, variant), cfg)
+    for name, feature in registry.FEATURES.items():  # no code: a packed file whose run left it off
+        switch = registry.feature_on(cfg, name) if not feature.code else ""
+        if switch:
+            raise ConfigError(f"{switch}: this train_gpt.py was packed for a run without {name}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,11 @@ class Variant(NamedTuple):
     options: str  # "module:Class" of its options (JAX-free)
 
 
+class Feature(NamedTuple):
+    switches: tuple[str, ...]  # config keys that turn it on: "section.field" (truthy) or "section.field=value"
+    code: tuple[str, ...]  # "module:attribute" of the definitions only a run with it on reaches
+
+
 _MODEL = "pgolf_jax.model"
 _MOPT = "pgolf_jax.model.options"
 
@@ -95,6 +100,21 @@ NGRAM_MIX = {"mix": "pgolf_jax.evaluation.ngram:mix_report"}
 # train.checkpoint_every(_seconds): a plain run's checkpoints and --resume; a packed file keeps these only
 # when its run checkpoints (packing/select.py), the package always has them (SIGTERM checkpoints too).
 CHECKPOINTS = {"checkpointer": "pgolf_jax.train.checkpoint:Checkpointer", "resume": "pgolf_jax.train.resume:prepare"}
+# Code behind a plain switch rather than a registry of its own: a packed file whose run leaves a feature off
+# holds `name = None` for each of its definitions (packing/shake.py), and config.validate refuses a command line
+# that turns it on there (the package always has them; select.py blanks `code` in the packed copy).
+FEATURES = {
+    "qat": Feature(("quant.qat",), ("pgolf_jax.quant.qat:fake_quantize",)),
+    "lqer": Feature(("quant.lqer_rank",), ("pgolf_jax.quant.gptq:lqer_correct", "pgolf_jax.quant.gptq:lqer_delta")),
+    "gate_int8": Feature(("quant.gate_int8",), ("pgolf_jax.quant.export:_store_gate",)),
+    "bigram_hash": Feature(("model.bigram_vocab_size",), (f"{_MODEL}.embeddings:BigramHash",)),
+    "smear_gate_v1": Feature(("model.smear_gate=v1",), (f"{_MODEL}.embeddings:SmearGateV1",)),
+    "smear_gate_v2": Feature(("model.smear_gate=v2",), (f"{_MODEL}.embeddings:SmearGateV2",)),
+    "pause_tokens": Feature(("model.pause_tokens",), (f"{_MODEL}.pause:insert", f"{_MODEL}.pause:real_positions")),
+    # a sliding window (trained or eval's) or document segments without cuDNN's own masks
+    "windowed_attention": Feature(("model.attention_window", "eval.attention_window", "model.doc_mask"),
+                                  (f"{_MODEL}.attention:windowed_attention",)),
+}
 # The package's conveniences around the config that a run does not need: the old key names (renames.py: old
 # run directories load, a typed old key gets its new spelling). A packed file keeps none: its config and
 # its command line are of its own code's keys (packing/select.py).
@@ -213,6 +233,17 @@ def option_names(section: str) -> dict[str, str]:
         if key.startswith(section + "."):
             found.update({name: e.options for name, e in reg.items() if isinstance(e, Variant)})
     return found
+
+
+def feature_on(cfg, name: str) -> str:
+    """The first switch of FEATURES[name] that cfg turns on, as `key=value` ("" when none is)."""
+    for switch in FEATURES[name].switches:
+        key, eq, want = switch.partition("=")
+        section, _, field = key.partition(".")
+        value = getattr(getattr(cfg, section), field)
+        if (str(value) == want) if eq else bool(value):
+            return f"{key}={value}"
+    return ""
 
 
 def module_of(registry: dict, key: str) -> str:

@@ -178,14 +178,14 @@ class GPT(nnx.Module):
         x_BTD = self.tok_emb(ids_BT).astype(dt)
         if self.bigram is not None:
             x_BTD = x_BTD + self.bigram(ids_BT, dt, ctx)
-        if isinstance(self.smear, SmearGateV2):
+        if self.cfg.smear_gate == "v2":  # not isinstance: a packed file without SmearGate holds None for its class
             x_BTD = self.smear(x_BTD, ids_BT)
         if self.pause is not None:
             # Inserted before the embedding norm, so a pause slot enters the blocks at the scale of
             # a token embedding (the spec leaves the order open).
             x_BTD = pause.insert(x_BTD, self.pause[...], self.cfg.pause_interval)
         x_BTD = rms_norm(x_BTD)
-        if isinstance(self.smear, SmearGateV1):
+        if self.cfg.smear_gate == "v1":
             x_BTD = self.smear(x_BTD)
         return x_BTD
 

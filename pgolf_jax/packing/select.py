@@ -53,8 +53,16 @@ def select(cfg, platform: str) -> Selection:
     checkpoints = cfg.train.checkpoint_every or cfg.train.checkpoint_every_seconds
     keep["CHECKPOINTS"] = set(registry.CHECKPOINTS) if checkpoints else set()
     keep["TOOLING"] = set()
+    keep["FEATURES"] = {name for name in registry.FEATURES if registry.feature_on(cfg, name)}
     entries = {name: tuple(sorted(keys)) for name, keys in keep.items()}
     return Selection(entries, native_kernel="fused_cpu" in impls)
+
+
+def left_out(selection: Selection) -> frozenset[tuple[str, str]]:
+    """(module, name) of every definition of the FEATURES the selection leaves off."""
+    on = set(selection.entries.get("FEATURES", ()))
+    return frozenset(tuple(target.split(":")) for name, f in registry.FEATURES.items() if name not in on
+                     for target in f.code)
 
 
 def registry_source(text: str, selection: Selection) -> str:
@@ -68,7 +76,11 @@ def registry_source(text: str, selection: Selection) -> str:
                 and stmt.targets[0].id in selection.entries):
             name = stmt.targets[0].id
             live = getattr(registry, name)
-            body = ", ".join(f"{k!r}: {live[k]!r}" for k in selection.entries[name])
+            if name == "FEATURES":  # every switch stays (config.validate refuses one that is off), the code only if on
+                body = ", ".join(f"{k!r}: {(f if k in selection.entries[name] else f._replace(code=()))!r}"
+                                 for k, f in live.items())
+            else:
+                body = ", ".join(f"{k!r}: {live[k]!r}" for k in selection.entries[name])
             out.extend(lines[pos:stmt.lineno - 1])
             out.append(f"{name} = {{{body}}}\n")
             pos = stmt.end_lineno
@@ -83,7 +95,7 @@ def packed_sources(cfg, platform: str, root: Path, sources: dict[str, shake.Sour
     sources = dict(sources or shake.package_sources(root))
     reg = sources["pgolf_jax.registry"]
     sources["pgolf_jax.registry"] = shake.parsed(reg.name, reg.rel, registry_source(reg.text, selection))
-    kept = shake.shake(sources, [ENTRY])
+    kept = shake.shake(sources, [ENTRY], left_out(selection))
     problems = shake.unresolved(kept, sources)
     if problems:  # a bug of the shaker, never of the config: the file would fail when it runs
         raise shake.ShakeError(f"the packed code is not closed: {'; '.join(problems[:5])}")

@@ -108,10 +108,12 @@ def _walk(node: ast.AST):
 
 
 class _Shaker:
-    def __init__(self, sources: dict[str, Source]):
+    def __init__(self, sources: dict[str, Source], left_out: frozenset = frozenset()):
         self.sources = sources
         self.modules: set[str] = set()
         self.kept: set[tuple[str, str]] = set()
+        self.left_out = left_out  # (module, name): a placeholder in the module, its references not followed
+        self.placeholders: set[tuple[str, str]] = set()
         self.pending: list[tuple[str, ast.AST]] = []
         self.binders: dict[str, dict[str, list[ast.stmt]]] = {}
         for name, src in sources.items():
@@ -136,6 +138,9 @@ class _Shaker:
     def keep(self, mod: str, name: str) -> None:
         """Keep module mod's definition of name (an import binding keeps what it imports)."""
         self.module(mod)
+        if (mod, name) in self.left_out:
+            self.placeholders.add((mod, name))
+            return
         if (mod, name) in self.kept or name not in self.binders.get(mod, {}):
             return
         self.kept.add((mod, name))
@@ -221,16 +226,21 @@ class _Shaker:
             self.scan(*self.pending.pop())
 
 
-def shake(sources: dict[str, Source], roots: list[tuple[str, str]]) -> dict[str, str]:
+def shake(sources: dict[str, Source], roots: list[tuple[str, str]],
+          left_out: frozenset = frozenset()) -> dict[str, str]:
     """{module name: Source} and the (module, name) definitions a run starts at -> {module name: its
-    kept text} for every module the run can reach."""
-    s = _Shaker(sources)
+    kept text} for every module the run can reach. left_out: (module, name) definitions the run
+    cannot reach although code names them (registry.FEATURES it leaves off): each becomes `name = None`
+    where it is reached, so imports of it still bind, and what only it reaches goes."""
+    s = _Shaker(sources, left_out)
     s.run(roots)
-    return {name: _render(sources[name], {n for m, n in s.kept if m == name}) for name in sorted(s.modules)}
+    return {name: _render(sources[name], {n for m, n in s.kept if m == name},
+                          {n for m, n in s.placeholders if m == name}) for name in sorted(s.modules)}
 
 
-def _render(src: Source, kept: set[str]) -> str:
-    """The module's text with its dropped statements cut out (a trimmed import is re-written)."""
+def _render(src: Source, kept: set[str], placeholders: set[str] = frozenset()) -> str:
+    """The module's text with its dropped statements cut out (a trimmed import is re-written) and
+    each placeholder's definition replaced by `name = None`."""
     lines = src.text.splitlines(keepends=True)
     out, pos = [], 0
     for stmt in src.tree.body:
@@ -240,7 +250,9 @@ def _render(src: Source, kept: set[str]) -> str:
         pos = stmt.end_lineno
         if _is_type_checking(stmt):
             continue
-        if bound is None or all(b in kept for b in bound):
+        if isinstance(stmt, _DEFS) and stmt.name in placeholders:
+            out.append(f"{stmt.name} = None\n")
+        elif bound is None or all(b in kept for b in bound):
             out.extend(lines[start - 1:stmt.end_lineno])
         elif isinstance(stmt, (ast.Import, ast.ImportFrom)) and any(b in kept for b in bound):
             names = [a for a in stmt.names if _alias_binding(a, stmt) in kept]
