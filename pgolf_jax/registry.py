@@ -17,7 +17,7 @@ class Variant(NamedTuple):
 
 
 class Feature(NamedTuple):
-    switches: tuple[str, ...]  # config keys that turn it on: "section.field" (truthy) or "section.field=value"
+    switches: tuple[str, ...]  # what turns it on: "section.field" (truthy), "section.field=value" or "...!=value"
     code: tuple[str, ...]  # "module:attribute" of the definitions only a run with it on reaches
 
 
@@ -111,6 +111,13 @@ FEATURES = {
     "smear_gate_v1": Feature(("model.smear_gate=v1",), (f"{_MODEL}.embeddings:SmearGateV1",)),
     "smear_gate_v2": Feature(("model.smear_gate=v2",), (f"{_MODEL}.embeddings:SmearGateV2",)),
     "pause_tokens": Feature(("model.pause_tokens",), (f"{_MODEL}.pause:insert", f"{_MODEL}.pause:real_positions")),
+    "scheduled_wd": Feature(("optim.wd_schedule!=constant",), ("pgolf_jax.optim.optimizers:add_scheduled_decay",
+                                                                "pgolf_jax.optim.schedule:wd_multiplier")),
+    # the int8 per-row format's reader (the package's other schemes write the mixed format)
+    "int8_format": Feature(("quant.scheme=int8_per_row",), ("pgolf_jax.quant.export:dequantize_int8",)),
+    # min-max grids (affine, NF): a per-row offset and step, codes on the grid's levels
+    "minmax_grid": Feature(("quant.grid!=symmetric",), tuple(f"pgolf_jax.quant.{t}" for t in (
+        "grid:minmax_params", "grid:encode", "grid:decode", "export:_codec"))),
     # a sliding window (trained or eval's) or document segments without cuDNN's own masks
     "windowed_attention": Feature(("model.attention_window", "eval.attention_window", "model.doc_mask"),
                                   (f"{_MODEL}.attention:windowed_attention",)),
@@ -165,6 +172,13 @@ SCHEDULES = {
     "cosine": "pgolf_jax.optim.schedule:cosine_multiplier",
 }
 # optim.wd_schedule: the multiplier of the matrix group's weight decay (optim.muon_wd) over training.
+# optim.ns_coefficients: the Newton-Schulz (a, b, c) table of each step (optim/coefficients.py).
+NS_COEFFICIENTS = {
+    "ns5": "pgolf_jax.optim.coefficients:NS5",
+    "polar_express_paper": "pgolf_jax.optim.coefficients:POLAR_EXPRESS_PAPER",
+    "polar_express_modded": "pgolf_jax.optim.coefficients:POLAR_EXPRESS_MODDED",
+    "you": "pgolf_jax.optim.coefficients:YOU",
+}
 WD_SCHEDULES = {
     "constant": "pgolf_jax.optim.schedule:constant_wd",
     "taper": Variant("pgolf_jax.optim.schedule:taper_wd", "pgolf_jax.optim.options:Taper"),
@@ -200,7 +214,7 @@ FIELDS = {
     "model.activation": ACTIVATIONS, "model.weight_source": WEIGHT_SOURCES,
     "optim.orthogonalizer": ORTHOGONALIZERS, "train.objective": OBJECTIVES,
     "eval.final_modes": EVAL_MODES, "quant.scheme": QUANT_SCHEMES, "train.lr_schedule": SCHEDULES,
-    "optim.wd_schedule": WD_SCHEDULES,
+    "optim.wd_schedule": WD_SCHEDULES, "optim.ns_coefficients": NS_COEFFICIENTS,
     "data.loader": LOADERS, "quant.compressor": COMPRESSORS,
     "quant.grid": GRIDS, "model.attn_gate": ATTN_GATES, "eval.ngram_tilt": NGRAM_TILTS,
 }
@@ -238,10 +252,10 @@ def option_names(section: str) -> dict[str, str]:
 def feature_on(cfg, name: str) -> str:
     """The first switch of FEATURES[name] that cfg turns on, as `key=value` ("" when none is)."""
     for switch in FEATURES[name].switches:
-        key, eq, want = switch.partition("=")
+        key, op, want = switch.partition("!=") if "!=" in switch else switch.partition("=")
         section, _, field = key.partition(".")
         value = getattr(getattr(cfg, section), field)
-        if (str(value) == want) if eq else bool(value):
+        if {"": bool(value), "=": str(value) == want, "!=": str(value) != want}[op]:
             return f"{key}={value}"
     return ""
 

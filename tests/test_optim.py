@@ -190,8 +190,8 @@ def test_warmdown_by_wallclock_and_by_steps():
 # ---------------------------------------------------------------------------------------------
 # Record-stack optimizer pieces (#1809 / #1493)
 
+from pgolf_jax.optim.coefficients import YOU  # noqa: E402
 from pgolf_jax.optim.orthogonalize import (  # noqa: E402
-    COEFFICIENTS,
     coefficient_schedule,
     gram_newton_schulz,
     gram_newton_schulz_flops,
@@ -202,7 +202,7 @@ from pgolf_jax.optim.schedule import training_fraction  # noqa: E402
 
 def test_coefficient_tables():
     assert coefficient_schedule("ns5", 3) == ((3.4445, -4.7750, 2.0315),) * 3
-    assert coefficient_schedule("you", 4) == COEFFICIENTS["you"][1:]  # #1809: the last 4 of 5
+    assert coefficient_schedule("you", 4) == YOU[1:]  # #1809: the last 4 of 5
     assert coefficient_schedule("polar_express_modded", 5)[0] == (8.156554524902461, -22.48329292557795,
                                                                   15.878769915207462)
     a, b, c = coefficient_schedule("polar_express_paper", 1)[0]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 from pgolf_jax.errors import ConfigError
-from pgolf_jax.options import Section, check_registered
+from pgolf_jax.options import Section
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class OptimConfig(Section):
     # The block matrices' optimizer: muon, or adamw (#1227: AdamW on every parameter; matrices then
     # take beta1/beta2/adam_eps and matrix_lr, with muon_wd as their decoupled weight decay).
     matrix_optimizer: str = "muon"
-    ns_coefficients: str = "ns5"  # key of orthogonalize.COEFFICIENTS
+    ns_coefficients: str = "ns5"  # registry.NS_COEFFICIENTS
     ns_aol: bool = False  # AOL row pre-scaling on the first step (Turbo-Muon, PR #1809)
     gram_ns_min_aspect: float = 0.0  # Gram Newton-Schulz for aspect >= this (0 = never; #1809: 1.5)
     muon_row_normalize: bool = False  # MuonEq-R: unit rows before orthogonalizing
@@ -57,11 +56,6 @@ class OptimConfig(Section):
     }
     CHOICES = {"matrix_optimizer": ("muon", "adamw"), "muon_dtype": ("auto", "float32", "bfloat16")}
 
-    def check(self, cfg) -> None:
-        super().check(cfg)
-        # The coefficient table is this stage's plain-Python module (no JAX).
-        check_registered("optim.ns_coefficients", self.ns_coefficients,
-                     list(importlib.import_module("pgolf_jax.optim.coefficients").COEFFICIENTS))
 
 
 @dataclass(frozen=True)

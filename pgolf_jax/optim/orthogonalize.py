@@ -11,14 +11,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pgolf_jax.optim.coefficients import COEFFICIENTS
+from pgolf_jax import registry
 
 
 def coefficient_schedule(name: str, steps: int) -> tuple[tuple[float, float, float], ...]:
-    """The (a, b, c) of each of `steps` iterations for a named table."""
-    if name not in COEFFICIENTS:
-        raise ValueError(f"unknown Newton-Schulz coefficients {name!r}; expected one of {sorted(COEFFICIENTS)}")
-    table = COEFFICIENTS[name]
+    """The (a, b, c) of each of `steps` iterations for a named table (registry.NS_COEFFICIENTS)."""
+    if name not in registry.NS_COEFFICIENTS:
+        raise ValueError(f"unknown Newton-Schulz coefficients {name!r}; expected one of "
+                         f"{sorted(registry.NS_COEFFICIENTS)}")
+    table = registry.resolve(registry.NS_COEFFICIENTS, name)
     if len(table) == 1:
         return table * steps
     if steps > len(table):
