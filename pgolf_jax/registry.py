@@ -102,7 +102,7 @@ NGRAM_MIX = {"mix": "pgolf_jax.evaluation.ngram:mix_report"}
 CHECKPOINTS = {"checkpointer": "pgolf_jax.train.checkpoint:Checkpointer", "resume": "pgolf_jax.train.resume:prepare"}
 # Code behind a plain switch rather than a registry of its own: a packed file whose run leaves a feature off
 # holds `name = None` for each of its definitions (packing/shake.py), and config.validate refuses a command line
-# that turns it on there (the package always has them; select.py blanks `code` in the packed copy).
+# that turns it on there (the package has them all; a packed copy lists only those left off, without code).
 FEATURES = {
     "qat": Feature(("quant.qat",), ("pgolf_jax.quant.qat:fake_quantize",)),
     "lqer": Feature(("quant.lqer_rank",), ("pgolf_jax.quant.gptq:lqer_correct", "pgolf_jax.quant.gptq:lqer_delta")),
@@ -113,8 +113,26 @@ FEATURES = {
     "pause_tokens": Feature(("model.pause_tokens",), (f"{_MODEL}.pause:insert", f"{_MODEL}.pause:real_positions")),
     "scheduled_wd": Feature(("optim.wd_schedule!=constant",), ("pgolf_jax.optim.optimizers:add_scheduled_decay",
                                                                 "pgolf_jax.optim.schedule:wd_multiplier")),
-    # the int8 per-row format's reader (the package's other schemes write the mixed format)
-    "int8_format": Feature(("quant.scheme=int8_per_row",), ("pgolf_jax.quant.export:dequantize_int8",)),
+    # each artifact format's reader: the run's own scheme writes one (int8_per_row the int8 format, the others the
+    # mixed one); a distillation teacher may come in either
+    "int8_format": Feature(("quant.scheme=int8_per_row", "train.objective=distill"),
+                           ("pgolf_jax.quant.export:dequantize_int8",)),
+    "mixed_format": Feature(("quant.scheme!=int8_per_row", "train.objective=distill"),
+                            ("pgolf_jax.quant.export:dequantize_mixed",)),
+    # the final evals beyond the round trip (pipeline.export_and_roundtrip's condition)
+    "final_evals": Feature(("eval.final_modes!=plain", "eval.ngram_order", "eval.ngram_tilt", "eval.eval_seq_len"),
+                           ("pgolf_jax.pipeline:final_evals",)),
+    "gram_newton_schulz": Feature(("optim.gram_ns_min_aspect", "optim.orthogonalizer=gram_newton_schulz"),
+                                  ("pgolf_jax.optim.orthogonalize:gram_newton_schulz",)),
+    "ns_aol": Feature(("optim.ns_aol",), ("pgolf_jax.optim.orthogonalize:_aol",)),
+    "xsa": Feature(("model.xsa_last_n",), (f"{_MODEL}.attention:exclusive_self_attention",)),
+    # orthogonal init of the block linears, and of BigramHash's projection
+    "ortho_init": Feature(("model.ortho_init", "model.bigram_vocab_size"), (f"{_MODEL}.layers:_orthogonal",)),
+    # the linears' recorded inputs: GPTQ's calibration, and SURGE's forward
+    "captured_inputs": Feature(("quant.scheme=gptq", "model.family=surge_m"), (f"{_MODEL}.layers:captured_inputs",)),
+    # the optimizer's clips, and every TTT's (a final mode other than plain)
+    "grad_clip": Feature(("optim.grad_clip_norm", "optim.adamw_clip", "eval.final_modes!=plain"),
+                         ("pgolf_jax.optim.optimizers:clip_by_global_norm",)),
     # min-max grids (affine, NF): a per-row offset and step, codes on the grid's levels
     "minmax_grid": Feature(("quant.grid!=symmetric",), tuple(f"pgolf_jax.quant.{t}" for t in (
         "grid:minmax_params", "grid:encode", "grid:decode", "export:_codec"))),

@@ -76,9 +76,9 @@ def registry_source(text: str, selection: Selection) -> str:
                 and stmt.targets[0].id in selection.entries):
             name = stmt.targets[0].id
             live = getattr(registry, name)
-            if name == "FEATURES":  # every switch stays (config.validate refuses one that is off), the code only if on
-                body = ", ".join(f"{k!r}: {(f if k in selection.entries[name] else f._replace(code=()))!r}"
-                                 for k, f in live.items())
+            if name == "FEATURES":  # the features left off, without code: config.validate refuses their switches
+                body = ", ".join(f"{k!r}: Feature({f.switches!r}, ())" for k, f in live.items()
+                                 if k not in selection.entries[name])
             else:
                 body = ", ".join(f"{k!r}: {live[k]!r}" for k in selection.entries[name])
             out.extend(lines[pos:stmt.lineno - 1])
