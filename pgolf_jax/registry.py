@@ -18,7 +18,7 @@ class Variant(NamedTuple):
 
 class Feature(NamedTuple):
     switches: tuple[str, ...]  # what turns it on: "section.field" (truthy), "section.field=value" or "...!=value"
-    code: tuple[str, ...]  # "module:attribute" of the definitions only a run with it on reaches
+    code: tuple[str, ...]  # "module:name" or "module:Class.method" of the code only a run with it on reaches
 
 
 _MODEL = "pgolf_jax.model"
@@ -126,10 +126,19 @@ FEATURES = {
                                   ("pgolf_jax.optim.orthogonalize:gram_newton_schulz",)),
     "ns_aol": Feature(("optim.ns_aol",), ("pgolf_jax.optim.orthogonalize:_aol",)),
     "xsa": Feature(("model.xsa_last_n",), (f"{_MODEL}.attention:exclusive_self_attention",)),
+    # a plain run's checkpoints (registry.CHECKPOINTS, packed on the same switches): the loop's save, the logs'
+    # offsets it records and --resume cuts back to, the loaders' positions
+    "checkpoints": Feature(("train.checkpoint_every", "train.checkpoint_every_seconds"), (
+        "pgolf_jax.train.loop:_Loop.checkpoint", "pgolf_jax.runlog:RunLog.offsets", "pgolf_jax.runlog:RunLog.truncate",
+        *(f"pgolf_jax.data.{c}.{m}" for c in (
+            "shards:TokenStream", "shards:TokenLoader", "shards:ShuffledSequenceLoader", "doc_packing:DocPackingLoader")
+            for m in ("state", "restore")))),
     # orthogonal init of the block linears, and of BigramHash's projection
     "ortho_init": Feature(("model.ortho_init", "model.bigram_vocab_size"), (f"{_MODEL}.layers:_orthogonal",)),
     # the linears' recorded inputs: GPTQ's calibration, and SURGE's forward
-    "captured_inputs": Feature(("quant.scheme=gptq", "model.family=surge_m"), (f"{_MODEL}.layers:captured_inputs",)),
+    "captured_inputs": Feature(("quant.scheme=gptq", "model.family=surge_m"), tuple(f"{_MODEL}.{t}" for t in (
+        "layers:captured_inputs", "gpt:GPT.input_hessians", "gpt:Model.input_hessians", "topology:BlockRunner.capture",
+        "topology:BlockRunner.calibrate"))),
     # the optimizer's clips, and every TTT's (a final mode other than plain)
     "grad_clip": Feature(("optim.grad_clip_norm", "optim.adamw_clip", "eval.final_modes!=plain"),
                          ("pgolf_jax.optim.optimizers:clip_by_global_norm",)),

@@ -5,6 +5,7 @@ folder (no pgolf_jax, empty HOME) through GPTQ, sliding and TTT to the package's
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -106,6 +107,9 @@ def test_a_left_out_definition_is_a_placeholder_and_what_only_it_reaches_goes(tm
     assert "from pgolf_jax.b import used\n" in kept["pgolf_jax.a"]  # the import still binds ...
     assert kept["pgolf_jax.b"].strip() == "used = None"  # ... None, and helper (only used's) is gone
     assert shake.unresolved(kept, sources) == []
+    kept = shake.shake(sources, [("pgolf_jax.a", "entry")], frozenset({("pgolf_jax.a", "Kept.method")}))
+    a = kept["pgolf_jax.a"]  # a method: cut out of its class, with what only it reaches
+    assert "class Kept:" in a and "def method" not in a and "def helper_of_method" not in a
 
 
 def test_unresolved_names_what_a_wrong_cut_would_break(tmp_path):
@@ -195,7 +199,7 @@ FEATURE_ON = {"qat": (R1809, ["quant.qat=true"]), "lqer": (R1809, ["quant.lqer_r
               "final_evals": (CPU, ["eval.final_modes=sliding"]), "gram_newton_schulz": (CPU, ["optim.gram_ns_min_aspect=1.5"]),
               "ns_aol": (CPU, ["optim.ns_aol=true"]), "grad_clip": (CPU, ["optim.grad_clip_norm=0.3"]),
               "ortho_init": (CPU, ["model.ortho_init=true"]), "captured_inputs": (CPU, ["quant.scheme=gptq"]),
-              "xsa": (CPU, ["model.xsa_last_n=2"])}
+              "xsa": (CPU, ["model.xsa_last_n=2"]), "checkpoints": (CPU, ["train.checkpoint_every=50"])}
 
 
 def test_every_feature_has_a_config_that_turns_it_on():
@@ -219,9 +223,16 @@ def test_a_feature_is_packed_only_for_a_run_that_turns_it_on(package, name, monk
         for target in feature.code:
             module, attr = target.split(":")
             text = files.get(module.replace(".", "/") + ".py", b"").decode()
+            if "." in attr:  # a method: cut out of its class
+                cls, method = attr.split(".")
+                body = next((n.body for n in ast.parse(text).body if isinstance(n, ast.ClassDef) and n.name == cls), None)
+                if body is not None:  # (a class this run does not reach at all, such as another data loader)
+                    assert any(isinstance(n, ast.FunctionDef) and n.name == method for n in body) == present, target
+                continue
             defined = re.search(rf"^(def|class) {attr}\b", text, re.M) is not None
             # off: a placeholder where kept code still names it (packed_sources checks that every name resolves)
-            assert defined == present and (present or f"{attr} = None" in text or attr not in text), (name, target)
+            named = {n.id for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Name)}
+            assert defined == present and (present or f"{attr} = None" in text or attr not in named), (name, target)
     monkeypatch.setitem(registry.FEATURES, name, feature._replace(code=()))
     switch = registry.feature_on(on, name)
     with pytest.raises(config_lib.ConfigError, match=re.escape(f"{switch}: this train_gpt.py was packed for a run "
@@ -237,18 +248,16 @@ def test_only_the_tokenizer_the_run_reads_is_packed(package, path):
     assert (b"class PureByteTokenizer" in text, b"class SentencePieceTokenizer" in text) == (byte, not byte)
 
 
-# Issue 27 asks for <= 32,000 bytes (record_1809 on GPUs) and <= 40,000 (the README main job); until
-# then these bounds (2026-12-06's sizes + ~2%) keep them from growing unnoticed. 49,141 and 50,277 since the
-# checkpoint / resume code, the distill teacher's loader and the unused tokenizer class went behind registries
-# (51,650 and 52,811 before); 48,568 and 49,572 since the embedded config holds only non-default values;
-# 47,861 and 48,900 without the old-key renames; 47,439 and 48,462 with n-gram mixing behind registry.NGRAM_MIX;
-# 42,134 and 43,592 with PPMd in place of brotli-11; 42,032 and 43,485 with the doc-mask checks behind VARLEN;
-# 40,576 and 42,112 with registry.FEATURES; 39,835 and 41,540 with more of them and one Newton-Schulz table
-# (registry.NS_COEFFICIENTS); 39,835 and 40,695 with the final evals, clips, Gram-NS, AOL, XSA, orthogonal init,
-# input capture and each artifact format's reader as features (a packed registry lists only those left off).
-# record_1855 (the frontier's every piece): 47,699, 47,124, 46,526, then 46,325.
-SIZE_BOUNDS = {("configs/record_1809.py", "gpu"): 40_650, ("configs/cpu.py", "cpu"): 41_500,
-               ("configs/record_1855.py", "gpu"): 47_300}
+# Issue 27's targets: <= 40,000 bytes for the README main job's file (configs/cpu.py on a CPU: met, 39,958) and
+# <= 32,000 for record_1809 on GPUs (not yet: 39,386). Until then record_1809's bound (its size + ~2%) keeps it from
+# growing unnoticed; so does record_1855's (45,986). The history, record_1809 / the README job: 51,650 / 52,811
+# (2026-12-06 start); 49,141 / 50,277 with checkpoints, the distill teacher and the unused tokenizer behind
+# registries; 48,568 / 49,572 with a config of non-default values; 47,861 / 48,900 without the old-key renames;
+# 47,439 / 48,462 with n-gram mixing behind NGRAM_MIX; 42,134 / 43,592 with PPMd in place of brotli-11;
+# 42,032 / 43,485 with the doc-mask checks behind VARLEN; 39,386 / 39,958 with registry.FEATURES and one
+# Newton-Schulz table (NS_COEFFICIENTS).
+SIZE_BOUNDS = {("configs/record_1809.py", "gpu"): 40_150, ("configs/cpu.py", "cpu"): 40_000,
+               ("configs/record_1855.py", "gpu"): 46_900}
 # #1855's largest model bytes (submission 15,907,550 less its 31,999 code bytes, frontier-records.md): our
 # code beside that model must leave the artifact under the 16,000,000 cap.
 CAP, RECORD_1855_MODEL_BYTES = 16_000_000, 15_907_550 - 31_999

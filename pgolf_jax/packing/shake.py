@@ -40,6 +40,15 @@ class Source:
     tree: ast.Module = field(init=False, repr=False)
 
     _uses: dict = field(init=False, repr=False, default_factory=dict)
+    _cut: dict = field(init=False, repr=False, default_factory=dict)  # classes less some methods, kept alive
+
+    def without_methods(self, cls: ast.ClassDef, methods: frozenset) -> ast.ClassDef:
+        """cls without the named methods (one copy per cut, held here: `uses` caches by id)."""
+        key = (cls.name, methods)
+        if key not in self._cut:
+            body = [s for s in cls.body if not (isinstance(s, _FUNCS) and s.name in methods)]
+            self._cut[key] = ast.ClassDef(**{**vars(cls), "body": body})
+        return self._cut[key]
 
     def __post_init__(self):
         self.tree = ast.parse(self.text, filename=self.rel)
@@ -149,8 +158,14 @@ class _Shaker:
                 for a in stmt.names:
                     if _alias_binding(a, stmt) == name:
                         self.imported(stmt, a)
+            elif isinstance(stmt, ast.ClassDef) and self.cut_methods(mod, name):
+                self.pending.append((mod, self.sources[mod].without_methods(stmt, self.cut_methods(mod, name))))
             else:
                 self.pending.append((mod, stmt))
+
+    def cut_methods(self, mod: str, cls: str) -> frozenset:
+        """The methods of class cls left out ("Class.method" entries of left_out)."""
+        return frozenset(n.partition(".")[2] for m, n in self.left_out if m == mod and n.startswith(cls + "."))
 
     def imported(self, stmt: ast.stmt, alias: ast.alias) -> None:
         if isinstance(stmt, ast.Import):
@@ -235,23 +250,32 @@ def shake(sources: dict[str, Source], roots: list[tuple[str, str]],
     s = _Shaker(sources, left_out)
     s.run(roots)
     return {name: _render(sources[name], {n for m, n in s.kept if m == name},
-                          {n for m, n in s.placeholders if m == name}) for name in sorted(s.modules)}
+                          {n for m, n in s.placeholders if m == name}, {n for m, n in left_out if m == name})
+            for name in sorted(s.modules)}
 
 
-def _render(src: Source, kept: set[str], placeholders: set[str] = frozenset()) -> str:
-    """The module's text with its dropped statements cut out (a trimmed import is re-written) and
-    each placeholder's definition replaced by `name = None`."""
+def _start(stmt: ast.stmt) -> int:
+    return min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
+
+
+def _render(src: Source, kept: set[str], placeholders: set[str] = frozenset(), cut: set[str] = frozenset()) -> str:
+    """The module's text with its dropped statements cut out (a trimmed import is re-written), each
+    placeholder's definition replaced by `name = None` and the cut ("Class.method") methods left out."""
     lines = src.text.splitlines(keepends=True)
     out, pos = [], 0
     for stmt in src.tree.body:
         bound = _bindings(stmt)
-        start = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
+        start = _start(stmt)
         out.extend(lines[pos:start - 1])
         pos = stmt.end_lineno
         if _is_type_checking(stmt):
             continue
         if isinstance(stmt, _DEFS) and stmt.name in placeholders:
             out.append(f"{stmt.name} = None\n")
+        elif isinstance(stmt, ast.ClassDef) and stmt.name in kept and any(c.startswith(stmt.name + ".") for c in cut):
+            gone = [m for m in stmt.body if isinstance(m, _FUNCS) and f"{stmt.name}.{m.name}" in cut]
+            spans = {i for m in gone for i in range(_start(m) - 1, m.end_lineno)}
+            out.extend(line for i, line in enumerate(lines[start - 1:stmt.end_lineno], start - 1) if i not in spans)
         elif bound is None or all(b in kept for b in bound):
             out.extend(lines[start - 1:stmt.end_lineno])
         elif isinstance(stmt, (ast.Import, ast.ImportFrom)) and any(b in kept for b in bound):
