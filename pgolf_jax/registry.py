@@ -198,7 +198,6 @@ SCHEDULES = {
     "warmdown": "pgolf_jax.optim.schedule:warmdown_multiplier",
     "cosine": "pgolf_jax.optim.schedule:cosine_multiplier",
 }
-# optim.wd_schedule: the multiplier of the matrix group's weight decay (optim.muon_wd) over training.
 # optim.ns_coefficients: the Newton-Schulz (a, b, c) table of each step (optim/coefficients.py).
 NS_COEFFICIENTS = {
     "ns5": "pgolf_jax.optim.coefficients:NS5",
@@ -206,6 +205,7 @@ NS_COEFFICIENTS = {
     "polar_express_modded": "pgolf_jax.optim.coefficients:POLAR_EXPRESS_MODDED",
     "you": "pgolf_jax.optim.coefficients:YOU",
 }
+# optim.wd_schedule: the multiplier of the matrix group's weight decay (optim.muon_wd) over training.
 WD_SCHEDULES = {
     "constant": "pgolf_jax.optim.schedule:constant_wd",
     "taper": Variant("pgolf_jax.optim.schedule:taper_wd", "pgolf_jax.optim.options:Taper"),
