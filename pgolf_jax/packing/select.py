@@ -1,7 +1,8 @@
 """Which code a run's packed train_gpt.py holds: the entry (cli.packed_main), the registry entries
 the config selects (the registry itself is packed with only those), the attention kernels the
-target platform can pick, and whatever of the package that code reaches (shake.py). The native CPU
-kernel's C++ goes in only for a CPU file whose run can pick that kernel. No JAX."""
+target platform can pick, and whatever of the package that code reaches (shake.py), less the code of
+each registry.FEATURES entry the run leaves off. The native CPU kernel's C++ goes in only for a CPU
+file whose run can pick that kernel. No JAX."""
 
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ definitions (a call at import time, an `if` at top level) always stay with their
 stay whole: methods are reached through instances that libraries call (flax's `__call__`, pytree
 hooks), which no scan of names can follow. Function annotations are not references (the minifier
 drops them and nothing evaluates them); class annotations are (dataclasses and typing read them).
+What the caller declares unreachable (`left_out`: registry.FEATURES a run leaves off) is the one
+exception: a function or class becomes `name = None` where code names it, a method is cut from its
+class, and none of their references are followed.
 """
 
 from __future__ import annotations
