@@ -126,8 +126,8 @@ FEATURES = {
                                   ("pgolf_jax.optim.orthogonalize:gram_newton_schulz",)),
     "ns_aol": Feature(("optim.ns_aol",), ("pgolf_jax.optim.orthogonalize:_aol",)),
     "xsa": Feature(("model.xsa_last_n",), (f"{_MODEL}.attention:exclusive_self_attention",)),
-    # a plain run's checkpoints (registry.CHECKPOINTS, packed on the same switches): the loop's save, the logs'
-    # offsets it records and --resume cuts back to, the loaders' positions
+    # a plain run's checkpoints (packing/select.py packs registry.CHECKPOINTS on these switches): the loop's save,
+    # the logs' offsets it records and --resume cuts back to, the loaders' positions
     "checkpoints": Feature(("train.checkpoint_every", "train.checkpoint_every_seconds"), (
         "pgolf_jax.train.loop:_Loop.checkpoint", "pgolf_jax.runlog:RunLog.offsets", "pgolf_jax.runlog:RunLog.truncate",
         *(f"pgolf_jax.data.{c}.{m}" for c in (

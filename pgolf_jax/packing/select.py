@@ -51,10 +51,9 @@ def select(cfg, platform: str) -> Selection:
     keep["VARLEN"] = set(registry.VARLEN) if cfg.model.doc_mask else set()
     keep["NGRAM_MIX"] = set(registry.NGRAM_MIX) if cfg.eval.ngram_order else set()
     keep["TOKENIZERS"] = {Path(cfg.data.tokenizer_path).suffix} & set(registry.TOKENIZERS)
-    checkpoints = cfg.train.checkpoint_every or cfg.train.checkpoint_every_seconds
-    keep["CHECKPOINTS"] = set(registry.CHECKPOINTS) if checkpoints else set()
-    keep["TOOLING"] = set()
     keep["FEATURES"] = {name for name in registry.FEATURES if registry.feature_on(cfg, name)}
+    keep["CHECKPOINTS"] = set(registry.CHECKPOINTS) if "checkpoints" in keep["FEATURES"] else set()
+    keep["TOOLING"] = set()
     entries = {name: tuple(sorted(keys)) for name, keys in keep.items()}
     return Selection(entries, native_kernel="fused_cpu" in impls)
 

@@ -161,8 +161,8 @@ class _Shaker:
                 for a in stmt.names:
                     if _alias_binding(a, stmt) == name:
                         self.imported(stmt, a)
-            elif isinstance(stmt, ast.ClassDef) and self.cut_methods(mod, name):
-                self.pending.append((mod, self.sources[mod].without_methods(stmt, self.cut_methods(mod, name))))
+            elif isinstance(stmt, ast.ClassDef) and (cut := self.cut_methods(mod, name)):
+                self.pending.append((mod, self.sources[mod].without_methods(stmt, cut)))
             else:
                 self.pending.append((mod, stmt))
 
