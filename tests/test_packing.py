@@ -285,7 +285,8 @@ def test_pack_command_writes_the_file_and_names_its_largest_parts(tmp_path, caps
 
 
 # The record stack at CPU-test size: record_1809's code paths (GPTQ, sliding window, TTT, looping,
-# parallel residuals, XSA, brotli) on 2 layers x 64 for 3 steps.
+# parallel residuals, XSA, brotli) on 3 layers x 64 for 3 steps. keep_float_max_numel=1000: at 64 wide every
+# matrix is under the default 65,536 and would pass through as fp16, so GPTQ would never run.
 TINY_RECORD = ["model.num_layers=3", "model.model_dim=64", "model.num_heads=2", "model.num_kv_heads=1",
                "model.xsa_last_n=3", "model.loop_start=1", "model.loop_end=1", "model.parallel_residual_start=2",
                "model.vocab_size=1024", "model.rope_train_seq_len=64", "train.train_seq_len=64",
@@ -293,7 +294,8 @@ TINY_RECORD = ["model.num_layers=3", "model.model_dim=64", "model.num_heads=2", 
                "train.max_wallclock_seconds=0", "train.gptq_reserve_seconds=0", "train.train_log_every=1",
                "eval.val_tokens_limit=2048", "eval.val_batch_size=2048", "eval.eval_seq_len=64",
                "eval.eval_stride=32", "eval.ttt.epochs=1", "eval.ttt.chunk_tokens=1024",
-               "quant.gptq.calibration_batches=2", "train.progress=false", "data.loader=sequential"]
+               "quant.gptq.calibration_batches=2", "quant.keep_float_max_numel=1000", "train.progress=false",
+               "data.loader=sequential"]
 
 
 def test_gpu_packed_record_stack_runs_clean_to_the_package_score(sample_data, tmp_path):
@@ -317,6 +319,7 @@ def test_gpu_packed_record_stack_runs_clean_to_the_package_score(sample_data, tm
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = json.loads((clean / "runs" / "clean" / "submission.json").read_text())
     assert list(got["final_modes"]) == ["sliding", "ttt"]
+    assert {"attn", "mlp"} <= set(got["bytes_by_group"])  # GPTQ quantized the blocks' matrices (not passed through)
     assert got["val_bpb"] == want["val_bpb"] and got["pre_quant_val_bpb"] == want["pre_quant_val_bpb"]
     assert (clean / "runs" / "clean" / "train_gpt.py").read_bytes() == packed.read_bytes()
     assert got["bytes_code"] == packed.stat().st_size
