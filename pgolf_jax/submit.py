@@ -346,6 +346,6 @@ def export(run_dir: Path, torch_path: Path | None = None, ptz_path: Path | None 
         n = save_torch_state_dict(named, torch_path)
         say(f"export: {torch_path} ({n:,} bytes, {len(named)} tensors, reference names)")
     if ptz_path:
-        obj, _ = quantize_int8(named, cfg.quant.clip_percentile, cfg.quant.keep_float_max_numel, name_rules(named))
+        obj, _ = quantize_int8(named, name_rules(named), cfg.quant.clip_percentile, cfg.quant.keep_float_max_numel)
         n = save_reference_int8_ptz(obj, ptz_path)
         say(f"export: {ptz_path} ({n:,} bytes, int8_clean_per_row_v1 + zlib)")

@@ -139,8 +139,8 @@ def _tiny_export(gate: str, gate_int8: bool, scheme: str = "rtn"):
     """The quant object of _tiny_weights(gate) and its artifact's bytes (zstd-22)."""
     named, rules = _tiny_weights(gate)
     q = C.load(TINY_PRESET, {"model.attn_gate": gate, "quant.gate_int8": gate_int8, "quant.scheme": scheme}).quant
-    obj = (quantize_mixed(named, q, rules=rules)[0] if scheme == "rtn"
-           else quantize_int8(named, q.clip_percentile, q.keep_float_max_numel, rules, q.gate_int8)[0])
+    obj = (quantize_mixed(named, rules, q)[0] if scheme == "rtn"
+           else quantize_int8(named, rules, q.clip_percentile, q.keep_float_max_numel, q.gate_int8)[0])
     return named, obj, len(artifact.pack(obj, "zstd", 22))
 
 
@@ -173,7 +173,7 @@ def test_quant_gate_saves_40kb_at_the_records_shapes():
              for i in range(11)}
     rules = {n: ParamSpec("scalar", "gate", hessian=False) for n in named}
     q = C.QuantConfig(scheme="rtn")
-    fp16, int8 = (len(artifact.pack(quantize_mixed(named, q.replace(gate_int8=f), rules=rules)[0], "zstd", 22))
+    fp16, int8 = (len(artifact.pack(quantize_mixed(named, rules, q.replace(gate_int8=f))[0], "zstd", 22))
                   for f in (False, True))
     assert fp16 - int8 > 38_000, (fp16, int8)
 

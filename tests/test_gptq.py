@@ -12,7 +12,7 @@ import pytest
 from pgolf_jax import config as C
 from pgolf_jax.model.gpt import build_model
 from pgolf_jax.quant import artifact
-from pgolf_jax.quant.export import dequantize, quantize_int8, quantize_mixed
+from pgolf_jax.quant.export import dequantize, name_rules, quantize_int8, quantize_mixed
 from pgolf_jax.quant.gptq import gptq_quantize, hessian_error, lqer_correct, lqer_delta
 from pgolf_jax.quant.grid import qmax, round_to_nearest, row_scales, tensor_group
 from pgolf_jax.quant.qat import fake_quant_tensor, fake_quantize
@@ -94,14 +94,15 @@ def test_gptq_takes_lookup_tables_round_to_nearest():
                              "lm_head.weight": rng.normal(size=(512, 160)).astype(np.float32)}
     H = {k: np.eye(v.shape[1]) for k, v in named.items() if ".attn." in k or ".mlp." in k or "head" in k}
     q = C.QuantConfig(scheme="gptq", keep_float_max_numel=1000)
-    obj, _ = quantize_mixed(named, q, H)
+    obj, _ = quantize_mixed(named, name_rules(named), q, H)
     assert {k: obj["qmeta"][k]["method"] for k in obj["qmeta"]} == {
         "tok_emb.weight": "rtn", "bigram.embed.weight": "rtn", "blocks.0.attn.c_q.weight": "gptq",
         "blocks.0.mlp.fc.weight": "gptq", "lm_head.weight": "gptq"}
     with pytest.raises(ValueError, match="blocks.0.mlp.fc.weight"):
-        quantize_mixed(named, q, {k: v for k, v in H.items() if "mlp" not in k})
+        quantize_mixed(named, name_rules(named), q, {k: v for k, v in H.items() if "mlp" not in k})
     with pytest.raises(ValueError, match="tok_emb.weight"):  # tied: the head's Hessian is required
-        quantize_mixed(named_model(), q, H)
+        tied = named_model()
+        quantize_mixed(tied, name_rules(tied), q, H)
 
 
 def test_gptq_run_with_bigram_untied_head_and_shuffled_loader(sample_data, tmp_path, capsys):
@@ -126,7 +127,7 @@ def test_mixed_export_round_trip(lqer, shuffle, tmp_path):
     q = C.QuantConfig(scheme="rtn", attn_bits=5, mlp_bits=6, embed_bits=7, keep_float_max_numel=1000,
                       lqer_rank=lqer, lqer_top_k=2)
     named = named_model()
-    obj, report = quantize_mixed(named, q)
+    obj, report = quantize_mixed(named, name_rules(named), q)
     assert {r["bits"] for r in report["tensors"].values()} == {5, 6, 7}
     assert np.abs(obj["quantized"]["blocks.0.attn.c_q.weight"]).max() <= qmax(5)
     assert obj["passthrough"]["blocks.0.attn_scale"].dtype == np.float16
@@ -157,13 +158,13 @@ def test_fake_quant_equals_the_export(method):
     """QAT trains against exactly the weights the export ships."""
     W, _ = correlated(rows=256, cols=320, seed=6)
     if method == "int8_per_row":
-        obj, _ = quantize_int8({"m": W})
+        obj, _ = quantize_int8({"m": W}, name_rules({"m": W}))
         want = dequantize(obj)["m"]
         got = fake_quant_tensor(jnp.asarray(W), 8, "int8_per_row", 99.99984)
     else:
         q = C.QuantConfig(scheme="rtn", scale_method=method, other_bits=5, other_clip_sigmas=10.0,
                           clip_percentile=99.9, keep_float_max_numel=1000)
-        want = dequantize(quantize_mixed({"m": W}, q)[0])["m"]
+        want = dequantize(quantize_mixed({"m": W}, name_rules({"m": W}), q)[0])["m"]
         got = fake_quant_tensor(jnp.asarray(W), 5, method, 10.0 if method == "sdclip" else 99.9)
     np.testing.assert_array_equal(np.asarray(got), want)
 

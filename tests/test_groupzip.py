@@ -48,7 +48,7 @@ def tiny_quantized_state():
     params = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype),
                           jax.eval_shape(model.init, jax.random.key(0)))
     named = flatten_params(params)
-    obj, _ = quantize_mixed(named, cfg.quant, rules=flat_specs(model.param_specs(), params))
+    obj, _ = quantize_mixed(named, flat_specs(model.param_specs(), params), cfg.quant)
     return obj
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from pgolf_jax import config as C
 from pgolf_jax.model.gpt import build_model
-from pgolf_jax.quant.export import dequantize_int8, quantize_int8
+from pgolf_jax.quant.export import dequantize_int8, name_rules, quantize_int8
 from pgolf_jax.quant.interop import (
     flatten_params,
     load_reference_int8_ptz,
@@ -81,7 +81,7 @@ def test_torch_state_dict_import(tmp_path):
 
 def test_reads_reference_int8_ptz(tmp_path):
     named = flatten_params(small_params())
-    obj, _ = quantize_int8(named, keep_float_max_numel=1024)
+    obj, _ = quantize_int8(named, name_rules(named), keep_float_max_numel=1024)
     to_t = lambda d: {k: torch.from_numpy(np.asarray(v)) for k, v in d.items()}  # noqa: E731
     tobj = {k: (to_t(v) if k in ("quantized", "scales", "passthrough") else v) for k, v in obj.items()}
     buf = io.BytesIO()
@@ -168,7 +168,7 @@ def test_int8_quantization_is_bit_exact(ref):
     tsd = {k: (torch.from_numpy(v.astype(np.float32)).bfloat16() if v.dtype == ml_dtypes.bfloat16 else torch.from_numpy(v))
            for k, v in sd.items()}
     tobj, tstats = ref.quantize_state_dict_int8(tsd)
-    obj, stats = quantize_int8(sd)
+    obj, stats = quantize_int8(sd, name_rules(sd))
     assert stats == tstats
     for k in tobj["quantized"]:
         np.testing.assert_array_equal(obj["quantized"][k], tobj["quantized"][k].numpy())

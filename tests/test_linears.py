@@ -96,7 +96,7 @@ def test_lowrank_groups_quant_rules_and_hessians():
     # The factors are quantized although far below keep_float_max_numel; sigma passes through.
     named = flatten_params(params)
     q = C.QuantConfig(scheme="rtn")
-    obj, _ = quantize_mixed(named, q, rules=flat_specs(sp, params))
+    obj, _ = quantize_mixed(named, flat_specs(sp, params), q)
     assert "blocks.0.mlp.fc.U" in obj["quantized"] and "blocks.0.mlp.fc.V" in obj["quantized"]
     assert "blocks.0.mlp.fc.sigma" in obj["passthrough"]
 
@@ -143,8 +143,8 @@ def test_monarch_factors_are_quantized_by_rtn_when_gptq_has_no_hessian():
     for name, h in H.items():
         hess.update(split_layers(name, np.asarray(h, np.float64)))
     lines = []
-    obj, _ = quantize_mixed(flatten_params(params), C.QuantConfig(scheme="gptq", keep_float_max_numel=2048),
-                            hess, log=lines.append, rules=specs)
+    obj, _ = quantize_mixed(flatten_params(params), specs, C.QuantConfig(scheme="gptq", keep_float_max_numel=2048),
+                            hess, log=lines.append)
     assert obj["qmeta"]["blocks.0.mlp.fc.R"]["method"] == "rtn" and obj["qmeta"]["blocks.0.attn.c_q.weight"]["method"] == "gptq"
     assert any(line.startswith("gptq:round-to-nearest for 12 tensors") for line in lines)  # R, L of fc, proj x 3
 
@@ -185,7 +185,7 @@ def test_rlma_stores_no_base_and_quantizes_its_factors():
     scalars = 6 + 2 * D + 2  # alphas, branch scales, q gains
     assert count_params(params) == 96 * D + 3 * (factors + scalars) + 3 * D  # + depth embedding
     specs = flat_specs(model.param_specs(), params)
-    obj, _ = quantize_mixed(flatten_params(params), C.QuantConfig(scheme="rtn"), rules=specs)
+    obj, _ = quantize_mixed(flatten_params(params), specs, C.QuantConfig(scheme="rtn"))
     assert "blocks.1.mlp.fc.U" in obj["quantized"] and "blocks.1.mlp.fc.alpha" in obj["passthrough"]
     blob = artifact.unpack(artifact.pack(obj))
     stored = sum(np.asarray(a).size for slot in ("quantized", "passthrough") for a in blob[slot].values())

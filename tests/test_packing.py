@@ -143,6 +143,8 @@ def test_every_preset_packs_closed_and_without_tooling(package, platform):
         gptq = b"def gptq_quantize" in files.get("pgolf_jax/quant/gptq.py", b"")
         assert gptq if cfg.quant.scheme == "gptq" else not gptq if cfg.quant.scheme == "int8_per_row" else True, preset
         assert ("pgolf_jax/evaluation/ttt.py" in files) == ("ttt" in cfg.eval.final_modes), preset
+        # the rules of a reference state dict without specs (submit's export): a run passes its model's own
+        assert b"def name_rules" not in files.get("pgolf_jax/quant/export.py", b""), preset
 
 
 @pytest.mark.parametrize("every", ["train.checkpoint_every=0", "train.checkpoint_every=5",

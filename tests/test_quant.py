@@ -7,10 +7,19 @@ import pytest
 from pgolf_jax import config as C
 from pgolf_jax.quant import artifact
 from pgolf_jax.quant import grid as grids
-from pgolf_jax.quant.export import dequantize_int8, dequantize_mixed, quantize_int8, quantize_mixed
+from pgolf_jax.quant.export import dequantize_int8, dequantize_mixed, name_rules, quantize_int8, quantize_mixed
 from pgolf_jax.quant.gptq import hessian_error
 from pgolf_jax.quant.grid import quantile_rows
 from pgolf_jax.quant.qat import fake_quant_tensor, straight_through
+
+
+def _int8(named, **kw):
+    """quantize_int8 of a reference-named state dict under its name rules."""
+    return quantize_int8(named, name_rules(named), **kw)
+
+
+def _mixed(named, q, *args, **kw):
+    return quantize_mixed(named, name_rules(named), q, *args, **kw)
 
 
 def named_state(seed=0):
@@ -27,7 +36,7 @@ def named_state(seed=0):
 
 def test_int8_export_semantics():
     sd = named_state()
-    obj, stats = quantize_int8(sd)
+    obj, stats = quantize_int8(sd, name_rules(sd))
     assert obj["__quant_format__"] == "int8_clean_per_row_v1"
     assert set(obj["quantized"]) == {"tok_emb.weight", "blocks.0.attn.c_q.weight", "blocks.0.vector"}
     assert obj["passthrough"]["blocks.0.attn.q_gain"].dtype == np.float32
@@ -54,7 +63,7 @@ def test_int8_export_semantics():
 
 def test_scale_floor_is_one_over_127():
     w = np.full((4, 70_000 // 4 + 1), 1e-4, np.float32)
-    obj, _ = quantize_int8({"m": w})
+    obj, _ = quantize_int8({"m": w}, name_rules({"m": w}))
     np.testing.assert_allclose(obj["scales"]["m"].astype(np.float32), np.float16(1 / 127), rtol=0)
     assert np.all(obj["quantized"]["m"] == 0)
 
@@ -71,7 +80,7 @@ def test_quantile_matches_numpy_linear():
 
 @pytest.mark.parametrize("codec", ["zstd", "zlib"])
 def test_pack_unpack_is_exact(codec, tmp_path):
-    obj, _ = quantize_int8(named_state(1))
+    obj, _ = _int8(named_state(1))
     path = tmp_path / f"m.{codec}"
     artifact.write(path, artifact.pack(obj, codec))
     back = artifact.read(path)
@@ -85,12 +94,12 @@ def test_pack_unpack_is_exact(codec, tmp_path):
 
 
 def test_zstd_beats_zlib_on_int8_weights():
-    obj, _ = quantize_int8(named_state(2))
+    obj, _ = _int8(named_state(2))
     assert len(artifact.pack(obj, "zstd", 22)) < len(artifact.pack(obj, "zlib"))
 
 
 def test_corrupt_artifacts_are_rejected(tmp_path):
-    blob = artifact.pack(quantize_int8(named_state(4))[0], "zstd")
+    blob = artifact.pack(_int8(named_state(4))[0], "zstd")
     cases = {
         "bad magic": b"NOTMAGIC" + blob[8:],
         "truncated": blob[: len(blob) // 2],
@@ -108,7 +117,7 @@ def test_corrupt_artifacts_are_rejected(tmp_path):
 
 
 def test_manifest_lies_are_caught():
-    obj, _ = quantize_int8(named_state(5))
+    obj, _ = _int8(named_state(5))
     raw = artifact.serialize(obj)
     import json
     import struct
@@ -140,7 +149,7 @@ def test_affine_grid_is_1227s_minmax_formula_and_ships_as_trained():
     np.testing.assert_allclose(fq, want, rtol=1e-6, atol=1e-6)
     assert max(len(np.unique(r)) for r in fq) <= 32
     q = C.QuantConfig(scheme="rtn", grid="affine", mlp_bits=5, keep_float_max_numel=0)
-    obj, _ = quantize_mixed({"blocks.0.mlp.fc.weight": w}, q)
+    obj, _ = _mixed({"blocks.0.mlp.fc.weight": w}, q)
     np.testing.assert_allclose(dequantize_mixed(obj)["blocks.0.mlp.fc.weight"], fq, rtol=1e-6, atol=1e-6)
     assert obj["quantized"]["blocks.0.mlp.fc.weight"].dtype == np.int8 and "blocks.0.mlp.fc.weight" in obj["offsets"]
 
@@ -155,9 +164,9 @@ def test_nf5_levels_and_gptq_on_the_grid():
     w = rng.normal(size=(8, 48)).astype(np.float32)
     X = rng.normal(size=(256, 48)) @ rng.normal(size=(48, 48)) * 0.3
     H = X.T @ X
-    rtn, _ = quantize_mixed({"blocks.0.attn.c_q.weight": w}, C.QuantConfig(scheme="rtn", grid="nf", attn_bits=5,
+    rtn, _ = _mixed({"blocks.0.attn.c_q.weight": w}, C.QuantConfig(scheme="rtn", grid="nf", attn_bits=5,
                                                                              keep_float_max_numel=0))
-    gq, _ = quantize_mixed({"blocks.0.attn.c_q.weight": w}, C.QuantConfig(scheme="gptq", grid="nf", attn_bits=5,
+    gq, _ = _mixed({"blocks.0.attn.c_q.weight": w}, C.QuantConfig(scheme="gptq", grid="nf", attn_bits=5,
                                                                             keep_float_max_numel=0),
                            {"blocks.0.attn.c_q.weight": H})
     d_rtn, d_gq = (dequantize_mixed(o)["blocks.0.attn.c_q.weight"] for o in (rtn, gq))

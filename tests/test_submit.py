@@ -137,7 +137,7 @@ def test_export_to_the_reference_formats_reads_back(seeds, tmp_path):
         np.testing.assert_array_equal(sd[k].numpy(), v)
     np.testing.assert_array_equal(load_torch_state_dict(tmp_path / "final_model.pt")["tok_emb.weight"],
                                   named["tok_emb.weight"])
-    obj, _ = quantize_int8(named, rules=name_rules(named))
+    obj, _ = quantize_int8(named, name_rules(named))
     want, got = dequantize_int8(obj), load_reference_int8_ptz(tmp_path / "final_model.int8.ptz")
     assert set(got) == set(want)
     for k in want:
@@ -187,7 +187,7 @@ def test_reference_loads_the_exported_ptz_to_the_same_loss(sample_data, tmp_path
         ref_loss = float(gpt(torch.from_numpy(ids[:, :-1]), torch.from_numpy(ids[:, 1:])))
     with np.load(tmp_path / "r" / "final_model.npz") as z:
         named = {k: z[k] for k in z.files}
-    obj, _ = quantize_int8(named, rules=name_rules(named))
+    obj, _ = quantize_int8(named, name_rules(named))
     model = build_model(cfg.model)
     params = unflatten_params(dequantize_int8(obj), jax.eval_shape(model.init, jax.random.key(0)))
     ours = float(model.loss(params, ids[:, :-1], ids[:, 1:]))

@@ -77,14 +77,12 @@ def _gate_int8(t: np.ndarray, spec: ParamSpec, gate_int8: bool) -> bool:
 
 # A float16 cast that overflows is reported by check_finite (naming the tensor), not as a warning.
 @np.errstate(over="ignore")
-def quantize_int8(named: dict[str, np.ndarray], clip_percentile: float = 99.99984,
-                  keep_float_max_numel: int = 65_536, rules: dict[str, ParamSpec] | None = None,
-                  gate_int8: bool = False) -> tuple[dict, dict]:
+def quantize_int8(named: dict[str, np.ndarray], rules: dict[str, ParamSpec], clip_percentile: float = 99.99984,
+                  keep_float_max_numel: int = 65_536, gate_int8: bool = False) -> tuple[dict, dict]:
     """Reference-named float state dict -> (quant object, stats), as quantize_state_dict_int8;
-    rules (model.params.flat_specs, else name_rules) say which small tensors are control tensors
-    (kept fp32: `control`, and `gate` unless gate_int8 makes it int8 rows) and which are quantized
-    however small (always_quantize)."""
-    rules = rules or name_rules(named)
+    rules (model.params.flat_specs, or name_rules for a reference state dict) say which small
+    tensors are control tensors (kept fp32: `control`, and `gate` unless gate_int8 makes it int8
+    rows) and which are quantized however small (always_quantize)."""
     clip_q = clip_percentile / 100.0
     obj = {"__quant_format__": FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {},
            "qmeta": {}, "passthrough_orig_dtypes": {}}
@@ -177,9 +175,9 @@ def _quantized(t: np.ndarray, spec: ParamSpec, keep_float_max_numel: int) -> boo
 
 
 @np.errstate(over="ignore")
-def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None, log=None,
-                   rules: dict[str, ParamSpec] | None = None) -> tuple[dict, dict]:
-    """Reference-named float state dict -> (quant object, report) under QuantConfig q.
+def quantize_mixed(named: dict[str, np.ndarray], rules: dict[str, ParamSpec], q, hessians: dict | None = None,
+                   log=None) -> tuple[dict, dict]:
+    """Reference-named float state dict -> (quant object, report) under QuantConfig q and each tensor's rule.
 
     2-D float tensors above keep_float_max_numel (or declared always_quantize) get per-row scales
     of their rule's width and clip, then GPTQ (scheme "gptq", needs hessians[name]) or
@@ -187,8 +185,7 @@ def quantize_mixed(named: dict[str, np.ndarray], q, hessians: dict | None = None
     blocks the calibration pass cannot see, a weight generator's or meta-network's, logged); smaller
     float tensors pass through in fp16 (every record stores them so), except gates under
     quant.gate_int8 (int8 rows, quantize_gate_rows; no LQER). Then optional LQER. rules:
-    {name: ParamSpec} (model.params.flat_specs), else name_rules."""
-    rules = rules or name_rules(named)
+    {name: ParamSpec} (model.params.flat_specs, or name_rules for a reference state dict)."""
     groups = {g: (getattr(q, f"{g}_bits"), getattr(q, f"{g}_clip_sigmas")) for g in ("attn", "mlp", "embed", "other")}
     obj = {"__quant_format__": MIXED_FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {},
            "qmeta": {}, "passthrough_orig_dtypes": {}, "lqer": {}, "offsets": {}}

@@ -38,7 +38,7 @@ class Int8PerRow:
     @staticmethod
     def quantize(ctx: QuantContext):
         q = ctx.cfg.quant
-        obj, stats = quantize_int8(ctx.named, q.clip_percentile, q.keep_float_max_numel, ctx.rules, q.gate_int8)
+        obj, stats = quantize_int8(ctx.named, ctx.rules, q.clip_percentile, q.keep_float_max_numel, q.gate_int8)
         return obj, {"payload_bytes": stats["int8_payload_bytes"]}
 
 
@@ -54,7 +54,7 @@ class RTN:
     def quantize(cls, ctx: QuantContext, hessians=None, info=None):
         q, info = ctx.cfg.quant, info or {}
         t0 = time.perf_counter()
-        obj, report = quantize_mixed(ctx.named, q, hessians, log=ctx.log, rules=ctx.rules)
+        obj, report = quantize_mixed(ctx.named, ctx.rules, q, hessians, log=ctx.log)
         info["quantize_seconds"] = round(time.perf_counter() - t0, 2)
         groups = {}
         for r in report["tensors"].values():
