@@ -129,7 +129,9 @@ FEATURES = {
     # a plain run's checkpoints (packing/select.py packs registry.CHECKPOINTS on these switches): the loop's save,
     # the logs' offsets it records and --resume cuts back to, the loaders' positions
     "checkpoints": Feature(("train.checkpoint_every", "train.checkpoint_every_seconds"), (
-        "pgolf_jax.train.loop:_Loop.checkpoint", "pgolf_jax.runlog:RunLog.offsets", "pgolf_jax.runlog:RunLog.truncate",
+        "pgolf_jax.train.loop:_Loop.checkpoint", "pgolf_jax.train.loop:_Loop.checkpoint_if_due",
+        "pgolf_jax.train.loop:_Loop.restore", "pgolf_jax.train.loop:_Signals", "pgolf_jax.runlog:RunLog.offsets",
+        "pgolf_jax.runlog:RunLog.truncate",
         *(f"pgolf_jax.data.{c}.{m}" for c in (
             "shards:TokenStream", "shards:TokenLoader", "shards:ShuffledSequenceLoader", "doc_packing:DocPackingLoader")
             for m in ("state", "restore")))),

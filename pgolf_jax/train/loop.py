@@ -209,12 +209,14 @@ class _Loop:
         self.loader = self.new_loader()
 
     def resume(self, restore: Restore | None) -> None:
+        """The progress line (its clock starts before a restore), then the restore if any."""
+        self.progress = Progress("train" if self.members.K == 1 else f"train x{self.members.K}", self.t.iterations,
+                                 enabled=self.t.progress)
+        if restore is not None:
+            self.restore(restore)
+
+    def restore(self, restore: Restore) -> None:
         """Continue from a plain run's checkpoint: its state, data position, clock and switches."""
-        t = self.t  # the progress line's clock starts before the restore
-        self.progress = Progress("train" if self.members.K == 1 else f"train x{self.members.K}", t.iterations,
-                                 enabled=t.progress)
-        if restore is None:
-            return
         state, meta = self.ckpt.restore(self.state[0], restore.step)
         self.state = [state]
         self.loader.restore(meta["loader"])
@@ -322,8 +324,12 @@ class _Loop:
             eta_s = min(eta_s, max(cap_ms - approx_ms, 0.0) / 1000)
         avg = f"{step_avg:.0f}ms" if done else "?"
         self.progress.update(step, eta=eta_s, extra=f"step_avg {avg} lr_mul {lr_mul:.3f}")
-        if ckpt is None:
-            return
+        if ckpt is not None:
+            self.checkpoint_if_due(got_signal, approx_ms)
+
+    def checkpoint_if_due(self, got_signal: bool, approx_ms: float) -> None:
+        """On a signal a checkpoint and stop; else a periodic checkpoint when one is due."""
+        t, step, ckpt = self.t, self.step, self.ckpt
         if got_signal:
             signum = self.signals.received or signal.SIGTERM
             self.checkpoint(f"signal {signum}")
