@@ -19,14 +19,19 @@ run below the plain GEMM rate) while the loop costs K single steps and still com
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pgolf_jax import hyper
 from pgolf_jax.config import Config
+from pgolf_jax.model.gpt import Model
 from pgolf_jax.runlog import RunLog
 from pgolf_jax.train.loop import TrainResult, train_members
-from pgolf_jax.train.members import Members, field
+from pgolf_jax.train.members import Members, build, field, optimizer, step_parts
+from pgolf_jax.train.step import make_train_step
 
 
 def _blank(cfg: Config, keep: tuple = ()) -> dict:
@@ -54,6 +59,73 @@ def group_key(cfg: Config):
 GROUP_MODES = ("auto", "vmap", "loop")
 
 
+def _stack(*leaves):
+    return jnp.stack(leaves)
+
+
+def group_step_functions(cfg: Config, model: Model, tx_of, state_sh, mesh, objective, mode: str) -> dict:
+    """{looped: a group member's jitted step (state, x, y, lr_mul, qat_on, teacher, traced)}, its
+    optimizer built as tx_of(traced): the unmapped step ("loop") or the step vmapped over the stacked
+    states and traced values ("vmap")."""
+    repl, data, graphs, qat = step_parts(cfg, model, mesh)
+
+    def compiled(looped):
+        def member(state, x, y, lr_mul, qat_on, teacher, traced):
+            step = make_train_step(model, tx_of(traced), objective, looped=looped, ema_decay=cfg.train.ema_decay,
+                                   qat=qat)
+            return step(state, x, y, lr_mul, qat_on, teacher, traced)
+
+        if mode == "loop":
+            return jax.jit(member, in_shardings=(state_sh, data, data, None, None, repl, None),
+                           out_shardings=(state_sh, repl), donate_argnums=(0,))
+        return jax.jit(jax.vmap(member, in_axes=(0, None, None, None, None, None, 0)), donate_argnums=(0,))
+
+    return {g: compiled(g) for g in graphs}
+
+
+class Group(Members):
+    """K members with their traced values, held as `mode` says: "loop", a list of K states, the
+    unmapped step called once per member; "vmap", one state stacked along a leading K axis."""
+
+    def __init__(self, cfgs: list[Config], mode: str, traced: list[dict]):
+        super().__init__(cfgs)  # mode: resolve_mode's
+        self.mode, self.traced = mode, traced
+        # vmap maps the step over the members' values stacked once: (K,) arrays
+        self.stacked = jax.tree.map(_stack, *traced) if mode == "vmap" else None
+
+    def init(self, mesh):
+        built = [build(c, mesh, traced=h) for c, h in zip(self.cfgs, self.traced)]
+        self.models = [b[0] for b in built]
+        if self.mode == "vmap":
+            state = jax.tree.map(_stack, *[b[2] for b in built])
+            del built
+            return state
+        return [b[2] for b in built]
+
+    def step_functions(self, cfg: Config, state, mesh, objective) -> dict:
+        model = self.models[0]
+        state_sh = jax.tree.map(lambda a: a.sharding, state[0]) if self.mode == "loop" else None
+        return group_step_functions(cfg, model, lambda h: optimizer(cfg, model, h), state_sh, mesh, objective,
+                                    self.mode)
+
+    def apply(self, fn, state, x, y, lr_mul, qat_on, teacher):
+        if self.mode == "vmap":
+            return fn(state, x, y, lr_mul, qat_on, teacher, self.stacked)
+        outs = [fn(s, x, y, lr_mul, qat_on, teacher, h) for s, h in zip(state, self.traced)]  # back to back
+        return [o[0] for o in outs], [o[1] for o in outs]
+
+    def get(self, state, k: int, field: str = "params") -> Any:
+        if self.mode == "loop":
+            return getattr(state[k], field)
+        return jax.tree.map(lambda a: a[k], getattr(state, field))
+
+    def rows(self, metrics) -> list[dict]:
+        if self.mode == "loop":
+            return super().rows(metrics)
+        m = {n: np.asarray(v) for n, v in metrics.items()}
+        return [{n: float(v[k]) for n, v in m.items()} for k in range(self.K)]
+
+
 def resolve_mode(mode: str) -> str:
     if mode not in GROUP_MODES:
         raise ValueError(f"group mode {mode!r}: choose from {', '.join(GROUP_MODES)}")
@@ -78,4 +150,4 @@ def train_group(cfgs: list[Config], logs: list[RunLog], train_pattern: str, eval
     keys = {group_key(c) for c in cfgs}
     if len(keys) != 1 or None in keys:
         raise ValueError("train_group: the configs differ in more than scalar hyperparameters and seeds")
-    return train_members(Members(cfgs, mode, traced_values(cfgs)), logs, train_pattern, evaluator_factory)
+    return train_members(Group(cfgs, mode, traced_values(cfgs)), logs, train_pattern, evaluator_factory)
