@@ -119,19 +119,10 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
         results[mode] = {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "eval_seconds": round(res.seconds, 2),
                          "bound_8xH100_seconds": proj}
         log.metric(f"final_{mode}", **results[mode])
-        if e.ngram_order:
-            mix = registry.resolve(registry.NGRAM_MIX, "mix")
-            loss, b, tok_s = mix(out.nll, out.ent, out.ev.tokens, cfg.model.vocab_size, e.ngram_order, e.ngram_mix,
-                                 e.ngram_lambda, out.ev.byte_count)
-            name = f"{mode}+ngram{e.ngram_order}"
-            log(f"final_{name} val_loss:{loss:.4f} val_bpb:{b:.4f} ngram_tokens_per_s:{tok_s:.0f} (host)")
-            results[name] = {"val_loss": loss, "val_bpb": b, "ngram_tokens_per_s": round(tok_s)}
-            log.metric(f"final_{name}", **results[name])
-        if tilt:  # the tilt of the mode's own (score-first) nll; with mixing on too, this one is last
-            results[f"{mode}+tilt"] = r = tilt.report(out.nll, out.logp_hint, out.ev.tokens, out.ev.byte_count)
-            log(f"final_{mode}+tilt val_loss:{r['val_loss']:.4f} val_bpb:{r['val_bpb']:.4f} hints:{r['hint_rate']:.4f} "
-                f"hits:{r['hit_rate']:.4f} hint_tokens_per_s:{r['hint_tokens_per_s']} (host)")
-            log.metric(f"final_{mode}+tilt", **r)
+        if e.ngram_order:  # n-gram mixing on top (registry.NGRAM_MIX: packed only for a run that mixes)
+            results.update(registry.resolve(registry.NGRAM_MIX, "mix")(cfg, mode, out, log))
+        if tilt:  # with mixing on too, the tilt is last
+            results.update(tilt.final(mode, out, log))
     return results
 
 

@@ -96,7 +96,7 @@ VARLEN = {"segments": f"{_MODEL}.varlen:segment_ids", "attention": f"{_MODEL}.va
           "check": f"{_MODEL}.varlen_options:check_doc_mask"}
 # eval.ngram_order > 0: eval-time n-gram mixing (#1227) on top of each final mode; a packed file keeps it
 # only when its run mixes (packing/select.py; evaluation/options.py refuses the override in a file without it).
-NGRAM_MIX = {"mix": "pgolf_jax.evaluation.ngram:mix_report"}
+NGRAM_MIX = {"mix": "pgolf_jax.evaluation.ngram:final_mix"}
 # train.checkpoint_every(_seconds): a plain run's checkpoints and --resume; a packed file keeps these only
 # when its run checkpoints (packing/select.py), the package always has them (SIGTERM checkpoints too).
 CHECKPOINTS = {"checkpointer": "pgolf_jax.train.checkpoint:Checkpointer", "resume": "pgolf_jax.train.resume:prepare"}

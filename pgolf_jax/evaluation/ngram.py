@@ -98,6 +98,19 @@ def mixed_nll(nn_nll: np.ndarray, entropy_bits: np.ndarray, p_ngram: np.ndarray,
     return -np.log(p)
 
 
+def final_mix(cfg, mode: str, out, log) -> dict:
+    """The n-gram mixture over a final eval mode's scored stream (out: its ModeOutput), logged and
+    returned as {"<mode>+ngram<order>": its numbers} (pipeline.final_evals, registry.NGRAM_MIX)."""
+    e = cfg.eval
+    loss, b, tok_s = mix_report(out.nll, out.ent, out.ev.tokens, cfg.model.vocab_size, e.ngram_order, e.ngram_mix,
+                                e.ngram_lambda, out.ev.byte_count)
+    name = f"{mode}+ngram{e.ngram_order}"
+    log(f"final_{name} val_loss:{loss:.4f} val_bpb:{b:.4f} ngram_tokens_per_s:{tok_s:.0f} (host)")
+    row = {"val_loss": loss, "val_bpb": b, "ngram_tokens_per_s": round(tok_s)}
+    log.metric(f"final_{name}", **row)
+    return {name: row}
+
+
 def mix_report(nn_nll, entropy_bits, tokens, vocab, order, mode, lam, byte_count) -> tuple[float, float, float]:
     """(val_loss, val_bpb, tokens/s of the n-gram pass) of the mixture over a scored stream."""
     import time

@@ -195,6 +195,15 @@ class TokenTilt:
         """The hint of every target position of the stream (-1 = none), for the scoring pass."""
         return self._hints(tokens)[1]
 
+    def final(self, mode: str, out, log) -> dict:
+        """The tilt of a final eval mode's own (score-first) nll, logged and returned as
+        {"<mode>+tilt": its report} (pipeline.final_evals)."""
+        r = self.report(out.nll, out.logp_hint, out.ev.tokens, out.ev.byte_count)
+        log(f"final_{mode}+tilt val_loss:{r['val_loss']:.4f} val_bpb:{r['val_bpb']:.4f} hints:{r['hint_rate']:.4f} "
+            f"hits:{r['hit_rate']:.4f} hint_tokens_per_s:{r['hint_tokens_per_s']} (host)")
+        log.metric(f"final_{mode}+tilt", **r)
+        return {f"{mode}+tilt": r}
+
     def report(self, nll, logp_hint, tokens, byte_count) -> dict:
         """val_loss, val_bpb, hint and hit rates of the tilted score, the precompute's tokens/s."""
         _, hint, beta, seconds = self._hints(tokens)
