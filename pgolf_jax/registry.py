@@ -105,7 +105,8 @@ CHECKPOINTS = {"checkpointer": "pgolf_jax.train.checkpoint:Checkpointer", "resum
 # that turns it on there (the package has them all; a packed copy lists only those left off, without code).
 FEATURES = {
     "qat": Feature(("quant.qat",), ("pgolf_jax.quant.qat:fake_quantize",)),
-    "lqer": Feature(("quant.lqer_rank",), ("pgolf_jax.quant.gptq:lqer_correct", "pgolf_jax.quant.gptq:lqer_delta")),
+    "lqer": Feature(("quant.lqer_rank",), ("pgolf_jax.quant.gptq:lqer_correct", "pgolf_jax.quant.gptq:lqer_delta",
+                                           "pgolf_jax.quant.export:_add_lqer")),
     "gate_int8": Feature(("quant.gate_int8",), ("pgolf_jax.quant.export:_store_gate",)),
     "bigram_hash": Feature(("model.bigram_vocab_size",), (f"{_MODEL}.embeddings:BigramHash",)),
     "smear_gate_v1": Feature(("model.smear_gate=v1",), (f"{_MODEL}.embeddings:SmearGateV1",)),

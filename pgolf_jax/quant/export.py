@@ -242,14 +242,19 @@ def quantize_mixed(named: dict[str, np.ndarray], rules: dict[str, ParamSpec], q,
             f"{', '.join(no_hessian[:4])}{' ...' if len(no_hessian) > 4 else ''}")
     report["no_hessian"] = no_hessian
     if q.lqer_rank > 0:
-        worst = sorted(report["tensors"], key=lambda n: -report["tensors"][n]["error_fro"])[: q.lqer_top_k]
-        for name in worst:
-            w32 = np.asarray(named[name], np.float32)
-            obj["lqer"].update(lqer_correct(name, w32 - _dequant(obj, name), q.lqer_rank, q.lqer_asym))
-            obj["qmeta"][name]["lqer_rank"] = q.lqer_rank
-        if log:
-            log(f"lqer:rank {q.lqer_rank} on {', '.join(worst)}")
+        _add_lqer(obj, report, named, q, log)
     return obj, report
+
+
+def _add_lqer(obj: dict, report: dict, named: dict, q, log) -> None:
+    """LQER's low-rank correction of the quant.lqer_top_k tensors with the largest error."""
+    worst = sorted(report["tensors"], key=lambda n: -report["tensors"][n]["error_fro"])[: q.lqer_top_k]
+    for name in worst:
+        w32 = np.asarray(named[name], np.float32)
+        obj["lqer"].update(lqer_correct(name, w32 - _dequant(obj, name), q.lqer_rank, q.lqer_asym))
+        obj["qmeta"][name]["lqer_rank"] = q.lqer_rank
+    if log:
+        log(f"lqer:rank {q.lqer_rank} on {', '.join(worst)}")
 
 
 def _codec(grid: str, bits: int, lo: np.ndarray, step: np.ndarray):

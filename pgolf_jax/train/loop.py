@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from pgolf_jax import dist, hyper, registry
-from pgolf_jax.config import Config, to_dict
+from pgolf_jax.config import Config
 from pgolf_jax.data.shards import make_loader
 from pgolf_jax.errors import Interrupted
 from pgolf_jax.model.gpt import Model, count_params
@@ -94,13 +94,9 @@ def train_members(members: Members, logs: list[RunLog], train_pattern: str, eval
     objective, teacher = make_objective(cfg)
     if teacher is not None:
         teacher = dist.replicate(teacher, mesh)
-        for c, log in zip(members.cfgs, logs):
-            log(f"objective:{c.train.objective} teacher:{c.train.distill.teacher} alpha:{c.train.distill.alpha} "
-                f"temperature:{c.train.distill.temperature}")
-    elif cfg.train.objective != "ce":  # another objective says which, with its options
-        for c, log in zip(members.cfgs, logs):
-            opts = to_dict(c)["train"].get(c.train.objective, {})
-            log(" ".join([f"objective:{c.train.objective}", *(f"{k}:{v}" for k, v in opts.items())]))
+    for c, log in zip(members.cfgs, logs):
+        if line := objective.describe(c):
+            log(line)
     step_fns = members.step_functions(cfg, state, mesh, objective)
     # A plain run checkpoints (periodically, and on SIGTERM/SIGINT) where its code can: a packed file
     # holds the checkpointer only when its config checkpoints (packing/select.py).

@@ -33,6 +33,11 @@ class CrossEntropy:
     def __init__(self, cfg: Config):
         self.cfg = cfg
 
+    @staticmethod
+    def describe(cfg: Config) -> str:
+        """The objective's line before training, for a member's config ("": ce says nothing)."""
+        return ""
+
     def terms(self, model: Model, params, x_BT, y_BT, looped: bool, rng, traced: hyper.Traced = None):
         logits, aux, weights = model.forward(params, x_BT, looped, rng,
                                              logit_softcap=hyper.get(traced, "model.logit_softcap", None))
@@ -91,6 +96,10 @@ class ChunkedCrossEntropy(CrossEntropy):
         super().__init__(cfg)
         self.chunk = cfg.train.ce_chunked.vocab_chunk
 
+    @staticmethod
+    def describe(cfg: Config) -> str:
+        return f"objective:ce_chunked vocab_chunk:{cfg.train.ce_chunked.vocab_chunk}"
+
     def terms(self, model: Model, params, x_BT, y_BT, looped: bool, rng, traced: hyper.Traced = None):
         module = model.module(params)
         h_BTD, aux = module.hidden_and_aux(x_BT, looped, rng=rng)
@@ -114,6 +123,11 @@ class Distill(CrossEntropy):
         super().__init__(cfg)
         self.teacher_model = teacher_model
         self.alpha, self.T = cfg.train.distill.alpha, cfg.train.distill.temperature
+
+    @staticmethod
+    def describe(cfg: Config) -> str:
+        d = cfg.train.distill
+        return f"objective:distill teacher:{d.teacher} alpha:{d.alpha} temperature:{d.temperature}"
 
     @staticmethod
     def teacher(cfg: Config) -> tuple[Model, dict]:
