@@ -114,6 +114,15 @@ class Group(Members):
         outs = [fn(s, x, y, lr_mul, qat_on, teacher, h) for s, h in zip(state, self.traced)]  # back to back
         return [o[0] for o in outs], [o[1] for o in outs]
 
+    def group_lines(self) -> tuple[str, ...]:
+        return (f"vmap_group:{self.K} members train with one compiled step, mode:{self.mode} (the step times "
+                "below are the whole group's)",)
+
+    def seed_line(self, k: int) -> str:
+        """The seed and every traced value of member k."""
+        cfg = self.cfgs[k]
+        return f"seed:{cfg.train.seed} " + " ".join(f"{key.split('.')[1]}:{field(cfg, key)}" for key in hyper.TRACED)
+
     def get(self, state, k: int, field: str = "params") -> Any:
         if self.mode == "loop":
             return getattr(state[k], field)

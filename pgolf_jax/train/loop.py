@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from pgolf_jax import dist, hyper, registry
+from pgolf_jax import dist, registry
 from pgolf_jax.config import Config
 from pgolf_jax.data.shards import make_loader
 from pgolf_jax.errors import Interrupted
@@ -133,19 +133,15 @@ def _header(members: Members, k: int, log: RunLog, n_params: int, evaluator, n_d
     micro_seqs = t.microbatch_tokens // t.train_seq_len if t.microbatch_tokens else 0
     log(f"model_params:{n_params}")
     log(f"val_tokens:{evaluator.total} val_bytes:{evaluator.byte_count}")
-    if members.K > 1:
-        log(f"vmap_group:{members.K} members train with one compiled step, mode:{members.mode} (the step times "
-            "below are the whole group's)")
+    for line in members.group_lines():
+        log(line)
     log(f"devices:{n_dev} platform:{jax.default_backend()} batch_spans:{t.batch_spans} "
         f"micro_steps:{t.batch_spans // n_dev * (span_seqs // micro_seqs if micro_seqs else 1)}")
     log(f"tie_embeddings:{m.tie_embeddings} embed_lr:{o.tied_embed_lr if m.tie_embeddings else o.embed_lr} "
         f"head_lr:{0.0 if m.tie_embeddings else o.head_lr} matrix_lr:{o.matrix_lr} scalar_lr:{o.scalar_lr}")
     log(f"train_batch_tokens:{t.train_batch_tokens} train_seq_len:{t.train_seq_len} iterations:{t.iterations} "
         f"warmup_steps:{t.warmup_steps} max_wallclock_seconds:{t.max_wallclock_seconds:.3f}")
-    if members.K > 1:  # every traced value of this member
-        log(f"seed:{t.seed} " + " ".join(f"{key.split('.')[1]}:{field(cfg, key)}" for key in hyper.TRACED))
-    else:
-        log(f"seed:{t.seed}")
+    log(members.seed_line(k))
     log(f"topology:{m.topology} block_schedule:{m.block_schedule} layers:{list(schedule(m))}"
         + (f" enable_looping_at:{m.enable_looping_at}" if members.models[k].has_two_schedules else ""))
 

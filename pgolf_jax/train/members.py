@@ -102,6 +102,13 @@ class Members:
         outs = [fn(s, x, y, lr_mul, qat_on, teacher) for s in state]
         return [o[0] for o in outs], [o[1] for o in outs]
 
+    def group_lines(self) -> tuple[str, ...]:
+        """What a group says of itself before training (a plain run: nothing)."""
+        return ()
+
+    def seed_line(self, k: int) -> str:
+        return f"seed:{self.cfgs[k].train.seed}"
+
     def get(self, state, k: int, field: str = "params") -> Any:
         """Member k's params (or ema)."""
         return getattr(state[k], field)
