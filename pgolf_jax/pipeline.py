@@ -146,7 +146,7 @@ class Tooling:
     the packed file never holds it): how the run's train_gpt.py is made, and the loss-curve picture."""
     code: Callable  # (cfg) -> (the bytes of train_gpt.py, {path: source} of what it holds)
     dataset: Callable  # (cfg, log) -> (data_path, tokenizer_path), prepared from data.source or not
-    curves: Callable | None = None  # (run_dir, cfg) -> None
+    curves: Callable | None = None  # (run_dir, cfg, log) -> None; never raises
 
 
 def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evaluator, log) -> tuple[dict, dict]:
@@ -315,10 +315,7 @@ def finish_run(cfg: Config, result, run_dir: Path, log: RunLog, preset: str | No
         if ck.is_dir() and not any(ck.iterdir()):
             ck.rmdir()
         if tooling.curves is not None:
-            try:  # a picture is a convenience: it never fails a finished run
-                tooling.curves(run_dir, cfg)
-            except Exception as exc:  # noqa: BLE001
-                log(f"plot:skipped curves.png ({type(exc).__name__}: {exc})")
+            tooling.curves(run_dir, cfg, log)
     log(f"run_dir:{run_dir}")
     return summary
 

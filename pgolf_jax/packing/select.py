@@ -151,8 +151,11 @@ def package_tooling():
     from pgolf_jax.data.source import dataset_paths
     from pgolf_jax.pipeline import Tooling
 
-    def curves(run_dir, cfg):
+    def curves(run_dir, cfg, log):
         from pgolf_jax.plots import plot_curves
-        plot_curves([run_dir], run_dir / "curves.png", [cfg.train.run_id])
+        try:  # a picture is a convenience: it never fails a finished run
+            plot_curves([run_dir], run_dir / "curves.png", [cfg.train.run_id])
+        except Exception as exc:  # noqa: BLE001
+            log(f"plot:skipped curves.png ({type(exc).__name__}: {exc})")
 
     return Tooling(code=code_for_run, dataset=dataset_paths, curves=curves)
