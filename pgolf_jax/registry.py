@@ -105,6 +105,8 @@ CHECKPOINTS = {"checkpointer": "pgolf_jax.train.checkpoint:Checkpointer", "resum
 # that turns it on there (the package has them all; a packed copy lists only those left off, without code).
 FEATURES = {
     "qat": Feature(("quant.qat",), ("pgolf_jax.quant.qat:fake_quantize",)),
+    # quant.scale_method percentile or search (GPTQ-lite) rather than SDClip
+    "clipped_scales": Feature(("quant.scale_method!=sdclip",), ("pgolf_jax.quant.grid:_clipped_scales",)),
     "lqer": Feature(("quant.lqer_rank",), ("pgolf_jax.quant.gptq:lqer_correct", "pgolf_jax.quant.gptq:lqer_delta",
                                            "pgolf_jax.quant.export:_add_lqer")),
     "gate_int8": Feature(("quant.gate_int8",), ("pgolf_jax.quant.export:_store_gate",)),

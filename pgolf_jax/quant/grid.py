@@ -58,7 +58,12 @@ def row_scales(w32: np.ndarray, bits: int, method: str, clip_sigmas: float, perc
     if method == "sdclip":
         std = w32.std(axis=1, ddof=1) if w32.shape[1] > 1 else np.zeros(w32.shape[0], np.float32)
         return np.maximum(np.float32(clip_sigmas) * std.astype(np.float32) / qm, np.float32(1e-10)).astype(np.float16)
-    candidates = [percentile / 100.0] if method == "percentile" else SEARCH_QUANTILES
+    return _clipped_scales(w32, bits, [percentile / 100.0] if method == "percentile" else SEARCH_QUANTILES)
+
+
+def _clipped_scales(w32: np.ndarray, bits: int, candidates) -> np.ndarray:
+    """The scales max(quantile(|row|, q) / qmax, 1/qmax) of the q in candidates with the least RTN error."""
+    qm = np.float32(qmax(bits))
     best, best_err = None, np.inf
     for q in candidates:
         clip = quantile_rows(np.abs(w32), q)
