@@ -143,6 +143,11 @@ def test_every_preset_packs_closed_and_without_tooling(package, platform):
         gptq = b"def gptq_quantize" in files.get("pgolf_jax/quant/gptq.py", b"")
         assert gptq if cfg.quant.scheme == "gptq" else not gptq if cfg.quant.scheme == "int8_per_row" else True, preset
         assert ("pgolf_jax/evaluation/ttt.py" in files) == ("ttt" in cfg.eval.final_modes), preset
+        # the blocked flash path: a CPU file's fallback; a GPU file's is the plain XLA path
+        impl = cfg.model.attention_impl
+        flash = b"def _flash_forward" in files.get("pgolf_jax/model/attention.py", b"")
+        masked_gpu = cfg.model.doc_mask and platform == "gpu" and impl in ("auto", "cudnn")
+        assert flash == ((platform == "cpu" if impl == "auto" else impl == "flash") or masked_gpu), (preset, platform)
         # the rules of a reference state dict without specs (submit's export): a run passes its model's own
         assert b"def name_rules" not in files.get("pgolf_jax/quant/export.py", b""), preset
 
@@ -179,6 +184,8 @@ def test_document_masking_and_its_checks_are_packed_only_for_a_run_that_masks(pa
     files = select.packed_sources(config_lib.load(ROOT / "configs/record_1809.py", [f"model.doc_mask={mask}"]),
                                   "gpu", ROOT, package)
     assert ("pgolf_jax/model/varlen.py" in files) == ("pgolf_jax/model/varlen_options.py" in files) == mask
+    # segments under cuDNN take the blocked flash path (varlen.segmented_attention): a GPU file keeps it
+    assert (b"def _flash_forward" in files["pgolf_jax/model/attention.py"]) == mask
     assert (b"does not combine with" in files["pgolf_jax/model/options.py"]) is False
     with pytest.raises(config_lib.ConfigError, match="model.doc_mask=true does not combine with model.pause_tokens"):
         config_lib.load(ROOT / "configs/record_1809.py", ["model.doc_mask=true", "model.pause_tokens=4"])
@@ -306,8 +313,8 @@ def test_gpu_packed_record_stack_runs_clean_to_the_package_score(sample_data, tm
     packed = tmp_path / "train_gpt.py"
     assert main(["pack", "--config", str(ROOT / "configs/record_1809.py"), "--platform", "gpu",
                  "--out", str(packed), *TINY_RECORD]) == 0
-    # The package in-process with the attention the clean run's "auto" resolves to without the kernel.
-    assert main(["--config", str(ROOT / "configs/record_1809.py"), *TINY_RECORD, *data, "model.attention_impl=flash",
+    # The package in-process with the attention the GPU file's "auto" resolves to on a CPU.
+    assert main(["--config", str(ROOT / "configs/record_1809.py"), *TINY_RECORD, *data, "model.attention_impl=xla",
                  f"train.out_dir={tmp_path / 'pkg'}", "train.run_id=pkg"]) == 0
     want = json.loads((tmp_path / "pkg" / "pkg" / "submission.json").read_text())
     clean, home = tmp_path / "records_folder", tmp_path / "home"

@@ -3,7 +3,6 @@ attention-module registry (GQA now; MLA / XSA / gated variants plug in as entrie
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -96,8 +95,7 @@ def _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
     return _unfold(o, T), (q, k, v, o, jnp.concatenate(lses, axis=2), seg_BT)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def flash_attention(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
+def _flash(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=None):
     return _flash_forward(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT)[0]
 
 
@@ -137,7 +135,15 @@ def _flash_backward(scale, res, do_BTHK):
     return dq, dk, dv, None  # no cotangent for the integer segment ids
 
 
-flash_attention.defvjp(_flash_forward, _flash_backward)
+def _with_vjp(fun, fwd, bwd, nondiff_argnums):
+    f = jax.custom_vjp(fun, nondiff_argnums=nondiff_argnums)
+    f.defvjp(fwd, bwd)
+    return f
+
+
+# An assignment, not a decorated def and a defvjp call: packing drops it (and the blocked passes) from
+# a file whose run never picks flash (packing/shake.py keeps every top-level call).
+flash_attention = _with_vjp(_flash, _flash_forward, _flash_backward, (3,))
 
 
 def cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale):
@@ -148,7 +154,8 @@ def cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale):
 
 def resolve_impl(impl: str, dtype) -> str:
     """'auto' = cuDNN flash attention on GPU in half precision; on CPU the native fused kernel
-    when it builds here, else our blocked flash path."""
+    when it builds here, else our blocked flash path (a file packed for GPUs holds none of these
+    fallbacks: there it is the plain XLA path, packing/select.py)."""
     if impl != "auto":
         return impl
     backend = jax.default_backend()
@@ -157,7 +164,7 @@ def resolve_impl(impl: str, dtype) -> str:
     impls = registry.ATTENTION_IMPLS  # a packed GPU file registers no fused_cpu (and holds no kernel)
     if backend == "cpu" and "fused_cpu" in impls and registry.resolve(impls, "fused_cpu").available():
         return "fused_cpu"
-    return "flash"
+    return "flash" if "flash" in impls else "xla"
 
 
 def windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window: int, seg_BT=None):
