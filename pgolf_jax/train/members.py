@@ -18,6 +18,7 @@ from pgolf_jax.model.gpt import Model, build_model, resolve_dtype
 from pgolf_jax.optim.optimizers import labels_from_specs, make_optimizer
 from pgolf_jax.train.step import TrainState, initial_rng, make_train_step
 
+
 def field(cfg: Config, key: str):
     """cfg's value of a dotted key ("optim.matrix_lr", "train.distill.alpha")."""
     value = cfg
