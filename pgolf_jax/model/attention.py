@@ -154,8 +154,8 @@ def cudnn_attention(q_BTHK, k_BTGK, v_BTGK, scale):
 
 def resolve_impl(impl: str, dtype) -> str:
     """'auto' = cuDNN flash attention on GPU in half precision; on CPU the native fused kernel
-    when it builds here, else our blocked flash path (in a file packed for GPUs, the plain XLA path
-    unless its run masks documents: packing/select.py)."""
+    when it builds here, else our blocked flash path (in a file packed for GPUs, the plain XLA path:
+    packing/select.py)."""
     if impl != "auto":
         return impl
     backend = jax.default_backend()

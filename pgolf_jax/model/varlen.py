@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from pgolf_jax import registry
-from pgolf_jax.model.attention import windowed_attention
+from pgolf_jax.model.attention import flash_attention, windowed_attention
 from pgolf_jax.model.embeddings import BOS_ID
 
 
@@ -35,7 +35,8 @@ def segmented_attention(q_BTHK, k_BTGK, v_BTGK, impl: str, scale: float, window:
     matrix, masks the segments instead."""
     if window and window < q_BTHK.shape[1]:
         return windowed_attention(q_BTHK, k_BTGK, v_BTGK, scale, window, seg_BT)
-    impl = "flash" if impl == "cudnn" else impl
-    return registry.resolve(registry.ATTENTION_IMPLS, impl)(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=seg_BT)
+    # named, not looked up: a packed GPU file holds flash only through this reference
+    fn = flash_attention if impl == "cudnn" else registry.resolve(registry.ATTENTION_IMPLS, impl)
+    return fn(q_BTHK, k_BTGK, v_BTGK, scale, seg_BT=seg_BT)
 
 

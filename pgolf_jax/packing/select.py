@@ -17,7 +17,8 @@ PLATFORMS = ("gpu", "cpu")
 ENTRY = ("pgolf_jax.cli", "packed_main")
 # What "auto" attention resolves to on each platform (model/attention.py resolve_impl). The fallback
 # of a GPU file is the plain XLA path, which only runs off its target (a CPU, as the tests run it) or
-# in fp32: the blocked flash path (~650 bytes packed) keeps a CPU file's memory linear in T.
+# in fp32: the blocked flash path (~650 bytes packed) keeps a CPU file's memory linear in T (a doc-masked
+# run's file holds it too: model/varlen.py runs cuDNN's share with segments on it).
 _AUTO_IMPLS = {"gpu": ("cudnn", "xla"), "cpu": ("fused_cpu", "flash")}
 KERNEL_SOURCE = "pgolf_jax/model/kernels/causal_attention_cpu.cc"
 
@@ -48,8 +49,6 @@ def select(cfg, platform: str) -> Selection:
         keep["MIXERS"].add("attn")
     impl = cfg.model.attention_impl
     impls = set(_AUTO_IMPLS[platform]) if impl == "auto" else {impl}
-    if cfg.model.doc_mask and "cudnn" in impls:  # model/varlen.py runs cuDNN's share with segments as
-        impls = (impls | {"flash"}) - ({"xla"} if impl == "auto" else set())  # flash, auto's fallback then too
     keep["ATTENTION_IMPLS"] = impls
     keep["VARLEN"] = set(registry.VARLEN) if cfg.model.doc_mask else set()
     keep["NGRAM_MIX"] = set(registry.NGRAM_MIX) if cfg.eval.ngram_order else set()

@@ -125,7 +125,7 @@ class Group(Members):
 
     def get(self, state, k: int, field: str = "params") -> Any:
         if self.mode == "loop":
-            return getattr(state[k], field)
+            return super().get(state, k, field)
         return jax.tree.map(lambda a: a[k], getattr(state, field))
 
     def rows(self, metrics) -> list[dict]:

@@ -4,6 +4,7 @@ ignores all of this: it scores the plain cross-entropy of real tokens."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -22,6 +23,13 @@ def weighted_mean(nll_BT, weights_BT):
         return jnp.mean(nll_BT)
     w = weights_BT.astype(jnp.float32)
     return jnp.sum(nll_BT * w) / jnp.maximum(jnp.sum(w), 1e-9)
+
+
+def options_line(cfg: Config) -> str:
+    """`objective:<name> <field>:<value> ...`: the run's objective and its options (train.<name>)."""
+    name = cfg.train.objective
+    opts = getattr(cfg.train, name)
+    return " ".join([f"objective:{name}", *(f"{f.name}:{getattr(opts, f.name)}" for f in dataclasses.fields(opts))])
 
 
 class CrossEntropy:
@@ -96,9 +104,7 @@ class ChunkedCrossEntropy(CrossEntropy):
         super().__init__(cfg)
         self.chunk = cfg.train.ce_chunked.vocab_chunk
 
-    @staticmethod
-    def describe(cfg: Config) -> str:
-        return f"objective:ce_chunked vocab_chunk:{cfg.train.ce_chunked.vocab_chunk}"
+    describe = staticmethod(options_line)
 
     def terms(self, model: Model, params, x_BT, y_BT, looped: bool, rng, traced: hyper.Traced = None):
         module = model.module(params)
@@ -124,10 +130,7 @@ class Distill(CrossEntropy):
         self.teacher_model = teacher_model
         self.alpha, self.T = cfg.train.distill.alpha, cfg.train.distill.temperature
 
-    @staticmethod
-    def describe(cfg: Config) -> str:
-        d = cfg.train.distill
-        return f"objective:distill teacher:{d.teacher} alpha:{d.alpha} temperature:{d.temperature}"
+    describe = staticmethod(options_line)
 
     @staticmethod
     def teacher(cfg: Config) -> tuple[Model, dict]:
