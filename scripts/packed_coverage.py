@@ -152,7 +152,10 @@ def main() -> int:
     p.add_argument("--top", type=int, default=30, help="never-run blocks to list (not error paths)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    cfg = config_lib.load(args.config, args.overrides)
+    try:
+        cfg = config_lib.load(args.config, args.overrides)
+    except config_lib.ConfigError as exc:
+        sys.exit(f"error: config: {exc}")
     with tempfile.TemporaryDirectory(prefix="packed-coverage-") as tmp:
         tree = Path(tmp)
         files, embedded = write_tree(cfg, args.platform, tree)
