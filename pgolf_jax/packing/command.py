@@ -45,10 +45,7 @@ def pack_command(argv: list[str]) -> int:
 def report(data: bytes, files: dict[str, bytes]) -> list[str]:
     """The file's size, then its largest files: minified bytes and each one's bytes compressed alone
     (a file's share of the whole is a little less: the files compress together)."""
-    rows = []
-    for rel, raw in files.items():
-        body = file.minify_source(rel, raw)
-        rows.append((len(file.compress(body)), len(body), rel))
+    rows = [(len(file.compress(body)), len(body), rel) for rel, body in file.payload_files(files).items()]
     rows.sort(reverse=True)
     out = [f"pack: train_gpt.py {len(data):,} bytes ({len(files)} files, {sum(r[1] for r in rows):,} bytes minified)"]
     out += [f"pack:file {rel} minified:{n:,} alone_compressed:{c:,}" for c, n, rel in rows[:TOP]]

@@ -7,7 +7,8 @@ the third-party requirements installed, it trains and evaluates the config it wa
 what the artifact's code bytes count (quant.code_bytes=packed).
 
 Minification (python-minifier) drops docstrings, comments and annotations and renames locals;
-module-level names keep their names, since modules import them from each other.
+then rename.py gives the module-level names that mean one thing across the packed modules short
+names in all of them at once.
 
 The file: a stub (`_STUB`), a checksum line, then the PPMd-compressed payload in base 231 as
 comment lines. The stub reads the comment lines of its own file and checks them before it decodes
@@ -171,14 +172,29 @@ def pack(files: dict[str, bytes], config: dict) -> bytes:
     """files {path relative to the repo root ('pgolf_jax/...'): contents} and a config dict ->
     the bytes of train_gpt.py. Only the package's files go in (run.py is what it replaces)."""
     entries = []
-    for rel, raw in sorted(files.items()):
-        if not rel.startswith("pgolf_jax/"):
-            continue
-        body = minify_source(rel, raw)
+    for rel, body in payload_files(files).items():
         if b"\0" in body:
             raise ValueError(f"{rel}: a NUL byte cannot be packed")
         entries.append(rel.encode() + b"\n" + body)
     return packed_file(b"\0".join([_BOOT.encode(), json.dumps(config, separators=(",", ":")).encode(), *entries]))
+
+
+def payload_files(files: dict[str, bytes]) -> dict[str, bytes]:
+    """{path: contents} of the package's files as the payload holds them, in path order: minified,
+    then the Python modules' module-level names shortened across all of them (rename.py)."""
+    from pgolf_jax.packing.rename import rename_globals
+
+    out = {rel: minify_source(rel, raw) for rel, raw in sorted(files.items()) if rel.startswith("pgolf_jax/")}
+    modules = {_module_name(rel): rel for rel in out if rel.endswith(".py")}
+    renamed = rename_globals({m: out[rel].decode("utf-8") for m, rel in modules.items()})
+    out.update((modules[m], text.encode("utf-8")) for m, text in renamed.items())
+    return out
+
+
+def _module_name(rel: str) -> str:
+    """'pgolf_jax/a/b.py' -> 'pgolf_jax.a.b'; a package's __init__.py is the package."""
+    name = rel[:-3].replace("/", ".")
+    return name[:-len(".__init__")] if name.endswith(".__init__") else name
 
 
 def packed_file(payload: bytes) -> bytes:
