@@ -282,8 +282,8 @@ def _packed_job(argv: list[str], config: dict) -> int:
     args = _main_parser(packed=True).parse_args(argv)
     if args.config is not None:
         raise ConfigError(f"--config {args.config}: refused, this train_gpt.py trains the config it was "
-                          "packed with (overrides such as train.seed=2 still apply)")
-    cfg = config_lib.override(config_lib.from_dict(config), args.overrides)
+                          "packed with (train.seed=2, data paths and the like still apply)")
+    cfg = config_lib.place_override(config_lib.from_dict(config), args.overrides)
     from pgolf_jax.data.source import prepared_dataset
     from pgolf_jax.pipeline import Tooling
 

@@ -89,10 +89,6 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{name}.{variant}.* is set but no {name} field selects {variant}")
         for variant in sorted(chosen & set(registry.option_names(name))):
             check_options(f"{name}.{variant}", getattr(sec, variant), cfg)
-    for name, feature in registry.FEATURES.items():  # no code: a packed file whose run left it off
-        switch = registry.feature_on(cfg, name) if not feature.code else ""
-        if switch:
-            raise ConfigError(f"{switch}: this train_gpt.py was packed for a run without {name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +246,28 @@ def _flatten(d: dict) -> dict:
 
 def flat_dict(cfg: Config) -> dict:
     return _flatten(to_dict(cfg))
+
+
+# What a packed train_gpt.py's command line may set: where and as which process it runs, its seed and
+# its name, never what it trains. Its config was validated when it was packed; with only these keys
+# open, the file needs none of the validation code (packing/select.py cuts it), and a record's
+# file reruns the record.
+PLACE_KEYS = ("train.seed", "train.run_id", "train.out_dir", "train.progress", "data.data_path",
+              "data.tokenizer_path", "train.distributed", "train.coordinator_address", "train.num_processes",
+              "train.process_id")
+
+
+def place_override(cfg: Config, items) -> Config:
+    """override() for a packed train_gpt.py: PLACE_KEYS only, each checked as validate() checks it."""
+    changes = _parse(items)
+    for key in changes:
+        if key not in PLACE_KEYS:
+            raise ConfigError(f"{key}: this train_gpt.py trains the config it was packed with and takes only "
+                              f"{', '.join(PLACE_KEYS)}; for another {key}, pack a file with it "
+                              f"(python run.py pack --config PRESET {key}=...)")
+    out = override(cfg, changes)
+    out.train.check_place()
+    return out
 
 
 def from_dict(d: dict, renames: dict | None = None) -> Config:

@@ -95,14 +95,14 @@ ATTENTION_IMPLS = {
 VARLEN = {"segments": f"{_MODEL}.varlen:segment_ids", "attention": f"{_MODEL}.varlen:segmented_attention",
           "check": f"{_MODEL}.varlen_options:check_doc_mask"}
 # eval.ngram_order > 0: eval-time n-gram mixing (#1227) on top of each final mode; a packed file keeps it
-# only when its run mixes (packing/select.py; evaluation/options.py refuses the override in a file without it).
+# only when its run mixes (packing/select.py; its command line cannot turn mixing on: config.PLACE_KEYS).
 NGRAM_MIX = {"mix": "pgolf_jax.evaluation.ngram:final_mix"}
 # train.checkpoint_every(_seconds): a plain run's checkpoints and --resume; a packed file keeps these only
 # when its run checkpoints (packing/select.py), the package always has them (SIGTERM checkpoints too).
 CHECKPOINTS = {"checkpointer": "pgolf_jax.train.checkpoint:Checkpointer", "resume": "pgolf_jax.train.resume:prepare"}
 # Code behind a plain switch rather than a registry of its own: a packed file whose run leaves a feature off
-# holds `name = None` for each of its definitions (packing/shake.py), and config.validate refuses a command line
-# that turns it on there (the package has them all; a packed copy lists only those left off, without code).
+# holds `name = None` for each of its definitions (packing/shake.py); its command line cannot turn one on
+# (config.PLACE_KEYS).
 FEATURES = {
     "qat": Feature(("quant.qat",), ("pgolf_jax.quant.qat:fake_quantize",)),
     # quant.scale_method percentile or search (GPTQ-lite) rather than SDClip

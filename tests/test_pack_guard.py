@@ -133,12 +133,22 @@ def test_config_is_refused_and_overrides_still_apply(packed, tmp_path):
         lines = proc.stderr.splitlines()
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1, ctx
         assert lines[0] == ("error: config: --config other.py: refused, this train_gpt.py trains the config it was "
-                            "packed with (overrides such as train.seed=2 still apply)"), ctx
+                            "packed with (train.seed=2, data paths and the like still apply)"), ctx
         assert tree_sums(folder) == before, ctx
-    proc = _run(folder, "--dry-run", "train.seed=7", "model.num_layers=3")
+    proc = _run(folder, "--dry-run", "train.seed=7", "train.run_id=again", "data.data_path=elsewhere")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert '"seed": 7' in proc.stdout and '"num_layers": 3' in proc.stdout and "model_params:" in proc.stdout
+    assert '"seed": 7' in proc.stdout and '"run_id": "again"' in proc.stdout and "model_params:" in proc.stdout
     assert tree_sums(folder) == before
+    # What it trains is the packed config's: any other key is one line naming it (config.PLACE_KEYS), and the
+    # place keys are checked as the package checks them.
+    for args, want in ((["model.num_layers=3"], "error: config: model.num_layers: this train_gpt.py trains the config "
+                                                "it was packed with and takes only train.seed, "),
+                       (["train.seed=-1"], "error: config: train.seed=-1 must be in [0, 4294967295]"),
+                       (["train.run_id=../x"], "error: config: train.run_id='../x': use letters, digits")):
+        proc = _run(folder, "--dry-run", *args)
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(want), (args, proc.stderr[-2000:])
+        assert tree_sums(folder) == before
 
 
 def test_a_machine_without_pyppmd_is_told_in_one_line(packed, tmp_path):

@@ -150,6 +150,10 @@ def test_every_preset_packs_closed_and_without_tooling(package, platform):
         assert flash == ((platform == "cpu" if impl == "auto" else impl == "flash") or masked_gpu), (preset, platform)
         # the rules of a reference state dict without specs (submit's export): a run passes its model's own
         assert b"def name_rules" not in files.get("pgolf_jax/quant/export.py", b""), preset
+        # validated when packed (config.PLACE_KEYS): no validate(), no options class's check or RANGES table
+        assert b"def validate" not in files["pgolf_jax/config.py"] and b"def check_place" in files[
+            "pgolf_jax/train/options.py"], preset
+        assert not [f for f, t in files.items() if f.endswith("options.py") and re.search(rb"def check\(|\bRANGES = ", t)]
 
 
 @pytest.mark.parametrize("every", ["train.checkpoint_every=0", "train.checkpoint_every=5",
@@ -161,26 +165,18 @@ def test_checkpoint_code_is_packed_only_for_a_run_that_checkpoints(package, ever
 
 
 @pytest.mark.parametrize("order", [0, 4])
-def test_ngram_mixing_is_packed_only_for_a_run_that_mixes(package, order, monkeypatch):
-    """registry.NGRAM_MIX as packing/select.py reduces it: a file packed without mixing refuses the override at
-    config time (before any training), in one line."""
-    from pgolf_jax import registry
-
+def test_ngram_mixing_is_packed_only_for_a_run_that_mixes(package, order):
+    """registry.NGRAM_MIX as packing/select.py reduces it (a packed file's command line cannot turn mixing on:
+    config.PLACE_KEYS)."""
     files = select.packed_sources(config_lib.load(ROOT / "configs/record_1809.py", [f"eval.ngram_order={order}"]),
                                   "gpu", ROOT, package)
     assert ("pgolf_jax/evaluation/ngram.py" in files) == bool(order)
-    monkeypatch.setattr(registry, "NGRAM_MIX", {})
-    with pytest.raises(config_lib.ConfigError, match="eval.ngram_order=4: this train_gpt.py was packed for a run "
-                                                     "without n-gram mixing"):
-        config_lib.load(ROOT / "configs/record_1809.py", ["eval.ngram_order=4"])
 
 
 @pytest.mark.parametrize("mask", [False, True])
-def test_document_masking_and_its_checks_are_packed_only_for_a_run_that_masks(package, mask, monkeypatch):
-    """registry.VARLEN (the segments, their attention, the doc-mask config checks) as packing/select.py reduces
-    it; a file packed without it refuses model.doc_mask at config time, in one line."""
-    from pgolf_jax import registry
-
+def test_document_masking_and_its_checks_are_packed_only_for_a_run_that_masks(package, mask):
+    """registry.VARLEN (the segments and their attention) as packing/select.py reduces it; the doc-mask config
+    checks, like all validation, are checked when the file is packed and are not in it."""
     files = select.packed_sources(config_lib.load(ROOT / "configs/record_1809.py", [f"model.doc_mask={mask}"]),
                                   "gpu", ROOT, package)
     assert ("pgolf_jax/model/varlen.py" in files) == ("pgolf_jax/model/varlen_options.py" in files) == mask
@@ -189,10 +185,6 @@ def test_document_masking_and_its_checks_are_packed_only_for_a_run_that_masks(pa
     assert (b"does not combine with" in files["pgolf_jax/model/options.py"]) is False
     with pytest.raises(config_lib.ConfigError, match="model.doc_mask=true does not combine with model.pause_tokens"):
         config_lib.load(ROOT / "configs/record_1809.py", ["model.doc_mask=true", "model.pause_tokens=4"])
-    monkeypatch.setattr(registry, "VARLEN", {})
-    with pytest.raises(config_lib.ConfigError, match="model.doc_mask / model.doc_split_len: this train_gpt.py was "
-                                                     "packed for a run without document masking"):
-        config_lib.load(ROOT / "configs/record_1809.py", ["model.doc_mask=true"])
 
 
 # Each registry.FEATURES entry: a preset that leaves it off and the overrides that turn it on (a new feature
@@ -219,10 +211,10 @@ def test_every_feature_has_a_config_that_turns_it_on():
 
 
 @pytest.mark.parametrize("name", sorted(FEATURE_ON))
-def test_a_feature_is_packed_only_for_a_run_that_turns_it_on(package, name, monkeypatch):
+def test_a_feature_is_packed_only_for_a_run_that_turns_it_on(package, name):
     """registry.FEATURES: off, each of its definitions is `name = None` in the packed module where code names it
-    (so imports of it still bind) and what only it reaches goes; on, the definitions are there. A file packed without it refuses
-    the switch at config time, in one line."""
+    (so imports of it still bind) and what only it reaches goes; on, the definitions are there. (A packed file's
+    command line cannot turn a feature on: config.PLACE_KEYS.)"""
     from pgolf_jax import registry
 
     feature, (preset, overrides) = registry.FEATURES[name], FEATURE_ON[name]
@@ -243,11 +235,6 @@ def test_a_feature_is_packed_only_for_a_run_that_turns_it_on(package, name, monk
             # off: a placeholder where kept code still names it (packed_sources checks that every name resolves)
             named = {n.id for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Name)}
             assert defined == present and (present or f"{attr} = None" in text or attr not in named), (name, target)
-    monkeypatch.setitem(registry.FEATURES, name, feature._replace(code=()))
-    switch = registry.feature_on(on, name)
-    with pytest.raises(config_lib.ConfigError, match=re.escape(f"{switch}: this train_gpt.py was packed for a run "
-                                                               f"without {name}")):
-        config_lib.load(ROOT / preset, overrides)
 
 
 @pytest.mark.parametrize("path", ["./data/tokenizers/fineweb_1024_bpe.model", "./data/tokenizers/byte260.json"])
@@ -325,7 +312,8 @@ def test_gpu_packed_record_stack_runs_clean_to_the_package_score(sample_data, tm
     (clean / "guard.py").write_text(GUARD)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JAX_COMPILATION_CACHE_DIR")}
     env.update(JAX_PLATFORMS="cpu", PGOLF_NO_NATIVE_KERNELS="1", HOME=str(home), XDG_CACHE_HOME=str(home))
-    proc = subprocess.run([sys.executable, "guard.py", "train_gpt.py", *data, "train.run_id=clean"], cwd=clean,
+    paths = [a for a in data if a.startswith(("data.data_path=", "data.tokenizer_path="))]  # config.PLACE_KEYS
+    proc = subprocess.run([sys.executable, "guard.py", "train_gpt.py", *paths, "train.run_id=clean"], cwd=clean,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = json.loads((clean / "runs" / "clean" / "submission.json").read_text())

@@ -57,7 +57,8 @@ def test_packed_train_gpt_runs_without_the_package_to_the_same_score(seeds, tmp_
     shutil.copyfile(run / "train_gpt.py", clean / "train_gpt.py")
     (clean / "guard.py").write_text(GUARD)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "guard.py", "train_gpt.py", *data, "train.progress=false",
+    paths = [a for a in data if a.startswith(("data.data_path=", "data.tokenizer_path="))]  # config.PLACE_KEYS
+    proc = subprocess.run([sys.executable, "guard.py", "train_gpt.py", *paths, "train.progress=false",
                            "train.run_id=again"], cwd=clean, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     again = json.loads((clean / "runs" / "again" / "submission.json").read_text())

@@ -44,9 +44,6 @@ class EvalConfig(Section):
             raise ConfigError(f"eval.eval_stride={self.eval_stride} must be in 1..eval_seq_len")
         if self.ngram_order and not 2 <= self.ngram_order <= 8:
             raise ConfigError(f"eval.ngram_order={self.ngram_order} must be 0 (off) or 2..8")
-        if self.ngram_order and "mix" not in registry.NGRAM_MIX:  # refused before training, not after it
-            raise ConfigError(f"eval.ngram_order={self.ngram_order}: this train_gpt.py was packed for a run "
-                              "without n-gram mixing")
 
 @dataclass(frozen=True)
 class TokenTilt:

@@ -115,9 +115,6 @@ class ModelConfig(Section):
         for ok, message in rules:
             if not ok:
                 raise ConfigError(message)
-        if (m.doc_mask or m.doc_split_len) and "check" not in registry.VARLEN:  # before training, not after
-            raise ConfigError("model.doc_mask / model.doc_split_len: this train_gpt.py was packed for a run without "
-                              "document masking")
         if m.doc_mask or m.doc_split_len:
             registry.resolve(registry.VARLEN, "check")(m, kinds)
 

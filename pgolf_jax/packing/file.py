@@ -3,7 +3,8 @@ theirs (minified source, compressed, encoded as text, a short `exec` stub): the 
 packing/select.py picks for the run (and the native kernel's C++ in a CPU file), the run's config,
 and a small importer that serves those modules from memory. Run inside a records folder with only
 the third-party requirements installed, it trains and evaluates the config it was packed for
-(command-line overrides such as `train.seed=42` still apply) and writes the same logs. Its size is
+(its command line sets only where it runs and its seed: config.PLACE_KEYS, such as `train.seed=42`)
+and writes the same logs. Its size is
 what the artifact's code bytes count (quant.code_bytes=packed).
 
 Minification (python-minifier) drops docstrings, comments and annotations and renames locals;

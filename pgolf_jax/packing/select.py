@@ -67,6 +67,24 @@ def left_out(selection: Selection) -> frozenset[tuple[str, str]]:
                      for target in f.code)
 
 
+# A packed file's config was validated when it was packed, and its command line sets only
+# config.PLACE_KEYS (TrainConfig.check_place checks those): the rest of the validation is code its
+# run cannot reach. Config's __post_init__ (config.validate) and, in the options modules, each class's
+# `check` and its RANGES / CHOICES tables.
+_VALIDATION_MEMBERS = ("check", "RANGES", "CHOICES")
+
+
+def validation(sources: dict[str, shake.Source]) -> frozenset[tuple[str, str]]:
+    """(module, "Class.member") of the validation code a packed file leaves out."""
+    out = {("pgolf_jax.config", "Config.__post_init__")}
+    for name, src in sources.items():
+        if name.endswith((".options", "_options")) or name == "pgolf_jax.options":
+            out.update((name, f"{cls.name}.{shake.member_name(m)}") for cls in src.tree.body
+                       if isinstance(cls, ast.ClassDef) for m in cls.body
+                       if shake.member_name(m) in _VALIDATION_MEMBERS)
+    return frozenset(out)
+
+
 def registry_source(text: str, selection: Selection) -> str:
     """registry.py's text with each selected registry reduced to its kept entries, written out as
     plain strings (so the shaker reads every "module:attr" target as a reference)."""
@@ -78,11 +96,7 @@ def registry_source(text: str, selection: Selection) -> str:
                 and stmt.targets[0].id in selection.entries):
             name = stmt.targets[0].id
             live = getattr(registry, name)
-            if name == "FEATURES":  # the features left off, without code: config.validate refuses their switches
-                body = ", ".join(f"{k!r}: Feature({f.switches!r}, ())" for k, f in live.items()
-                                 if k not in selection.entries[name])
-            else:
-                body = ", ".join(f"{k!r}: {live[k]!r}" for k in selection.entries[name])
+            body = ", ".join(f"{k!r}: {live[k]!r}" for k in selection.entries[name])
             out.extend(lines[pos:stmt.lineno - 1])
             out.append(f"{name} = {{{body}}}\n")
             pos = stmt.end_lineno
@@ -97,7 +111,7 @@ def packed_sources(cfg, platform: str, root: Path, sources: dict[str, shake.Sour
     sources = dict(sources or shake.package_sources(root))
     reg = sources["pgolf_jax.registry"]
     sources["pgolf_jax.registry"] = shake.parsed(reg.name, reg.rel, registry_source(reg.text, selection))
-    kept = shake.shake(sources, [ENTRY], left_out(selection))
+    kept = shake.shake(sources, [ENTRY], left_out(selection) | validation(sources))
     problems = shake.unresolved(kept, sources)
     if problems:  # a bug of the shaker, never of the config: the file would fail when it runs
         raise shake.ShakeError(f"the packed code is not closed: {'; '.join(problems[:5])}")

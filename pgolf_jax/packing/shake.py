@@ -12,8 +12,8 @@ stay whole: methods are reached through instances that libraries call (flax's `_
 hooks), which no scan of names can follow. Function annotations are not references (the minifier
 drops them and nothing evaluates them); class annotations are (dataclasses and typing read them).
 What the caller declares unreachable (`left_out`: registry.FEATURES a run leaves off) is the one
-exception: a function or class becomes `name = None` where code names it, a method is cut from its
-class, and none of their references are followed.
+exception: a function or class becomes `name = None` where code names it, a method or class attribute
+is cut from its class, and none of their references are followed.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Source:
         """cls without the named methods (one copy per cut, held here: `uses` caches by id)."""
         key = (cls.name, methods)
         if key not in self._cut:
-            body = [s for s in cls.body if not (isinstance(s, _FUNCS) and s.name in methods)]
+            body = [s for s in cls.body if member_name(s) not in methods]
             self._cut[key] = ast.ClassDef(**{**vars(cls), "body": body})
         return self._cut[key]
 
@@ -96,6 +96,15 @@ def _bindings(stmt: ast.stmt) -> list[str] | None:
         return [stmt.target.id]
     if isinstance(stmt, (ast.Import, ast.ImportFrom)) and getattr(stmt, "module", "") != "__future__":
         return [_alias_binding(a, stmt) for a in stmt.names]
+    return None
+
+
+def member_name(stmt: ast.stmt) -> str | None:
+    """The name a statement of a class body defines: a method, or a class attribute (`NAME = ...`)."""
+    if isinstance(stmt, _FUNCS):
+        return stmt.name
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        return stmt.targets[0].id
     return None
 
 
@@ -276,9 +285,11 @@ def _render(src: Source, kept: set[str], placeholders: set[str] = frozenset(), c
         if isinstance(stmt, _DEFS) and stmt.name in placeholders:
             out.append(f"{stmt.name} = None\n")
         elif isinstance(stmt, ast.ClassDef) and stmt.name in kept and any(c.startswith(stmt.name + ".") for c in cut):
-            gone = [m for m in stmt.body if isinstance(m, _FUNCS) and f"{stmt.name}.{m.name}" in cut]
+            gone = [m for m in stmt.body if f"{stmt.name}.{member_name(m)}" in cut]
             spans = {i for m in gone for i in range(_start(m) - 1, m.end_lineno)}
             out.extend(line for i, line in enumerate(lines[start - 1:stmt.end_lineno], start - 1) if i not in spans)
+            if len(gone) == len(stmt.body):  # nothing left of the body
+                out.append(" " * (stmt.body[0].col_offset) + "pass\n")
         elif bound is None or all(b in kept for b in bound):
             out.extend(lines[start - 1:stmt.end_lineno])
         elif isinstance(stmt, (ast.Import, ast.ImportFrom)) and any(b in kept for b in bound):

@@ -55,26 +55,33 @@ class TrainConfig(Section):
     process_id: int = -1
     options: tuple = ()
     SECTION = "train"
+    PLACE_RANGES = {"seed": SEED_RANGE, "num_processes": ">= 0", "process_id": ">= -1"}  # config.PLACE_KEYS
     RANGES = {
-        "seed": SEED_RANGE, "iterations": ">= 1", "warmdown_iters": ">= 0", "warmdown_frac": "[0, 1]",
+        **PLACE_RANGES, "iterations": ">= 1", "warmdown_iters": ">= 0", "warmdown_frac": "[0, 1]",
         "min_lr": "[0, 1]", "lr_warmup_steps": ">= 0", "gptq_reserve_seconds": ">= 0", "ema_decay": "[0, 1)",
         "warmup_steps": ">= 0", "train_batch_tokens": ">= 1", "train_seq_len": ">= 1", "max_wallclock_seconds": ">= 0",
         "train_log_every": ">= 0", "batch_spans": ">= 1", "microbatch_tokens": ">= 0", "checkpoint_every": ">= 0",
-        "checkpoint_every_seconds": ">= 0", "checkpoint_keep": ">= 1", "num_processes": ">= 0", "process_id": ">= -1",
+        "checkpoint_every_seconds": ">= 0", "checkpoint_keep": ">= 1",
     }
     CHOICES = {"param_sharding": ("replicated", "fsdp")}
+
+    def check_place(self) -> None:
+        """The fields a packed train_gpt.py's command line may set (config.PLACE_KEYS)."""
+        for name, rule in self.PLACE_RANGES.items():
+            check_range(f"train.{name}", getattr(self, name), rule)
+        if self.run_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run_id):
+            raise ConfigError(f"train.run_id={self.run_id!r}: use letters, digits, '.', '_' and '-' "
+                              "(it names a directory)")
+        if not self.out_dir.strip():
+            raise ConfigError("train.out_dir must not be empty")
 
     def check(self, cfg) -> None:
         if self.iterations < 1:  # the one range with a hint
             check_range("train.iterations", self.iterations, ">= 1",
                         " (to score existing weights without training use `run.py eval`)")
         super().check(cfg)
+        self.check_place()
         t, span = self, self.train_batch_tokens // self.batch_spans
-        if t.run_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", t.run_id):
-            raise ConfigError(f"train.run_id={t.run_id!r}: use letters, digits, '.', '_' and '-' "
-                              "(it names a directory)")
-        if not t.out_dir.strip():
-            raise ConfigError("train.out_dir must not be empty")
         if t.max_wallclock_seconds > 0 and t.gptq_reserve_seconds >= t.max_wallclock_seconds:
             raise ConfigError(f"train.gptq_reserve_seconds={t.gptq_reserve_seconds} leaves no training time of "
                               f"train.max_wallclock_seconds={t.max_wallclock_seconds}")
