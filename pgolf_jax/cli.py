@@ -17,15 +17,19 @@ _Parser = arg_parser()
 VERBS = ("data", "eval", "quantize", "bench", "sweep", "plot", "submit", "export", "compile", "pack")
 
 
-def _main_parser(packed: bool = False) -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="train_gpt.py" if packed else "run.py",
-        description="pgolf_jax main job: train -> quantize -> pack -> round-trip eval. "
-                    + ("The config is the one this file was packed with; overrides apply on top."
-                       if packed else f"Other verbs: {', '.join(VERBS)} (run.py <verb> --help)."))
-    # A packed file keeps --config only to refuse it by name (_main) rather than as an unknown flag.
-    p.add_argument("--config", required=not packed,
-                   help=argparse.SUPPRESS if packed else "preset file, e.g. configs/cpu.py")
+def _main_parser() -> argparse.ArgumentParser:
+    return _job_args(_Parser(prog="run.py", description="pgolf_jax main job: train -> quantize -> pack -> round-trip "
+                             f"eval. Other verbs: {', '.join(VERBS)} (run.py <verb> --help)."),
+                     "preset file, e.g. configs/cpu.py")
+
+
+def _packed_parser() -> argparse.ArgumentParser:
+    """A packed train_gpt.py's: its config is the packed one (--config is kept only to be refused by name)."""
+    return _job_args(_Parser(prog="train_gpt.py", description="Train, quantize, pack and score the packed config."))
+
+
+def _job_args(p: argparse.ArgumentParser, config_help: str | None = None) -> argparse.ArgumentParser:
+    p.add_argument("--config", required=config_help is not None, help=config_help or argparse.SUPPRESS)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and model_params, then exit")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("--allow-code-change", action="store_true",
@@ -256,7 +260,6 @@ def _terminate_as_interrupt():
 
 def interrupted_line(exc: BaseException) -> str:
     from pgolf_jax.errors import signum_of
-
     return "SIGTERM" if signum_of(exc) == signal.SIGTERM else "^C"
 
 
@@ -276,12 +279,11 @@ def _data_command(argv: list[str]) -> int:
 
 def _packed_job(argv: list[str], config: dict) -> int:
     from pgolf_jax import config as config_lib
-    from pgolf_jax.config import ConfigError
 
     # The config is checked before JAX is imported: a bad value costs no seconds.
-    args = _main_parser(packed=True).parse_args(argv)
+    args = _packed_parser().parse_args(argv)
     if args.config is not None:
-        raise ConfigError(f"--config {args.config}: refused, this train_gpt.py trains the config it was "
+        raise config_lib.ConfigError(f"--config {args.config}: refused, this train_gpt.py trains the config it was "
                           "packed with (train.seed=2, data paths and the like still apply)")
     cfg = config_lib.place_override(config_lib.from_dict(config), args.overrides)
     from pgolf_jax.data.source import prepared_dataset

@@ -79,3 +79,27 @@ def test_new_names_never_shadow_an_existing_identifier():
                                     "def other():\n    return long_function_name()\n"}
     out = rename_globals(modules)["pkg.m"]
     assert "long_function_name" not in out and "def c():" in out
+
+
+def test_a_short_name_that_is_a_module_in_one_function_is_not_one_in_the_next():
+    """Minified code reuses a short name: a module alias in one function, a plain object in another.
+    An attribute of the object is not the module's definition (the name that looks like it keeps it)."""
+    modules = {"pkg": "", "pkg.util": "def shared_name():\n    return 1\n",
+               "pkg.main": ("def f():\n    from pkg import util as B\n    return B.shared_name()\n"
+                            "def g(B):\n    return B.shared_name\n")}
+    assert "def shared_name(" in rename_globals(modules)["pkg.util"]
+
+
+def test_a_name_imported_through_a_module_that_imports_it_is_renamed():
+    modules = {"pkg": "", "pkg.util": "def long_helper_name():\n    return 1\n",
+               "pkg.mid": "from pkg.util import long_helper_name\n",
+               "pkg.main": "from pkg.mid import long_helper_name\ndef packed_main():\n    return long_helper_name()\n"}
+    out = rename_globals(modules)
+    assert not any("long_helper_name" in t for t in out.values())
+
+
+def test_a_name_that_is_also_an_attribute_of_a_library_module_keeps_it():
+    """Every token of a renamed name changes: `json.dumps` must not become `json.<short>`."""
+    modules = {"pkg": "", "pkg.util": "import json\ndef dumps(x):\n    return json.dumps(x)\n",
+               "pkg.main": "from pkg.util import dumps\ndef packed_main():\n    return dumps(1)\n"}
+    assert "json.dumps" in rename_globals(modules)["pkg.util"]

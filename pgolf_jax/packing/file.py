@@ -121,31 +121,35 @@ def minify_cpp(source: str) -> str:
 # bytes themselves (one block for all: 1.88%), where base85 adds 25%.
 ALPHABET = bytes(b for b in range(256) if min(bin(b ^ t).count("1") for t in (0, 10, 13)) > 1)
 _BLOCK, _DIGITS = 256, 261
-_WIDTH = 2000  # payload bytes per comment line
-# The checksum line: the sha256 of the payload text as it stands in the file (its comment lines
-# joined, '#' and line ends dropped) and the compressed length. Checked first, it catches every
-# damage to that text with one comparison, before any decoder sees corrupt input. PPMd (variant I,
-# order 16: higher orders give the same bytes here) packs our minified sources ~11% smaller than
-# brotli-11 and ~14% smaller than LZMA (BENCHMARKS.md): a context model suits source text better than
-# LZ77 matching. A file without pyppmd installed says so.
+_WIDTH = 16_000  # payload bytes per comment line (each line costs 2 bytes; Python takes any length)
+# The checksum line: a hash, the compressed length and the PPMd order the payload was compressed
+# with; the hash is the sha256 of the line's "length order" and the payload text as it stands in
+# the file (its comment lines joined, '#' and line ends dropped), its first _HEX hex digits (64 bits:
+# a damaged copy passes with odds of 2**-64). Checked first, it catches every damage to that text
+# with one comparison, before any decoder sees corrupt input. PPMd (variant I, order 16: higher
+# orders give the same bytes here) packs our minified sources ~11% smaller than brotli-11 and ~14%
+# smaller than LZMA (BENCHMARKS.md): a context model suits source text better than LZ77 matching.
+# A file without pyppmd installed says so.
 PPMD = {"max_order": 16, "mem_size": 16 << 20}
+_HEX = 16
 _STUB = b"""#coding:latin-1
 import sys,hashlib as H
 try:import pyppmd as P
 except ImportError:sys.exit("error: train_gpt.py needs the pyppmd package (pip install pyppmd)")
 def V(p):
  try:
-  h,*d=[l[1:].strip()for l in open(p,"rb")if l[:1]==b"#"][1:];d=b"".join(d);h,n=h.split();n=int(n);o=b""
-  if H.sha256(d).hexdigest().encode()!=h:raise ValueError("payload checksum mismatch")
+  h,*d=[l[1:].strip()for l in open(p,"rb")if l[:1]==b"#"][1:];d=b"".join(d);h,r=h.split(b" ",1)
+  n,m=map(int,r.split());o=b""
+  if H.sha256(r+d).hexdigest()[:%d].encode()!=h:raise ValueError("payload checksum mismatch")
   I={c:i for i,c in enumerate(b for b in range(256)if min(bin(b^t).count("1")for t in(0,10,13))>1)}
   for i in range(0,len(d),%d):
    v=0
    for c in d[i:i+%d]:v=v*231+I[c]
    o+=v.to_bytes(min(%d,n-len(o)),"big")
-  return P.decompress(o,max_order=%d,mem_size=%d)
+  return P.decompress(o,max_order=m,mem_size=%d<<20)
  except Exception as e:sys.exit(f"error: corrupt packed file {p}: {e}")
 Z=V(__file__).split(b"\\0");exec(Z[0])
-""" % (_DIGITS, _DIGITS, _BLOCK, PPMD["max_order"], PPMD["mem_size"])
+""" % (_HEX, _DIGITS, _DIGITS, _BLOCK, PPMD["mem_size"] >> 20)
 
 
 def encode(data: bytes) -> bytes:
@@ -200,18 +204,39 @@ def _module_name(rel: str) -> str:
 
 def packed_file(payload: bytes) -> bytes:
     """The file for a payload: the stub, the checksum line, the compressed payload in comment lines."""
-    body = compress(payload)
+    body, order = compress_checked(payload)
     text = encode(body)
     lines = [text[i:i + _WIDTH] for i in range(0, len(text), _WIDTH)]
-    head = f"{hashlib.sha256(text).hexdigest()} {len(body)}".encode()
-    return _STUB + b"".join(b"#" + line + b"\n" for line in [head, *lines])
+    return _STUB + b"".join(b"#" + line + b"\n" for line in [checksum_line(text, len(body), order), *lines])
 
 
-def compress(payload: bytes) -> bytes:
-    """The payload as the stub decompresses it (PPMd, the PPMD parameters)."""
+def checksum_line(text: bytes, length: int, order: int) -> bytes:
+    """The checksum line's text (without '#'): hash, compressed length, PPMd order."""
+    rest = f"{length} {order}".encode()
+    return hashlib.sha256(rest + text).hexdigest()[:_HEX].encode() + b" " + rest
+
+
+def compress(payload: bytes, order: int = PPMD["max_order"]) -> bytes:
+    """The payload PPMd-compressed (variant I, PPMD's memory) at the given order."""
     import pyppmd
 
-    return pyppmd.compress(payload, **PPMD)
+    return pyppmd.compress(payload, max_order=order, mem_size=PPMD["mem_size"])
+
+
+def compress_checked(payload: bytes) -> tuple[bytes, int]:
+    """(the payload compressed, its order): the highest order from PPMD's down whose stream decodes
+    back to the payload. pyppmd 1.3.1 mis-decodes some streams (the whole package at order 16 stops
+    with "Corrupted input data"; order 15 decodes it), so no file is written without this check."""
+    import pyppmd
+
+    for order in range(PPMD["max_order"], 1, -1):
+        body = compress(payload, order)
+        try:
+            if pyppmd.decompress(body, max_order=order, mem_size=PPMD["mem_size"]) == payload:
+                return body, order
+        except (pyppmd.PpmdError, ValueError):  # what a stream it cannot decode raises
+            pass
+    raise ValueError("packing: no PPMd order decodes the payload back (pyppmd)")
 
 
 def run_config(config: dict) -> dict:

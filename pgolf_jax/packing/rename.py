@@ -35,9 +35,10 @@ def rename_globals(modules: dict[str, str]) -> dict[str, str]:
     module-level name replaced by a short one (the most used names get the shortest)."""
     trees = {m: ast.parse(t) for m, t in modules.items()}
     owners = _definitions(trees)
+    via = _reexports(trees, owners)
     refused = set(ENTRY)
     for mod, tree in trees.items():
-        refused |= _refused(mod, tree, owners, set(trees))
+        refused |= _refused(mod, tree, owners, set(trees), via)
     spots = {m: _name_spots(t, trees[m], refused) for m, t in modules.items()}
     names = {n for n in owners if n not in refused}
     used = Counter(name for s in spots.values() for name in s.values())
@@ -80,6 +81,22 @@ def _definitions(trees: dict[str, ast.Module]) -> dict[str, str]:
             and n not in _RESERVED}
 
 
+def _reexports(trees: dict[str, ast.Module], owners: dict[str, str]) -> dict[tuple[str, str], str]:
+    """(module, name) -> the module that defines name, for a module that only imports it at top level
+    (`from a import name`, followed through chains): importing it from there is importing the definition."""
+    direct = {(m, a.name): s.module for m, t in trees.items() for s in t.body
+              if isinstance(s, ast.ImportFrom) and s.module for a in s.names if not a.asname}
+    out = {}
+    for key, src in direct.items():
+        for _ in range(len(trees)):  # a chain is at most as long as there are modules
+            if owners.get(key[1]) == src or (src, key[1]) not in direct:
+                break
+            src = direct[(src, key[1])]
+        if owners.get(key[1]) == src:
+            out[key] = src
+    return out
+
+
 def _top_names(stmt: ast.stmt) -> list[str]:
     if isinstance(stmt, _FUNCS):
         return [stmt.name]
@@ -90,25 +107,67 @@ def _top_names(stmt: ast.stmt) -> list[str]:
     return []
 
 
-def _modules_bound(tree: ast.Module, packed: set[str]) -> dict[str, str]:
-    """Names in mod (anywhere) that stand for one of the packed modules: `import a.b as x`,
-    `from a import b` where a.b is a module. A name bound to a module in one place and to
-    something else in another is not trusted (its attributes are then not renamed)."""
+def _imported_modules(imports, packed: set[str]) -> dict[str, str]:
+    """name -> module, for the names these import statements bind to modules: `import a.b [as x]`,
+    `from a import b [as x]` where a.b is a packed module."""
     out: dict[str, str] = {}
-    for n in ast.walk(tree):
+    for n in imports:
         if isinstance(n, ast.Import):
             for a in n.names:
                 out[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
-        elif isinstance(n, ast.ImportFrom) and n.module:
+        elif n.module:
             out.update((a.asname or a.name, f"{n.module}.{a.name}") for a in n.names
                        if f"{n.module}.{a.name}" in packed)
     return out
 
 
-def _refused(mod: str, tree: ast.Module, owners: dict[str, str], packed: set[str]) -> set[str]:
+def _own_nodes(scope: ast.AST):
+    """The nodes of a function (or module) body, not those of the functions and classes inside it."""
+    stack = list(ast.iter_child_nodes(scope))
+    while stack:
+        n = stack.pop()
+        yield n
+        if not isinstance(n, (*_FUNCS, ast.Lambda, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(n))
+
+
+def _scoped_modules(tree: ast.Module, packed: set[str]) -> dict[int, dict[str, str]]:
+    """id(attribute node) -> the names that stand for modules where it is: the module's imports,
+    then each function's own (minified code reuses one short name for a module in one function and
+    for anything at all in the next); a name a function binds otherwise is not a module there."""
+    out: dict[int, dict[str, str]] = {}
+
+    def visit(scope: ast.AST, outer: dict[str, str]) -> None:
+        own = list(_own_nodes(scope))
+        bound = dict(outer)
+        if scope is not tree:
+            args = scope.args if isinstance(scope, (*_FUNCS, ast.Lambda)) else None
+            for a in ([*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg] if args else []):
+                if a is not None:
+                    bound.pop(a.arg, None)
+            for n in own:
+                if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
+                    bound.pop(n.id, None)
+        bound.update(_imported_modules([n for n in own if isinstance(n, (ast.Import, ast.ImportFrom))], packed))
+        for n in own:
+            if isinstance(n, ast.Attribute):
+                out[id(n)] = bound
+            elif isinstance(n, (*_FUNCS, ast.Lambda, ast.ClassDef)):
+                for d in (getattr(n, "decorator_list", []) + [*getattr(getattr(n, "args", None), "defaults", [])]):
+                    for m in ast.walk(d):
+                        if isinstance(m, ast.Attribute):
+                            out[id(m)] = bound
+                visit(n, bound)
+
+    visit(tree, {})
+    return out
+
+
+def _refused(mod: str, tree: ast.Module, owners: dict[str, str], packed: set[str], via: dict) -> set[str]:
     """The candidate names that occur in mod in a way renaming could break: anything but their own
-    defining statement, a plain use, an import from their module, or an attribute of their module."""
-    bound_modules = _modules_bound(tree, packed)
+    defining statement, a plain use, an import from their module (or from a module that imports it
+    from there: via), or an attribute of their module."""
+    scoped = _scoped_modules(tree, packed)
     defining = set()  # the nodes that define a name of this module: not a refusal
     for stmt in tree.body:
         if isinstance(stmt, _FUNCS):
@@ -135,10 +194,11 @@ def _refused(mod: str, tree: ast.Module, owners: dict[str, str], packed: set[str
             for a in node.names:
                 if a.asname:
                     out.add(a.asname)
-                if owners.get(a.name) != node.module:
+                if owners.get(a.name) != via.get((node.module, a.name), node.module):
                     out.add(a.name)  # imported from elsewhere (or a module): not this definition
         elif isinstance(node, ast.Attribute):
-            if owners.get(node.attr) != _module_of(node.value, bound_modules):
+            base = _module_of(node.value, scoped.get(id(node), {}))
+            if owners.get(node.attr) != via.get((base, node.attr), base):  # (every token of a name is renamed)
                 out.add(node.attr)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             out.update(_named_by(node.value))
