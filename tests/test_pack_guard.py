@@ -50,32 +50,32 @@ def _payload_span(data: bytes) -> tuple[int, int]:
     return data.index(b"\n", start) + 1, len(data)
 
 
-def test_layout_and_a_flip_proof_alphabet(packed):
-    """The stub, a checksum line (sha256 and compressed length), then the payload in comment lines of
-    bytes from an alphabet no one-bit flip can turn into a line end, a carriage return or NUL."""
+def test_layout_and_alphabet(packed):
+    """The stub, a checksum line (hash, compressed length, PPMd order), then the payload in comment lines of
+    every byte but a line end, a carriage return and NUL."""
     assert packed.startswith(pack._STUB)
     lines = packed[len(pack._STUB):].split(b"\n")
     assert lines[-1] == b"" and all(ln.startswith(b"#") and len(ln) <= pack._WIDTH + 1 for ln in lines[:-1])
     digest, length, order = lines[0][1:].split()
     assert len(digest) == pack._HEX and int(length) > 0 and 2 <= int(order) <= pack.PPMD["max_order"]
     text = set(b"".join(ln[1:] for ln in lines[1:]))
-    assert text <= set(pack.ALPHABET) and len(pack.ALPHABET) == 231
-    assert not {c ^ (1 << b) for c in pack.ALPHABET for b in range(8)} & {0, ord("\n"), ord("\r")}
+    assert text <= set(pack.ALPHABET) and set(pack.ALPHABET) == set(range(256)) - {0, ord("\n"), ord("\r")}
+    assert 253 ** pack._DIGITS >= 256 ** pack._BLOCK > 253 ** (pack._DIGITS - 1)
 
 
-def test_base231_blocks_round_trip(tmp_path):
+def test_base253_blocks_round_trip(tmp_path):
     """The encoder and the stub's decoder (run from the stub's own text) agree on every tail length."""
     import pyppmd
 
     stub = pack._STUB.decode("latin-1")
     decoder = stub[stub.index("def V(p):"):stub.index("Z=V(")]
-    for n in (1, 2, 255, 256, 257, 600, 1000):
+    for n in (1, 2, 255, 256, 1023, 1024, 1025, 2100):
         body = bytes((i * 37 + n) % 256 for i in range(n))
         text = pack.encode(body)
         assert set(text) <= set(pack.ALPHABET)
         ns = {"sys": sys, "H": hashlib, "P": type("P", (), {"decompress": staticmethod(lambda o, **_: bytes(o))})}
         exec(decoder, ns)
-        f = tmp_path / f"b231_{n}.py"
+        f = tmp_path / f"b253_{n}.py"
         f.write_bytes(b"#x\n#" + pack.checksum_line(text, n, 16) + b"\n#" + text + b"\n")
         assert ns["V"](str(f)) == body
     assert pyppmd.decompress(pack.compress(b"x"), **pack.PPMD) == b"x"
@@ -110,17 +110,34 @@ def _corruptions(data: bytes, seed: int = 23) -> list[tuple[str, bytes]]:
     return out
 
 
+def _into_terminator(data: bytes) -> list[tuple[str, bytes]]:
+    """A payload byte flipped into a line feed, a carriage return and a NUL (the first bytes one bit away)."""
+    start, end = _payload_span(data)
+    out = []
+    for t in (ord("\n"), ord("\r"), 0):
+        pos = next(i for i in range(start + 1, end) if data[i - 1] != ord("\n") and bin(data[i] ^ t).count("1") == 1)
+        out.append((f"into-{t}@{pos}", data[:pos] + bytes([t]) + data[pos + 1:]))
+    return out
+
+
 def test_a_corrupt_copy_stops_with_one_line(packed, tmp_path):
-    cases = _corruptions(packed)
-    assert len({label for label, _ in cases}) == len(cases) >= 31
+    """Every damage but a payload byte turned into a line end or NUL: one line, before anything runs. Those
+    (about one random bit flip in 84) are Python's SyntaxError, before anything runs too."""
+    cases = _corruptions(packed) + _into_terminator(packed)
+    assert len({label for label, _ in cases}) == len(cases) >= 34
     for label, data in cases:
         (tmp_path / label).mkdir()
         folder = _folder(tmp_path / label, data)
         proc = _run(folder, "--dry-run")
         ctx = f"{label}: exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
         lines = proc.stderr.splitlines()
-        assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr, ctx
-        assert len(lines) == 1 and lines[0].startswith("error: corrupt packed file train_gpt.py: "), ctx
+        assert proc.returncode == 1 and proc.stdout == "", ctx
+        start, end = _payload_span(packed)
+        if any(c in (0, 10, 13) for c in data[start:end].replace(b"\n#", b"")[:-1]):  # Python's own refusal
+            assert "SyntaxError" in proc.stderr, ctx
+        else:
+            assert "Traceback" not in proc.stderr, ctx
+            assert len(lines) == 1 and lines[0].startswith("error: corrupt packed file train_gpt.py: "), ctx
         assert sorted(p.name for p in folder.iterdir()) == ["guard.py", "train_gpt.py"], ctx
 
 

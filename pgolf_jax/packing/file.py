@@ -11,15 +11,14 @@ Minification (python-minifier) drops docstrings, comments and annotations and re
 then rename.py gives the module-level names that mean one thing across the packed modules short
 names in all of them at once.
 
-The file: a stub (`_STUB`), a checksum line, then the PPMd-compressed payload in base 231 as
+The file: a stub (`_STUB`), a checksum line, then the PPMd-compressed payload in base 253 as
 comment lines. The stub reads the comment lines of its own file and checks them before it decodes
 anything, so a damaged copy stops with one line, `error: corrupt packed file <path>: <what>`
 (exit 1), before anything heavy is imported. Comment lines keep the file valid Python when it is
 truncated anywhere in the payload or a payload byte changes (the `#coding:latin-1` line makes any
-byte legal in a comment); what Python itself would still refuse before the stub runs is a byte
-turned into a line break or NUL, and the payload's alphabet is chosen so that no one-bit flip of a
-payload byte or line end can make one. Left to Python: damage to the stub's own code, or to the
-`#` that starts a line (Python's SyntaxError then quotes that line).
+byte but a line break and NUL legal in a comment). Left to Python (its SyntaxError, naming the file
+and line, exit 1, before anything runs): a payload byte damaged into a line break or NUL (about one
+random bit flip in 84), and damage to the stub's own code or to the `#` that starts a line.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -114,13 +114,25 @@ def minify_cpp(source: str) -> str:
     return "\n".join(line.strip() for line in text.splitlines() if line.strip()) + "\n"
 
 
-# The payload's alphabet: the 231 byte values more than one bit away from a line break, a carriage
-# return and NUL (so a one-bit flip of a payload byte never ends a comment line early or puts a NUL
-# in the source; every ASCII whitespace byte is among the excluded ones). The compressed payload is
-# written in base 231, 256 bytes to a block of 261 digits (231**261 > 256**256): 1.95% over the
-# bytes themselves (one block for all: 1.88%), where base85 adds 25%.
-ALPHABET = bytes(b for b in range(256) if min(bin(b ^ t).count("1") for t in (0, 10, 13)) > 1)
-_BLOCK, _DIGITS = 256, 261
+# The payload's alphabet: every byte a comment line can hold (all but NUL, line feed and carriage
+# return). The compressed payload is written in base 253, 1024 bytes to a block of 1027 digits:
+# 0.29% over the bytes themselves, where base85 adds 25%. (Sessions 11-12 kept to the 231 bytes no
+# one-bit flip turns into a line end or NUL: 1.95%, ~550 bytes more in the record stack's file, for
+# a one-line error on the 1 in 84 random flips Python now reports itself.)
+ALPHABET = bytes(b for b in range(256) if b not in (0, 10, 13))
+_BLOCK = 1024
+
+
+@functools.cache
+def _digits(nbytes: int) -> int:
+    """The fewest base-253 digits that hold any nbytes-byte number."""
+    n = int(nbytes * 8 / math.log2(len(ALPHABET)))
+    while len(ALPHABET) ** n < 256 ** nbytes:
+        n += 1
+    return n
+
+
+_DIGITS = _digits(_BLOCK)
 _WIDTH = 16_000  # payload bytes per comment line (each line costs 2 bytes; Python takes any length)
 # The checksum line: a hash, the compressed length and the PPMd order the payload was compressed
 # with; the hash is the sha256 of the line's "length order" and the payload text as it stands in
@@ -141,10 +153,10 @@ def V(p):
   h,*d=[l[1:].strip()for l in open(p,"rb")if l[:1]==b"#"][1:];d=b"".join(d);h,r=h.split(b" ",1)
   n,m=map(int,r.split());o=b""
   if H.sha256(r+d).hexdigest()[:%d].encode()!=h:raise ValueError("payload checksum mismatch")
-  I={c:i for i,c in enumerate(b for b in range(256)if min(bin(b^t).count("1")for t in(0,10,13))>1)}
+  I={c:i for i,c in enumerate(b for b in range(256)if b not in(0,10,13))}
   for i in range(0,len(d),%d):
    v=0
-   for c in d[i:i+%d]:v=v*231+I[c]
+   for c in d[i:i+%d]:v=v*253+I[c]
    o+=v.to_bytes(min(%d,n-len(o)),"big")
   return P.decompress(o,max_order=m,mem_size=%d<<20)
  except Exception as e:sys.exit(f"error: corrupt packed file {p}: {e}")
@@ -153,7 +165,7 @@ Z=V(__file__).split(b"\\0");exec(Z[0])
 
 
 def encode(data: bytes) -> bytes:
-    """data in ALPHABET, base 231 by blocks (the last block with as many digits as its bytes need)."""
+    """data in ALPHABET, base 253 by blocks (the last block with as many digits as its bytes need)."""
     out = bytearray()
     for i in range(0, len(data), _BLOCK):
         block = data[i:i + _BLOCK]
@@ -163,14 +175,6 @@ def encode(data: bytes) -> bytes:
             v, digits[k] = divmod(v, len(ALPHABET))
         out += digits.translate(bytes(ALPHABET) + bytes(256 - len(ALPHABET)))
     return bytes(out)
-
-
-def _digits(nbytes: int) -> int:
-    """The fewest base-231 digits that hold any nbytes-byte number."""
-    n = 0
-    while len(ALPHABET) ** n < 256 ** nbytes:
-        n += 1
-    return n
 
 
 def pack(files: dict[str, bytes], config: dict) -> bytes:
