@@ -202,3 +202,20 @@ def test_an_order_pyppmd_cannot_decode_back_is_not_used(monkeypatch, tmp_path):
     exec(stub[stub.index("def V(p):"):stub.index("Z=V(")], ns)
     (tmp_path / "t.py").write_bytes(data)
     assert ns["V"](str(tmp_path / "t.py")) == payload
+
+
+def test_payload_lines_may_start_and_end_with_any_byte(monkeypatch, tmp_path):
+    """Base 253 writes spaces, tabs and form feeds too: the stub takes each comment line's bytes as they are."""
+    import pyppmd
+
+    monkeypatch.setattr(pack, "_WIDTH", 3)
+    rng = random.Random(5)
+    payload = bytes(rng.randrange(256) for _ in range(3000))
+    data = pack.packed_file(payload)
+    edges = {ln[1:2] for ln in data.split(b"\n")[18:-1]} | {ln[-1:] for ln in data.split(b"\n")[18:-1]}
+    assert edges & {b" ", b"\t", b"\x0b", b"\x0c"}
+    stub = pack._STUB.decode("latin-1")
+    ns = {"sys": sys, "H": hashlib, "P": pyppmd}
+    exec(stub[stub.index("def V(p):"):stub.index("Z=V(")], ns)
+    (tmp_path / "t.py").write_bytes(data)
+    assert ns["V"](str(tmp_path / "t.py")) == payload
