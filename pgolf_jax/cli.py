@@ -73,6 +73,7 @@ def eval_command(argv: list[str]) -> int:
     from pgolf_jax import dist, pipeline
     from pgolf_jax.data.source import dataset_paths
     from pgolf_jax.model.gpt import build_model
+    from pgolf_jax.packing.select import package_tooling
     from pgolf_jax.quant import artifact, interop
     from pgolf_jax.quant.export import dequantize
     from pgolf_jax.runlog import RunLog
@@ -98,14 +99,14 @@ def eval_command(argv: list[str]) -> int:
     template = jax.eval_shape(model.init, jax.random.key(0))
     params = interop.unflatten_params(named, template, source=str(source))
     data_path, tok_path = dataset_paths(cfg)
-    log = RunLog(None)
-    factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log)
+    log, tooling = RunLog(None), package_tooling()
+    factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log, tooling.unigram)
     mesh = dist.make_mesh()
     res = pipeline.finite_result(factory(model, mesh)(params), f"eval of {source}")
     print(f"eval source:{source} {res.line()}")
     print(f"eval_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
     if cfg.eval.final_modes != "plain" or cfg.eval.ngram_order or cfg.eval.ngram_tilt:
-        pipeline.final_evals(cfg, model, params, factory, mesh, log)
+        pipeline.final_evals(cfg, model, params, factory, mesh, log, tooling.bound)
     return 0
 
 
@@ -162,12 +163,11 @@ def quantize_command(argv: list[str]) -> int:
         log(config_lib.to_json(cfg), console=False)
         log(f"quantize run:{run_dir} overrides:{' '.join(args.overrides) or '-'}")
         data_path, tok_path = dataset_paths(cfg, log)
-        mesh = dist.make_mesh()
-        factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log)
+        mesh, tooling = dist.make_mesh(), select.package_tooling()
+        factory = pipeline.make_evaluator_factory(cfg, data_path, tok_path, log, tooling.unigram)
         evaluator = factory(model, mesh)
         summary = pipeline.export_and_roundtrip(cfg, params, model, out, evaluator,
-                                                str(data_path / cfg.data.train_files), log,
-                                                select.package_tooling(), factory, mesh)
+                                                str(data_path / cfg.data.train_files), log, tooling, factory, mesh)
         write_json(out / "summary.json", summary)
         log(f"quantize_dir:{out}")
     except BaseException:

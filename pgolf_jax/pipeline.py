@@ -29,9 +29,8 @@ from pgolf_jax.data.shards import load_val_tokens, open_shard
 from pgolf_jax.data.sidecars import load_val_bytes
 from pgolf_jax.data.tokenizer import build_luts
 from pgolf_jax.errors import AlreadyFinished
-from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, unigram_bpb, with_window
+from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, with_window
 from pgolf_jax.fsio import atomic_output, write_bytes, write_json
-from pgolf_jax.model.flops import h100x8_seconds_bound
 from pgolf_jax.model.gpt import Model, build_model, count_params
 from pgolf_jax.model.params import flat_specs
 from pgolf_jax.quant import artifact
@@ -39,13 +38,6 @@ from pgolf_jax.quant.export import check_finite, dequantize
 from pgolf_jax.quant.interop import flatten_params, unflatten_params
 from pgolf_jax.runlog import RunLog
 from pgolf_jax.train.run_dir import claim_run_dir, new_run_id
-
-UNIGRAM_TOKENS = 10_000_000
-
-
-def source_hash() -> str:
-    return provenance.code_version()
-
 
 def val_byte_counts(cfg: Config, pattern: str, tokens: dict) -> dict | None:
     """{seq_len: the val tokens' byte sidecar} under data.val_byte_sidecar, or None for the tables."""
@@ -61,9 +53,10 @@ def val_byte_counts(cfg: Config, pattern: str, tokens: dict) -> dict | None:
     return found
 
 
-def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
+def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log, unigram: Callable | None = None):
     """Load val tokens and byte tables once; returns factory(model, mesh, seq_len=None, stride=None)
-    -> Evaluator (plain windows of train_seq_len by default; val tokens reloaded per length)."""
+    -> Evaluator (plain windows of train_seq_len by default; val tokens reloaded per length).
+    unigram: Tooling.unigram, the package's reference line (a packed file has none)."""
     pattern, V = str(data_path / cfg.data.val_files), cfg.model.vocab_size
     luts = build_luts(tok_path, cfg.model.vocab_size)  # first: a tokenizer/vocab mismatch is the clearer error
     tokens = {cfg.train.train_seq_len: load_val_tokens(pattern, cfg.train.train_seq_len, cfg.eval.val_tokens_limit, V)}
@@ -75,11 +68,8 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
     log(f"val_loader:shards pattern={pattern} tokens:{len(val_tokens) - 1}")
     if cfg.eval.attention_window:
         log(f"eval:attention_window:{cfg.eval.attention_window} (the sliding causal mask of every evaluation)")
-    train_files = sorted(data_path.glob(cfg.data.train_files))
-    if train_files:  # a reference point for "learns visibly": the unigram floor, from one shard
-        uni = unigram_bpb(open_shard(train_files[0], V)[:UNIGRAM_TOKENS], val_tokens, luts, cfg.model.vocab_size,
-                          None if val_bytes is None else val_bytes[cfg.train.train_seq_len])
-        log(f"val_unigram_bpb:{uni:.4f} (add-one unigram fit on {train_files[0].name})")
+    if unigram is not None:
+        unigram(cfg, data_path, val_tokens, luts, val_bytes and val_bytes[cfg.train.train_seq_len], log)
 
     def factory(model: Model, mesh, seq_len: int | None = None, stride: int | None = None, batch_seqs: int = 0):
         n = dist.num_data_devices(mesh)
@@ -97,10 +87,25 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log):
     return factory
 
 
-def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
+UNIGRAM_TOKENS = 10_000_000
+
+
+def unigram_line(cfg: Config, data_path: Path, val_tokens, luts, val_bytes, log) -> None:
+    """Tooling.unigram: a reference point for "learns visibly", the add-one unigram floor fit on the
+    first train shard (nothing without one)."""
+    from pgolf_jax.evaluation.evaluate import unigram_bpb
+
+    train_files = sorted(data_path.glob(cfg.data.train_files))
+    if train_files:
+        uni = unigram_bpb(open_shard(train_files[0], cfg.model.vocab_size)[:UNIGRAM_TOKENS], val_tokens, luts,
+                          cfg.model.vocab_size, val_bytes)
+        log(f"val_unigram_bpb:{uni:.4f} (add-one unigram fit on {train_files[0].name})")
+
+
+def final_evals(cfg: Config, model: Model, params, factory, mesh, log, bound: Callable | None = None) -> dict:
     """Every eval.final_modes (registry.EVAL_MODES) on the round-tripped weights (and n-gram mixing
-    and the n-gram tilt on top), each with its wall time and a bound on its 8xH100 time from its
-    analytic FLOPs; the last one is the score."""
+    and the n-gram tilt on top), each with its wall time (and with bound, Tooling.bound, a bound on
+    its 8xH100 time from its analytic FLOPs); the last one is the score."""
     from pgolf_jax.evaluation.modes import ModeContext
 
     e = cfg.eval
@@ -112,12 +117,13 @@ def final_evals(cfg: Config, model: Model, params, factory, mesh, log) -> dict:
     for mode in registry.names("eval.final_modes", e.final_modes):
         out = registry.resolve(registry.EVAL_MODES, mode)(ctx)
         res = finite_result(out.result, f"final_{mode}")
-        proj = h100x8_seconds_bound(cfg, T, out.extra.get("forward_tokens") or len(out.ev.windows) * T,
-                                    out.extra.get("train_tokens", 0))
-        log(f"final_{mode} {res.line()} bound_8xH100:{proj:.4f}s")
+        results[mode] = {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "eval_seconds": round(res.seconds, 2)}
+        if bound is not None:
+            results[mode]["bound_8xH100_seconds"] = bound(cfg, T, out.extra.get("forward_tokens")
+                                                          or len(out.ev.windows) * T, out.extra.get("train_tokens", 0))
+        log(f"final_{mode} {res.line()}" + "".join(f" bound_8xH100:{b:.4f}s" for b in
+                                                   [results[mode].get("bound_8xH100_seconds")] if b is not None))
         log(f"final_{mode}_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
-        results[mode] = {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "eval_seconds": round(res.seconds, 2),
-                         "bound_8xH100_seconds": proj}
         log.metric(f"final_{mode}", **results[mode])
         if e.ngram_order:  # n-gram mixing on top (registry.NGRAM_MIX: packed only for a run that mixes)
             results.update(registry.resolve(registry.NGRAM_MIX, "mix")(cfg, mode, out, log))
@@ -147,6 +153,11 @@ class Tooling:
     code: Callable  # (cfg) -> (the bytes of train_gpt.py, {path: source} of what it holds)
     dataset: Callable  # (cfg, log) -> (data_path, tokenizer_path), prepared from data.source or not
     curves: Callable | None = None  # (run_dir, cfg, log) -> None; never raises
+    # Reports for runs off the target: the unigram floor of the val split (cfg, data_path, val_tokens, luts,
+    # val_bytes, log), and each final eval's 8xH100 time bound from its FLOPs (model/flops.py) for a
+    # run whose eval time is not an H100's (submit's compliance reads it). A packed file measures instead.
+    unigram: Callable | None = None
+    bound: Callable | None = None
 
 
 def quantize_params(cfg: Config, params, model: Model, train_pattern: str, evaluator, log) -> tuple[dict, dict]:
@@ -209,16 +220,16 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
                val_bytes=res.val_bytes, eval_seconds=res.seconds, pre_quant_val_bpb=pre.val_bpb)
     finals = {}
     if cfg.eval.final_modes != "plain" or cfg.eval.ngram_order or cfg.eval.ngram_tilt or cfg.eval.eval_seq_len:
-        finals = final_evals(cfg, model, restored, factory, mesh, log)
+        finals = final_evals(cfg, model, restored, factory, mesh, log, tooling.bound)
         last = list(finals.values())[-1]
         res = finite_result(dataclasses.replace(res, val_loss=last["val_loss"], val_bpb=last["val_bpb"]),
                             f"final_{list(finals)[-1]}")
         log(f"final_score mode:{list(finals)[-1]} val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
     if not finals:  # the round trip is the scored eval: its time, and its projection like final_evals'
-        T = cfg.train.train_seq_len
         finals_time = {"plain": {"val_loss": res.val_loss, "val_bpb": res.val_bpb,
-                                 "eval_seconds": round(res.seconds, 2),
-                                 "bound_8xH100_seconds": h100x8_seconds_bound(cfg, T, res.val_tokens)}}
+                                 "eval_seconds": round(res.seconds, 2)}}
+        if tooling.bound is not None:
+            finals_time["plain"]["bound_8xH100_seconds"] = tooling.bound(cfg, cfg.train.train_seq_len, res.val_tokens)
     else:
         finals_time = finals
     return {"val_loss": res.val_loss, "val_bpb": res.val_bpb, "final_modes": finals_time,
@@ -241,7 +252,7 @@ def finite_result(res: EvalResult, what: str) -> EvalResult:
 def log_header(cfg: Config, log: RunLog, preset: str | None) -> None:
     log(config_lib.to_json(cfg), console=False)
     log(f"config:{preset or '<defaults>'} run_id:{cfg.train.run_id}")
-    log(f"pgolf_jax source:{source_hash()} python:{platform.python_version()} jax:{jax.__version__} "
+    log(f"pgolf_jax source:{provenance.code_version()} python:{platform.python_version()} jax:{jax.__version__} "
         f"backend:{jax.default_backend()} devices:{jax.devices()}", console=False)
 
 
@@ -273,7 +284,7 @@ def run_job(cfg: Config, tooling: Tooling, preset: str | None = None, resume: st
         data_path, tok_path = tooling.dataset(cfg, log)
         if main:  # what this run is made from, for a later --resume (and a sweep row) to compare
             provenance.record(run_dir, cfg)
-        factory = make_evaluator_factory(cfg, data_path, tok_path, log)
+        factory = make_evaluator_factory(cfg, data_path, tok_path, log, tooling.unigram)
         shards = sorted(data_path.glob(cfg.data.train_files))
         log(f"train_loader:dataset:{data_path.name} train_shards:{len(shards)}")
         t0 = time.perf_counter()

@@ -185,11 +185,12 @@ def _requirements(cfg: Config) -> list[str]:
 
 
 def _eval_seconds(sub: dict) -> tuple[float, float | None]:
-    """(measured seconds of the scored evals, their 8xH100 projection or None)."""
+    """(measured seconds of the scored evals, their 8xH100 projection, or None where a run has none: a
+    packed train_gpt.py's run measures its evals only)."""
     finals = sub.get("final_modes") or {}
+    bounds = [v.get("bound_8xH100_seconds", v.get("projected_8xH100_seconds")) for v in finals.values()]
     if finals:
-        return (sum(v.get("eval_seconds", 0) for v in finals.values()),
-                sum(v.get("bound_8xH100_seconds", v.get("projected_8xH100_seconds", 0)) for v in finals.values()))
+        return sum(v.get("eval_seconds", 0) for v in finals.values()), None if None in bounds else sum(bounds)
     return 0.0, None
 
 

@@ -322,6 +322,11 @@ def test_gpu_packed_record_stack_runs_clean_to_the_package_score(sample_data, tm
     assert got["val_bpb"] == want["val_bpb"] and got["pre_quant_val_bpb"] == want["pre_quant_val_bpb"]
     assert (clean / "runs" / "clean" / "train_gpt.py").read_bytes() == packed.read_bytes()
     assert got["bytes_code"] == packed.stat().st_size
+    # The package's reports around a run (pipeline.Tooling) stay out of the file: it measures its eval time.
+    assert all("bound_8xH100_seconds" in v for v in want["final_modes"].values())
+    assert not any("bound_8xH100_seconds" in v for v in got["final_modes"].values())
+    log = (clean / "runs" / "clean" / "log.txt").read_text()
+    assert "val_unigram_bpb" in (tmp_path / "pkg" / "pkg" / "log.txt").read_text() and "val_unigram_bpb" not in log
 
 
 def test_the_embedded_config_holds_only_what_differs_from_the_defaults():

@@ -163,9 +163,11 @@ def code_for_run(cfg) -> tuple[bytes, dict[str, bytes]]:
 
 
 def package_tooling():
-    """Running from the package: the run packs its own train_gpt.py and draws its loss curves."""
+    """Running from the package: the run packs its own train_gpt.py, draws its loss curves and reports
+    the unigram floor and the 8xH100 bounds of its evals."""
     from pgolf_jax.data.source import dataset_paths
-    from pgolf_jax.pipeline import Tooling
+    from pgolf_jax.model.flops import h100x8_seconds_bound
+    from pgolf_jax.pipeline import Tooling, unigram_line
 
     def curves(run_dir, cfg, log):
         from pgolf_jax.plots import plot_curves
@@ -174,4 +176,5 @@ def package_tooling():
         except Exception as exc:  # noqa: BLE001
             log(f"plot:skipped curves.png ({type(exc).__name__}: {exc})")
 
-    return Tooling(code=code_for_run, dataset=dataset_paths, curves=curves)
+    return Tooling(code=code_for_run, dataset=dataset_paths, curves=curves, unigram=unigram_line,
+                   bound=h100x8_seconds_bound)

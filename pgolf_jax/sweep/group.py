@@ -102,7 +102,8 @@ def _run_group(rows: list[Row], cfgs: list, run_dirs: list[Path], out: Path, say
             pipeline.log_header(cfg, logs[-1], f"sweep {out.name} (a group of {len(rows)} rows)")
         t0 = time.perf_counter()
         data_path, tok_path = dataset_paths(cfgs[0], logs[0])
-        factory = pipeline.make_evaluator_factory(cfgs[0], data_path, tok_path, logs[0])
+        tooling = package_tooling()
+        factory = pipeline.make_evaluator_factory(cfgs[0], data_path, tok_path, logs[0], tooling.unigram)
         pattern = str(data_path / cfgs[0].data.train_files)
         # Rows whose training is identical (they differ only in the export or the final evals)
         # train once; every one of them gets the training's log lines.
@@ -117,7 +118,6 @@ def _run_group(rows: list[Row], cfgs: list, run_dirs: list[Path], out: Path, say
         trained = train_group([cfgs[m[0]] for m in members], [Tee([logs[k] for k in m], on_line) for m in members],
                               pattern, factory, mode=mode)
         results = [None] * len(cfgs)
-        tooling = package_tooling()
         for m, res in zip(members, trained):
             for k in m:
                 results[k] = res
