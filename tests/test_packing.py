@@ -341,3 +341,18 @@ def test_the_embedded_config_holds_only_what_differs_from_the_defaults():
     assert small["model"]["num_layers"] == 11 and "model_dim" not in small["model"]  # 512 is the default
     assert small["eval"]["lora_ttt"]["rank"] == 80 and "alpha" in small["eval"]["lora_ttt"]
     assert len(json.dumps(small)) < len(json.dumps(full)) / 2
+
+
+@pytest.mark.parametrize("module, member", sorted(select.PACKAGE_ONLY))
+def test_package_only_members_exist_and_stay_out_of_packed_files(package, module, member):
+    """select.PACKAGE_ONLY names methods a packed run never calls: each is a real method of the package (a
+    renamed one fails here, not silently), and a file whose run reads that class holds the class without it."""
+    cls, method = member.split(".")
+    tree = package[module].tree
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    assert any(isinstance(n, ast.FunctionDef) and n.name == method for n in node.body)
+    files = select.packed_sources(config_lib.load(ROOT / "configs/record_1809.py"), "gpu", ROOT, package)
+    text = files.get(module.replace(".", "/") + ".py")
+    if text is not None and f"class {cls}".encode() in text:
+        kept = next(n for n in ast.parse(text).body if isinstance(n, ast.ClassDef) and n.name == cls)
+        assert not any(isinstance(n, ast.FunctionDef) and n.name == method for n in kept.body)

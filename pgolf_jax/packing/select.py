@@ -74,6 +74,18 @@ def left_out(selection: Selection) -> frozenset[tuple[str, str]]:
 _VALIDATION_MEMBERS = ("check", "RANGES", "CHOICES")
 
 
+# Methods only the package calls (its tests and data preparation): a packed run reads token ids and
+# counts bytes, it never encodes or decodes text, nor builds a section by hand.
+PACKAGE_ONLY = frozenset({
+    ("pgolf_jax.options", "Section.replace"),
+    *(("pgolf_jax.data.tokenizer", f"{cls}.{m}") for cls in ("PureByteTokenizer", "SentencePieceTokenizer")
+      for m in ("encode", "encode_batch", "decode")),
+    ("pgolf_jax.data.tokenizer", "PureByteTokenizer.encode_array"),
+    *(("pgolf_jax.data.caseops", f"CaseOpsTokenizer.{m}") for m in ("encode", "encode_batch", "decode",
+                                                                   "encode_with_byte_counts")),
+})
+
+
 def validation(sources: dict[str, shake.Source]) -> frozenset[tuple[str, str]]:
     """(module, "Class.member") of the validation code a packed file leaves out."""
     out = {("pgolf_jax.config", "Config.__post_init__")}
@@ -111,7 +123,7 @@ def packed_sources(cfg, platform: str, root: Path, sources: dict[str, shake.Sour
     sources = dict(sources or shake.package_sources(root))
     reg = sources["pgolf_jax.registry"]
     sources["pgolf_jax.registry"] = shake.parsed(reg.name, reg.rel, registry_source(reg.text, selection))
-    kept = shake.shake(sources, [ENTRY], left_out(selection) | validation(sources))
+    kept = shake.shake(sources, [ENTRY], left_out(selection) | validation(sources) | PACKAGE_ONLY)
     problems = shake.unresolved(kept, sources)
     if problems:  # a bug of the shaker, never of the config: the file would fail when it runs
         raise shake.ShakeError(f"the packed code is not closed: {'; '.join(problems[:5])}")
