@@ -153,6 +153,9 @@ FEATURES = {
     # a sliding window (trained or eval's) or document segments without cuDNN's own masks
     "windowed_attention": Feature(("model.attention_window", "eval.attention_window", "model.doc_mask"),
                                   (f"{_MODEL}.attention:windowed_attention",)),
+    # per-token NLL, entropy and log p(hint) of the scoring passes: what n-gram mixing and the tilt read
+    "token_scores": Feature(("eval.ngram_order", "eval.ngram_tilt"), (
+        "pgolf_jax.evaluation.evaluate:TokenScores", "pgolf_jax.evaluation.evaluate:_token_outputs")),
 }
 # The package's conveniences around the config that a run does not need: the old key names (renames.py: old
 # run directories load, a typed old key gets its new spelling). A packed file keeps none: its config and

@@ -110,17 +110,48 @@ def jit_score(model, looped: bool, per_token: bool, data_sharding=None, hints: b
         nll = logz - jnp.take_along_axis(logits, y_BT[..., None], axis=-1)[..., 0]
         pos = jnp.arange(x_BT.shape[1])[None, :]
         sums = jnp.sum(jnp.where((pos >= lo_B[:, None]) & (pos < hi_B[:, None]), nll, 0.0), axis=-1)
-        if not per_token:
-            return sums
-        logp = logits - logz[..., None]
-        entropy_bits = -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
-        if not hints:
-            return sums, nll, entropy_bits
-        return sums, nll, entropy_bits, jnp.take_along_axis(logp, jnp.maximum(h_BT, 0)[..., None], axis=-1)[..., 0]
+        return _token_outputs(sums, nll, logits, logz, h_BT if hints else None) if per_token else sums
 
     # Replicated outputs: every process of a multi-host run reads the sums on the host.
     out = None if data_sharding is None else NamedSharding(data_sharding.mesh, P())
     return jax.jit(score, out_shardings=out)
+
+
+def _token_outputs(sums, nll, logits, logz, h_BT=None):
+    """(sums, per-token nll, entropy in bits[, log p(hint)]): jit_score's outputs with per_token."""
+    logp = logits - logz[..., None]
+    entropy_bits = -jnp.sum(jnp.exp(logp) * logp, axis=-1) / math.log(2.0)
+    if h_BT is None:
+        return sums, nll, entropy_bits
+    return sums, nll, entropy_bits, jnp.take_along_axis(logp, jnp.maximum(h_BT, 0)[..., None], axis=-1)[..., 0]
+
+
+class TokenScores:
+    """Per-target NLL and entropy in bits (and, with hints, log p(hint)) over the val targets, zeros where
+    no window scored them: what n-gram mixing and the n-gram tilt read. Scoring passes fill it window by
+    window, so one instance can gather several passes (TTT's chunks). hints: a hint token per target
+    position (-1 = none)."""
+
+    def __init__(self, total: int, hints=None):
+        self.hints = hints
+        self.arrays = [np.zeros(total, np.float32) for _ in range(2 if hints is None else 3)]
+
+    def inputs(self, w: Windows, batch, rows: int, T: int) -> tuple:
+        """The hint tokens of a batch of windows, as jit_score takes them (none without hints)."""
+        if self.hints is None:
+            return ()
+        h = np.full((rows, T), -1, np.int32)
+        for r, k in enumerate(batch):
+            h[r, :w.lengths[k]] = self.hints[w.starts[k]:w.starts[k] + w.lengths[k]]
+        return (h,)
+
+    def scatter(self, w: Windows, batch, outs) -> None:
+        """A batch's per-token outputs into the arrays, at the targets its windows score."""
+        outs = [np.asarray(o) for o in outs]
+        for r, k in enumerate(batch):
+            a, b = w.starts[k] + w.score_from[k], w.starts[k] + w.lengths[k]
+            for dst, src in zip(self.arrays, outs):
+                dst[a:b] = src[r, w.score_from[k]:w.lengths[k]]
 
 
 class Evaluator:
@@ -158,13 +189,15 @@ class Evaluator:
         """Sum of scored NLL (float64) over the given windows (default all); with per_token also
         (nll, entropy_bits) arrays over target positions (zeros where not scored); with hints (a
         hint token per target position, -1 = none; implies per_token) also log p(hint) per target."""
+        tokens = TokenScores(self.total, hints) if per_token or hints is not None else None
+        loss_sum = self.score_into(params, window_ids, looped, progress, tokens)
+        return loss_sum if tokens is None else (loss_sum, *tokens.arrays)
+
+    def score_into(self, params, window_ids=None, looped: bool = True, progress=None, tokens=None) -> float:
+        """score's sum; with tokens (a TokenScores) its windows' per-token outputs go there too."""
         ids = np.arange(len(self.windows)) if window_ids is None else np.asarray(window_ids)
         T, bs, w = self.seq_len, self.batch_seqs, self.windows
-        per_token = per_token or hints is not None
-        fn = self._fn(looped, per_token, hints is not None)
-        nll_all = np.zeros(self.total, np.float32) if per_token else None
-        ent_all = np.zeros(self.total, np.float32) if per_token else None
-        hint_all = np.zeros(self.total, np.float32) if hints is not None else None
+        fn = self._fn(looped, tokens is not None, tokens is not None and tokens.hints is not None)
         loss_sum, pending, done = 0.0, [], 0
 
         def collect(item):
@@ -173,14 +206,9 @@ class Evaluator:
             done += len(batch)
             if progress is not None:
                 progress.update(done)
-            sums = out[0] if per_token else out
-            loss_sum += float(np.asarray(sums, np.float64)[:len(batch)].sum())
-            if per_token:
-                arrays = [np.asarray(o) for o in out[1:]]
-                for r, k in enumerate(batch):
-                    a, b = w.starts[k] + w.score_from[k], w.starts[k] + w.lengths[k]
-                    for dst, src in zip((nll_all, ent_all, hint_all), arrays):
-                        dst[a:b] = src[r, w.score_from[k]:w.lengths[k]]
+            loss_sum += float(np.asarray(out if tokens is None else out[0], np.float64)[:len(batch)].sum())
+            if tokens is not None:
+                tokens.scatter(w, batch, out[1:])
 
         for i in range(0, len(ids), bs):
             batch = ids[i:i + bs]
@@ -188,14 +216,11 @@ class Evaluator:
             y = np.zeros((bs, T), np.int32)
             lo = np.zeros(bs, np.int32)
             hi = np.zeros(bs, np.int32)
-            h = np.full((bs, T), -1, np.int32) if hints is not None else None
             for r, k in enumerate(batch):
                 ws, n = w.starts[k], w.lengths[k]
                 x[r, :n], y[r, :n] = self.tokens[ws:ws + n], self.tokens[ws + 1:ws + n + 1]
                 lo[r], hi[r] = w.score_from[k], n
-                if h is not None:
-                    h[r, :n] = hints[ws:ws + n]
-            inputs = (x, y, lo, hi) if h is None else (x, y, lo, hi, h)
+            inputs = (x, y, lo, hi) + (() if tokens is None else tokens.inputs(w, batch, bs, T))
             if self.sharding is not None:
                 inputs = tuple(dist.global_array(a, self.sharding) for a in inputs)
             pending.append((batch, fn(params, *inputs)))
@@ -203,9 +228,7 @@ class Evaluator:
                 collect(pending.pop(0))
         for item in pending:
             collect(item)
-        if hints is not None:
-            return loss_sum, nll_all, ent_all, hint_all
-        return (loss_sum, nll_all, ent_all) if per_token else loss_sum
+        return loss_sum
 
     def __call__(self, params, looped: bool = True) -> EvalResult:
         t0 = time.perf_counter()

@@ -30,7 +30,7 @@ import numpy as np
 
 from pgolf_jax import dist
 from pgolf_jax.config import EvalConfig
-from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, bpb
+from pgolf_jax.evaluation.evaluate import EvalResult, Evaluator, TokenScores, bpb
 from pgolf_jax.evaluation.phases import (_phase_plan, _ScoredTargets, cosine_lr, records_phase, rows_loss,
                                         stream_phases, train_sequences)
 from pgolf_jax.model.embeddings import BOS_ID
@@ -109,27 +109,13 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     buf = place.replicated(jax.tree.map(lambda p: np.zeros(p.shape, np.float32), params))
     step = make_sgd_step(model, cfg.ttt.momentum, cfg.ttt.grad_clip, place)
     frontier = _Frontier()
-    loss_sum, nll_all, ent_all, hint_all, steps = 0.0, None, None, None, 0
-    per_token = per_token or hints is not None
-    if per_token:
-        nll_all, ent_all = np.zeros(total, np.float32), np.zeros(total, np.float32)
-    if hints is not None:
-        hint_all = np.zeros(total, np.float32)
+    loss_sum, steps = 0.0, 0
+    tokens = TokenScores(total, hints) if per_token or hints is not None else None  # each chunk adds its targets
     log(f"ttt:start chunks:{n_chunks} windows:{len(w)} lr:{cfg.ttt.lr} epochs:{cfg.ttt.epochs}")
     for c in range(n_chunks):
         ids = np.flatnonzero(chunk_of == c)
         if len(ids):
-            out = ev.score(params, ids, per_token=per_token, hints=hints)
-            if per_token:
-                s, nll, ent = out[:3]
-                for k in ids:
-                    a, b = w.starts[k] + w.score_from[k], w.starts[k] + w.lengths[k]
-                    nll_all[a:b], ent_all[a:b] = nll[a:b], ent[a:b]
-                    if hints is not None:
-                        hint_all[a:b] = out[3][a:b]
-                loss_sum += s
-            else:
-                loss_sum += out
+            loss_sum += ev.score_into(params, ids, tokens=tokens)
             frontier.scored_through(int((w.starts[ids] + w.lengths[ids]).max()))
         if c == n_chunks - 1 or cfg.ttt.epochs <= 0:
             continue
@@ -146,7 +132,9 @@ def full_ttt(model, params, ev: Evaluator, cfg: EvalConfig, log=print, per_token
     log(f"ttt:done chunks:{n_chunks} sgd_steps:{steps} time:{seconds:.1f}s")
     res = EvalResult(loss_sum / total, bpb(loss_sum, ev.byte_count), total, ev.byte_count, seconds)
     extra = {"train_steps": steps, "train_tokens": steps * cfg.ttt.batch_seqs * T}
-    return res, nll_all, ent_all, extra | ({"logp_hint": hint_all} if hints is not None else {})
+    if tokens is None:
+        return res, None, None, extra
+    return res, *tokens.arrays[:2], extra | ({"logp_hint": tokens.arrays[2]} if hints is not None else {})
 
 
 # ---------------------------------------------------------------------------------------------
