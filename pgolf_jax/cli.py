@@ -29,11 +29,13 @@ def _packed_parser() -> argparse.ArgumentParser:
 
 
 def _job_args(p: argparse.ArgumentParser, config_help: str | None = None) -> argparse.ArgumentParser:
+    from pgolf_jax import registry  # --resume only where the code can (a packed file's run may not checkpoint)
     p.add_argument("--config", required=config_help is not None, help=config_help or argparse.SUPPRESS)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and model_params, then exit")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
-    p.add_argument("--allow-code-change", action="store_true",
-                   help="with --resume: continue a run although the code changed since it started")
+    p.set_defaults(resume=None, allow_code_change=False)
+    if "resume" in registry.CHECKPOINTS:
+        p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+        p.add_argument("--allow-code-change", action="store_true", help="with --resume: continue despite code changes")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
     return p
 
@@ -266,7 +268,6 @@ def interrupted_line(exc: BaseException) -> str:
 def _data_command(argv: list[str]) -> int:
     from pgolf_jax.data import commands
     from pgolf_jax.errors import UsageError
-
     p = _Parser(prog="run.py data", description="Prepare or download datasets.")
     commands.add_data_args(p)
     try:
@@ -295,7 +296,6 @@ def _packed_job(argv: list[str], config: dict) -> int:
 def _this_file(cfg) -> tuple[bytes, dict[str, bytes]]:
     """A packed file's code is itself: a run of it writes a copy of it."""
     import pgolf_jax
-
     data = Path(pgolf_jax.__packed__).read_bytes()
     return data, {"train_gpt.py": data}
 

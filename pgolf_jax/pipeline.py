@@ -264,10 +264,7 @@ def run_job(cfg: Config, tooling: Tooling, preset: str | None = None, resume: st
     main = dist.is_main()
     restore = None
     if resume:
-        run_dir = Path(resume)
-        if "resume" not in registry.CHECKPOINTS:  # a packed file whose run never checkpoints
-            raise config_lib.ConfigError(f"--resume {run_dir}: this train_gpt.py was packed for a run without "
-                                         "checkpoints (train.checkpoint_every and checkpoint_every_seconds are 0)")
+        run_dir = Path(resume)  # (a packed file whose run never checkpoints offers no --resume: cli._job_args)
         cfg, restore = registry.resolve(registry.CHECKPOINTS, "resume")(cfg, run_dir, allow_code_change, main)
         run_id = cfg.train.run_id
     else:

@@ -195,15 +195,22 @@ def test_resume_refuses_other_code_or_data(sample_data, ck_run, tmp_path, refuse
             r"^error: config: --resume .*done: " + pattern, watch=[run])
 
 
-def test_resume_without_the_checkpoint_code_is_one_line(sample_data, ck_run, tmp_path, refused, monkeypatch):
+def test_resume_without_the_checkpoint_code_is_one_line(sample_data, ck_run, tmp_path, monkeypatch, capsys):
     """A packed file holds the checkpoint and resume code only when its run checkpoints (registry.CHECKPOINTS
-    as packing/select.py reduces it): --resume then refuses in one line and leaves the run as it was."""
+    as packing/select.py reduces it): without it the file offers no --resume, refused in one line, the run
+    left as it was."""
+    from conftest import tree_sums
+
     from pgolf_jax import registry
+    from pgolf_jax.cli import packed_main
 
     run = _killed_copy(ck_run, tmp_path / "done")
+    before = tree_sums(run)
     monkeypatch.setattr(registry, "CHECKPOINTS", {})
-    refused([*_tiny(sample_data, ck_run, "train.iterations=3"), "--resume", run], 2,
-            r"^error: config: --resume .*done: this train_gpt.py was packed for a run without checkpoints", watch=[run])
+    assert packed_main(["--resume", str(run)], {}) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--resume" in lines[0], lines
+    assert tree_sums(run) == before
 
 
 def test_resume_with_allowed_code_change(sample_data, ck_run, tmp_path, capfd):

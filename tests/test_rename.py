@@ -103,3 +103,25 @@ def test_a_name_that_is_also_an_attribute_of_a_library_module_keeps_it():
     modules = {"pkg": "", "pkg.util": "import json\ndef dumps(x):\n    return json.dumps(x)\n",
                "pkg.main": "from pkg.util import dumps\ndef packed_main():\n    return dumps(1)\n"}
     assert "json.dumps" in rename_globals(modules)["pkg.util"]
+
+
+def test_a_registry_target_string_is_renamed_with_its_definition(tmp_path):
+    """A "module:attr" literal naming the definition (what the packed registry holds) changes with it, so
+    registry.load's getattr still finds it."""
+    modules = {"pkg": "", "pkg.util": "def long_registered_name():\n    return 7\n",
+               "pkg.main": ("import importlib\nTARGETS = {'x': 'pkg.util:long_registered_name'}\n"
+                            "def packed_main():\n    mod, _, attr = TARGETS['x'].partition(':')\n"
+                            "    return getattr(importlib.import_module(mod), attr)()\n")}
+    out = rename_globals(modules)
+    assert not any("long_registered_name" in t for t in out.values())
+    for name, text in out.items():
+        path = tmp_path / (name.replace(".", "/") + ("/__init__.py" if name == "pkg" else ".py"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert importlib.import_module("pkg.main").packed_main() == 7
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [n for n in sys.modules if n == "pkg" or n.startswith("pkg.")]:
+            del sys.modules[name]

@@ -27,6 +27,7 @@ from collections import Counter
 ENTRY = frozenset({"packed_main"})  # the loader of packing/file.py imports it by this name
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TARGET = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*):([A-Za-z_][A-Za-z0-9_]*)")  # a registry entry, "module:attr"
 _RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins))
 
 
@@ -64,6 +65,8 @@ def _identifiers_in(tree: ast.Module) -> set[str]:
             out.add(n.name)
         elif isinstance(n, ast.alias):
             out.update(filter(None, (n.name, n.asname)))
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and _TARGET.fullmatch(n.value):
+            out.add(_TARGET.fullmatch(n.value)[2])
     return out
 
 
@@ -201,6 +204,9 @@ def _refused(mod: str, tree: ast.Module, owners: dict[str, str], packed: set[str
             if owners.get(node.attr) != via.get((base, node.attr), base):  # (every token of a name is renamed)
                 out.add(node.attr)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            target = _TARGET.fullmatch(node.value)
+            if target and owners.get(target[2]) == via.get((target[1], target[2]), target[1]):
+                continue  # a registry's "module:attr" of this very definition: renamed inside the string too
             out.update(_named_by(node.value))
         elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
             out.add(node.name)
@@ -242,7 +248,15 @@ def _name_spots(text: str, tree: ast.Module, refused: set[str]) -> dict[tuple[in
     out = {tok.start: tok.string for tok in tokenize.generate_tokens(io.StringIO(text).readline)
            if tok.type == tokenize.NAME}
     for node in ast.walk(tree):
-        if isinstance(node, ast.JoinedStr):
+        target = isinstance(node, ast.Constant) and isinstance(node.value, str) and _TARGET.fullmatch(node.value)
+        if target:  # the attr of a plain one-line 'module:attr' literal (what the packed registry writes)
+            row, col = node.lineno, node.col_offset + 1 + len(target[1]) + 1
+            if node.end_lineno == row and lines[row - 1][node.col_offset] in "'\"" and \
+                    lines[row - 1][node.col_offset + 1:node.end_col_offset - 1] == node.value:
+                out[(row, col)] = target[2]
+            else:
+                refused.add(target[2])
+        elif isinstance(node, ast.JoinedStr):
             for n in ast.walk(node):
                 if isinstance(n, ast.Name):
                     name, row, col = n.id, n.lineno, n.col_offset
