@@ -153,11 +153,10 @@ def V(p):
  try:
   h,*d=[l[1:-1]for l in open(p,"rb")if l[:1]==b"#"][1:];d=b"".join(d);h,r=h.split(b" ",1)
   n,m=map(int,r.split());o=b""
-  if H.sha256(r+d).hexdigest()[:%d].encode()!=h:raise ValueError("payload checksum mismatch")
-  I={c:i for i,c in enumerate(b for b in range(256)if b not in(0,10,13))}
+  if H.sha256(r+d).hexdigest()[:%d].encode()!=h:raise ValueError("checksum mismatch")
   for i in range(0,len(d),%d):
    v=0
-   for c in d[i:i+%d]:v=v*253+I[c]
+   for c in d[i:i+%d]:v=v*253+c-1-(c>10)-(c>13)
    o+=v.to_bytes(min(%d,n-len(o)),"big")
   return P.decompress(o,max_order=m,mem_size=%d<<20)
  except Exception as e:sys.exit(f"error: corrupt packed file {p}: {e}")
