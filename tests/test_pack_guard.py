@@ -219,3 +219,14 @@ def test_payload_lines_may_start_and_end_with_any_byte(monkeypatch, tmp_path):
     exec(stub[stub.index("def V(p):"):stub.index("Z=V(")], ns)
     (tmp_path / "t.py").write_bytes(data)
     assert ns["V"](str(tmp_path / "t.py")) == payload
+
+
+def test_a_missing_dataset_is_one_line_and_nothing_is_kept(packed, tmp_path):
+    """A packed file never prepares data: a dataset that is not there is named in one line, with how to get it."""
+    folder = _folder(tmp_path, packed)
+    proc = _run(folder, "data.data_path=no_such_dataset", "train.run_id=x", "train.progress=false")
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert lines[0].startswith("error: FileNotFoundError: no_such_dataset not found: a packed train_gpt.py reads a "
+                               "prepared dataset"), lines
+    assert not (folder / "runs" / "x").exists()

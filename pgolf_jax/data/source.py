@@ -9,18 +9,14 @@ from pgolf_jax import config as config_lib
 from pgolf_jax.config import Config
 
 
-def prepared_dataset(cfg: Config, log=print) -> tuple[Path, Path]:
+def prepared_dataset(cfg: Config, log=print, how: str = "a packed train_gpt.py reads a prepared dataset "
+                                                        "(prepare it with the package: python run.py data)"):
     """(data_path, tokenizer_path) as they are: what a packed train_gpt.py reads (it never prepares
-    data); one line naming what is missing."""
+    data); one line naming what is missing and how to get it."""
     data_path, tok_path = Path(cfg.data.data_path), Path(cfg.data.tokenizer_path)
     if data_path.is_dir() and tok_path.is_file():
         return data_path, tok_path
-    missing = data_path if not data_path.is_dir() else tok_path
-    how = ("prepare it with the package (`python run.py data ...`, or a run of data.source="
-           f"{cfg.data.source!r}); a packed train_gpt.py never prepares data" if cfg.data.source else
-           "download the challenge data (`python run.py data download --variant sp1024`) or set data.source to a "
-           "docs_selected.jsonl or sample:<name>")
-    raise FileNotFoundError(f"{missing} not found: {how}")
+    raise FileNotFoundError(f"{data_path if not data_path.is_dir() else tok_path} not found: {how}")
 
 
 def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
@@ -30,7 +26,8 @@ def dataset_paths(cfg: Config, log=print) -> tuple[Path, Path]:
     d = cfg.data
     data_path, tok_path = Path(d.data_path), Path(d.tokenizer_path)
     if not d.source:
-        return prepared_dataset(cfg)
+        return prepared_dataset(cfg, how="download the challenge data (`python run.py data download --variant "
+                                          "sp1024`) or set data.source to a docs_selected.jsonl or sample:<name>")
     # Only a run that builds its data imports (and ships) the layout and the builder.
     from pgolf_jax.data import layout, prepare
 
