@@ -100,9 +100,9 @@ def renames() -> dict:
 
 
 def _unknown(key: str) -> ConfigError:
-    if key in renames():
-        return ConfigError(f"config key {key!r} was renamed: use {' or '.join(map(repr, renames()[key]))} "
-                           "(scripts/migrate_config_keys.py rewrites preset files)")
+    moved = registry.resolve(registry.TOOLING, "renamed")(key) if "renamed" in registry.TOOLING else ""
+    if moved:
+        return ConfigError(moved)
     hint = difflib.get_close_matches(key, all_keys(), n=1)
     return ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
 

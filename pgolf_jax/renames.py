@@ -44,3 +44,11 @@ RENAMES: dict[str, tuple[str, ...]] = {}
 for _table in _TABLES:
     for _old, _new in _table.items():
         RENAMES[_old] = RENAMES.get(_old, ()) + (_new,)
+
+
+def renamed(key: str) -> str:
+    """The line for a typed old key ("" for any other)."""
+    if key not in RENAMES:
+        return ""
+    return (f"config key {key!r} was renamed: use {' or '.join(map(repr, RENAMES[key]))} "
+            "(scripts/migrate_config_keys.py rewrites preset files)")
