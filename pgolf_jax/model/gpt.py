@@ -76,13 +76,7 @@ class Block(nnx.Module):
         self.num_layers, self.ln_scale = cfg.num_layers, cfg.ln_scale
         self.xsa_last_n, self.parallel_start = cfg.xsa_last_n, cfg.parallel_residual_start
         self.lanes = cfg.parallel_residual
-        if cfg.parallel_residual == "two_lane":
-            # #1530: outside the lanes (the U-Net's encoder) blocks are sequential, as the record's.
-            self.lane_start, self.parallel_start = cfg.parallel_residual_start, -1
-            # Per layer, as the record's (L, 2) / (L, 2, 2) tensors: scalar Adam, kept fp32 (control).
-            self.resid_lambda = param(jnp.full((2,), cfg.two_lane.resid_init, jnp.float32), group="scalar",
-                                      quant="control")
-            self.post_lambda = param(jnp.ones((2, 2), jnp.float32), group="scalar", quant="control")
+        registry.resolve(registry.PARALLEL_RESIDUALS, self.lanes).setup(self, cfg)
         name_taps(self)
 
     def make_mixer(self, cfg: ModelConfig, rngs: nnx.Rngs) -> None:

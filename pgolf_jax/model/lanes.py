@@ -18,9 +18,15 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from pgolf_jax.model.params import param
+
 
 class OneLane:
     """Today's single residual stream: every method is the identity."""
+
+    @staticmethod
+    def setup(blk, cfg):
+        pass
 
     @staticmethod
     def open(x):
@@ -33,6 +39,14 @@ class OneLane:
 
 class TwoLane:
     """#1530's two lanes, carried as a tuple (lane0, lane1)."""
+
+    @staticmethod
+    def setup(blk, cfg):
+        """A block's lane parameters; outside the lanes (the U-Net's encoder) blocks are sequential, as
+        the record's. Per layer, as the record's (L, 2) / (L, 2, 2) tensors: scalar Adam, kept fp32."""
+        blk.lane_start, blk.parallel_start = cfg.parallel_residual_start, -1
+        blk.resid_lambda = param(jnp.full((2,), cfg.two_lane.resid_init, jnp.float32), group="scalar", quant="control")
+        blk.post_lambda = param(jnp.ones((2, 2), jnp.float32), group="scalar", quant="control")
 
     @staticmethod
     def open(x):
