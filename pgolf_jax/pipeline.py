@@ -67,7 +67,7 @@ def make_evaluator_factory(cfg: Config, data_path: Path, tok_path: Path, log, un
         log("val_bpb:byte_sidecar:enabled")
     log(f"val_loader:shards pattern={pattern} tokens:{len(val_tokens) - 1}")
     if cfg.eval.attention_window:
-        log(f"eval:attention_window:{cfg.eval.attention_window} (the sliding causal mask of every evaluation)")
+        log(f"eval:attention_window:{cfg.eval.attention_window}")  # every evaluation's sliding causal mask
     if unigram is not None:
         unigram(cfg, data_path, val_tokens, luts, val_bytes and val_bytes[cfg.train.train_seq_len], log)
 
@@ -244,8 +244,8 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
 def finite_result(res: EvalResult, what: str) -> EvalResult:
     """A score that is NaN/inf is an error, never a number that gets printed or saved."""
     if not (math.isfinite(res.val_loss) and math.isfinite(res.val_bpb)):
-        raise FloatingPointError(f"{what}: val_loss is {res.val_loss} and val_bpb {res.val_bpb} (not finite): the "
-                                 "weights overflow somewhere in the forward pass; no score is reported")
+        raise FloatingPointError(f"{what}: val_loss is {res.val_loss} and val_bpb {res.val_bpb} (not finite): no score "
+                                 "is reported")
     return res
 
 

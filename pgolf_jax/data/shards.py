@@ -108,8 +108,8 @@ def open_shard(path: str | os.PathLike, vocab_size: int = 0) -> np.ndarray:
         if want is not None:
             got = file_checksum(path)
             if got != want:
-                raise ShardError(f"{path}: checksum {got} differs from {want} recorded in {manifest}: the file is "
-                                 "corrupt or changed since it was written; prepare or download it again")
+                raise ShardError(f"{path}: checksum {got} differs from {want} recorded in {manifest} (corrupt or "
+                                 "changed): prepare or download it again")
         _CHECKED[key] = int(tokens.max()) if tokens.size else -1
     if vocab_size and _CHECKED[key] >= vocab_size:
         raise ShardError(f"{path}: token id {_CHECKED[key]} >= model.vocab_size={vocab_size}: the shard is from "

@@ -237,8 +237,7 @@ def quantize_mixed(named: dict[str, np.ndarray], rules: dict[str, ParamSpec], q,
         err = float(np.linalg.norm(_dequant(obj, name) - w32))
         report["tensors"][name] = {"group": group, "bits": bits, "error_fro": err}
     if no_hessian and log:
-        log(f"gptq:round-to-nearest for {len(no_hessian)} tensors without a calibration Hessian (declared so, or "
-            f"outside the blocks the calibration sees): "
+        log(f"gptq:round-to-nearest for {len(no_hessian)} tensors without a calibration Hessian: "
             f"{', '.join(no_hessian[:4])}{' ...' if len(no_hessian) > 4 else ''}")
     report["no_hessian"] = no_hessian
     if q.lqer_rank > 0:
@@ -308,8 +307,8 @@ def check_finite(obj: dict, named: dict[str, np.ndarray] | None = None) -> None:
         elif finite.size:
             why = f"; the float weights reach |w| = {float(np.abs(finite).max()):.4g} (float16 max 65504)"
     more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
-    raise FloatingPointError(f"export: {name} ({slot}, {dt}) has {n} non-finite values{why}{more}: the training "
-                             "diverged or a weight overflows its export dtype; no artifact was written")
+    raise FloatingPointError(f"export: {name} ({slot}, {dt}) has {n} non-finite values{why}{more}; no artifact "
+                             "was written")
 
 
 def dequantize(obj: dict) -> dict[str, np.ndarray]:
