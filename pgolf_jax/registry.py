@@ -153,6 +153,10 @@ FEATURES = {
     # a sliding window (trained or eval's) or document segments without cuDNN's own masks
     "windowed_attention": Feature(("model.attention_window", "eval.attention_window", "model.doc_mask"),
                                   (f"{_MODEL}.attention:windowed_attention",)),
+    # another run's config.json read back (a --resume, a distillation teacher): the one line for a key it does not
+    # know. A packed file's own config and its command line (config.PLACE_KEYS) never reach it.
+    "run_configs": Feature(("train.checkpoint_every", "train.checkpoint_every_seconds", "train.objective=distill"),
+                           ("pgolf_jax.config:_unknown",)),
     # per-token NLL, entropy and log p(hint) of the scoring passes: what n-gram mixing and the tilt read
     "token_scores": Feature(("eval.ngram_order", "eval.ngram_tilt"), (
         "pgolf_jax.evaluation.evaluate:TokenScores", "pgolf_jax.evaluation.evaluate:_token_outputs")),
