@@ -10,6 +10,7 @@ import hashlib
 import sys
 from pathlib import Path
 
+from pgolf_jax import registry
 from pgolf_jax.fsio import read_json, write_json
 
 FILE = "provenance.json"
@@ -20,12 +21,11 @@ def code_version() -> str:
     """A digest of every source file of the package (and run.py beside it), or of the packed file
     this process runs from: any edit to the code changes it, nothing else does. Runs log it as
     `pgolf_jax source:<hash>`."""
-    h = hashlib.sha256()
     packed = getattr(sys.modules.get("pgolf_jax"), "__packed__", None)
     if packed:
-        h.update(Path(packed).read_bytes())
-        return h.hexdigest()[:16]
-    for f in package_files():
+        return hashlib.sha256(Path(packed).read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for f in registry.resolve(registry.TOOLING, "source_files")():  # (the package's own: a packed file has none)
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 

@@ -164,7 +164,8 @@ FEATURES = {
 # The package's conveniences around the config that a run does not need: the old key names (renames.py: old
 # run directories load, a typed old key gets its new spelling). A packed file keeps none: its config and
 # its command line are of its own code's keys (packing/select.py).
-TOOLING = {"renames": "pgolf_jax.renames:RENAMES", "renamed": "pgolf_jax.renames:renamed"}
+TOOLING = {"renames": "pgolf_jax.renames:RENAMES", "renamed": "pgolf_jax.renames:renamed",
+           "source_files": "pgolf_jax.provenance:package_files"}
 # data.tokenizer_path: its file's suffix picks the tokenizer (a packed file keeps the one its run reads).
 TOKENIZERS = {".model": "pgolf_jax.data.tokenizer:SentencePieceTokenizer",
               ".json": "pgolf_jax.data.tokenizer:read_pure_byte"}
