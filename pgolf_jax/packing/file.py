@@ -37,24 +37,21 @@ from pathlib import Path
 # best of those tried: the config's keys come after the code that names them; BENCHMARKS.md.)
 _BOOT = """import sys,os,json,importlib.util as U
 R=os.path.dirname(os.path.abspath(__file__))
-C=json.loads(Z[-1]);S={};D={}
-for z in Z[1:-1]:
- k,v=z.split(b"\\n",1);k=k.decode();n=k[:-3].replace("/",".")
- if k[-3:]!=".py":D[k]=v
- elif n[-9:]==".__init__":S[n[:-9]]=(1,k,v)
- else:S[n]=(0,k,v)
+S=dict(z.split(b"\\n",1)for z in Z[1:-1])
 class F:
  def find_spec(s,n,p=None,t=None):
-  if n in S:return U.spec_from_loader(n,s,is_package=S[n][0],origin=os.path.join(R,S[n][1]))
- def create_module(s,p):return None
+  k=n.replace(".","/")
+  for f,i in((k+".py",0),(k+"/__init__.py",1)):
+   if f.encode()in S:return U.spec_from_loader(n,s,is_package=i,origin=f)
+ def create_module(s,p):0
  def exec_module(s,m):
-  e=S[m.__name__];m.__file__=os.path.join(R,e[1]);exec(compile(e[2],m.__file__,"exec"),m.__dict__)
- def get_data(s,p):return D[os.path.relpath(p,R).replace(os.sep,"/")]
+  f=m.__spec__.origin;m.__file__=os.path.join(R,f);exec(compile(S[f.encode()],m.__file__,"exec"),m.__dict__)
+ def get_data(s,p):return S[os.path.relpath(p,R).replace(os.sep,"/").encode()]
 sys.meta_path.insert(0,F())
 import pgolf_jax
 pgolf_jax.__packed__=os.path.abspath(__file__)
 from pgolf_jax.cli import packed_main
-sys.exit(packed_main(sys.argv[1:],C))
+sys.exit(packed_main(sys.argv[1:],json.loads(Z[-1])))
 """
 
 
