@@ -293,11 +293,11 @@ def _packed_job(argv: list[str], config: dict) -> int:
     return _main_job("<packed>", cfg, args, Tooling(code=_this_file, dataset=prepared_dataset))
 
 
-def _this_file(cfg) -> tuple[bytes, dict[str, bytes]]:
-    """A packed file's code is itself: a run of it writes a copy of it."""
+def _this_file(cfg) -> tuple[bytes, dict[str, bytes], int]:
+    """A packed file's code is itself (compressed already): a run of it writes a copy of it."""
     import pgolf_jax
     data = Path(pgolf_jax.__packed__).read_bytes()
-    return data, {"train_gpt.py": data}
+    return data, {"train_gpt.py": data}, len(data)
 
 
 def _main_job(config_name: str, cfg, args, tooling) -> int:

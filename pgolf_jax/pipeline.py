@@ -20,7 +20,6 @@ from typing import Callable
 
 import jax
 import numpy as np
-import zstandard
 
 from pgolf_jax import config as config_lib
 from pgolf_jax import dist, provenance, registry
@@ -150,7 +149,7 @@ def save_float_weights(params, run_dir: Path, log) -> Path:
 class Tooling:
     """What the package adds around a run and a packed train_gpt.py leaves out (passed in, so that
     the packed file never holds it): how the run's train_gpt.py is made, and the loss-curve picture."""
-    code: Callable  # (cfg) -> (the bytes of train_gpt.py, {path: source} of what it holds)
+    code: Callable  # (cfg) -> (the bytes of train_gpt.py, {path: source} of what it holds, those zstd-22'd)
     dataset: Callable  # (cfg, log) -> (data_path, tokenizer_path), prepared from data.source or not
     curves: Callable | None = None  # (run_dir, cfg, log) -> None; never raises
     # Reports for runs off the target: the unigram floor of the val split (cfg, data_path, val_tokens, luts,
@@ -185,9 +184,8 @@ def export_and_roundtrip(cfg: Config, params, model: Model, out_dir: Path, evalu
     level = q.zstd.level if q.compressor == "zstd" else q.pergroup if q.compressor == "pergroup" else None
     blob = artifact.pack(obj, q.compressor, level, q.byte_shuffle)
     model_bytes = len(blob)
-    packed, shipped = tooling.code(cfg)
+    packed, shipped, code_zst = tooling.code(cfg)
     code_raw = sum(len(b) for b in shipped.values())
-    code_zst = len(zstandard.ZstdCompressor(level=22).compress(b"".join(shipped.values())))
     code = {"raw": code_raw, "compressed": code_zst, "packed": len(packed)}[q.code_bytes]
     log(f"Code size: {code_raw} bytes raw, {code_zst} bytes zstd-22, {len(packed)} bytes packed as train_gpt.py "
         f"({len(shipped)} files; counting {q.code_bytes})")

@@ -167,11 +167,13 @@ def without_defaults(d: dict) -> dict:
     return out
 
 
-def code_for_run(cfg) -> tuple[bytes, dict[str, bytes]]:
-    """pack_config for the platform this process runs on."""
+def code_for_run(cfg) -> tuple[bytes, dict[str, bytes], int]:
+    """pack_config for the platform this process runs on, and the zstd-22 size of the sources it holds."""
     import jax
+    import zstandard
 
-    return pack_config(cfg, "cpu" if jax.default_backend() == "cpu" else "gpu")
+    data, files = pack_config(cfg, "cpu" if jax.default_backend() == "cpu" else "gpu")
+    return data, files, len(zstandard.ZstdCompressor(level=22).compress(b"".join(files.values())))
 
 
 def package_tooling():
