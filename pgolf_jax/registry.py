@@ -114,6 +114,9 @@ FEATURES = {
     "smear_gate_v1": Feature(("model.smear_gate=v1",), (f"{_MODEL}.embeddings:SmearGateV1",)),
     "smear_gate_v2": Feature(("model.smear_gate=v2",), (f"{_MODEL}.embeddings:SmearGateV2",)),
     "pause_tokens": Feature(("model.pause_tokens",), (f"{_MODEL}.pause:insert", f"{_MODEL}.pause:real_positions")),
+    # what the three above add to the GPT's embedding (made, and applied in order)
+    "embed_extras": Feature(("model.bigram_vocab_size", "model.smear_gate", "model.pause_tokens"),
+                            (f"{_MODEL}.gpt:GPT._make_extras", f"{_MODEL}.gpt:GPT._embed_extras")),
     "scheduled_wd": Feature(("optim.wd_schedule!=constant",), ("pgolf_jax.optim.optimizers:add_scheduled_decay",
                                                                 "pgolf_jax.optim.schedule:wd_multiplier")),
     # each artifact format's reader: the run's own scheme writes one (int8_per_row the int8 format, the others the

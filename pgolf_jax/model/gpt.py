@@ -125,14 +125,10 @@ class GPT(nnx.Module):
         std = cfg.tied_embed_init_std if cfg.tie_embeddings else 1.0  # untied: nn.Embedding's N(0, 1)
         self.tok_emb = Embedding(cfg.vocab_size, cfg.model_dim, std, embed_dtype, rngs=rngs,
                                  quant="embed" if cfg.tie_embeddings else "lookup")
-        self.bigram = BigramHash(cfg, embed_dtype, rngs=rngs) if cfg.bigram_vocab_size else None
-        if self.bigram is not None:
-            name_taps(self.bigram, "bigram")
-        self.smear = (SmearGateV1(cfg.model_dim) if cfg.smear_gate == "v1" else
-                      SmearGateV2(cfg.smear_gate_bos_fix) if cfg.smear_gate == "v2" else None)
-        # Pause vectors: N(0, 0.02^2), on the scalar Adam group (spec 4.4).
-        self.pause = (param(0.02 * jax.random.normal(rngs.params(), (cfg.pause_tokens, cfg.model_dim), jnp.float32),
-                            group="scalar", quant="other") if cfg.pause_tokens else None)
+        if cfg.bigram_vocab_size or cfg.smear_gate or cfg.pause_tokens:
+            self._make_extras(cfg, embed_dtype, rngs)
+        else:  # (assigned once: nnx fixes an attribute's kind at its first assignment)
+            self.bigram = self.smear = self.pause = None
 
         self.stacks = block_stacks(cfg)
         for name, stacked in self.stacks.items():
@@ -164,12 +160,29 @@ class GPT(nnx.Module):
         """Weight of each auxiliary loss the forward pass returns, in the training objective."""
         return {"ponder": cfg.act.ponder_cost} if cfg.topology == "act" else {}
 
+    def _make_extras(self, cfg: ModelConfig, embed_dtype, rngs: nnx.Rngs) -> None:
+        """BigramHash, SmearGate and pause vectors as cfg asks (registry.FEATURES['embed_extras'])."""
+        self.bigram = BigramHash(cfg, embed_dtype, rngs=rngs) if cfg.bigram_vocab_size else None
+        if self.bigram is not None:
+            name_taps(self.bigram, "bigram")
+        self.smear = (SmearGateV1(cfg.model_dim) if cfg.smear_gate == "v1" else
+                      SmearGateV2(cfg.smear_gate_bos_fix) if cfg.smear_gate == "v2" else None)
+        # Pause vectors: N(0, 0.02^2), on the scalar Adam group (spec 4.4).
+        self.pause = (param(0.02 * jax.random.normal(rngs.params(), (cfg.pause_tokens, cfg.model_dim), jnp.float32),
+                            group="scalar", quant="other") if cfg.pause_tokens else None)
+
     def embed(self, ids_BT, ctx: Pass = OUTSIDE):
         """x0: the normalized token (+ bigram) embedding, smeared if configured, with the pause
         slots inserted; (B, T', D) with T' = T + floor(T / pause_interval) pause_tokens. ctx: only
         whether the bigram projection records its input (calibration)."""
+        x_BTD = self.tok_emb(ids_BT).astype(self.compute_dtype)
+        if self.bigram is None and self.smear is None and self.pause is None:
+            return rms_norm(x_BTD)
+        return self._embed_extras(x_BTD, ids_BT, ctx)
+
+    def _embed_extras(self, x_BTD, ids_BT, ctx: Pass):
+        """embed with BigramHash, SmearGate or pause slots (registry.FEATURES['embed_extras'])."""
         dt = self.compute_dtype
-        x_BTD = self.tok_emb(ids_BT).astype(dt)
         if self.bigram is not None:
             x_BTD = x_BTD + self.bigram(ids_BT, dt, ctx)
         if self.cfg.smear_gate == "v2":  # not isinstance: a packed file without SmearGate holds None for its class
