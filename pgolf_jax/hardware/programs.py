@@ -15,7 +15,8 @@ from pgolf_jax.config import Config
 from pgolf_jax.evaluation import phases, ttt
 from pgolf_jax.evaluation.evaluate import batch_windows, jit_score, with_window
 from pgolf_jax.model.flops import analytic_flops_per_token
-from pgolf_jax.train.loop import build, step_functions
+from pgolf_jax.train.loop import step_functions
+from pgolf_jax.train.members import plan
 from pgolf_jax.train.objectives import make_objective
 from pgolf_jax.train.step import train_batch_shape
 
@@ -57,7 +58,9 @@ def train_programs(cfg: Config, mesh) -> tuple[list[Program], Any, Any]:
     t, n = cfg.train, dist.num_data_devices(mesh)
     if t.batch_spans % n:  # the run refuses this too (train/loop.py)
         raise LayoutError(f"train.batch_spans={t.batch_spans} must be a multiple of the {n} data devices")
-    model, tx, state = build(cfg, mesh, abstract=True)
+    # The state's ShapeDtypeStructs with their shardings: nothing allocated; the run's own step lowers on them.
+    model, tx, _, _, shapes, shardings = plan(cfg, mesh)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
     objective, teacher = make_objective(cfg)
     if teacher is not None:
         teacher = _abstract(teacher, dist.replicated(mesh))

@@ -32,11 +32,10 @@ def optimizer(cfg: Config, model: Model, traced: hyper.Traced = None):
     return make_optimizer(cfg, resolve_dtype(cfg.optim.muon_dtype), labels_from_specs(model.param_specs()), traced)
 
 
-def build(cfg: Config, mesh, abstract: bool = False, traced: hyper.Traced = None):
-    """Model, optimizer and a fresh train state for cfg, sharded per train.param_sharding; with
-    `abstract`, the state's ShapeDtypeStructs (with their shardings) instead, nothing allocated
-    (run.py compile lowers the run's own step on them). traced: a group member's values (hyper.py),
-    which decide the optimizer state's structure (a traced weight decay is always applied)."""
+def plan(cfg: Config, mesh, traced: hyper.Traced = None):
+    """(model, optimizer, init(key) -> a fresh train state, the seed's key, the state's shapes, their
+    shardings per train.param_sharding). traced: a group member's values (hyper.py), which decide the
+    optimizer state's structure (a traced weight decay is always applied)."""
     model = build_model(cfg.model)
     tx = optimizer(cfg, model, traced)
 
@@ -47,12 +46,13 @@ def build(cfg: Config, mesh, abstract: bool = False, traced: hyper.Traced = None
 
     key = jax.random.key(cfg.train.seed)
     shapes = jax.eval_shape(init, key)
-    shardings = dist.state_shardings(shapes, mesh, cfg.train.param_sharding)
-    if abstract:
-        return model, tx, jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
-                                       shardings)
-    state = jax.jit(init, out_shardings=shardings)(key)
-    return model, tx, state
+    return model, tx, init, key, shapes, dist.state_shardings(shapes, mesh, cfg.train.param_sharding)
+
+
+def build(cfg: Config, mesh, traced: hyper.Traced = None):
+    """Model, optimizer and a fresh train state for cfg (plan's), sharded."""
+    model, tx, init, key, _, shardings = plan(cfg, mesh, traced)
+    return model, tx, jax.jit(init, out_shardings=shardings)(key)
 
 
 def step_parts(cfg: Config, model: Model, mesh):
