@@ -100,15 +100,18 @@ def replicate(tree, mesh: Mesh):
 
 
 def leaf_sharding(shape: tuple, mesh: Mesh, mode: str) -> NamedSharding:
-    """'replicated', or 'fsdp': split the largest axis the data-device count divides (the
-    model is small, so this only pays when optimizer state crowds device memory)."""
+    """'replicated', or 'fsdp' (fsdp_sharding)."""
     n = num_data_devices(mesh)
-    if mode == "fsdp" and n > 1:
-        axes = [i for i, d in enumerate(shape) if d % n == 0 and d >= n]
-        if axes:
-            axis = max(axes, key=lambda i: shape[i])
-            return NamedSharding(mesh, P(*([None] * axis), "data"))
-    return replicated(mesh)
+    return fsdp_sharding(shape, mesh, n) if mode == "fsdp" and n > 1 else replicated(mesh)
+
+
+def fsdp_sharding(shape: tuple, mesh: Mesh, n: int) -> NamedSharding:
+    """Split the largest axis the n data devices divide (the model is small, so this only pays when
+    optimizer state crowds device memory); replicated when none does."""
+    axes = [i for i, d in enumerate(shape) if d % n == 0 and d >= n]
+    if not axes:
+        return replicated(mesh)
+    return NamedSharding(mesh, P(*([None] * max(axes, key=lambda i: shape[i])), "data"))
 
 
 def state_shardings(abstract_state, mesh: Mesh, mode: str):

@@ -114,6 +114,8 @@ FEATURES = {
     "smear_gate_v1": Feature(("model.smear_gate=v1",), (f"{_MODEL}.embeddings:SmearGateV1",)),
     "smear_gate_v2": Feature(("model.smear_gate=v2",), (f"{_MODEL}.embeddings:SmearGateV2",)),
     "pause_tokens": Feature(("model.pause_tokens",), (f"{_MODEL}.pause:insert", f"{_MODEL}.pause:real_positions")),
+    # train.param_sharding=fsdp: parameters and optimizer state split over the data devices
+    "fsdp": Feature(("train.param_sharding=fsdp",), ("pgolf_jax.dist:fsdp_sharding",)),
     # what the three above add to the GPT's embedding (made, and applied in order)
     "embed_extras": Feature(("model.bigram_vocab_size", "model.smear_gate", "model.pause_tokens"),
                             (f"{_MODEL}.gpt:GPT._make_extras", f"{_MODEL}.gpt:GPT._embed_extras")),
