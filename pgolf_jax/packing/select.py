@@ -190,5 +190,7 @@ def package_tooling():
         except Exception as exc:  # noqa: BLE001
             log(f"plot:skipped curves.png ({type(exc).__name__}: {exc})")
 
-    return Tooling(code=code_for_run, dataset=dataset_paths, curves=curves, unigram=unigram_line,
-                   bound=h100x8_seconds_bound)
+    def bound(cfg, seq_len, forward_tokens, train_tokens=0):
+        return {"bound_8xH100_seconds": h100x8_seconds_bound(cfg, seq_len, forward_tokens, train_tokens)}
+
+    return Tooling(code=code_for_run, dataset=dataset_paths, curves=curves, unigram=unigram_line, bound=bound)
