@@ -75,9 +75,11 @@ _VALIDATION_MEMBERS = ("check", "RANGES", "CHOICES")
 
 
 # Methods only the package calls (its tests and data preparation): a packed run reads token ids and
-# counts bytes, it never encodes or decodes text, nor builds a section by hand.
+# counts bytes, it never encodes or decodes text, builds a section by hand, finishes a byte-progress
+# line or asks a model for its final hidden states.
 PACKAGE_ONLY = frozenset({
-    ("pgolf_jax.options", "Section.replace"),
+    ("pgolf_jax.options", "Section.replace"), ("pgolf_jax.runlog", "Progress.finish"),
+    ("pgolf_jax.model.gpt", "Model.hidden"), ("pgolf_jax.model.gpt", "GPT.hidden"),
     *(("pgolf_jax.data.tokenizer", f"{cls}.{m}") for cls in ("PureByteTokenizer", "SentencePieceTokenizer")
       for m in ("encode", "encode_batch", "decode")),
     ("pgolf_jax.data.tokenizer", "PureByteTokenizer.encode_array"),
