@@ -284,8 +284,7 @@ def _packed_job(argv: list[str], config: dict) -> int:
     # The config is checked before JAX is imported: a bad value costs no seconds.
     args = _packed_parser().parse_args(argv)
     if args.config is not None:
-        raise config_lib.ConfigError(f"--config {args.config}: refused, this train_gpt.py trains the config it was "
-                          "packed with (train.seed=2, data paths and the like still apply)")
+        raise config_lib.ConfigError(f"--config {args.config}: refused, {config_lib.packed_line()}")
     cfg = config_lib.place_override(config_lib.from_dict(config), args.overrides)
     from pgolf_jax.data.source import prepared_dataset
     from pgolf_jax.pipeline import Tooling

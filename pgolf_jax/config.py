@@ -257,14 +257,18 @@ PLACE_KEYS = ("train.seed", "train.run_id", "train.out_dir", "train.progress", "
               "train.process_id")
 
 
+def packed_line() -> str:
+    """What a packed train_gpt.py's command line refuses with: it takes only PLACE_KEYS."""
+    return f"this train_gpt.py trains the config packed in it and takes only {', '.join(PLACE_KEYS)}"
+
+
 def place_override(cfg: Config, items) -> Config:
     """override() for a packed train_gpt.py: PLACE_KEYS only, each checked as validate() checks it."""
     changes = _parse(items)
     for key in changes:
         if key not in PLACE_KEYS:
-            raise ConfigError(f"{key}: this train_gpt.py trains the config it was packed with and takes only "
-                              f"{', '.join(PLACE_KEYS)}; for another {key}, pack a file with it "
-                              f"(python run.py pack --config PRESET {key}=...)")
+            raise ConfigError(f"{key}: {packed_line()} (for another {key}: python run.py pack --config PRESET "
+                              f"{key}=...)")
     out = override(cfg, changes)
     out.train.check_place()
     return out

@@ -150,8 +150,7 @@ def test_config_is_refused_and_overrides_still_apply(packed, tmp_path):
         ctx = f"{args}: exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
         lines = proc.stderr.splitlines()
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1, ctx
-        assert lines[0] == ("error: config: --config other.py: refused, this train_gpt.py trains the config it was "
-                            "packed with (train.seed=2, data paths and the like still apply)"), ctx
+        assert lines[0] == f"error: config: --config other.py: refused, {config_lib.packed_line()}", ctx
         assert tree_sums(folder) == before, ctx
     proc = _run(folder, "--dry-run", "train.seed=7", "train.run_id=again", "data.data_path=elsewhere")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -160,7 +159,7 @@ def test_config_is_refused_and_overrides_still_apply(packed, tmp_path):
     # What it trains is the packed config's: any other key is one line naming it (config.PLACE_KEYS), and the
     # place keys are checked as the package checks them.
     for args, want in ((["model.num_layers=3"], "error: config: model.num_layers: this train_gpt.py trains the config "
-                                                "it was packed with and takes only train.seed, "),
+                                                "packed in it and takes only train.seed, "),
                        (["train.seed=-1"], "error: config: train.seed=-1 must be in [0, 4294967295]"),
                        (["train.run_id=../x"], "error: config: train.run_id='../x': use letters, digits")):
         proc = _run(folder, "--dry-run", *args)
