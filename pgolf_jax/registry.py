@@ -114,6 +114,9 @@ FEATURES = {
     "smear_gate_v1": Feature(("model.smear_gate=v1",), (f"{_MODEL}.embeddings:SmearGateV1",)),
     "smear_gate_v2": Feature(("model.smear_gate=v2",), (f"{_MODEL}.embeddings:SmearGateV2",)),
     "pause_tokens": Feature(("model.pause_tokens",), (f"{_MODEL}.pause:insert", f"{_MODEL}.pause:real_positions")),
+    # what only LoRA TTT asks of a model: logits at chosen positions, the virtual layer slots
+    "lora_model": Feature(("eval.final_modes~lora_ttt",),
+                          (f"{_MODEL}.gpt:GPT.logits_at", f"{_MODEL}.gpt:Model.num_slots")),
     # train.param_sharding=fsdp: parameters and optimizer state split over the data devices
     "fsdp": Feature(("train.param_sharding=fsdp",), ("pgolf_jax.dist:fsdp_sharding",)),
     # what the three above add to the GPT's embedding (made, and applied in order)
@@ -295,12 +298,14 @@ def option_names(section: str) -> dict[str, str]:
 
 
 def feature_on(cfg, name: str) -> str:
-    """The first switch of FEATURES[name] that cfg turns on, as `key=value` ("" when none is)."""
+    """The first switch of FEATURES[name] that cfg turns on, as `key=value` ("" when none is): `key` (set),
+    `key=v`, `key!=v`, or `key~v` (v among the entries a list field names)."""
     for switch in FEATURES[name].switches:
-        key, op, want = switch.partition("!=") if "!=" in switch else switch.partition("=")
+        key, op, want = next((switch.partition(o) for o in ("!=", "~", "=") if o in switch), (switch, "", ""))
         section, _, field = key.partition(".")
         value = getattr(getattr(cfg, section), field)
-        if {"": bool(value), "=": str(value) == want, "!=": str(value) != want}[op]:
+        if {"": bool(value), "=": str(value) == want, "!=": str(value) != want,
+                "~": op == "~" and want in names(key, str(value))}[op]:
             return f"{key}={value}"
     return ""
 

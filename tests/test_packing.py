@@ -203,7 +203,8 @@ FEATURE_ON = {"qat": (R1809, ["quant.qat=true"]), "lqer": (R1809, ["quant.lqer_r
               "xsa": (CPU, ["model.xsa_last_n=2"]), "checkpoints": (CPU, ["train.checkpoint_every=50"]),
               "clipped_scales": (R1809, ["quant.scale_method=search"]),
               "token_scores": (R1809, ["eval.ngram_order=4"]), "run_configs": (R1809, ["train.checkpoint_every=50"]),
-              "embed_extras": (R1809, ["model.bigram_vocab_size=64"]), "fsdp": (R1809, ["train.param_sharding=fsdp"])}
+              "embed_extras": (R1809, ["model.bigram_vocab_size=64"]), "fsdp": (R1809, ["train.param_sharding=fsdp"]),
+              "lora_model": (R1809, ["eval.final_modes=sliding,lora_ttt"])}
 
 
 def test_every_feature_has_a_config_that_turns_it_on():
