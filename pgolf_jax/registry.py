@@ -117,6 +117,8 @@ FEATURES = {
     # what only LoRA TTT asks of a model: logits at chosen positions, the virtual layer slots
     "lora_model": Feature(("eval.final_modes~lora_ttt",),
                           (f"{_MODEL}.gpt:GPT.logits_at", f"{_MODEL}.gpt:Model.num_slots")),
+    # the block position a linear reads (RLMA's per-layer factors)
+    "block_position": Feature(("model.linear=rlma", "model.mlp_linear=rlma"), (f"{_MODEL}.layers:Pass.position",)),
     # train.param_sharding=fsdp: parameters and optimizer state split over the data devices
     "fsdp": Feature(("train.param_sharding=fsdp",), ("pgolf_jax.dist:fsdp_sharding",)),
     # what the three above add to the GPT's embedding (made, and applied in order)

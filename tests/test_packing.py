@@ -204,7 +204,8 @@ FEATURE_ON = {"qat": (R1809, ["quant.qat=true"]), "lqer": (R1809, ["quant.lqer_r
               "clipped_scales": (R1809, ["quant.scale_method=search"]),
               "token_scores": (R1809, ["eval.ngram_order=4"]), "run_configs": (R1809, ["train.checkpoint_every=50"]),
               "embed_extras": (R1809, ["model.bigram_vocab_size=64"]), "fsdp": (R1809, ["train.param_sharding=fsdp"]),
-              "lora_model": (R1809, ["eval.final_modes=sliding,lora_ttt"])}
+              "lora_model": (R1809, ["eval.final_modes=sliding,lora_ttt"]),
+              "block_position": (R1809, ["model.linear=rlma"])}
 
 
 def test_every_feature_has_a_config_that_turns_it_on():
@@ -257,8 +258,10 @@ def test_only_the_tokenizer_the_run_reads_is_packed(package, path):
 # 42,032 / 43,485 with the doc-mask checks behind VARLEN; 39,386 / 39,958 with registry.FEATURES and one
 # Newton-Schulz table (NS_COEFFICIENTS); 37,276 / 38,973 (2026-12-06, session 12) with 256-byte base-231 blocks,
 # no name-rules fallback, the group's and the checkpoints' loop code out, and XLA as a GPU file's fallback attention.
-SIZE_BOUNDS = {("configs/record_1809.py", "gpu"): 38_000, ("configs/cpu.py", "cpu"): 40_000,
-               ("configs/record_1855.py", "gpu"): 45_600}
+# Issue 27's targets: record_1809's GPU file <= 32,000 bytes, the README main job's <= 40,000 (record_1855's
+# kept near today's 39,187 so it does not creep back).
+SIZE_BOUNDS = {("configs/record_1809.py", "gpu"): 32_000, ("configs/cpu.py", "cpu"): 40_000,
+               ("configs/record_1855.py", "gpu"): 40_000}
 # #1855's largest model bytes (submission 15,907,550 less its 31,999 code bytes, frontier-records.md): our
 # code beside that model must leave the artifact under the 16,000,000 cap.
 CAP, RECORD_1855_MODEL_BYTES = 16_000_000, 15_907_550 - 31_999
