@@ -249,16 +249,14 @@ def test_only_the_tokenizer_the_run_reads_is_packed(package, path):
     assert (b"class PureByteTokenizer" in text, b"class SentencePieceTokenizer" in text) == (byte, not byte)
 
 
-# Issue 27's targets: <= 40,000 bytes for the README main job's file (configs/cpu.py on a CPU: met, 38,973) and
-# <= 32,000 for record_1809 on GPUs (not yet: 37,276). Until then record_1809's bound (its size + ~2%) keeps it from
-# growing unnoticed; so does record_1855's (44,849). The history, record_1809 / the README job: 51,650 / 52,811
+# The history, record_1809 / the README job: 51,650 / 52,811
 # (2026-12-06 start); 49,141 / 50,277 with checkpoints, the distill teacher and the unused tokenizer behind
 # registries; 48,568 / 49,572 with a config of non-default values; 47,861 / 48,900 without the old-key renames;
 # 47,439 / 48,462 with n-gram mixing behind NGRAM_MIX; 42,134 / 43,592 with PPMd in place of brotli-11;
 # 42,032 / 43,485 with the doc-mask checks behind VARLEN; 39,386 / 39,958 with registry.FEATURES and one
 # Newton-Schulz table (NS_COEFFICIENTS); 37,276 / 38,973 (2026-12-06, session 12) with 256-byte base-231 blocks,
-# no name-rules fallback, the group's and the checkpoints' loop code out, and XLA as a GPU file's fallback attention.
-# Issue 27's targets: record_1809's GPU file <= 32,000 bytes, the README main job's <= 40,000 (record_1855's
+# no name-rules fallback, the group's and the checkpoints' loop code out, and XLA as a GPU file's fallback attention;
+# 31,976 / 33,702 (2026-12-07, session 13: BENCHMARKS.md has each step). Issue 27's targets: record_1809's GPU file <= 32,000 bytes, the README main job's <= 40,000 (record_1855's
 # kept near today's 39,187 so it does not creep back).
 SIZE_BOUNDS = {("configs/record_1809.py", "gpu"): 32_000, ("configs/cpu.py", "cpu"): 40_000,
                ("configs/record_1855.py", "gpu"): 40_000}

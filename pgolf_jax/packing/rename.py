@@ -5,11 +5,12 @@ in every module at once (its definition, imports, `module.name` uses and plain u
 (ast, tokenize), no JAX.
 
 A name is renamed only when every place it occurs in any module is its definition or a reference
-to it; one occurrence that could mean something else keeps it, as it is: a parameter, a local
-binding, a keyword argument, an attribute of anything but its module, a string (getattr by name,
-a registry's "module:attr" target), a use inside an f-string, a second definition. Classes keep
-their names (error lines print them, flax names submodules after them), as do dunder names and
-the packed file's entry.
+to it (uses inside f-strings and a registry's plain "module:attr" literal of it included); one
+occurrence that could mean something else keeps it, as it is: a parameter, a local binding, a
+keyword argument, an attribute of anything but its module (module aliases are resolved per
+function), a word in any other string (getattr by name), a second definition. Classes keep their
+names (error lines print them, flax names submodules after them), as do dunder names and the
+packed file's entry. A renamed name found left over refuses the pack.
 """
 
 from __future__ import annotations
