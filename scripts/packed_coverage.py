@@ -10,7 +10,7 @@ JAX_PLATFORMS=cpu and PGOLF_NO_NATIVE_KERNELS=1, as the clean-dir test runs a GP
 line tracer, then prints the compressed payload as it is, without the statements that never ran
 but the error paths (a `raise`, an `if` branch that raises, an `except` handler), and without
 any statement that never ran; then the largest never-run blocks that are not error paths. The
-file adds the loader, checksum line and encoding to a payload (~1.6 KB). A short tiny run leaves
+file adds the stub, the checksum line and base 253 to a payload (~0.8 KB). A short tiny run leaves
 some code unexecuted that a full GPU run reaches (cuDNN, warm-up, progress lines).
 """
 
@@ -136,13 +136,9 @@ def without(text: str, hit: set[int], keep_errors: bool) -> str:
 
 def payload(files: dict[str, bytes], embedded: dict, lines: dict[str, set[int]], keep_errors: bool | None) -> int:
     """Compressed payload bytes: as packed (keep_errors None), or without what never ran."""
-    entries = []
-    for rel, raw in sorted(files.items()):
-        if keep_errors is not None and rel.endswith(".py"):
-            raw = without(raw.decode(), lines.get(rel, set()), keep_errors).encode()
-        entries.append(rel.encode() + b"\n" + file.minify_source(rel, raw))
-    body = b"\0".join([file._BOOT.encode(), json.dumps(embedded, separators=(",", ":")).encode(), *entries])
-    return len(file.compress(body))
+    cut = {rel: without(raw.decode(), lines.get(rel, set()), keep_errors).encode()
+           if keep_errors is not None and rel.endswith(".py") else raw for rel, raw in files.items()}
+    return len(file.compress(file.payload(cut, embedded)))  # as packing/file.py builds it (minified, renamed)
 
 
 def main() -> int:

@@ -177,12 +177,17 @@ def encode(data: bytes) -> bytes:
 def pack(files: dict[str, bytes], config: dict) -> bytes:
     """files {path relative to the repo root ('pgolf_jax/...'): contents} and a config dict ->
     the bytes of train_gpt.py. Only the package's files go in (run.py is what it replaces)."""
+    return packed_file(payload(files, config))
+
+
+def payload(files: dict[str, bytes], config: dict) -> bytes:
+    """What the file holds, decompressed: the importer, the files' entries, the config (see _BOOT)."""
     entries = []
     for rel, body in sorted(payload_files(files).items(), key=lambda kv: (-len(kv[1]), kv[0])):
         if b"\0" in body:
             raise ValueError(f"{rel}: a NUL byte cannot be packed")
         entries.append(rel.encode() + b"\n" + body)
-    return packed_file(b"\0".join([_BOOT.encode(), *entries, json.dumps(config, separators=(",", ":")).encode()]))
+    return b"\0".join([_BOOT.encode(), *entries, json.dumps(config, separators=(",", ":")).encode()])
 
 
 def payload_files(files: dict[str, bytes]) -> dict[str, bytes]:
