@@ -179,3 +179,19 @@ def test_load_tokenizer_errors(tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(ValueError, match=r"junk\.model"):
         load_tokenizer(junk)
+
+
+def test_an_interrupt_while_sentencepiece_reads_a_doc_is_raised_as_itself(tmp_path):
+    """^C / SIGTERM landing in the docs iterator SentencePiece pulls from: SentencePiece wraps what the iterator
+    raises as INTERNAL; the interrupt must come out as itself (the caller's exit 128+signal, its cleanup), not as
+    'training failed'. Nothing is left under the model's name."""
+    from pgolf_jax.data.tokenizer import train_sentencepiece
+    from pgolf_jax.errors import Terminated
+
+    def docs():
+        yield from brown_texts(50)
+        raise Terminated(15)
+
+    with pytest.raises(Terminated):
+        train_sentencepiece(docs(), 300, tmp_path / "tok")
+    assert not list(tmp_path.glob("tok*"))

@@ -55,7 +55,9 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_prefix: str
     kwargs.update(overrides or {})
     max_len = int(kwargs.get("max_sentence_length", SP_DEFAULT_MAX_SENTENCE_LENGTH))
     counts = {"used": 0, "too_long": 0}
-    failed = []  # an error of the docs reader, raised as itself (SentencePiece wraps it as INTERNAL)
+    # An error of the docs reader, or a ^C / SIGTERM that lands while SentencePiece pulls the next doc,
+    # raised as itself (SentencePiece wraps whatever the iterator raises as INTERNAL).
+    failed = []
 
     def sentences():
         try:
@@ -67,7 +69,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_prefix: str
                 if len(text.encode("utf-8")) > max_len:
                     counts["too_long"] += 1
                 yield text
-        except Exception as exc:
+        except BaseException as exc:
             failed.append(exc)
             raise
 
