@@ -196,28 +196,18 @@ def test_an_order_pyppmd_cannot_decode_back_is_not_used(monkeypatch, tmp_path):
     data = pack.packed_file(payload)
     monkeypatch.setattr(pyppmd, "decompress", real)
     assert data[len(pack._STUB):].split(b"\n")[0].endswith(f" {top - 1}".encode())
-    stub = pack._STUB.decode("latin-1")
-    ns = {"sys": sys, "H": hashlib, "P": pyppmd}
-    exec(stub[stub.index("def V(p):"):stub.index("Z=V(")], ns)
-    (tmp_path / "t.py").write_bytes(data)
-    assert ns["V"](str(tmp_path / "t.py")) == payload
+    assert _stub_decodes(data, tmp_path) == payload
 
 
 def test_payload_lines_may_start_and_end_with_any_byte(monkeypatch, tmp_path):
     """Base 253 writes spaces, tabs and form feeds too: the stub takes each comment line's bytes as they are."""
-    import pyppmd
-
     monkeypatch.setattr(pack, "_WIDTH", 3)
     rng = random.Random(5)
     payload = bytes(rng.randrange(256) for _ in range(3000))
     data = pack.packed_file(payload)
     edges = {ln[1:2] for ln in data.split(b"\n")[18:-1]} | {ln[-1:] for ln in data.split(b"\n")[18:-1]}
     assert edges & {b" ", b"\t", b"\x0b", b"\x0c"}
-    stub = pack._STUB.decode("latin-1")
-    ns = {"sys": sys, "H": hashlib, "P": pyppmd}
-    exec(stub[stub.index("def V(p):"):stub.index("Z=V(")], ns)
-    (tmp_path / "t.py").write_bytes(data)
-    assert ns["V"](str(tmp_path / "t.py")) == payload
+    assert _stub_decodes(data, tmp_path) == payload
 
 
 def test_a_missing_dataset_is_one_line_and_nothing_is_kept(packed, tmp_path):
@@ -229,3 +219,14 @@ def test_a_missing_dataset_is_one_line_and_nothing_is_kept(packed, tmp_path):
     assert lines[0].startswith("error: FileNotFoundError: no_such_dataset not found: a packed train_gpt.py reads a "
                                "prepared dataset"), lines
     assert not (folder / "runs" / "x").exists()
+
+
+def _stub_decodes(data: bytes, tmp_path: Path) -> bytes:
+    """The payload the stub's own decoder reads back from a packed file's bytes."""
+    import pyppmd
+
+    stub = pack._STUB.decode("latin-1")
+    ns = {"sys": sys, "H": hashlib, "P": pyppmd}
+    exec(stub[stub.index("def V(p):"):stub.index("Z=V(")], ns)
+    (tmp_path / "t.py").write_bytes(data)
+    return ns["V"](str(tmp_path / "t.py"))

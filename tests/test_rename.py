@@ -114,14 +114,4 @@ def test_a_registry_target_string_is_renamed_with_its_definition(tmp_path):
                             "    return getattr(importlib.import_module(mod), attr)()\n")}
     out = rename_globals(modules)
     assert not any("long_registered_name" in t for t in out.values())
-    for name, text in out.items():
-        path = tmp_path / (name.replace(".", "/") + ("/__init__.py" if name == "pkg" else ".py"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        assert importlib.import_module("pkg.main").packed_main() == 7
-    finally:
-        sys.path.remove(str(tmp_path))
-        for name in [n for n in sys.modules if n == "pkg" or n.startswith("pkg.")]:
-            del sys.modules[name]
+    assert _load(tmp_path, out, "after") == 7
